@@ -1,0 +1,226 @@
+"""One client connection: bytes in, requests to the service, replies out in order.
+
+Replies leave in the order of the requests even though an order waits for a
+commit and `esperar` waits for a worker: each request takes a place in line,
+and the line is written out as its head becomes ready.
+
+Backpressure: a client that sends many requests without reading the replies
+stops being read once `MAX_IN_FLIGHT` are waiting or the transport's write
+buffer is full, instead of buffering without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Union
+
+from .framing import Decoder
+from .protocol import (
+    ERROR_INTERNO,
+    SERVIDOR_OCUPADO,
+    RequestError,
+    encode_line,
+    error_reply,
+    greeting,
+)
+from .validation import Command, NewOrder, parse_request
+
+if TYPE_CHECKING:
+    from .server import Server
+
+logger = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 1000
+Slot = Union[dict, "asyncio.Future[dict]"]
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._service = server.service
+        self._loop = server.loop
+        self._decoder = Decoder(server.config.max_request_bytes)
+        self._line: deque[Slot] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._read_paused = False
+        self._write_paused = False
+        self._closing = False
+        self._last_order: asyncio.Future[Any] | None = None
+        self._last_activity = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.peer = "?"
+
+    # --- asyncio.Protocol ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if not self._server.admit(self):
+            transport.write(
+                encode_line(
+                    error_reply(
+                        SERVIDOR_OCUPADO, "El servidor no acepta más conexiones ahora; pruebe más tarde."
+                    )
+                )
+            )
+            transport.close()
+            self._closing = True
+            return
+        transport.write(encode_line(greeting()))
+        self._last_activity = self._loop.time()
+        self._arm_idle_timer(self._server.config.idle_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._last_activity = self._loop.time()
+        for item in self._decoder.feed(data):
+            if isinstance(item, RequestError):
+                self._enqueue(item.reply())
+            else:
+                self._enqueue(self._handle(item))
+        if self._decoder.closed:
+            self.close_when_answered()
+        elif len(self._line) >= MAX_IN_FLIGHT:
+            self._pause_reading()
+
+    def eof_received(self) -> bool:
+        # The client finished sending; answer what it sent, then close.
+        self.close_when_answered()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        for slot in self._line:
+            if isinstance(slot, asyncio.Task):
+                slot.cancel()
+        self._line.clear()
+        self._server.forget(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._maybe_resume_reading()
+
+    # --- requests --------------------------------------------------------------
+
+    def _handle(self, value: Any) -> Slot:
+        try:
+            request = parse_request(value)
+        except RequestError as refused:
+            return refused.reply()
+        if isinstance(request, NewOrder):
+            self._last_order = self._service.submit(request)
+            return self._last_order
+        return self._loop.create_task(self._command(request, self._last_order))
+
+    async def _command(self, command: Command, after: asyncio.Future[Any] | None) -> dict:
+        # A command sees the orders sent before it on this connection.
+        if after is not None and not after.done():
+            await asyncio.wait([after])
+        return await self._service.command(command)
+
+    def _enqueue(self, slot: Slot) -> None:
+        if isinstance(slot, dict) and not self._line:
+            self._write(encode_line(slot))
+            return
+        self._line.append(slot)
+        if isinstance(slot, asyncio.Future):
+            slot.add_done_callback(self._on_ready)
+
+    def _on_ready(self, _future: asyncio.Future[Any]) -> None:
+        out = []
+        while self._line:
+            head = self._line[0]
+            if isinstance(head, asyncio.Future):
+                if not head.done():
+                    break
+                head = _reply_of(head, self)
+            self._line.popleft()
+            out.append(encode_line(head))
+        if out:
+            self._write(b"".join(out))
+        if not self._line:
+            if self._closing:
+                self._close_now()
+            else:
+                self._maybe_resume_reading()
+        elif len(self._line) < MAX_IN_FLIGHT // 2:
+            self._maybe_resume_reading()
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    # --- closing, idleness, flow control ----------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._line)
+
+    def close_when_answered(self) -> None:
+        """Stop reading; close once every request received so far is answered."""
+        self._closing = True
+        self._pause_reading()
+        if not self._line:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self._transport is not None and not self._transport.is_closing():
+            self._read_paused = True
+            self._transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if (
+            self._read_paused
+            and not self._closing
+            and not self._write_paused
+            and len(self._line) < MAX_IN_FLIGHT // 2
+            and self._transport is not None
+        ):
+            self._read_paused = False
+            self._transport.resume_reading()
+
+    def _arm_idle_timer(self, delay: float) -> None:
+        if delay > 0:
+            self._idle_timer = self._loop.call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        timeout = self._server.config.idle_timeout
+        idle_for = self._loop.time() - self._last_activity
+        if self._line:  # waiting for its own replies is not idleness
+            self._arm_idle_timer(timeout)
+        elif idle_for >= timeout:
+            logger.info("closing %s: idle for %.0f s", self.peer, idle_for)
+            self._close_now()
+        else:
+            self._arm_idle_timer(timeout - idle_for)
+
+
+def _reply_of(future: asyncio.Future[Any], conn: Connection) -> dict:
+    if future.cancelled():
+        return error_reply(ERROR_INTERNO, "La petición fue cancelada.")
+    error = future.exception()
+    if error is None:
+        return future.result()
+    if isinstance(error, RequestError):
+        return error.reply()
+    logger.error("request from %s failed: %r", conn.peer, error)
+    return error_reply(ERROR_INTERNO, "Error interno del servidor; la petición no tuvo efecto.")

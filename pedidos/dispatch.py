@@ -1,0 +1,135 @@
+"""Which worker gets which pending order, and when.
+
+The database holds the backlog; this keeps only a bounded window of it in
+memory (`max_backlog` ids) and at most `per_worker` chunks in each worker's
+queue. Ids that do not fit are left in the database and read back in batches
+when the window drains, so a million pending orders never means a million
+items in memory or in a queue.
+
+An id may reach a worker twice (after a restart of the scan, say); that is
+harmless, because a worker only claims orders that are still `pendiente`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+
+logger = logging.getLogger(__name__)
+
+ReadPending = Callable[[int, int], Awaitable[list[int]]]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        send: Callable[[int, tuple[int, ...]], None],
+        read_pending: ReadPending,
+        max_chunk: int,
+        per_worker: int = 2,
+        max_backlog: int = 10_000,
+    ) -> None:
+        self._send = send
+        self._read_pending = read_pending
+        self._max_chunk = max_chunk
+        self._per_worker = per_worker
+        self._max_backlog = max_backlog
+        self._backlog: deque[int] = deque()
+        self._known: set[int] = set()  # in the backlog or sent to a worker
+        self._outstanding: dict[int, deque[tuple[int, ...]]] = {}
+        # Pending ids from `_scan_from` on may be in the database only.
+        self._scan_from: int | None = 0
+        self._dropped_min: int | None = None
+        self._refill: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Ids in memory or in worker queues, not yet finished."""
+        return len(self._known)
+
+    def worker_ready(self, number: int) -> None:
+        self._outstanding.setdefault(number, deque())
+        self.pump()
+
+    def worker_gone(self, number: int) -> list[int]:
+        """Forget what was sent to a dead worker: those ids, to add back later."""
+        ids = [i for chunk in self._outstanding.pop(number, ()) for i in chunk]
+        self._known.difference_update(ids)
+        return ids
+
+    def add(self, ids: Iterable[int]) -> None:
+        """Orders that became pending: new ones, or ones handed back."""
+        for order_id in ids:
+            if order_id in self._known:
+                continue
+            if self._scan_from is not None or len(self._backlog) >= self._max_backlog:
+                # Leave it in the database: the scan reads it back in order.
+                self._scan_from = order_id if self._scan_from is None else min(self._scan_from, order_id)
+                self._dropped_min = (
+                    order_id if self._dropped_min is None else min(self._dropped_min, order_id)
+                )
+                continue
+            self._backlog.append(order_id)
+            self._known.add(order_id)
+        self.pump()
+
+    def finished(self, number: int, chunk: tuple[int, ...]) -> None:
+        """Worker `number` is done with `chunk` (processed or skipped)."""
+        chunks = self._outstanding.get(number)
+        if chunks and chunk in chunks:
+            chunks.remove(chunk)
+        self._known.difference_update(chunk)
+        self.pump()
+
+    def sweep(self) -> None:
+        """Look in the database again when nothing is in hand: catches pending
+        orders that reached the table some other way."""
+        if not self._known and self._scan_from is None:
+            self._scan_from = 0
+            self.pump()
+
+    def pump(self) -> None:
+        self._feed_workers()
+        if (
+            self._scan_from is not None
+            and self._refill is None
+            and len(self._backlog) < self._max_backlog // 2
+        ):
+            self._refill = asyncio.get_running_loop().create_task(self._refill_from_store())
+
+    def _feed_workers(self) -> None:
+        for number, chunks in self._outstanding.items():
+            while self._backlog and len(chunks) < self._per_worker:
+                size = min(self._chunk_size(), len(self._backlog))
+                chunk = tuple(self._backlog.popleft() for _ in range(size))
+                chunks.append(chunk)
+                self._send(number, chunk)
+
+    def _chunk_size(self) -> int:
+        workers = max(1, len(self._outstanding))
+        share = -(-len(self._backlog) // (workers * self._per_worker))
+        return max(1, min(self._max_chunk, share))
+
+    async def _refill_from_store(self) -> None:
+        try:
+            while self._scan_from is not None and len(self._backlog) < self._max_backlog // 2:
+                start, want = self._scan_from, self._max_backlog // 2
+                self._dropped_min = None
+                ids = await self._read_pending(start, want)
+                next_from = ids[-1] + 1 if len(ids) == want else None
+                if self._dropped_min is not None:
+                    # Ids that arrived during the read may be missing from it.
+                    next_from = min(self._dropped_min, next_from or self._dropped_min)
+                for order_id in ids:
+                    if order_id not in self._known:
+                        self._backlog.append(order_id)
+                        self._known.add(order_id)
+                self._scan_from = next_from
+                self._feed_workers()
+        except Exception as exc:
+            logger.error("could not read pending orders, retrying: %s", exc)
+            await asyncio.sleep(1.0)
+        finally:
+            self._refill = None

@@ -1,0 +1,356 @@
+"""Splitting a byte stream into JSON requests.
+
+Requests are JSON values one after another, with any white space between and
+inside them, arriving in chunks of any size. `Decoder.feed` takes each chunk
+and returns what it completed: parsed values, or `RequestError`s for input that
+cannot become JSON.
+
+Two paths do the work. The fast one hands whole chunks to the C decoder
+(`raw_decode`), which is what one order in one packet meets. When a chunk ends
+inside a value, or holds something the C decoder refuses, the request moves to
+`_Scanner`, which checks the syntax incrementally: each byte is looked at once
+however the input is cut, it tells a value that is still a valid beginning from
+one that can never be JSON, and it knows the byte where the value ends.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from typing import Any
+
+from .protocol import DEMASIADO_GRANDE, JSON_INVALIDO, RequestError
+
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
+MAX_DEPTH = 64
+MAX_NUMBER_CHARS = 100
+IAC = 0xFF  # telnet "interpret as command": Ctrl-C at a telnet prompt sends IAC IP
+
+_WS = re.compile(r"[ \t\r\n]*")
+_WS_BYTES = re.compile(rb"[ \t\r\n]*")
+_STRING_BODY = re.compile(rb'[^"\\\x00-\x1f]*')
+_NUMBER_CHARS = re.compile(rb"[-+.eE0-9]*")
+_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_NUMBER_PREFIX = re.compile(rb"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?)?")
+_HEX = re.compile(rb"[0-9a-fA-F]*")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LITERALS = {ord("t"): b"true", ord("f"): b"false", ord("n"): b"null"}
+_ESCAPES = frozenset(b'"\\/bfnrt')
+
+
+def _checked_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError("number too long")
+    return int(text)
+
+
+def _checked_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError("number too long")
+    return float(text)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_json = json.JSONDecoder(parse_int=_checked_int, parse_float=_checked_float, parse_constant=_refuse_constant)
+
+
+class _Invalid(Exception):
+    def __init__(self, index: int, mensaje: str) -> None:
+        self.index = index
+        self.mensaje = mensaje
+
+
+# What the scanner expects next, outside a string.
+VALUE, VALUE_OR_CLOSE, KEY, KEY_OR_CLOSE, COLON, COMMA_OR_CLOSE = range(6)
+
+
+class _Scanner:
+    """Incremental JSON syntax check of one request at the start of a buffer."""
+
+    def __init__(self) -> None:
+        self.pos = 0
+        self.stack: list[int] = []
+        self.expect = VALUE
+        self.in_string = False
+        self.utf8 = codecs.getincrementaldecoder("utf-8")("strict")
+        self.utf8_pos = 0
+        self.bad_utf8: int | None = None
+
+    def scan(self, buf: bytearray) -> int | None:
+        """The end of the complete value, None if more input is needed; raises _Invalid."""
+        n = self._utf8_limit(buf)
+        end = self._scan(buf, n)
+        if end is None and self.bad_utf8 is not None:
+            raise _Invalid(self.bad_utf8, "bytes que no son UTF-8")
+        return end
+
+    def _scan(self, buf: bytearray, n: int) -> int | None:
+        while True:
+            if self.in_string:
+                if not self._string(buf, n):
+                    return None
+                if self.expect in (KEY, KEY_OR_CLOSE):
+                    self.expect = COLON
+                elif self._value_done():
+                    return self.pos
+                continue
+            self.pos = _WS_BYTES.match(buf, self.pos, n).end()
+            if self.pos >= n:
+                return None
+            c = buf[self.pos]
+            if self.expect in (VALUE, VALUE_OR_CLOSE):
+                if c == ord("]") and self.expect == VALUE_OR_CLOSE:
+                    self.pos += 1
+                    self.stack.pop()
+                    if self._value_done():
+                        return self.pos
+                elif c in (ord("{"), ord("[")):
+                    if len(self.stack) >= MAX_DEPTH:
+                        raise _Invalid(self.pos, f"anidamiento de más de {MAX_DEPTH} niveles")
+                    self.stack.append(c)
+                    self.pos += 1
+                    self.expect = KEY_OR_CLOSE if c == ord("{") else VALUE_OR_CLOSE
+                elif c == ord('"'):
+                    self.in_string = True
+                    self.pos += 1
+                elif c == ord("-") or 48 <= c <= 57:
+                    if not self._number(buf, n):
+                        return None
+                    if self._value_done():
+                        return self.pos
+                elif c in _LITERALS:
+                    word = _LITERALS[c]
+                    got = bytes(buf[self.pos : min(n, self.pos + len(word))])
+                    if got != word:
+                        if word.startswith(got) and self.pos + len(got) == n:
+                            return None
+                        raise _Invalid(self.pos, "valor desconocido")
+                    self.pos += len(word)
+                    if self._value_done():
+                        return self.pos
+                else:
+                    raise _Invalid(self.pos, "se esperaba un valor")
+            elif self.expect in (KEY, KEY_OR_CLOSE):
+                if c == ord("}") and self.expect == KEY_OR_CLOSE:
+                    self.pos += 1
+                    self.stack.pop()
+                    if self._value_done():
+                        return self.pos
+                elif c == ord('"'):
+                    self.in_string = True
+                    self.pos += 1
+                else:
+                    raise _Invalid(self.pos, "se esperaba un nombre de campo entre comillas")
+            elif self.expect == COLON:
+                if c != ord(":"):
+                    raise _Invalid(self.pos, "se esperaba ':'")
+                self.pos += 1
+                self.expect = VALUE
+            else:  # COMMA_OR_CLOSE
+                top = self.stack[-1]
+                if c == ord(","):
+                    self.pos += 1
+                    self.expect = KEY if top == ord("{") else VALUE
+                elif c == top + 2:  # '{' + 2 == '}', '[' + 2 == ']'
+                    self.pos += 1
+                    self.stack.pop()
+                    if self._value_done():
+                        return self.pos
+                else:
+                    raise _Invalid(self.pos, "se esperaba ',' o el cierre")
+
+    def _utf8_limit(self, buf: bytearray) -> int:
+        """How far the bytes are valid UTF-8: the scan stops at the first bad byte."""
+        if self.bad_utf8 is None and self.utf8_pos < len(buf):
+            try:
+                self.utf8.decode(bytes(buf[self.utf8_pos :]))
+                self.utf8_pos = len(buf)
+            except UnicodeDecodeError as exc:
+                self.bad_utf8 = self.utf8_pos + exc.start
+        return len(buf) if self.bad_utf8 is None else self.bad_utf8
+
+    def _value_done(self) -> bool:
+        """After a value: True if it completed the request."""
+        if not self.stack:
+            return True
+        self.expect = COMMA_OR_CLOSE
+        return False
+
+    def _string(self, buf: bytearray, n: int) -> bool:
+        """Consume string content; False if the buffer ends inside the string."""
+        while True:
+            self.pos = _STRING_BODY.match(buf, self.pos, n).end()
+            if self.pos >= n:
+                return False
+            c = buf[self.pos]
+            if c == ord('"'):
+                self.pos += 1
+                self.in_string = False
+                return True
+            if c != ord("\\"):
+                raise _Invalid(self.pos, "carácter de control dentro de un texto")
+            if self.pos + 1 >= n:
+                return False
+            esc = buf[self.pos + 1]
+            if esc in _ESCAPES:
+                self.pos += 2
+            elif esc == ord("u"):
+                digits = _HEX.match(buf, self.pos + 2, min(n, self.pos + 6)).end() - self.pos - 2
+                if digits == 4:
+                    self.pos += 6
+                elif self.pos + 2 + digits >= n:
+                    return False
+                else:
+                    raise _Invalid(self.pos, "escape \\u incompleto")
+            else:
+                raise _Invalid(self.pos, "escape desconocido")
+
+    def _number(self, buf: bytearray, n: int) -> bool:
+        end = _NUMBER_CHARS.match(buf, self.pos, n).end()
+        if end - self.pos > MAX_NUMBER_CHARS:
+            raise _Invalid(self.pos, f"número de más de {MAX_NUMBER_CHARS} caracteres")
+        if end >= n:  # the number may go on in the next chunk
+            if _NUMBER_PREFIX.fullmatch(buf, self.pos, end):
+                return False
+            raise _Invalid(self.pos, "número mal escrito")
+        if not _NUMBER.fullmatch(buf, self.pos, end):
+            raise _Invalid(self.pos, "número mal escrito")
+        self.pos = end
+        return True
+
+
+class Decoder:
+    """Turns the bytes of one connection into requests, in order."""
+
+    def __init__(self, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+        self.max_request_bytes = max_request_bytes
+        self.closed = False  # after `demasiado_grande`: the connection must close
+        self._buf = bytearray()  # a partial request, from its first byte
+        self._scanner = _Scanner()
+        self._dropping = False  # discarding the rest of a line that held an error
+
+    @property
+    def partial(self) -> bool:
+        """True while part of a request is buffered."""
+        return bool(self._buf)
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Requests completed by `data`: JSON values, or RequestError for bad input."""
+        out: list[Any] = []
+        if self.closed:
+            return out
+        if self._dropping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return out
+            data = data[newline + 1 :]
+            self._dropping = False
+        if self._buf:
+            self._buf += data
+        else:
+            self._start(self._fast(data, out))
+        while self._buf and not self.closed:
+            rest = self._slow(out)
+            if rest is None:
+                break
+            self._start(self._fast(rest, out))
+        return out
+
+    def _start(self, rest: bytes) -> None:
+        self._buf = bytearray(rest)
+        self._scanner = _Scanner()
+
+    def _fast(self, data: bytes, out: list[Any]) -> bytes:
+        """Decode the complete values at the start of `data`; return the rest."""
+        try:
+            text, tail = data.decode("utf-8"), b""
+        except UnicodeDecodeError as exc:
+            text, tail = data[: exc.start].decode("utf-8"), data[exc.start :]
+        pos, n = 0, len(text)
+        while True:
+            pos = _WS.match(text, pos).end()
+            if pos >= n:
+                return tail
+            try:
+                value, end = _json.raw_decode(text, pos)
+            except (ValueError, RecursionError):
+                break
+            if end == n and isinstance(value, (int, float)):
+                break  # a number at the very end may go on in the next chunk
+            if (end - pos) * 4 > self.max_request_bytes or not _plain(text, pos, end):
+                break  # the careful path decides
+            out.append(value)
+            pos = end
+        return text[pos:].encode("utf-8") + tail
+
+    def _slow(self, out: list[Any]) -> bytes | None:
+        """Advance the buffered request; return the input after it once it is
+        complete or refused, None while it waits for more."""
+        buf = self._buf
+        try:
+            end = self._scanner.scan(buf)
+        except _Invalid as bad:
+            out.append(_invalid(bad.mensaje))
+            return self._drop_line(bad.index)
+        if end is None:
+            if len(buf) > self.max_request_bytes:
+                self._too_large(out)
+            return None
+        if end > self.max_request_bytes:
+            self._too_large(out)
+            return None
+        try:
+            text = buf[:end].decode("utf-8")
+            value = _json.decode(text)
+            if _SURROGATE_ESCAPE.search(text):
+                _encoder_check.encode(value).encode("utf-8")
+        except UnicodeEncodeError:
+            out.append(_invalid("texto con un sustituto UTF-16 suelto"))
+            return self._drop_line(end - 1)
+        except ValueError:
+            out.append(_invalid("valor que no es JSON estándar"))
+            return self._drop_line(end - 1)
+        out.append(value)
+        return bytes(buf[end:])
+
+    def _drop_line(self, index: int) -> bytes | None:
+        """After an error at `index`: skip to the end of its line."""
+        buf = self._buf
+        telnet_command = buf[index] == IAC
+        newline = buf.find(b"\n", index)
+        self._start(b"")
+        if newline >= 0:
+            return bytes(buf[newline + 1 :])
+        # A telnet command (Ctrl-C) ends what the person was typing; anything
+        # else is dropped up to the newline that has not arrived yet.
+        self._dropping = not telnet_command
+        return None
+
+    def _too_large(self, out: list[Any]) -> None:
+        out.append(
+            RequestError(
+                DEMASIADO_GRANDE,
+                f"La petición supera el límite de {self.max_request_bytes} bytes; se cierra la conexión.",
+            )
+        )
+        self.closed = True
+        self._start(b"")
+
+
+_encoder_check = json.JSONEncoder(ensure_ascii=False)
+
+
+def _plain(text: str, start: int, end: int) -> bool:
+    """False if the value may be too deep or hide a lone surrogate: cases the
+    careful path checks."""
+    if text.count("[", start, end) + text.count("{", start, end) > MAX_DEPTH:
+        return False
+    return _SURROGATE_ESCAPE.search(text, start, end) is None
+
+
+def _invalid(why: str) -> RequestError:
+    return RequestError(JSON_INVALIDO, f"JSON inválido: {why}.")

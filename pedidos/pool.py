@@ -1,0 +1,193 @@
+"""The worker processes: starting them, hearing from them, noticing their death.
+
+Each worker has its own task queue and its own pipe back. A process killed
+while it reads a shared `multiprocessing.Queue` dies holding the queue's
+internal lock and blocks every other reader; with one queue per worker, a
+death costs only that worker's queue, which the pool replaces with the worker.
+
+One monitor thread waits on every pipe and every process sentinel at once and
+hands what it saw to the event loop in one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from .workers import SERVER, OwnedLock, WorkerConfig, worker_main
+
+logger = logging.getLogger(__name__)
+
+Message = tuple[Any, ...]
+
+
+@dataclass
+class WorkerSlot:
+    """What the pool keeps of one worker."""
+
+    number: int
+    process: Any  # multiprocessing.Process
+    tasks: Any  # multiprocessing.Queue
+    events: Connection
+    gone: bool = field(default=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        size: int,
+        config: WorkerConfig,
+        loop: asyncio.AbstractEventLoop,
+        on_messages: Callable[[list[Message]], None],
+        on_death: Callable[[int, int | None], None],
+    ) -> None:
+        self.size = size
+        self.config = config
+        # spawn: the server starts workers while threads and an event loop
+        # run, where fork would copy locks held by other threads.
+        self._ctx = multiprocessing.get_context("spawn")
+        self._lock = self._ctx.Lock()
+        self._lock_holder = self._ctx.Value("i", 0, lock=False)
+        self._stop = self._ctx.Event()
+        self._loop = loop
+        self._on_messages = on_messages
+        self._on_death = on_death
+        self.slots: dict[int, WorkerSlot] = {}
+        self._slots_guard = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        self._monitor = threading.Thread(target=self._watch, name="pedidos-monitor", daemon=True)
+        self._watching = True
+
+    def server_lock(self) -> OwnedLock:
+        """The write lock as the server's own writer takes it."""
+        return OwnedLock(self._lock, self._lock_holder, SERVER)
+
+    def start(self) -> None:
+        for number in range(1, self.size + 1):
+            self.spawn(number)
+        self._monitor.start()
+
+    def spawn(self, number: int) -> WorkerSlot:
+        tasks = self._ctx.Queue()
+        # Items left in a dead or stopped worker's queue must not keep the
+        # server waiting at exit for a reader that will never come.
+        tasks.cancel_join_thread()
+        receiver, sender = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(number, self.config, tasks, sender, self._lock, self._lock_holder, self._stop),
+            name=f"pedidos-worker-{number}",
+            daemon=True,
+        )
+        process.start()
+        sender.close()
+        slot = WorkerSlot(number, process, tasks, receiver)
+        with self._slots_guard:
+            old = self.slots.get(number)
+            self.slots[number] = slot
+        if old is not None:
+            _close(old)
+        os.write(self._wake_w, b"w")
+        logger.info("worker %d started (pid %d)", number, process.pid)
+        return slot
+
+    def alive(self) -> int:
+        return sum(1 for slot in self.slots.values() if not slot.gone)
+
+    def send(self, number: int, chunk: tuple[int, ...]) -> None:
+        self.slots[number].tasks.put(chunk)
+
+    def release_lock_of(self, number: int) -> None:
+        """Free the write lock if worker `number` died holding it."""
+        if self._lock_holder.value == number:
+            logger.warning("worker %d died holding the database lock; releasing it", number)
+            self._lock_holder.value = 0
+            self._lock.release()
+
+    def stop(self, timeout: float) -> list[int]:
+        """Ask every worker to finish its order in hand and exit; kill those
+        still running after `timeout`. Returns the numbers that were killed.
+        Blocking: run it off the event loop."""
+        self._stop.set()
+        slots = list(self.slots.values())
+        for slot in slots:
+            if not slot.gone:
+                slot.tasks.put(None)
+        killed = []
+        deadline = self._loop.time() + timeout
+        for slot in slots:
+            slot.process.join(max(0.0, deadline - self._loop.time()))
+            if slot.process.is_alive():
+                logger.warning("worker %d did not stop in time; killing it", slot.number)
+                slot.process.kill()
+                slot.process.join()
+                killed.append(slot.number)
+        self._watching = False
+        os.write(self._wake_w, b"s")
+        if self._monitor.is_alive():
+            self._monitor.join()
+        for slot in slots:
+            _close(slot)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        return killed
+
+    def _watch(self) -> None:
+        while self._watching:
+            with self._slots_guard:
+                live = [slot for slot in self.slots.values() if not slot.gone]
+            by_key: dict[Any, tuple[str, WorkerSlot]] = {}
+            for slot in live:
+                by_key[slot.events] = ("events", slot)
+                by_key[slot.process.sentinel] = ("death", slot)
+            ready = wait([self._wake_r, *by_key], timeout=1.0)
+            messages: list[Message] = []
+            deaths: list[tuple[int, int | None]] = []
+            for key in ready:
+                if key == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                    continue
+                kind, slot = by_key[key]
+                if kind == "events":
+                    messages += _drain(slot.events)
+            for key in ready:
+                if key in by_key and by_key[key][0] == "death":
+                    slot = by_key[key][1]
+                    messages += _drain(slot.events)  # what it said before dying
+                    slot.process.join()
+                    slot.gone = True
+                    deaths.append((slot.number, slot.process.exitcode))
+            if (messages or deaths) and self._watching:
+                self._loop.call_soon_threadsafe(self._deliver, messages, deaths)
+
+    def _deliver(self, messages: list[Message], deaths: list[tuple[int, int | None]]) -> None:
+        if messages:
+            self._on_messages(messages)
+        for number, exitcode in deaths:
+            self._on_death(number, exitcode)
+
+
+def _drain(conn: Connection) -> list[Message]:
+    messages = []
+    try:
+        while conn.poll():
+            messages.append(conn.recv())
+    except (EOFError, OSError):
+        pass  # the worker is gone; its sentinel reports that
+    return messages
+
+
+def _close(slot: WorkerSlot) -> None:
+    slot.events.close()
+    slot.tasks.close()

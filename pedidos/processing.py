@@ -1,0 +1,132 @@
+"""The server's side of processing: the pool, the dispatcher and the events
+between them, including what happens when a worker dies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .dispatch import Dispatcher
+from .events import (
+    FAILED,
+    FINISHED,
+    RECEIVED,
+    REQUEUED,
+    STARTED,
+    WORKER_DIED,
+    WORKER_STARTED,
+    Event,
+    EventBus,
+)
+from .pool import Message, WorkerPool
+from .store import Store
+from .workers import WorkerConfig
+
+logger = logging.getLogger(__name__)
+
+SWEEP_S = 2.0
+BATCH_CHUNK = 256  # ids per chunk when orders take no time: fewer commits
+RETRY_S = 1.0
+
+
+class Processing:
+    def __init__(
+        self,
+        workers: int,
+        config: WorkerConfig,
+        bus: EventBus,
+        write: Callable[..., asyncio.Future[Any]],
+        read: Callable[..., Any],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._bus = bus
+        self._write = write
+        self._stopping = False
+        self.pool = WorkerPool(workers, config, self._loop, self._on_messages, self._on_death)
+        max_chunk = BATCH_CHUNK if config.work_time[1] == 0 else 1
+        self.dispatcher = Dispatcher(
+            self.pool.send, lambda start, n: read(Store.pending_ids, start, n), max_chunk
+        )
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._replacing: set[asyncio.Task[None]] = set()
+        bus.subscribe(self._on_event)
+
+    def start(self) -> None:
+        self.pool.start()
+        for number in self.pool.slots:
+            self.dispatcher.worker_ready(number)
+        self._sweep()
+
+    async def stop(self, timeout: float) -> None:
+        """Let each worker finish the chunk in hand; hand back what the slow
+        ones held, without counting it as an attempt."""
+        self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for task in list(self._replacing):
+            task.cancel()
+        killed = await self._loop.run_in_executor(None, self.pool.stop, timeout)
+        for number in killed:
+            self.pool.release_lock_of(number)
+            try:
+                await self._write(Store.release, number, False)
+            except Exception as exc:
+                logger.error("could not hand back the orders of worker %d: %s", number, exc)
+
+    def _sweep(self) -> None:
+        self.dispatcher.sweep()
+        self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind in (RECEIVED, REQUEUED) and not self._stopping:
+            self.dispatcher.add(event.ids)
+
+    def _on_messages(self, messages: list[Message]) -> None:
+        for kind, number, chunk, taken, at in messages:
+            if kind == "started":
+                if taken:
+                    self._bus.publish(Event(STARTED, taken, number, at))
+            else:
+                self.dispatcher.finished(number, chunk)
+                if taken:
+                    self._bus.publish(Event(FINISHED, taken, number, at))
+
+    def _on_death(self, number: int, exitcode: int | None) -> None:
+        if self._stopping:
+            return
+        task = self._loop.create_task(self._replace(number, exitcode))
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self, number: int, exitcode: int | None) -> None:
+        """Hand back what the dead worker held, then start its replacement."""
+        in_queue = self.dispatcher.worker_gone(number)
+        self.pool.release_lock_of(number)
+        while True:
+            try:
+                changed = await self._write(Store.release, number, True)
+                break
+            except Exception as exc:
+                logger.error("could not hand back the orders of worker %d: %s", number, exc)
+                await asyncio.sleep(RETRY_S)
+        requeued = tuple(i for i, estado in changed if estado == "pendiente")
+        failed = tuple(i for i, estado in changed if estado == "fallido")
+        logger.warning(
+            "worker %d died (exit code %s); %d orders handed back, %d failed",
+            number,
+            exitcode,
+            len(requeued),
+            len(failed),
+        )
+        self._bus.publish(Event(WORKER_DIED, requeued + failed, number))
+        if failed:
+            self._bus.publish(Event(FAILED, failed, number))
+        if requeued:
+            self._bus.publish(Event(REQUEUED, requeued, number))
+        self.dispatcher.add(in_queue)
+        if not self._stopping:
+            self.pool.spawn(number)
+            self.dispatcher.worker_ready(number)
+            self._bus.publish(Event(WORKER_STARTED, (), number))

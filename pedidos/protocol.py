@@ -1,0 +1,69 @@
+"""The wire vocabulary: error codes, replies and how they are written.
+
+Replies are one JSON object per line, UTF-8, non-ASCII written as is.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+SERVER_NAME = "pedidos"
+
+JSON_INVALIDO = "json_invalido"
+MENSAJE_INVALIDO = "mensaje_invalido"
+PEDIDO_INVALIDO = "pedido_invalido"
+ACCION_DESCONOCIDA = "accion_desconocida"
+NO_ENCONTRADO = "no_encontrado"
+NO_CANCELABLE = "no_cancelable"
+TIEMPO_AGOTADO = "tiempo_agotado"
+DEMASIADO_GRANDE = "demasiado_grande"
+SERVIDOR_OCUPADO = "servidor_ocupado"
+ERROR_INTERNO = "error_interno"
+
+GREETING_TEXT = (
+    "Bienvenido a pedidos. Pegue un pedido en JSON, por ejemplo "
+    '{"cliente": "Juan Pérez", "productos": ["pan", "agua"], '
+    '"direccion": "Av. Siempre Viva 742"}, '
+    'o un comando como {"accion": "consultar", "id": 1}.'
+)
+
+
+class RequestError(Exception):
+    """A request the server refuses: carries the contract's error code and a sentence."""
+
+    def __init__(self, code: str, mensaje: str, **extra: Any) -> None:
+        super().__init__(f"{code}: {mensaje}")
+        self.code = code
+        self.mensaje = mensaje
+        self.extra = extra
+
+    def reply(self) -> dict[str, Any]:
+        return error_reply(self.code, self.mensaje, **self.extra)
+
+
+def error_reply(code: str, mensaje: str, **extra: Any) -> dict[str, Any]:
+    return {"ok": False, "error": code, "mensaje": mensaje, **extra}
+
+
+def greeting() -> dict[str, Any]:
+    return {
+        "ok": True,
+        "servidor": SERVER_NAME,
+        "protocolo": PROTOCOL_VERSION,
+        "mensaje": GREETING_TEXT,
+    }
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False)
+
+
+def encode_line(reply: dict[str, Any]) -> bytes:
+    """One reply as the bytes of one line.
+
+    Strings that came from the client were checked for lone surrogates by the
+    decoder, so strict UTF-8 cannot fail here; `backslashreplace` is only a
+    guard so that a reply is never lost to an encoding error.
+    """
+    return (_encoder.encode(reply) + "\n").encode("utf-8", "backslashreplace")

@@ -1,0 +1,120 @@
+"""`python3 servidor.py`: the server's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from .framing import DEFAULT_MAX_REQUEST_BYTES
+from .server import Server, ServerConfig, StartupError
+
+logger = logging.getLogger(__name__)
+
+
+def parse_work_time(text: str) -> tuple[float, float]:
+    """`S` or `MIN-MAX` seconds, as `--work-time` takes them."""
+    low, _, high = text.partition("-")
+    try:
+        bounds = (float(low), float(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time in seconds: {text!r} (use S or MIN-MAX)") from None
+    if not 0 <= bounds[0] <= bounds[1] or bounds[1] > 3600:
+        raise argparse.ArgumentTypeError(f"work time must be 0 <= MIN <= MAX <= 3600, not {text!r}")
+    return bounds
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="servidor.py",
+        description="Order server: takes JSON orders over TCP (IPv4 and IPv6) and "
+        "processes them with worker processes.",
+        epilog="example: python3 servidor.py --host :: --port 8888 --workers 2",
+    )
+    parser.add_argument(
+        "--host",
+        action="append",
+        help="address or name to listen on; repeat for more (default: localhost, "
+        "i.e. 127.0.0.1 and ::1; '::' means every interface of both families)",
+    )
+    parser.add_argument(
+        "--port", type=_port, default=8888, help="TCP port; 0 picks a free one (default 8888)"
+    )
+    parser.add_argument("--workers", type=_positive_int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--db", default="pedidos.db", help="SQLite database file (default pedidos.db)")
+    parser.add_argument(
+        "--work-time",
+        type=parse_work_time,
+        default=(1.0, 3.0),
+        metavar="S|MIN-MAX",
+        help="simulated seconds of work per order, fixed or random in a range (default 1-3; 0 for none)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help=f"largest request accepted (default {DEFAULT_MAX_REQUEST_BYTES})",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=10_000,
+        help="open connections at most (default 10000)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        help="close a connection silent this many seconds (default 300; 0: never)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for replies and workers when stopping (default 30)",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = getattr(logging, args.log_level)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(
+        hosts=args.host or ["localhost"],
+        port=args.port,
+        workers=args.workers,
+        db=args.db,
+        work_time=args.work_time,
+        max_request_bytes=args.max_request_bytes,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        shutdown_timeout=args.shutdown_timeout,
+        log_level=level,
+    )
+    try:
+        asyncio.run(Server(config).serve())
+    except StartupError as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

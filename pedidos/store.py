@@ -1,0 +1,258 @@
+"""The order table: every line of SQL in the project lives here.
+
+One `Store` is one connection; each thread or process that touches the
+database opens its own. Writes go through `transaction()`, which takes the
+shared write lock (a `multiprocessing.Lock`) when one is given, so the server's
+writer thread and the workers hand the database to each other through a
+semaphore instead of SQLite's sleep-and-retry busy handler.
+
+A PostgreSQL store would keep these method names; `claim` would become a
+`SELECT ... FOR UPDATE SKIP LOCKED`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime, timezone
+from typing import Any
+
+from .validation import ESTADOS, NewOrder
+
+MAX_ATTEMPTS = 3  # interrupted attempts before an order is `fallido`
+BUSY_TIMEOUT_MS = 5000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pedidos (
+    id             INTEGER PRIMARY KEY,
+    cliente        TEXT    NOT NULL,
+    productos      TEXT    NOT NULL,
+    direccion      TEXT    NOT NULL,
+    referencia     TEXT    UNIQUE,
+    estado         TEXT    NOT NULL,
+    fecha_recibido TEXT    NOT NULL,
+    fecha_inicio   TEXT,
+    fecha_fin      TEXT,
+    worker         INTEGER,
+    intentos       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS pedidos_estado ON pedidos (estado, id);
+CREATE INDEX IF NOT EXISTS pedidos_cliente ON pedidos (cliente, id);
+"""
+
+COLUMNS = (
+    "id, cliente, productos, direccion, referencia, estado, fecha_recibido, "
+    "fecha_inicio, fecha_fin, worker, intentos"
+)
+INSERT = (
+    "INSERT INTO pedidos (cliente, productos, direccion, referencia, estado, fecha_recibido) "
+    "VALUES (?, ?, ?, ?, 'pendiente', ?) ON CONFLICT (referencia) DO NOTHING"
+)
+MAX_PARAMS = 500  # ids per IN (...) list, well under SQLite's variable limit
+
+
+def now() -> str:
+    """ISO 8601 UTC with microseconds and offset, as the contract writes times."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+class Store:
+    def __init__(self, path: str, write_lock: AbstractContextManager[Any] | None = None) -> None:
+        self.path = path
+        self._write_lock = write_lock
+        self._conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: in WAL mode NORMAL may lose the last commits on power loss,
+            # and an acknowledged order must survive that.
+            self._conn.execute("PRAGMA synchronous=FULL")
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def create_schema(self) -> None:
+        """Create the table if needed, and prove that the file is writable."""
+        with self.transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error (a failed COMMIT too)."""
+        with self._write_lock or nullcontext():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    # --- intake (the server's writer thread) --------------------------------
+
+    def insert_orders(self, orders: Sequence[NewOrder]) -> list[tuple[int, str, bool]]:
+        """Store a batch in one transaction: (id, estado, duplicado) for each.
+
+        An order whose `referencia` is already stored is not stored again."""
+        received = now()
+        results = []
+        with self.transaction() as db:
+            for order in orders:
+                productos = json.dumps(list(order.productos), ensure_ascii=False)
+                cur = db.execute(
+                    INSERT, (order.cliente, productos, order.direccion, order.referencia, received)
+                )
+                if cur.rowcount == 1:
+                    results.append((cur.lastrowid, "pendiente", False))
+                else:
+                    row = db.execute(
+                        "SELECT id, estado FROM pedidos WHERE referencia = ?", (order.referencia,)
+                    ).fetchone()
+                    results.append((row[0], row[1], True))
+        return results
+
+    def cancel(self, order_id: int) -> tuple[dict[str, Any] | None, bool]:
+        """Cancel a pending order: (the order as it now stands, whether it was cancelled)."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE pedidos SET estado = 'cancelado' WHERE id = ? AND estado = 'pendiente'",
+                (order_id,),
+            )
+            return self._get(db, order_id), cur.rowcount == 1
+
+    # --- reads ---------------------------------------------------------------
+
+    def get(self, order_id: int) -> dict[str, Any] | None:
+        return self._get(self._conn, order_id)
+
+    @staticmethod
+    def _get(db: sqlite3.Connection, order_id: int) -> dict[str, Any] | None:
+        row = db.execute(f"SELECT {COLUMNS} FROM pedidos WHERE id = ?", (order_id,)).fetchone()
+        return _order(row) if row else None
+
+    def list_orders(
+        self, estado: str | None, cliente: str | None, desde_id: int, limite: int
+    ) -> list[dict[str, Any]]:
+        where, params = ["id > ?"], [desde_id]
+        if estado is not None:
+            where.append("estado = ?")
+            params.append(estado)
+        if cliente is not None:
+            where.append("cliente = ?")
+            params.append(cliente)
+        rows = self._conn.execute(
+            f"SELECT {COLUMNS} FROM pedidos WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+            (*params, limite),
+        ).fetchall()
+        return [_order(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(ESTADOS, 0)
+        for estado, n in self._conn.execute("SELECT estado, COUNT(*) FROM pedidos GROUP BY estado"):
+            counts[estado] = n
+        return counts
+
+    def pending_ids(self, from_id: int, limit: int) -> list[int]:
+        """Ids of pending orders from `from_id` on, oldest first."""
+        rows = self._conn.execute(
+            "SELECT id FROM pedidos WHERE estado = 'pendiente' AND id >= ? ORDER BY id LIMIT ?",
+            (from_id, limit),
+        )
+        return [row[0] for row in rows]
+
+    # --- processing (the workers) -------------------------------------------
+
+    def claim(self, ids: Sequence[int], worker: int) -> tuple[str, list[int]]:
+        """Take the still-pending orders among `ids` for `worker`: (start time, taken ids)."""
+        started = now()
+        taken: list[int] = []
+        with self.transaction() as db:
+            for part in _parts(ids):
+                marks = ",".join("?" * len(part))
+                db.execute(
+                    "UPDATE pedidos SET estado = 'en proceso', fecha_inicio = ?, worker = ? "
+                    f"WHERE estado = 'pendiente' AND id IN ({marks})",
+                    (started, worker, *part),
+                )
+                taken += [
+                    row[0]
+                    for row in db.execute(
+                        "SELECT id FROM pedidos WHERE estado = 'en proceso' AND worker = ? "
+                        f"AND fecha_inicio = ? AND id IN ({marks}) ORDER BY id",
+                        (worker, started, *part),
+                    )
+                ]
+        return started, taken
+
+    def finish(self, ids: Sequence[int], worker: int) -> str:
+        """Mark the orders that `worker` holds among `ids` as `listo`: the end time."""
+        finished = now()
+        with self.transaction() as db:
+            for part in _parts(ids):
+                marks = ",".join("?" * len(part))
+                db.execute(
+                    "UPDATE pedidos SET estado = 'listo', fecha_fin = ? "
+                    f"WHERE estado = 'en proceso' AND worker = ? AND id IN ({marks})",
+                    (finished, worker, *part),
+                )
+        return finished
+
+    def release(self, worker: int | None, count_attempt: bool) -> list[tuple[int, str]]:
+        """Hand back the orders in process by `worker` (None: by anyone).
+
+        An attempt ended by a crash counts in `intentos`, and the third such
+        attempt makes the order `fallido`; one handed back at a graceful
+        shutdown does not count. Returns (id, new estado) for each."""
+        where, params = "estado = 'en proceso'", []
+        if worker is not None:
+            where += " AND worker = ?"
+            params.append(worker)
+        changed = []
+        with self.transaction() as db:
+            rows = db.execute(f"SELECT id, intentos FROM pedidos WHERE {where}", params).fetchall()
+            for order_id, intentos in rows:
+                intentos += 1 if count_attempt else 0
+                if intentos >= MAX_ATTEMPTS:
+                    db.execute(
+                        "UPDATE pedidos SET estado = 'fallido', intentos = ? WHERE id = ?",
+                        (intentos, order_id),
+                    )
+                    changed.append((order_id, "fallido"))
+                else:
+                    db.execute(
+                        "UPDATE pedidos SET estado = 'pendiente', intentos = ?, "
+                        "fecha_inicio = NULL, worker = NULL WHERE id = ?",
+                        (intentos, order_id),
+                    )
+                    changed.append((order_id, "pendiente"))
+        return changed
+
+
+def _parts(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    for i in range(0, len(ids), MAX_PARAMS):
+        yield ids[i : i + MAX_PARAMS]
+
+
+def _order(row: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        "id": row[0],
+        "cliente": row[1],
+        "productos": json.loads(row[2]),
+        "direccion": row[3],
+        "referencia": row[4],
+        "estado": row[5],
+        "fecha_recibido": row[6],
+        "fecha_inicio": row[7],
+        "fecha_fin": row[8],
+        "worker": row[9],
+        "intentos": row[10],
+    }

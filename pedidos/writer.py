@@ -1,0 +1,115 @@
+"""The server's one writing connection, on a thread of its own.
+
+Orders that arrive while a transaction commits wait for the next one, so a
+burst of orders shares one transaction and one fsync (group commit), and the
+event loop never waits on the disk. Each order's future resolves only after
+its row is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from .events import RECEIVED, Event, EventBus
+from .store import Store
+from .validation import NewOrder
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 2000
+_STOP = object()
+
+
+class Writer:
+    def __init__(
+        self,
+        db_path: str,
+        write_lock: AbstractContextManager[Any] | None,
+        loop: asyncio.AbstractEventLoop,
+        bus: EventBus,
+    ) -> None:
+        self._store = Store(db_path, write_lock)
+        self._loop = loop
+        self._bus = bus
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="pedidos-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Commit what was already submitted, then end the thread."""
+        self._inbox.put(_STOP)
+        self._thread.join()
+        self._store.close()
+
+    def submit(self, order: NewOrder) -> asyncio.Future[tuple[int, str, bool]]:
+        """Store an order: resolves to (id, estado, duplicado) once committed."""
+        future = self._loop.create_future()
+        self._inbox.put((order, future))
+        return future
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run `fn(store, *args)` on the writer's thread, between batches."""
+        future = self._loop.create_future()
+        self._inbox.put((fn, args, future))
+        return future
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            items = [self._inbox.get()]
+            while len(items) < MAX_BATCH:
+                try:
+                    items.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            orders, futures, settled = [], [], []
+            new_ids: tuple[int, ...] = ()
+            for item in items:
+                if item is _STOP:
+                    stopping = True
+                elif len(item) == 2:
+                    orders.append(item[0])
+                    futures.append(item[1])
+                else:
+                    fn, args, future = item
+                    settled.append((future, *self._call(fn, *args)))
+            if orders:
+                try:
+                    results: Any = self._store.insert_orders(orders)
+                except Exception as exc:
+                    logger.error("could not store %d orders: %s", len(orders), exc)
+                    settled += [(future, None, exc) for future in futures]
+                else:
+                    settled += [(f, r, None) for f, r in zip(futures, results, strict=True)]
+                    new_ids = tuple(r[0] for r in results if not r[2])
+            self._loop.call_soon_threadsafe(self._settle, settled, new_ids)
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
+        try:
+            return fn(self._store, *args), None
+        except Exception as exc:
+            logger.error("database write failed: %s", exc)
+            return None, exc
+
+    def _settle(
+        self,
+        settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+        new_ids: tuple[int, ...],
+    ) -> None:
+        for future, result, error in settled:
+            if future.done():  # cancelled: its connection went away
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        if new_ids:
+            self._bus.publish(Event(RECEIVED, new_ids))

@@ -1,0 +1,212 @@
+"""Shared test harness: the real `servidor.py` as a subprocess, on loopback.
+
+Every server a test starts is stopped by its own pid (SIGTERM, then SIGKILL
+after a deadline), and its workers are checked to be gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVIDOR = ROOT / "servidor.py"
+CLIENTE = ROOT / "cliente.py"
+LISTENING = re.compile(r"listening on \[?([0-9a-fA-F:.]+)\]?:(\d+)")
+START_DEADLINE = 30.0
+STOP_DEADLINE = 40.0
+
+ORIGINAL_ORDER = (
+    ' {\n  "cliente": "Juan Pérez",\n  "productos": ["pan", "agua"],\n'
+    '  "direccion": "Av. Siempre Viva 742"\n}\n'
+)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
+    """Poll `condition` until it returns something true, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {condition}")
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """A running `servidor.py` and what it logged."""
+
+    def __init__(self, args: list[str], db: Path, cwd: Path) -> None:
+        self.db = db
+        self.args = args
+        self.lines: list[str] = []
+        self.addresses: list[tuple[str, int]] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SERVIDOR), "--db", str(db), *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+        )
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def _read_log(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            match = LISTENING.search(line)
+            if match:
+                self.addresses.append((match.group(1), int(match.group(2))))
+            if " ready: " in line:
+                self._ready.set()
+        self._ready.set()
+
+    def wait_ready(self, timeout: float = START_DEADLINE) -> ServerProcess:
+        if not self._ready.wait(timeout) or self.proc.poll() is not None:
+            self.kill()
+            raise AssertionError(f"server did not start:\n{self.log}")
+        return self
+
+    def worker_pids(self) -> list[int]:
+        """Pids of this server's children (its workers), from /proc."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    stat = (entry / "stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == self.pid:
+                        pids.append(int(entry.name))
+        return pids
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_DEADLINE) -> int:
+        """Signal the server by its own pid and wait for it; kill it past the deadline."""
+        children = self.worker_pids()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"server did not stop within {timeout} s:\n{self.log}") from None
+        self._reader.join(5)
+        wait_for(lambda: not any(_alive(pid) for pid in children), timeout=10)
+        return code
+
+    def kill(self) -> None:
+        children = self.worker_pids()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@contextlib.contextmanager
+def running_server(tmp_path: Path, *args: str, db: Path | None = None) -> Iterator[ServerProcess]:
+    """The real server on a free port with a database in `tmp_path`; always stopped."""
+    db = db or tmp_path / "pedidos.db"
+    args_list = list(args)
+    if "--port" not in args_list:
+        args_list += ["--port", "0"]
+    server = ServerProcess(args_list, db, tmp_path)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+        server.kill()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server with quick work (0.05 s an order) and 2 workers."""
+    with running_server(tmp_path, "--work-time", "0.05") as srv:
+        yield srv
+
+
+class LineClient:
+    """A raw socket speaking the protocol: bytes out, JSON lines back."""
+
+    def __init__(self, host: str, port: int, timeout: float = 15.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.read()
+
+    def send(self, data: bytes | str | dict) -> None:
+        if isinstance(data, dict):
+            data = json.dumps(data)
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.sock.sendall(data)
+
+    def read(self) -> dict:
+        line = self.file.readline()
+        assert line.endswith(b"\n"), f"connection closed, got {line!r}"
+        return json.loads(line)
+
+    def ask(self, request: bytes | str | dict) -> dict:
+        self.send(request)
+        return self.read()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> LineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@pytest.fixture
+def connect(server: ServerProcess) -> Iterator[Callable[..., LineClient]]:
+    clients: list[LineClient] = []
+
+    def _connect(host: str = "127.0.0.1") -> LineClient:
+        client = LineClient(host, server.port)
+        clients.append(client)
+        return client
+
+    yield _connect
+    for client in clients:
+        client.close()
