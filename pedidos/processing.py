@@ -27,7 +27,7 @@ from .workers import WorkerConfig
 logger = logging.getLogger(__name__)
 
 SWEEP_S = 2.0
-BATCH_CHUNK = 256  # ids per chunk when orders take no time: fewer commits
+BATCH_CHUNK = 1000  # ids per chunk at most when orders take no time
 RETRY_S = 1.0
 
 
@@ -45,9 +45,16 @@ class Processing:
         self._write = write
         self._stopping = False
         self.pool = WorkerPool(workers, config, self._loop, self._on_messages, self._on_death)
-        max_chunk = BATCH_CHUNK if config.work_time[1] == 0 else 1
+        # Orders that take time go one at a time, with the next one already
+        # queued so that no worker idles. Orders that take no time go in
+        # chunks of whatever piled up while the worker did its last one: like
+        # group commit, the busier the server, the fewer commits per order.
+        instant = config.work_time[1] == 0
         self.dispatcher = Dispatcher(
-            self.pool.send, lambda start, n: read(Store.pending_ids, start, n), max_chunk
+            self.pool.send,
+            lambda start, n: read(Store.pending_ids, start, n),
+            max_chunk=BATCH_CHUNK if instant else 1,
+            per_worker=1 if instant else 2,
         )
         self._sweeper: asyncio.TimerHandle | None = None
         self._replacing: set[asyncio.Task[None]] = set()

@@ -47,6 +47,14 @@ def error_reply(code: str, mensaje: str, **extra: Any) -> dict[str, Any]:
     return {"ok": False, "error": code, "mensaje": mensaje, **extra}
 
 
+def order_ack(order_id: int, estado: str, duplicado: bool) -> dict[str, Any]:
+    """The reply to a new order once it is stored."""
+    reply: dict[str, Any] = {"ok": True, "id": order_id, "estado": estado}
+    if duplicado:
+        reply["duplicado"] = True
+    return reply
+
+
 def greeting() -> dict[str, Any]:
     return {
         "ok": True,

@@ -169,7 +169,7 @@ class Server:
         if self._processing is not None:
             await self._processing.stop(0 if self._force_exit else timeout)
         if self._writer is not None:
-            await self.loop.run_in_executor(None, self._writer.stop)
+            await self._writer.stop()
         if self._reader is not None:
             self._reader.close()
         logger.info("stopped")

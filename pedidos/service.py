@@ -77,23 +77,7 @@ class OrderService:
 
     def submit(self, order: NewOrder) -> asyncio.Future[Reply]:
         """Store a new order; the reply is ready once it is committed."""
-        loop = asyncio.get_running_loop()
-        reply: asyncio.Future[Reply] = loop.create_future()
-
-        def stored(done: asyncio.Future[tuple[int, str, bool]]) -> None:
-            if reply.done():
-                return
-            if done.exception() is not None:
-                reply.set_exception(done.exception())  # type: ignore[arg-type]
-                return
-            order_id, estado, duplicate = done.result()
-            answer: Reply = {"ok": True, "id": order_id, "estado": estado}
-            if duplicate:
-                answer["duplicado"] = True
-            reply.set_result(answer)
-
-        self._writer.submit(order).add_done_callback(stored)
-        return reply
+        return self._writer.submit(order)
 
     async def command(self, command: Command) -> Reply:
         return await self._handlers[command.accion](**command.args)

@@ -79,7 +79,13 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
     parent = os.getppid()
-    store = Store(config.db_path, OwnedLock(lock, lock_holder, number))
+    # A worker's state changes commit without their own fsync (NORMAL): the
+    # WAL is one sequential file, so the server's next FULL commit makes them
+    # durable too. Power lost before that can only turn the last `listo` back
+    # into `en proceso`, which the next start hands back and redoes; it never
+    # loses an acknowledged order. Meanwhile the workers hold the write lock
+    # for microseconds instead of an fsync, and intake does not wait for them.
+    store = Store(config.db_path, OwnedLock(lock, lock_holder, number), synchronous="NORMAL")
     try:
         while not stop.is_set() and not terminated:
             try:

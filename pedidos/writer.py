@@ -4,6 +4,9 @@ Orders that arrive while a transaction commits wait for the next one, so a
 burst of orders shares one transaction and one fsync (group commit), and the
 event loop never waits on the disk. Each order's future resolves only after
 its row is committed.
+
+The loop hands work to the thread once per loop iteration, not once per order:
+every wake-up of the thread costs a hand-off of the interpreter lock.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from .events import RECEIVED, Event, EventBus
+from .protocol import order_ack
 from .store import Store
 from .validation import NewOrder
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH = 2000
 _STOP = object()
+Settled = list[tuple["asyncio.Future[Any]", Any, "BaseException | None"]]
 
 
 class Writer:
@@ -37,60 +41,76 @@ class Writer:
         self._store = Store(db_path, write_lock)
         self._loop = loop
         self._bus = bus
+        self._batch: list[tuple[Any, ...]] = []  # loop side, since the last hand-off
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="pedidos-writer", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Commit what was already submitted, then end the thread."""
+        self._hand_off()
         self._inbox.put(_STOP)
-        self._thread.join()
+        await self._loop.run_in_executor(None, self._thread.join)
         self._store.close()
 
-    def submit(self, order: NewOrder) -> asyncio.Future[tuple[int, str, bool]]:
-        """Store an order: resolves to (id, estado, duplicado) once committed."""
+    def submit(self, order: NewOrder) -> asyncio.Future[dict[str, Any]]:
+        """Store an order: resolves to its acknowledgement once committed."""
         future = self._loop.create_future()
-        self._inbox.put((order, future))
+        self._add((order, future))
         return future
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run `fn(store, *args)` on the writer's thread, between batches."""
         future = self._loop.create_future()
-        self._inbox.put((fn, args, future))
+        self._add((fn, args, future))
         return future
+
+    def _add(self, item: tuple[Any, ...]) -> None:
+        self._batch.append(item)
+        if len(self._batch) == 1:
+            self._loop.call_soon(self._hand_off)
+
+    def _hand_off(self) -> None:
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self._inbox.put(batch)
 
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            items = [self._inbox.get()]
-            while len(items) < MAX_BATCH:
+            items: list[tuple[Any, ...]] = []
+            got = self._inbox.get()
+            while True:
+                if got is _STOP:
+                    stopping = True
+                else:
+                    items += got
                 try:
-                    items.append(self._inbox.get_nowait())
+                    got = self._inbox.get_nowait()
                 except queue.Empty:
                     break
             orders, futures, settled = [], [], []
-            new_ids: tuple[int, ...] = ()
             for item in items:
-                if item is _STOP:
-                    stopping = True
-                elif len(item) == 2:
+                if len(item) == 2:
                     orders.append(item[0])
                     futures.append(item[1])
                 else:
                     fn, args, future = item
                     settled.append((future, *self._call(fn, *args)))
+            new_ids: tuple[int, ...] = ()
             if orders:
                 try:
-                    results: Any = self._store.insert_orders(orders)
+                    results = self._store.insert_orders(orders)
                 except Exception as exc:
                     logger.error("could not store %d orders: %s", len(orders), exc)
                     settled += [(future, None, exc) for future in futures]
                 else:
-                    settled += [(f, r, None) for f, r in zip(futures, results, strict=True)]
+                    settled += [(f, order_ack(*r), None) for f, r in zip(futures, results, strict=True)]
                     new_ids = tuple(r[0] for r in results if not r[2])
-            self._loop.call_soon_threadsafe(self._settle, settled, new_ids)
+            if settled:
+                self._loop.call_soon_threadsafe(self._settle, settled, new_ids)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
         try:
@@ -99,11 +119,7 @@ class Writer:
             logger.error("database write failed: %s", exc)
             return None, exc
 
-    def _settle(
-        self,
-        settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
-        new_ids: tuple[int, ...],
-    ) -> None:
+    def _settle(self, settled: Settled, new_ids: tuple[int, ...]) -> None:
         for future, result, error in settled:
             if future.done():  # cancelled: its connection went away
                 continue

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -210,3 +211,53 @@ def connect(server: ServerProcess) -> Iterator[Callable[..., LineClient]]:
     yield _connect
     for client in clients:
         client.close()
+
+
+# --- helpers for the fault-injection, hostile-input and soak tests ------------------
+
+WORKER_STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
+FINAL_ESTADOS = ("listo", "cancelado", "fallido")
+
+
+def worker_pid(server: ServerProcess, number: int) -> int | None:
+    """The pid of worker `number` as the server last logged it."""
+    found = None
+    for line in list(server.lines):
+        match = WORKER_STARTED.search(line)
+        if match and int(match.group(1)) == number:
+            found = int(match.group(2))
+    return found
+
+
+def workers_alive(server: ServerProcess) -> list[int]:
+    """Pids of the live worker processes of `server` (not multiprocessing's resource tracker)."""
+    pids = []
+    for pid in server.worker_pids():
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes() and _alive(pid):
+                pids.append(pid)
+    return pids
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, in KiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def db_query(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """Read the server's database directly, as another program would."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def kill_pids(pids: list[int]) -> None:
+    """SIGKILL processes this test started (by their own pid), ignoring those already gone."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -22,7 +22,9 @@ def test_sigterm_then_restart_finishes_pending(tmp_path):
         with LineClient("127.0.0.1", srv.port) as client:
             ids = [client.ask({"cliente": "A", "productos": ["x"], "direccion": "d"})["id"] for _ in range(3)]
         assert srv.stop() == 0
-    with running_server(tmp_path, "--work-time", "0") as srv:
-        with LineClient("127.0.0.1", srv.port) as client:
-            for order_id in ids:
-                assert client.ask({"accion": "esperar", "id": order_id, "timeout": 20})["pedido"]["estado"] == "listo"
+    with running_server(tmp_path, "--work-time", "0") as srv, LineClient("127.0.0.1", srv.port) as client:
+        for order_id in ids:
+            assert (
+                client.ask({"accion": "esperar", "id": order_id, "timeout": 20})["pedido"]["estado"]
+                == "listo"
+            )
