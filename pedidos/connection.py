@@ -16,9 +16,11 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Union
 
+from .auth import ADMIN, Principal
 from .framing import Decoder
 from .protocol import (
     ERROR_INTERNO,
+    NO_AUTORIZADO,
     SERVIDOR_OCUPADO,
     RequestError,
     encode_line,
@@ -58,6 +60,9 @@ class Connection(asyncio.BufferedProtocol):
         self._last_activity = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self.peer = "?"
+        self._host = "?"
+        self._tokens = server.tokens
+        self._principal: Principal | None = None
 
     # --- asyncio.BufferedProtocol ----------------------------------------------------
 
@@ -65,7 +70,9 @@ class Connection(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if peer:
+            self._host = peer[0]
+            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
         if not self._server.admit(self):
             transport.write(
                 encode_line(
@@ -102,9 +109,10 @@ class Connection(asyncio.BufferedProtocol):
             self._pause_reading()
 
     def eof_received(self) -> bool:
-        # The client finished sending; answer what it sent, then close.
+        # The client finished sending; answer what it sent, then close. TLS
+        # cannot half-close, so there the transport closes at once.
         self.close_when_answered()
-        return True
+        return self._transport is not None and self._transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -127,20 +135,48 @@ class Connection(asyncio.BufferedProtocol):
     # --- requests --------------------------------------------------------------
 
     def _handle(self, value: Any) -> Slot:
+        wants_auth = isinstance(value, dict) and value.get("accion") == "autenticar"
+        if self._tokens is not None and self._principal is None and not wants_auth:
+            return error_reply(
+                NO_AUTORIZADO,
+                'Este servidor pide un token: envíe primero {"accion": "autenticar", "token": "..."}.',
+            )
         try:
             request = parse_request(value)
         except RequestError as refused:
             return refused.reply()
         if isinstance(request, NewOrder):
-            self._last_order = self._service.submit(request)
+            self._last_order = self._service.submit(request, self._principal)
             return self._last_order
+        if wants_auth:
+            return self._authenticate(request.args["token"])
         return self._loop.create_task(self._command(request, self._last_order))
 
     async def _command(self, command: Command, after: asyncio.Future[Any] | None) -> dict:
         # A command sees the orders sent before it on this connection.
         if after is not None and not after.done():
             await asyncio.wait([after])
-        return await self._service.command(command)
+        return await self._service.command(command, self._principal)
+
+    def _authenticate(self, token: str) -> Slot:
+        if self._tokens is None:
+            return {"ok": True, "rol": ADMIN, "mensaje": "Este servidor no pide token."}
+        principal = self._tokens.authenticate(token)
+        throttle = self._server.throttle
+        if principal is not None:
+            throttle.succeeded(self._host)
+            self._principal = principal
+            return {"ok": True, "rol": principal.role}
+        logger.warning("failed authentication from %s", self.peer)
+        refusal = error_reply(NO_AUTORIZADO, "Token no válido.")
+        delay = throttle.failed(self._host)
+        if not delay:
+            return refusal
+        # Repeated failures from one address wait longer and longer for their
+        # answer, and so does everything sent after them on this connection.
+        later: asyncio.Future[dict] = self._loop.create_future()
+        self._loop.call_later(delay, lambda: later.done() or later.set_result(refusal))
+        return later
 
     def _enqueue(self, slot: Slot) -> None:
         if isinstance(slot, dict) and not self._line:

@@ -21,6 +21,7 @@ TIEMPO_AGOTADO = "tiempo_agotado"
 DEMASIADO_GRANDE = "demasiado_grande"
 SERVIDOR_OCUPADO = "servidor_ocupado"
 ERROR_INTERNO = "error_interno"
+NO_AUTORIZADO = "no_autorizado"
 
 GREETING_TEXT = (
     "Bienvenido a pedidos. Pegue un pedido en JSON, por ejemplo "

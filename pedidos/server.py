@@ -9,13 +9,16 @@ flag; a second Ctrl-C skips the waiting.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
 import sqlite3
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+from .auth import FailureThrottle, TokenBook, TokenFileError, load_tokens
 from .connection import Connection
 from .events import EventBus
 from .framing import DEFAULT_MAX_REQUEST_BYTES
@@ -42,6 +45,9 @@ class ServerConfig:
     idle_timeout: float = 300.0
     shutdown_timeout: float = 30.0
     log_level: int = logging.INFO
+    token_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class StartupError(Exception):
@@ -62,6 +68,8 @@ class Server:
         self._writer: Writer | None = None
         self._reader: Reader | None = None
         self._processing: Processing | None = None
+        self.tokens: TokenBook | None = None
+        self.throttle = FailureThrottle()
 
     async def serve(self, install_signal_handlers: bool = True) -> None:
         if install_signal_handlers:
@@ -84,6 +92,11 @@ class Server:
     async def startup(self) -> None:
         self.loop = asyncio.get_running_loop()
         config = self.config
+        try:
+            self.tokens = load_tokens(config.token_file)
+        except TokenFileError as exc:
+            raise StartupError(str(exc)) from None
+        tls = tls_context(config.tls_cert, config.tls_key)
         _prepare_database(config.db)
         sockets = bind_sockets(config.hosts, config.port)
         try:
@@ -102,7 +115,7 @@ class Server:
             self._processing.start()
             for sock in sockets:
                 listener = await self.loop.create_server(
-                    lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG
+                    lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG, ssl=tls
                 )
                 self._listeners.append(listener)
         except BaseException:
@@ -116,6 +129,13 @@ class Server:
             self.addresses.append((host, port))
             shown = f"[{host}]" if ":" in host else host
             logger.info("listening on %s:%d", shown, port)
+        exposed = [host for host, _ in self.addresses if not ipaddress.ip_address(host).is_loopback]
+        if exposed and self.tokens is None:
+            logger.warning(
+                "listening beyond this machine (%s) with no access token: anyone who can reach it "
+                "can read every order; see --token-file",
+                ", ".join(exposed),
+            )
         logger.info(
             "ready: %d workers, database %s, work time %s s",
             config.workers,
@@ -244,3 +264,18 @@ def bind_sockets(hosts: list[str], port: int) -> list[socket.socket]:
     if not sockets:
         raise StartupError("cannot listen on any address (" + "; ".join(failures) + ")")
     return sockets
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """A server TLS context (TLS 1.2 at least), or None for plain TCP."""
+    if cert is None and key is None:
+        return None
+    if cert is None:
+        raise StartupError("--tls-key needs --tls-cert")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load the TLS certificate {cert!r}: {exc}") from None
+    return context

@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds to wait for replies and workers when stopping (default 30)",
     )
+    parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="access tokens, one per line, each optionally followed by its role (cliente or admin); "
+        "PEDIDOS_TOKEN in the environment adds one more (admin unless it names a role)",
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    parser.add_argument(
+        "--tls-key", metavar="FILE", help="the certificate's private key (PEM), if not in --tls-cert"
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -107,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         idle_timeout=args.idle_timeout,
         shutdown_timeout=args.shutdown_timeout,
         log_level=level,
+        token_file=args.token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     try:
         asyncio.run(Server(config).serve())

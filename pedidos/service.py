@@ -16,8 +16,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .auth import Principal
 from .events import CANCELLED, FINAL, Event, EventBus
-from .protocol import NO_CANCELABLE, NO_ENCONTRADO, TIEMPO_AGOTADO, RequestError, error_reply
+from .protocol import (
+    NO_AUTORIZADO,
+    NO_CANCELABLE,
+    NO_ENCONTRADO,
+    TIEMPO_AGOTADO,
+    RequestError,
+    error_reply,
+)
 from .store import Store
 from .validation import FINAL_ESTADOS, Command, NewOrder
 from .writer import Writer
@@ -25,6 +33,7 @@ from .writer import Writer
 logger = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
+ADMIN_ONLY = frozenset({"listar", "estadisticas"})
 
 
 class Reader:
@@ -75,12 +84,17 @@ class OrderService:
             "estadisticas": self._estadisticas,
         }
 
-    def submit(self, order: NewOrder) -> asyncio.Future[Reply]:
+    def submit(self, order: NewOrder, principal: Principal | None = None) -> asyncio.Future[Reply]:
         """Store a new order; the reply is ready once it is committed."""
-        return self._writer.submit(order)
+        return self._writer.submit(order, _owner(principal))
 
-    async def command(self, command: Command) -> Reply:
-        return await self._handlers[command.accion](**command.args)
+    async def command(self, command: Command, principal: Principal | None = None) -> Reply:
+        """Answer a command; with a `cliente` principal, only about its own orders."""
+        if command.accion in ADMIN_ONLY and _owner(principal) is not None:
+            raise RequestError(
+                NO_AUTORIZADO, f"La acción '{command.accion}' requiere un token de administrador."
+            )
+        return await self._handlers[command.accion](owner=_owner(principal), **command.args)
 
     def release_waiters(self) -> None:
         """At shutdown: every `esperar` still waiting gets its answer now."""
@@ -89,18 +103,18 @@ class OrderService:
                 if not waiter.done():
                     waiter.set_result(None)
 
-    async def _consultar(self, id: int) -> Reply:
-        return {"ok": True, "pedido": await self._order(id)}
+    async def _consultar(self, id: int, owner: str | None) -> Reply:
+        return {"ok": True, "pedido": await self._order(id, owner)}
 
-    async def _esperar(self, id: int, timeout: float) -> Reply:
+    async def _esperar(self, id: int, timeout: float, owner: str | None) -> Reply:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(id, set()).add(waiter)
         try:
-            order = await self._order(id)
+            order = await self._order(id, owner)
             if order["estado"] not in FINAL_ESTADOS:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(waiter, timeout)
-                order = await self._order(id)
+                order = await self._order(id, owner)
         finally:
             waiters = self._waiters[id]
             waiters.discard(waiter)
@@ -114,12 +128,14 @@ class OrderService:
             pedido=order,
         )
 
-    async def _listar(self, estado: str | None, cliente: str | None, desde_id: int, limite: int) -> Reply:
+    async def _listar(
+        self, estado: str | None, cliente: str | None, desde_id: int, limite: int, owner: str | None
+    ) -> Reply:
         orders = await self._read(Store.list_orders, estado, cliente, desde_id, limite)
         return {"ok": True, "pedidos": orders}
 
-    async def _cancelar(self, id: int) -> Reply:
-        order, cancelled = await self._writer.run(Store.cancel, id)
+    async def _cancelar(self, id: int, owner: str | None) -> Reply:
+        order, cancelled = await self._writer.run(Store.cancel, id, owner)
         if order is None:
             raise RequestError(NO_ENCONTRADO, f"No existe el pedido {id}.")
         if not cancelled:
@@ -131,7 +147,7 @@ class OrderService:
         self._bus.publish(Event(CANCELLED, (id,)))
         return {"ok": True, "pedido": order}
 
-    async def _estadisticas(self) -> Reply:
+    async def _estadisticas(self, owner: str | None) -> Reply:
         counts = await self._read(Store.counts)
         return {
             "ok": True,
@@ -141,8 +157,8 @@ class OrderService:
             "uptime_s": round(time.monotonic() - self._started, 3),
         }
 
-    async def _order(self, order_id: int) -> dict[str, Any]:
-        order = await self._read(Store.get, order_id)
+    async def _order(self, order_id: int, owner: str | None) -> dict[str, Any]:
+        order = await self._read(Store.get, order_id, owner)
         if order is None:
             raise RequestError(NO_ENCONTRADO, f"No existe el pedido {order_id}.")
         return order
@@ -154,3 +170,8 @@ class OrderService:
             for waiter in self._waiters.get(order_id, ()):
                 if not waiter.done():
                     waiter.set_result(None)
+
+
+def _owner(principal: Principal | None) -> str | None:
+    """Whose orders a principal sees: None means every order."""
+    return None if principal is None or principal.is_admin else principal.owner

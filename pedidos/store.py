@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from .validation import ESTADOS, NewOrder
 
@@ -42,14 +42,31 @@ CREATE INDEX IF NOT EXISTS pedidos_estado ON pedidos (estado, id);
 CREATE INDEX IF NOT EXISTS pedidos_cliente ON pedidos (cliente, id);
 """
 
+# Columns beyond the contract's, added to older databases as they open.
+EXTRA_COLUMNS = {
+    "propietario": "TEXT",  # digest of the access token that submitted the order (see auth.py)
+}
+
 COLUMNS = (
     "id, cliente, productos, direccion, referencia, estado, fecha_recibido, "
     "fecha_inicio, fecha_fin, worker, intentos"
 )
-INSERT = "INSERT INTO pedidos (id, cliente, productos, direccion, referencia, estado, fecha_recibido) VALUES "
-INSERT_ROW = "(?, ?, ?, ?, ?, 'pendiente', ?)"
-ROWS_PER_INSERT = 100  # 600 variables: under the 999 of old SQLite builds
+INSERT = (
+    "INSERT INTO pedidos "
+    "(id, cliente, productos, direccion, referencia, estado, fecha_recibido, propietario) VALUES "
+)
+INSERT_ROW = "(?, ?, ?, ?, ?, 'pendiente', ?, ?)"
+ROWS_PER_INSERT = 100  # 700 variables: under the 999 of old SQLite builds
 MAX_PARAMS = 500  # ids per IN (...) list, well under SQLite's variable limit
+
+
+class Stored(NamedTuple):
+    """What storing one new order came to."""
+
+    id: int
+    estado: str
+    duplicado: bool
+    ajeno: bool = False  # its referencia belongs to another owner's order
 
 
 def now() -> str:
@@ -83,10 +100,14 @@ class Store:
 
     def create_schema(self) -> None:
         """Create the table if needed, and prove that the file is writable."""
-        with self.transaction():
+        with self.transaction() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
-                    self._conn.execute(statement)
+                    db.execute(statement)
+            present = {row[1] for row in db.execute("PRAGMA table_info(pedidos)")}
+            for name, kind in EXTRA_COLUMNS.items():
+                if name not in present:
+                    db.execute(f"ALTER TABLE pedidos ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self._conn.close()
@@ -106,29 +127,38 @@ class Store:
 
     # --- intake (the server's writer thread) --------------------------------
 
-    def insert_orders(self, orders: Sequence[NewOrder]) -> list[tuple[int, str, bool]]:
-        """Store a batch in one transaction: (id, estado, duplicado) for each.
+    def insert_orders(
+        self, orders: Sequence[NewOrder], owners: Sequence[str | None] | None = None
+    ) -> list[Stored]:
+        """Store a batch in one transaction: a `Stored` for each order.
 
         An order whose `referencia` is already stored (or earlier in the batch)
-        is not stored again. Rows go in with explicit ids, many per statement:
-        the sqlite3 module gives up the interpreter lock around every statement,
-        and each time it takes it back it may wait for the event loop."""
+        is not stored again. `owners` (one per order, or None) records who
+        submitted it; a `referencia` of someone else's order is `ajeno`.
+
+        Rows go in with explicit ids, many per statement: the sqlite3 module
+        gives up the interpreter lock around every statement, and each time it
+        takes it back it may wait for the event loop."""
         received = now()
-        results: list[tuple[int, str, bool]] = []
+        owners = owners or [None] * len(orders)
+        results: list[Stored] = []
         rows: list[tuple[Any, ...]] = []
         with self.transaction() as db:
             known = self._by_referencia(db, {o.referencia for o in orders if o.referencia is not None})
             next_id = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM pedidos").fetchone()[0]
-            for order in orders:
+            for order, owner in zip(orders, owners, strict=True):
                 if order.referencia is not None and order.referencia in known:
-                    order_id, estado = known[order.referencia]
-                    results.append((order_id, estado, True))
+                    order_id, estado, stored_owner = known[order.referencia]
+                    ajeno = owner is not None and owner != stored_owner
+                    results.append(Stored(order_id, estado, True, ajeno))
                     continue
                 productos = json.dumps(order.productos, ensure_ascii=False)
-                rows.append((next_id, order.cliente, productos, order.direccion, order.referencia, received))
-                results.append((next_id, "pendiente", False))
+                rows.append(
+                    (next_id, order.cliente, productos, order.direccion, order.referencia, received, owner)
+                )
+                results.append(Stored(next_id, "pendiente", False))
                 if order.referencia is not None:
-                    known[order.referencia] = (next_id, "pendiente")
+                    known[order.referencia] = (next_id, "pendiente", owner)
                 next_id += 1
             for i in range(0, len(rows), ROWS_PER_INSERT):
                 part = rows[i : i + ROWS_PER_INSERT]
@@ -139,34 +169,42 @@ class Store:
         return results
 
     @staticmethod
-    def _by_referencia(db: sqlite3.Connection, refs: set[str]) -> dict[str, tuple[int, str]]:
-        found: dict[str, tuple[int, str]] = {}
-        refs_list = list(refs)
-        for part in _parts(refs_list):
+    def _by_referencia(db: sqlite3.Connection, refs: set[str]) -> dict[str, tuple[int, str, str | None]]:
+        found: dict[str, tuple[int, str, str | None]] = {}
+        for part in _parts(list(refs)):
             marks = ",".join("?" * len(part))
-            for ref, order_id, estado in db.execute(
-                f"SELECT referencia, id, estado FROM pedidos WHERE referencia IN ({marks})", part
+            for ref, order_id, estado, owner in db.execute(
+                f"SELECT referencia, id, estado, propietario FROM pedidos WHERE referencia IN ({marks})",
+                part,
             ):
-                found[ref] = (order_id, estado)
+                found[ref] = (order_id, estado, owner)
         return found
 
-    def cancel(self, order_id: int) -> tuple[dict[str, Any] | None, bool]:
-        """Cancel a pending order: (the order as it now stands, whether it was cancelled)."""
+    def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
+        """Cancel a pending order: (the order as it now stands, whether it was cancelled).
+        With `owner`, only an order of that owner is seen."""
         with self.transaction() as db:
-            cur = db.execute(
-                "UPDATE pedidos SET estado = 'cancelado' WHERE id = ? AND estado = 'pendiente'",
-                (order_id,),
-            )
-            return self._get(db, order_id), cur.rowcount == 1
+            order = self._get(db, order_id, owner)
+            if order is None or order["estado"] != "pendiente":
+                return order, False
+            db.execute("UPDATE pedidos SET estado = 'cancelado' WHERE id = ?", (order_id,))
+            order["estado"] = "cancelado"
+            return order, True
 
     # --- reads ---------------------------------------------------------------
 
-    def get(self, order_id: int) -> dict[str, Any] | None:
-        return self._get(self._conn, order_id)
+    def get(self, order_id: int, owner: str | None = None) -> dict[str, Any] | None:
+        """The order, or None; with `owner`, only an order of that owner."""
+        return self._get(self._conn, order_id, owner)
 
     @staticmethod
-    def _get(db: sqlite3.Connection, order_id: int) -> dict[str, Any] | None:
-        row = db.execute(f"SELECT {COLUMNS} FROM pedidos WHERE id = ?", (order_id,)).fetchone()
+    def _get(db: sqlite3.Connection, order_id: int, owner: str | None = None) -> dict[str, Any] | None:
+        if owner is None:
+            row = db.execute(f"SELECT {COLUMNS} FROM pedidos WHERE id = ?", (order_id,)).fetchone()
+        else:
+            row = db.execute(
+                f"SELECT {COLUMNS} FROM pedidos WHERE id = ? AND propietario = ?", (order_id, owner)
+            ).fetchone()
         return _order(row) if row else None
 
     def list_orders(

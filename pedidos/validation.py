@@ -24,6 +24,7 @@ MAX_TIMEOUT = 3600.0
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_TOKEN_CHARS = 256
 
 # field: (max characters after trimming)
 CLIENTE_MAX = 200
@@ -168,6 +169,15 @@ def _text(name: str, raw: Any) -> str:
     return raw.strip()
 
 
+def _token(name: str, raw: Any) -> str:
+    # Never echo the value: it may be someone's secret, mistyped.
+    if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_TOKEN_CHARS:
+        raise RequestError(
+            MENSAJE_INVALIDO, f"'{name}' debe ser un texto de 1 a {MAX_TOKEN_CHARS} caracteres."
+        )
+    return raw
+
+
 # accion: {field: (check, default)}; _REQUIRED marks a field that must be there.
 COMMANDS: dict[str, dict[str, tuple[Check, Any]]] = {
     "consultar": {"id": (_id, _REQUIRED)},
@@ -180,6 +190,7 @@ COMMANDS: dict[str, dict[str, tuple[Check, Any]]] = {
     },
     "cancelar": {"id": (_id, _REQUIRED)},
     "estadisticas": {},
+    "autenticar": {"token": (_token, _REQUIRED)},
 }
 
 

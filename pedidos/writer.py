@@ -20,8 +20,8 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from .events import RECEIVED, Event, EventBus
-from .protocol import order_ack
-from .store import Store
+from .protocol import PEDIDO_INVALIDO, RequestError, order_ack
+from .store import Store, Stored
 from .validation import NewOrder
 
 logger = logging.getLogger(__name__)
@@ -55,16 +55,16 @@ class Writer:
         await self._loop.run_in_executor(None, self._thread.join)
         self._store.close()
 
-    def submit(self, order: NewOrder) -> asyncio.Future[dict[str, Any]]:
+    def submit(self, order: NewOrder, owner: str | None = None) -> asyncio.Future[dict[str, Any]]:
         """Store an order: resolves to its acknowledgement once committed."""
         future = self._loop.create_future()
-        self._add((order, future))
+        self._add((order, owner, future))
         return future
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run `fn(store, *args)` on the writer's thread, between batches."""
         future = self._loop.create_future()
-        self._add((fn, args, future))
+        self._add((fn, args, future, None))
         return future
 
     def _add(self, item: tuple[Any, ...]) -> None:
@@ -91,24 +91,25 @@ class Writer:
                     got = self._inbox.get_nowait()
                 except queue.Empty:
                     break
-            orders, futures, settled = [], [], []
+            orders, owners, futures, settled = [], [], [], []
             for item in items:
-                if len(item) == 2:
+                if len(item) == 3:
                     orders.append(item[0])
-                    futures.append(item[1])
+                    owners.append(item[1])
+                    futures.append(item[2])
                 else:
-                    fn, args, future = item
+                    fn, args, future, _ = item
                     settled.append((future, *self._call(fn, *args)))
             new_ids: tuple[int, ...] = ()
             if orders:
                 try:
-                    results = self._store.insert_orders(orders)
+                    results = self._store.insert_orders(orders, owners)
                 except Exception as exc:
                     logger.error("could not store %d orders: %s", len(orders), exc)
                     settled += [(future, None, exc) for future in futures]
                 else:
-                    settled += [(f, order_ack(*r), None) for f, r in zip(futures, results, strict=True)]
-                    new_ids = tuple(r[0] for r in results if not r[2])
+                    settled += [(f, *_ack(r)) for f, r in zip(futures, results, strict=True)]
+                    new_ids = tuple(r.id for r in results if not r.duplicado)
             if settled:
                 self._loop.call_soon_threadsafe(self._settle, settled, new_ids)
 
@@ -129,3 +130,12 @@ class Writer:
                 future.set_result(result)
         if new_ids:
             self._bus.publish(Event(RECEIVED, new_ids))
+
+
+def _ack(stored: Stored) -> tuple[dict[str, Any] | None, BaseException | None]:
+    if stored.ajeno:
+        # Say nothing of the other order: only that the key is taken.
+        return None, RequestError(
+            PEDIDO_INVALIDO, "La referencia ya está en uso por otro pedido; use otra referencia."
+        )
+    return order_ack(stored.id, stored.estado, stored.duplicado), None
