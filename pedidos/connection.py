@@ -42,7 +42,7 @@ Slot = Union[dict, "asyncio.Future[dict]"]
 # `buffer_updated` right away, on the loop's one thread, so connections never
 # share it at the same time. A plain Protocol would get a fresh 256 KiB bytes
 # object per read (three memory-mapping system calls each time).
-_RECEIVE_BUFFER = memoryview(bytearray(256 * 1024))
+_RECEIVE_BUFFER = memoryview(bytearray(64 * 1024))
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -52,6 +52,9 @@ class Connection(asyncio.BufferedProtocol):
         self._loop = server.loop
         self._decoder = Decoder(server.config.max_request_bytes)
         self._line: deque[Slot] = deque()
+        # Requests decoded from one read beyond MAX_IN_FLIGHT wait here, as
+        # small parsed values rather than tasks, until the line has room.
+        self._parked: deque[Any] = deque()
         self._transport: asyncio.Transport | None = None
         self._read_paused = False
         self._write_paused = False
@@ -98,14 +101,19 @@ class Connection(asyncio.BufferedProtocol):
         if self._closing:
             return
         self._last_activity = self._loop.time()
-        for item in self._decoder.feed(data):
+        self._parked.extend(self._decoder.feed(data))
+        self._take_parked()
+        if self._decoder.closed:
+            self.close_when_answered()
+
+    def _take_parked(self) -> None:
+        while self._parked and len(self._line) < MAX_IN_FLIGHT:
+            item = self._parked.popleft()
             if isinstance(item, RequestError):
                 self._enqueue(item.reply())
             else:
                 self._enqueue(self._handle(item))
-        if self._decoder.closed:
-            self.close_when_answered()
-        elif len(self._line) >= MAX_IN_FLIGHT:
+        if self._parked or len(self._line) >= MAX_IN_FLIGHT:
             self._pause_reading()
 
     def eof_received(self) -> bool:
@@ -122,6 +130,7 @@ class Connection(asyncio.BufferedProtocol):
             if isinstance(slot, asyncio.Task):
                 slot.cancel()
         self._line.clear()
+        self._parked.clear()
         self._server.forget(self)
 
     def pause_writing(self) -> None:
@@ -198,7 +207,8 @@ class Connection(asyncio.BufferedProtocol):
             out.append(encode_line(head))
         if out:
             self._write(b"".join(out))
-        if not self._line:
+        self._take_parked()
+        if not self._line and not self._parked:
             if self._closing:
                 self._close_now()
             else:
@@ -220,7 +230,7 @@ class Connection(asyncio.BufferedProtocol):
         """Stop reading; close once every request received so far is answered."""
         self._closing = True
         self._pause_reading()
-        if not self._line:
+        if not self._line and not self._parked:
             self._close_now()
 
     def _close_now(self) -> None:
@@ -241,6 +251,7 @@ class Connection(asyncio.BufferedProtocol):
             self._read_paused
             and not self._closing
             and not self._write_paused
+            and not self._parked
             and len(self._line) < MAX_IN_FLIGHT // 2
             and self._transport is not None
         ):

@@ -86,7 +86,7 @@ class WorkerPool:
         receiver, sender = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=worker_main,
-            args=(number, self.config, tasks, sender, self._lock, self._lock_holder, self._stop),
+            args=(number, os.getpid(), self.config, tasks, sender, self._lock, self._lock_holder, self._stop),
             name=f"pedidos-worker-{number}",
             daemon=True,
         )

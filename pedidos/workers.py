@@ -35,6 +35,10 @@ class WorkerConfig:
     log_level: int = logging.INFO
 
 
+class ServerGone(Exception):
+    """The worker's server died: the worker exits."""
+
+
 class OwnedLock:
     """The shared database write lock, recording who holds it.
 
@@ -42,13 +46,18 @@ class OwnedLock:
     knowing the holder lets the pool release it when it reaps that worker.
     """
 
-    def __init__(self, lock: Any, holder: Any, owner: int) -> None:
+    def __init__(self, lock: Any, holder: Any, owner: int, server_pid: int | None = None) -> None:
         self._lock = lock
         self._holder = holder
         self._owner = owner
+        self._server_pid = server_pid
 
     def __enter__(self) -> None:
-        self._lock.acquire()
+        # A worker waits in slices: if its server dies holding the lock, no
+        # one will release it, and the worker must notice and exit.
+        while not self._lock.acquire(timeout=PARENT_CHECK_S):
+            if self._server_pid is not None and os.getppid() != self._server_pid:
+                raise ServerGone
         self._holder.value = self._owner
 
     def __exit__(self, *exc: object) -> None:
@@ -58,6 +67,7 @@ class OwnedLock:
 
 def worker_main(
     number: int,
+    server_pid: int,
     config: WorkerConfig,
     tasks: Any,
     events: Connection,
@@ -78,14 +88,16 @@ def worker_main(
     terminated: list[int] = []
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
-    parent = os.getppid()
+    # The server's pid comes from the server itself: a worker that asked
+    # os.getppid() here would get init's pid if the server had already died.
+    parent = server_pid
     # A worker's state changes commit without their own fsync (NORMAL): the
     # WAL is one sequential file, so the server's next FULL commit makes them
     # durable too. Power lost before that can only turn the last `listo` back
     # into `en proceso`, which the next start hands back and redoes; it never
     # loses an acknowledged order. Meanwhile the workers hold the write lock
     # for microseconds instead of an fsync, and intake does not wait for them.
-    store = Store(config.db_path, OwnedLock(lock, lock_holder, number), synchronous="NORMAL")
+    store = Store(config.db_path, OwnedLock(lock, lock_holder, number, parent), synchronous="NORMAL")
     try:
         while not stop.is_set() and not terminated:
             try:
@@ -98,7 +110,7 @@ def worker_main(
             if chunk is None:
                 continue  # a wake-up: `stop` tells whether to go on
             _process(number, chunk, config, store, events, parent)
-    except (BrokenPipeError, EOFError):
+    except (BrokenPipeError, EOFError, ServerGone):
         logger.warning("the server is gone; exiting")
     finally:
         store.close()
