@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""The order client. See README.md, or: python3 cliente.py --help"""
+"""The order client. See docs/client.md, or: python3 cliente.py --help"""
 
 import sys
 
-from pedidos.client_cli import main
+try:
+    from pedidos.client_cli import main
 
-if __name__ == "__main__":
     sys.exit(main())
+except KeyboardInterrupt:
+    # Ctrl-C before main() could catch it (while Python was still importing).
+    print("cliente.py: interrumpido.", file=sys.stderr)
+    sys.exit(130)

@@ -4,105 +4,82 @@
         receipt = client.submit("Ana", ["pan"], "Calle 1")
         order = client.wait(receipt.id)
 
-A refusal raises `Refused` (with the contract's error code); a connection
-problem raises `ConnectionProblem`.
+    async with AsyncClient("::1", 8888) as client:
+        receipts = [r async for r in client.submit_many(orders)]
+
+A refusal raises `Refused` (with the contract's error code and message); a
+connection problem, including a server that stops answering within `timeout`
+seconds, raises `ConnectionProblem`. Orders come back as `Order` records and
+acknowledgements as `Receipt`s. `AsyncClient` lives in `pedidos.aclient`.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import selectors
 import socket
+import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
-DEFAULT_PORT = 8888
-DEFAULT_TIMEOUT = 10.0
+from .aclient import AsyncClient
+from .records import (
+    DEFAULT_PORT,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WINDOW,
+    MAX_WAIT,
+    TIEMPO_AGOTADO,
+    ConnectionProblem,
+    Order,
+    PedidosError,
+    Receipt,
+    Refused,
+    Stats,
+    bare_host,
+    check_greeting,
+    checked,
+    closed,
+    encode,
+    list_request,
+    lost,
+    order_of,
+    order_request,
+    parse_reply,
+    polled_order,
+    reason,
+    receipt_of,
+    receipt_or_refusal,
+    silent,
+    stats_of,
+    unreachable,
+    unresolved,
+    wait_request,
+)
 
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_WINDOW",
+    "AsyncClient",
+    "Client",
+    "ConnectionProblem",
+    "Order",
+    "PedidosError",
+    "Receipt",
+    "Refused",
+    "Stats",
+    "order_request",
+]
 
-class PedidosError(Exception):
-    """Base of the client's errors."""
-
-
-class Refused(PedidosError):
-    """The server answered `ok: false`."""
-
-    def __init__(self, reply: dict[str, Any]) -> None:
-        self.code: str = reply.get("error", "?")
-        self.mensaje: str = reply.get("mensaje", "")
-        self.reply = reply
-        super().__init__(f"{self.code}: {self.mensaje}")
-
-
-class ConnectionProblem(PedidosError):
-    """The server could not be reached, or stopped answering."""
-
-
-@dataclass(frozen=True)
-class Order:
-    id: int
-    cliente: str
-    productos: tuple[str, ...]
-    direccion: str
-    referencia: str | None
-    estado: str
-    fecha_recibido: str
-    fecha_inicio: str | None
-    fecha_fin: str | None
-    worker: int | None
-    intentos: int
-
-    @classmethod
-    def from_reply(cls, data: dict[str, Any]) -> Order:
-        return cls(
-            id=data["id"],
-            cliente=data["cliente"],
-            productos=tuple(data["productos"]),
-            direccion=data["direccion"],
-            referencia=data.get("referencia"),
-            estado=data["estado"],
-            fecha_recibido=data["fecha_recibido"],
-            fecha_inicio=data.get("fecha_inicio"),
-            fecha_fin=data.get("fecha_fin"),
-            worker=data.get("worker"),
-            intentos=data.get("intentos", 0),
-        )
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """The server's acknowledgement of a new order."""
-
-    id: int
-    estado: str
-    duplicado: bool = False
-
-
-def order_request(
-    cliente: str, productos: Sequence[str], direccion: str, referencia: str | None = None
-) -> dict[str, Any]:
-    request: dict[str, Any] = {"cliente": cliente, "productos": list(productos), "direccion": direccion}
-    if referencia is not None:
-        request["referencia"] = referencia
-    return request
-
-
-def encode(request: dict[str, Any]) -> bytes:
-    return (json.dumps(request, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def receipt_of(reply: dict[str, Any]) -> Receipt:
-    return Receipt(reply["id"], reply["estado"], bool(reply.get("duplicado", False)))
-
-
-def checked(reply: dict[str, Any]) -> dict[str, Any]:
-    if not reply.get("ok"):
-        raise Refused(reply)
-    return reply
+_CHUNK = 256 * 1024
 
 
 class Client:
-    """A blocking client: one connection, requests answered in order."""
+    """A blocking client: one connection, requests answered in order.
+
+    Not thread-safe: give each thread its own. Methods connect on first use if
+    the client was not opened with `with` or `connect()`.
+    """
 
     def __init__(
         self, host: str = "localhost", port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT
@@ -112,7 +89,7 @@ class Client:
         self.timeout = timeout
         self.greeting: dict[str, Any] = {}
         self._sock: socket.socket | None = None
-        self._file: Any = None
+        self._buf = bytearray()
 
     def __enter__(self) -> Client:
         self.connect()
@@ -123,12 +100,13 @@ class Client:
 
     def connect(self) -> None:
         """Try each address the host resolves to, IPv4 or IPv6, until one answers."""
-        host = self.host.strip("[]")
+        self.close()
+        host = bare_host(self.host)
         try:
             infos = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise ConnectionProblem(f"no se encuentra el servidor {host!r}: {exc.strerror}") from None
-        last: OSError | None = None
+            raise unresolved(host, exc) from None
+        failures: list[tuple[str, str]] = []
         for family, kind, proto, _, address in infos:
             sock = socket.socket(family, kind, proto)
             sock.settimeout(self.timeout)
@@ -136,30 +114,38 @@ class Client:
                 sock.connect(address)
             except OSError as exc:
                 sock.close()
-                last = exc
+                failures.append((address[0], reason(exc)))
                 continue
             self._sock = sock
-            self._file = sock.makefile("rb")
-            self.greeting = self._read()
-            if not self.greeting.get("ok"):
-                raise Refused(self.greeting)
+            try:
+                self.greeting = check_greeting(self._read(self.timeout))
+            except PedidosError:
+                self.close()
+                raise
             return
-        reason = last.strerror if last is not None and last.strerror else last
-        raise ConnectionProblem(f"no se puede conectar con {host}:{self.port}: {reason}")
+        raise unreachable(host, self.port, failures)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
         if self._sock is not None:
             self._sock.close()
-        self._sock = self._file = None
+        self._sock = None
+        self._buf.clear()
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
 
     # --- the protocol -------------------------------------------------------------
 
-    def request(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """Send one request and return the server's reply, `ok` or not."""
+    def request(self, request: Any, timeout: float | None = None) -> dict[str, Any]:
+        """Send one request and return the server's reply, `ok` or not. `timeout`:
+        how long the reply may take (default: the client's timeout)."""
         self.send(encode(request))
-        return self._read(timeout)
+        return self._read(self.timeout if timeout is None else timeout)
+
+    def call(self, request: Any, timeout: float | None = None) -> dict[str, Any]:
+        """Like `request`, but a refusal raises `Refused`."""
+        return checked(self.request(request, timeout))
 
     def send(self, data: bytes) -> None:
         if self._sock is None:
@@ -168,87 +154,146 @@ class Client:
         try:
             self._sock.sendall(data)
         except OSError as exc:
-            raise ConnectionProblem(f"se perdió la conexión con el servidor: {exc}") from None
+            self._broken(lost(exc))
 
-    def _read(self, timeout: float | None = None) -> dict[str, Any]:
+    def _read(self, allowance: float) -> dict[str, Any]:
+        """The next reply line, which must come within `allowance` seconds."""
         assert self._sock is not None
-        self._sock.settimeout(self.timeout if timeout is None else timeout)
+        deadline = time.monotonic() + allowance
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buf[:end])
+                del self._buf[: end + 1]
+                return parse_reply(line)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._broken(silent(allowance))
+            self._sock.settimeout(remaining)
+            try:
+                data = self._sock.recv(_CHUNK)
+            except TimeoutError:
+                self._broken(silent(allowance))
+            except OSError as exc:
+                self._broken(lost(exc))
+            if not data:
+                self._broken(closed())
+            self._buf += data
+
+    def _broken(self, problem: ConnectionProblem) -> NoReturn:
+        # A reply that comes late would be taken for the next request's:
+        # the connection cannot be used any more.
+        self.close()
+        raise problem
+
+    def pipeline(self, requests: Iterable[Any], window: int = DEFAULT_WINDOW) -> Iterator[dict[str, Any]]:
+        """Send requests without waiting for each reply, at most `window` unanswered;
+        yield every reply in order. Sending and reading interleave, so neither side
+        ever blocks on the other. Do not use the client for anything else until the
+        iteration ends; stopping early closes the connection."""
+        if self._sock is None:
+            self.connect()
+        sock = self._sock
+        assert sock is not None
+        source = iter(requests)
+        out = bytearray()
+        in_flight = 0
+        exhausted = False
+        done = False
+        sel = selectors.DefaultSelector()
+        sock.setblocking(False)
+        sel.register(sock, selectors.EVENT_READ)
         try:
-            line = self._file.readline()
-        except TimeoutError:
-            raise ConnectionProblem("el servidor no respondió a tiempo") from None
-        except OSError as exc:
-            raise ConnectionProblem(f"se perdió la conexión con el servidor: {exc}") from None
-        if not line.endswith(b"\n"):
-            raise ConnectionProblem("el servidor cerró la conexión")
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            raise ConnectionProblem(f"respuesta ilegible del servidor: {line[:80]!r}") from None
-        if not isinstance(reply, dict):
-            raise ConnectionProblem(f"respuesta inesperada del servidor: {line[:80]!r}")
-        return reply
+            while True:
+                while not exhausted and in_flight < window:
+                    try:
+                        out += encode(next(source))
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    in_flight += 1
+                if exhausted and in_flight == 0:
+                    done = True
+                    return
+                sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0))
+                events = sel.select(self.timeout)
+                if not events:
+                    raise silent(self.timeout)
+                mask = events[0][1]
+                try:
+                    if mask & selectors.EVENT_WRITE:
+                        del out[: sock.send(out)]
+                    if mask & selectors.EVENT_READ:
+                        data = sock.recv(_CHUNK)
+                        if not data:
+                            raise closed()
+                        self._buf += data
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:
+                    raise lost(exc) from None
+                end = self._buf.rfind(b"\n")
+                if end >= 0:
+                    lines = self._buf[:end].split(b"\n")
+                    del self._buf[: end + 1]
+                    for line in lines:
+                        in_flight -= 1
+                        yield parse_reply(line)
+        finally:
+            sel.close()
+            if done:
+                sock.settimeout(self.timeout)
+            else:
+                self.close()
 
     # --- orders and commands --------------------------------------------------------
 
     def submit(
         self, cliente: str, productos: Sequence[str], direccion: str, referencia: str | None = None
     ) -> Receipt:
-        return receipt_of(checked(self.request(order_request(cliente, productos, direccion, referencia))))
+        return receipt_of(self.call(order_request(cliente, productos, direccion, referencia)))
 
     def submit_many(
-        self, requests: Iterable[dict[str, Any]], window: int = 200
+        self, requests: Iterable[dict[str, Any]], window: int = DEFAULT_WINDOW
     ) -> Iterator[Receipt | Refused]:
-        """Send order objects pipelined, `window` in flight at most; yields a
-        Receipt or a Refused for each, in order."""
-        step = max(1, window // 2)
-        in_flight = 0
-        chunk: list[bytes] = []
-        for request in requests:
-            chunk.append(encode(request))
-            if len(chunk) == step:
-                self.send(b"".join(chunk))
-                in_flight += step
-                chunk = []
-                while in_flight > window - step:
-                    yield _receipt_or_refusal(self._read())
-                    in_flight -= 1
-        if chunk:
-            self.send(b"".join(chunk))
-            in_flight += len(chunk)
-        for _ in range(in_flight):
-            yield _receipt_or_refusal(self._read())
+        """Send order objects (see `order_request`) pipelined; yield a Receipt or a
+        Refused for each, in order. Refusals are yielded, not raised."""
+        with contextlib.closing(self.pipeline(requests, window)) as replies:
+            for reply in replies:
+                yield receipt_or_refusal(reply)
 
     def get(self, order_id: int) -> Order:
-        return Order.from_reply(checked(self.request({"accion": "consultar", "id": order_id}))["pedido"])
+        return order_of(self.request({"accion": "consultar", "id": order_id}))
 
-    def wait(self, order_id: int, timeout: float = 30.0) -> Order:
-        """The order once it is final; Refused with code `tiempo_agotado` if not in time."""
-        reply = self.request(
-            {"accion": "esperar", "id": order_id, "timeout": timeout}, timeout + self.timeout
-        )
-        return Order.from_reply(checked(reply)["pedido"])
+    def wait(self, order_id: int, timeout: float | None = 30.0) -> Order:
+        """The order once it is final; `Refused` with code `tiempo_agotado` (and the
+        order as it stands in `.order`) if not within `timeout` s (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            step = MAX_WAIT if left is None else min(left, MAX_WAIT)
+            reply = self.request(wait_request(order_id, step), step + self.timeout)
+            if reply.get("error") != TIEMPO_AGOTADO or (left is not None and left <= MAX_WAIT):
+                return order_of(reply)
+
+    def follow(self, order_id: int, interval: float = 0.25) -> Iterator[Order]:
+        """The order now, then again each time it changes, ending once it is final."""
+        order = self.get(order_id)
+        yield order
+        while not order.final:
+            now = polled_order(self.request(wait_request(order_id, interval), interval + self.timeout))
+            if now != order:
+                order = now
+                yield order
 
     def list(
         self, estado: str | None = None, cliente: str | None = None, desde_id: int = 0, limite: int = 100
     ) -> list[Order]:
-        request = {
-            "accion": "listar",
-            "estado": estado,
-            "cliente": cliente,
-            "desde_id": desde_id,
-            "limite": limite,
-        }
-        reply = checked(self.request({k: v for k, v in request.items() if v is not None}))
+        reply = self.call(list_request(estado, cliente, desde_id, limite))
         return [Order.from_reply(item) for item in reply["pedidos"]]
 
     def cancel(self, order_id: int) -> Order:
-        return Order.from_reply(checked(self.request({"accion": "cancelar", "id": order_id}))["pedido"])
+        return order_of(self.request({"accion": "cancelar", "id": order_id}))
 
-    def stats(self) -> dict[str, Any]:
-        reply = checked(self.request({"accion": "estadisticas"}))
-        return {k: v for k, v in reply.items() if k != "ok"}
-
-
-def _receipt_or_refusal(reply: dict[str, Any]) -> Receipt | Refused:
-    return receipt_of(reply) if reply.get("ok") else Refused(reply)
+    def stats(self) -> Stats:
+        return stats_of(self.request({"accion": "estadisticas"}))

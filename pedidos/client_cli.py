@@ -1,18 +1,28 @@
-"""`python3 cliente.py`: send an order, or ask about orders, from a terminal.
+"""`python3 cliente.py`: send orders, one or thousands, and follow or query them.
 
 Exit status: 0 success; 1 the server refused the request; 2 a usage error;
-3 the server could not be reached or stopped answering.
+3 the server could not be reached or stopped answering; 130 interrupted
+(Ctrl-C). Every failure says why in one line on stderr, never with a traceback.
+The options are in `client_args`, what is shown to a person in `client_show`,
+`--archivo` in `client_bulk`.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from .client import DEFAULT_PORT, DEFAULT_TIMEOUT, Client, ConnectionProblem, Refused
+from . import client_args as cli
+from .client import Client, ConnectionProblem, Order, Refused
+from .client_bulk import BadInput, Outcome, Progress, read_entries, send_entries, summary_lines
+from .client_show import count, order_lines, plural, receipt_line, state_line, stats_lines, table
+from .client_show import summary_lines as order_summary
 from .protocol import RequestError
+from .records import list_request, order_of, reason, receipt_of, stats_of
 from .validation import (
     CLIENTE_MAX,
     DIRECCION_MAX,
@@ -22,96 +32,264 @@ from .validation import (
     order_text,
 )
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+PAGE = 1000  # the most orders the server lists in one reply
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cliente.py",
-        description="Cliente del servidor de pedidos: envía un pedido y muestra la respuesta.",
-        epilog='ejemplo: python3 cliente.py --cliente "Juan Pérez" --productos pan agua '
-        '--direccion "Av. Siempre Viva 742"',
-    )
-    parser.add_argument(
-        "--host", default="localhost", help="servidor: nombre, IPv4 o IPv6 (por defecto localhost)"
-    )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"puerto (por defecto {DEFAULT_PORT})")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="segundos de espera de la red")
-    parser.add_argument("--cliente", help="nombre del cliente")
-    parser.add_argument("--productos", nargs="+", metavar="PRODUCTO", help="uno o más productos")
-    parser.add_argument("--direccion", help="dirección de entrega")
-    parser.add_argument("--referencia", help="clave propia del pedido: reenviarlo no lo duplica")
-    return parser
+class Stop(Exception):
+    """Ends the run early with an exit status and the one line that says why."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
 
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     stdin = stdin or sys.stdin
-    given = [args.cliente, args.productos, args.direccion]
-    if any(v is not None for v in given) and not all(v is not None for v in given):
-        parser.error("un pedido necesita --cliente, --productos y --direccion")
-    if args.cliente is not None:
-        order = {"cliente": args.cliente, "productos": args.productos, "direccion": args.direccion}
-    elif stdin.isatty():
-        try:
-            order = ask_order(input)
-        except (EOFError, KeyboardInterrupt):
-            print(file=sys.stderr)
-            print("cliente.py: pedido no enviado.", file=sys.stderr)
-            return EXIT_USAGE
-    else:
-        parser.error("sin terminal, indique el pedido con --cliente, --productos y --direccion")
-    if args.referencia is not None:
-        order["referencia"] = args.referencia
+    args = cli.parse(argv, _is_terminal(stdin))
     try:
-        with Client(args.host, args.port, args.timeout) as client:
-            reply = client.request(order)
-    except ConnectionProblem as exc:
-        print(f"cliente.py: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _run(args, stdin)
     except Refused as exc:
-        print(f"cliente.py: el servidor rechazó la conexión: {exc.mensaje}", file=sys.stderr)
-        return EXIT_REFUSED
-    if not reply.get("ok"):
-        print(f"Pedido rechazado ({reply.get('error')}): {reply.get('mensaje')}", file=sys.stderr)
-        return EXIT_REFUSED
-    print(describe_receipt(reply))
+        if args.json:
+            _emit(exc.reply)
+        return _fail(EXIT_REFUSED, f"rechazado ({exc.code}): {exc.mensaje}")
+    except ConnectionProblem as exc:
+        return _fail(EXIT_UNREACHABLE, str(exc))
+    except Stop as stop:
+        return _fail(stop.status, stop.why)
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "interrumpido.")
+    except BrokenPipeError:
+        # Whoever read our output (`| head`) has had enough: not a failure. The
+        # redirection keeps the final flush at exit from complaining too.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _run(args: Any, stdin: TextIO) -> int:
+    if args.mode == cli.FILE:
+        return _send_file(args, stdin)
+    order = _order_from(args, stdin) if args.mode == cli.ORDER else {}
+    with Client(args.host, args.port, args.timeout) as client:
+        if args.mode == cli.ORDER:
+            return _send_order(client, order, args)
+        if args.mode == cli.GET:
+            return _show_order(client, args)
+        if args.mode == cli.CANCEL:
+            return _cancel(client, args)
+        if args.mode == cli.LIST:
+            return _list(client, args)
+        return _stats(client, args)
+
+
+# --- one order ---------------------------------------------------------------------
+
+
+def _send_order(client: Client, order: dict[str, Any], args: Any) -> int:
+    reply = client.call(order)
+    if args.json:
+        _emit(reply, flush=True)
+    else:
+        print(receipt_line(receipt_of(reply)), flush=True)
+    if args.esperar:
+        _follow(client, reply["id"], args.json)
     return EXIT_OK
 
 
-def describe_receipt(reply: dict[str, Any]) -> str:
-    if reply.get("duplicado"):
-        return f"Pedido ya recibido antes: número {reply['id']}, estado {reply['estado']}."
-    return f"Pedido recibido: número {reply['id']}, estado {reply['estado']}."
+def _follow(client: Client, order_id: int, as_json: bool) -> None:
+    try:
+        for order in client.follow(order_id):
+            if as_json:
+                _emit({"ok": True, "pedido": order.as_dict()}, flush=True)
+            else:
+                print(state_line(order), flush=True)
+    except KeyboardInterrupt:
+        why = f"interrumpido; el pedido {order_id} sigue su curso (--consultar {order_id} lo muestra)"
+        raise Stop(EXIT_INTERRUPTED, why) from None
 
 
-def ask_order(ask: Callable[[str], str]) -> dict[str, Any]:
-    """Ask for the three fields, checking each with the server's own rules."""
-    cliente = _ask_until_valid(
-        ask,
-        f"Cliente (hasta {CLIENTE_MAX} caracteres): ",
-        lambda t: order_text({"cliente": t}, "cliente", CLIENTE_MAX),
-    )
-    productos = _ask_until_valid(
-        ask,
-        f"Productos, separados por comas (hasta {PRODUCTOS_MAX}, de {PRODUCTO_MAX} caracteres cada uno): ",
-        lambda t: list(order_products([p for p in t.split(",")] if t.strip() else [])),
-    )
-    direccion = _ask_until_valid(
-        ask,
-        f"Dirección (hasta {DIRECCION_MAX} caracteres): ",
-        lambda t: order_text({"direccion": t}, "direccion", DIRECCION_MAX),
-    )
-    return {"cliente": cliente, "productos": productos, "direccion": direccion}
-
-
-def _ask_until_valid(ask: Callable[[str], str], prompt: str, check: Callable[[str], Any]) -> Any:
-    while True:
+def _order_from(args: Any, stdin: TextIO) -> dict[str, Any]:
+    order: dict[str, Any] = {
+        "cliente": args.cliente,
+        "productos": args.productos,
+        "direccion": args.direccion,
+    }
+    if args.ask:
         try:
-            return check(ask(prompt))
-        except RequestError as exc:
-            print(f"  {exc.mensaje} Inténtelo de nuevo.", file=sys.stderr)
+            ask_order(_prompter(stdin), order)
+        except EOFError:
+            raise Stop(EXIT_USAGE, "pedido no enviado (se acabó la entrada)") from None
+        except KeyboardInterrupt:
+            raise Stop(EXIT_INTERRUPTED, "interrumpido; pedido no enviado") from None
+        print("\n".join(order_summary(order["cliente"], order["productos"], order["direccion"])), flush=True)
+    if args.referencia is not None:
+        order["referencia"] = args.referencia
+    return order
+
+
+QUESTIONS: list[tuple[str, str, Callable[[str], Any]]] = [
+    (
+        "cliente",
+        f"Cliente (hasta {CLIENTE_MAX} caracteres): ",
+        lambda text: order_text({"cliente": text}, "cliente", CLIENTE_MAX),
+    ),
+    (
+        "productos",
+        f"Productos, separados por comas (de 1 a {PRODUCTOS_MAX}, de hasta {PRODUCTO_MAX} caracteres): ",
+        lambda text: list(order_products(text.split(",") if text.strip() else [])),
+    ),
+    (
+        "direccion",
+        f"Dirección (hasta {DIRECCION_MAX} caracteres): ",
+        lambda text: order_text({"direccion": text}, "direccion", DIRECCION_MAX),
+    ),
+]
+
+
+def ask_order(ask: Callable[[str], str], order: dict[str, Any]) -> dict[str, Any]:
+    """Ask for each field the order lacks until the answer passes the server's own rules."""
+    for name, prompt, check in QUESTIONS:
+        while order.get(name) is None:
+            try:
+                order[name] = check(ask(prompt))
+            except RequestError as exc:
+                print(f"  {exc.mensaje} Inténtelo de nuevo.", file=sys.stderr, flush=True)
+    return order
+
+
+def _prompter(stdin: TextIO) -> Callable[[str], str]:
+    if stdin is sys.stdin:
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (arrow keys and history for input())
+        return input
+
+    def ask(prompt: str) -> str:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        line = stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\r\n")
+
+    return ask
+
+
+# --- queries -------------------------------------------------------------------------
+
+
+def _show_order(client: Client, args: Any) -> int:
+    if args.esperar:
+        _follow(client, args.consultar, args.json)
+        return EXIT_OK
+    reply = client.call({"accion": "consultar", "id": args.consultar})
+    _out(args, reply, lambda: order_lines(order_of(reply)))
+    return EXIT_OK
+
+
+def _cancel(client: Client, args: Any) -> int:
+    reply = client.call({"accion": "cancelar", "id": args.cancelar})
+    _out(args, reply, lambda: [f"Pedido {args.cancelar} cancelado."])
+    return EXIT_OK
+
+
+def _list(client: Client, args: Any) -> int:
+    orders: list[Order] = []
+    after = args.desde_id
+    while len(orders) < args.limite:
+        want = min(PAGE, args.limite - len(orders))
+        reply = client.call(list_request(args.estado, args.cliente, after, want))
+        if args.json:
+            _emit(reply)
+        page = [Order.from_reply(item) for item in reply["pedidos"]]
+        orders += page
+        if len(page) < want:
+            break
+        after = page[-1].id
+    if args.json:
+        return EXIT_OK
+    if not orders:
+        print("No hay pedidos que coincidan.")
+        return EXIT_OK
+    print("\n".join(table(orders)))
+    if len(orders) == args.limite:
+        print(f"(límite de {count(args.limite)} alcanzado; puede haber más: --desde-id {orders[-1].id})")
+    return EXIT_OK
+
+
+def _stats(client: Client, args: Any) -> int:
+    reply = client.call({"accion": "estadisticas"})
+    _out(args, reply, lambda: stats_lines(stats_of(reply)))
+    return EXIT_OK
+
+
+# --- many orders ---------------------------------------------------------------------
+
+
+def _send_file(args: Any, stdin: TextIO) -> int:
+    source = "la entrada estándar" if args.archivo == "-" else args.archivo
+    try:
+        if args.archivo == "-":
+            data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
+        else:
+            with open(args.archivo, "rb") as file:
+                data = file.read()
+        entries = read_entries(data)
+    except OSError as exc:
+        raise Stop(EXIT_USAGE, f"no se puede leer {source}: {reason(exc)}") from None
+    except BadInput as exc:
+        raise Stop(EXIT_USAGE, f"{source}: {exc}") from None
+    if not entries:
+        print(f"No hay pedidos en {source}.")
+        return EXIT_OK
+    outcome = Outcome(len(entries))
+    progress = Progress(len(entries), sys.stderr)
+    try:
+        with Client(args.host, args.port, args.timeout) as client:
+            send_entries(client, entries, outcome, progress, _emit if args.json else None)
+    except ConnectionProblem as exc:
+        raise ConnectionProblem(f"{exc}; {outcome.so_far()}" if outcome.done else str(exc)) from None
+    except KeyboardInterrupt:
+        raise Stop(EXIT_INTERRUPTED, f"interrumpido; {outcome.so_far()}") from None
+    finally:
+        progress.close()
+    print("\n".join(summary_lines(outcome, source)), file=sys.stderr if args.json else sys.stdout)
+    if outcome.refused:
+        refused = plural(len(outcome.refused), "pedido rechazado", "pedidos rechazados")
+        raise Stop(EXIT_REFUSED, f"{refused}, detallados en el resumen")
+    return EXIT_OK
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+def _out(args: Any, reply: dict[str, Any], lines: Callable[[], list[str]]) -> None:
+    """The reply as JSON for a program (`--json`), or as lines for a person."""
+    if args.json:
+        _emit(reply)
+    else:
+        print("\n".join(lines()))
+
+
+def _emit(reply: dict[str, Any], flush: bool = False) -> None:
+    print(json.dumps(reply, ensure_ascii=False), flush=flush)
+
+
+def _fail(status: int, why: str) -> int:
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+    # A terminal echoes Ctrl-C as "^C" where the cursor was, mid-line.
+    start = "\n" if status == EXIT_INTERRUPTED and _is_terminal(sys.stderr) else ""
+    print(f"{start}cliente.py: {why}", file=sys.stderr, flush=True)
+    return status
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 if __name__ == "__main__":

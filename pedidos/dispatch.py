@@ -100,12 +100,17 @@ class Dispatcher:
             self._refill = asyncio.get_running_loop().create_task(self._refill_from_store())
 
     def _feed_workers(self) -> None:
-        for number, chunks in self._outstanding.items():
-            while self._backlog and len(chunks) < self._per_worker:
-                size = min(self._chunk_size(), len(self._backlog))
-                chunk = tuple(self._backlog.popleft() for _ in range(size))
-                chunks.append(chunk)
-                self._send(number, chunk)
+        # Level by level: every idle worker gets work before a busy one gets
+        # its next chunk queued behind the one in hand.
+        for level in range(self._per_worker):
+            for number, chunks in self._outstanding.items():
+                if not self._backlog:
+                    return
+                if len(chunks) <= level:
+                    size = min(self._chunk_size(), len(self._backlog))
+                    chunk = tuple(self._backlog.popleft() for _ in range(size))
+                    chunks.append(chunk)
+                    self._send(number, chunk)
 
     def _chunk_size(self) -> int:
         workers = max(1, len(self._outstanding))

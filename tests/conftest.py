@@ -261,3 +261,108 @@ def kill_pids(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+# --- shared by the client tests (issue 5) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for a whole test module, its orders done at once (`--work-time 0`).
+    Shared: a test must not count on order ids or totals, only on its own orders."""
+    with running_server(tmp_path_factory.mktemp("quick"), "--work-time", "0") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for a whole test module whose orders take 0.5 s each, so that
+    they can be seen `pendiente` and `en proceso`. Keep what a module sends it small."""
+    with running_server(tmp_path_factory.mktemp("slow"), "--work-time", "0.5") as srv:
+        yield srv
+
+
+class FakeServer:
+    """A loopback listener playing a server that misbehaves, for the client's tests.
+
+    `script`: "silent" accepts and never says a word; "mute" greets, then never
+    answers; "hangup" greets, then closes at the first request; "busy" refuses
+    the connection with `servidor_ocupado`, as a full server does.
+    """
+
+    GREETING = b'{"ok": true, "servidor": "pedidos", "protocolo": 1, "mensaje": "hola"}\n'
+    BUSY = b'{"ok": false, "error": "servidor_ocupado", "mensaje": "El servidor no acepta m\xc3\xa1s."}\n'
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port: int = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.conns.append(conn)
+            with contextlib.suppress(OSError):
+                if self.script == "busy":
+                    conn.sendall(self.BUSY)
+                    conn.close()
+                elif self.script in ("mute", "hangup"):
+                    conn.sendall(self.GREETING)
+                if self.script == "hangup":
+                    conn.settimeout(10)
+                    conn.recv(1)
+                    conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[[str], FakeServer]]:
+    servers: list[FakeServer] = []
+
+    def _start(script: str) -> FakeServer:
+        servers.append(FakeServer(script))
+        return servers[-1]
+
+    yield _start
+    for fake in servers:
+        fake.close()
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port nobody listens on: bound (so nobody else takes it) but not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def has_open(pid: int, path: Path) -> bool:
+    """True if process `pid` has `path` open (a worker opens the database once it is set up)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(path):
+                return True
+    return False
+
+
+def workers_ready(server: ServerProcess) -> list[int]:
+    """Pids of the workers that have finished starting (their database is open)."""
+    return [pid for pid in workers_alive(server) if has_open(pid, server.db)]

@@ -1,0 +1,222 @@
+"""`AsyncClient`: the order client for asyncio programs (also importable from `pedidos.client`).
+
+    async with AsyncClient("localhost", 8888) as client:
+        receipt = await client.submit("Ana", ["pan"], "Calle 1")
+        order = await client.wait(receipt.id)
+
+One connection carries any number of requests at once: tasks may share a
+client, and each gets its own reply, because the server answers in order and
+every request waits on its own place in line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from typing import Any
+
+from .client_wire import Wire
+from .records import (
+    DEFAULT_PORT,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WINDOW,
+    MAX_WAIT,
+    TIEMPO_AGOTADO,
+    Order,
+    PedidosError,
+    Receipt,
+    Refused,
+    Stats,
+    bare_host,
+    check_greeting,
+    checked,
+    encode,
+    list_request,
+    order_of,
+    order_request,
+    polled_order,
+    reason,
+    receipt_of,
+    receipt_or_refusal,
+    stats_of,
+    unreachable,
+    unresolved,
+    wait_request,
+)
+
+Reply = dict[str, Any]
+
+
+class AsyncClient:
+    """An asyncio client: `async with AsyncClient(host, port) as client: ...`.
+
+    Connects on first use if not opened with `async with` or `connect()`, and
+    again after the connection was lost."""
+
+    def __init__(
+        self, host: str = "localhost", port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.greeting: Reply = {}
+        self._wire: Wire | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Try each address the host resolves to, IPv4 or IPv6, until one answers."""
+        await self.close()
+        loop = asyncio.get_running_loop()
+        host = bare_host(self.host)
+        try:
+            infos = await loop.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise unresolved(host, exc) from None
+        failures: list[tuple[str, str]] = []
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, address), self.timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                sock.close()
+                why = "no contesta" if isinstance(exc, asyncio.TimeoutError) else reason(exc)
+                failures.append((address[0], why))
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            _, self._wire = await loop.create_connection(lambda: Wire(self.timeout), sock=sock)
+            try:
+                self.greeting = check_greeting(await self._wire.greeting)
+            except PedidosError:
+                await self.close()
+                raise
+            return
+        raise unreachable(host, self.port, failures)
+
+    async def close(self) -> None:
+        if self._wire is not None:
+            self._wire.close()
+        self._wire = None
+
+    async def _connected(self) -> Wire:
+        if self._wire is None or self._wire.problem is not None:
+            # Two tasks finding the connection gone must not both reconnect.
+            self._connecting = self._connecting or asyncio.Lock()
+            async with self._connecting:
+                if self._wire is None or self._wire.problem is not None:
+                    await self.connect()
+        assert self._wire is not None
+        return self._wire
+
+    # --- the protocol ---------------------------------------------------------------
+
+    async def request(self, request: Any, timeout: float | None = None) -> Reply:
+        """Send one request and return the server's reply, `ok` or not."""
+        wire = await self._connected()
+        future = wire.expect(self.timeout if timeout is None else timeout)
+        wire.write(encode(request))
+        await wire.drain()
+        return await future
+
+    async def call(self, request: Any, timeout: float | None = None) -> Reply:
+        """Like `request`, but a refusal raises `Refused`."""
+        return checked(await self.request(request, timeout))
+
+    async def pipeline(
+        self, requests: Iterable[Any] | AsyncIterable[Any], window: int = DEFAULT_WINDOW
+    ) -> AsyncIterator[Reply]:
+        """Send requests without waiting for each reply, at most `window` unanswered;
+        yield every reply in order. The client stays usable meanwhile."""
+        wire = await self._connected()
+        # A plain iterable is ready at once, so it goes out in batches (fewer
+        # writes); an async source may trickle, so each request leaves as it comes.
+        step = 1 if isinstance(requests, AsyncIterable) else max(1, window // 4)
+        pending: deque[asyncio.Future[Reply]] = deque()
+        batch: list[bytes] = []
+        async for request in _each(requests):
+            batch.append(encode(request))
+            if len(batch) < step:
+                continue
+            pending.extend(wire.expect(self.timeout) for _ in batch)
+            wire.write(b"".join(batch))
+            batch.clear()
+            await wire.drain()
+            while len(pending) > window - step:
+                yield await pending.popleft()
+        if batch:
+            pending.extend(wire.expect(self.timeout) for _ in batch)
+            wire.write(b"".join(batch))
+        while pending:
+            yield await pending.popleft()
+
+    # --- orders and commands --------------------------------------------------------
+
+    async def submit(
+        self, cliente: str, productos: Sequence[str], direccion: str, referencia: str | None = None
+    ) -> Receipt:
+        return receipt_of(await self.call(order_request(cliente, productos, direccion, referencia)))
+
+    async def submit_many(
+        self, requests: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]], window: int = DEFAULT_WINDOW
+    ) -> AsyncIterator[Receipt | Refused]:
+        """Send order objects pipelined; yield a Receipt or a Refused for each, in order."""
+        async for reply in self.pipeline(requests, window):
+            yield receipt_or_refusal(reply)
+
+    async def get(self, order_id: int) -> Order:
+        return order_of(await self.request({"accion": "consultar", "id": order_id}))
+
+    async def wait(self, order_id: int, timeout: float | None = 30.0) -> Order:
+        """The order once it is final; `Refused` with code `tiempo_agotado` (and the
+        order as it stands in `.order`) if not within `timeout` s (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            step = MAX_WAIT if left is None else min(left, MAX_WAIT)
+            reply = await self.request(wait_request(order_id, step), step + self.timeout)
+            if reply.get("error") != TIEMPO_AGOTADO or (left is not None and left <= MAX_WAIT):
+                return order_of(reply)
+
+    async def follow(self, order_id: int, interval: float = 0.25) -> AsyncIterator[Order]:
+        """The order now, then again each time it changes, ending once it is final."""
+        order = await self.get(order_id)
+        yield order
+        while not order.final:
+            reply = await self.request(wait_request(order_id, interval), interval + self.timeout)
+            now = polled_order(reply)
+            if now != order:
+                order = now
+                yield order
+
+    async def list(
+        self, estado: str | None = None, cliente: str | None = None, desde_id: int = 0, limite: int = 100
+    ) -> list[Order]:
+        reply = await self.call(list_request(estado, cliente, desde_id, limite))
+        return [Order.from_reply(item) for item in reply["pedidos"]]
+
+    async def cancel(self, order_id: int) -> Order:
+        return order_of(await self.request({"accion": "cancelar", "id": order_id}))
+
+    async def stats(self) -> Stats:
+        return stats_of(await self.request({"accion": "estadisticas"}))
+
+
+async def _each(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item

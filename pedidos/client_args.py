@@ -1,0 +1,229 @@
+"""The command line of `cliente.py`: its options, their help and their checks, in Spanish.
+
+argparse writes its own words (`usage:`, `error:`, `expected one argument`) in
+English; they are translated while it parses, so that everything a person
+reads is Spanish. A usage error exits 2, argparse's own way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
+
+from .records import DEFAULT_PORT, DEFAULT_TIMEOUT
+from .validation import ESTADOS
+
+# Each mode of the command line, as `Namespace.mode`.
+ORDER, FILE, GET, CANCEL, LIST, STATS = "pedido", "archivo", "consultar", "cancelar", "listar", "estadisticas"
+
+EXAMPLES = """\
+ejemplos:
+  python3 cliente.py                            pregunta cliente, productos y dirección
+  python3 cliente.py --cliente "Juan Pérez" --productos pan agua --direccion "Av. Siempre Viva 742"
+  python3 cliente.py --cliente Ana --productos pan --direccion "Calle 1" --referencia A-1 --esperar
+  python3 cliente.py --archivo pedidos.jsonl    un pedido JSON por línea, o una lista JSON
+  generar_pedidos | python3 cliente.py --archivo - --json > respuestas.jsonl
+  python3 cliente.py --consultar 17 --esperar   sigue el pedido 17 hasta que termine
+  python3 cliente.py --cancelar 18
+  python3 cliente.py --listar --estado listo --cliente Ana --limite 20 --desde-id 100
+  python3 cliente.py --estadisticas --json
+  python3 cliente.py --host ::1 --port 9000 --timeout 3 --estadisticas
+
+estado de salida: 0 bien; 1 el servidor rechazó la petición; 2 error de uso;
+3 el servidor no responde o no se puede conectar; 130 interrumpido (Ctrl-C).
+"""
+
+# Words argparse writes itself, looked up through its `_` in every version.
+_SPANISH = {
+    "usage: ": "uso: ",
+    "options": "opciones",
+    "positional arguments": "argumentos",
+    "show this help message and exit": "muestra esta ayuda y termina",
+}
+# Its error messages, rewritten as a whole: not every version passes them through `_`.
+_ERRORS = [
+    (r"^argument (\S+): ", r"opción \1: "),
+    (r"expected one argument$", "falta su valor"),
+    (r"expected at least one argument$", "falta al menos un valor"),
+    (r"^unrecognized arguments: ", "opciones desconocidas: "),
+    (r"^ambiguous option: (\S+) could match ", r"\1 puede ser "),
+    (r"^the following arguments are required: ", "faltan estas opciones: "),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        for english, spanish in _ERRORS:
+            message = re.sub(english, spanish, message)
+        super().error(message)
+
+
+@contextlib.contextmanager
+def _argparse_in_spanish() -> Iterator[None]:
+    # argparse looks up its module-level `_` each time it speaks; swapping it
+    # only for the length of one parse leaves every other parser untouched.
+    english = argparse._  # type: ignore[attr-defined]
+    argparse._ = lambda text: _SPANISH.get(text, english(text))  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        argparse._ = english  # type: ignore[attr-defined]
+
+
+def _number(kind: Callable[[str], Any], low: float, high: float | None, what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} no es {what}") from None
+        # `value != value` is NaN, which compares false to every bound.
+        if value != value or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} no es {what}")
+        return value
+
+    return parse
+
+
+def _estado(text: str) -> str:
+    if text not in ESTADOS:
+        raise argparse.ArgumentTypeError(f"{text!r} no es un estado; los estados son: {', '.join(ESTADOS)}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    with _argparse_in_spanish():  # `-h`'s help and the "options" title are written here
+        return _build_parser()
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cliente.py",
+        usage="%(prog)s [opciones]   (todas, con ejemplos: %(prog)s --help)",
+        description="Cliente del servidor de pedidos: envía pedidos, uno o miles, y consulta su estado.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    order_id = _number(int, 1, None, "un número de pedido (entero positivo)")
+    net = parser.add_argument_group("conexión")
+    net.add_argument(
+        "--host", default="localhost", help="servidor: nombre, IPv4 o IPv6 (por defecto localhost)"
+    )
+    net.add_argument(
+        "--port",
+        type=_number(int, 1, 65535, "un puerto (1 a 65535)"),
+        default=DEFAULT_PORT,
+        metavar="PUERTO",
+        help=f"puerto del servidor (por defecto {DEFAULT_PORT})",
+    )
+    net.add_argument(
+        "--timeout",
+        type=_number(float, 0.001, 86400, "un número de segundos entre 0.001 y 86400"),
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"segundos que se espera cada respuesta de la red (por defecto {DEFAULT_TIMEOUT:g})",
+    )
+    one = parser.add_argument_group("un pedido", "Sin ellos y con una terminal, los pregunta uno a uno.")
+    one.add_argument(
+        "--cliente",
+        metavar="NOMBRE",
+        help="nombre del cliente (con --listar: solo los pedidos de ese cliente)",
+    )
+    one.add_argument("--productos", nargs="+", metavar="PRODUCTO", help="uno o más productos")
+    one.add_argument("--direccion", metavar="DIRECCIÓN", help="dirección de entrega")
+    one.add_argument(
+        "--referencia", metavar="CLAVE", help="clave propia del pedido: reenviarlo no lo duplica"
+    )
+    one.add_argument(
+        "--esperar",
+        action="store_true",
+        help="sigue el pedido (enviado o --consultar) hasta que termine: pendiente, en proceso, listo",
+    )
+    many = parser.add_argument_group("muchos pedidos")
+    many.add_argument(
+        "--archivo",
+        metavar="ARCHIVO",
+        help="envía todos los pedidos del archivo (JSON Lines o una lista JSON; '-' lee la entrada "
+        "estándar), con barra de progreso y un resumen",
+    )
+    ask = parser.add_argument_group("consultas")
+    ask.add_argument("--consultar", type=order_id, metavar="ID", help="muestra el pedido ID")
+    ask.add_argument("--cancelar", type=order_id, metavar="ID", help="cancela el pedido ID si está pendiente")
+    ask.add_argument("--listar", action="store_true", help="tabla de pedidos, del más antiguo al más nuevo")
+    ask.add_argument("--estado", type=_estado, help=f"con --listar: solo ese estado ({', '.join(ESTADOS)})")
+    ask.add_argument(
+        "--limite",
+        type=_number(int, 1, None, "un entero positivo"),
+        metavar="N",
+        help="con --listar: cuántos pedidos como mucho (por defecto 100)",
+    )
+    ask.add_argument(
+        "--desde-id",
+        type=_number(int, 0, None, "un entero no negativo"),
+        default=0,
+        metavar="ID",
+        help="con --listar: solo los pedidos de número mayor que ID",
+    )
+    ask.add_argument(
+        "--estadisticas", action="store_true", help="pedidos por estado, workers, cola, conexiones"
+    )
+    out = parser.add_argument_group("salida")
+    out.add_argument(
+        "--json",
+        action="store_true",
+        help="escribe las respuestas del servidor como JSON, una por línea (para programas)",
+    )
+    return parser
+
+
+def parse(argv: Sequence[str] | None, has_terminal: bool) -> argparse.Namespace:
+    """The options, checked as a whole; `mode` says what to do, `ask` whether
+    the order must be asked for at the terminal."""
+    with _argparse_in_spanish():
+        parser = _build_parser()
+        args = parser.parse_args(argv)
+        _check(parser, args, has_terminal)
+    return args
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_terminal: bool) -> None:
+    chosen = [
+        mode
+        for mode, given in [
+            (FILE, args.archivo is not None),
+            (GET, args.consultar is not None),
+            (CANCEL, args.cancelar is not None),
+            (LIST, args.listar),
+            (STATS, args.estadisticas),
+        ]
+        if given
+    ]
+    if len(chosen) > 1:
+        parser.error(f"elija una sola acción; se pidieron {', '.join('--' + m for m in chosen)}")
+    args.mode = chosen[0] if chosen else ORDER
+    fields = {"--productos": args.productos, "--direccion": args.direccion, "--referencia": args.referencia}
+    if args.mode != LIST:
+        fields["--cliente"] = args.cliente
+    misplaced = [name for name, value in fields.items() if value is not None]
+    if args.mode != ORDER and misplaced:
+        parser.error(f"{', '.join(misplaced)} solo sirve para enviar un pedido, no con --{args.mode}")
+    if args.esperar and args.mode not in (ORDER, GET):
+        parser.error(f"--esperar sigue un pedido enviado o --consultar, no --{args.mode}")
+    listing = {
+        "--estado": args.estado is not None,
+        "--limite": args.limite is not None,
+        "--desde-id": args.desde_id != 0,
+    }
+    stray = [name for name, given in listing.items() if given]
+    if args.mode != LIST and stray:
+        parser.error(f"{', '.join(stray)} solo sirve con --listar")
+    missing = [f for f in ("cliente", "productos", "direccion") if getattr(args, f) is None]
+    args.limite = args.limite or 100
+    args.ask = args.mode == ORDER and bool(missing)
+    if args.ask and not has_terminal:
+        hint = "; para muchos pedidos, --archivo ARCHIVO (o '-' para la entrada estándar)"
+        if len(missing) < 3:
+            parser.error(f"al pedido le falta {', '.join('--' + f for f in missing)}")
+        parser.error("sin terminal, indique el pedido con --cliente, --productos y --direccion" + hint)

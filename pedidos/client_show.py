@@ -1,0 +1,156 @@
+"""How `cliente.py` shows orders, states and figures to a person, in Spanish.
+
+Times are shown in the local time zone; the server stores them in UTC.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from datetime import datetime
+
+from .records import Order, Receipt, Stats
+
+NONE = "-"
+
+
+def count(n: int) -> str:
+    """Thousands set apart with a space, as Spanish style guides ask: 100 000."""
+    return f"{n:,}".replace(",", " ")
+
+
+def plural(n: int, one: str, many: str) -> str:
+    return f"{count(n)} {one if n == 1 else many}"
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return NONE
+    if value < 60:
+        return f"{value:.2f} s"
+    minutes, secs = divmod(round(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _local(moment: datetime | None) -> datetime | None:
+    return moment.astimezone() if moment is not None else None
+
+
+def date_time(moment: datetime | None) -> str:
+    local = _local(moment)
+    return local.strftime("%Y-%m-%d %H:%M:%S") if local else NONE
+
+
+def clock(moment: datetime | None) -> str:
+    local = _local(moment)
+    return local.strftime("%H:%M:%S") if local else NONE
+
+
+def receipt_line(receipt: Receipt) -> str:
+    if receipt.duplicado:
+        return f"Pedido ya recibido antes: número {receipt.id}, estado {receipt.estado}."
+    return f"Pedido recibido: número {receipt.id}, estado {receipt.estado}."
+
+
+def state_line(order: Order) -> str:
+    """One line for each state an order goes through, as `--esperar` shows it."""
+    head = f"Pedido {order.id}: {order.estado}"
+    if order.estado == "pendiente":
+        tries = plural(order.intentos, "intento interrumpido", "intentos interrumpidos")
+        again = f", de nuevo tras {tries}" if order.intentos else ""
+        return f"{head}{again} (recibido a las {clock(order.received_at)})."
+    if order.estado == "en proceso":
+        return f"{head} en el worker {order.worker} desde las {clock(order.started_at)}."
+    if order.estado == "listo":
+        return (
+            f"{head} a las {clock(order.finished_at)}; tardó {seconds(order.duration)}"
+            f" (worker {order.worker}, empezó a las {clock(order.started_at)})."
+        )
+    if order.estado == "fallido":
+        return f"{head} tras {plural(order.intentos, 'intento interrumpido', 'intentos interrumpidos')}."
+    return f"{head}."
+
+
+def order_lines(order: Order) -> list[str]:
+    worker = f" (worker {order.worker})" if order.worker is not None else ""
+    return [
+        f"Pedido {order.id}",
+        f"  cliente:    {order.cliente}",
+        f"  productos:  {', '.join(order.productos)}",
+        f"  dirección:  {order.direccion}",
+        f"  referencia: {order.referencia or NONE}",
+        f"  estado:     {order.estado}",
+        f"  recibido:   {date_time(order.received_at)}",
+        f"  inicio:     {date_time(order.started_at)}{worker if order.started_at else ''}",
+        f"  fin:        {date_time(order.finished_at)}",
+        f"  duración:   {seconds(order.duration)}",
+        f"  intentos:   {order.intentos}",
+    ]
+
+
+def summary_lines(cliente: str, productos: Sequence[str], direccion: str) -> list[str]:
+    return [
+        "Pedido a enviar:",
+        f"  cliente:   {cliente}",
+        f"  productos: {', '.join(productos)}",
+        f"  dirección: {direccion}",
+    ]
+
+
+def width(text: str) -> int:
+    """Columns a text takes on a terminal: wide (CJK) characters take two,
+    combining accents none."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text
+    )
+
+
+def _cut(text: str, limit: int) -> str:
+    if width(text) <= limit:
+        return text
+    while width(text) > limit - 1:
+        text = text[:-1]
+    return text + "…"
+
+
+def table(orders: Sequence[Order], cliente_width: int = 30) -> list[str]:
+    header = ("id", "cliente", "estado", "recibido", "inicio", "fin", "duración")
+    rows = [
+        (
+            str(o.id),
+            _cut(o.cliente, cliente_width),
+            o.estado,
+            date_time(o.received_at),
+            clock(o.started_at),
+            clock(o.finished_at),
+            seconds(o.duration),
+        )
+        for o in orders
+    ]
+    widths = [max(width(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    right = {0, 6}  # numbers line up on the right
+
+    def line(row: Sequence[str]) -> str:
+        cells = []
+        for i, cell in enumerate(row):
+            pad = " " * (widths[i] - width(cell))
+            cells.append(pad + cell if i in right else cell + pad)
+        return "  ".join(cells).rstrip()
+
+    return [line(header), *(line(row) for row in rows)]
+
+
+def stats_lines(stats: Stats) -> list[str]:
+    estados = stats.get("estados", {})
+    label = max((width(name) for name in estados), default=0)
+    digits = max((len(count(n)) for n in estados.values()), default=0)
+    lines = ["Pedidos por estado:"]
+    lines += [f"  {name}{' ' * (label - width(name))}  {count(n):>{digits}}" for name, n in estados.items()]
+    lines += [
+        f"En cola: {count(stats.get('en_cola', 0))}",
+        f"Workers vivos: {stats.get('workers', 0)}",
+        f"Conexiones abiertas: {stats.get('conexiones', 0)}",
+        f"En marcha desde hace: {seconds(stats.get('uptime_s'))}",
+    ]
+    return lines

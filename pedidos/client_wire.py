@@ -1,0 +1,128 @@
+"""The bytes of one `AsyncClient` connection, as an asyncio protocol.
+
+The server answers in the order of the requests, so each request takes a
+place in line (`expect`) just before it is written, and each reply line goes
+to the oldest place. No task reads the socket: replies are handed out as they
+arrive, which keeps thousands of pipelined requests cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from .records import ConnectionProblem, closed, lost, parse_reply, silent
+
+Reply = dict[str, Any]
+
+
+class Wire(asyncio.Protocol):
+    """The connection: replies matched to requests in order, and a watchdog that
+    fails everything pending when the server leaves the request at the head of
+    the line unanswered for longer than it is allowed."""
+
+    def __init__(self, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._pending: deque[tuple[asyncio.Future[Reply], float]] = deque()
+        self._buf = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.problem: ConnectionProblem | None = None
+        # The server speaks first: its greeting answers a request nobody sent.
+        self.greeting = self.expect(timeout)
+
+    def expect(self, allowance: float) -> asyncio.Future[Reply]:
+        """A place in line for the reply to the next request written."""
+        if self.problem is not None:
+            raise self.problem
+        future: asyncio.Future[Reply] = self._loop.create_future()
+        if not self._pending:
+            self._arm(allowance)
+        self._pending.append((future, allowance))
+        return future
+
+    def write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+
+    async def drain(self) -> None:
+        await self._writable.wait()
+        if self.problem is not None:
+            raise self.problem
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._fail(ConnectionProblem("la conexión se cerró antes de la respuesta"))
+
+    # --- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        end = self._buf.rfind(b"\n")
+        if end < 0:
+            return
+        lines = self._buf[:end].split(b"\n")
+        del self._buf[: end + 1]
+        for line in lines:
+            if not self._pending:
+                self._abort(ConnectionProblem("el servidor respondió algo que nadie pidió"))
+                return
+            future, _ = self._pending.popleft()
+            try:
+                reply = parse_reply(line)
+            except ConnectionProblem as problem:
+                self._pending.appendleft((future, 0.0))
+                self._abort(problem)
+                return
+            if not future.done():  # its caller may have given up on it
+                future.set_result(reply)
+        if self._pending:
+            self._arm(self._pending[0][1])
+        elif self._timer is not None:
+            self._timer.cancel()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            self._fail(closed())
+        else:
+            self._fail(lost(exc))
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # --- failing ---------------------------------------------------------------
+
+    def _arm(self, allowance: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(allowance, self._abort, silent(allowance))
+
+    def _abort(self, problem: ConnectionProblem) -> None:
+        self._fail(problem)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _fail(self, problem: ConnectionProblem) -> None:
+        if self.problem is None:
+            self.problem = problem
+        if self._timer is not None:
+            self._timer.cancel()
+        while self._pending:
+            future, _ = self._pending.popleft()
+            if not future.done():
+                future.set_exception(self.problem)
+                # Requests nobody awaits any more (an abandoned pipeline) must
+                # not log "exception was never retrieved"; awaiters still get it.
+                future.exception()

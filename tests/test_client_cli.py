@@ -1,0 +1,481 @@
+"""`cliente.py`: `main(argv)` against the real server, and the real script on a
+pseudo-terminal for what only a terminal shows (questions, the progress bar, Ctrl-C)."""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import fcntl
+import io
+import itertools
+import json
+import os
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CLIENTE, ROOT
+
+from pedidos.client import Client, Refused
+from pedidos.client_args import EXAMPLES, build_parser
+from pedidos.client_cli import main
+
+_names = itertools.count(1)
+
+
+def unique(prefix: str = "cli") -> str:
+    """A client name no other test uses, since the servers are shared."""
+    return f"{prefix}-{next(_names)}-{time.monotonic_ns()}"
+
+
+def run(capsys, *argv: object, stdin: str | None = None) -> tuple[int, str, str]:
+    """`main(argv)`: its exit status, stdout and stderr."""
+    stream = io.TextIOWrapper(io.BytesIO((stdin or "").encode())) if stdin is not None else io.StringIO()
+    try:
+        code = main([str(a) for a in argv], stdin=stream)
+    except SystemExit as exit_:
+        code = exit_.code  # type: ignore[assignment]
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_reason(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) >= 1 and "Traceback" not in err
+    return lines[-1]
+
+
+def order_args(port: int, cliente: str, *more: str) -> list[object]:
+    return [
+        "--port",
+        port,
+        "--cliente",
+        cliente,
+        "--productos",
+        "pan",
+        "agua",
+        "--direccion",
+        "Calle 1",
+        *more,
+    ]
+
+
+# --- one order, queries --------------------------------------------------------------------
+
+
+def test_an_order_from_the_command_line(quick_server, capsys):
+    name = unique()
+    code, out, err = run(capsys, *order_args(quick_server.port, name))
+    assert code == 0 and err == ""
+    order_id = int(re.fullmatch(r"Pedido recibido: número (\d+), estado pendiente\.\n", out).group(1))
+    with Client("127.0.0.1", quick_server.port) as client:
+        assert client.get(order_id).cliente == name
+
+
+def test_json_prints_the_server_replies(quick_server, capsys):
+    name = unique()
+    code, out, _ = run(capsys, *order_args(quick_server.port, name, "--referencia", name, "--json"))
+    receipt = json.loads(out)
+    assert code == 0 and receipt["ok"] is True and receipt["estado"] == "pendiente"
+    code, out, _ = run(capsys, *order_args(quick_server.port, name, "--referencia", name, "--json"))
+    assert json.loads(out) == {**receipt, "duplicado": True}
+    for argv in (["--consultar", receipt["id"]], ["--listar", "--cliente", name], ["--estadisticas"]):
+        code, out, _ = run(capsys, "--port", quick_server.port, "--json", *argv)
+        assert code == 0 and all(json.loads(line)["ok"] for line in out.splitlines())
+
+
+def test_a_refused_order_exits_1_with_the_server_reason(quick_server, capsys):
+    code, out, err = run(
+        capsys, "--port", quick_server.port, "--cliente", " ", "--productos", "pan", "--direccion", "d"
+    )
+    assert code == 1 and out == ""
+    assert one_line_reason(err) == "cliente.py: rechazado (pedido_invalido): 'cliente' está vacío."
+    code, out, err = run(capsys, "--port", quick_server.port, "--consultar", 10**12, "--json")
+    assert code == 1 and json.loads(out)["error"] == "no_encontrado"
+    assert one_line_reason(err).startswith("cliente.py: rechazado (no_encontrado)")
+
+
+def test_consultar_shows_every_field(quick_server, capsys):
+    name = unique()
+    with Client("127.0.0.1", quick_server.port) as client:
+        done = client.wait(client.submit(name, ["pan", "agua"], "Av. Siempre Viva 742", name).id, 20)
+    code, out, _ = run(capsys, "--port", quick_server.port, "--consultar", done.id)
+    assert code == 0
+    for label, value in [
+        ("cliente", name),
+        ("productos", "pan, agua"),
+        ("dirección", "Av. Siempre Viva 742"),
+        ("referencia", name),
+        ("estado", "listo"),
+    ]:
+        assert re.search(rf"^  {label}: +{re.escape(value)}$", out, re.M), (label, out)
+    assert re.search(rf"^  inicio: +\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d \(worker {done.worker}\)$", out, re.M)
+    assert re.search(r"^  duración: +\d+\.\d\d s$", out, re.M)
+
+
+def test_listar_is_an_aligned_table_and_pages_past_the_server_limit(quick_server, capsys):
+    name = unique()
+    with Client("127.0.0.1", quick_server.port) as client:
+        orders = ({"cliente": name, "productos": ["p"], "direccion": "d"} for _ in range(1030))
+        ids = [r.id for r in client.submit_many(orders)]
+        # Workers need not finish in order: wait for each, pipelined.
+        waits = client.pipeline({"accion": "esperar", "id": i, "timeout": 20} for i in ids)
+        assert all(reply["pedido"]["estado"] == "listo" for reply in waits)
+    code, out, _ = run(capsys, "--port", quick_server.port, "--listar", "--cliente", name, "--limite", 1020)
+    assert code == 0
+    header, *rows, footer = out.splitlines()
+    assert header.split() == ["id", "cliente", "estado", "recibido", "inicio", "fin", "duración"]
+    assert [int(row.split()[0]) for row in rows] == ids[:1020]
+    for row in rows:
+        assert row[header.index("cliente") :].startswith(name)
+        assert row[header.index("estado") :].startswith("listo")
+        assert re.match(r"\d\d:\d\d:\d\d", row[header.index("fin") :])
+        assert row.endswith(" s") and len(row) == len(rows[0])
+    assert footer == f"(límite de 1 020 alcanzado; puede haber más: --desde-id {ids[1019]})"
+    code, out, _ = run(
+        capsys, "--port", quick_server.port, "--listar", "--cliente", name, "--desde-id", ids[-2]
+    )
+    assert [int(row.split()[0]) for row in out.splitlines()[1:]] == [ids[-1]]
+    code, out, _ = run(
+        capsys, "--port", quick_server.port, "--listar", "--cliente", name, "--estado", "pendiente"
+    )
+    assert (code, out) == (0, "No hay pedidos que coincidan.\n")
+
+
+def test_estadisticas(quick_server, capsys):
+    code, out, _ = run(capsys, "--port", quick_server.port, "--host", "::1", "--estadisticas")
+    assert code == 0
+    for line in (
+        "Pedidos por estado:",
+        "  en proceso ",
+        "En cola: ",
+        "Workers vivos: 2",
+        "Conexiones abiertas: ",
+    ):
+        assert line in out
+
+
+def test_esperar_follows_the_order_until_it_is_listo(slow_server, capsys):
+    code, out, _ = run(capsys, *order_args(slow_server.port, unique(), "--esperar"))
+    assert code == 0
+    lines = out.splitlines()
+    order_id = re.match(r"Pedido recibido: número (\d+)", lines[0]).group(1)  # type: ignore[union-attr]
+    clock = r"\d\d:\d\d:\d\d"
+    assert any(
+        re.fullmatch(rf"Pedido {order_id}: en proceso en el worker [12] desde las {clock}\.", x)
+        for x in lines
+    )
+    assert re.fullmatch(
+        rf"Pedido {order_id}: listo a las {clock}; tardó 0\.\d\d s \(worker [12], empezó a las {clock}\)\.",
+        lines[-1],
+    )
+    code, out, _ = run(capsys, "--port", slow_server.port, "--consultar", order_id, "--esperar", "--json")
+    assert code == 0 and [json.loads(x)["pedido"]["estado"] for x in out.splitlines()] == ["listo"]
+
+
+def test_cancelar(slow_server, capsys):
+    with Client("127.0.0.1", slow_server.port) as client:
+        receipts = list(
+            client.submit_many({"cliente": unique(), "productos": ["p"], "direccion": "d"} for _ in range(4))
+        )
+    code, out, _ = run(capsys, "--port", slow_server.port, "--cancelar", receipts[-1].id)
+    assert (code, out) == (0, f"Pedido {receipts[-1].id} cancelado.\n")
+    code, _, err = run(capsys, "--port", slow_server.port, "--cancelar", receipts[-1].id)
+    assert code == 1 and "rechazado (no_cancelable)" in one_line_reason(err)
+
+
+# --- many orders ---------------------------------------------------------------------------
+
+
+def test_archivo_json_lines_sends_all_and_reports_refused_lines(quick_server, capsys, tmp_path):
+    name = unique()
+    lines = [
+        json.dumps({"cliente": name, "productos": ["pan"], "direccion": "d", "referencia": f"{name}-{n}"})
+        for n in range(500)
+    ]
+    lines[16] = json.dumps({"cliente": name, "productos": [], "direccion": "d"})
+    lines[41] = '{"cliente": "sin comillas", productos: 1}'
+    lines[99] = '{"accion": "estadisticas"}'
+    lines[199] = "{\n" + f'  "cliente": "{name}",\n  "productos": ["pan"],\n  "direccion": "d"\n' + "}"
+    path = tmp_path / "pedidos.jsonl"
+    path.write_text("\n".join(lines) + "\n\n")
+    code, out, err = run(capsys, "--port", quick_server.port, "--archivo", path)
+    assert code == 1 and "\r" not in err
+    assert one_line_reason(err) == "cliente.py: 3 pedidos rechazados, detallados en el resumen"
+    assert out.startswith(f"500 pedidos de {path} en ")
+    assert "  aceptados:  497\n  rechazados: 3\n" in out
+    assert "    línea 17: pedido_invalido: 'productos' debe tener entre 1 y 100 productos; tiene 0.\n" in out
+    assert "    línea 42: json_invalido: no es JSON válido (columna 29)\n" in out
+    assert "    línea 100: mensaje_invalido: lleva 'accion'" in out
+    with Client("127.0.0.1", quick_server.port) as client:
+        assert len(client.list(cliente=name, limite=1000)) == 497
+    # Every line but the pretty-printed one carries a referencia: sending again adds one order.
+    code, out, _ = run(capsys, "--port", quick_server.port, "--archivo", path)
+    assert code == 1 and "  aceptados:  497 (496 ya estaban: no se duplicaron)\n" in out
+    with Client("127.0.0.1", quick_server.port) as client:
+        assert len(client.list(cliente=name, limite=1000)) == 498
+
+
+def test_archivo_array_from_stdin_with_json_replies(quick_server, capsys):
+    name = unique()
+    text = json.dumps(
+        [{"cliente": name, "productos": ["p"], "direccion": "d"}] * 3 + [{"cliente": name}], indent=2
+    )
+    code, out, err = run(capsys, "--port", quick_server.port, "--archivo", "-", "--json", stdin=text)
+    replies = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and [r["ok"] for r in replies] == [True, True, True, False]
+    assert (
+        "la entrada estándar" in err and "    línea 23: pedido_invalido: Falta el campo 'productos'." in err
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (
+            '[{"cliente": "A"},\n {"cliente": "B"}',
+            "la lista JSON no es válida: falta el ']' final (línea 2, columna 18)",
+        ),
+        (
+            '[{"cliente": "A"} {"cliente": "B"}]',
+            "la lista JSON no es válida: se esperaba ',' o ']' (línea 1, columna 19)",
+        ),
+        (None, "no se puede leer {path}: no existe"),
+    ],
+)
+def test_archivo_that_cannot_be_read_exits_2_and_sends_nothing(
+    quick_server, capsys, tmp_path, content, reason
+):
+    path = tmp_path / "pedidos.json"
+    if content is not None:
+        path.write_text(content)
+    code, out, err = run(capsys, "--port", quick_server.port, "--archivo", path)
+    assert (code, out) == (2, "")
+    assert one_line_reason(err).endswith(reason.format(path=path))
+
+
+# --- usage, unreachable, silent --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "0"], "opción --port: '0' no es un puerto (1 a 65535)"),
+        (["--listar", "--estadisticas"], "elija una sola acción; se pidieron --listar, --estadisticas"),
+        (["--listar", "--productos", "pan"], "--productos solo sirve para enviar un pedido, no con --listar"),
+        (
+            ["--estadisticas", "--esperar"],
+            "--esperar sigue un pedido enviado o --consultar, no --estadisticas",
+        ),
+        (["--estado", "listo"], "--estado solo sirve con --listar"),
+        (["--listar", "--estado", "hecho"], "'hecho' no es un estado"),
+        (["--cliente", "Ana"], "al pedido le falta --productos, --direccion"),
+        ([], "sin terminal, indique el pedido con --cliente, --productos y --direccion"),
+        (["--consultar", "-3"], "opción --consultar: '-3' no es un número de pedido"),
+        (["--nada"], "opciones desconocidas: --nada"),
+    ],
+)
+def test_usage_errors_exit_2_in_spanish(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err.startswith("uso: cliente.py") and message in one_line_reason(err)
+
+
+def test_help_lists_every_option_with_an_example(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "uso: cliente.py" in out and "opciones:" in out
+    assert "usage" not in out and "show this help" not in out
+    options = [s for action in build_parser()._actions for s in action.option_strings if s.startswith("--")]
+    assert len(options) == 18
+    for option in options:
+        assert option in out and (option == "--help" or option in EXAMPLES), option
+
+
+def test_unreachable_or_silent_server_exits_3(capsys, fake_server, dead_port):
+    code, _, err = run(capsys, "--port", dead_port, "--estadisticas")
+    assert code == 3 and one_line_reason(err).startswith(
+        f"cliente.py: no se puede conectar con localhost:{dead_port}"
+    )
+    silent = fake_server("silent")
+    code, _, err = run(capsys, "--port", silent.port, "--timeout", "0.3", *order_args(silent.port, "Ana")[2:])
+    assert code == 3 and one_line_reason(err) == "cliente.py: el servidor dejó de responder (nada en 0.3 s)"
+    mute = fake_server("mute")
+    code, _, err = run(capsys, "--port", mute.port, "--timeout", "0.3", "--consultar", "1", "--esperar")
+    assert code == 3 and "dejó de responder" in one_line_reason(err)
+    code, _, err = run(
+        capsys, "--port", fake_server("hangup").port, "--archivo", "-", stdin='{"cliente": "A"}\n' * 5
+    )
+    assert code == 3 and re.search("cerró|perdió", one_line_reason(err))
+    code, _, err = run(capsys, "--port", fake_server("busy").port, "--listar")
+    assert code == 1 and "rechazado (servidor_ocupado)" in one_line_reason(err)
+
+
+# --- the real script on a terminal -------------------------------------------------------------
+
+
+class Terminal:
+    """The real `cliente.py` with its stdin and stderr (and stdout, unless piped) on a
+    pseudo-terminal; what it writes there is collected in `screen`."""
+
+    def __init__(self, *argv: object, stdout_to_pipe: bool = False) -> None:
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CLIENTE), *map(str, argv)],
+            stdin=slave,
+            stdout=subprocess.PIPE if stdout_to_pipe else slave,
+            stderr=slave,
+            cwd=ROOT,
+            env={**os.environ, "TERM": "dumb", "COLUMNS": "100"},
+        )
+        os.close(slave)
+        # A wide window, so that readline never scrolls a long answer sideways.
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 1000, 0, 0))
+        self.screen = ""
+        self._seen = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def _read(self, timeout: float) -> bytes | None:
+        """What the script wrote within `timeout` (b"" if nothing), None once it closed the terminal."""
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return b""
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:  # EIO: the script ended and closed the terminal
+            return None
+        # A character may come in two reads: the decoder keeps its first half.
+        self.screen += self._decoder.decode(data)
+        return data or None
+
+    def expect(self, text: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while (found := self.screen.find(text, self._seen)) < 0:
+            if time.monotonic() > deadline or self._read(0.1) is None:
+                raise AssertionError(f"{text!r} not shown; the terminal shows:\n{self.screen}")
+        self._seen = found + len(text)
+
+    def interrupt(self, timeout: float = 20) -> int:
+        """Ctrl-C, as many times as it takes: a SIGINT that lands in the instant
+        between a prompt and the wait for input is only seen at the next key, for
+        a person as for a test. Returns the exit status."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(1)
+        return self.finish()
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def finish(self, timeout: float = 20) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self._read(0.1)
+        while self._read(0):
+            pass
+        return self.proc.wait(max(0.1, deadline - time.monotonic()))  # raises past the deadline
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        os.close(self.master)
+
+
+@pytest.fixture
+def terminal():
+    opened: list[Terminal] = []
+
+    def _open(*argv: object, **kwargs: bool) -> Terminal:
+        opened.append(Terminal(*argv, **kwargs))
+        return opened[-1]
+
+    yield _open
+    for term in opened:
+        term.close()
+
+
+def test_interactive_asks_again_until_each_answer_is_valid(quick_server, terminal):
+    name = unique()
+    term = terminal("--port", quick_server.port, "--referencia", name)
+    term.expect("Cliente (hasta 200 caracteres): ")
+    term.type("   \r")
+    term.expect("'cliente' está vacío. Inténtelo de nuevo.")
+    term.expect("Cliente (hasta 200 caracteres): ")
+    term.type(f"  {name}  \r")
+    term.expect("Productos, separados por comas")
+    term.type("pan,, agua\r")
+    term.expect("El producto 2 está vacío. Inténtelo de nuevo.")
+    term.expect("Productos, separados por comas")
+    term.type("pan, agua\r")
+    term.expect("Dirección (hasta 500 caracteres): ")
+    term.type("x" * 501 + "\r")
+    term.expect("'direccion' tiene 501 caracteres; el máximo es 500. Inténtelo de nuevo.")
+    term.expect("Dirección (hasta 500 caracteres): ")
+    term.type("Av. Siempre Viva 742\r")
+    term.expect(f"Pedido a enviar:\r\n  cliente:   {name}\r\n  productos: pan, agua\r\n")
+    term.expect("  dirección: Av. Siempre Viva 742\r\n")
+    term.expect("Pedido recibido: número ")
+    assert term.finish() == 0
+    with Client("127.0.0.1", quick_server.port) as client:
+        (stored,) = client.list(cliente=name)
+    assert (stored.productos, stored.direccion, stored.referencia) == (
+        ("pan", "agua"),
+        "Av. Siempre Viva 742",
+        name,
+    )
+
+
+def test_interactive_ctrl_c_and_end_of_input_send_nothing(quick_server, terminal):
+    term = terminal("--port", quick_server.port)
+    term.expect("Cliente (hasta 200 caracteres): ")
+    assert term.interrupt() == 130
+    assert "cliente.py: interrumpido; pedido no enviado" in term.screen and "Traceback" not in term.screen
+    term = terminal("--port", quick_server.port, "--cliente", "Ana")
+    term.expect("Productos, separados por comas")
+    term.type("\x04")  # Ctrl-D on an empty line: end of input
+    assert term.finish() == 2
+    assert "cliente.py: pedido no enviado (se acabó la entrada)" in term.screen
+
+
+def test_ctrl_c_while_following_an_order(slow_server, terminal):
+    with Client("127.0.0.1", slow_server.port) as client:
+        receipts = list(
+            client.submit_many({"cliente": unique(), "productos": ["p"], "direccion": "d"} for _ in range(9))
+        )
+    last = receipts[-1].id  # two workers, 0.5 s each: the 9th waits 2 s
+    try:
+        term = terminal("--port", slow_server.port, "--consultar", last, "--esperar")
+        term.expect(f"Pedido {last}: pendiente")
+        assert term.interrupt() == 130
+        assert f"cliente.py: interrumpido; el pedido {last} sigue su curso" in term.screen
+        assert "Traceback" not in term.screen
+    finally:
+        with Client("127.0.0.1", slow_server.port) as client:
+            for receipt in receipts[2:]:
+                with contextlib.suppress(Refused):
+                    client.cancel(receipt.id)
+
+
+def test_progress_bar_on_a_terminal_and_summary_on_stdout(quick_server, terminal, tmp_path: Path):
+    path = tmp_path / "muchos.jsonl"
+    order = json.dumps({"cliente": unique(), "productos": ["pan"], "direccion": "Calle 1"})
+    path.write_text((order + "\n") * 3000)
+    term = terminal("--port", quick_server.port, "--archivo", path, stdout_to_pipe=True)
+    assert term.finish() == 0
+    assert term.proc.stdout is not None
+    out = term.proc.stdout.read().decode()
+    bars = re.findall(r"\r\[[#.]+\] ([\d ]+)/3 000 +(\d+)%  [\d ]+ pedidos/s  faltan ", term.screen)
+    assert bars and bars[-1] == ("3 000", "100")
+    assert term.screen.endswith("\r\x1b[K")  # the bar is cleared at the end
+    assert "\r" not in out and out.startswith(f"3 000 pedidos de {path} en ") and "aceptados:  3 000\n" in out
