@@ -26,13 +26,16 @@ DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
 MAX_DEPTH = 64
 MAX_NUMBER_CHARS = 100
 IAC = 0xFF  # telnet "interpret as command": Ctrl-C at a telnet prompt sends IAC IP
+_SE, _SB, _WILL, _DONT = 240, 250, 251, 254  # telnet commands are 240 to 255
 
 _WS = re.compile(r"[ \t\r\n]*")
 _WS_BYTES = re.compile(rb"[ \t\r\n]*")
 _STRING_BODY = re.compile(rb'[^"\\\x00-\x1f]*')
 _NUMBER_CHARS = re.compile(rb"[-+.eE0-9]*")
 _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_NUMBER_PREFIX = re.compile(rb"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?)?")
+# A beginning that more digits can still make a number: "-", "1.", "1e", "1.5e-".
+_NUMBER_PREFIX = re.compile(rb"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*|(?:\.[0-9]+)?[eE][+-]?[0-9]*)?)?")
+_NUMBER_CHAR = frozenset("-+.eE0123456789")
 _HEX = re.compile(rb"[0-9a-fA-F]*")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _LITERALS = {ord("t"): b"true", ord("f"): b"false", ord("n"): b"null"}
@@ -83,7 +86,9 @@ class _Scanner:
     def scan(self, buf: bytearray) -> int | None:
         """The end of the complete value, None if more input is needed; raises _Invalid."""
         n = self._utf8_limit(buf)
-        end = self._scan(buf, n)
+        # The scan may already be past the first byte of a cut character that
+        # turned out bad: then no value ends before it.
+        end = self._scan(buf, n) if n >= self.pos else None
         if end is None and self.bad_utf8 is not None:
             raise _Invalid(self.bad_utf8, "bytes que no son UTF-8")
         return end
@@ -166,11 +171,14 @@ class _Scanner:
     def _utf8_limit(self, buf: bytearray) -> int:
         """How far the bytes are valid UTF-8: the scan stops at the first bad byte."""
         if self.bad_utf8 is None and self.utf8_pos < len(buf):
+            # The decoder holds back the bytes of a character cut by the end of
+            # the last chunk; an error's position counts from the first of them.
+            held = len(self.utf8.getstate()[0])
             try:
                 self.utf8.decode(bytes(buf[self.utf8_pos :]))
                 self.utf8_pos = len(buf)
             except UnicodeDecodeError as exc:
-                self.bad_utf8 = self.utf8_pos + exc.start
+                self.bad_utf8 = self.utf8_pos - held + exc.start
         return len(buf) if self.bad_utf8 is None else self.bad_utf8
 
     def _value_done(self) -> bool:
@@ -213,7 +221,7 @@ class _Scanner:
         end = _NUMBER_CHARS.match(buf, self.pos, n).end()
         if end - self.pos > MAX_NUMBER_CHARS:
             raise _Invalid(self.pos, f"número de más de {MAX_NUMBER_CHARS} caracteres")
-        if end >= n:  # the number may go on in the next chunk
+        if end >= len(buf):  # the number may go on in the next chunk
             if _NUMBER_PREFIX.fullmatch(buf, self.pos, end):
                 return False
             raise _Invalid(self.pos, "número mal escrito")
@@ -221,6 +229,14 @@ class _Scanner:
             raise _Invalid(self.pos, "número mal escrito")
         self.pos = end
         return True
+
+
+# What `Decoder` discards after an error. The end of the line ends it; so does a
+# telnet command (IAC and its arguments), because Ctrl-C at a telnet prompt
+# sends IAC IP instead of a newline and ends what the person was typing. Each
+# state is kept across chunks, so the outcome never depends on how the input
+# was cut.
+_READING, _LINE, _IAC_CMD, _IAC_OPTION, _IAC_SB, _IAC_SB_IAC, _IAC_DONE = range(7)
 
 
 class Decoder:
@@ -231,7 +247,7 @@ class Decoder:
         self.closed = False  # after `demasiado_grande`: the connection must close
         self._buf = bytearray()  # a partial request, from its first byte
         self._scanner = _Scanner()
-        self._dropping = False  # discarding the rest of a line that held an error
+        self._skip = _READING  # discarding input after an error, and how far
 
     @property
     def partial(self) -> bool:
@@ -243,12 +259,10 @@ class Decoder:
         out: list[Any] = []
         if self.closed:
             return out
-        if self._dropping:
-            newline = data.find(b"\n")
-            if newline < 0:
+        if self._skip != _READING:
+            data = data[self._discard(data, 0) :]
+            if self._skip != _READING:
                 return out
-            data = data[newline + 1 :]
-            self._dropping = False
         if self._buf:
             self._buf += data
         else:
@@ -279,8 +293,11 @@ class Decoder:
                 value, end = _json.raw_decode(text, pos)
             except (ValueError, RecursionError):
                 break
-            if end == n and isinstance(value, (int, float)):
-                break  # a number at the very end may go on in the next chunk
+            if isinstance(value, (int, float)) and (end == n or text[end] in _NUMBER_CHAR):
+                # A number at the very end may go on in the next chunk, and one
+                # run straight into more number characters ("01", "1.5.3") is
+                # one malformed number, not two: the careful path decides.
+                break
             if (end - pos) * 4 > self.max_request_bytes or not _plain(text, pos, end):
                 break  # the careful path decides
             out.append(value)
@@ -291,16 +308,20 @@ class Decoder:
         """Advance the buffered request; return the input after it once it is
         complete or refused, None while it waits for more."""
         buf = self._buf
+        limit = self.max_request_bytes
+        # The first `limit` bytes decide: a request complete within them, or
+        # an error within them, or else `demasiado_grande`; the same however
+        # the bytes after them arrived.
         try:
-            end = self._scanner.scan(buf)
+            end = self._scanner.scan(buf if len(buf) <= limit else buf[:limit])
         except _Invalid as bad:
             out.append(_invalid(bad.mensaje))
             return self._drop_line(bad.index)
         if end is None:
-            if len(buf) > self.max_request_bytes:
+            if len(buf) > limit:
                 self._too_large(out)
             return None
-        if end > self.max_request_bytes:
+        if end > limit:
             self._too_large(out)
             return None
         try:
@@ -318,17 +339,56 @@ class Decoder:
         return bytes(buf[end:])
 
     def _drop_line(self, index: int) -> bytes | None:
-        """After an error at `index`: skip to the end of its line."""
-        buf = self._buf
-        telnet_command = buf[index] == IAC
-        newline = buf.find(b"\n", index)
+        """After an error at `index`: discard to the end of its line (or of a
+        telnet command); the input after that, or None if none arrived yet."""
+        buf = bytes(self._buf)
         self._start(b"")
-        if newline >= 0:
-            return bytes(buf[newline + 1 :])
-        # A telnet command (Ctrl-C) ends what the person was typing; anything
-        # else is dropped up to the newline that has not arrived yet.
-        self._dropping = not telnet_command
-        return None
+        self._skip = _LINE
+        resume = self._discard(buf, index)
+        return buf[resume:] if self._skip == _READING else None
+
+    def _discard(self, data: bytes, pos: int) -> int:
+        """Skip input after an error from `data[pos]` on; the position where
+        reading resumes (len(data) while still skipping)."""
+        n = len(data)
+        while pos < n:
+            state = self._skip
+            if state == _LINE:
+                newline, iac = data.find(b"\n", pos), data.find(b"\xff", pos)
+                if iac < 0 or 0 <= newline < iac:
+                    if newline < 0:
+                        return n
+                    self._skip = _READING
+                    return newline + 1
+                self._skip, pos = _IAC_CMD, iac + 1
+            elif state == _IAC_CMD:
+                command = data[pos]
+                if command < _SE:  # not a telnet command: a stray 0xFF byte
+                    self._skip = _LINE
+                    continue
+                pos += 1
+                if _WILL <= command <= _DONT:
+                    self._skip = _IAC_OPTION
+                elif command == _SB:
+                    self._skip = _IAC_SB
+                else:  # IP, AO, AYT, ... or IAC IAC
+                    self._skip = _IAC_DONE
+            elif state == _IAC_OPTION:
+                self._skip, pos = _IAC_DONE, pos + 1
+            elif state == _IAC_SB:
+                iac = data.find(b"\xff", pos)
+                if iac < 0:
+                    return n
+                self._skip, pos = _IAC_SB_IAC, iac + 1
+            elif state == _IAC_SB_IAC:
+                self._skip = _IAC_DONE if data[pos] == _SE else _IAC_SB
+                pos += 1
+            else:  # _IAC_DONE: more telnet commands may follow (IAC IP IAC DO TM)
+                if data[pos] != IAC:
+                    self._skip = _READING
+                    return pos
+                self._skip, pos = _IAC_CMD, pos + 1
+        return n
 
     def _too_large(self, out: list[Any]) -> None:
         out.append(

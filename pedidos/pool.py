@@ -120,6 +120,12 @@ class WorkerPool:
         still running after `timeout`. Returns the numbers that were killed.
         Blocking: run it off the event loop."""
         self._stop.set()
+        # Only one thread may reap a child: stop the monitor first, or its
+        # join and the one below race, and the loser sees a dead worker alive.
+        self._watching = False
+        os.write(self._wake_w, b"s")
+        if self._monitor.is_alive():
+            self._monitor.join()
         slots = list(self.slots.values())
         for slot in slots:
             if not slot.gone:
@@ -133,10 +139,6 @@ class WorkerPool:
                 slot.process.kill()
                 slot.process.join()
                 killed.append(slot.number)
-        self._watching = False
-        os.write(self._wake_w, b"s")
-        if self._monitor.is_alive():
-            self._monitor.join()
         for slot in slots:
             _close(slot)
         os.close(self._wake_r)

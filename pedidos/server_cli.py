@@ -15,9 +15,9 @@ logger = logging.getLogger(__name__)
 
 def parse_work_time(text: str) -> tuple[float, float]:
     """`S` or `MIN-MAX` seconds, as `--work-time` takes them."""
-    low, _, high = text.partition("-")
+    low, dash, high = text.partition("-")
     try:
-        bounds = (float(low), float(high or low))
+        bounds = (float(low), float(high if dash else low))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a time in seconds: {text!r} (use S or MIN-MAX)") from None
     if not 0 <= bounds[0] <= bounds[1] or bounds[1] > 3600:
@@ -29,6 +29,16 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
     return value
 
 
@@ -78,13 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--idle-timeout",
-        type=float,
+        type=_seconds,
         default=300.0,
         help="close a connection silent this many seconds (default 300; 0: never)",
     )
     parser.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=_seconds,
         default=30.0,
         help="seconds to wait for replies and workers when stopping (default 30)",
     )

@@ -75,6 +75,7 @@ class OrderService:
         self._live_figures = live_figures
         self._started = time.monotonic()
         self._waiters: dict[int, set[asyncio.Future[None]]] = {}
+        self._released = False
         bus.subscribe(self._on_event)
         self._handlers = {
             "consultar": self._consultar,
@@ -97,7 +98,9 @@ class OrderService:
         return await self._handlers[command.accion](owner=_owner(principal), **command.args)
 
     def release_waiters(self) -> None:
-        """At shutdown: every `esperar` still waiting gets its answer now."""
+        """At shutdown: every `esperar` still waiting gets its answer now, and
+        one that starts later does not wait."""
+        self._released = True
         for waiters in self._waiters.values():
             for waiter in waiters:
                 if not waiter.done():
@@ -111,7 +114,7 @@ class OrderService:
         self._waiters.setdefault(id, set()).add(waiter)
         try:
             order = await self._order(id, owner)
-            if order["estado"] not in FINAL_ESTADOS:
+            if order["estado"] not in FINAL_ESTADOS and not self._released:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(waiter, timeout)
                 order = await self._order(id, owner)

@@ -104,6 +104,10 @@ class Store:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            # A write that always happens: an existing table alone would let a
+            # read-only file through here and fail every order later.
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            db.execute(f"PRAGMA user_version = {int(version)}")
             present = {row[1] for row in db.execute("PRAGMA table_info(pedidos)")}
             for name, kind in EXTRA_COLUMNS.items():
                 if name not in present:

@@ -161,12 +161,15 @@ def _estado(name: str, raw: Any) -> str:
 
 
 def _text(name: str, raw: Any) -> str:
-    if not isinstance(raw, str) or not raw.strip() or len(raw) > CLIENTE_MAX:
+    # Trimmed before counting, as the stored value was: any `cliente` an order
+    # may carry is a filter `listar` takes.
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not 1 <= len(text) <= CLIENTE_MAX:
         raise RequestError(
             MENSAJE_INVALIDO,
-            f"'{name}' debe ser un texto de 1 a {CLIENTE_MAX} caracteres.",
+            f"'{name}' debe ser un texto de 1 a {CLIENTE_MAX} caracteres después de quitar los espacios.",
         )
-    return raw.strip()
+    return text
 
 
 def _token(name: str, raw: Any) -> str:

@@ -1,0 +1,128 @@
+"""`servidor.py`'s command line (contract §8): what it takes, and what it refuses
+with argparse's own exit status 2 before starting anything."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+from conftest import SERVIDOR
+
+from pedidos.framing import DEFAULT_MAX_REQUEST_BYTES
+from pedidos.server_cli import build_parser, main, parse_work_time
+
+
+@pytest.mark.parametrize(
+    ("text", "bounds"),
+    [
+        ("0", (0.0, 0.0)),
+        ("2", (2.0, 2.0)),
+        ("0.05", (0.05, 0.05)),
+        ("1-3", (1.0, 3.0)),
+        ("0-0", (0.0, 0.0)),
+        ("0.5-1.5", (0.5, 1.5)),
+        ("2-2", (2.0, 2.0)),
+        ("3600", (3600.0, 3600.0)),
+        ("0-3600", (0.0, 3600.0)),
+    ],
+)
+def test_parse_work_time_accepts_fixed_or_range(text, bounds):
+    assert parse_work_time(text) == bounds
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "abc", "3-1", "3601", "0-3601", "-1", "1-2-3", "1-x", "x-1", "nan", "inf", "1-inf", "nan-1", "--"],
+)
+def test_parse_work_time_refuses_the_rest(text):
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        parse_work_time(text)
+    assert repr(text) in str(info.value) or text in str(info.value)
+
+
+def test_parse_work_time_refuses_a_range_without_its_end():
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_work_time("1-")
+
+
+def test_defaults_are_the_contract():
+    args = build_parser().parse_args([])
+    assert args.host is None  # main() reads that as localhost: 127.0.0.1 and ::1
+    assert args.port == 8888
+    assert args.workers == 2
+    assert args.db == "pedidos.db"
+    assert args.work_time == (1.0, 3.0)
+    assert args.max_request_bytes == DEFAULT_MAX_REQUEST_BYTES == 64 * 1024
+
+
+def test_every_contract_flag():
+    args = build_parser().parse_args(
+        ["--host", "::", "--host", "127.0.0.1", "--port", "0", "--workers", "4", "--db", "x.db"]
+        + ["--work-time", "0.5-2"]
+    )
+    assert args.host == ["::", "127.0.0.1"]
+    assert (args.port, args.workers, args.db, args.work_time) == (0, 4, "x.db", (0.5, 2.0))
+    assert build_parser().parse_args(["--port", "65535"]).port == 65535
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--bogus"],
+        ["--host"],
+        ["--port"],
+        ["--port", "70000"],
+        ["--port", "65536"],
+        ["--port", "-1"],
+        ["--port", "http"],
+        ["--workers", "0"],
+        ["--workers", "-2"],
+        ["--workers", "two"],
+        ["--workers", "1.5"],
+        ["--work-time", "3-1"],
+        ["--work-time", "slow"],
+        ["--work-time", "5000"],
+        ["--max-request-bytes", "0"],
+        ["--max-connections", "0"],
+        ["--idle-timeout", "soon"],
+        ["--shutdown-timeout", "x"],
+        ["--log-level", "TRACE"],
+        ["stray-positional"],
+    ],
+)
+def test_bad_flags_exit_2_with_a_usage_line(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "error:" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--idle-timeout", "-1"], ["--shutdown-timeout", "-5"]])
+def test_negative_timeouts_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+
+
+def test_real_command_line_usage_error_and_help(tmp_path):
+    bad = subprocess.run(
+        [sys.executable, str(SERVIDOR), "--workers", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "usage:" in bad.stderr and "--workers" in bad.stderr
+    assert "Traceback" not in bad.stderr + bad.stdout
+    assert not (tmp_path / "pedidos.db").exists()  # refused before touching anything
+    shown = subprocess.run(
+        [sys.executable, str(SERVIDOR), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0
+    for flag in ("--host", "--port", "--workers", "--db", "--work-time"):
+        assert flag in shown.stdout
