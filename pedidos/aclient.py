@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any
 
+from .client_access import Access, auth_request, authenticated, no_greeting, tls_failure
 from .client_wire import Wire
 from .records import (
     DEFAULT_PORT,
@@ -25,6 +27,7 @@ from .records import (
     DEFAULT_WINDOW,
     MAX_WAIT,
     TIEMPO_AGOTADO,
+    ConnectionProblem,
     Order,
     PedidosError,
     Receipt,
@@ -57,12 +60,22 @@ class AsyncClient:
     again after the connection was lost."""
 
     def __init__(
-        self, host: str = "localhost", port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT
+        self,
+        host: str = "localhost",
+        port: int = DEFAULT_PORT,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        cafile: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.access = Access(token, tls, cafile, ssl_context)
         self.greeting: Reply = {}
+        self.role: str | None = None  # what the server made of the token, once connected
         self._wire: Wire | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -77,6 +90,7 @@ class AsyncClient:
         """Try each address the host resolves to, IPv4 or IPv6, until one answers."""
         await self.close()
         loop = asyncio.get_running_loop()
+        context = self.access.context()
         host = bare_host(self.host)
         try:
             infos = await loop.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
@@ -96,14 +110,48 @@ class AsyncClient:
             except BaseException:
                 sock.close()
                 raise
-            _, self._wire = await loop.create_connection(lambda: Wire(self.timeout), sock=sock)
+            self._wire = await self._open(sock, context, host)
             try:
-                self.greeting = check_greeting(await self._wire.greeting)
+                await self._greet(self._wire)
             except PedidosError:
                 await self.close()
                 raise
             return
         raise unreachable(host, self.port, failures)
+
+    async def _open(self, sock: socket.socket, context: ssl.SSLContext | None, host: str) -> Wire:
+        loop = asyncio.get_running_loop()
+        if context is None:
+            return (await loop.create_connection(lambda: Wire(self.timeout), sock=sock))[1]
+        # A failure is final, not a reason to try another address: every
+        # address has the same certificate.
+        try:
+            _, wire = await loop.create_connection(
+                lambda: Wire(self.timeout),
+                sock=sock,
+                ssl=context,
+                server_hostname=host,
+                ssl_handshake_timeout=self.timeout,
+            )
+        except OSError as exc:  # the handshake's timeout too (ConnectionAbortedError)
+            sock.close()
+            raise tls_failure(exc, host, self.timeout) from None
+        except BaseException:
+            sock.close()
+            raise
+        return wire
+
+    async def _greet(self, wire: Wire) -> None:
+        try:
+            self.greeting = check_greeting(await wire.greeting)
+        except ConnectionProblem as problem:
+            raise no_greeting(problem, self.access.tls) from None
+        token = self.access.token
+        self.role = None
+        if token is not None:
+            future = wire.expect(self.timeout)
+            wire.write(encode(auth_request(token)))
+            self.role = authenticated(await future)
 
     async def close(self) -> None:
         if self._wire is not None:

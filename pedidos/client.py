@@ -7,9 +7,13 @@
     async with AsyncClient("::1", 8888) as client:
         receipts = [r async for r in client.submit_many(orders)]
 
+With `token=` (default: the environment variable PEDIDOS_TOKEN) the client
+authenticates right after the greeting; with `tls=True` it speaks TLS and
+verifies the server's certificate (against `cafile=`, if given).
+
 A refusal raises `Refused` (with the contract's error code and message); a
 connection problem, including a server that stops answering within `timeout`
-seconds, raises `ConnectionProblem`. Orders come back as `Order` records and
+seconds or a failed TLS handshake, raises `ConnectionProblem`. Orders come back as `Order` records and
 acknowledgements as `Receipt`s. `AsyncClient` lives in `pedidos.aclient`.
 """
 
@@ -18,11 +22,13 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from .aclient import AsyncClient
+from .client_access import Access, auth_request, authenticated, no_greeting, wrap
 from .records import (
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,
@@ -82,12 +88,22 @@ class Client:
     """
 
     def __init__(
-        self, host: str = "localhost", port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT
+        self,
+        host: str = "localhost",
+        port: int = DEFAULT_PORT,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        cafile: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.access = Access(token, tls, cafile, ssl_context)
         self.greeting: dict[str, Any] = {}
+        self.role: str | None = None  # what the server made of the token, once connected
         self._sock: socket.socket | None = None
         self._buf = bytearray()
 
@@ -99,8 +115,10 @@ class Client:
         self.close()
 
     def connect(self) -> None:
-        """Try each address the host resolves to, IPv4 or IPv6, until one answers."""
+        """Try each address the host resolves to, IPv4 or IPv6, until one answers;
+        then TLS and the token, if the client was given them."""
         self.close()
+        context = self.access.context()
         host = bare_host(self.host)
         try:
             infos = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
@@ -116,14 +134,24 @@ class Client:
                 sock.close()
                 failures.append((address[0], reason(exc)))
                 continue
+            if context is not None:  # a failure is final: every address has the same certificate
+                sock = wrap(sock, context, host, self.timeout)
             self._sock = sock
             try:
-                self.greeting = check_greeting(self._read(self.timeout))
+                self._greet()
             except PedidosError:
                 self.close()
                 raise
             return
         raise unreachable(host, self.port, failures)
+
+    def _greet(self) -> None:
+        try:
+            self.greeting = check_greeting(self._read(self.timeout))
+        except ConnectionProblem as problem:
+            raise no_greeting(problem, self.access.tls) from None
+        token = self.access.token
+        self.role = None if token is None else authenticated(self.request(auth_request(token)))
 
     def close(self) -> None:
         if self._sock is not None:
@@ -228,7 +256,9 @@ class Client:
                         if not data:
                             raise closed()
                         self._buf += data
-                except (BlockingIOError, InterruptedError):
+                        while isinstance(sock, ssl.SSLSocket) and sock.pending():  # unseen by select()
+                            self._buf += sock.recv(_CHUNK)
+                except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     continue
                 except OSError as exc:
                     raise lost(exc) from None

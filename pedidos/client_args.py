@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
+from .client_access import ENV_VAR
 from .records import DEFAULT_PORT, DEFAULT_TIMEOUT
 from .validation import ESTADOS
 
@@ -31,9 +32,12 @@ ejemplos:
   python3 cliente.py --listar --estado listo --cliente Ana --limite 20 --desde-id 100
   python3 cliente.py --estadisticas --json
   python3 cliente.py --host ::1 --port 9000 --timeout 3 --estadisticas
+  python3 cliente.py --host pedidos.example --tls --cafile cert.pem --token "$TOKEN" --listar
 
-estado de salida: 0 bien; 1 el servidor rechazó la petición; 2 error de uso;
-3 el servidor no responde o no se puede conectar; 130 interrumpido (Ctrl-C).
+El token también puede venir de la variable de entorno PEDIDOS_TOKEN (la misma que lee el servidor).
+
+estado de salida: 0 bien; 1 el servidor rechazó la petición (o el token); 2 error de uso;
+3 el servidor no responde, no se puede conectar o falla TLS; 130 interrumpido (Ctrl-C).
 """
 
 # Words argparse writes itself, looked up through its `_` in every version.
@@ -124,6 +128,19 @@ def _build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT,
         metavar="S",
         help=f"segundos que se espera cada respuesta de la red (por defecto {DEFAULT_TIMEOUT:g})",
+    )
+    net.add_argument(
+        "--token",
+        help=f"token de acceso, si el servidor lo pide (por defecto, el de la variable {ENV_VAR})",
+    )
+    net.add_argument(
+        "--tls", action="store_true", help="conecta con TLS y comprueba el certificado del servidor"
+    )
+    net.add_argument(
+        "--cafile",
+        metavar="ARCHIVO",
+        help="con --tls: certificado (PEM) de la autoridad que firma el del servidor, o el del propio "
+        "servidor si es autofirmado (por defecto, las autoridades del sistema)",
     )
     one = parser.add_argument_group("un pedido", "Sin ellos y con una terminal, los pregunta uno a uno.")
     one.add_argument(
@@ -219,6 +236,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_termin
     stray = [name for name, given in listing.items() if given]
     if args.mode != LIST and stray:
         parser.error(f"{', '.join(stray)} solo sirve con --listar")
+    if args.cafile is not None and not args.tls:
+        parser.error("--cafile solo sirve con --tls")
     missing = [f for f in ("cliente", "productos", "direccion") if getattr(args, f) is None]
     args.limite = args.limite or 100
     args.ask = args.mode == ORDER and bool(missing)

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from . import client_args as cli
 from .client import Client, ConnectionProblem, Order, Refused
+from .client_access import NO_AUTORIZADO, chosen_token
 from .client_bulk import BadInput, Outcome, Progress, read_entries, send_entries, summary_lines
 from .client_show import count, order_lines, plural, receipt_line, state_line, stats_lines, table
 from .client_show import summary_lines as order_summary
@@ -53,7 +54,11 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     except Refused as exc:
         if args.json:
             _emit(exc.reply)
-        return _fail(EXIT_REFUSED, f"rechazado ({exc.code}): {exc.mensaje}")
+        mensaje = exc.mensaje
+        if exc.code == NO_AUTORIZADO and chosen_token(args.token) is None:
+            # The server's own words name the protocol; a person needs the option.
+            mensaje = "el servidor pide un token: indíquelo con --token o con la variable PEDIDOS_TOKEN."
+        return _fail(EXIT_REFUSED, f"rechazado ({exc.code}): {mensaje}")
     except ConnectionProblem as exc:
         return _fail(EXIT_UNREACHABLE, str(exc))
     except Stop as stop:
@@ -72,7 +77,7 @@ def _run(args: Any, stdin: TextIO) -> int:
     if args.mode == cli.FILE:
         return _send_file(args, stdin)
     order = _order_from(args, stdin) if args.mode == cli.ORDER else {}
-    with Client(args.host, args.port, args.timeout) as client:
+    with _client(args) as client:
         if args.mode == cli.ORDER:
             return _send_order(client, order, args)
         if args.mode == cli.GET:
@@ -82,6 +87,10 @@ def _run(args: Any, stdin: TextIO) -> int:
         if args.mode == cli.LIST:
             return _list(client, args)
         return _stats(client, args)
+
+
+def _client(args: Any) -> Client:
+    return Client(args.host, args.port, args.timeout, token=args.token, tls=args.tls, cafile=args.cafile)
 
 
 # --- one order ---------------------------------------------------------------------
@@ -246,7 +255,7 @@ def _send_file(args: Any, stdin: TextIO) -> int:
     outcome = Outcome(len(entries))
     progress = Progress(len(entries), sys.stderr)
     try:
-        with Client(args.host, args.port, args.timeout) as client:
+        with _client(args) as client:
             send_entries(client, entries, outcome, progress, _emit if args.json else None)
     except ConnectionProblem as exc:
         raise ConnectionProblem(f"{exc}; {outcome.so_far()}" if outcome.done else str(exc)) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -45,6 +46,10 @@ class Refused(PedidosError):
 
 class ConnectionProblem(PedidosError):
     """The server could not be reached, or stopped answering."""
+
+
+class NoAnswer(ConnectionProblem):
+    """The server said nothing within the time allowed."""
 
 
 class Stats(TypedDict, total=False):
@@ -224,6 +229,10 @@ def reason(exc: BaseException) -> str:
     """An OS error in Spanish, for the one line a person reads."""
     if isinstance(exc, TimeoutError):
         return "no contesta"
+    if isinstance(exc, ssl.SSLEOFError):
+        return "la cortó el otro extremo"
+    if isinstance(exc, ssl.SSLError):
+        return f"error de TLS: {(exc.reason or str(exc)).lower().replace('_', ' ')}"
     if isinstance(exc, OSError) and exc.errno in _REASONS:
         return _REASONS[exc.errno]
     if isinstance(exc, OSError) and exc.strerror:
@@ -254,7 +263,7 @@ def unreachable(host: str, port: int, failures: list[tuple[str, str]]) -> Connec
 
 
 def silent(timeout: float) -> ConnectionProblem:
-    return ConnectionProblem(f"el servidor dejó de responder (nada en {timeout:g} s)")
+    return NoAnswer(f"el servidor dejó de responder (nada en {timeout:g} s)")
 
 
 def lost(exc: BaseException) -> ConnectionProblem:

@@ -293,7 +293,7 @@ def test_help_lists_every_option_with_an_example(capsys):
     assert code == 0 and "uso: cliente.py" in out and "opciones:" in out
     assert "usage" not in out and "show this help" not in out
     options = [s for action in build_parser()._actions for s in action.option_strings if s.startswith("--")]
-    assert len(options) == 18
+    assert len(options) == 21
     for option in options:
         assert option in out and (option == "--help" or option in EXAMPLES), option
 
@@ -305,7 +305,10 @@ def test_unreachable_or_silent_server_exits_3(capsys, fake_server, dead_port):
     )
     silent = fake_server("silent")
     code, _, err = run(capsys, "--port", silent.port, "--timeout", "0.3", *order_args(silent.port, "Ana")[2:])
-    assert code == 3 and one_line_reason(err) == "cliente.py: el servidor dejó de responder (nada en 0.3 s)"
+    assert code == 3 and one_line_reason(err) == (
+        "cliente.py: el servidor dejó de responder (nada en 0.3 s); "
+        "si el servidor usa TLS, conéctese con --tls"
+    )
     mute = fake_server("mute")
     code, _, err = run(capsys, "--port", mute.port, "--timeout", "0.3", "--consultar", "1", "--esperar")
     assert code == 3 and "dejó de responder" in one_line_reason(err)
