@@ -1,0 +1,599 @@
+"""Fault injection against the real server: what crashes must not lose.
+
+Each test starts `servidor.py` as a subprocess on loopback with its database in
+`tmp_path`, breaks something for real (SIGKILL, SIGTERM, a database that is
+locked, read-only, missing or full) and then checks the database and the
+replies against the contract: an acknowledged order is stored, ends `listo`,
+`cancelado` or `fallido`, and is processed once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from conftest import (
+    FINAL_ESTADOS,
+    SERVIDOR,
+    LineClient,
+    ServerProcess,
+    _alive,
+    db_query,
+    has_open,
+    kill_pids,
+    rss_kib,
+    running_server,
+    wait_for,
+    worker_pid,
+    workers_alive,
+    workers_ready,
+)
+
+BUSY_TIMEOUT_S = 5.0  # the server's SQLite busy timeout (pedidos.store.BUSY_TIMEOUT_MS)
+ORPHAN_GRACE_S = 5.0  # "a few seconds" for workers to notice that their server is gone
+
+
+def order(cliente: str, referencia: str | None = None) -> dict:
+    request = {"cliente": cliente, "productos": ["pan", "agua"], "direccion": "Calle 1"}
+    if referencia is not None:
+        request["referencia"] = referencia
+    return request
+
+
+def encode(request: dict) -> bytes:
+    return json.dumps(request, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+class Load:
+    """Client threads that submit orders until stopped, recording every acknowledgement.
+
+    Each thread pipelines `pipeline` orders, then reads their replies. A thread
+    ends when it is stopped, when it reaches `limit` orders, or when the server
+    closes or resets its connection; a reply that never comes is recorded as a
+    hang (the socket timeout bounds the wait)."""
+
+    def __init__(self, port: int, threads: int = 4, pipeline: int = 4, limit: int = 20_000) -> None:
+        self.port = port
+        self.pipeline = pipeline
+        self.limit = limit
+        self.stop = threading.Event()
+        self.guard = threading.Lock()
+        self.acks: dict[int, str] = {}  # id -> cliente
+        self.refusals: list[dict] = []
+        self.endings: list[str] = []
+        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+            assert not thread.is_alive(), "a load thread did not end"
+
+    def acked(self) -> int:
+        with self.guard:
+            return len(self.acks)
+
+    def wait_acked(self, count: int, server: ServerProcess, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.acked() < count:
+            if time.monotonic() > deadline:
+                tail = "\n".join(server.lines[-20:])
+                raise AssertionError(f"{self.acked()} acks in {timeout} s; {self.endings}; server:\n{tail}")
+            time.sleep(0.02)
+
+    def _run(self, n: int) -> None:
+        ending = "stopped"
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+        except OSError as exc:
+            self._end(f"no connection: {exc}")
+            return
+        try:
+            replies = sock.makefile("rb")
+            if not replies.readline():
+                self._end("closed")
+                return
+            sent = 0
+            while not self.stop.is_set() and sent < self.limit:
+                batch = [order(f"load-{n}-{sent + k}") for k in range(self.pipeline)]
+                sent += len(batch)
+                try:
+                    sock.sendall(b"".join(encode(o) for o in batch))
+                except OSError:
+                    ending = "closed"
+                    break
+                for request in batch:
+                    line = replies.readline()
+                    if not line.endswith(b"\n"):
+                        ending = "closed"
+                        break
+                    self._record(request, json.loads(line))
+                else:
+                    continue
+                break
+        except TimeoutError:
+            ending = "hang"
+        except (ConnectionResetError, BrokenPipeError):
+            ending = "closed"
+        finally:
+            sock.close()
+        self._end(ending)
+
+    def _record(self, request: dict, reply: dict) -> None:
+        with self.guard:
+            if reply.get("ok"):
+                assert reply["estado"] == "pendiente" and "duplicado" not in reply, reply
+                assert reply["id"] not in self.acks, f"id {reply['id']} acknowledged twice"
+                self.acks[reply["id"]] = request["cliente"]
+            else:
+                self.refusals.append(reply)
+
+    def _end(self, how: str) -> None:
+        with self.guard:
+            self.endings.append(how)
+
+
+def wait_all(port: int, ids: list[int], timeout: float = 60) -> dict[int, dict]:
+    """`esperar` every id, pipelined on one connection: the orders as they end."""
+    final: dict[int, dict] = {}
+    with LineClient("127.0.0.1", port, timeout=timeout + 30) as client:
+        for start in range(0, len(ids), 200):
+            part = ids[start : start + 200]
+            client.send(b"".join(encode({"accion": "esperar", "id": i, "timeout": timeout}) for i in part))
+            for order_id in part:
+                reply = client.read()
+                assert reply["ok"], reply
+                final[order_id] = reply["pedido"]
+    return final
+
+
+def stats(port: int) -> dict:
+    with LineClient("127.0.0.1", port) as client:
+        reply = client.ask({"accion": "estadisticas"})
+    assert reply["ok"], reply
+    return reply
+
+
+def in_process(port: int, order_id: int, intentos: int | None = None) -> dict | None:
+    """The order if it is `en proceso` (at attempt `intentos`, when given)."""
+    with LineClient("127.0.0.1", port) as client:
+        pedido = client.ask({"accion": "consultar", "id": order_id})["pedido"]
+    if pedido["estado"] == "en proceso" and (intentos is None or pedido["intentos"] == intentos):
+        return pedido
+    return None
+
+
+def wchan(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return ""
+
+
+def all_rows(db: Path) -> dict[int, tuple]:
+    rows = db_query(db, "SELECT id, cliente, estado, fecha_inicio, fecha_fin, worker, intentos FROM pedidos")
+    return {row[0]: row for row in rows}
+
+
+# --- the server killed --------------------------------------------------------------------
+
+
+def test_sigkill_server_under_load_loses_nothing_and_processes_once(tmp_path):
+    server = ServerProcess(
+        ["--port", "0", "--workers", "2", "--work-time", "0.01"], tmp_path / "p.db", tmp_path
+    )
+    children: list[int] = []
+    try:
+        server.wait_ready()
+        children = server.worker_pids()
+        with Load(server.port, threads=4, pipeline=4) as load:
+            load.wait_acked(400, server)
+            os.kill(server.pid, signal.SIGKILL)
+            server.proc.wait(10)
+            load.finish()
+        assert "hang" not in load.endings
+        # The workers see their server gone and exit by themselves, even one
+        # that was waiting for the write lock the server held when it died.
+        wait_for(lambda: not any(_alive(pid) for pid in children), timeout=ORPHAN_GRACE_S)
+    finally:
+        server.kill()
+        kill_pids(children)
+    wait_for(lambda: not any(_alive(pid) for pid in children), timeout=10)
+
+    acks = dict(load.acks)
+    before = all_rows(server.db)
+    interrupted = {i for i, row in before.items() if row[2] == "en proceso"}
+    assert set(acks) <= set(before), f"acknowledged but missing: {sorted(set(acks) - set(before))[:10]}"
+    assert all(row[6] == 0 for row in before.values())
+
+    with running_server(tmp_path, "--workers", "2", "--work-time", "0", db=server.db) as again:
+        if interrupted:
+            assert any(f"{len(interrupted)} orders were in process" in line for line in again.lines)
+        final = wait_all(again.port, sorted(acks))
+        assert again.stop() == 0
+
+    for order_id, cliente in acks.items():
+        pedido = final[order_id]
+        assert pedido["cliente"] == cliente, pedido
+        assert pedido["estado"] == "listo", pedido
+    after = all_rows(server.db)
+    for order_id, (_, _, estado, inicio, fin, worker, intentos) in after.items():
+        # Processed once: one start and one end, in that order, by a worker;
+        # an attempt counted only where the kill interrupted one.
+        assert estado == "listo", after[order_id]
+        assert inicio is not None and fin is not None and inicio <= fin and worker in (1, 2)
+        assert intentos == (1 if order_id in interrupted else 0), after[order_id]
+
+
+def test_workers_exit_when_their_idle_server_is_killed(tmp_path):
+    server = ServerProcess(["--port", "0", "--workers", "2", "--work-time", "0"], tmp_path / "p.db", tmp_path)
+    children: list[int] = []
+    try:
+        server.wait_ready()
+        wait_for(lambda: len(workers_ready(server)) == 2)
+        children = server.worker_pids()
+        os.kill(server.pid, signal.SIGKILL)
+        server.proc.wait(10)
+        wait_for(lambda: not any(_alive(pid) for pid in children), timeout=ORPHAN_GRACE_S)
+    finally:
+        server.kill()
+        kill_pids(children)
+
+
+def test_workers_exit_when_the_server_dies_while_they_start(tmp_path):
+    server = ServerProcess(["--port", "0", "--workers", "1", "--work-time", "0"], tmp_path / "p.db", tmp_path)
+    children: list[int] = []
+    try:
+        # Catch the worker as soon as it exists, before it has set itself up,
+        # and hold it there while its server dies.
+        deadline = time.monotonic() + 30
+        while not (workers := workers_alive(server)):
+            assert time.monotonic() < deadline and server.proc.poll() is None, server.log
+        children = server.worker_pids()
+        worker = workers[0]
+        os.kill(worker, signal.SIGSTOP)
+        assert not has_open(worker, server.db), "the worker was caught too late"
+        os.kill(server.pid, signal.SIGKILL)
+        server.proc.wait(10)
+        os.kill(worker, signal.SIGCONT)
+        wait_for(lambda: has_open(worker, server.db) or not _alive(worker), timeout=30)
+        wait_for(lambda: not _alive(worker), timeout=ORPHAN_GRACE_S)
+    finally:
+        server.kill()
+        kill_pids(children)
+
+
+def test_workers_exit_when_the_server_dies_holding_the_write_lock(tmp_path):
+    server = ServerProcess(["--port", "0", "--workers", "1", "--work-time", "1"], tmp_path / "p.db", tmp_path)
+    children: list[int] = []
+    blocker = None
+    try:
+        server.wait_ready()
+        children = server.worker_pids()
+        with LineClient("127.0.0.1", server.port) as client:
+            first = client.ask(order("primero"))["id"]
+            wait_for(lambda: in_process(server.port, first))
+            # Another program holds the database: the server's writer takes the
+            # shared write lock for the next order and waits for SQLite...
+            blocker = sqlite3.connect(str(server.db), timeout=30, isolation_level=None)
+            blocker.execute("BEGIN EXCLUSIVE")
+            client.send(order("segundo"))
+            # ...while the worker, done with the first order, waits for the write lock.
+            worker = worker_pid(server, 1)
+            assert worker is not None
+            wait_for(lambda: "futex" in wchan(worker), timeout=BUSY_TIMEOUT_S - 1)
+            os.kill(server.pid, signal.SIGKILL)
+            server.proc.wait(10)
+        blocker.rollback()
+        blocker.close()
+        blocker = None
+        wait_for(lambda: not _alive(worker), timeout=ORPHAN_GRACE_S)
+    finally:
+        if blocker is not None:
+            blocker.close()
+        server.kill()
+        kill_pids(children)
+
+
+# --- a worker killed ----------------------------------------------------------------------
+
+
+def test_worker_killed_mid_order_hands_it_back_and_is_replaced(tmp_path):
+    with running_server(tmp_path, "--workers", "2", "--work-time", "1.5") as srv:
+        with LineClient("127.0.0.1", srv.port) as client:
+            victim = client.ask(order("víctima"))["id"]
+        pedido = wait_for(lambda: in_process(srv.port, victim))
+        number = pedido["worker"]
+        old_pid = worker_pid(srv, number)
+        assert old_pid in workers_alive(srv)
+        assert stats(srv.port)["workers"] == 2
+
+        os.kill(old_pid, signal.SIGKILL)
+        # The server notices at once (it waits on every worker's sentinel) and
+        # hands the order back as an interrupted attempt.
+        wait_for(lambda: any(f"worker {number} died" in line for line in srv.lines), timeout=3)
+        with LineClient("127.0.0.1", srv.port) as client:
+            back = client.ask({"accion": "consultar", "id": victim})["pedido"]
+        assert back["intentos"] == 1 and back["estado"] in ("pendiente", "en proceso"), back
+
+        # A replacement with the same number, in a new process.
+        wait_for(lambda: worker_pid(srv, number) not in (None, old_pid), timeout=10)
+        new_pid = worker_pid(srv, number)
+        wait_for(lambda: new_pid in workers_alive(srv), timeout=10)
+        wait_for(lambda: stats(srv.port)["workers"] == 2, timeout=10)
+
+        with LineClient("127.0.0.1", srv.port) as client:
+            done = client.ask({"accion": "esperar", "id": victim, "timeout": 30})["pedido"]
+        assert done["estado"] == "listo" and done["intentos"] == 1, done
+        assert done["fecha_inicio"] <= done["fecha_fin"]
+        assert not _alive(old_pid)
+
+
+def test_third_interrupted_attempt_makes_the_order_fallido_and_the_rest_flow(tmp_path):
+    with running_server(tmp_path, "--workers", "2", "--work-time", "2") as srv:
+        with LineClient("127.0.0.1", srv.port) as client:
+            victim = client.ask(order("venenoso"))["id"]
+        killed = []
+        for attempt in range(3):
+            pedido = wait_for(lambda a=attempt: in_process(srv.port, victim, intentos=a), timeout=20)
+            pid = worker_pid(srv, pedido["worker"])
+            assert pid is not None and pid not in killed
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            wait_for(lambda p=pid: not _alive(p), timeout=5)
+
+        with LineClient("127.0.0.1", srv.port) as client:
+            final = client.ask({"accion": "esperar", "id": victim, "timeout": 10})
+            assert final["ok"], final
+            assert final["pedido"]["estado"] == "fallido" and final["pedido"]["intentos"] == 3, final
+            assert final["pedido"]["fecha_fin"] is None
+            # One poisonous order does not stop the others.
+            others = [client.ask(order(f"otro {n}"))["id"] for n in range(2)]
+            for order_id in others:
+                done = client.ask({"accion": "esperar", "id": order_id, "timeout": 30})["pedido"]
+                assert done["estado"] == "listo" and done["intentos"] == 0, done
+            # A fallido order is final: it cannot be cancelled, it is not retried.
+            assert client.ask({"accion": "cancelar", "id": victim})["error"] == "no_cancelable"
+        wait_for(lambda: stats(srv.port)["workers"] == 2, timeout=10)
+        assert db_query(srv.db, "SELECT estado, intentos FROM pedidos WHERE id = ?", (victim,)) == [
+            ("fallido", 3)
+        ]
+
+
+# --- a graceful stop ----------------------------------------------------------------------
+
+
+def test_sigterm_under_load_keeps_every_ack_and_answers_or_closes(tmp_path):
+    server = ServerProcess(
+        ["--port", "0", "--workers", "2", "--work-time", "0.01"], tmp_path / "p.db", tmp_path
+    )
+    try:
+        server.wait_ready()
+        with Load(server.port, threads=4, pipeline=8) as load:
+            load.wait_acked(400, server)
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(60) == 0
+            load.finish()
+    finally:
+        server.kill()
+    # Every connection got its replies or a close; none was left hanging.
+    assert len(load.endings) == 4 and "hang" not in load.endings, load.endings
+    assert load.refusals == []
+    rows = all_rows(server.db)
+    false_acks = [i for i, cliente in load.acks.items() if i not in rows or rows[i][1] != cliente]
+    assert not false_acks, f"acknowledged but not stored: {false_acks[:10]}"
+    # A graceful stop lets each worker finish or hand back its order, without
+    # counting an attempt.
+    assert all(row[2] in ("pendiente", "listo") and row[6] == 0 for row in rows.values())
+    assert any("stopped" in line for line in server.lines)
+
+
+# --- the database misbehaves ----------------------------------------------------------------
+
+
+def start_failure(tmp_path: Path, db: Path, preexec=None) -> subprocess.CompletedProcess:
+    """Run the server where it cannot start: its output and exit status."""
+    return subprocess.run(
+        [sys.executable, str(SERVIDOR), "--db", str(db), "--port", "0", "--work-time", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+        preexec_fn=preexec,
+    )
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, db: Path, why: str) -> None:
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    assert str(db) in lines[0] and why in lines[0], lines[0]
+
+
+def _without_file_permission_override() -> None:
+    """In the child before exec: root loses CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH,
+    so file modes bind it as they bind everyone else."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
+    for cap in (cap_dac_override, cap_dac_read_search):
+        if libc.prctl(pr_capbset_drop, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_start_with_a_missing_folder_says_so_in_one_line(tmp_path):
+    db = tmp_path / "no-such-folder" / "p.db"
+    assert_one_clear_line(start_failure(tmp_path, db), db, "unable to open database file")
+    assert not db.parent.exists()
+
+
+def test_start_with_a_read_only_database_says_so_in_one_line(tmp_path):
+    db = tmp_path / "p.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE other (x)")
+    conn.commit()
+    conn.close()
+    db.chmod(0o444)
+    preexec = _without_file_permission_override if os.geteuid() == 0 else None
+    assert_one_clear_line(start_failure(tmp_path, db, preexec), db, "readonly database")
+
+
+def test_start_with_a_database_locked_by_another_program_says_so_in_one_line(tmp_path):
+    db = tmp_path / "p.db"
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("CREATE TABLE other (x)")
+        blocker.execute("BEGIN EXCLUSIVE")
+        assert_one_clear_line(start_failure(tmp_path, db), db, "database is locked")
+    finally:
+        blocker.close()
+
+
+def test_start_on_a_full_disk_says_so_in_one_line(tmp_path):
+    def no_room() -> None:  # every write to a file fails, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    db = tmp_path / "p.db"
+    result = start_failure(tmp_path, db, no_room)
+    assert_one_clear_line(result, db, "cannot use the database")
+
+
+def test_start_with_a_file_that_is_not_a_database_says_so_in_one_line(tmp_path):
+    db = tmp_path / "p.db"
+    db.write_text("this is a shopping list, not a database\n" * 100)
+    assert_one_clear_line(start_failure(tmp_path, db), db, "not a database")
+
+
+def test_database_locked_while_serving_refuses_then_resumes_by_itself(tmp_path):
+    with running_server(tmp_path, "--workers", "1", "--work-time", "0") as srv:
+        with LineClient("127.0.0.1", srv.port, timeout=BUSY_TIMEOUT_S * 4) as client:
+            before = client.ask(order("antes"))
+            assert before["ok"], before
+            blocker = sqlite3.connect(str(srv.db), timeout=30, isolation_level=None)
+            try:
+                blocker.execute("BEGIN EXCLUSIVE")
+                refused = client.ask(order("bloqueado"))
+                assert refused["ok"] is False and refused["error"] == "error_interno", refused
+                # Reads go on meanwhile (WAL), and the server still answers.
+                assert client.ask({"accion": "consultar", "id": before["id"]})["ok"]
+            finally:
+                blocker.close()  # rolls back: the database is free again
+            after = client.ask(order("después"))
+            assert after["ok"], after
+            done = client.ask({"accion": "esperar", "id": after["id"], "timeout": 20})["pedido"]
+            assert done["estado"] == "listo"
+        assert srv.stop() == 0
+        assert "Traceback" not in srv.log
+    clientes = [row[0] for row in db_query(srv.db, "SELECT cliente FROM pedidos ORDER BY id")]
+    assert clientes == ["antes", "después"]
+
+
+def test_disk_full_while_serving_refuses_then_resumes_by_itself(tmp_path):
+    with running_server(tmp_path, "--workers", "1", "--work-time", "0") as srv:
+        with LineClient("127.0.0.1", srv.port) as client:
+            before = client.ask(order("antes"))
+            assert before["ok"], before
+            # The server process can no longer grow any file: its next commit
+            # fails as on a full disk. Then the space comes back.
+            _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.prlimit(srv.pid, resource.RLIMIT_FSIZE, (1, hard))
+            try:
+                refused = [client.ask(order(f"lleno {n}")) for n in range(3)]
+            finally:
+                resource.prlimit(srv.pid, resource.RLIMIT_FSIZE, (hard, hard))
+            assert all(r["ok"] is False and r["error"] == "error_interno" for r in refused), refused
+            after = client.ask(order("después"))
+            assert after["ok"], after
+            done = client.ask({"accion": "esperar", "id": after["id"], "timeout": 20})["pedido"]
+            assert done["estado"] == "listo"
+        assert srv.stop() == 0
+        assert "Traceback" not in srv.log
+    clientes = [row[0] for row in db_query(srv.db, "SELECT cliente FROM pedidos ORDER BY id")]
+    assert clientes == ["antes", "después"]
+
+
+# --- a backlog larger than the queue ---------------------------------------------------------
+
+BACKLOG = 30_000
+
+
+def submit_many(port: int, cliente: str, count: int, window: int = 500) -> list[int]:
+    """Pipeline `count` orders on one connection, `window` in flight: the ids."""
+    ids = []
+    with LineClient("127.0.0.1", port, timeout=60) as client:
+        for start in range(0, count, window):
+            n = min(window, count - start)
+            client.send(encode(order(cliente)) * n)
+            for _ in range(n):
+                reply = client.read()
+                assert reply["ok"], reply
+                ids.append(reply["id"])
+    return ids
+
+
+def test_backlog_lives_in_the_database_not_in_memory(tmp_path):
+    with running_server(tmp_path, "--workers", "1", "--work-time", "1") as srv:
+        submit_many(srv.port, "calentamiento", 1000)
+        baseline = rss_kib(srv.pid)
+        peak = [baseline]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                with contextlib.suppress(OSError, AssertionError):
+                    peak.append(rss_kib(srv.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        results: list[list[int]] = []
+        try:
+            threads = [
+                threading.Thread(
+                    target=lambda n=n: results.append(submit_many(srv.port, f"cola {n}", BACKLOG // 4))
+                )
+                for n in range(4)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+        finally:
+            done.set()
+            sampler.join(5)
+        assert sum(len(ids) for ids in results) == BACKLOG
+        grown_mib = (max(peak) - baseline) / 1024
+        # 30,000 pending orders: the ids in memory are bounded by the
+        # dispatcher's window, the queue holds two at most.
+        assert grown_mib < 48, f"server RSS grew {grown_mib:.0f} MiB over {baseline // 1024} MiB"
+        assert stats(srv.port)["en_cola"] >= BACKLOG
+        assert srv.stop() == 0
+    with running_server(tmp_path, "--workers", "2", "--work-time", "0", db=srv.db) as again:
+
+        def drained() -> bool:
+            estados = stats(again.port)["estados"]
+            return estados["pendiente"] == 0 and estados["en proceso"] == 0
+
+        wait_for(drained, timeout=90, interval=0.5)
+    counts = dict(db_query(srv.db, "SELECT estado, COUNT(*) FROM pedidos GROUP BY estado"))
+    assert counts == {"listo": BACKLOG + 1000}
+    assert set(FINAL_ESTADOS) >= set(counts)
