@@ -137,10 +137,12 @@ class Server:
                 ", ".join(exposed),
             )
         logger.info(
-            "ready: %d workers, database %s, work time %s s",
+            "ready: %d workers, database %s, work time %s s, %s, %s",
             config.workers,
             config.db,
             "-".join(f"{t:g}" for t in sorted(set(config.work_time))),
+            "TLS" if tls is not None else "plain TCP",
+            f"{len(self.tokens)} access tokens" if self.tokens is not None else "no access tokens",
         )
         self.started.set()
 
