@@ -204,7 +204,7 @@ class Connection(asyncio.BufferedProtocol):
                     break
                 head = _reply_of(head, self)
             self._line.popleft()
-            out.append(encode_line(head))
+            out.append(head if isinstance(head, bytes) else encode_line(head))
         if out:
             self._write(b"".join(out))
         self._take_parked()
@@ -274,7 +274,7 @@ class Connection(asyncio.BufferedProtocol):
             self._arm_idle_timer(timeout - idle_for)
 
 
-def _reply_of(future: asyncio.Future[Any], conn: Connection) -> dict:
+def _reply_of(future: asyncio.Future[Any], conn: Connection) -> dict | bytes:
     if future.cancelled():
         return error_reply(ERROR_INTERNO, "La petición fue cancelada.")
     error = future.exception()

@@ -276,7 +276,8 @@ class Decoder:
 
     def _start(self, rest: bytes) -> None:
         self._buf = bytearray(rest)
-        self._scanner = _Scanner()
+        if rest:  # a scanner costs a UTF-8 decoder: only for a partial request
+            self._scanner = _Scanner()
 
     def _fast(self, data: bytes, out: list[Any]) -> bytes:
         """Decode the complete values at the start of `data`; return the rest."""

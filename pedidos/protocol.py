@@ -48,8 +48,11 @@ def error_reply(code: str, mensaje: str, **extra: Any) -> dict[str, Any]:
     return {"ok": False, "error": code, "mensaje": mensaje, **extra}
 
 
-def order_ack(order_id: int, estado: str, duplicado: bool) -> dict[str, Any]:
-    """The reply to a new order once it is stored."""
+def order_ack(order_id: int, estado: str, duplicado: bool) -> dict[str, Any] | bytes:
+    """The reply to a new order once it is stored: the common one already as
+    its line of bytes, the most frequent reply the server writes."""
+    if estado == "pendiente" and not duplicado:
+        return b'{"ok": true, "id": %d, "estado": "pendiente"}\n' % order_id
     reply: dict[str, Any] = {"ok": True, "id": order_id, "estado": estado}
     if duplicado:
         reply["duplicado"] = True

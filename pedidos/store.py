@@ -69,6 +69,10 @@ class Stored(NamedTuple):
     ajeno: bool = False  # its referencia belongs to another owner's order
 
 
+# json.dumps with an argument builds a new encoder on every call.
+_encode_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def now() -> str:
     """ISO 8601 UTC with microseconds and offset, as the contract writes times."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
@@ -156,7 +160,7 @@ class Store:
                     ajeno = owner is not None and owner != stored_owner
                     results.append(Stored(order_id, estado, True, ajeno))
                     continue
-                productos = json.dumps(order.productos, ensure_ascii=False)
+                productos = _encode_json(order.productos)
                 rows.append(
                     (next_id, order.cliente, productos, order.direccion, order.referencia, received, owner)
                 )
