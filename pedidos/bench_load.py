@@ -1,0 +1,263 @@
+"""The benchmark's load generator: processes that each drive many connections.
+
+The same code drives the order server and the echo baselines: each connection
+sends one line (an order as JSON) and reads one line back, keeping `depth`
+requests in flight. For the order server it first reads the greeting line.
+Clients are `asyncio.Protocol`s that count lines with `bytes.count` and write
+the next requests in one call, so that the generator costs little per request.
+
+`drive()` runs in the benchmark's own process: it starts the load processes,
+lets them connect, starts them all at one instant, and merges what they saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import signal
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+OK = b'"ok": true'
+START_DELAY_S = 0.3  # from "go" to the first request, so that every process is ready
+GRACE_S = 10.0  # after the window: how long outstanding replies may take
+
+
+class BenchError(Exception):
+    """The benchmark could not measure; the message says why."""
+
+
+class Run:
+    """What one load process measures, shared by its connections."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.line: bytes = spec["line"]
+        self.depth: int = spec["depth"]
+        self.limit: int | None = spec.get("limit")  # requests per connection; None: until stop_at
+        self.check: bool = spec["check"]  # count replies without "ok": true as bad
+        self.greeting: bool = spec["greeting"]
+        self.warm_at = self.stop_at = float("inf")
+        self.count = self.bad = self.lost = self.connect_failed = self.refused = 0
+        self.sample_bad = b""
+        self.latencies = array("d")
+        self.open: set[Client] = set()
+        self.finished: asyncio.Future[None] | None = None
+
+    def replies(self, client: Client, data: bytes) -> None:
+        now = time.perf_counter()
+        n = data.count(b"\n")
+        sent = client.sent
+        if self.check:
+            ok = data.count(OK)
+            if ok != n:
+                self.bad += n - ok
+                self.sample_bad = self.sample_bad or data[:300]
+        if self.warm_at <= now < self.stop_at:
+            self.count += n
+            latencies = self.latencies
+            for _ in range(n):
+                latencies.append(now - sent.popleft())
+        else:
+            for _ in range(n):
+                sent.popleft()
+        if now < self.stop_at:
+            client.send(n, now)
+        if not sent:
+            self.done(client)
+
+    def done(self, client: Client) -> None:
+        self.open.discard(client)
+        if not self.open and self.finished is not None and not self.finished.done():
+            self.finished.set_result(None)
+
+
+class Client(asyncio.Protocol):
+    def __init__(self, run: Run, loop: asyncio.AbstractEventLoop) -> None:
+        self.run = run
+        self.transport: asyncio.Transport | None = None
+        self.sent: deque[float] = deque()
+        self.requests = 0
+        self.buf = b""
+        self.waiting_greeting = run.greeting
+        self.greeted: asyncio.Future[bool] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.waiting_greeting:
+            self.greeted.set_result(True)
+
+    def data_received(self, data: bytes) -> None:
+        if self.buf:
+            data = self.buf + data
+        cut = data.rfind(b"\n") + 1
+        self.buf = data[cut:]
+        if cut == 0:
+            return
+        if cut < len(data):
+            data = data[:cut]
+        if self.waiting_greeting:
+            self.waiting_greeting = False
+            first = data.index(b"\n") + 1
+            if not self.greeted.done():
+                self.greeted.set_result(OK in data[:first])
+            data = data[first:]
+            if not data:
+                return
+        self.run.replies(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.greeted.done():
+            self.greeted.set_result(False)
+        if self in self.run.open:
+            self.run.lost += 1
+            self.run.done(self)
+
+    def send(self, n: int, now: float) -> None:
+        limit = self.run.limit
+        if limit is not None:
+            n = min(n, limit - self.requests)
+        if n > 0 and self.transport is not None and not self.transport.is_closing():
+            self.requests += n
+            self.sent.extend([now] * n)
+            self.transport.write(self.run.line * n)
+
+
+def load_main(pipe: Any, spec: dict[str, Any]) -> None:
+    """Entry point of a load process: connect, report, wait for "go", run, report."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the benchmark process stops us
+    try:
+        result = asyncio.run(_load(pipe, spec))
+    except BaseException as exc:  # reported to the parent, which raises it
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    pipe.send(("done", result))
+
+
+async def _load(pipe: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    run = Run(spec)
+    limit = asyncio.Semaphore(spec.get("connect_at_once", 200))
+
+    async def connect() -> Client | None:
+        async with limit:
+            try:
+                _, client = await asyncio.wait_for(
+                    loop.create_connection(lambda: Client(run, loop), spec["host"], spec["port"]), 30
+                )
+                if await asyncio.wait_for(client.greeted, 30):
+                    return client
+                run.refused += 1
+                client.transport.close()  # type: ignore[union-attr]
+            except (OSError, asyncio.TimeoutError):
+                run.connect_failed += 1
+            return None
+
+    began = time.perf_counter()
+    clients = [c for c in await asyncio.gather(*(connect() for _ in range(spec["conns"]))) if c]
+    pipe.send(("ready", {"connected": len(clients), "connect_s": time.perf_counter() - began}))
+    if not pipe.poll(spec["go_timeout"]):
+        raise BenchError("no go from the benchmark")
+    _, start_wall, warm, seconds = pipe.recv()
+    start = time.perf_counter() + (start_wall - time.time())
+    await asyncio.sleep(max(0.0, start - time.perf_counter()))
+    run.warm_at, run.stop_at = start + warm, start + warm + seconds
+    run.finished = loop.create_future()
+    run.open = set(clients)
+    now = time.perf_counter()
+    for client in clients:
+        client.send(run.depth, now)
+    if run.open:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(run.finished, run.stop_at - time.perf_counter() + GRACE_S)
+    for client in clients:
+        client.transport.close()  # type: ignore[union-attr]
+    await asyncio.sleep(0.05)
+    return {
+        "count": run.count,
+        "bad": run.bad,
+        "sample_bad": run.sample_bad.decode("utf-8", "replace"),
+        "lost": run.lost,
+        "unanswered": sum(len(c.sent) for c in clients),
+        "requests": sum(c.requests for c in clients),
+        "connected": len(clients),
+        "connect_failed": run.connect_failed,
+        "refused": run.refused,
+        "latencies": run.latencies.tobytes(),
+    }
+
+
+def _receive(pipe: Any, timeout: float, what: str) -> Any:
+    try:
+        if pipe.poll(timeout):
+            kind, value = pipe.recv()
+            if isinstance(value, dict) and "error" in value:
+                raise BenchError(f"load process failed: {value['error']}")
+            return value
+    except EOFError:
+        raise BenchError(f"a load process died while {what}") from None
+    raise BenchError(f"a load process did not finish {what} within {timeout:.0f} s")
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def drive(
+    port: int,
+    line: bytes,
+    *,
+    conns: int,
+    depth: int = 1,
+    seconds: float,
+    warm: float = 0.0,
+    procs: int = 2,
+    greeting: bool = True,
+    check: bool = True,
+    limit: int | None = None,
+    during: Callable[[float, float, list[int]], Any] = lambda start, end, pids: None,
+) -> dict[str, Any]:
+    """Run the load: `conns` connections over `procs` processes, `depth`
+    requests in flight each, for `warm` + `seconds` (or `limit` requests per
+    connection). Figures cover the `seconds` after `warm`; `during(start, end,
+    pids)` runs meanwhile, with the window's wall times and the load pids."""
+    ctx = multiprocessing.get_context("spawn")
+    shares = [s for s in (conns // procs + (i < conns % procs) for i in range(procs)) if s]
+    spec = {"host": "127.0.0.1", "port": port, "line": line, "depth": depth, "limit": limit}
+    spec.update(check=check, greeting=greeting, go_timeout=120.0)
+    workers, pipes = [], []
+    try:
+        for share in shares:
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=load_main, args=(theirs, {**spec, "conns": share}), daemon=True)
+            proc.start()
+            theirs.close()
+            workers.append(proc)
+            pipes.append(ours)
+        ready = [_receive(p, 120, "connecting") for p in pipes]
+        start = time.time() + START_DELAY_S
+        for p in pipes:
+            p.send(("go", start, warm, seconds))
+        extra = during(start + warm, start + warm + seconds, [w.pid for w in workers])
+        results = [_receive(p, START_DELAY_S + warm + seconds + GRACE_S + 30, "running") for p in pipes]
+    finally:
+        for proc in workers:
+            proc.join(1 if proc.exitcode is None else 0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    latencies = array("d")
+    for r in results:
+        latencies.frombytes(r.pop("latencies"))
+    ordered = sorted(latencies)
+    merged: dict[str, Any] = {k: sum(r[k] for r in results) for k in results[0] if k != "sample_bad"}
+    merged["sample_bad"] = next((r["sample_bad"] for r in results if r["sample_bad"]), "")
+    merged["connect_s"] = max(r["connect_s"] for r in ready)
+    merged["rate"] = merged["count"] / seconds if limit is None else None
+    merged["p50_ms"] = percentile(ordered, 0.50) * 1000
+    merged["p99_ms"] = percentile(ordered, 0.99) * 1000
+    merged["during"] = extra
+    return merged

@@ -1,0 +1,167 @@
+"""The benchmark's servers as subprocesses, and what /proc says about them.
+
+Each server (the order server or an echo baseline) runs in a session of its
+own, logging to a file; it is stopped by its pid with SIGTERM, and whatever of
+its process group is still there after the deadline is killed, so no worker
+outlives the benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .bench_load import BenchError
+
+ROOT = Path(__file__).resolve().parent.parent
+LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+class Child:
+    """A server subprocess; `port` once it listens."""
+
+    def __init__(self, argv: list[str], log: Path, ready_text: str = "listening on") -> None:
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, *argv],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the benchmark only; it stops us
+            )
+        self.pid = self.proc.pid
+        try:
+            self.port = self._wait_listening(ready_text)
+        except BaseException:  # Ctrl-C while it starts, too
+            self.stop(5)
+            raise
+
+    def _wait_listening(self, ready_text: str, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text("utf-8", "replace")
+            match = LISTENING.search(text)
+            if match and ready_text in text:
+                return int(match.group(1))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise BenchError(f"server did not start: {self.tail()}")
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log.read_text("utf-8", "replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)  # our session: its workers, if any are left
+        self.proc.wait()
+        return code
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _cpu(stat_path: str) -> float:
+    try:
+        fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has been busy, stolen time included. Not
+    softirq time: that is mostly the loopback traffic of the benchmark itself."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, _softirq, steal = map(int, stat.readline().split()[1:9])
+    return (user + nice + system + irq + steal) / TICK
+
+
+def wait_quiet(limit_s: float, threshold: float = 0.25, sample_s: float = 1.0) -> float:
+    """Wait (at most `limit_s`) until the machine is nearly idle: under
+    `threshold` of one core busy over `sample_s`. The last share seen."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        before = _machine_busy()
+        time.sleep(sample_s)
+        share = (_machine_busy() - before) / sample_s
+        if share < threshold or time.monotonic() >= deadline:
+            return share
+
+
+def cpu_snapshot(server: int | None, load: list[int]) -> dict[str, float]:
+    """CPU seconds so far: the server's event loop thread, its other threads
+    (writer, readers, monitor), its children (workers), the load processes,
+    and everything else on the machine (other programs, steal)."""
+    snap = {"loop": 0.0, "threads": 0.0, "workers": 0.0, "load": sum(_cpu(f"/proc/{p}/stat") for p in load)}
+    snap["other"] = _machine_busy()
+    if server is not None:
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{server}/task"):
+                key = "loop" if int(task) == server else "threads"
+                snap[key] += _cpu(f"/proc/{server}/task/{task}/stat")
+        snap["workers"] = sum(_cpu(f"/proc/{p}/stat") for p in children(server))
+    snap["other"] -= snap["loop"] + snap["threads"] + snap["workers"] + snap["load"]
+    return snap
+
+
+def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Percent of one core used over the window, by part. `other` is rough
+    (about ±20): the kernel charges some network work to processes, some not."""
+    share = {k: round(100 * (after[k] - before[k]) / seconds) for k in before}
+    share["other"] = max(0, share["other"])
+    return share
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM: the most resident memory the process has had."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def ask(port: int, requests: list[dict[str, Any]] | dict[str, Any], timeout: float = 30.0) -> Any:
+    """Send requests over one fresh connection; the replies (one, or a list)."""
+    many = isinstance(requests, list)
+    batch = requests if isinstance(requests, list) else [requests]
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        data = "".join(json.dumps(r) + "\n" for r in batch).encode()
+        sock.sendall(data)
+        reader = sock.makefile("rb")
+        reader.readline()  # the greeting
+        replies = [json.loads(reader.readline()) for _ in batch]
+    return replies if many else replies[0]
+
+
+def stats(port: int) -> dict[str, Any]:
+    reply = ask(port, {"accion": "estadisticas"})
+    if not reply.get("ok"):
+        raise BenchError(f"estadisticas failed: {reply}")
+    return reply
