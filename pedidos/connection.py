@@ -155,7 +155,7 @@ class Connection(asyncio.BufferedProtocol):
         except RequestError as refused:
             return refused.reply()
         if isinstance(request, NewOrder):
-            self._last_order = self._service.submit(request, self._principal)
+            self._last_order = self._service.submit(request, self._principal, self._on_ready)
             return self._last_order
         if wants_auth:
             return self._authenticate(request.args["token"])
@@ -192,10 +192,11 @@ class Connection(asyncio.BufferedProtocol):
             self._write(encode_line(slot))
             return
         self._line.append(slot)
-        if isinstance(slot, asyncio.Future):
+        # An order's future wakes the connection through the writer's notify.
+        if isinstance(slot, asyncio.Future) and slot is not self._last_order:
             slot.add_done_callback(self._on_ready)
 
-    def _on_ready(self, _future: asyncio.Future[Any]) -> None:
+    def _on_ready(self, _future: asyncio.Future[Any] | None = None) -> None:
         out = []
         while self._line:
             head = self._line[0]

@@ -85,9 +85,15 @@ class OrderService:
             "estadisticas": self._estadisticas,
         }
 
-    def submit(self, order: NewOrder, principal: Principal | None = None) -> asyncio.Future[Reply]:
-        """Store a new order; the reply is ready once it is committed."""
-        return self._writer.submit(order, _owner(principal))
+    def submit(
+        self,
+        order: NewOrder,
+        principal: Principal | None = None,
+        notify: Callable[[], None] | None = None,
+    ) -> asyncio.Future[Reply]:
+        """Store a new order; the reply is ready once it is committed (see
+        Writer.submit for `notify`)."""
+        return self._writer.submit(order, _owner(principal), notify)
 
     async def command(self, command: Command, principal: Principal | None = None) -> Reply:
         """Answer a command; with a `cliente` principal, only about its own orders."""

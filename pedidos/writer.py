@@ -27,6 +27,7 @@ from .validation import NewOrder
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+_CALL = object()  # marks a `run` item in the inbox; the others are orders
 Settled = list[tuple["asyncio.Future[Any]", Any, "BaseException | None"]]
 
 
@@ -55,16 +56,25 @@ class Writer:
         await self._loop.run_in_executor(None, self._thread.join)
         self._store.close()
 
-    def submit(self, order: NewOrder, owner: str | None = None) -> asyncio.Future[dict[str, Any]]:
-        """Store an order: resolves to its acknowledgement once committed."""
+    def submit(
+        self,
+        order: NewOrder,
+        owner: str | None = None,
+        notify: Callable[[], None] | None = None,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Store an order: resolves to its acknowledgement once committed.
+
+        `notify` is called once per batch for all the orders that named it,
+        after their futures resolve: a connection with a hundred orders in
+        one commit is woken once, not a hundred times."""
         future = self._loop.create_future()
-        self._add((order, owner, future))
+        self._add((order, owner, future, notify))
         return future
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run `fn(store, *args)` on the writer's thread, between batches."""
         future = self._loop.create_future()
-        self._add((fn, args, future, None))
+        self._add((_CALL, fn, args, future))
         return future
 
     def _add(self, item: tuple[Any, ...]) -> None:
@@ -92,14 +102,17 @@ class Writer:
                 except queue.Empty:
                     break
             orders, owners, futures, settled = [], [], [], []
+            notify: set[Callable[[], None]] = set()
             for item in items:
-                if len(item) == 3:
+                if item[0] is _CALL:
+                    _, fn, args, future = item
+                    settled.append((future, *self._call(fn, *args)))
+                else:
                     orders.append(item[0])
                     owners.append(item[1])
                     futures.append(item[2])
-                else:
-                    fn, args, future, _ = item
-                    settled.append((future, *self._call(fn, *args)))
+                    if item[3] is not None:
+                        notify.add(item[3])
             new_ids: tuple[int, ...] = ()
             if orders:
                 try:
@@ -111,7 +124,7 @@ class Writer:
                     settled += [(f, *_ack(r)) for f, r in zip(futures, results, strict=True)]
                     new_ids = tuple(r.id for r in results if not r.duplicado)
             if settled:
-                self._loop.call_soon_threadsafe(self._settle, settled, new_ids)
+                self._loop.call_soon_threadsafe(self._settle, settled, new_ids, notify)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
         try:
@@ -120,7 +133,7 @@ class Writer:
             logger.error("database write failed: %s", exc)
             return None, exc
 
-    def _settle(self, settled: Settled, new_ids: tuple[int, ...]) -> None:
+    def _settle(self, settled: Settled, new_ids: tuple[int, ...], notify: set[Callable[[], None]]) -> None:
         for future, result, error in settled:
             if future.done():  # cancelled: its connection went away
                 continue
@@ -128,6 +141,8 @@ class Writer:
                 future.set_exception(error)
             else:
                 future.set_result(result)
+        for callback in notify:
+            callback()
         if new_ids:
             self._bus.publish(Event(RECEIVED, new_ids))
 
