@@ -223,10 +223,6 @@ class Connection(asyncio.BufferedProtocol):
 
     # --- closing, idleness, flow control ----------------------------------------
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._line)
-
     def close_when_answered(self) -> None:
         """Stop reading; close once every request received so far is answered."""
         self._closing = True

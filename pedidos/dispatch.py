@@ -44,11 +44,6 @@ class Dispatcher:
         self._dropped_min: int | None = None
         self._refill: asyncio.Task[None] | None = None
 
-    @property
-    def queued(self) -> int:
-        """Ids in memory or in worker queues, not yet finished."""
-        return len(self._known)
-
     def worker_ready(self, number: int) -> None:
         self._outstanding.setdefault(number, deque())
         self.pump()
