@@ -75,7 +75,10 @@ def worker_main(
     lock_holder: Any,
     stop: Any,
 ) -> None:
-    """Entry point of worker `number` (1..N), started by the pool with `spawn`."""
+    """Entry point of worker `number` (1..N), started by the pool with `spawn`.
+
+    `server_pid` comes from the server itself: a worker that asked os.getppid()
+    at its start would get init's pid if the server had already died."""
     # A spawned process starts with no logging set up; it logs like its server.
     logging.basicConfig(
         level=config.log_level,
@@ -88,28 +91,25 @@ def worker_main(
     terminated: list[int] = []
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
-    # The server's pid comes from the server itself: a worker that asked
-    # os.getppid() here would get init's pid if the server had already died.
-    parent = server_pid
     # A worker's state changes commit without their own fsync (NORMAL): the
     # WAL is one sequential file, so the server's next FULL commit makes them
     # durable too. Power lost before that can only turn the last `listo` back
     # into `en proceso`, which the next start hands back and redoes; it never
     # loses an acknowledged order. Meanwhile the workers hold the write lock
     # for microseconds instead of an fsync, and intake does not wait for them.
-    store = Store(config.db_path, OwnedLock(lock, lock_holder, number, parent), synchronous="NORMAL")
+    store = Store(config.db_path, OwnedLock(lock, lock_holder, number, server_pid), synchronous="NORMAL")
     try:
         while not stop.is_set() and not terminated:
             try:
                 chunk = tasks.get(timeout=PARENT_CHECK_S)
             except queue.Empty:
-                if os.getppid() != parent:
+                if os.getppid() != server_pid:
                     logger.warning("the server is gone; exiting")
                     return
                 continue
             if chunk is None:
                 continue  # a wake-up: `stop` tells whether to go on
-            _process(number, chunk, config, store, events, parent)
+            _process(number, chunk, config, store, events, server_pid)
     except (BrokenPipeError, EOFError, ServerGone):
         logger.warning("the server is gone; exiting")
     finally:
@@ -122,7 +122,7 @@ def _process(
     config: WorkerConfig,
     store: Store,
     events: Connection,
-    parent: int,
+    server_pid: int,
 ) -> None:
     try:
         started_at, taken = store.claim(chunk, number)
@@ -146,7 +146,7 @@ def _process(
             # The work is done; only its record is missing. Keep the orders
             # and retry, unless the server is gone (a restart redoes them).
             logger.error("could not record finished orders, retrying: %s", exc)
-            if os.getppid() != parent:
+            if os.getppid() != server_pid:
                 return
             time.sleep(RETRY_S)
     events.send(("finished", number, chunk, tuple(taken), finished_at))
