@@ -56,18 +56,17 @@ class Dispatcher:
 
     def add(self, ids: Iterable[int]) -> None:
         """Orders that became pending: new ones, or ones handed back."""
-        for order_id in ids:
-            if order_id in self._known:
-                continue
-            if self._scan_from is not None or len(self._backlog) >= self._max_backlog:
-                # Leave it in the database: the scan reads it back in order.
-                self._scan_from = order_id if self._scan_from is None else min(self._scan_from, order_id)
-                self._dropped_min = (
-                    order_id if self._dropped_min is None else min(self._dropped_min, order_id)
-                )
-                continue
-            self._backlog.append(order_id)
-            self._known.add(order_id)
+        known = self._known
+        new = [order_id for order_id in dict.fromkeys(ids) if order_id not in known]
+        room = 0 if self._scan_from is not None else max(0, self._max_backlog - len(self._backlog))
+        taken, left = new[:room], new[room:]
+        self._backlog.extend(taken)
+        known.update(taken)
+        if left:
+            # Leave them in the database: the scan reads them back in order.
+            low = min(left)
+            self._scan_from = low if self._scan_from is None else min(self._scan_from, low)
+            self._dropped_min = low if self._dropped_min is None else min(self._dropped_min, low)
         self.pump()
 
     def finished(self, number: int, chunk: tuple[int, ...]) -> None:

@@ -48,6 +48,7 @@ def _refuse_constant(name: str) -> Any:
 
 
 _json = json.JSONDecoder(parse_int=_checked_int, parse_float=_checked_float, parse_constant=_refuse_constant)
+_decode = _json.raw_decode
 
 
 # What `Decoder` discards after an error. The end of the line ends it; so does a
@@ -105,21 +106,31 @@ class Decoder:
         except UnicodeDecodeError as exc:
             text, tail = data[: exc.start].decode("utf-8"), data[exc.start :]
         pos, n = 0, len(text)
+        max_chars = self.max_request_bytes // 4
+        # Searched once per chunk: most chunks have no escaped surrogate at all.
+        surrogates = _SURROGATE_ESCAPE.search(text) is not None
         while True:
             pos = _WS.match(text, pos).end()
             if pos >= n:
                 return tail
             try:
-                value, end = _json.raw_decode(text, pos)
+                value, end = _decode(text, pos)
             except (ValueError, RecursionError):
                 break
-            if isinstance(value, (int, float)) and (end == n or text[end] in _NUMBER_CHAR):
+            if type(value) is not dict and (
+                isinstance(value, (int, float)) and (end == n or text[end] in _NUMBER_CHAR)
+            ):
                 # A number at the very end may go on in the next chunk, and one
                 # run straight into more number characters ("01", "1.5.3") is
                 # one malformed number, not two: the careful path decides.
                 break
-            if (end - pos) * 4 > self.max_request_bytes or not _plain(text, pos, end):
-                break  # the careful path decides
+            if (
+                end - pos > max_chars
+                or text.count("[", pos, end) + text.count("{", pos, end) > MAX_DEPTH
+                or (surrogates and _SURROGATE_ESCAPE.search(text, pos, end) is not None)
+            ):
+                # Maybe too large or too deep, or a lone surrogate: the careful path decides.
+                break
             out.append(value)
             pos = end
         return text[pos:].encode("utf-8") + tail
@@ -222,14 +233,6 @@ class Decoder:
 
 
 _encoder_check = json.JSONEncoder(ensure_ascii=False)
-
-
-def _plain(text: str, start: int, end: int) -> bool:
-    """False if the value may be too deep or hide a lone surrogate: cases the
-    careful path checks."""
-    if text.count("[", start, end) + text.count("{", start, end) > MAX_DEPTH:
-        return False
-    return _SURROGATE_ESCAPE.search(text, start, end) is None
 
 
 def _invalid(why: str) -> RequestError:

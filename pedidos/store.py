@@ -13,6 +13,7 @@ A PostgreSQL store would keep these method names; `claim` would become a
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -56,6 +57,7 @@ INSERT = (
     "(id, cliente, productos, direccion, referencia, estado, fecha_recibido, propietario) VALUES "
 )
 INSERT_ROW = "(?, ?, ?, ?, ?, 'pendiente', ?, ?)"
+INSERT_VALUES = INSERT_ROW.count("?")
 ROWS_PER_INSERT = 100  # 700 variables: under the 999 of old SQLite builds
 MAX_PARAMS = 500  # ids per IN (...) list, well under SQLite's variable limit
 
@@ -71,6 +73,15 @@ class Stored(NamedTuple):
 
 # json.dumps with an argument builds a new encoder on every call.
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode
+# What JSON must escape in a string (ensure_ascii=False): anything else is copied.
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
+
+
+def products_json(productos: Sequence[str]) -> str:
+    """`productos` as JSON text, exactly as `json.dumps(productos, ensure_ascii=False)`."""
+    if productos and _NEEDS_ESCAPE.search("".join(productos)) is None:
+        return '["' + '", "'.join(productos) + '"]'
+    return _encode_json(productos)
 
 
 def now() -> str:
@@ -150,30 +161,25 @@ class Store:
         received = now()
         owners = owners or [None] * len(orders)
         results: list[Stored] = []
-        rows: list[tuple[Any, ...]] = []
+        values: list[Any] = []  # the rows' values, one after another
         with self.transaction() as db:
             known = self._by_referencia(db, {o.referencia for o in orders if o.referencia is not None})
             next_id = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM pedidos").fetchone()[0]
-            for order, owner in zip(orders, owners, strict=True):
-                if order.referencia is not None and order.referencia in known:
-                    order_id, estado, stored_owner = known[order.referencia]
-                    ajeno = owner is not None and owner != stored_owner
-                    results.append(Stored(order_id, estado, True, ajeno))
-                    continue
-                productos = _encode_json(order.productos)
-                rows.append(
-                    (next_id, order.cliente, productos, order.direccion, order.referencia, received, owner)
-                )
+            for (cliente, productos, direccion, referencia), owner in zip(orders, owners, strict=True):
+                if referencia is not None:
+                    if referencia in known:
+                        order_id, estado, stored_owner = known[referencia]
+                        ajeno = owner is not None and owner != stored_owner
+                        results.append(Stored(order_id, estado, True, ajeno))
+                        continue
+                    known[referencia] = (next_id, "pendiente", owner)
+                values += (next_id, cliente, products_json(productos), direccion, referencia, received, owner)
                 results.append(Stored(next_id, "pendiente", False))
-                if order.referencia is not None:
-                    known[order.referencia] = (next_id, "pendiente", owner)
                 next_id += 1
-            for i in range(0, len(rows), ROWS_PER_INSERT):
-                part = rows[i : i + ROWS_PER_INSERT]
-                db.execute(
-                    INSERT + ", ".join([INSERT_ROW] * len(part)),
-                    [value for row in part for value in row],
-                )
+            step = ROWS_PER_INSERT * INSERT_VALUES
+            for i in range(0, len(values), step):
+                part = values[i : i + step]
+                db.execute(INSERT + ", ".join([INSERT_ROW] * (len(part) // INSERT_VALUES)), part)
         return results
 
     @staticmethod

@@ -17,7 +17,16 @@ from hypothesis import strategies as st
 
 from pedidos.framing import Decoder
 from pedidos.protocol import RequestError
-from pedidos.validation import ESTADOS, MAX_TOKEN_CHARS, Command, NewOrder, parse_request
+from pedidos.store import products_json
+from pedidos.validation import (
+    ESTADOS,
+    MAX_TOKEN_CHARS,
+    Command,
+    NewOrder,
+    careful_order,
+    parse_request,
+    plain_order,
+)
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ERROR_CODES = {
@@ -352,6 +361,19 @@ def test_validation_accepts_exactly_what_the_contract_allows(value):
 
 
 @SETTINGS
+@given(requests().filter(lambda value: isinstance(value, dict)))
+def test_the_quick_order_check_agrees_with_the_careful_one(value):
+    # Orders take the quick check first; the careful one only explains refusals.
+    quick = plain_order(value)
+    try:
+        careful = careful_order(value)
+    except RequestError:
+        assert quick is None, (value, quick)
+    else:
+        assert quick == careful, (value, quick, careful)
+
+
+@SETTINGS
 @given(st.data(), st.lists(requests(), max_size=6))
 def test_nothing_invalid_passes_from_bytes_to_a_request(data, values):
     stream = b"".join(json.dumps(v, ensure_ascii=data.draw(st.booleans())).encode() + b"\n" for v in values)
@@ -369,3 +391,14 @@ def test_nothing_invalid_passes_from_bytes_to_a_request(data, values):
         else:
             assert expected_outcome(value) is None
             check_accepted(request)
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.one_of(st.text(), st.sampled_from(['"', "\\", "\x00", "\x1f", "\x7f", "\u2028", "ñ"])), max_size=4
+    )
+)
+def test_products_are_stored_as_json_dumps_writes_them(productos):
+    # The store writes the common case without the json module's encoder.
+    assert products_json(tuple(productos)) == json.dumps(productos, ensure_ascii=False)

@@ -5,6 +5,7 @@ Values are refused, never clamped, and every refusal names the field at fault.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -15,8 +16,10 @@ from pedidos.validation import (
     MAX_ID,
     Command,
     NewOrder,
+    careful_order,
     order_text,
     parse_request,
+    plain_order,
 )
 
 ORDER = {"cliente": "Juan Pérez", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}
@@ -272,3 +275,35 @@ def test_every_command_parses():
 def test_error_message_stays_short_for_huge_values():
     error = refused({"accion": "consultar", "id": "x" * 100_000})
     assert len(error.mensaje) < 300
+
+
+def _edges(limit: int) -> list[Any]:
+    """Texts on both sides of each rule of a field with this limit, and a non-text."""
+    return ["a", " a\t", "\u3000b\u00a0", "ñ" * limit, f" {'ñ' * limit}\n", "ñ" * (limit + 1), "", " \r\n", 5]
+
+
+PRODUCT_LISTS = [["pan"], ["pan", " agua "], ["ñ" * 200], ["ñ" * 201], ["pan", ""], ["pan", 1]]
+PRODUCT_LISTS += [[], ["p"] * 100, ["p"] * 101, "pan", {"a": 1}, None, MISSING]
+
+
+@pytest.mark.parametrize("extra", [MISSING, "x"])
+def test_the_quick_order_check_agrees_with_the_careful_one_at_every_edge(extra):
+    # Orders take the quick check first; the careful one only explains a refusal.
+    # Every combination of edge values: the two must accept exactly the same.
+    accepted = refusals = 0
+    for cliente, productos, direccion, referencia in itertools.product(
+        [*_edges(200), None, MISSING], PRODUCT_LISTS, [*_edges(500), MISSING], [*_edges(100), None, MISSING]
+    ):
+        value = order(cliente=cliente, productos=productos, direccion=direccion, referencia=referencia)
+        if extra is not MISSING:
+            value["extra"] = extra
+        quick = plain_order(value)
+        try:
+            careful = careful_order(value)
+        except RequestError:
+            assert quick is None, value
+            refusals += 1
+        else:
+            assert quick == careful, value
+            accepted += 1
+    assert refusals > 0 and (accepted > 0) == (extra is MISSING)
