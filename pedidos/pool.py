@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .workers import SERVER, OwnedLock, WorkerConfig, worker_main
+from .workers import SERVER, WorkerConfig, worker_main
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,10 @@ class WorkerPool:
         self._monitor = threading.Thread(target=self._watch, name="pedidos-monitor", daemon=True)
         self._watching = True
 
-    def server_lock(self) -> OwnedLock:
-        """The write lock as the server's own writer takes it."""
-        return OwnedLock(self._lock, self._lock_holder, SERVER)
+    @property
+    def shared_lock(self) -> tuple[Any, Any]:
+        """The write lock and the number of its holder, for the writer process."""
+        return self._lock, self._lock_holder
 
     def start(self) -> None:
         for number in range(1, self.size + 1):
@@ -111,7 +112,8 @@ class WorkerPool:
     def release_lock_of(self, number: int) -> None:
         """Free the write lock if worker `number` died holding it."""
         if self._lock_holder.value == number:
-            logger.warning("worker %d died holding the database lock; releasing it", number)
+            who = "the writer" if number == SERVER else f"worker {number}"
+            logger.warning("%s died holding the database lock; releasing it", who)
             self._lock_holder.value = 0
             self._lock.release()
 

@@ -25,7 +25,7 @@ from .framing import DEFAULT_MAX_REQUEST_BYTES
 from .processing import Processing
 from .service import OrderService, Reader
 from .store import Store
-from .workers import WorkerConfig
+from .workers import SERVER, WorkerConfig
 from .writer import Writer
 
 logger = logging.getLogger(__name__)
@@ -109,8 +109,11 @@ class Server:
                 write=lambda fn, *args: self._writer.run(fn, *args),  # type: ignore[union-attr]
                 read=self._reader,
             )
-            self._writer = Writer(config.db, self._processing.pool.server_lock(), self.loop, bus)
-            self._writer.start()
+            pool = self._processing.pool
+            lock, lock_holder = pool.shared_lock
+            release = lambda: pool.release_lock_of(SERVER)  # noqa: E731
+            self._writer = Writer(config.db, lock, lock_holder, self.loop, bus, release, config.log_level)
+            await self._writer.start()
             self.service = OrderService(self._writer, self._reader, bus, self._live_figures)
             self._processing.start()
             for sock in sockets:

@@ -1,156 +1,258 @@
-"""The server's one writing connection, on a thread of its own.
+"""The event loop's side of the writer process (writer_process.py).
 
-Orders that arrive while a transaction commits wait for the next one, so a
+Orders that arrive while the writer commits wait for its next transaction, so a
 burst of orders shares one transaction and one fsync (group commit), and the
-event loop never waits on the disk. Each order's future resolves only after
-its row is committed.
+event loop never waits on the disk. Each order's future resolves only after its
+row is committed.
 
-The loop hands work to the thread once per loop iteration, not once per order:
-every wake-up of the thread costs a hand-off of the interpreter lock.
+The loop sends what it gathered once per loop iteration, not once per order,
+through pipe transports that never block it. If the writer process dies, the
+batches it had not answered fail (their clients get an error, never an ack for
+an order that may not be stored) and a new writer process starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
+import multiprocessing
+import os
+import pickle
+import struct
+from collections import deque
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from .events import RECEIVED, Event, EventBus
-from .protocol import PEDIDO_INVALIDO, RequestError, order_ack
-from .store import Store, Stored
+from .protocol import PEDIDO_INVALIDO, RequestError
 from .validation import NewOrder
+from .writer_process import Answer, writer_main
 
 logger = logging.getLogger(__name__)
 
-_STOP = object()
-_CALL = object()  # marks a `run` item in the inbox; the others are orders
-Settled = list[tuple["asyncio.Future[Any]", Any, "BaseException | None"]]
+RESTART_DELAY_S = 1.0
+STOP_TIMEOUT_S = 30.0
+_HEADER = struct.Struct("!i")  # a multiprocessing.Connection frame: length, then the bytes
+AJENO = "La referencia ya está en uso por otro pedido; use otra referencia."
+
+
+class _Batch:
+    """What the loop gathered between two hand-offs, and who waits for it."""
+
+    __slots__ = ("orders", "futures", "notify", "calls", "call_futures")
+
+    def __init__(self) -> None:
+        self.orders: list[tuple[Any, ...]] = []
+        self.futures: list[asyncio.Future[Any]] = []
+        self.notify: set[Callable[[], None]] = set()
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self.call_futures: list[asyncio.Future[Any]] = []
 
 
 class Writer:
     def __init__(
         self,
         db_path: str,
-        write_lock: AbstractContextManager[Any] | None,
+        lock: Any,
+        lock_holder: Any,
         loop: asyncio.AbstractEventLoop,
         bus: EventBus,
+        release_lock: Callable[[], None],
+        log_level: int = logging.INFO,
     ) -> None:
-        self._store = Store(db_path, write_lock)
+        self._db_path = db_path
+        self._lock = lock
+        self._lock_holder = lock_holder
+        self._release_lock = release_lock  # frees the write lock if the writer died holding it
+        self._log_level = log_level
         self._loop = loop
         self._bus = bus
-        self._batch: list[tuple[Any, ...]] = []  # loop side, since the last hand-off
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="pedidos-writer", daemon=True)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._batch = _Batch()
+        self._in_flight: deque[_Batch] = deque()  # sent, in order, not yet answered
+        self._process: Any = None
+        self._pipe: asyncio.WriteTransport | None = None
+        self._gone: asyncio.Future[None] | None = None
+        self._stopping = False
 
-    def start(self) -> None:
-        self._thread.start()
+    async def start(self) -> None:
+        requests_r, requests_w = self._ctx.Pipe(duplex=False)
+        answers_r, answers_w = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
+            target=writer_main,
+            args=(
+                self._db_path,
+                os.getpid(),
+                requests_r,
+                answers_w,
+                self._lock,
+                self._lock_holder,
+                self._log_level,
+            ),
+            name="pedidos-writer",
+            daemon=True,
+        )
+        process.start()
+        requests_r.close()
+        answers_w.close()
+        # The loop's ends as plain files for asyncio's pipe transports.
+        send = open(os.dup(requests_w.fileno()), "wb", buffering=0)  # noqa: SIM115
+        receive = open(os.dup(answers_r.fileno()), "rb", buffering=0)  # noqa: SIM115
+        requests_w.close()
+        answers_r.close()
+        self._gone = self._loop.create_future()
+        self._pipe, _ = await self._loop.connect_write_pipe(asyncio.BaseProtocol, send)
+        await self._loop.connect_read_pipe(lambda: _Answers(self), receive)
+        self._process = process
+        logger.info("writer started (pid %d)", process.pid)
+        self._hand_off()  # what was submitted while it started
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     async def stop(self) -> None:
-        """Commit what was already submitted, then end the thread."""
+        """Commit what was already submitted, then end the writer process."""
+        self._stopping = True
         self._hand_off()
-        self._inbox.put(_STOP)
-        await self._loop.run_in_executor(None, self._thread.join)
-        self._store.close()
+        if self._pipe is not None:
+            self._pipe.close()  # end of input: the writer answers what it has and exits
+        if self._gone is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._gone), STOP_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                logger.error("the writer did not stop in time; killing it")
+                self._process.kill()
+        if self._process is not None:
+            await self._loop.run_in_executor(None, self._process.join)
+        self._fail_in_flight(RuntimeError("the server stopped"))
 
     def submit(
         self,
         order: NewOrder,
         owner: str | None = None,
         notify: Callable[[], None] | None = None,
-    ) -> asyncio.Future[dict[str, Any]]:
+    ) -> asyncio.Future[Any]:
         """Store an order: resolves to its acknowledgement once committed.
 
         `notify` is called once per batch for all the orders that named it,
         after their futures resolve: a connection with a hundred orders in
         one commit is woken once, not a hundred times."""
         future = self._loop.create_future()
-        self._add((order, owner, future, notify))
+        batch = self._batch
+        if not batch.futures and not batch.call_futures:
+            self._loop.call_soon(self._hand_off)
+        batch.orders.append((*order, owner))
+        batch.futures.append(future)
+        if notify is not None:
+            batch.notify.add(notify)
         return future
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Run `fn(store, *args)` on the writer's thread, between batches."""
+        """Run `fn(store, *args)` in the writer, before the orders of its batch.
+        `fn` must be picklable: a function or a `Store` method."""
         future = self._loop.create_future()
-        self._add((_CALL, fn, args, future))
+        batch = self._batch
+        if not batch.futures and not batch.call_futures:
+            self._loop.call_soon(self._hand_off)
+        batch.calls.append((fn, args))
+        batch.call_futures.append(future)
         return future
 
-    def _add(self, item: tuple[Any, ...]) -> None:
-        self._batch.append(item)
-        if len(self._batch) == 1:
-            self._loop.call_soon(self._hand_off)
-
     def _hand_off(self) -> None:
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self._inbox.put(batch)
+        batch = self._batch
+        if not (batch.futures or batch.call_futures) or self._pipe is None or self._pipe.is_closing():
+            return  # nothing to send, or no writer yet: `start` sends it
+        self._batch = _Batch()
+        data = pickle.dumps((batch.orders, batch.calls), pickle.HIGHEST_PROTOCOL)
+        self._pipe.write(_HEADER.pack(len(data)) + data)
+        self._in_flight.append(batch)
 
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            items: list[tuple[Any, ...]] = []
-            got = self._inbox.get()
-            while True:
-                if got is _STOP:
-                    stopping = True
-                else:
-                    items += got
-                try:
-                    got = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-            orders, owners, futures, settled = [], [], [], []
-            notify: set[Callable[[], None]] = set()
-            for item in items:
-                if item[0] is _CALL:
-                    _, fn, args, future = item
-                    settled.append((future, *self._call(fn, *args)))
-                else:
-                    orders.append(item[0])
-                    owners.append(item[1])
-                    futures.append(item[2])
-                    if item[3] is not None:
-                        notify.add(item[3])
-            new_ids: tuple[int, ...] = ()
-            if orders:
-                try:
-                    results = self._store.insert_orders(orders, owners)
-                except Exception as exc:
-                    logger.error("could not store %d orders: %s", len(orders), exc)
-                    settled += [(future, None, exc) for future in futures]
-                else:
-                    settled += [(f, *_ack(r)) for f, r in zip(futures, results, strict=True)]
-                    new_ids = tuple(r.id for r in results if not r.duplicado)
-            if settled:
-                self._loop.call_soon_threadsafe(self._settle, settled, new_ids, notify)
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
-        try:
-            return fn(self._store, *args), None
-        except Exception as exc:
-            logger.error("database write failed: %s", exc)
-            return None, exc
-
-    def _settle(self, settled: Settled, new_ids: tuple[int, ...], notify: set[Callable[[], None]]) -> None:
-        for future, result, error in settled:
-            if future.done():  # cancelled: its connection went away
-                continue
+    def _answered(self, answers: list[Answer]) -> None:
+        notify: set[Callable[[], None]] = set()
+        new_ids: list[int] = []
+        for acks, ids, error, call_results in answers:
+            batch = self._in_flight.popleft()
+            for future, (result, call_error) in zip(batch.call_futures, call_results, strict=True):
+                _resolve(future, result, call_error)
             if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+                for future in batch.futures:
+                    _resolve(future, None, error)
+            elif acks is not None:
+                for future, ack in zip(batch.futures, acks, strict=True):
+                    if future.done():  # cancelled: its connection went away
+                        continue
+                    if ack is None:
+                        # Say nothing of the other order: only that the key is taken.
+                        future.set_exception(RequestError(PEDIDO_INVALIDO, AJENO))
+                    else:
+                        future.set_result(ack)
+            notify |= batch.notify
+            new_ids += ids
         for callback in notify:
             callback()
         if new_ids:
-            self._bus.publish(Event(RECEIVED, new_ids))
+            self._bus.publish(Event(RECEIVED, tuple(new_ids)))
+
+    def _lost(self) -> None:
+        """The writer process closed its pipe: it stopped, or died."""
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
+        if self._pipe is not None:
+            self._pipe.close()
+        self._pipe = None
+        if self._stopping:
+            return
+        self._fail_in_flight(RuntimeError("the writer process died"))
+        self._loop.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        await self._loop.run_in_executor(None, self._process.join)
+        logger.error("the writer process died (exit code %s); starting a new one", self._process.exitcode)
+        self._release_lock()
+        await asyncio.sleep(RESTART_DELAY_S)
+        if not self._stopping:
+            await self.start()
+
+    def _fail_in_flight(self, error: BaseException) -> None:
+        notify: set[Callable[[], None]] = set()
+        while self._in_flight:
+            batch = self._in_flight.popleft()
+            for future in (*batch.futures, *batch.call_futures):
+                _resolve(future, None, error)
+            notify |= batch.notify
+        for callback in notify:
+            callback()
 
 
-def _ack(stored: Stored) -> tuple[dict[str, Any] | None, BaseException | None]:
-    if stored.ajeno:
-        # Say nothing of the other order: only that the key is taken.
-        return None, RequestError(
-            PEDIDO_INVALIDO, "La referencia ya está en uso por otro pedido; use otra referencia."
-        )
-    return order_ack(stored.id, stored.estado, stored.duplicado), None
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class _Answers(asyncio.Protocol):
+    """Reads the writer's framed answers off its pipe."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        answers: list[Answer] = []
+        while len(buf) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buf)
+            if len(buf) < _HEADER.size + size:
+                break
+            answers += pickle.loads(buf[_HEADER.size : _HEADER.size + size])
+            del buf[: _HEADER.size + size]
+        if answers:
+            self._writer._answered(answers)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._writer._lost()

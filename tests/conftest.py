@@ -98,7 +98,7 @@ class ServerProcess:
         return self
 
     def worker_pids(self) -> list[int]:
-        """Pids of this server's children (its workers), from /proc."""
+        """Pids of this server's children (its workers and writer), from /proc."""
         pids = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
@@ -229,10 +229,27 @@ def worker_pid(server: ServerProcess, number: int) -> int | None:
     return found
 
 
+WRITER_STARTED = re.compile(r"writer started \(pid (\d+)\)")
+
+
+def writer_pid(server: ServerProcess) -> int | None:
+    """The pid of the server's writer process as the server last logged it."""
+    found = None
+    for line in list(server.lines):
+        match = WRITER_STARTED.search(line)
+        if match:
+            found = int(match.group(1))
+    return found
+
+
 def workers_alive(server: ServerProcess) -> list[int]:
-    """Pids of the live worker processes of `server` (not multiprocessing's resource tracker)."""
+    """Pids of the live worker processes of `server` (not its writer process, not
+    multiprocessing's resource tracker)."""
+    writers = {int(m.group(1)) for line in list(server.lines) if (m := WRITER_STARTED.search(line))}
     pids = []
     for pid in server.worker_pids():
+        if pid in writers:
+            continue
         with contextlib.suppress(OSError):
             if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes() and _alive(pid):
                 pids.append(pid)

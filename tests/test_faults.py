@@ -38,6 +38,7 @@ from conftest import (
     worker_pid,
     workers_alive,
     workers_ready,
+    writer_pid,
 )
 
 BUSY_TIMEOUT_S = 5.0  # the server's SQLite busy timeout (pedidos.store.BUSY_TIMEOUT_MS)
@@ -266,10 +267,9 @@ def test_workers_exit_when_the_server_dies_while_they_start(tmp_path):
         # Catch the worker as soon as it exists, before it has set itself up,
         # and hold it there while its server dies.
         deadline = time.monotonic() + 30
-        while not (workers := workers_alive(server)):
+        while (worker := worker_pid(server, 1)) is None:
             assert time.monotonic() < deadline and server.proc.poll() is None, server.log
         children = server.worker_pids()
-        worker = workers[0]
         os.kill(worker, signal.SIGSTOP)
         assert not has_open(worker, server.db), "the worker was caught too late"
         os.kill(server.pid, signal.SIGKILL)
@@ -508,19 +508,43 @@ def test_database_locked_while_serving_refuses_then_resumes_by_itself(tmp_path):
     assert clientes == ["antes", "después"]
 
 
+def test_writer_killed_under_load_is_replaced_and_loses_no_acknowledged_order(tmp_path):
+    with running_server(tmp_path, "--workers", "1", "--work-time", "0") as srv:
+        first = writer_pid(srv)
+        assert first is not None, srv.log
+        with Load(srv.port, threads=4, pipeline=8) as load:
+            load.wait_acked(300, srv)
+            os.kill(first, signal.SIGKILL)
+            wait_for(lambda: writer_pid(srv) not in (None, first), timeout=15)
+            # Orders are acknowledged again, by the new writer.
+            load.wait_acked(load.acked() + 300, srv)
+            load.finish()
+        assert "hang" not in load.endings and "closed" not in load.endings, load.endings
+        # Orders in the dead writer's hands got an error, never an ack.
+        assert all(r["error"] == "error_interno" for r in load.refusals), load.refusals[:3]
+        assert any("the writer process died" in line for line in srv.lines), srv.log
+        acks = dict(load.acks)
+        final = wait_all(srv.port, sorted(acks))
+        assert srv.stop() == 0
+    for order_id, cliente in acks.items():
+        assert final[order_id]["cliente"] == cliente and final[order_id]["estado"] == "listo"
+
+
 def test_disk_full_while_serving_refuses_then_resumes_by_itself(tmp_path):
     with running_server(tmp_path, "--workers", "1", "--work-time", "0") as srv:
         with LineClient("127.0.0.1", srv.port) as client:
             before = client.ask(order("antes"))
             assert before["ok"], before
-            # The server process can no longer grow any file: its next commit
+            # The writer process can no longer grow any file: its next commit
             # fails as on a full disk. Then the space comes back.
+            writer = writer_pid(srv)
+            assert writer is not None, srv.log
             _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-            resource.prlimit(srv.pid, resource.RLIMIT_FSIZE, (1, hard))
+            resource.prlimit(writer, resource.RLIMIT_FSIZE, (1, hard))
             try:
                 refused = [client.ask(order(f"lleno {n}")) for n in range(3)]
             finally:
-                resource.prlimit(srv.pid, resource.RLIMIT_FSIZE, (hard, hard))
+                resource.prlimit(writer, resource.RLIMIT_FSIZE, (hard, hard))
             assert all(r["ok"] is False and r["error"] == "error_interno" for r in refused), refused
             after = client.ask(order("después"))
             assert after["ok"], after
