@@ -34,6 +34,7 @@ ORDER = {"cliente": "Banco de pruebas", "productos": ["pan", "agua"], "direccion
 LINE = (json.dumps(ORDER, ensure_ascii=False) + "\n").encode()
 BUSY_WARNING = 30  # % of a core used by other programs during a window
 GROUPS = ("echo", "intake", "e2e", "many", "worktime")
+CPU_PARTS = ("loop", "threads", "writer", "workers", "load", "other")
 Row = dict[str, Any]
 
 
@@ -41,14 +42,15 @@ def _sleep_until(wall: float) -> None:
     time.sleep(max(0.0, wall - time.time()))
 
 
-def _window(server: int | None, probe: Any = None) -> Any:
+def _window(child: Child, probe: Any = None) -> Any:
     """A `during` hook for `drive`: CPU shares over the window, and `probe()` at both ends."""
+    writer = child.writer_pid()
 
     def during(start: float, end: float, pids: list[int]) -> dict[str, Any]:
         _sleep_until(start)
-        before, first = cpu_snapshot(server, pids), probe() if probe else None
+        before, first = cpu_snapshot(child.pid, pids, writer), probe() if probe else None
         _sleep_until(end)
-        after, last = cpu_snapshot(server, pids), probe() if probe else None
+        after, last = cpu_snapshot(child.pid, pids, writer), probe() if probe else None
         return {"cpu": cpu_share(before, after, end - start), "probe": (first, last), "end": end}
 
     return during
@@ -58,7 +60,7 @@ def _load(args: argparse.Namespace, child: Child, pipelined: bool, **kw: Any) ->
     shape = {"conns": args.pipeline_conns, "depth": args.depth} if pipelined else {"conns": args.connections}
     options = {"seconds": args.seconds, "warm": args.warm, "procs": args.load_procs}
     _quiet(args)
-    result = drive(child.port, LINE, **{**shape, "during": _window(child.pid), **options, **kw})
+    result = drive(child.port, LINE, **{**shape, "during": _window(child), **options, **kw})
     _warn(result, child)
     other = result["during"]["cpu"]["other"]
     if other > BUSY_WARNING:
@@ -122,7 +124,7 @@ def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
     child = _server(args, tmp, "e2e", "0")
     try:
         listo = lambda: stats(child.port)["estados"]["listo"]  # noqa: E731
-        result = _load(args, child, False, during=_window(child.pid, listo))
+        result = _load(args, child, False, during=_window(child, listo))
         first, last = result["during"]["probe"]
         deadline = time.monotonic() + max(60.0, 20 * args.seconds)
         while True:
@@ -232,12 +234,12 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
         ("worktime", f"pedidos work time {args.work_time_check:g} s", f"{args.workers} workers"),
     )
     head = ("scenario", "load", "result", "p50 ms", "p99 ms", "/ echo streams", "/ echo Protocol")
-    lines = [(*head, "CPU % loop/threads/workers/load/other")]
+    lines = [(*head, "CPU % " + "/".join(CPU_PARTS))]
     for name, label, load in scenarios:
         r = rows.get(name)
         if r is not None:
             ratios = (_n(r.get("vs_streams"), 2), _n(r.get("vs_protocol"), 2))
-            cpu = "/".join(_n(r.get(f"cpu_{k}")) for k in ("loop", "threads", "workers", "load", "other"))
+            cpu = "/".join(_n(r.get(f"cpu_{k}")) for k in CPU_PARTS)
             latency = (_n(r.get("p50_ms"), 1), _n(r.get("p99_ms"), 1))
             lines.append((label, load, _result(name, r), *latency, *ratios, cpu if "cpu_loop" in r else ""))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) + 1)]

@@ -24,6 +24,7 @@ from .bench_load import BenchError
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+WRITER_STARTED = re.compile(r"writer started \(pid (\d+)\)")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -47,6 +48,11 @@ class Child:
         except BaseException:  # Ctrl-C while it starts, too
             self.stop(5)
             raise
+
+    def writer_pid(self) -> int | None:
+        """The pid of the server's writer process, as its log last named it."""
+        found = WRITER_STARTED.findall(self.log.read_text("utf-8", "replace"))
+        return int(found[-1]) if found else None
 
     def _wait_listening(self, ready_text: str, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout
@@ -114,19 +120,22 @@ def wait_quiet(limit_s: float, threshold: float = 0.25, sample_s: float = 1.0) -
             return share
 
 
-def cpu_snapshot(server: int | None, load: list[int]) -> dict[str, float]:
+def cpu_snapshot(server: int | None, load: list[int], writer: int | None = None) -> dict[str, float]:
     """CPU seconds so far: the server's event loop thread, its other threads
-    (writer, readers, monitor), its children (workers), the load processes,
-    and everything else on the machine (other programs, steal)."""
-    snap = {"loop": 0.0, "threads": 0.0, "workers": 0.0, "load": sum(_cpu(f"/proc/{p}/stat") for p in load)}
+    (readers, pool monitor, queue feeders), its writer process, its other
+    children (workers), the load processes, and everything else on the
+    machine (other programs, steal)."""
+    snap = {"loop": 0.0, "threads": 0.0, "writer": 0.0, "workers": 0.0}
+    snap["load"] = sum(_cpu(f"/proc/{p}/stat") for p in load)
     snap["other"] = _machine_busy()
     if server is not None:
         with contextlib.suppress(OSError):
             for task in os.listdir(f"/proc/{server}/task"):
                 key = "loop" if int(task) == server else "threads"
                 snap[key] += _cpu(f"/proc/{server}/task/{task}/stat")
-        snap["workers"] = sum(_cpu(f"/proc/{p}/stat") for p in children(server))
-    snap["other"] -= snap["loop"] + snap["threads"] + snap["workers"] + snap["load"]
+        for pid in children(server):
+            snap["writer" if pid == writer else "workers"] += _cpu(f"/proc/{pid}/stat")
+    snap["other"] -= sum(value for key, value in snap.items() if key != "other")
     return snap
 
 

@@ -1,7 +1,7 @@
 """What each request does, apart from how it arrived.
 
 `OrderService` answers validated requests with reply objects. Writes go to the
-writer thread (orders share its group commit), reads to a small pool of
+writer process (orders share its group commit), reads to a small pool of
 reader threads; nothing here touches the disk on the event loop.
 """
 

@@ -1,15 +1,15 @@
-"""Soak test: mixed load while workers and the server are killed, then an audit.
+"""Soak test: mixed load while workers, the writer and the server are killed, then an audit.
 
     python3 -m pedidos.soak --minutes 10 [--workers 2] [--seed S]
 
 Client threads send orders (with and without `referencia`, and retries) and
-commands to the real `servidor.py` while a chaos thread SIGKILLs workers and
-SIGKILLs or SIGTERMs the server and restarts it. A last restart with
-`--work-time 0` drains the backlog; then the database is checked against every
-acknowledgement and one line is printed: `acknowledged N, lost 0, duplicated 0,
-stuck 0` (lost: an acked id missing or holding another order; duplicated: a
-`referencia` stored twice or acked under two ids; stuck: an acked order not
-final). Exit status 0 only if all three are 0. Diagnostics go to stderr.
+commands to the real `servidor.py` while a chaos thread SIGKILLs its child
+processes (the workers and the writer) and SIGKILLs or SIGTERMs the server
+and restarts it. A last restart with `--work-time 0` drains the backlog; then
+the database is checked against every acknowledgement and one line is
+printed: `acknowledged N, lost 0, duplicated 0, stuck 0` (lost: an acked id
+missing or holding another order; duplicated: a `referencia` stored twice or
+acked under two ids; stuck: an acked order not final). Exit status 0 only if all three are 0. Diagnostics go to stderr.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ Proc = tuple[int, str]  # (pid, start time): a pid that was reused is another pr
 
 
 def children(pid: int) -> list[Proc]:
-    """The worker processes whose parent is `pid`, from /proc."""
+    """The processes `pid` started (its workers and writer), from /proc."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -91,7 +91,7 @@ class Soak:
         self.lost_live: set[int] = set()  # acknowledged, then `no_encontrado`
         self.problems: list[str] = []  # reported on stderr
         self.workers_seen: set[Proc] = set()
-        self.kills = {"worker": 0, "server": 0, "sigterm": 0}
+        self.kills = {"child": 0, "server": 0, "sigterm": 0}
 
     def start(self, work_time: str) -> None:
         command = [sys.executable, str(SERVIDOR), "--db", str(self.db), "--host", "127.0.0.1"]
@@ -134,7 +134,7 @@ class Soak:
     def reap(self, workers: list[Proc]) -> None:
         left = [proc for proc in workers if alive(proc)]
         if left:
-            self.problems.append(f"{len(left)} workers outlived their server by {ORPHAN_GRACE_S:g} s")
+            self.problems.append(f"{len(left)} children outlived their server by {ORPHAN_GRACE_S:g} s")
             kill(left)
 
     def chaos(self) -> None:
@@ -146,7 +146,7 @@ class Soak:
                 if workers:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(self.rng.choice(workers)[0], signal.SIGKILL)
-                    self.kills["worker"] += 1
+                    self.kills["child"] += 1
             else:
                 sig = signal.SIGKILL if roll < 0.82 else signal.SIGTERM
                 self.kill_server(sig)

@@ -3,7 +3,7 @@
 One `Store` is one connection; each thread or process that touches the
 database opens its own. Writes go through `transaction()`, which takes the
 shared write lock (a `multiprocessing.Lock`) when one is given, so the server's
-writer thread and the workers hand the database to each other through a
+writer process and the workers hand the database to each other through a
 semaphore instead of SQLite's sleep-and-retry busy handler.
 
 A PostgreSQL store would keep these method names; `claim` would become a
@@ -144,7 +144,7 @@ class Store:
                     self._conn.execute("ROLLBACK")
                 raise
 
-    # --- intake (the server's writer thread) --------------------------------
+    # --- intake (the server's writer process) --------------------------------
 
     def insert_orders(
         self, orders: Sequence[NewOrder], owners: Sequence[str | None] | None = None

@@ -215,9 +215,12 @@ class Writer:
             await self.start()
 
     def _fail_in_flight(self, error: BaseException) -> None:
+        """Fail every batch sent and not answered (and, when stopping, the one
+        never sent): none of their orders gets an ack."""
+        batches = [*self._in_flight, self._batch] if self._stopping else [*self._in_flight]
+        self._in_flight.clear()
         notify: set[Callable[[], None]] = set()
-        while self._in_flight:
-            batch = self._in_flight.popleft()
+        for batch in batches:
             for future in (*batch.futures, *batch.call_futures):
                 _resolve(future, None, error)
             notify |= batch.notify
