@@ -9,7 +9,8 @@ and restarts it. A last restart with `--work-time 0` drains the backlog; then
 the database is checked against every acknowledgement and one line is
 printed: `acknowledged N, lost 0, duplicated 0, stuck 0` (lost: an acked id
 missing or holding another order; duplicated: a `referencia` stored twice or
-acked under two ids; stuck: an acked order not final). Exit status 0 only if all three are 0. Diagnostics go to stderr.
+acked under two ids; stuck: an acked order not final). Exit status 0 only if
+all three are 0. Diagnostics go to stderr.
 """
 
 from __future__ import annotations
