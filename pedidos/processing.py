@@ -28,6 +28,11 @@ logger = logging.getLogger(__name__)
 
 SWEEP_S = 2.0
 BATCH_CHUNK = 1000  # ids per chunk at most when orders take no time
+# With no work time, a worker's next chunk gathers for up to this long: fewer
+# chunks, each costing the server one queue put and two messages, and the
+# worker two commits. Measured with `python3 -m pedidos.bench --only intake,e2e`:
+# the server's helper threads from 12% to 5% of a core, the workers from 28% to 18%.
+GATHER_S = 0.01
 RETRY_S = 1.0
 
 
@@ -55,6 +60,7 @@ class Processing:
             lambda start, n: read(Store.pending_ids, start, n),
             max_chunk=BATCH_CHUNK if instant else 1,
             per_worker=1 if instant else 2,
+            gather_s=GATHER_S if instant else 0.0,
         )
         self._sweeper: asyncio.TimerHandle | None = None
         self._replacing: set[asyncio.Task[None]] = set()
@@ -70,6 +76,7 @@ class Processing:
         """Let each worker finish the chunk in hand; hand back what the slow
         ones held, without counting it as an attempt."""
         self._stopping = True
+        self.dispatcher.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for task in list(self._replacing):
