@@ -248,20 +248,44 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error
+    return parse
+
+
+def _groups(text: str) -> list[str]:
+    chosen = [g.strip() for g in text.split(",") if g.strip()]
+    unknown = [g for g in chosen if g not in GROUPS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"choose among {','.join(GROUPS)}, not {text!r}")
+    return [g for g in GROUPS if g in chosen]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m pedidos.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per scenario (default 5)")
+    seconds, count = _positive(float), _positive(int)
+    p.add_argument("--seconds", type=seconds, default=5.0, help="measured seconds per scenario (default 5)")
     p.add_argument("--warm", type=float, default=1.0, help="warm-up seconds before each window (default 1)")
-    p.add_argument("--connections", type=int, default=50, help="req/resp connections (default 50)")
-    p.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
-    p.add_argument("--runs", type=int, default=1, help="runs; figures are medians (default 1)")
-    p.add_argument("--json", metavar="FILE", help="write every run and the medians here")
-    p.add_argument("--pipeline-conns", type=int, default=4, help="pipelined connections (default 4)")
-    p.add_argument("--depth", type=int, default=100, help="requests in flight per pipelined connection")
-    p.add_argument("--many", type=int, default=10_000, help="connections of the many-clients scenario")
-    p.add_argument("--work-time-check", type=float, default=0.05, metavar="T", help="work time T (0.05)")
-    p.add_argument("--load-procs", type=int, default=2, help="load generator processes (default 2)")
-    p.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated subset of {','.join(GROUPS)}")
+    p.add_argument("--connections", type=count, default=50, help="req/resp connections (default 50)")
+    p.add_argument("--workers", type=count, default=2, help="server worker processes (default 2)")
+    p.add_argument("--runs", type=count, default=1, help="runs; figures are medians (default 1)")
+    p.add_argument("--json", metavar="FILE", help="write every run, the medians and the configuration here")
+    p.add_argument("--pipeline-conns", type=count, default=4, help="pipelined connections (default 4)")
+    depth = "requests in flight per pipelined connection (default 100)"
+    p.add_argument("--depth", type=count, default=100, help=depth)
+    many = "connections of the many-clients scenario (default 10000)"
+    p.add_argument("--many", type=count, default=10_000, help=many)
+    work = "work time of the work-time scenario, against N/T (default 0.05)"
+    p.add_argument("--work-time-check", type=seconds, default=0.05, metavar="T", help=work)
+    p.add_argument("--load-procs", type=count, default=2, help="load generator processes (default 2)")
+    only = f"comma-separated subset of {','.join(GROUPS)} (default all)"
+    p.add_argument("--only", type=_groups, default=list(GROUPS), help=only)
     quiet = "before each scenario, wait up to S s for other programs to leave the CPUs idle (default 0)"
     p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S", help=quiet)
     p.add_argument("-v", "--verbose", action="store_true", help="say what runs, with server pids")
@@ -270,7 +294,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.only = [g for g in GROUPS if g in args.only.split(",")]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: every child is stopped
     runs = []
     try:

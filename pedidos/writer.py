@@ -73,6 +73,7 @@ class Writer:
         self._process: Any = None
         self._pipe: asyncio.WriteTransport | None = None
         self._gone: asyncio.Future[None] | None = None
+        self._restarting: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> None:
@@ -114,6 +115,10 @@ class Writer:
     async def stop(self) -> None:
         """Commit what was already submitted, then end the writer process."""
         self._stopping = True
+        if self._restarting is not None:
+            # Not cancelled: cut short inside `start`, it would leave a writer
+            # process that nobody closes. It starts none once it sees `_stopping`.
+            await asyncio.gather(self._restarting, return_exceptions=True)
         self._hand_off()
         if self._pipe is not None:
             self._pipe.close()  # end of input: the writer answers what it has and exits
@@ -204,7 +209,7 @@ class Writer:
         if self._stopping:
             return
         self._fail_in_flight(RuntimeError("the writer process died"))
-        self._loop.create_task(self._restart())
+        self._restarting = self._loop.create_task(self._restart())
 
     async def _restart(self) -> None:
         await self._loop.run_in_executor(None, self._process.join)

@@ -14,6 +14,10 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
+from pedidos.bench import GROUPS, build_parser
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--seconds", "1", "--warm", "0.2", "--connections", "5", "--pipeline-conns", "2", "--depth", "5"]
 TINY += ["--many", "200", "--work-time-check", "0.02"]
@@ -109,3 +113,20 @@ def test_ctrl_c_stops_the_servers_and_the_load(tmp_path):
     finally:
         bench.kill()
         _assert_nothing_left(marker)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--only", "bogus"], ["--only", "intake,bogus"], ["--only", ","], ["--runs", "0"], ["--seconds", "0"]],
+)
+def test_arguments_that_would_measure_nothing_are_refused(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(args)
+    assert exit_info.value.code == 2
+    assert f"argument {args[0]}" in capsys.readouterr().err
+
+
+def test_only_keeps_the_groups_in_their_running_order():
+    args = build_parser().parse_args(["--only", "many, echo"])
+    assert args.only == ["echo", "many"]
+    assert build_parser().parse_args([]).only == list(GROUPS)

@@ -26,6 +26,7 @@ from pathlib import Path
 from conftest import (
     FINAL_ESTADOS,
     SERVIDOR,
+    WRITER_STARTED,
     LineClient,
     ServerProcess,
     _alive,
@@ -528,6 +529,20 @@ def test_writer_killed_under_load_is_replaced_and_loses_no_acknowledged_order(tm
         assert srv.stop() == 0
     for order_id, cliente in acks.items():
         assert final[order_id]["cliente"] == cliente and final[order_id]["estado"] == "listo"
+
+
+def test_stop_while_the_writer_is_being_replaced_leaves_no_writer_behind(tmp_path):
+    with running_server(tmp_path, "--workers", "1") as srv:
+        first = writer_pid(srv)
+        assert first is not None, srv.log
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: any("the writer process died" in line for line in srv.lines), timeout=10)
+        # The replacement is due in about a second: the stop comes first.
+        assert srv.stop() == 0, srv.log
+    writers = {int(m.group(1)) for line in srv.lines if (m := WRITER_STARTED.search(line))}
+    assert first in writers
+    wait_for(lambda: not any(_alive(pid) for pid in writers), timeout=5)
+    assert "Traceback" not in srv.log
 
 
 def test_disk_full_while_serving_refuses_then_resumes_by_itself(tmp_path):
