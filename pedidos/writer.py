@@ -118,7 +118,7 @@ class Writer:
         if self._restarting is not None:
             # Not cancelled: cut short inside `start`, it would leave a writer
             # process that nobody closes. It starts none once it sees `_stopping`.
-            await asyncio.gather(self._restarting, return_exceptions=True)
+            await self._restarting
         self._hand_off()
         if self._pipe is not None:
             self._pipe.close()  # end of input: the writer answers what it has and exits
@@ -216,8 +216,12 @@ class Writer:
         logger.error("the writer process died (exit code %s); starting a new one", self._process.exitcode)
         self._release_lock()
         await asyncio.sleep(RESTART_DELAY_S)
-        if not self._stopping:
+        if self._stopping:
+            return
+        try:
             await self.start()
+        except Exception:
+            logger.exception("could not start a new writer process")
 
     def _fail_in_flight(self, error: BaseException) -> None:
         """Fail every batch sent and not answered (and, when stopping, the one

@@ -232,20 +232,21 @@ def worker_pid(server: ServerProcess, number: int) -> int | None:
 WRITER_STARTED = re.compile(r"writer started \(pid (\d+)\)")
 
 
+def writer_pids(server: ServerProcess) -> list[int]:
+    """The pids of every writer process the server logged starting, in order."""
+    return [int(m.group(1)) for line in list(server.lines) if (m := WRITER_STARTED.search(line))]
+
+
 def writer_pid(server: ServerProcess) -> int | None:
     """The pid of the server's writer process as the server last logged it."""
-    found = None
-    for line in list(server.lines):
-        match = WRITER_STARTED.search(line)
-        if match:
-            found = int(match.group(1))
-    return found
+    pids = writer_pids(server)
+    return pids[-1] if pids else None
 
 
 def workers_alive(server: ServerProcess) -> list[int]:
     """Pids of the live worker processes of `server` (not its writer process, not
     multiprocessing's resource tracker)."""
-    writers = {int(m.group(1)) for line in list(server.lines) if (m := WRITER_STARTED.search(line))}
+    writers = set(writer_pids(server))
     pids = []
     for pid in server.worker_pids():
         if pid in writers:

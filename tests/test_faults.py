@@ -26,7 +26,6 @@ from pathlib import Path
 from conftest import (
     FINAL_ESTADOS,
     SERVIDOR,
-    WRITER_STARTED,
     LineClient,
     ServerProcess,
     _alive,
@@ -40,6 +39,7 @@ from conftest import (
     workers_alive,
     workers_ready,
     writer_pid,
+    writer_pids,
 )
 
 BUSY_TIMEOUT_S = 5.0  # the server's SQLite busy timeout (pedidos.store.BUSY_TIMEOUT_MS)
@@ -539,7 +539,7 @@ def test_stop_while_the_writer_is_being_replaced_leaves_no_writer_behind(tmp_pat
         wait_for(lambda: any("the writer process died" in line for line in srv.lines), timeout=10)
         # The replacement is due in about a second: the stop comes first.
         assert srv.stop() == 0, srv.log
-    writers = {int(m.group(1)) for line in srv.lines if (m := WRITER_STARTED.search(line))}
+    writers = writer_pids(srv)
     assert first in writers
     wait_for(lambda: not any(_alive(pid) for pid in writers), timeout=5)
     assert "Traceback" not in srv.log
