@@ -4,7 +4,7 @@
 import sys
 
 try:
-    from pedidos.client_cli import main
+    from pedidos.client.cli.main import main
 
     sys.exit(main())
 except KeyboardInterrupt:

@@ -3,7 +3,7 @@
 
 import sys
 
-from pedidos.server_cli import main
+from pedidos.server.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

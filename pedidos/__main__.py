@@ -1,5 +1,5 @@
 import sys
 
-from .server_cli import main
+from pedidos.server.cli import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import running_server
 
-from pedidos.auth import FailureThrottle, TokenFileError, load_tokens
+from pedidos.server.auth import FailureThrottle, TokenFileError, load_tokens
 
 ORDER = {"cliente": "Ana", "productos": ["pan"], "direccion": "Calle 1"}
 TOKENS = "admin-secret-1 admin\ncliente-aaaa-1\ncliente-bbbb-1 cliente\n"

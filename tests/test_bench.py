@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pedidos.bench import GROUPS, build_parser
+from pedidos.tools.bench import GROUPS, build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--seconds", "1", "--warm", "0.2", "--connections", "5", "--pipeline-conns", "2", "--depth", "5"]
@@ -101,7 +101,7 @@ def test_ctrl_c_stops_the_servers_and_the_load(tmp_path):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             running = " ".join(_marked(marker).values())
-            if "servidor.py" in running and running.count("spawn_main") >= 4:  # 2 workers, 2 load
+            if "-m pedidos " in running and running.count("spawn_main") >= 4:  # 2 workers, 2 load
                 break
             time.sleep(0.1)
         else:

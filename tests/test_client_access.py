@@ -19,8 +19,8 @@ import pytest
 from conftest import CLIENTE, ROOT, ServerProcess, running_server
 from test_client_cli import Terminal
 
-from pedidos.client import AsyncClient, Client, ConnectionProblem, Refused
-from pedidos.client_cli import main
+from pedidos.client.blocking import AsyncClient, Client, ConnectionProblem, Refused
+from pedidos.client.cli.main import main
 
 ADMIN, ANA, BEA = "admin-secret-1", "cliente-aaaa-1", "cliente-bbbb-1"
 TOKENS = f"{ADMIN} admin\n{ANA}\n{BEA} cliente\n"

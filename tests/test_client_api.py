@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pedidos.client import AsyncClient, Client, ConnectionProblem, Order, Receipt, Refused
+from pedidos.client.blocking import AsyncClient, Client, ConnectionProblem, Order, Receipt, Refused
 
 _names = itertools.count(1)
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from conftest import CLIENTE, ROOT
 
-from pedidos.client import Client, Refused
-from pedidos.client_args import EXAMPLES, build_parser
-from pedidos.client_cli import main
+from pedidos.client.blocking import Client, Refused
+from pedidos.client.cli.args import EXAMPLES, build_parser
+from pedidos.client.cli.main import main
 
 _names = itertools.count(1)
 

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from conftest import ORIGINAL_ORDER, LineClient, ServerProcess, running_server, wait_for
 
-from pedidos.store import Store
-from pedidos.validation import NewOrder
+from pedidos.protocol.validation import NewOrder
+from pedidos.storage.sqlite.store import Store
 
 ORDER_KEYS = {
     "id",

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from pedidos.dispatch import Dispatcher
+from pedidos.processing.dispatch import Dispatcher
 
 GATHER_S = 0.2
 

@@ -16,8 +16,8 @@ from conftest import ORIGINAL_ORDER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pedidos.framing import DEFAULT_MAX_REQUEST_BYTES, MAX_DEPTH, MAX_NUMBER_CHARS, Decoder
-from pedidos.protocol import DEMASIADO_GRANDE, JSON_INVALIDO, RequestError
+from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES, MAX_DEPTH, MAX_NUMBER_CHARS, Decoder
+from pedidos.protocol.replies import DEMASIADO_GRANDE, JSON_INVALIDO, RequestError
 
 ERR = JSON_INVALIDO
 BIG = DEMASIADO_GRANDE

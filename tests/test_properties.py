@@ -15,10 +15,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pedidos.framing import Decoder
-from pedidos.protocol import RequestError
-from pedidos.store import products_json
-from pedidos.validation import (
+from pedidos.protocol.framing import Decoder
+from pedidos.protocol.replies import RequestError
+from pedidos.protocol.validation import (
     ESTADOS,
     MAX_TOKEN_CHARS,
     Command,
@@ -27,6 +26,7 @@ from pedidos.validation import (
     parse_request,
     plain_order,
 )
+from pedidos.storage.sqlite.store import products_json
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ERROR_CODES = {

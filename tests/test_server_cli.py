@@ -10,8 +10,8 @@ import sys
 import pytest
 from conftest import SERVIDOR
 
-from pedidos.framing import DEFAULT_MAX_REQUEST_BYTES
-from pedidos.server_cli import build_parser, main, parse_work_time
+from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
+from pedidos.server.cli import build_parser, main, parse_work_time
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pedidos.store import MAX_ATTEMPTS, Store, now
-from pedidos.validation import NewOrder
+from pedidos.protocol.validation import NewOrder
+from pedidos.storage.sqlite.store import MAX_ATTEMPTS, Store, now
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 

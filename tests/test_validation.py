@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pedidos.protocol import ACCION_DESCONOCIDA, MENSAJE_INVALIDO, PEDIDO_INVALIDO, RequestError
-from pedidos.validation import (
+from pedidos.protocol.replies import ACCION_DESCONOCIDA, MENSAJE_INVALIDO, PEDIDO_INVALIDO, RequestError
+from pedidos.protocol.validation import (
     ESTADOS,
     MAX_ID,
     Command,

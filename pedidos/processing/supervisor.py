@@ -8,8 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .dispatch import Dispatcher
-from .events import (
+from pedidos.events import (
     FAILED,
     FINISHED,
     RECEIVED,
@@ -20,9 +19,10 @@ from .events import (
     Event,
     EventBus,
 )
-from .pool import Message, WorkerPool
-from .store import Store
-from .workers import WorkerConfig
+from pedidos.processing.dispatch import Dispatcher
+from pedidos.processing.pool import Message, WorkerPool
+from pedidos.processing.worker import WorkerConfig
+from pedidos.storage.sqlite.store import Store
 
 logger = logging.getLogger(__name__)
 

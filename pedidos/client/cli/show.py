@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 
-from .records import Order, Receipt, Stats
+from pedidos.client.records import Order, Receipt, Stats
 
 NONE = "-"
 

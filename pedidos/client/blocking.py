@@ -27,9 +27,9 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from .aclient import AsyncClient
-from .client_access import Access, auth_request, authenticated, no_greeting, wrap
-from .records import (
+from pedidos.client.access import Access, auth_request, authenticated, no_greeting, wrap
+from pedidos.client.aio import AsyncClient
+from pedidos.client.records import (
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,
     DEFAULT_WINDOW,

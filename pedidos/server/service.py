@@ -16,9 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .auth import Principal
-from .events import CANCELLED, FINAL, Event, EventBus
-from .protocol import (
+from pedidos.events import CANCELLED, FINAL, Event, EventBus
+from pedidos.protocol.replies import (
     NO_AUTORIZADO,
     NO_CANCELABLE,
     NO_ENCONTRADO,
@@ -26,9 +25,10 @@ from .protocol import (
     RequestError,
     error_reply,
 )
-from .store import Store
-from .validation import FINAL_ESTADOS, Command, NewOrder
-from .writer import Writer
+from pedidos.protocol.validation import FINAL_ESTADOS, Command, NewOrder
+from pedidos.server.auth import Principal
+from pedidos.storage.sqlite.store import Store
+from pedidos.storage.sqlite.writer import Writer
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import asyncio
 import logging
 import sys
 
-from .framing import DEFAULT_MAX_REQUEST_BYTES
-from .server import Server, ServerConfig, StartupError
+from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
+from pedidos.server.server import Server, ServerConfig, StartupError
 
 logger = logging.getLogger(__name__)
 

@@ -16,15 +16,15 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from . import client_args as cli
-from .client import Client, ConnectionProblem, Order, Refused
-from .client_access import NO_AUTORIZADO, chosen_token
-from .client_bulk import BadInput, Outcome, Progress, read_entries, send_entries, summary_lines
-from .client_show import count, order_lines, plural, receipt_line, state_line, stats_lines, table
-from .client_show import summary_lines as order_summary
-from .protocol import RequestError
-from .records import list_request, order_of, reason, receipt_of, stats_of
-from .validation import (
+from pedidos.client.access import NO_AUTORIZADO, chosen_token
+from pedidos.client.blocking import Client, ConnectionProblem, Order, Refused
+from pedidos.client.cli import args as cli
+from pedidos.client.cli.bulk import BadInput, Outcome, Progress, read_entries, send_entries, summary_lines
+from pedidos.client.cli.show import count, order_lines, plural, receipt_line, state_line, stats_lines, table
+from pedidos.client.cli.show import summary_lines as order_summary
+from pedidos.client.records import list_request, order_of, reason, receipt_of, stats_of
+from pedidos.protocol.replies import RequestError
+from pedidos.protocol.validation import (
     CLIENTE_MAX,
     DIRECCION_MAX,
     PRODUCTO_MAX,

@@ -16,9 +16,8 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Union
 
-from .auth import ADMIN, Principal
-from .framing import Decoder
-from .protocol import (
+from pedidos.protocol.framing import Decoder
+from pedidos.protocol.replies import (
     ERROR_INTERNO,
     NO_AUTORIZADO,
     SERVIDOR_OCUPADO,
@@ -27,10 +26,11 @@ from .protocol import (
     error_reply,
     greeting,
 )
-from .validation import Command, NewOrder, parse_request
+from pedidos.protocol.validation import Command, NewOrder, parse_request
+from pedidos.server.auth import ADMIN, Principal
 
 if TYPE_CHECKING:
-    from .server import Server
+    from pedidos.server.server import Server
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,8 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any
 
-from .client_access import Access, auth_request, authenticated, no_greeting, tls_failure
-from .client_wire import Wire
-from .records import (
+from pedidos.client.access import Access, auth_request, authenticated, no_greeting, tls_failure
+from pedidos.client.records import (
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,
     DEFAULT_WINDOW,
@@ -49,6 +48,7 @@ from .records import (
     unresolved,
     wait_request,
 )
+from pedidos.client.wire import Wire
 
 Reply = dict[str, Any]
 

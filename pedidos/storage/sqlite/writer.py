@@ -23,10 +23,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .events import RECEIVED, Event, EventBus
-from .protocol import PEDIDO_INVALIDO, RequestError
-from .validation import NewOrder
-from .writer_process import Answer, writer_main
+from pedidos.events import RECEIVED, Event, EventBus
+from pedidos.protocol.replies import PEDIDO_INVALIDO, RequestError
+from pedidos.protocol.validation import NewOrder
+from pedidos.storage.sqlite.writer_process import Answer, writer_main
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from .records import ConnectionProblem, closed, lost, parse_reply, silent
+from pedidos.client.records import ConnectionProblem, closed, lost, parse_reply, silent
 
 Reply = dict[str, Any]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .workers import SERVER, WorkerConfig, worker_main
+from pedidos.processing.worker import SERVER, WorkerConfig, worker_main
 
 logger = logging.getLogger(__name__)
 

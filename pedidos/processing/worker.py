@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .store import Store
+from pedidos.storage.sqlite.store import Store
 
 logger = logging.getLogger(__name__)
 

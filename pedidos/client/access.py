@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
-from .records import ConnectionProblem, NoAnswer, Refused, reason
+from pedidos.client.records import ConnectionProblem, NoAnswer, Refused, reason
 
 # The same variable the server reads its operator's token from, so that one
 # shell that exports it can run both. The server accepts `TOKEN ROLE` in it;

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .protocol import (
+from pedidos.protocol.replies import (
     ACCION_DESCONOCIDA,
     MENSAJE_INVALIDO,
     PEDIDO_INVALIDO,

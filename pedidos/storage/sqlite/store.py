@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from .validation import ESTADOS, NewOrder
+from pedidos.protocol.validation import ESTADOS, NewOrder
 
 MAX_ATTEMPTS = 3  # interrupted attempts before an order is `fallido`
 BUSY_TIMEOUT_MS = 5000

@@ -18,15 +18,15 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from .auth import FailureThrottle, TokenBook, TokenFileError, load_tokens
-from .connection import Connection
-from .events import EventBus
-from .framing import DEFAULT_MAX_REQUEST_BYTES
-from .processing import Processing
-from .service import OrderService, Reader
-from .store import Store
-from .workers import SERVER, WorkerConfig
-from .writer import Writer
+from pedidos.events import EventBus
+from pedidos.processing.supervisor import Processing
+from pedidos.processing.worker import SERVER, WorkerConfig
+from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
+from pedidos.server.auth import FailureThrottle, TokenBook, TokenFileError, load_tokens
+from pedidos.server.connection import Connection
+from pedidos.server.service import OrderService, Reader
+from pedidos.storage.sqlite.store import Store
+from pedidos.storage.sqlite.writer import Writer
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from .client_access import ENV_VAR
-from .records import DEFAULT_PORT, DEFAULT_TIMEOUT
-from .validation import ESTADOS
+from pedidos.client.access import ENV_VAR
+from pedidos.client.records import DEFAULT_PORT, DEFAULT_TIMEOUT
+from pedidos.protocol.validation import ESTADOS
 
 # Each mode of the command line, as `Namespace.mode`.
 ORDER, FILE, GET, CANCEL, LIST, STATS = "pedido", "archivo", "consultar", "cancelar", "listar", "estadisticas"

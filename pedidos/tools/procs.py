@@ -20,9 +20,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .bench_load import BenchError
+from pedidos.tools.load import BenchError
 
-ROOT = Path(__file__).resolve().parent.parent
+# Where the `pedidos` package is, so that `sys.executable -m pedidos` finds it
+# from a source tree as well as from an installed wheel.
+PACKAGE_HOME = str(Path(__file__).resolve().parents[2])
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child Python process: ours, with the package on its path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_HOME, env.get("PYTHONPATH")]))
+    return env
+
+
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 WRITER_STARTED = re.compile(r"writer started \(pid (\d+)\)")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -36,7 +47,8 @@ class Child:
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, *argv],
-                cwd=ROOT,
+                cwd=log.parent,
+                env=child_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .protocol import order_ack
-from .store import Store, Stored
-from .validation import NewOrder
-from .workers import SERVER, OwnedLock, ServerGone
+from pedidos.processing.worker import SERVER, OwnedLock, ServerGone
+from pedidos.protocol.replies import order_ack
+from pedidos.protocol.validation import NewOrder
+from pedidos.storage.sqlite.store import Store, Stored
 
 logger = logging.getLogger(__name__)
 

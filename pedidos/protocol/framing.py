@@ -19,8 +19,8 @@ import json
 import re
 from typing import Any
 
-from .protocol import DEMASIADO_GRANDE, JSON_INVALIDO, RequestError
-from .scanner import MAX_DEPTH, MAX_NUMBER_CHARS, Invalid, Scanner
+from pedidos.protocol.replies import DEMASIADO_GRANDE, JSON_INVALIDO, RequestError
+from pedidos.protocol.scanner import MAX_DEPTH, MAX_NUMBER_CHARS, Invalid, Scanner
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
 IAC = 0xFF  # telnet "interpret as command": Ctrl-C at a telnet prompt sends IAC IP

@@ -1,6 +1,6 @@
 """The benchmark's baseline: a bare asyncio line echo server.
 
-`python3 -m pedidos.bench_echo streams|protocol [--port 0]` reads a line and
+`python3 -m pedidos.tools.echo streams|protocol [--port 0]` reads a line and
 writes it back, one write per line, nothing else, either with streams (`asyncio.start_server`) or
 with an `asyncio.Protocol`. It logs `listening on 127.0.0.1:PORT` and runs
 until SIGTERM or SIGINT. What it serves is what one Python process can move
@@ -66,7 +66,7 @@ async def serve(mode: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python3 -m pedidos.bench_echo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python3 -m pedidos.tools.echo", description=__doc__)
     parser.add_argument("mode", choices=["streams", "protocol"])
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)

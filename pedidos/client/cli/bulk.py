@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .client import Client
-from .client_show import count, plural, seconds
-from .protocol import JSON_INVALIDO, MENSAJE_INVALIDO, error_reply
+from pedidos.client.blocking import Client
+from pedidos.client.cli.show import count, plural, seconds
+from pedidos.protocol.replies import JSON_INVALIDO, MENSAJE_INVALIDO, error_reply
 
 # A pretty-printed order is read on until it closes, but no further than the
 # server would take in one request.

@@ -1,0 +1,321 @@
+"""`python3 -m pedidos.bench`: how fast the order server takes and processes orders.
+
+Starts the real server (`servidor.py`, a free port, a temporary database) and,
+in the same run, two bare asyncio echo servers (streams and Protocol), drives
+each from separate load processes with the same load generator
+(`bench_load`), and prints one table. The ratio of a server figure to the
+matching echo figure is what counts: it says how close the server comes to
+what one Python process can move over a socket on this machine.
+
+    python3 -m pedidos.bench [--seconds 5] [--connections 50] [--workers 2] [--runs 3] [--json FILE]
+
+Loopback only. Every process it starts is stopped before it returns, on error
+and on Ctrl-C too. Figures over several runs are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pedidos.tools.load import BenchError, drive
+from pedidos.tools.procs import Child, ask, cpu_share, cpu_snapshot, peak_rss_mb, stats, wait_quiet
+
+ORDER = {"cliente": "Banco de pruebas", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}
+LINE = (json.dumps(ORDER, ensure_ascii=False) + "\n").encode()
+BUSY_WARNING = 30  # % of a core used by other programs during a window
+GROUPS = ("echo", "intake", "e2e", "many", "worktime")
+CPU_PARTS = ("loop", "threads", "writer", "workers", "load", "other")
+Row = dict[str, Any]
+
+
+def _sleep_until(wall: float) -> None:
+    time.sleep(max(0.0, wall - time.time()))
+
+
+def _window(child: Child, probe: Any = None) -> Any:
+    """A `during` hook for `drive`: CPU shares over the window, and `probe()` at both ends."""
+    writer = child.writer_pid()
+
+    def during(start: float, end: float, pids: list[int]) -> dict[str, Any]:
+        _sleep_until(start)
+        before, first = cpu_snapshot(child.pid, pids, writer), probe() if probe else None
+        _sleep_until(end)
+        after, last = cpu_snapshot(child.pid, pids, writer), probe() if probe else None
+        return {"cpu": cpu_share(before, after, end - start), "probe": (first, last), "end": end}
+
+    return during
+
+
+def _load(args: argparse.Namespace, child: Child, pipelined: bool, **kw: Any) -> Any:
+    shape = {"conns": args.pipeline_conns, "depth": args.depth} if pipelined else {"conns": args.connections}
+    options = {"seconds": args.seconds, "warm": args.warm, "procs": args.load_procs}
+    _quiet(args)
+    result = drive(child.port, LINE, **{**shape, "during": _window(child), **options, **kw})
+    _warn(result, child)
+    other = result["during"]["cpu"]["other"]
+    if other > BUSY_WARNING:
+        print(f"  warning: other programs used {other}% of a core meanwhile; figures low", file=sys.stderr)
+    return result
+
+
+def _quiet(args: argparse.Namespace) -> None:
+    if args.quiet_wait > 0 and wait_quiet(args.quiet_wait) >= 0.25:
+        print(
+            f"  warning: the machine stayed busy for {args.quiet_wait:g} s; measuring anyway", file=sys.stderr
+        )
+
+
+def _warn(result: dict[str, Any], child: Child) -> None:
+    """Say so when replies were refused or connections lost: the figures may mean little."""
+    failed = {k: result.get(k) for k in ("bad", "lost", "unanswered", "refused", "connect_failed")}
+    if any(failed.values()):
+        print(f"  warning: {failed}; e.g. {result['sample_bad']!r}; server log:", file=sys.stderr)
+        print("    " + child.tail().replace("\n", "\n    "), file=sys.stderr)
+
+
+def _row(result: dict[str, Any], **extra: Any) -> Row:
+    cpu = (result.get("during") or {}).get("cpu", {})
+    row = {k: result[k] for k in ("rate", "p50_ms", "p99_ms", "bad", "lost")}
+    return {**row, **{f"cpu_{k}": v for k, v in cpu.items()}, **extra}
+
+
+def _server(args: argparse.Namespace, tmp: Path, name: str, work_time: str, max_conns: int = 10_000) -> Child:
+    argv = ["-m", "pedidos", "--host", "127.0.0.1", "--port", "0", "--db", str(tmp / f"{name}.db")]
+    argv += ["--workers", str(args.workers), "--work-time", work_time]
+    argv += ["--max-connections", str(max_conns), "--shutdown-timeout", "10"]
+    child = Child(argv, tmp / f"{name}.log", ready_text=" ready: ")
+    if args.verbose:
+        print(f"  {name}: server pid {child.pid}, port {child.port}", file=sys.stderr)
+    return child
+
+
+def echo_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    for mode in ("streams", "protocol"):
+        child = Child(["-m", "pedidos.tools.echo", mode], tmp / f"echo-{mode}.log")
+        try:
+            for kind, pipelined in (("rr", False), ("pipe", True)):
+                result = _load(args, child, pipelined, greeting=False, check=False)
+                rows[f"echo_{mode}_{kind}"] = _row(result)
+        finally:
+            child.stop()
+
+
+def intake_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    # Workers nearly idle (1 s an order): this measures taking orders in.
+    child = _server(args, tmp, "intake", "1")
+    try:
+        rows["intake_rr"] = _row(_load(args, child, False))
+        rows["intake_pipe"] = _row(_load(args, child, True))
+    finally:
+        child.stop()
+
+
+def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    child = _server(args, tmp, "e2e", "0")
+    try:
+        listo = lambda: stats(child.port)["estados"]["listo"]  # noqa: E731
+        result = _load(args, child, False, during=_window(child, listo))
+        first, last = result["during"]["probe"]
+        deadline = time.monotonic() + max(60.0, 20 * args.seconds)
+        while True:
+            figures = stats(child.port)
+            backlog = figures["en_cola"] + figures["estados"]["en proceso"]
+            if not backlog or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        drain = time.time() - result["during"]["end"]
+        rows["e2e"] = _row(result, listo_rate=(last - first) / args.seconds, drain_s=drain, left=backlog)
+    finally:
+        child.stop()
+
+
+def many_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    child = _server(args, tmp, "many", "1", max_conns=max(10_000, args.many + 100))
+    try:
+        _quiet(args)
+        result = drive(child.port, LINE, conns=args.many, limit=1, seconds=60, procs=args.load_procs)
+        _warn(result, child)
+        rss = peak_rss_mb(child.pid)
+        ok = result["count"] - result["bad"]
+        fields = ("p50_ms", "p99_ms", "bad", "lost", "refused", "connect_failed", "connected", "connect_s")
+        rows["many"] = {"acked": ok, **{k: result[k] for k in fields}, "rss_mb": rss}
+    finally:
+        child.stop()
+
+
+def worktime_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    t = args.work_time_check
+    child = _server(args, tmp, "worktime", f"{t:g}")
+    try:
+        expected = args.workers / t
+        total = math.ceil(expected * (args.seconds + 3))  # never lets the workers run dry
+        _quiet(args)
+        for start in range(0, total, 200):
+            ask(child.port, [ORDER] * min(200, total - start))
+        time.sleep(0.5)
+        first, began = stats(child.port)["estados"]["listo"], time.monotonic()
+        time.sleep(args.seconds)
+        figures, ended = stats(child.port), time.monotonic()
+        rate = (figures["estados"]["listo"] - first) / (ended - began)
+        if not figures["en_cola"]:
+            print("  warning: the work-time backlog ran dry; the rate is low", file=sys.stderr)
+        rows["worktime"] = {"rate": rate, "expected": expected, "ratio": rate / expected}
+    finally:
+        child.stop()
+
+
+def one_run(args: argparse.Namespace) -> dict[str, Any]:
+    rows: dict[str, Row] = {}
+    loadavg = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="pedidos-bench-") as tmp:
+        steps = {"echo": echo_rows, "intake": intake_rows, "e2e": e2e_row}
+        steps.update(many=many_row, worktime=worktime_row)
+        for group in args.only:
+            steps[group](args, Path(tmp), rows)
+    for kind in ("rr", "pipe"):
+        for mode in ("streams", "protocol"):
+            if f"intake_{kind}" in rows and f"echo_{mode}_{kind}" in rows:
+                rows[f"intake_{kind}"][f"vs_{mode}"] = (
+                    rows[f"intake_{kind}"]["rate"] / rows[f"echo_{mode}_{kind}"]["rate"]
+                )
+    if "e2e" in rows and "intake_rr" in rows:
+        rows["e2e"]["keep_up"] = rows["e2e"]["listo_rate"] / rows["intake_rr"]["rate"]
+    return {"loadavg": loadavg, "rows": rows}
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Row]:
+    out: dict[str, Row] = {}
+    for run in runs:
+        for name, row in run["rows"].items():
+            for key, value in row.items():
+                if isinstance(value, (int, float)):
+                    out.setdefault(name, {}).setdefault(key, []).append(value)
+    return {name: {k: statistics.median(v) for k, v in row.items()} for name, row in out.items()}
+
+
+def _n(value: Any, digits: int = 0) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def _result(name: str, r: Row) -> str:
+    if name == "e2e":
+        keep_up = f" = {r['keep_up']:.2f} of intake r/r" if "keep_up" in r else ""
+        return f"{_n(r['rate'])} acks/s; {_n(r['listo_rate'])} listo/s{keep_up}; drain {r['drain_s']:.1f} s"
+    if name == "many":
+        refused = f"{_n(r['refused'])} refused, {_n(r['connect_failed'] + r['lost'])} failed"
+        return f"{_n(r['acked'])} acked, {refused}; RSS {_n(r['rss_mb'])} MB; connect {r['connect_s']:.1f} s"
+    if name == "worktime":
+        return f"{r['rate']:.1f} listo/s = {r['ratio']:.2f} of N/T = {r['expected']:g}/s"
+    return f"{_n(r['rate'])} {'rt' if name.startswith('echo') else 'acks'}/s"
+
+
+def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
+    """The medians as a Markdown table, ready for docs/benchmarks.md."""
+    rr, pipe = f"{args.connections} conns", f"{args.pipeline_conns} conns x {args.depth}"
+    scenarios = (
+        ("echo_streams_rr", "echo, streams, req/resp", rr),
+        ("echo_protocol_rr", "echo, Protocol, req/resp", rr),
+        ("intake_rr", "pedidos intake, req/resp", rr),
+        ("echo_streams_pipe", "echo, streams, pipelined", pipe),
+        ("echo_protocol_pipe", "echo, Protocol, pipelined", pipe),
+        ("intake_pipe", "pedidos intake, pipelined", pipe),
+        ("e2e", f"pedidos end to end, {args.workers} workers", rr + ", work time 0"),
+        ("many", "pedidos many clients", f"{args.many} conns x 1 order"),
+        ("worktime", f"pedidos work time {args.work_time_check:g} s", f"{args.workers} workers"),
+    )
+    head = ("scenario", "load", "result", "p50 ms", "p99 ms", "/ echo streams", "/ echo Protocol")
+    lines = [(*head, "CPU % " + "/".join(CPU_PARTS))]
+    for name, label, load in scenarios:
+        r = rows.get(name)
+        if r is not None:
+            ratios = (_n(r.get("vs_streams"), 2), _n(r.get("vs_protocol"), 2))
+            cpu = "/".join(_n(r.get(f"cpu_{k}")) for k in CPU_PARTS)
+            latency = (_n(r.get("p50_ms"), 1), _n(r.get("p99_ms"), 1))
+            lines.append((label, load, _result(name, r), *latency, *ratios, cpu if "cpu_loop" in r else ""))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head) + 1)]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error
+    return parse
+
+
+def _groups(text: str) -> list[str]:
+    chosen = [g.strip() for g in text.split(",") if g.strip()]
+    unknown = [g for g in chosen if g not in GROUPS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"choose among {','.join(GROUPS)}, not {text!r}")
+    return [g for g in GROUPS if g in chosen]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m pedidos.bench", description=__doc__.split("\n\n")[0])
+    seconds, count = _positive(float), _positive(int)
+    p.add_argument("--seconds", type=seconds, default=5.0, help="measured seconds per scenario (default 5)")
+    p.add_argument("--warm", type=float, default=1.0, help="warm-up seconds before each window (default 1)")
+    p.add_argument("--connections", type=count, default=50, help="req/resp connections (default 50)")
+    p.add_argument("--workers", type=count, default=2, help="server worker processes (default 2)")
+    p.add_argument("--runs", type=count, default=1, help="runs; figures are medians (default 1)")
+    p.add_argument("--json", metavar="FILE", help="write every run, the medians and the configuration here")
+    p.add_argument("--pipeline-conns", type=count, default=4, help="pipelined connections (default 4)")
+    depth = "requests in flight per pipelined connection (default 100)"
+    p.add_argument("--depth", type=count, default=100, help=depth)
+    many = "connections of the many-clients scenario (default 10000)"
+    p.add_argument("--many", type=count, default=10_000, help=many)
+    work = "work time of the work-time scenario, against N/T (default 0.05)"
+    p.add_argument("--work-time-check", type=seconds, default=0.05, metavar="T", help=work)
+    p.add_argument("--load-procs", type=count, default=2, help="load generator processes (default 2)")
+    only = f"comma-separated subset of {','.join(GROUPS)} (default all)"
+    p.add_argument("--only", type=_groups, default=list(GROUPS), help=only)
+    quiet = "before each scenario, wait up to S s for other programs to leave the CPUs idle (default 0)"
+    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S", help=quiet)
+    p.add_argument("-v", "--verbose", action="store_true", help="say what runs, with server pids")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: every child is stopped
+    runs = []
+    try:
+        for number in range(1, args.runs + 1):
+            if args.verbose or args.runs > 1:
+                print(f"run {number}/{args.runs} (load average {os.getloadavg()[0]:.2f})", file=sys.stderr)
+            runs.append(one_run(args))
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    result = medians(runs)
+    print(table(result, args))
+    if args.json:
+        command = ["python3", "-m", "pedidos.bench", *(sys.argv[1:] if argv is None else argv)]
+        machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+        document = {"command": command, "config": vars(args), "machine": machine, "runs": runs}
+        Path(args.json).write_text(json.dumps({**document, "median": result}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
