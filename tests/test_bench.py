@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from pedidos.tools.bench import GROUPS, build_parser
+from pedidos.tools.load import drive
+from pedidos.tools.procs import Child
+from pedidos.tools.report import ceilings
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--seconds", "1", "--warm", "0.2", "--connections", "5", "--pipeline-conns", "2", "--depth", "5"]
@@ -26,6 +29,8 @@ ROWS = {
     "echo_protocol_rr",
     "echo_streams_pipe",
     "echo_protocol_pipe",
+    "redis_rr",
+    "redis_pipe",
     "intake_rr",
     "intake_pipe",
     "e2e",
@@ -76,8 +81,12 @@ def test_tiny_run_measures_every_scenario_and_leaves_nothing(tmp_path):
     finally:
         bench.kill()
         _assert_nothing_left(marker)
-    assert bench.returncode == 0, stderr
+    # On a busy machine a baseline can rise with one more load process; the benchmark
+    # then says so and exits 1. Either way every row is measured and reported.
+    bound = "the load generator was the ceiling" in stderr
+    assert bench.returncode == (1 if bound else 0), stderr
     assert "pedidos intake, req/resp" in stdout and "echo, Protocol, pipelined" in stdout
+    assert "Redis RPUSH, fsync always, pipelined" in stdout
     document = json.loads(out.read_text())
     median = document["median"]
     assert set(median) == ROWS
@@ -85,7 +94,9 @@ def test_tiny_run_measures_every_scenario_and_leaves_nothing(tmp_path):
         assert median[name]["rate"] > 0, name
         assert median[name]["bad"] == 0 and median[name]["lost"] == 0, (name, stderr)
     for kind in ("rr", "pipe"):
-        assert median[f"intake_{kind}"]["vs_streams"] > 0 and median[f"intake_{kind}"]["vs_protocol"] > 0
+        for base in ("echo_streams", "echo_protocol", "redis"):
+            assert median[f"intake_{kind}"][f"vs_{base}"] > 0
+            assert median[f"{base}_{kind}"]["headroom"] > -1  # measured again with one more load process
     assert median["e2e"]["left"] == 0  # the backlog drained
     many = median["many"]
     assert (many["acked"], many["refused"], many["connect_failed"], many["lost"]) == (200, 0, 0, 0)
@@ -130,3 +141,33 @@ def test_only_keeps_the_groups_in_their_running_order():
     args = build_parser().parse_args(["--only", "many, echo"])
     assert args.only == ["echo", "many"]
     assert build_parser().parse_args([]).only == list(GROUPS)
+
+
+def test_a_baseline_raised_by_one_more_load_process_fails_the_run():
+    rows = {
+        "echo_streams_rr": {"rate": 100.0, "headroom": 0.04},
+        "redis_pipe": {"rate": 100.0, "headroom": 0.05},
+        "intake_rr": {"rate": 50.0},
+    }
+    assert ceilings(rows) == ["redis_pipe: +5% with one more load process"]
+    assert ceilings({"echo_streams_rr": {"rate": 1.0, "headroom": -0.2}}) == []
+
+
+@pytest.mark.parametrize("generator", ["c", "python"])
+def test_both_generators_count_every_reply_of_an_echo(generator, tmp_path):
+    echo = Child(["-m", "pedidos.tools.echo", "protocol"], tmp_path / "echo.log")
+    try:
+        result = drive(
+            echo.port,
+            b"x" * 90 + b"\n",
+            conns=4,
+            depth=3,
+            limit=50,
+            seconds=30,
+            greeting=False,
+            engine=generator,
+            procs=2,
+        )
+    finally:
+        echo.stop()
+    assert (result["count"], result["lost"], result["unanswered"], result["requests"]) == (200, 0, 0, 200)

@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from pedidos.tools import cload
+
 OK = b'"ok": true'
 START_DELAY_S = 0.3  # from "go" to the first request, so that every process is ready
 GRACE_S = 10.0  # after the window: how long outstanding replies may take
@@ -206,6 +208,33 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+class PyLoad:
+    """One Python load process (`load_main`), with the same steps as a C one: ready, go, done."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.pipe, theirs = ctx.Pipe()
+        self.proc = ctx.Process(target=load_main, args=(theirs, spec), daemon=True)
+        self.proc.start()
+        theirs.close()
+        self.pid = self.proc.pid
+
+    def ready(self, timeout: float) -> dict[str, Any]:
+        return _receive(self.pipe, timeout, "connecting")
+
+    def go(self, start: float, warm: float, seconds: float) -> None:
+        self.pipe.send(("go", start, warm, seconds))
+
+    def done(self, ready: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return _receive(self.pipe, timeout, "running")
+
+    def close(self) -> None:
+        self.proc.join(1 if self.proc.exitcode is None else 0)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
 def drive(
     port: int,
     line: bytes,
@@ -218,44 +247,44 @@ def drive(
     greeting: bool = True,
     check: bool = True,
     limit: int | None = None,
+    engine: str = "c",
     during: Callable[[float, float, list[int]], Any] = lambda start, end, pids: None,
 ) -> dict[str, Any]:
     """Run the load: `conns` connections over `procs` processes, `depth`
     requests in flight each, for `warm` + `seconds` (or `limit` requests per
     connection). Figures cover the `seconds` after `warm`; `during(start, end,
-    pids)` runs meanwhile, with the window's wall times and the load pids."""
-    ctx = multiprocessing.get_context("spawn")
+    pids)` runs meanwhile, with the window's wall times and the load pids.
+    `engine` is "c" (cload, the default where it builds) or "python"."""
     shares = [s for s in (conns // procs + (i < conns % procs) for i in range(procs)) if s]
     spec = {"host": "127.0.0.1", "port": port, "line": line, "depth": depth, "limit": limit}
     spec.update(check=check, greeting=greeting, go_timeout=120.0)
-    workers, pipes = [], []
+    binary = cload.build() if engine == "c" else None
+    loads: list[Any] = []
     try:
         for share in shares:
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=load_main, args=(theirs, {**spec, "conns": share}), daemon=True)
-            proc.start()
-            theirs.close()
-            workers.append(proc)
-            pipes.append(ours)
-        ready = [_receive(p, 120, "connecting") for p in pipes]
+            share_spec = {**spec, "conns": share}
+            loads.append(cload.CLoad(binary, share_spec) if binary else PyLoad(share_spec))
+        ready = [load.ready(120) for load in loads]
         start = time.time() + START_DELAY_S
-        for p in pipes:
-            p.send(("go", start, warm, seconds))
-        extra = during(start + warm, start + warm + seconds, [w.pid for w in workers])
-        results = [_receive(p, START_DELAY_S + warm + seconds + GRACE_S + 30, "running") for p in pipes]
+        for load in loads:
+            load.go(start, warm, seconds)
+        extra = during(start + warm, start + warm + seconds, [load.pid for load in loads])
+        timeout = START_DELAY_S + warm + seconds + GRACE_S + 30
+        results = [load.done(r, timeout) for load, r in zip(loads, ready, strict=True)]
+        for result, r in zip(results, ready, strict=True):
+            result["connect_s"] = r["connect_s"]
+    except cload.LoadgenUnavailable as exc:
+        raise BenchError(str(exc)) from None
     finally:
-        for proc in workers:
-            proc.join(1 if proc.exitcode is None else 0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        for load in loads:
+            load.close()
     latencies = array("d")
     for r in results:
         latencies.frombytes(r.pop("latencies"))
     ordered = sorted(latencies)
     merged: dict[str, Any] = {k: sum(r[k] for r in results) for k in results[0] if k != "sample_bad"}
     merged["sample_bad"] = next((r["sample_bad"] for r in results if r["sample_bad"]), "")
-    merged["connect_s"] = max(r["connect_s"] for r in ready)
+    merged["connect_s"] = max(r["connect_s"] for r in results)
     merged["rate"] = merged["count"] / seconds if limit is None else None
     merged["p50_ms"] = percentile(ordered, 0.50) * 1000
     merged["p99_ms"] = percentile(ordered, 0.99) * 1000

@@ -40,13 +40,15 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 class Child:
-    """A server subprocess; `port` once it listens."""
+    """A server subprocess; `port` once it listens. `argv` is a Python command
+    line unless `port` is given: then it is a whole program's, that listens on
+    `port` and logs `ready_text` when it does (Redis, say)."""
 
-    def __init__(self, argv: list[str], log: Path, ready_text: str = "listening on") -> None:
+    def __init__(self, argv: list[str], log: Path, ready_text: str = "listening on", port: int = 0) -> None:
         self.log = log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, *argv],
+                argv if port else [sys.executable, *argv],
                 cwd=log.parent,
                 env=child_env(),
                 stdin=subprocess.DEVNULL,
@@ -56,7 +58,7 @@ class Child:
             )
         self.pid = self.proc.pid
         try:
-            self.port = self._wait_listening(ready_text)
+            self.port = self._wait_listening(ready_text, port)
         except BaseException:  # Ctrl-C while it starts, too
             self.stop(5)
             raise
@@ -66,13 +68,13 @@ class Child:
         found = WRITER_STARTED.findall(self.log.read_text("utf-8", "replace"))
         return int(found[-1]) if found else None
 
-    def _wait_listening(self, ready_text: str, timeout: float = 30.0) -> int:
+    def _wait_listening(self, ready_text: str, port: int, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log.read_text("utf-8", "replace")
             match = LISTENING.search(text)
-            if match and ready_text in text:
-                return int(match.group(1))
+            if (match or port) and ready_text in text:
+                return port or int(match.group(1))  # type: ignore[union-attr]
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)

@@ -1,0 +1,46 @@
+"""The Redis baseline: a throwaway `redis-server` that fsyncs every write before its reply.
+
+`appendonly yes` with `appendfsync always` is the same promise the order server
+makes (nothing acknowledged is lost), so Redis taking the same JSON with RPUSH
+is the yardstick for intake: one process, one fsync per event-loop iteration,
+no IPC. It is started on a free loopback port in the benchmark's temporary
+folder and stopped with it; without `redis-server` the rows say "skipped".
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+from pedidos.tools.procs import Child
+
+KEY = b"pedidos"
+
+
+def available() -> str | None:
+    return shutil.which("redis-server")
+
+
+def rpush(line: bytes) -> bytes:
+    """The RESP bytes of `RPUSH pedidos LINE` (without its newline): one `:N\\r\\n` reply each."""
+    value = line.rstrip(b"\n")
+    parts = [b"RPUSH", KEY, value]
+    return b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(tmp: Path) -> Child:
+    program = available()
+    assert program is not None
+    folder = tmp / "redis"
+    folder.mkdir(exist_ok=True)
+    port = _free_port()
+    argv = [program, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder)]
+    argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes"]
+    return Child(argv, tmp / "redis.log", ready_text="Ready to accept connections", port=port)

@@ -1,0 +1,89 @@
+"""The benchmark's report: medians over runs, and the Markdown table that docs/benchmarks.md shows."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+CPU_PARTS = ("loop", "threads", "writer", "workers", "load", "other")
+HEADROOM_LIMIT = 0.05  # one more load process may raise a baseline by less than this
+Row = dict[str, Any]
+BASELINES = ("echo_streams", "echo_protocol", "redis")
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Row]:
+    out: dict[str, Row] = {}
+    for run in runs:
+        for name, row in run["rows"].items():
+            for key, value in row.items():
+                if isinstance(value, (int, float)):
+                    out.setdefault(name, {}).setdefault(key, []).append(value)
+    return {name: {k: statistics.median(v) for k, v in row.items()} for name, row in out.items()}
+
+
+def _n(value: Any, digits: int = 0) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def _result(name: str, r: Row) -> str:
+    if name == "e2e":
+        keep_up = f" = {r['keep_up']:.2f} of intake r/r" if "keep_up" in r else ""
+        return f"{_n(r['rate'])} acks/s; {_n(r['listo_rate'])} listo/s{keep_up}; drain {r['drain_s']:.1f} s"
+    if name == "many":
+        refused = f"{_n(r['refused'])} refused, {_n(r['connect_failed'] + r['lost'])} failed"
+        return f"{_n(r['acked'])} acked, {refused}; RSS {_n(r['rss_mb'])} MB; connect {r['connect_s']:.1f} s"
+    if name == "worktime":
+        return f"{r['rate']:.1f} listo/s = {r['ratio']:.2f} of N/T = {r['expected']:g}/s"
+    unit = "acks" if name.startswith("intake") else "replies"
+    return f"{_n(r['rate'])} {unit}/s"
+
+
+def _headroom(r: Row) -> str:
+    """What one more load process did to a baseline: a rise of 5% or more means
+    the generator was its ceiling, and the ratios against it flatter the server."""
+    if "headroom" not in r:
+        return ""
+    flag = " GENERATOR-BOUND" if r["headroom"] >= HEADROOM_LIMIT else ""
+    return f"{100 * r['headroom']:+.0f}%{flag}"
+
+
+def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
+    """The medians as a Markdown table, ready for docs/benchmarks.md."""
+    rr, pipe = f"{args.connections} conns", f"{args.pipeline_conns} conns x {args.depth}"
+    scenarios = (
+        ("echo_streams_rr", "echo, streams, req/resp", rr),
+        ("echo_protocol_rr", "echo, Protocol, req/resp", rr),
+        ("redis_rr", "Redis RPUSH, fsync always, req/resp", rr),
+        ("intake_rr", "pedidos intake, req/resp", rr),
+        ("echo_streams_pipe", "echo, streams, pipelined", pipe),
+        ("echo_protocol_pipe", "echo, Protocol, pipelined", pipe),
+        ("redis_pipe", "Redis RPUSH, fsync always, pipelined", pipe),
+        ("intake_pipe", "pedidos intake, pipelined", pipe),
+        ("e2e", f"pedidos end to end, {args.workers} workers", rr + ", work time 0"),
+        ("many", "pedidos many clients", f"{args.many} conns x 1 order"),
+        ("worktime", f"pedidos work time {args.work_time_check:g} s", f"{args.workers} workers"),
+    )
+    head = ("scenario", "load", "result", "p50 ms", "p99 ms", "/ echo streams", "/ echo Protocol", "/ Redis")
+    lines = [(*head, "+1 load process", "CPU % " + "/".join(CPU_PARTS))]
+    for name, label, load in scenarios:
+        r = rows.get(name)
+        if r is not None:
+            ratios = tuple(_n(r.get(f"vs_{base}"), 2) for base in BASELINES)
+            cpu = "/".join(_n(r.get(f"cpu_{k}")) for k in CPU_PARTS)
+            latency = (_n(r.get("p50_ms"), 1), _n(r.get("p99_ms"), 1))
+            cells = (label, load, _result(name, r), *latency, *ratios, _headroom(r))
+            lines.append((*cells, cpu if "cpu_loop" in r else ""))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def ceilings(rows: dict[str, Row]) -> list[str]:
+    """The baselines whose rate one more load process raised by the limit or more."""
+    return [
+        f"{name}: +{100 * r['headroom']:.0f}% with one more load process"
+        for name, r in rows.items()
+        if r.get("headroom", 0) >= HEADROOM_LIMIT
+    ]
