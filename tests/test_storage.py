@@ -9,7 +9,6 @@ itself to `BACKENDS` and its database to `database_url`, and must pass all of it
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import os
 import re
@@ -19,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import StorageHarness
 
 from pedidos.domain import ESTADOS, MAX_ATTEMPTS, Estado, NewOrder, Receipt
 from pedidos.storage import open_storage
-from pedidos.storage.base import Recovery, Storage, StorageError, WorkerStore
+from pedidos.storage.base import Recovery, StorageError
 
 BACKENDS = ["sqlite"]  # "postgresql" joins here with its fixture
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
@@ -52,61 +52,6 @@ def assert_timestamp(value: str) -> datetime:
     return parsed
 
 
-class Harness:
-    """A started backend on its own event loop, driven from a plain test."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.loop = asyncio.new_event_loop()
-        self.stored: list[int] = []  # what on_stored heard
-        self.storage: Storage | None = None
-        self.recovery: Recovery | None = None
-        self._workers: list[WorkerStore] = []
-
-    def start(self) -> Harness:
-        async def start() -> None:
-            self.storage = open_storage(self.url, on_stored=self.stored.extend)
-            self.recovery = await self.storage.start()
-
-        self.run(start())
-        return self
-
-    def stop(self) -> None:
-        for worker in self._workers:
-            worker.close()
-        self._workers.clear()
-        if self.storage is not None:
-            self.run(self.storage.stop())
-            self.storage = None
-
-    def close(self) -> None:
-        self.stop()
-        self.loop.close()
-
-    def run(self, awaitable: Any) -> Any:
-        return self.loop.run_until_complete(asyncio.wait_for(awaitable, 60))
-
-    def __getattr__(self, name: str) -> Any:
-        """`h.get(1)` runs `storage.get(1)` to its end."""
-        method = getattr(self.storage, name)
-        return lambda *args, **kwargs: self.run(method(*args, **kwargs))
-
-    def submit(self, *orders: NewOrder, owner: str | None = None) -> list[Receipt]:
-        """Submit together (one batch, as orders arriving at once would), wait for all."""
-
-        async def submit() -> list[Receipt]:
-            futures = [self.storage.submit(order, owner) for order in orders]  # type: ignore[union-attr]
-            return list(await asyncio.gather(*futures))
-
-        return self.run(submit())
-
-    def worker(self, number: int) -> WorkerStore:
-        """A worker's store, opened in this process (a spawned one: see below)."""
-        store = self.storage.worker_opener()(number, os.getpid())  # type: ignore[union-attr]
-        self._workers.append(store)
-        return store
-
-
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
@@ -115,8 +60,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def h(database_url: str) -> Iterator[Harness]:
-    harness = Harness(database_url).start()
+def h(database_url: str) -> Iterator[StorageHarness]:
+    harness = StorageHarness(database_url).start()
     try:
         yield harness
     finally:

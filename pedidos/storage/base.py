@@ -89,11 +89,13 @@ class WorkerOpener(Protocol):
 class Storage(Protocol):
     """The server's side of a backend (see the module docstring)."""
 
-    async def start(self) -> Recovery:
+    async def start(self, recover: bool = True) -> Recovery:
         """Open the database, create or migrate the schema (proving it is
         writable), and hand back what a crash left `en proceso` (each such
         attempt counts; the `MAX_ATTEMPTS`-th makes the order `fallido`).
-        Raises `StorageError` with a one-line reason."""
+        `recover=False` hands back nothing: for tools and tests that look at
+        a database as a stopped server left it. Raises `StorageError` with a
+        one-line reason."""
         ...
 
     async def stop(self) -> None:

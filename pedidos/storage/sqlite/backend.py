@@ -95,12 +95,12 @@ class SqliteStorage:
     def writer_pid(self) -> int | None:
         return self._writer.pid if self._writer is not None else None
 
-    async def start(self) -> Recovery:
+    async def start(self, recover: bool = True) -> Recovery:
         try:
             store = Store(self.path)
             try:
                 store.create_schema()
-                released = store.release(None, count_attempt=True)
+                released = store.release(None, count_attempt=True) if recover else []
             finally:
                 store.close()
         except sqlite3.Error as exc:
