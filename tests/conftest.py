@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from pedidos.domain import NewOrder, Receipt
-from pedidos.storage import open_storage
+from pedidos.storage import open_storage, read_all_orders
 from pedidos.storage.base import Recovery, Storage, WorkerStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -324,12 +324,9 @@ def foreign_database(db: Path) -> None:
 
 
 def stored_orders(db: Path | str) -> dict[int, dict]:
-    """Every stored order by id, each as the contract's row."""
-    orders: dict[int, dict] = {}
-    with storage_of(db) as storage:
-        while page := storage.list_orders(None, None, max(orders, default=0), 1000):
-            orders.update((order["id"], order) for order in page)
-    return orders
+    """Every stored order by id, each as the contract's row (read through the
+    storage interface, handing nothing back)."""
+    return {order["id"]: order for order in read_all_orders(str(db))}
 
 
 def kill_pids(pids: list[int]) -> None:

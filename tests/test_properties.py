@@ -26,7 +26,7 @@ from pedidos.protocol.validation import (
     parse_request,
     plain_order,
 )
-from pedidos.storage.sqlite.store import products_json
+from pedidos.storage.sqlite.rows import products_json
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ERROR_CODES = {

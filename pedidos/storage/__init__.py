@@ -11,8 +11,10 @@ the standard library; never the server, processing or the wire.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from pedidos.storage.base import Ack, Storage, StorageError, plain_receipt
 
@@ -34,3 +36,22 @@ def open_storage(
     from pedidos.storage.sqlite.backend import SqliteStorage
 
     return SqliteStorage(db, ack=ack, on_stored=on_stored, log_level=log_level)
+
+
+def read_all_orders(db: str, page: int = 1000) -> list[dict[str, Any]]:
+    """Every stored order, oldest first, read through the interface and
+    handing nothing back: for tools that audit a database a server left.
+    Blocking (it runs its own event loop)."""
+
+    async def read() -> list[dict[str, Any]]:
+        storage = open_storage(db)
+        await storage.start(recover=False)
+        try:
+            orders: list[dict[str, Any]] = []
+            while batch := await storage.list_orders(None, None, orders[-1]["id"] if orders else 0, page):
+                orders += batch
+            return orders
+        finally:
+            await storage.stop()
+
+    return asyncio.run(read())

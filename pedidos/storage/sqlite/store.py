@@ -11,50 +11,23 @@ A worker's `Store` is its `WorkerStore` (claim, finish, close: storage/base.py).
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import datetime, timezone
 from typing import Any
 
 from pedidos.domain import ESTADOS, MAX_ATTEMPTS, Estado, NewOrder
 from pedidos.storage.base import Claim, Finished, Receipt
+from pedidos.storage.sqlite.rows import COLUMNS, EXTRA_COLUMNS, SCHEMA, now, order_of_row, products_json
+
+__all__ = ["now", "products_json"]  # defined with the table, used here
 
 # How long a connection waits for one held by a program outside the server
 # (the server's own processes share the write lock instead). Tests shorten it.
 BUSY_TIMEOUT_MS = int(os.environ.get("PEDIDOS_TEST_BUSY_TIMEOUT_MS") or 5000)
 PENDIENTE, EN_PROCESO, LISTO = Estado.PENDIENTE.value, Estado.EN_PROCESO.value, Estado.LISTO.value
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS pedidos (
-    id             INTEGER PRIMARY KEY,
-    cliente        TEXT    NOT NULL,
-    productos      TEXT    NOT NULL,
-    direccion      TEXT    NOT NULL,
-    referencia     TEXT    UNIQUE,
-    estado         TEXT    NOT NULL,
-    fecha_recibido TEXT    NOT NULL,
-    fecha_inicio   TEXT,
-    fecha_fin      TEXT,
-    worker         INTEGER,
-    intentos       INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS pedidos_estado ON pedidos (estado, id);
-CREATE INDEX IF NOT EXISTS pedidos_cliente ON pedidos (cliente, id);
-"""
-
-# Columns beyond the contract's, added to older databases as they open.
-EXTRA_COLUMNS = {
-    "propietario": "TEXT",  # digest of the access token that submitted the order (see auth.py)
-}
-
-COLUMNS = (
-    "id, cliente, productos, direccion, referencia, estado, fecha_recibido, "
-    "fecha_inicio, fecha_fin, worker, intentos"
-)
 INSERT = (
     "INSERT INTO pedidos "
     "(cliente, productos, direccion, referencia, estado, fecha_recibido, propietario) VALUES "
@@ -63,24 +36,6 @@ INSERT_ROW = f"(?, ?, ?, ?, '{PENDIENTE}', ?, ?)"
 INSERT_VALUES = INSERT_ROW.count("?")
 ROWS_PER_INSERT = 100  # 600 variables: under the 999 of old SQLite builds
 MAX_PARAMS = 500  # ids per IN (...) list, well under SQLite's variable limit
-
-
-# json.dumps with an argument builds a new encoder on every call.
-_encode_json = json.JSONEncoder(ensure_ascii=False).encode
-# What JSON must escape in a string (ensure_ascii=False): anything else is copied.
-_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
-
-
-def products_json(productos: Sequence[str]) -> str:
-    """`productos` as JSON text, exactly as `json.dumps(productos, ensure_ascii=False)`."""
-    if productos and _NEEDS_ESCAPE.search("".join(productos)) is None:
-        return '["' + '", "'.join(productos) + '"]'
-    return _encode_json(productos)
-
-
-def now() -> str:
-    """ISO 8601 UTC with microseconds and offset, as the contract writes times."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 class Store:
@@ -224,7 +179,7 @@ class Store:
             row = db.execute(
                 f"SELECT {COLUMNS} FROM pedidos WHERE id = ? AND propietario = ?", (order_id, owner)
             ).fetchone()
-        return _order(row) if row else None
+        return order_of_row(row) if row else None
 
     def list_orders(
         self, estado: str | None, cliente: str | None, desde_id: int, limite: int
@@ -240,7 +195,7 @@ class Store:
             f"SELECT {COLUMNS} FROM pedidos WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
             (*params, limite),
         ).fetchall()
-        return [_order(row) for row in rows]
+        return [order_of_row(row) for row in rows]
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(ESTADOS, 0)
@@ -327,19 +282,3 @@ class Store:
 def _parts(ids: Sequence[int]) -> Iterator[Sequence[int]]:
     for i in range(0, len(ids), MAX_PARAMS):
         yield ids[i : i + MAX_PARAMS]
-
-
-def _order(row: tuple[Any, ...]) -> dict[str, Any]:
-    return {
-        "id": row[0],
-        "cliente": row[1],
-        "productos": json.loads(row[2]),
-        "direccion": row[3],
-        "referencia": row[4],
-        "estado": row[5],
-        "fecha_recibido": row[6],
-        "fecha_inicio": row[7],
-        "fecha_fin": row[8],
-        "worker": row[9],
-        "intentos": row[10],
-    }
