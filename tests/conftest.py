@@ -31,7 +31,7 @@ from pedidos.storage.base import Recovery, Storage, WorkerStore
 ROOT = Path(__file__).resolve().parent.parent
 SERVIDOR = ROOT / "servidor.py"
 CLIENTE = ROOT / "cliente.py"
-LISTENING = re.compile(r"listening on \[?([0-9a-fA-F:.]+)\]?:(\d+)")
+READY_FIELD = re.compile(r"(\w+)=(\S+)")
 START_DEADLINE = 30.0
 STOP_DEADLINE = 40.0
 
@@ -51,6 +51,16 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {condition}")
         time.sleep(interval)
+
+
+def ready_addresses(line: str) -> list[tuple[str, int]]:
+    """The addresses the server's `ready:` line gives in its `addresses=` field."""
+    fields = dict(READY_FIELD.findall(line.rpartition("; ")[2]))
+    addresses = []
+    for shown in fields["addresses"].split(","):
+        host, _, port = shown.rpartition(":")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses
 
 
 class ServerProcess:
@@ -91,10 +101,8 @@ class ServerProcess:
         for line in self.proc.stdout:
             line = line.rstrip("\n")
             self.lines.append(line)
-            match = LISTENING.search(line)
-            if match:
-                self.addresses.append((match.group(1), int(match.group(2))))
             if " ready: " in line:
+                self.addresses = ready_addresses(line)
                 self._ready.set()
         self._ready.set()
 

@@ -127,12 +127,14 @@ class Server:
                 ", ".join(exposed),
             )
         logger.info(
-            "ready: %d workers, database %s, work time %s s, %s, %s",
+            # Ends with key=value fields for programs (tests, tools): where to connect.
+            "ready: %d workers, database %s, work time %s s, %s, %s; addresses=%s",
             config.workers,
             config.db,
             "-".join(f"{t:g}" for t in sorted(set(config.work_time))),
             "TLS" if tls is not None else "plain TCP",
             f"{len(self.tokens)} access tokens" if self.tokens is not None else "no access tokens",
+            ",".join(show_address(host, port) for host, port in self.addresses),
         )
         self.started.set()
 
