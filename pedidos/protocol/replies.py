@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pedidos.domain import Receipt
+from pedidos.domain import Estado, Receipt
 
 PROTOCOL_VERSION = 1
 SERVER_NAME = "pedidos"
@@ -50,6 +50,8 @@ def error_reply(code: str, mensaje: str, **extra: Any) -> dict[str, Any]:
     return {"ok": False, "error": code, "mensaje": mensaje, **extra}
 
 
+_PENDIENTE = Estado.PENDIENTE.value  # a plain str: compared once per order
+_NEW_ORDER_ACK = b'{"ok": true, "id": %d, "estado": "' + _PENDIENTE.encode() + b'"}\n'
 AJENO = "La referencia ya está en uso por otro pedido; use otra referencia."
 
 
@@ -61,8 +63,8 @@ def order_ack(receipt: Receipt) -> dict[str, Any] | bytes:
     if ajeno:
         # Say nothing of the other order: only that the key is taken.
         return error_reply(PEDIDO_INVALIDO, AJENO)
-    if estado == "pendiente" and not duplicado:
-        return b'{"ok": true, "id": %d, "estado": "pendiente"}\n' % order_id
+    if estado == _PENDIENTE and not duplicado:
+        return _NEW_ORDER_ACK % order_id
     reply: dict[str, Any] = {"ok": True, "id": order_id, "estado": estado}
     if duplicado:
         reply["duplicado"] = True

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from pedidos.client.blocking import Client, ConnectionProblem, Refused
-from pedidos.domain import FINAL_ESTADOS
+from pedidos.domain import FINAL_ESTADOS, Estado
 from pedidos.storage import read_all_orders
 from pedidos.tools.procs import child_env
 
@@ -253,7 +253,7 @@ class Soak:
         while time.monotonic() < deadline:
             with contextlib.suppress(*FAILURES):
                 estados = self.ask({"accion": "estadisticas"})["estados"]
-                if estados["pendiente"] == 0 and estados["en proceso"] == 0:
+                if estados[Estado.PENDIENTE] == 0 and estados[Estado.EN_PROCESO] == 0:
                     return True
             time.sleep(0.5)
         return False

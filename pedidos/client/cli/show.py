@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from pedidos.client.records import Order, Receipt, Stats
+from pedidos.domain import Estado
 
 NONE = "-"
 
@@ -56,18 +57,18 @@ def receipt_line(receipt: Receipt) -> str:
 def state_line(order: Order) -> str:
     """One line for each state an order goes through, as `--esperar` shows it."""
     head = f"Pedido {order.id}: {order.estado}"
-    if order.estado == "pendiente":
+    if order.estado == Estado.PENDIENTE:
         tries = plural(order.intentos, "intento interrumpido", "intentos interrumpidos")
         again = f", de nuevo tras {tries}" if order.intentos else ""
         return f"{head}{again} (recibido a las {clock(order.received_at)})."
-    if order.estado == "en proceso":
+    if order.estado == Estado.EN_PROCESO:
         return f"{head} en el worker {order.worker} desde las {clock(order.started_at)}."
-    if order.estado == "listo":
+    if order.estado == Estado.LISTO:
         return (
             f"{head} a las {clock(order.finished_at)}; tardó {seconds(order.duration)}"
             f" (worker {order.worker}, empezó a las {clock(order.started_at)})."
         )
-    if order.estado == "fallido":
+    if order.estado == Estado.FALLIDO:
         return f"{head} tras {plural(order.intentos, 'intento interrumpido', 'intentos interrumpidos')}."
     return f"{head}."
 
