@@ -95,7 +95,7 @@ def write(store: Store, batches: list[Batch], ack: Ack) -> list[Answer]:
     error: BaseException | None = None
     if orders:
         try:
-            stored = store.insert_orders([NewOrder(*o[:4]) for o in orders], [o[4] for o in orders])
+            stored = store.insert_orders(*_columns(orders))
         except Exception as exc:
             logger.error("could not store %d orders: %s", len(orders), exc)
             error = _portable(exc)
@@ -112,6 +112,15 @@ def write(store: Store, batches: list[Batch], ack: Ack) -> list[Answer]:
             answers.append(Answer(acks[start:end], ids, None, batch_calls))
         start = end
     return answers
+
+
+def _columns(orders: list[Order]) -> tuple[list[NewOrder], list[str | None]]:
+    """The orders of a batch, and their owners."""
+    news, owners = [], []
+    for cliente, productos, direccion, referencia, owner in orders:
+        news.append(NewOrder(cliente, productos, direccion, referencia))
+        owners.append(owner)
+    return news, owners
 
 
 def _call(store: Store, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, Any]:
