@@ -32,7 +32,10 @@ class Estado(str, enum.Enum):
 ESTADOS = tuple(e.value for e in Estado)  # the words, in the contract's order
 FINAL_ESTADOS = frozenset({Estado.LISTO.value, Estado.CANCELADO.value, Estado.FALLIDO.value})
 
-MAX_ATTEMPTS = 3  # interrupted attempts before an order is `fallido`
+MAX_ATTEMPTS = 3  # attempts interrupted by a crash before an order is `fallido`
+DEFAULT_RETRIES = 3  # `--reintentos`: retries of a task that failed, before `fallido`
+MAX_RESULT_BYTES = 64 * 1024  # a task's `resultado`, as UTF-8 JSON
+MAX_ERROR_CHARS = 1000  # an `error` is cut to this: one line for a person, not a dump
 
 # Limits of the contract (characters after trimming, seconds, rows).
 CLIENTE_MAX = 200

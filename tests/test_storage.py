@@ -38,6 +38,11 @@ ORDER_KEYS = [
     "fecha_fin",
     "worker",
     "intentos",
+    # Section 11 (tasks); storage/base.py says where they go.
+    "fallos",
+    "resultado",
+    "error",
+    "reintentar_despues",
 ]
 
 

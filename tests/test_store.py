@@ -34,7 +34,9 @@ CONTRACT_COLUMNS = [
     ("worker", "INTEGER", 0, None, 0),
     ("intentos", "INTEGER", 1, "0", 0),
 ]
-ORDER_KEYS = [c[0] for c in CONTRACT_COLUMNS]
+# Section 11 (tasks) adds these to every order, after the contract's columns.
+TASK_KEYS = ["fallos", "resultado", "error", "reintentar_despues"]
+ORDER_KEYS = [c[0] for c in CONTRACT_COLUMNS] + TASK_KEYS
 
 
 def acks(results) -> list[tuple[int, str, bool]]:

@@ -261,8 +261,14 @@ def test_accion_decides_before_order_fields():
 
 
 def test_every_command_parses():
-    assert parse_request({"accion": "consultar", "id": 17}) == Command("consultar", {"id": 17})
+    assert parse_request({"accion": "consultar", "id": 17}) == Command(
+        "consultar", {"id": 17, "referencia": None}
+    )
+    assert parse_request({"accion": "consultar", "referencia": " ana-1 "}) == Command(
+        "consultar", {"id": None, "referencia": "ana-1"}
+    )
     assert parse_request({"accion": "cancelar", "id": 17}) == Command("cancelar", {"id": 17})
+    assert parse_request({"accion": "reintentar", "id": 17}) == Command("reintentar", {"id": 17})
     assert parse_request({"accion": "esperar", "id": 17, "timeout": 2}) == Command(
         "esperar", {"id": 17, "timeout": 2}
     )
@@ -270,6 +276,27 @@ def test_every_command_parses():
         {"accion": "listar", "estado": "listo", "cliente": "Ana", "desde_id": 3, "limite": 10}
     ) == Command("listar", {"estado": "listo", "cliente": "Ana", "desde_id": 3, "limite": 10})
     assert parse_request({"accion": "estadisticas"}) == Command("estadisticas", {})
+
+
+@pytest.mark.parametrize(
+    "request_, names",
+    [
+        ({"accion": "consultar"}, ("'id'", "'referencia'")),
+        ({"accion": "consultar", "id": 1, "referencia": "a"}, ("'id'", "'referencia'")),
+        ({"accion": "consultar", "id": None, "referencia": None}, ("'id'", "'referencia'")),
+        ({"accion": "consultar", "referencia": ""}, ("'referencia'",)),
+        ({"accion": "consultar", "referencia": "r" * 101}, ("'referencia'",)),
+        ({"accion": "consultar", "referencia": 5}, ("'referencia'",)),
+        ({"accion": "reintentar"}, ("'id'",)),
+        ({"accion": "reintentar", "id": 0}, ("'id'",)),
+        ({"accion": "reintentar", "id": 1, "timeout": 2}, ("'timeout'",)),
+    ],
+)
+def test_consultar_takes_one_key_and_reintentar_an_id(request_, names):
+    error = refused(request_)
+    assert error.code == MENSAJE_INVALIDO
+    for name in names:
+        assert name in error.mensaje
 
 
 def test_error_message_stays_short_for_huge_values():

@@ -97,6 +97,13 @@ class WorkerPool:
     def alive(self) -> int:
         return sum(1 for slot in self.slots.values() if not slot.gone)
 
+    def kill(self, number: int) -> None:
+        """Stop worker `number` at once (SIGKILL): its death is then noticed
+        and handled as any other."""
+        slot = self.slots.get(number)
+        if slot is not None and not slot.gone:
+            slot.process.kill()
+
     def send(self, number: int, chunk: tuple[int, ...]) -> None:
         self.slots[number].tasks.put(chunk)
 

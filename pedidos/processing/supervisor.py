@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime, timezone
 
 from pedidos.domain import Estado
 from pedidos.events import (
@@ -12,16 +13,19 @@ from pedidos.events import (
     FINISHED,
     RECEIVED,
     REQUEUED,
+    RETRYING,
     STARTED,
     WORKER_DIED,
     WORKER_STARTED,
     Event,
     EventBus,
 )
+from pedidos.processing.deadlines import Deadlines
 from pedidos.processing.dispatch import Dispatcher
 from pedidos.processing.pool import WorkerPool
-from pedidos.processing.worker import CLAIMED, Report, WorkerConfig
-from pedidos.storage.base import Storage
+from pedidos.processing.worker import CLAIMED, DONE, Report, WorkerConfig
+from pedidos.processing.worker import FAILED as FAILED_ATTEMPT
+from pedidos.storage.base import Claim, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +46,11 @@ class Processing:
         config: WorkerConfig,
         bus: EventBus,
         storage: Storage,
+        task_limit_s: float | None = None,
     ) -> None:
+        """`task_limit_s`: `--limite-tarea`, for a `config.task` (None: no limit)."""
         self._loop = asyncio.get_running_loop()
+        self._retry = config.retry
         self._bus = bus
         self._storage = storage
         self._stopping = False
@@ -52,7 +59,7 @@ class Processing:
         # queued so that no worker idles. Orders that take no time go in
         # chunks of whatever piled up while the worker did its last one: like
         # group commit, the busier the server, the fewer commits per order.
-        instant = config.work_time[1] == 0
+        instant = config.task is None and config.work_time[1] == 0
         self.dispatcher = Dispatcher(
             self.pool.send,
             storage.pending_ids,
@@ -62,6 +69,10 @@ class Processing:
         )
         self._sweeper: asyncio.TimerHandle | None = None
         self._replacing: set[asyncio.Task[None]] = set()
+        self._retries: set[asyncio.TimerHandle] = set()  # orders waiting for their retry time
+        self._deadlines = None
+        if config.task is not None and task_limit_s:
+            self._deadlines = Deadlines(self._loop, task_limit_s, self._on_overtime)
         bus.subscribe(self._on_event)
 
     def start(self) -> None:
@@ -77,6 +88,10 @@ class Processing:
         self.dispatcher.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._deadlines is not None:
+            self._deadlines.close()
+        for handle in self._retries:
+            handle.cancel()
         for task in list(self._replacing):
             task.cancel()
         killed = await self._loop.run_in_executor(None, self.pool.stop, timeout)
@@ -99,7 +114,13 @@ class Processing:
             if report.kind == CLAIMED:
                 if report.taken:
                     self._bus.publish(Event(STARTED, report.taken, report.worker, report.at))
-            else:
+                    if self._deadlines is not None and report.at is not None:
+                        self._deadlines.started(Claim(report.worker, report.at, report.taken))
+            elif report.kind == FAILED_ATTEMPT:
+                self._failed_attempt(report.taken, report.worker, report.at)
+            elif report.kind == DONE:
+                if self._deadlines is not None:
+                    self._deadlines.ended(report.worker)
                 self.dispatcher.finished(report.worker, report.chunk)
                 if report.taken:
                     self._bus.publish(Event(FINISHED, report.taken, report.worker, report.at))
@@ -111,9 +132,61 @@ class Processing:
         self._replacing.add(task)
         task.add_done_callback(self._replacing.discard)
 
+    def _failed_attempt(self, ids: tuple[int, ...], worker: int, retry_at: str | None) -> None:
+        """A task failed on `ids`: `fallido` now (retry_at None), or wanted
+        again at `retry_at`; the dispatcher hears of them only then."""
+        if retry_at is None:
+            self._bus.publish(Event(FAILED, ids, worker))
+            return
+        self._bus.publish(Event(RETRYING, ids, worker, retry_at))
+        wait = (datetime.fromisoformat(retry_at) - datetime.now(timezone.utc)).total_seconds()
+        handle: asyncio.TimerHandle | None = None
+
+        def due() -> None:
+            self._retries.discard(handle)  # type: ignore[arg-type]
+            if not self._stopping:
+                self.dispatcher.add(ids)
+
+        handle = self._loop.call_later(max(0.0, wait), due)
+        self._retries.add(handle)
+
+    def _on_overtime(self, worker: int, claim: Claim) -> None:
+        if self._stopping:
+            return
+        logger.warning(
+            "worker %d: order %s ran over the task time limit (%g s); stopping the worker",
+            worker,
+            ",".join(map(str, claim.ids)),
+            self._deadlines.limit_s,  # type: ignore[union-attr]
+        )
+        self.pool.kill(worker)
+
+    async def _fail_overtime(self, claim: Claim) -> None:
+        """The orders of a worker killed over the time limit: a failed attempt
+        each (not a crash), retried or `fallido` as the retry policy says."""
+        limit = self._deadlines.limit_s  # type: ignore[union-attr]
+        error = f"TiempoAgotado: la tarea pasó de {limit:g} s y se detuvo su worker"
+        for order_id in claim.ids:
+            while True:
+                try:
+                    order = await self._storage.get(order_id)
+                    fallos = order["fallos"] if order is not None else 0
+                    retry_at = self._retry.retry_at(fallos + 1)
+                    one = Claim(claim.worker, claim.at, (order_id,))
+                    changed = await self._storage.fail(one, error, retry_at)
+                    break
+                except Exception as exc:
+                    logger.error("could not record the time limit of order %d: %s", order_id, exc)
+                    await asyncio.sleep(RETRY_S)
+            if changed:
+                self._failed_attempt((order_id,), claim.worker, retry_at)
+
     async def _replace(self, number: int, exitcode: int | None) -> None:
         """Hand back what the dead worker held, then start its replacement."""
         in_queue = self.dispatcher.worker_gone(number)
+        overtime = self._deadlines.overtime(number) if self._deadlines is not None else None
+        if overtime is not None:
+            await self._fail_overtime(overtime)
         while True:
             try:
                 changed = await self._storage.hand_back(number, crashed=True)

@@ -1,8 +1,9 @@
 """What runs inside a worker process.
 
 A worker takes chunks of order ids from its `multiprocessing.Queue`, claims the
-ones still pending, sleeps the simulated work time for each, marks them
-`listo`, and tells the server through its pipe. It receives plain
+ones still pending, works on each (the simulated sleep, or the user's task:
+task.py), marks them `listo` (or records a failed attempt), and tells the
+server through its pipe. It receives plain
 configuration and the storage backend's opener, never a live connection: it
 opens its own connection to the database.
 """
@@ -15,11 +16,15 @@ import queue
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
-from pedidos.storage.base import ServerGone, WorkerOpener, WorkerStore
+from pedidos.domain import Estado
+from pedidos.processing.retry import RetryPolicy
+from pedidos.processing.task import ResultError, TaskError, TaskRunner, describe, encode_result, load_task
+from pedidos.storage.base import Claim, ServerGone, WorkerOpener, WorkerStore
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +32,7 @@ PARENT_CHECK_S = 0.5  # how often an idle worker checks that the server is alive
 RETRY_S = 1.0
 CLAIMED = "claimed"  # the kinds of Report
 DONE = "done"
+FAILED = "failed"  # one order's attempt failed: `at` is its retry time, None if now `fallido`
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class WorkerConfig:
     open_store: WorkerOpener  # from the storage backend: opens this worker's connection
     work_time: tuple[float, float]  # seconds per order: fixed when both are equal
     log_level: int = logging.INFO
+    task: str | None = None  # `--tarea MODULO:FUNCION`; None: the simulated work
+    retry: RetryPolicy = RetryPolicy()
 
 
 class Report(NamedTuple):
@@ -42,8 +50,8 @@ class Report(NamedTuple):
     kind: str  # CLAIMED: `taken` are now `en proceso`; DONE: the chunk is done with
     worker: int
     chunk: tuple[int, ...]  # the ids the server sent
-    taken: tuple[int, ...]  # those this worker claimed (CLAIMED) or made `listo` (DONE)
-    at: str | None  # fecha_inicio or fecha_fin as recorded
+    taken: tuple[int, ...]  # those this worker claimed (CLAIMED), made `listo` (DONE), failed (FAILED)
+    at: str | None  # fecha_inicio or fecha_fin as recorded; FAILED: reintentar_despues
 
 
 def worker_main(
@@ -70,6 +78,16 @@ def worker_main(
     terminated: list[int] = []
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+    runner = None
+    if config.task is not None:
+        try:
+            runner = TaskRunner(load_task(config.task))
+        except TaskError as exc:
+            # The server loaded it before starting workers; failing here is
+            # rare (a file changed since): wait, so a replacement is not a loop.
+            logger.error("%s", exc)
+            time.sleep(RETRY_S)
+            return
     store = config.open_store(number, server_pid)
     try:
         while not stop.is_set() and not terminated:
@@ -82,11 +100,13 @@ def worker_main(
                 continue
             if chunk is None:
                 continue  # a wake-up: `stop` tells whether to go on
-            _process(number, chunk, config, store, events, server_pid)
+            _process(number, chunk, config, store, events, server_pid, runner)
     except (BrokenPipeError, EOFError, ServerGone):
         logger.warning("the server is gone; exiting")
     finally:
         store.close()
+        if runner is not None:
+            runner.close()
 
 
 def _process(
@@ -96,6 +116,7 @@ def _process(
     store: WorkerStore,
     events: Connection,
     server_pid: int,
+    runner: TaskRunner | None = None,
 ) -> None:
     try:
         claim = store.claim(chunk, number)
@@ -108,23 +129,70 @@ def _process(
         time.sleep(RETRY_S)
         return
     events.send(Report(CLAIMED, number, chunk, claim.ids, claim.at))
+    if runner is not None:
+        finished, finished_at = _run_tasks(claim, config, store, events, server_pid, runner, chunk)
+        events.send(Report(DONE, number, chunk, finished, finished_at))
+        return
     low, high = config.work_time
     for _ in claim.ids:
         if high > 0:
             time.sleep(random.uniform(low, high))
-    finished: tuple[int, ...] = ()
+    finished_at, finished = None, ()
+    if claim.ids:
+        finished_at, finished = _record(server_pid, store.finish, claim) or (None, ())
+    events.send(Report(DONE, number, chunk, finished, finished_at))
+
+
+def _run_tasks(
+    claim: Claim,
+    config: WorkerConfig,
+    store: WorkerStore,
+    events: Connection,
+    server_pid: int,
+    runner: TaskRunner,
+    chunk: tuple[int, ...],
+) -> tuple[tuple[int, ...], str | None]:
+    """Call the task on each claimed order; record each outcome as it comes."""
+    finished: list[int] = []
     finished_at = None
-    while claim.ids:
+    for order_id in claim.ids:
+        one = Claim(claim.worker, claim.at, (order_id,))
+        order = _record(server_pid, store.get, order_id)
+        if order is None or order["estado"] != Estado.EN_PROCESO:
+            continue  # taken away since (the server gave up on this worker)
+        fallos = order["fallos"]  # read first: the task may change its dict
         try:
-            finished_at, finished = store.finish(claim)
-            break
+            text = encode_result(runner(order))
+        except ResultError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            logger.warning("order %d: %s", order_id, error)
+        except Exception as exc:
+            error = describe(exc)
+            logger.exception("order %d: the task failed", order_id)
+        else:
+            done = _record(server_pid, store.finish, one, {order_id: text})
+            if done is not None and done.ids:
+                finished.append(order_id)
+                finished_at = done.at
+            continue
+        retry_at = config.retry.retry_at(fallos + 1)
+        changed = _record(server_pid, store.fail, one, error, retry_at)
+        if changed:
+            events.send(Report(FAILED, claim.worker, chunk, (order_id,), retry_at))
+    return tuple(finished), finished_at
+
+
+def _record(server_pid: int, write: Callable[..., Any], *args: Any) -> Any:
+    """Run a database call until it succeeds; None if the server is gone.
+    The work is done; only its record is missing: keep at it, unless the
+    server is gone (a restart redoes the order)."""
+    while True:
+        try:
+            return write(*args)
         except ServerGone:
             raise
         except Exception as exc:
-            # The work is done; only its record is missing. Keep the orders
-            # and retry, unless the server is gone (a restart redoes them).
-            logger.error("could not record finished orders, retrying: %s", exc)
+            logger.error("could not record an outcome, retrying: %s", exc)
             if os.getppid() != server_pid:
-                return
+                return None
             time.sleep(RETRY_S)
-    events.send(Report(DONE, number, chunk, finished, finished_at))

@@ -207,6 +207,17 @@ def _text(name: str, raw: Any) -> str:
     return text
 
 
+def _referencia(name: str, raw: Any) -> str:
+    # The same rule as an order's `referencia`, so any stored key can be looked up.
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not 1 <= len(text) <= REFERENCIA_MAX:
+        raise RequestError(
+            MENSAJE_INVALIDO,
+            f"'{name}' debe ser un texto de 1 a {REFERENCIA_MAX} caracteres después de quitar los espacios.",
+        )
+    return text
+
+
 def _token(name: str, raw: Any) -> str:
     # Never echo the value: it may be someone's secret, mistyped.
     if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_TOKEN_CHARS:
@@ -218,7 +229,8 @@ def _token(name: str, raw: Any) -> str:
 
 # accion: {field: (check, default)}; _REQUIRED marks a field that must be there.
 COMMANDS: dict[str, dict[str, tuple[Check, Any]]] = {
-    "consultar": {"id": (_id, _REQUIRED)},
+    # `id` or `referencia`, exactly one: see ONE_OF.
+    "consultar": {"id": (_id, None), "referencia": (_referencia, None)},
     "esperar": {"id": (_id, _REQUIRED), "timeout": (_timeout, DEFAULT_TIMEOUT)},
     "listar": {
         "estado": (_estado, None),
@@ -227,9 +239,13 @@ COMMANDS: dict[str, dict[str, tuple[Check, Any]]] = {
         "limite": (_limit, DEFAULT_LIMIT),
     },
     "cancelar": {"id": (_id, _REQUIRED)},
+    "reintentar": {"id": (_id, _REQUIRED)},
     "estadisticas": {},
     "autenticar": {"token": (_token, _REQUIRED)},
 }
+
+# Commands that take exactly one of these fields.
+ONE_OF: dict[str, tuple[str, ...]] = {"consultar": ("id", "referencia")}
 
 
 def parse_command(value: dict[str, Any]) -> Command:
@@ -254,6 +270,14 @@ def parse_command(value: dict[str, Any]) -> Command:
             args[name] = default
         else:
             args[name] = check(name, raw)
+    one_of = ONE_OF.get(accion)
+    if one_of is not None and sum(args[name] is not None for name in one_of) != 1:
+        names = " o ".join(f"'{name}'" for name in one_of)
+        given = [name for name in one_of if args[name] is not None]
+        missing = "Falta el campo" if not given else "Sobra un campo: lleve solo"
+        raise RequestError(
+            MENSAJE_INVALIDO, f"{missing} {names} para la acción '{accion}' (uno de los dos, no ambos)."
+        )
     return Command(accion, args)
 
 

@@ -7,7 +7,9 @@ import asyncio
 import logging
 import sys
 
-from pedidos.domain import MAX_SECONDS
+from pedidos.domain import DEFAULT_RETRIES, MAX_SECONDS
+from pedidos.processing.retry import DEFAULT_BACKOFF_S
+from pedidos.processing.task import TaskError, load_task
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.server.server import Server, ServerConfig, StartupError
 
@@ -32,6 +34,23 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
     return value
 
 
@@ -111,14 +130,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-key", metavar="FILE", help="the certificate's private key (PEM), if not in --tls-cert"
     )
+    tasks = parser.add_argument_group("real work (instead of the simulated --work-time)")
+    tasks.add_argument(
+        "--tarea",
+        metavar="MODULO:FUNCION",
+        help="each worker imports FUNCION from MODULO once and calls it with every order (a dict); "
+        "what it returns is stored as 'resultado', what it raises as 'error', and the order retried",
+    )
+    tasks.add_argument(
+        "--reintentos",
+        type=_non_negative_int,
+        metavar="N",
+        help=f"with --tarea: retries of an order whose task failed, before it is 'fallido' "
+        f"(default {DEFAULT_RETRIES}; waits grow exponentially, with jitter)",
+    )
+    tasks.add_argument(
+        "--limite-tarea",
+        type=_positive_seconds,
+        metavar="S",
+        help="with --tarea: a call running longer is stopped (its worker process is replaced) "
+        "and counts as a failed attempt (default: no limit)",
+    )
+    # The first retry's wait; tests shorten it. Not in --help: the default suits real work.
+    tasks.add_argument(
+        "--reintento-base", type=_positive_seconds, default=DEFAULT_BACKOFF_S, help=argparse.SUPPRESS
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, value in (("--reintentos", args.reintentos), ("--limite-tarea", args.limite_tarea)):
+        if value is not None and args.tarea is None:
+            parser.error(f"{flag} only applies with --tarea")
     level = getattr(logging, args.log_level)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.tarea is not None:
+        try:
+            # Here, in the server, before any worker starts: a typo is one
+            # line and exit 2, never a loop of workers dying at their start.
+            load_task(args.tarea)
+        except TaskError as exc:
+            logger.error("%s", exc)
+            return 2
     config = ServerConfig(
         hosts=args.host or ["localhost"],
         port=args.port,
@@ -133,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         token_file=args.token_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        task=args.tarea,
+        retries=DEFAULT_RETRIES if args.reintentos is None else args.reintentos,
+        task_limit=args.limite_tarea,
+        backoff=args.reintento_base,
     )
     try:
         asyncio.run(Server(config).serve())

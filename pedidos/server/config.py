@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from pedidos.domain import DEFAULT_RETRIES
+from pedidos.processing.retry import DEFAULT_BACKOFF_S
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 
 
@@ -23,6 +25,10 @@ class ServerConfig:
     token_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    task: str | None = None  # `--tarea MODULO:FUNCION`: what a worker does; None: the simulated sleep
+    retries: int = DEFAULT_RETRIES  # `--reintentos`
+    task_limit: float | None = None  # `--limite-tarea` seconds; None: no limit
+    backoff: float = DEFAULT_BACKOFF_S  # the first retry's wait (tests make it short)
 
 
 class StartupError(Exception):

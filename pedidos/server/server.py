@@ -18,6 +18,7 @@ from typing import Any
 
 from pedidos.domain import show_address
 from pedidos.events import RECEIVED, Event, EventBus
+from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.supervisor import Processing
 from pedidos.processing.worker import WorkerConfig
 from pedidos.protocol.replies import order_ack
@@ -97,9 +98,16 @@ class Server:
         try:
             self._processing = Processing(
                 config.workers,
-                WorkerConfig(self._storage.worker_opener(), config.work_time, config.log_level),
+                WorkerConfig(
+                    self._storage.worker_opener(),
+                    config.work_time,
+                    config.log_level,
+                    config.task,
+                    RetryPolicy(config.retries, config.backoff),
+                ),
                 bus,
                 self._storage,
+                config.task_limit,
             )
             service = OrderService(self._storage, bus, self._live_figures)
             self.state = state = ServerState(config, service, loop, self.tokens, FailureThrottle())
@@ -128,10 +136,10 @@ class Server:
             )
         logger.info(
             # Ends with key=value fields for programs (tests, tools): where to connect.
-            "ready: %d workers, database %s, work time %s s, %s, %s; addresses=%s",
+            "ready: %d workers, database %s, %s, %s, %s; addresses=%s",
             config.workers,
             config.db,
-            "-".join(f"{t:g}" for t in sorted(set(config.work_time))),
+            _work(config),
             "TLS" if tls is not None else "plain TCP",
             f"{len(self.tokens)} access tokens" if self.tokens is not None else "no access tokens",
             ",".join(show_address(host, port) for host, port in self.addresses),
@@ -177,6 +185,14 @@ class Server:
             await self._storage.stop()
         if not quiet:
             logger.info("stopped")
+
+
+def _work(config: ServerConfig) -> str:
+    """What a worker does with an order, for the ready line."""
+    if config.task is None:
+        return "work time " + "-".join(f"{t:g}" for t in sorted(set(config.work_time))) + " s"
+    limit = f", limit {config.task_limit:g} s" if config.task_limit else ""
+    return f"task {config.task} ({config.retries} retries{limit})"
 
 
 def _log_recovery(recovery: Recovery) -> None:

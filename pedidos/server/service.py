@@ -15,11 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from pedidos.domain import FINAL_ESTADOS, Estado, NewOrder
-from pedidos.events import CANCELLED, FINAL, Event, EventBus
+from pedidos.events import CANCELLED, FINAL, REQUEUED, Event, EventBus
 from pedidos.protocol.replies import (
     NO_AUTORIZADO,
     NO_CANCELABLE,
     NO_ENCONTRADO,
+    NO_REINTENTABLE,
     TIEMPO_AGOTADO,
     RequestError,
     error_reply,
@@ -31,7 +32,7 @@ from pedidos.storage.base import Storage
 logger = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
-ADMIN_ONLY = frozenset({"listar", "estadisticas"})
+ADMIN_ONLY = frozenset({"listar", "estadisticas", "reintentar"})
 
 
 class OrderService:
@@ -53,6 +54,7 @@ class OrderService:
             "esperar": self._esperar,
             "listar": self._listar,
             "cancelar": self._cancelar,
+            "reintentar": self._reintentar,
             "estadisticas": self._estadisticas,
         }
 
@@ -83,8 +85,13 @@ class OrderService:
                 if not waiter.done():
                     waiter.set_result(None)
 
-    async def _consultar(self, id: int, owner: str | None) -> Reply:
-        return {"ok": True, "pedido": await self._order(id, owner)}
+    async def _consultar(self, id: int | None, referencia: str | None, owner: str | None) -> Reply:
+        if referencia is not None:
+            order = await self._storage.get_by_referencia(referencia, owner)
+            if order is None:
+                raise RequestError(NO_ENCONTRADO, f"No existe un pedido con la referencia {referencia!r}.")
+            return {"ok": True, "pedido": order}
+        return {"ok": True, "pedido": await self._order(id, owner)}  # type: ignore[arg-type]
 
     async def _esperar(self, id: int, timeout: float, owner: str | None) -> Reply:
         waiter = asyncio.get_running_loop().create_future()
@@ -125,6 +132,19 @@ class OrderService:
                 pedido=order,
             )
         self._bus.publish(Event(CANCELLED, (id,)))
+        return {"ok": True, "pedido": order}
+
+    async def _reintentar(self, id: int, owner: str | None) -> Reply:
+        order, retried = await self._storage.retry(id, owner)
+        if order is None:
+            raise RequestError(NO_ENCONTRADO, f"No existe el pedido {id}.")
+        if not retried:
+            raise RequestError(
+                NO_REINTENTABLE,
+                f"El pedido {id} está '{order['estado']}'; solo se reintenta un pedido fallido.",
+                pedido=order,
+            )
+        self._bus.publish(Event(REQUEUED, (id,)))
         return {"ok": True, "pedido": order}
 
     async def _estadisticas(self, owner: str | None) -> Reply:

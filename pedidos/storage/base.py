@@ -7,14 +7,22 @@ picklable `WorkerOpener` that `Storage.worker_opener()` hands out.
 
 A backend keeps the table of the contract (section 7) and its promises: an
 order is durable before `submit`'s future resolves, `referencia` is unique,
-ids grow and are never reused, and a worker's `finish` changes only the
-orders its own claim still holds.
+ids grow and are never reused, and a worker's `finish` or `fail` changes only
+the orders its own claim still holds.
+
+Tasks (contract section 11) add four values to each row, beyond section 7:
+`resultado` (JSON, or null), `error` (text, or null), `reintentar_despues`
+(a timestamp while a retry waits, or null) and `fallos` (integer, default 0:
+how many of `intentos` were failures of the task rather than crashes). A
+backend stores them (an existing database gains the columns at `start`) and
+returns them in every order it reads, after `intentos`, in that order:
+`fallos`, `resultado`, `error`, `reintentar_despues`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from pedidos.domain import Estado, NewOrder, Receipt
@@ -66,13 +74,32 @@ class WorkerStore(Protocol):
     `ServerGone` mean nothing was changed and the call may be retried."""
 
     def claim(self, ids: Sequence[int], worker: int) -> Claim:
-        """Take the orders among `ids` that are still `pendiente`: they become
-        `en proceso` with `worker` and `fecha_inicio`; the claim lists them,
-        oldest first (none: nothing was pending)."""
+        """Take the orders among `ids` that are still `pendiente` and whose
+        `reintentar_despues` is null or past: they become `en proceso` with
+        `worker` and `fecha_inicio`, and `reintentar_despues` null; the claim
+        lists them, oldest first (none: nothing could be taken)."""
         ...
 
-    def finish(self, claim: Claim) -> Finished:
-        """Mark `listo`, with `fecha_fin`, the orders that `claim` still holds."""
+    def finish(self, claim: Claim, resultados: Mapping[int, str] | None = None) -> Finished:
+        """Mark `listo`, with `fecha_fin`, the orders that `claim` still holds,
+        and clear their `reintentar_despues`. `resultados` (order id -> JSON
+        text) stores each order's `resultado`; an id missing from it gets null.
+        Their `error` stays: it is the last failure, if any."""
+        ...
+
+    def fail(self, claim: Claim, error: str, retry_at: str | None) -> list[tuple[int, Estado]]:
+        """A failed attempt (the task raised, or returned what cannot be
+        stored) of the orders `claim` still holds: `intentos` + 1, `fallos`
+        + 1, `error` recorded. With `retry_at` (a timestamp) they go back to
+        `pendiente`, with `reintentar_despues` = `retry_at`, `worker` and
+        `fecha_inicio` null; with None they become `fallido` (keeping `worker`
+        and `fecha_inicio`, as after a last crash). The caller decides which
+        (the retry policy, processing/retry.py). Returns (id, new state) for
+        each order changed; none when the claim no longer holds."""
+        ...
+
+    def get(self, order_id: int, owner: str | None = None) -> dict[str, Any] | None:
+        """The order as `Storage.get` returns it: what a worker hands its task."""
         ...
 
     def close(self) -> None: ...
@@ -119,6 +146,11 @@ class Storage(Protocol):
         only an order of that owner."""
         ...
 
+    async def get_by_referencia(self, referencia: str, owner: str | None = None) -> dict[str, Any] | None:
+        """The order whose `referencia` is exactly `referencia`, or None; with
+        `owner`, only an order of that owner."""
+        ...
+
     async def list_orders(
         self, estado: str | None, cliente: str | None, desde_id: int, limite: int
     ) -> list[dict[str, Any]]:
@@ -131,19 +163,37 @@ class Storage(Protocol):
         whether this call cancelled it). With `owner`, only that owner's."""
         ...
 
+    async def retry(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
+        """`reintentar`: put a `fallido` order back to `pendiente` with a fresh
+        set of attempts (`intentos` and `fallos` 0; `resultado`,
+        `reintentar_despues`, `fecha_inicio`, `fecha_fin`, `worker` null; its
+        `error` stays). Returns (the order as it now stands or None, whether
+        this call put it back); an order in any other state is not changed.
+        With `owner`, only that owner's."""
+        ...
+
     async def counts(self) -> dict[str, int]:
         """How many orders are in each state: every `Estado` word is a key."""
         ...
 
     async def pending_ids(self, from_id: int, limit: int) -> list[int]:
-        """Ids of `pendiente` orders from `from_id` on, oldest first: the
-        dispatcher's read of the backlog."""
+        """Ids of `pendiente` orders from `from_id` on, oldest first, leaving
+        out those whose `reintentar_despues` is still ahead: the dispatcher's
+        read of the backlog."""
         ...
 
     async def hand_back(self, worker: int, crashed: bool) -> list[tuple[int, Estado]]:
         """Put back what `worker` held `en proceso` (it died, or was killed at
         shutdown): `pendiente`, or `fallido` when `crashed` and that was the
-        last attempt. Only a crash counts an attempt. Returns (id, new state)."""
+        last attempt. Only a crash counts an attempt: `intentos` + 1, and the
+        order is `fallido` once `intentos - fallos` reaches `MAX_ATTEMPTS`
+        (failures of the task have their own limit). Returns (id, new state)."""
+        ...
+
+    async def fail(self, claim: Claim, error: str, retry_at: str | None) -> list[tuple[int, Estado]]:
+        """`WorkerStore.fail`, from the server: for a claim whose worker was
+        stopped (killed over `--limite-tarea`) and is gone. A backend whose
+        workers share a lock frees it if that worker held it."""
         ...
 
     def worker_opener(self) -> WorkerOpener:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pedidos.domain import Estado, NewOrder
-from pedidos.storage.base import Ack, Recovery, StorageError, plain_receipt
+from pedidos.storage.base import Ack, Claim, Recovery, StorageError, plain_receipt
 from pedidos.storage.sqlite.lock import WriteLock
 from pedidos.storage.sqlite.store import Store
 from pedidos.storage.sqlite.writer import Writer
@@ -129,6 +129,9 @@ class SqliteStorage:
     async def get(self, order_id: int, owner: str | None = None) -> dict[str, Any] | None:
         return await self._read(Store.get, order_id, owner)  # type: ignore[misc]
 
+    async def get_by_referencia(self, referencia: str, owner: str | None = None) -> dict[str, Any] | None:
+        return await self._read(Store.get_by_referencia, referencia, owner)  # type: ignore[misc]
+
     async def list_orders(
         self, estado: str | None, cliente: str | None, desde_id: int, limite: int
     ) -> list[dict[str, Any]]:
@@ -136,6 +139,9 @@ class SqliteStorage:
 
     async def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
         return await self._writer.run(Store.cancel, order_id, owner)  # type: ignore[union-attr]
+
+    async def retry(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
+        return await self._writer.run(Store.retry, order_id, owner)  # type: ignore[union-attr]
 
     async def counts(self) -> dict[str, int]:
         return await self._read(Store.counts)  # type: ignore[misc]
@@ -146,6 +152,10 @@ class SqliteStorage:
     async def hand_back(self, worker: int, crashed: bool) -> list[tuple[int, Estado]]:
         self._lock.release_of(worker)  # type: ignore[union-attr]  # it is dead: if it held it
         return await self._writer.run(Store.release, worker, crashed)  # type: ignore[union-attr]
+
+    async def fail(self, claim: Claim, error: str, retry_at: str | None) -> list[tuple[int, Estado]]:
+        self._lock.release_of(claim.worker)  # type: ignore[union-attr]  # it was killed: if it held it
+        return await self._writer.run(Store.fail, claim, error, retry_at)  # type: ignore[union-attr]
 
     def worker_opener(self) -> SqliteOpener:
         assert self._lock is not None, "start() first"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,11 +33,17 @@ CREATE INDEX IF NOT EXISTS pedidos_cliente ON pedidos (cliente, id);
 # Columns beyond the contract's, added to older databases as they open.
 EXTRA_COLUMNS = {
     "propietario": "TEXT",  # digest of the access token that submitted the order (see auth.py)
+    # Tasks (section 11): what the last call returned or raised, when a retry
+    # may start, and how many of `intentos` were failures rather than crashes.
+    "resultado": "TEXT",  # JSON
+    "error": "TEXT",
+    "reintentar_despues": "TEXT",
+    "fallos": "INTEGER NOT NULL DEFAULT 0",
 }
 
 COLUMNS = (
     "id, cliente, productos, direccion, referencia, estado, fecha_recibido, "
-    "fecha_inicio, fecha_fin, worker, intentos"
+    "fecha_inicio, fecha_fin, worker, intentos, fallos, resultado, error, reintentar_despues"
 )
 # json.dumps with an argument builds a new encoder on every call.
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode
@@ -70,4 +76,23 @@ def order_of_row(row: tuple[Any, ...]) -> dict[str, Any]:
         "fecha_fin": row[8],
         "worker": row[9],
         "intentos": row[10],
+        "fallos": row[11],
+        "resultado": None if row[12] is None else json.loads(row[12]),
+        "error": row[13],
+        "reintentar_despues": row[14],
     }
+
+
+MAX_PARAMS = 500  # ids per IN (...) list, well under SQLite's variable limit
+
+
+def parts(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    """`ids` in slices that fit one `IN (...)` list."""
+    for i in range(0, len(ids), MAX_PARAMS):
+        yield ids[i : i + MAX_PARAMS]
+
+
+def due() -> str:
+    """SQL: a pending order may be taken now (its one `?` is the time now).
+    Times in one format compare as text in time order."""
+    return "(reintentar_despues IS NULL OR reintentar_despues <= ?)"

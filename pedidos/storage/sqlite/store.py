@@ -6,7 +6,9 @@ shared write lock (a `multiprocessing.Lock`, lock.py) when one is given, so the
 writer process and the workers hand the database to each other through a
 semaphore instead of SQLite's sleep-and-retry busy handler.
 
-A worker's `Store` is its `WorkerStore` (claim, finish, close: storage/base.py).
+A worker's `Store` is its `WorkerStore` (storage/base.py); what changes an
+order once a worker takes it (claim, finish, fail, release, retry) is in
+attempts.py.
 """
 
 from __future__ import annotations
@@ -17,16 +19,26 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from pedidos.domain import ESTADOS, MAX_ATTEMPTS, Estado, NewOrder
-from pedidos.storage.base import Claim, Finished, Receipt
-from pedidos.storage.sqlite.rows import COLUMNS, EXTRA_COLUMNS, SCHEMA, now, order_of_row, products_json
+from pedidos.domain import ESTADOS, Estado, NewOrder
+from pedidos.storage.base import Receipt
+from pedidos.storage.sqlite.attempts import Attempts
+from pedidos.storage.sqlite.rows import (
+    COLUMNS,
+    EXTRA_COLUMNS,
+    SCHEMA,
+    due,
+    now,
+    order_of_row,
+    parts,
+    products_json,
+)
 
 __all__ = ["now", "products_json"]  # defined with the table, used here
 
 # How long a connection waits for one held by a program outside the server
 # (the server's own processes share the write lock instead). Tests shorten it.
 BUSY_TIMEOUT_MS = int(os.environ.get("PEDIDOS_TEST_BUSY_TIMEOUT_MS") or 5000)
-PENDIENTE, EN_PROCESO, LISTO = Estado.PENDIENTE.value, Estado.EN_PROCESO.value, Estado.LISTO.value
+PENDIENTE = Estado.PENDIENTE.value
 
 INSERT = (
     "INSERT INTO pedidos "
@@ -35,10 +47,9 @@ INSERT = (
 INSERT_ROW = f"(?, ?, ?, ?, '{PENDIENTE}', ?, ?)"
 INSERT_VALUES = INSERT_ROW.count("?")
 ROWS_PER_INSERT = 100  # 600 variables: under the 999 of old SQLite builds
-MAX_PARAMS = 500  # ids per IN (...) list, well under SQLite's variable limit
 
 
-class Store:
+class Store(Attempts):
     def __init__(
         self,
         path: str,
@@ -145,7 +156,7 @@ class Store:
     @staticmethod
     def _by_referencia(db: sqlite3.Connection, refs: set[str]) -> dict[str, tuple[int, str, str | None]]:
         found: dict[str, tuple[int, str, str | None]] = {}
-        for part in _parts(list(refs)):
+        for part in parts(list(refs)):
             marks = ",".join("?" * len(part))
             for ref, order_id, estado, owner in db.execute(
                 f"SELECT referencia, id, estado, propietario FROM pedidos WHERE referencia IN ({marks})",
@@ -204,81 +215,19 @@ class Store:
         return counts
 
     def pending_ids(self, from_id: int, limit: int) -> list[int]:
-        """Ids of pending orders from `from_id` on, oldest first."""
+        """Ids of pending orders from `from_id` on, oldest first, leaving out
+        those whose retry is not due yet."""
         rows = self._conn.execute(
-            "SELECT id FROM pedidos WHERE estado = ? AND id >= ? ORDER BY id LIMIT ?",
-            (PENDIENTE, from_id, limit),
+            f"SELECT id FROM pedidos WHERE estado = ? AND id >= ? AND {due()} ORDER BY id LIMIT ?",
+            (PENDIENTE, from_id, now(), limit),
         )
         return [row[0] for row in rows]
 
-    # --- processing (the workers) -------------------------------------------
-
-    def claim(self, ids: Sequence[int], worker: int) -> Claim:
-        """Take the still-pending orders among `ids` for `worker`."""
-        started = now()
-        taken: list[int] = []
-        with self.transaction() as db:
-            for part in _parts(ids):
-                marks = ",".join("?" * len(part))
-                taken += [
-                    row[0]
-                    for row in db.execute(
-                        "UPDATE pedidos SET estado = ?, fecha_inicio = ?, worker = ? "
-                        f"WHERE estado = ? AND id IN ({marks}) RETURNING id",
-                        (EN_PROCESO, started, worker, PENDIENTE, *part),
-                    )
-                ]
-        return Claim(worker, started, tuple(sorted(taken)))
-
-    def finish(self, claim: Claim) -> Finished:
-        """Mark `listo` the orders that `claim` still holds: those `en proceso`
-        by its worker since its start time."""
-        finished = now()
-        done: list[int] = []
-        with self.transaction() as db:
-            for part in _parts(claim.ids):
-                marks = ",".join("?" * len(part))
-                done += [
-                    row[0]
-                    for row in db.execute(
-                        "UPDATE pedidos SET estado = ?, fecha_fin = ? WHERE estado = ? AND worker = ? "
-                        f"AND fecha_inicio = ? AND id IN ({marks}) RETURNING id",
-                        (LISTO, finished, EN_PROCESO, claim.worker, claim.at, *part),
-                    )
-                ]
-        return Finished(finished, tuple(sorted(done)))
-
-    def release(self, worker: int | None, count_attempt: bool) -> list[tuple[int, Estado]]:
-        """Hand back the orders in process by `worker` (None: by anyone).
-
-        An attempt ended by a crash counts in `intentos`, and the third such
-        attempt makes the order `fallido`; one handed back at a graceful
-        shutdown does not count. Returns (id, new estado) for each."""
-        where, params = "estado = ?", [EN_PROCESO]
-        if worker is not None:
-            where += " AND worker = ?"
-            params.append(worker)
-        changed = []
-        with self.transaction() as db:
-            rows = db.execute(f"SELECT id, intentos FROM pedidos WHERE {where}", params).fetchall()
-            for order_id, intentos in rows:
-                intentos += 1 if count_attempt else 0
-                if intentos >= MAX_ATTEMPTS:
-                    db.execute(
-                        "UPDATE pedidos SET estado = ?, intentos = ? WHERE id = ?",
-                        (Estado.FALLIDO.value, intentos, order_id),
-                    )
-                    changed.append((order_id, Estado.FALLIDO))
-                else:
-                    db.execute(
-                        "UPDATE pedidos SET estado = ?, intentos = ?, "
-                        "fecha_inicio = NULL, worker = NULL WHERE id = ?",
-                        (PENDIENTE, intentos, order_id),
-                    )
-                    changed.append((order_id, Estado.PENDIENTE))
-        return changed
-
-
-def _parts(ids: Sequence[int]) -> Iterator[Sequence[int]]:
-    for i in range(0, len(ids), MAX_PARAMS):
-        yield ids[i : i + MAX_PARAMS]
+    def get_by_referencia(self, referencia: str, owner: str | None = None) -> dict[str, Any] | None:
+        """The order with that `referencia`, or None; with `owner`, only one of that owner."""
+        sql, params = f"SELECT {COLUMNS} FROM pedidos WHERE referencia = ?", [referencia]
+        if owner is not None:
+            sql += " AND propietario = ?"
+            params.append(owner)
+        row = self._conn.execute(sql, params).fetchone()
+        return order_of_row(row) if row else None
