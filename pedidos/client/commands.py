@@ -141,8 +141,12 @@ class Commands:
     ) -> Receipt:
         return self._execute(order_request(cliente, productos, direccion, referencia), receipt_checked)
 
-    def get(self, order_id: int) -> Order:
-        return self._execute({"accion": "consultar", "id": order_id}, order_of)
+    def get(self, order_id: int | None = None, *, referencia: str | None = None) -> Order:
+        """The order with that id, or (`referencia=`) with that key of the client's own."""
+        if (order_id is None) == (referencia is None):
+            raise ValueError("get() takes an order id or referencia=, exactly one of them")
+        key: Reply = {"id": order_id} if referencia is None else {"referencia": referencia}
+        return self._execute({"accion": "consultar", **key}, order_of)
 
     def wait(self, order_id: int, timeout: float | None = 30.0) -> Order:
         """The order once it is final; `Refused` with code `tiempo_agotado` (and the
@@ -156,6 +160,11 @@ class Commands:
 
     def cancel(self, order_id: int) -> Order:
         return self._execute({"accion": "cancelar", "id": order_id}, order_of)
+
+    def retry(self, order_id: int) -> Order:
+        """`reintentar`: a `fallido` order back to `pendiente` with a fresh set of
+        attempts; `Refused` with code `no_reintentable` in any other state."""
+        return self._execute({"accion": "reintentar", "id": order_id}, order_of)
 
     def stats(self) -> Stats:
         return self._execute({"accion": "estadisticas"}, stats_of)

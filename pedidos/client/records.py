@@ -75,6 +75,11 @@ class Order:
     fecha_fin: str | None
     worker: int | None
     intentos: int
+    # Section 11 (tasks): absent from servers before it, so each has a default.
+    fallos: int = 0
+    resultado: Any = None
+    error: str | None = None
+    reintentar_despues: str | None = None
 
     @classmethod
     def from_reply(cls, data: dict[str, Any]) -> Order:
@@ -90,6 +95,10 @@ class Order:
             fecha_fin=data.get("fecha_fin"),
             worker=data.get("worker"),
             intentos=data.get("intentos", 0),
+            fallos=data.get("fallos", 0),
+            resultado=data.get("resultado"),
+            error=data.get("error"),
+            reintentar_despues=data.get("reintentar_despues"),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -113,6 +122,10 @@ class Order:
     @property
     def finished_at(self) -> datetime | None:
         return datetime.fromisoformat(self.fecha_fin) if self.fecha_fin else None
+
+    @property
+    def retry_at(self) -> datetime | None:
+        return datetime.fromisoformat(self.reintentar_despues) if self.reintentar_despues else None
 
     @property
     def duration(self) -> float | None:

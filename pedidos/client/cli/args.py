@@ -19,6 +19,7 @@ from pedidos.domain import ESTADOS
 
 # Each mode of the command line, as `Namespace.mode`.
 ORDER, FILE, GET, CANCEL, LIST, STATS = "pedido", "archivo", "consultar", "cancelar", "listar", "estadisticas"
+GET_REF, RETRY = "consultar-referencia", "reintentar"
 
 EXAMPLES = """\
 ejemplos:
@@ -29,6 +30,8 @@ ejemplos:
   generar_pedidos | python3 cliente.py --archivo - --json > respuestas.jsonl
   python3 cliente.py --consultar 17 --esperar   sigue el pedido 17 hasta que termine
   python3 cliente.py --cancelar 18
+  python3 cliente.py --consultar-referencia A-1 muestra el pedido cuya referencia es A-1
+  python3 cliente.py --reintentar 19 --esperar  vuelve a intentar el pedido fallido 19
   python3 cliente.py --listar --estado listo --cliente Ana --limite 20 --desde-id 100
   python3 cliente.py --estadisticas --json
   python3 cliente.py --host ::1 --port 9000 --timeout 3 --estadisticas
@@ -167,7 +170,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ask = parser.add_argument_group("consultas")
     ask.add_argument("--consultar", type=order_id, metavar="ID", help="muestra el pedido ID")
+    ask.add_argument(
+        "--consultar-referencia",
+        metavar="CLAVE",
+        help="muestra el pedido cuya referencia (la clave propia que se le dio al enviarlo) es CLAVE",
+    )
     ask.add_argument("--cancelar", type=order_id, metavar="ID", help="cancela el pedido ID si está pendiente")
+    ask.add_argument(
+        "--reintentar",
+        type=order_id,
+        metavar="ID",
+        help="vuelve a poner en cola el pedido ID si está fallido, con todos sus intentos",
+    )
     ask.add_argument("--listar", action="store_true", help="tabla de pedidos, del más antiguo al más nuevo")
     ask.add_argument("--estado", type=_estado, help=f"con --listar: solo ese estado ({', '.join(ESTADOS)})")
     ask.add_argument(
@@ -211,7 +225,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_termin
         for mode, given in [
             (FILE, args.archivo is not None),
             (GET, args.consultar is not None),
+            (GET_REF, args.consultar_referencia is not None),
             (CANCEL, args.cancelar is not None),
+            (RETRY, args.reintentar is not None),
             (LIST, args.listar),
             (STATS, args.estadisticas),
         ]
@@ -226,8 +242,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_termin
     misplaced = [name for name, value in fields.items() if value is not None]
     if args.mode != ORDER and misplaced:
         parser.error(f"{', '.join(misplaced)} solo sirve para enviar un pedido, no con --{args.mode}")
-    if args.esperar and args.mode not in (ORDER, GET):
-        parser.error(f"--esperar sigue un pedido enviado o --consultar, no --{args.mode}")
+    if args.esperar and args.mode not in (ORDER, GET, GET_REF, RETRY):
+        parser.error(f"--esperar sigue un pedido enviado, consultado o reintentado, no --{args.mode}")
     listing = {
         "--estado": args.estado is not None,
         "--limite": args.limite is not None,

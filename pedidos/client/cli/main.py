@@ -76,8 +76,12 @@ def _run(args: Any, stdin: TextIO) -> int:
             return _send_order(client, order, args)
         if args.mode == cli.GET:
             return _show_order(client, args)
+        if args.mode == cli.GET_REF:
+            return _show_order(client, args, referencia=args.consultar_referencia)
         if args.mode == cli.CANCEL:
             return _cancel(client, args)
+        if args.mode == cli.RETRY:
+            return _retry(client, args)
         if args.mode == cli.LIST:
             return _list(client, args)
         return _stats(client, args)
@@ -182,12 +186,25 @@ def _prompter(stdin: TextIO) -> Callable[[str], str]:
 # --- queries -------------------------------------------------------------------------
 
 
-def _show_order(client: Client, args: Any) -> int:
-    if args.esperar:
+def _show_order(client: Client, args: Any, referencia: str | None = None) -> int:
+    if args.esperar and referencia is None:
         _follow(client, args.consultar, args.json)
         return EXIT_OK
-    reply = client.call({"accion": "consultar", "id": args.consultar})
+    key = {"id": args.consultar} if referencia is None else {"referencia": referencia}
+    reply = client.call({"accion": "consultar", **key})
+    if args.esperar:  # found by its key: follow it by its number
+        _follow(client, order_of(reply).id, args.json)
+        return EXIT_OK
     _out(args, reply, lambda: order_lines(order_of(reply)))
+    return EXIT_OK
+
+
+def _retry(client: Client, args: Any) -> int:
+    reply = client.call({"accion": "reintentar", "id": args.reintentar})
+    if args.esperar:
+        _follow(client, args.reintentar, args.json)
+        return EXIT_OK
+    _out(args, reply, lambda: [f"Pedido {args.reintentar} de nuevo pendiente, con todos sus intentos."])
     return EXIT_OK
 
 

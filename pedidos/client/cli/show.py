@@ -5,6 +5,7 @@ Times are shown in the local time zone; the server stores them in UTC.
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
@@ -57,6 +58,11 @@ def receipt_line(receipt: Receipt) -> str:
 def state_line(order: Order) -> str:
     """One line for each state an order goes through, as `--esperar` shows it."""
     head = f"Pedido {order.id}: {order.estado}"
+    if order.estado == Estado.PENDIENTE and order.reintentar_despues:
+        return (
+            f"{head}; la tarea falló ({order.error or NONE}), se reintenta a las"
+            f" {clock(order.retry_at)} ({plural(order.intentos, 'intento', 'intentos')} sin terminar)."
+        )
     if order.estado == Estado.PENDIENTE:
         tries = plural(order.intentos, "intento interrumpido", "intentos interrumpidos")
         again = f", de nuevo tras {tries}" if order.intentos else ""
@@ -67,7 +73,10 @@ def state_line(order: Order) -> str:
         return (
             f"{head} a las {clock(order.finished_at)}; tardó {seconds(order.duration)}"
             f" (worker {order.worker}, empezó a las {clock(order.started_at)})."
+            + (f" Resultado: {_short(result_text(order))}" if order.resultado is not None else "")
         )
+    if order.estado == Estado.FALLIDO and order.error:
+        return f"{head} tras {plural(order.intentos, 'intento', 'intentos')}: {order.error}"
     if order.estado == Estado.FALLIDO:
         return f"{head} tras {plural(order.intentos, 'intento interrumpido', 'intentos interrumpidos')}."
     return f"{head}."
@@ -75,7 +84,7 @@ def state_line(order: Order) -> str:
 
 def order_lines(order: Order) -> list[str]:
     worker = f" (worker {order.worker})" if order.worker is not None else ""
-    return [
+    lines = [
         f"Pedido {order.id}",
         f"  cliente:    {order.cliente}",
         f"  productos:  {', '.join(order.productos)}",
@@ -88,6 +97,24 @@ def order_lines(order: Order) -> list[str]:
         f"  duración:   {seconds(order.duration)}",
         f"  intentos:   {order.intentos}",
     ]
+    if order.fallos:
+        lines[-1] += f" ({plural(order.fallos, 'fallo', 'fallos')} de la tarea)"
+    if order.reintentar_despues:
+        lines.append(f"  reintento:  {date_time(order.retry_at)}")
+    if order.error is not None:
+        lines.append(f"  error:      {order.error}")
+    if order.resultado is not None:
+        lines.append(f"  resultado:  {result_text(order)}")
+    return lines
+
+
+def result_text(order: Order) -> str:
+    """`resultado` as JSON, non-ASCII as is: what the task returned."""
+    return json.dumps(order.resultado, ensure_ascii=False)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def summary_lines(cliente: str, productos: Sequence[str], direccion: str) -> list[str]:
