@@ -400,6 +400,126 @@ def test_timestamps_are_utc_now(h):
         assert before <= assert_timestamp(stamp) <= after
 
 
+# --- tasks (contract section 11) -------------------------------------------------------
+
+
+def later(seconds: float) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(timespec="microseconds")
+
+
+def test_finish_stores_each_orders_resultado(h):
+    h.submit(new("A"), new("B"))
+    worker = h.worker(1)
+    claim = worker.claim([1, 2], 1)
+    done = worker.finish(claim, {1: '{"albaran": "A-1", "ñ": [1, 2.5, null]}'})
+    assert done.ids == (1, 2)
+    assert h.get(1)["resultado"] == {"albaran": "A-1", "ñ": [1, 2.5, None]}
+    assert h.get(2)["resultado"] is None  # missing from the mapping: null
+    for order_id in (1, 2):
+        order = h.get(order_id)
+        assert order["estado"] == "listo" and order["error"] is None and order["reintentar_despues"] is None
+    assert h.worker(2).finish(claim, {1: '"again"'}).ids == ()  # no longer held
+    assert h.get(1)["resultado"]["albaran"] == "A-1"
+
+
+def test_a_failed_attempt_waits_for_its_retry_time(h):
+    h.submit(new("A"), new("B"))
+    worker = h.worker(1)
+    claim = worker.claim([1], 1)
+    retry_at = later(60)
+    assert worker.fail(claim, "ValueError: no hay pan", retry_at) == [(1, Estado.PENDIENTE)]
+    order = h.get(1)
+    assert order["estado"] == "pendiente" and order["reintentar_despues"] == retry_at
+    assert order["error"] == "ValueError: no hay pan"
+    assert order["intentos"] == 1 and order["fallos"] == 1
+    assert order["worker"] is None and order["fecha_inicio"] is None
+    # Not handed out, not taken, before its time; the others are.
+    assert h.pending_ids(0, 10) == [2]
+    assert worker.claim([1, 2], 1).ids == (2,)
+    assert h.get(1)["estado"] == "pendiente"
+    assert worker.fail(claim, "stale", None) == []  # the old claim holds nothing now
+
+
+def test_a_retry_that_is_due_is_taken_and_the_wait_cleared(h):
+    h.submit(new("A"))
+    worker = h.worker(1)
+    worker.fail(worker.claim([1], 1), "ValueError: x", later(-0.001))
+    assert h.pending_ids(0, 10) == [1]
+    claim = worker.claim([1], 1)
+    assert claim.ids == (1,)
+    order = h.get(1)
+    assert order["estado"] == "en proceso" and order["reintentar_despues"] is None
+    assert order["error"] == "ValueError: x"  # what the task is told of its last try
+    assert worker.get(1) == order  # a worker reads the same order it hands its task
+    worker.finish(claim, {1: "1"})
+    order = h.get(1)
+    assert order["estado"] == "listo" and order["resultado"] == 1
+    assert order["error"] == "ValueError: x" and order["intentos"] == 1 and order["fallos"] == 1
+
+
+def test_the_last_failed_attempt_is_fallido(h):
+    h.submit(new("A"))
+    worker = h.worker(1)
+    claim = worker.claim([1], 1)
+    assert worker.fail(claim, "RuntimeError: fin", None) == [(1, Estado.FALLIDO)]
+    order = h.get(1)
+    assert order["estado"] == "fallido" and order["error"] == "RuntimeError: fin"
+    assert order["reintentar_despues"] is None and order["fecha_fin"] is None
+    assert order["worker"] == 1 and order["fecha_inicio"] == claim.at
+    assert h.pending_ids(0, 10) == [] and worker.claim([1], 1).ids == ()
+
+
+def test_failures_do_not_count_toward_the_crash_limit(h):
+    h.submit(new("A"))
+    worker = h.worker(1)
+    for _ in range(MAX_ATTEMPTS):
+        worker.fail(worker.claim([1], 1), "E: x", later(-0.001))
+    for crash in range(1, MAX_ATTEMPTS + 1):
+        worker.claim([1], 1)
+        changed = h.hand_back(1, True)
+        assert changed == [(1, Estado.FALLIDO if crash == MAX_ATTEMPTS else Estado.PENDIENTE)]
+    order = h.get(1)
+    assert order["intentos"] == 2 * MAX_ATTEMPTS and order["fallos"] == MAX_ATTEMPTS
+
+
+def test_the_server_fails_a_claim_whose_worker_it_stopped(h):
+    h.submit(new("A"), new("B"))
+    claim = h.worker(1).claim([1, 2], 1)
+    one = claim._replace(ids=(1,))
+    assert h.fail(one, "TiempoAgotado: x", later(30)) == [(1, Estado.PENDIENTE)]
+    assert h.get(1)["fallos"] == 1 and h.get(1)["error"] == "TiempoAgotado: x"
+    assert h.fail(one, "again", None) == []  # no longer held
+    assert h.get(2)["estado"] == "en proceso"  # not in that claim
+    assert h.hand_back(1, True) == [(2, Estado.PENDIENTE)]
+
+
+def test_retry_puts_only_a_fallido_order_back_with_fresh_attempts(h):
+    h.submit(new("A"), new("B"), new("C"), owner="ana")
+    worker = h.worker(1)
+    worker.fail(worker.claim([1], 1), "RuntimeError: fin", None)
+    worker.finish(worker.claim([2], 1), {2: '"hecho"'})
+    assert h.retry(1, "beto") == (None, False)  # someone else's
+    order, retried = h.retry(1, "ana")
+    assert retried and order == h.get(1)
+    assert order["estado"] == "pendiente" and order["intentos"] == 0 and order["fallos"] == 0
+    assert order["worker"] is None and order["fecha_inicio"] is None and order["fecha_fin"] is None
+    assert order["resultado"] is None and order["reintentar_despues"] is None
+    assert order["error"] == "RuntimeError: fin"  # until an attempt replaces it
+    assert h.pending_ids(0, 10) == [1, 3]
+    for order_id, estado in [(1, "pendiente"), (2, "listo"), (3, "pendiente")]:
+        order, retried = h.retry(order_id)
+        assert not retried and order["estado"] == estado
+    assert h.retry(99) == (None, False)
+
+
+def test_get_by_referencia(h):
+    h.submit(new("A", "ana-0001"), new("B"), owner="ana")
+    assert h.get_by_referencia("ana-0001") == h.get(1)
+    assert h.get_by_referencia("ana-0001", "ana") == h.get(1)
+    assert h.get_by_referencia("ana-0001", "beto") is None
+    assert h.get_by_referencia("ANA-0001") is None and h.get_by_referencia("nada") is None
+
+
 # --- choosing a backend -------------------------------------------------------------
 
 

@@ -86,6 +86,35 @@ def test_schema_columns_are_exactly_the_contract(store, db):
     assert columns[: len(CONTRACT_COLUMNS)] == CONTRACT_COLUMNS
 
 
+def test_a_database_from_before_tasks_gains_their_columns_and_keeps_its_orders(db):
+    """An existing file made by the seed's schema (the contract's columns only)."""
+    columns = ", ".join(
+        f"{name} {kind}{' NOT NULL' if notnull else ''}" for name, kind, notnull, *_ in CONTRACT_COLUMNS
+    )
+    old = sqlite3.connect(db)
+    old.execute(f"CREATE TABLE pedidos ({columns.replace('id INTEGER', 'id INTEGER PRIMARY KEY', 1)})")
+    old.execute(
+        "INSERT INTO pedidos (cliente, productos, direccion, estado, fecha_recibido, intentos) "
+        "VALUES ('Ana', '[\"pan\"]', 'Calle 1', 'fallido', ?, 3)",
+        (now(),),
+    )
+    old.commit()
+    old.close()
+    store = Store(str(db))
+    try:
+        store.create_schema()
+        store.create_schema()  # twice: each column is added once
+        order = store.get(1)
+        assert order["estado"] == "fallido" and order["intentos"] == 3
+        assert [order[k] for k in TASK_KEYS] == [0, None, None, None]
+        assert store.retry(1)[1] is True
+    finally:
+        store.close()
+    names = [row[1] for row in raw(db, "PRAGMA table_info(pedidos)")]
+    assert names[: len(CONTRACT_COLUMNS)] == [c[0] for c in CONTRACT_COLUMNS]
+    assert set(TASK_KEYS) <= set(names)
+
+
 def test_referencia_is_unique(store, db):
     unique = [
         raw(db, f"PRAGMA index_info('{name}')")
