@@ -64,6 +64,7 @@ def test_requests_before_authenticating_are_refused_and_store_nothing(token_serv
     admin = token_server()
     assert admin.ask({"accion": "autenticar", "token": "admin-secret-1"}) == {"ok": True, "rol": "admin"}
     assert admin.ask({"accion": "listar"})["pedidos"] == []
+    assert admin.ask({"accion": "reintentar", "id": 1})["error"] == "no_encontrado"
 
 
 def test_a_cliente_token_sees_only_its_own_orders(token_server):
@@ -77,6 +78,10 @@ def test_a_cliente_token_sees_only_its_own_orders(token_server):
     assert b.ask({"accion": "esperar", "id": mine, "timeout": 1})["error"] == "no_encontrado"
     for request in ({"accion": "listar"}, {"accion": "estadisticas"}):
         assert b.ask(request)["error"] == "no_autorizado"
+    # reintentar is for admin, even on one's own order; a key finds only one's own order.
+    assert a.ask({"accion": "reintentar", "id": mine})["error"] == "no_autorizado"
+    assert b.ask({"accion": "consultar", "referencia": "a-1"})["error"] == "no_encontrado"
+    assert a.ask({"accion": "consultar", "referencia": "a-1"})["pedido"]["id"] == mine
     taken = b.ask({**ORDER, "referencia": "a-1"})
     assert taken["error"] == "pedido_invalido" and str(mine) not in taken["mensaje"]
     assert a.ask({**ORDER, "referencia": "a-1"}) == {

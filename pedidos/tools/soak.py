@@ -11,6 +11,9 @@ printed: `acknowledged N, lost 0, duplicated 0, stuck 0` (lost: an acked id
 missing or holding another order; duplicated: a `referencia` stored twice or
 acked under two ids; stuck: an acked order not final). Exit status 0 only if
 all three are 0. Diagnostics go to stderr.
+
+`--tarea pedidos.tools.soak_task:falla_a_veces` runs a task that fails at
+random (short backoff): a `fallido` order is an outcome, but it must say why.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import time
 from pathlib import Path
 
 from pedidos.client.blocking import Client, ConnectionProblem, Refused
-from pedidos.domain import FINAL_ESTADOS, Estado
+from pedidos.domain import FINAL_ESTADOS, MAX_ATTEMPTS, Estado
 from pedidos.storage import read_all_orders
 from pedidos.tools.procs import child_env
 
@@ -98,6 +101,8 @@ class Soak:
     def start(self, work_time: str) -> None:
         command = [sys.executable, "-m", "pedidos", "--db", str(self.db), "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--workers", str(self.args.workers), "--work-time", work_time]
+        if self.args.tarea:
+            command += ["--tarea", self.args.tarea, "--reintentos", "2", "--reintento-base", "0.05"]
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=child_env())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -266,11 +271,19 @@ class Soak:
         lost = {i for i, ack in self.acked.items() if rows.get(i, (None, None))[:2] != ack} | self.lost_live
         duplicated = twice + sum(1 for ids in self.ref_ids.values() if len(ids) > 1)
         stuck = sum(1 for i in self.acked if i in rows and rows[i][2] not in FINAL_ESTADOS)
+        # A `fallido` order says why: its task's error, or as many crashes as allowed.
+        unexplained = [
+            o["id"]
+            for o in orders
+            if o["estado"] == Estado.FALLIDO and not o["error"] and o["intentos"] - o["fallos"] < MAX_ATTEMPTS
+        ]
+        if unexplained:
+            self.problems.append(f"fallido with no error and too few crashes: {unexplained[:10]}")
         for problem in sorted(set(self.problems))[:20]:
             print(f"soak: {problem}", file=sys.stderr)
         print(f"soak: killed {self.kills} times", file=sys.stderr)
         print(f"acknowledged {len(self.acked)}, lost {len(lost)}, duplicated {duplicated}, stuck {stuck}")
-        return 0 if not (lost or duplicated or stuck) else 1
+        return 0 if not (lost or duplicated or stuck or unexplained) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     parser.add_argument("--work-time", default="0-0.05", help="--work-time during the chaos (default 0-0.05)")
+    parser.add_argument("--tarea", metavar="MODULO:FUNCION", help="the server's --tarea (default: none)")
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
