@@ -84,6 +84,11 @@ class Dispatcher:
         self._known.difference_update(chunk)
         self.pump()
 
+    def released(self, ids: Iterable[int]) -> None:
+        """A worker let go of these ids before the end of their chunk (a
+        failed attempt): they may be added again, however soon that comes."""
+        self._known.difference_update(ids)
+
     def sweep(self) -> None:
         """Look in the database again when nothing is in hand: catches pending
         orders that reached the table some other way."""

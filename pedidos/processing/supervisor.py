@@ -117,6 +117,7 @@ class Processing:
                     if self._deadlines is not None and report.at is not None:
                         self._deadlines.started(Claim(report.worker, report.at, report.taken))
             elif report.kind == FAILED_ATTEMPT:
+                self.dispatcher.released(report.taken)
                 self._failed_attempt(report.taken, report.worker, report.at)
             elif report.kind == DONE:
                 if self._deadlines is not None:
