@@ -281,14 +281,26 @@ def test_a_task_that_cannot_be_imported_stops_the_start_with_one_line(tmp_path, 
     assert not (tmp_path / "p.db").exists()  # stopped before anything started
 
 
-def test_task_flags_need_a_task(tmp_path):
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--limite-tarea", "1"], "--limite-tarea only applies with --tarea"),
+        (["--reintentos", "3"], "--reintentos only applies with --tarea"),
+        (["--tarea", "tareas_prueba:devuelve", "--work-time", "1"], "with --tarea the task is the work"),
+        (["--tarea", "tareas_prueba:devuelve", "--limite-tarea", "0"], "more than 0 seconds"),
+        (["--tarea", "tareas_prueba:devuelve", "--reintentos", "-1"], "0 or more"),
+    ],
+)
+def test_task_flags_are_checked(tmp_path, args, words):
     run = subprocess.run(
-        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), "--limite-tarea", "1"],
+        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), *args],
         capture_output=True,
         text=True,
         timeout=30,
+        env={**os.environ, **task_env(tmp_path)},
     )
-    assert run.returncode == 2 and "--limite-tarea only applies with --tarea" in run.stderr
+    assert run.returncode == 2 and words in run.stderr, run.stderr
+    assert not (tmp_path / "p.db").exists()
 
 
 def test_a_stop_while_a_task_hangs_hands_the_order_back(tmp_path):

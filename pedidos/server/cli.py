@@ -16,6 +16,9 @@ from pedidos.server.server import Server, ServerConfig, StartupError
 logger = logging.getLogger(__name__)
 
 
+DEFAULT_WORK_TIME = (1.0, 3.0)
+
+
 def parse_work_time(text: str) -> tuple[float, float]:
     """`S` or `MIN-MAX` seconds, as `--work-time` takes them."""
     low, dash, high = text.partition("-")
@@ -92,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--work-time",
         type=parse_work_time,
-        default=(1.0, 3.0),
+        default=DEFAULT_WORK_TIME,
         metavar="S|MIN-MAX",
         help="simulated seconds of work per order, fixed or random in a range (default 1-3; 0 for none)",
     )
@@ -165,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--reintentos", args.reintentos), ("--limite-tarea", args.limite_tarea)):
         if value is not None and args.tarea is None:
             parser.error(f"{flag} only applies with --tarea")
+    # argparse leaves the default object itself when the flag is not given.
+    if args.tarea is not None and args.work_time is not DEFAULT_WORK_TIME:
+        parser.error("--work-time is the simulated work; with --tarea the task is the work")
     level = getattr(logging, args.log_level)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.tarea is not None:

@@ -98,9 +98,11 @@ class Soak:
 
     def start(self, work_time: str) -> None:
         command = [sys.executable, "-m", "pedidos", "--db", str(self.db), "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--workers", str(self.args.workers), "--work-time", work_time]
-        if self.args.tarea:
+        command += ["--port", str(self.port), "--workers", str(self.args.workers)]
+        if self.args.tarea:  # the task is the work
             command += ["--tarea", self.args.tarea, "--reintentos", "2", "--reintento-base", "0.05"]
+        else:
+            command += ["--work-time", work_time]
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=child_env())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.proc.poll() is None:
