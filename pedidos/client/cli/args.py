@@ -243,7 +243,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_termin
     if args.mode != ORDER and misplaced:
         parser.error(f"{', '.join(misplaced)} solo sirve para enviar un pedido, no con --{args.mode}")
     if args.esperar and args.mode not in (ORDER, GET, GET_REF, RETRY):
-        parser.error(f"--esperar sigue un pedido enviado, consultado o reintentado, no --{args.mode}")
+        parser.error(f"--esperar sigue un pedido enviado o --consultar, no --{args.mode}")
     listing = {
         "--estado": args.estado is not None,
         "--limite": args.limite is not None,
