@@ -9,6 +9,7 @@ runs an `async def` task. Short backoff (--reintento-base 0.2: waits of 0.1 to
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import CLIENTE, SERVIDOR, ServerProcess, _alive, running_server, wait_for
 
-from pedidos.client import Client, Refused
+from pedidos.client import AsyncClient, Client, Refused
 from pedidos.domain import MAX_ATTEMPTS
 
 TESTS = Path(__file__).resolve().parent
@@ -198,9 +199,9 @@ def test_reintentar_puts_a_fallido_order_back_and_refuses_any_other(srv, client,
     failed = final(client, order_id)
     assert failed["estado"] == "fallido" and failed["error"].startswith("ConnectionError")
     (state / f"arreglado-{order_id}").touch()
-    again = client.retry(order_id)
-    assert again.estado in ("pendiente", "en proceso", "listo")
-    assert again.intentos == 0 or again.estado != "pendiente"
+    again = client.retry(order_id)  # the order as the command left it
+    assert (again.estado, again.intentos, again.fallos) == ("pendiente", 0, 0)
+    assert again.error.startswith("ConnectionError")  # kept until a new attempt
     done = final(client, order_id)
     assert done["estado"] == "listo" and done["resultado"] == "pagado"
     assert done["intentos"] == 0 and done["fallos"] == 0
@@ -318,3 +319,20 @@ def test_a_stop_while_a_task_hangs_hands_the_order_back(tmp_path):
     ):
         done = c.wait(order_id, timeout=20)
     assert done.estado == "listo" and done.intentos == 0 and done.fallos == 0
+
+
+def test_get_takes_an_id_or_a_referencia_and_the_async_client_has_both(srv, client):
+    for args, kwargs in [((), {}), ((1,), {"referencia": "x"})]:
+        with pytest.raises(ValueError, match="exactly one"):
+            client.get(*args, **kwargs)
+    order_id = submit(client, "siempre-falla", "ref-async")
+
+    async def ask() -> tuple[Any, Any]:
+        async with AsyncClient("127.0.0.1", srv.port, timeout=30) as aclient:
+            done = await aclient.wait(order_id, timeout=20)
+            return await aclient.get(referencia="ref-async"), await aclient.retry(done.id)
+
+    found, retried = asyncio.run(ask())
+    assert found.id == order_id and found.estado == "fallido" and found.fallos == RETRIES + 1
+    assert (retried.id, retried.estado, retried.intentos, retried.fallos) == (order_id, "pendiente", 0, 0)
+    final(client, order_id)
