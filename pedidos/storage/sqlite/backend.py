@@ -109,6 +109,8 @@ class SqliteStorage:
         self._read = Reader(self.path)
         loop = asyncio.get_running_loop()
         self._writer = Writer(self.path, self._lock, loop, self._ack, self._on_stored, self._log_level)
+        # The hot path: the service's `submit` reaches the batcher in one call.
+        self.submit = self._writer.intake.submit  # type: ignore[method-assign]
         await self._writer.start()
         return Recovery(
             tuple(i for i, estado in released if estado == Estado.PENDIENTE),
