@@ -35,6 +35,21 @@ READY_FIELD = re.compile(r"(\w+)=(\S+)")
 START_DEADLINE = 30.0
 STOP_DEADLINE = 40.0
 
+# An order as the contract writes it (section 7): its fields, in order.
+ORDER_KEYS = (
+    "id",
+    "cliente",
+    "productos",
+    "direccion",
+    "referencia",
+    "estado",
+    "fecha_recibido",
+    "fecha_inicio",
+    "fecha_fin",
+    "worker",
+    "intentos",
+)
+
 ORIGINAL_ORDER = (
     ' {\n  "cliente": "Juan Pérez",\n  "productos": ["pan", "agua"],\n'
     '  "direccion": "Av. Siempre Viva 742"\n}\n'
