@@ -26,6 +26,7 @@ from conftest import CLIENTE, ROOT
 from pedidos.client.blocking import Client, Refused
 from pedidos.client.cli.args import EXAMPLES, build_parser
 from pedidos.client.cli.main import main
+from pedidos.client.cli.show import count
 
 _names = itertools.count(1)
 
@@ -141,7 +142,7 @@ def test_listar_is_an_aligned_table_and_pages_past_the_server_limit(quick_server
         assert row[header.index("estado") :].startswith("listo")
         assert re.match(r"\d\d:\d\d:\d\d", row[header.index("fin") :])
         assert row.endswith(" s") and len(row) == len(rows[0])
-    assert footer == f"(límite de 1 020 alcanzado; puede haber más: --desde-id {ids[1019]})"
+    assert footer == f"(límite de 1020 alcanzado; puede haber más: --desde-id {ids[1019]})"
     code, out, _ = run(
         capsys, "--port", quick_server.port, "--listar", "--cliente", name, "--desde-id", ids[-2]
     )
@@ -421,7 +422,7 @@ def test_interactive_asks_again_until_each_answer_is_valid(quick_server, termina
     term.type(f"  {name}  \r")
     term.expect("Productos, separados por comas")
     term.type("pan,, agua\r")
-    term.expect("El producto 2 está vacío. Inténtelo de nuevo.")
+    term.expect("El producto 2 de 'productos' está vacío. Inténtelo de nuevo.")
     term.expect("Productos, separados por comas")
     term.type("pan, agua\r")
     term.expect("Dirección (hasta 500 caracteres): ")
@@ -481,7 +482,19 @@ def test_progress_bar_on_a_terminal_and_summary_on_stdout(quick_server, terminal
     assert term.finish() == 0
     assert term.proc.stdout is not None
     out = term.proc.stdout.read().decode()
-    bars = re.findall(r"\r\[[#.]+\] ([\d ]+)/3 000 +(\d+)%  [\d ]+ pedidos/s  faltan ", term.screen)
-    assert bars and bars[-1] == ("3 000", "100")
+    bars = re.findall(r"\r\[[#.]+\] ([\d ]+)/3000 +(\d+)%  [\d ]+ pedidos/s  faltan ", term.screen)
+    assert bars and bars[-1] == ("3000", "100")
     assert term.screen.endswith("\r\x1b[K")  # the bar is cleared at the end
-    assert "\r" not in out and out.startswith(f"3 000 pedidos de {path} en ") and "aceptados:  3 000\n" in out
+    assert "\r" not in out and out.startswith(f"3000 pedidos de {path} en ") and "aceptados:  3000\n" in out
+
+
+# --- what a person reads ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "shown"),
+    [(0, "0"), (999, "999"), (2000, "2000"), (9999, "9999"), (12000, "12 000"), (1234567, "1 234 567")],
+)
+def test_counts_group_thousands_only_from_five_digits(n, shown):
+    # RAE: "2000 pedidos", "12 000 pedidos"; a script greps a four-digit count as it is.
+    assert count(n) == shown

@@ -137,12 +137,12 @@ def test_productos_must_be_a_list(value):
 def test_each_producto_length_boundaries():
     assert parse_request(order(productos=["x" * 200, " y "])).productos == ("x" * 200, "y")
     assert parse_request(order(productos=["  " + "é" * 200 + "  "])).productos == ("é" * 200,)
-    refused_order(order(productos=["ok", "x" * 201]), "producto 2")
+    refused_order(order(productos=["ok", "x" * 201]), "producto 2 de 'productos'")
 
 
 @pytest.mark.parametrize("item", ["", "   ", None, 1, 1.5, True, ["pan"], {"n": "pan"}])
 def test_each_producto_must_be_non_empty_text(item):
-    refused_order(order(productos=["pan", item]), "producto 2")
+    refused_order(order(productos=["pan", item]), "producto 2 de 'productos'")
 
 
 @pytest.mark.parametrize("field", ["dirección", "Cliente", "producto", "id", "estado", "", "extra"])

@@ -141,7 +141,11 @@ def order_products(productos: Any) -> tuple[str, ...]:
             PEDIDO_INVALIDO,
             f"'productos' debe tener entre 1 y {PRODUCTOS_MAX} productos; tiene {len(productos)}.",
         )
-    return tuple(_trimmed(item, f"El producto {i + 1}", PRODUCTO_MAX) for i, item in enumerate(productos))
+    # Named by its place *and* its field, as every refusal names the field.
+    return tuple(
+        _trimmed(item, f"El producto {i + 1} de 'productos'", PRODUCTO_MAX)
+        for i, item in enumerate(productos)
+    )
 
 
 def _trimmed(raw: Any, what: str, limit: int) -> str:
