@@ -297,7 +297,7 @@ def test_help_lists_every_option_with_an_example(capsys):
     assert code == 0 and "uso: cliente.py" in out and "opciones:" in out
     assert "usage" not in out and "show this help" not in out
     options = [s for action in build_parser()._actions for s in action.option_strings if s.startswith("--")]
-    assert len(options) == 21
+    assert len(options) == 23
     for option in options:
         assert option in out and (option == "--help" or option in EXAMPLES), option
 

@@ -193,8 +193,10 @@ def test_listar_defaults():
     assert parse_request({"accion": "listar"}).args == {
         "estado": None,
         "cliente": None,
+        "contiene": None,
         "desde_id": 0,
         "limite": 100,
+        "orden": "asc",
     }
 
 
@@ -268,7 +270,10 @@ def test_every_command_parses():
     )
     assert parse_request(
         {"accion": "listar", "estado": "listo", "cliente": "Ana", "desde_id": 3, "limite": 10}
-    ) == Command("listar", {"estado": "listo", "cliente": "Ana", "desde_id": 3, "limite": 10})
+    ) == Command(
+        "listar",
+        {"estado": "listo", "cliente": "Ana", "contiene": None, "desde_id": 3, "limite": 10, "orden": "asc"},
+    )
     assert parse_request({"accion": "estadisticas"}) == Command("estadisticas", {})
 
 

@@ -249,9 +249,17 @@ class AsyncClient:
                 yield order
 
     async def list(
-        self, estado: str | None = None, cliente: str | None = None, desde_id: int = 0, limite: int = 100
+        self,
+        estado: str | None = None,
+        cliente: str | None = None,
+        desde_id: int = 0,
+        limite: int = 100,
+        *,
+        contiene: str | None = None,
+        orden: str = "asc",
     ) -> list[Order]:
-        reply = await self.call(list_request(estado, cliente, desde_id, limite))
+        """As `Client.list`."""
+        reply = await self.call(list_request(estado, cliente, desde_id, limite, contiene, orden))
         return [Order.from_reply(item) for item in reply["pedidos"]]
 
     async def cancel(self, order_id: int) -> Order:

@@ -317,9 +317,19 @@ class Client:
                 yield order
 
     def list(
-        self, estado: str | None = None, cliente: str | None = None, desde_id: int = 0, limite: int = 100
+        self,
+        estado: str | None = None,
+        cliente: str | None = None,
+        desde_id: int = 0,
+        limite: int = 100,
+        *,
+        contiene: str | None = None,
+        orden: str = "asc",
     ) -> list[Order]:
-        reply = self.call(list_request(estado, cliente, desde_id, limite))
+        """Orders after `desde_id`, oldest first; with `orden="desc"`, newest first
+        and below `desde_id` (0: from the newest). `cliente` is the exact name,
+        `contiene` a part of it, any case."""
+        reply = self.call(list_request(estado, cliente, desde_id, limite, contiene, orden))
         return [Order.from_reply(item) for item in reply["pedidos"]]
 
     def cancel(self, order_id: int) -> Order:

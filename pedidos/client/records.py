@@ -144,13 +144,23 @@ def wait_request(order_id: int, timeout: float) -> dict[str, Any]:
     return {"accion": "esperar", "id": order_id, "timeout": round(timeout, 3)}
 
 
-def list_request(estado: str | None, cliente: str | None, desde_id: int, limite: int) -> dict[str, Any]:
+def list_request(
+    estado: str | None,
+    cliente: str | None,
+    desde_id: int,
+    limite: int,
+    contiene: str | None = None,
+    orden: str = "asc",
+) -> dict[str, Any]:
     request = {
         "accion": "listar",
         "estado": estado,
         "cliente": cliente,
+        "contiene": contiene,
         "desde_id": desde_id,
         "limite": limite,
+        # The default goes unsaid, so a server older than `orden` still answers.
+        "orden": None if orden == "asc" else orden,
     }
     return {k: v for k, v in request.items() if v is not None}
 

@@ -25,6 +25,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_TOKEN_CHARS = 256
+ORDENES = ("asc", "desc")  # `listar`: oldest first (the default) or newest first
 
 # field: (max characters after trimming)
 CLIENTE_MAX = 200
@@ -220,6 +221,16 @@ def _text(name: str, raw: Any) -> str:
     return text
 
 
+def _orden(name: str, raw: Any) -> str:
+    if not isinstance(raw, str) or raw not in ORDENES:
+        raise RequestError(
+            MENSAJE_INVALIDO,
+            f"'{name}' debe ser 'asc' (del más antiguo al más nuevo) o 'desc' (del más nuevo al más "
+            f"antiguo), no {_show(raw)}.",
+        )
+    return raw
+
+
 def _token(name: str, raw: Any) -> str:
     # Never echo the value: it may be someone's secret, mistyped.
     if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_TOKEN_CHARS:
@@ -236,8 +247,10 @@ COMMANDS: dict[str, dict[str, tuple[Check, Any]]] = {
     "listar": {
         "estado": (_estado, None),
         "cliente": (_text, None),
+        "contiene": (_text, None),  # case-insensitive substring of `cliente`
         "desde_id": (_from_id, 0),
         "limite": (_limit, DEFAULT_LIMIT),
+        "orden": (_orden, "asc"),
     },
     "cancelar": {"id": (_id, _REQUIRED)},
     "estadisticas": {},

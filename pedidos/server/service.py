@@ -138,9 +138,16 @@ class OrderService:
         )
 
     async def _listar(
-        self, estado: str | None, cliente: str | None, desde_id: int, limite: int, owner: str | None
+        self,
+        estado: str | None,
+        cliente: str | None,
+        contiene: str | None,
+        desde_id: int,
+        limite: int,
+        orden: str,
+        owner: str | None,
     ) -> Reply:
-        orders = await self._read(Store.list_orders, estado, cliente, desde_id, limite)
+        orders = await self._read(Store.list_orders, estado, cliente, desde_id, limite, contiene, orden)
         return {"ok": True, "pedidos": orders}
 
     async def _cancelar(self, id: int, owner: str | None) -> Reply:

@@ -30,6 +30,7 @@ ejemplos:
   python3 cliente.py --consultar 17 --esperar   sigue el pedido 17 hasta que termine
   python3 cliente.py --cancelar 18
   python3 cliente.py --listar --estado listo --cliente Ana --limite 20 --desde-id 100
+  python3 cliente.py --listar --contiene pérez --recientes   los más nuevos de "Juan PÉREZ", "Pérez SA"...
   python3 cliente.py --estadisticas --json
   python3 cliente.py --host ::1 --port 9000 --timeout 3 --estadisticas
   python3 cliente.py --host pedidos.example --tls --cafile cert.pem --token "$TOKEN" --listar
@@ -168,7 +169,20 @@ def _build_parser() -> argparse.ArgumentParser:
     ask = parser.add_argument_group("consultas")
     ask.add_argument("--consultar", type=order_id, metavar="ID", help="muestra el pedido ID")
     ask.add_argument("--cancelar", type=order_id, metavar="ID", help="cancela el pedido ID si está pendiente")
-    ask.add_argument("--listar", action="store_true", help="tabla de pedidos, del más antiguo al más nuevo")
+    ask.add_argument(
+        "--listar", action="store_true", help="tabla de pedidos, del más antiguo al más nuevo (o --recientes)"
+    )
+    ask.add_argument(
+        "--contiene",
+        metavar="TEXTO",
+        help="con --listar: solo los clientes cuyo nombre contiene TEXTO, sin distinguir mayúsculas "
+        "(--cliente pide el nombre exacto)",
+    )
+    ask.add_argument(
+        "--recientes",
+        action="store_true",
+        help="con --listar: del más nuevo al más antiguo (con --desde-id, los de número menor que ID)",
+    )
     ask.add_argument("--estado", type=_estado, help=f"con --listar: solo ese estado ({', '.join(ESTADOS)})")
     ask.add_argument(
         "--limite",
@@ -181,7 +195,7 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_number(int, 0, None, "un entero no negativo"),
         default=0,
         metavar="ID",
-        help="con --listar: solo los pedidos de número mayor que ID",
+        help="con --listar: solo los pedidos de número mayor que ID (con --recientes, menor)",
     )
     ask.add_argument(
         "--estadisticas", action="store_true", help="pedidos por estado, workers, cola, conexiones"
@@ -232,6 +246,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_termin
         "--estado": args.estado is not None,
         "--limite": args.limite is not None,
         "--desde-id": args.desde_id != 0,
+        "--contiene": args.contiene is not None,
+        "--recientes": args.recientes,
     }
     stray = [name for name, given in listing.items() if given]
     if args.mode != LIST and stray:
@@ -240,6 +256,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_termin
         parser.error("--cafile solo sirve con --tls")
     missing = [f for f in ("cliente", "productos", "direccion") if getattr(args, f) is None]
     args.limite = args.limite or 100
+    if args.contiene is not None and not args.contiene.strip():
+        parser.error("--contiene necesita un texto que no sea solo espacios")
     args.ask = args.mode == ORDER and bool(missing)
     if args.ask and not has_terminal:
         hint = "; para muchos pedidos, --archivo ARCHIVO (o '-' para la entrada estándar)"

@@ -206,9 +206,10 @@ def _cancel(client: Client, args: Any) -> int:
 def _list(client: Client, args: Any) -> int:
     orders: list[Order] = []
     after = args.desde_id
+    orden = "desc" if args.recientes else "asc"
     while len(orders) < args.limite:
         want = min(PAGE, args.limite - len(orders))
-        reply = client.call(list_request(args.estado, args.cliente, after, want))
+        reply = client.call(list_request(args.estado, args.cliente, after, want, args.contiene, orden))
         if args.json:
             _emit(reply)
         page = [Order.from_reply(item) for item in reply["pedidos"]]
@@ -223,7 +224,8 @@ def _list(client: Client, args: Any) -> int:
         return EXIT_OK
     print("\n".join(table(orders)))
     if len(orders) == args.limite:
-        print(f"(límite de {count(args.limite)} alcanzado; puede haber más: --desde-id {orders[-1].id})")
+        more = f"{'--recientes ' if args.recientes else ''}--desde-id {orders[-1].id}"
+        print(f"(límite de {count(args.limite)} alcanzado; puede haber más: {more})")
     return EXIT_OK
 
 
