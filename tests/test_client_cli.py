@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLIENTE, ROOT
+from conftest import CLIENTE, ROOT, LineClient, running_server
 
 from pedidos.client.blocking import Client, Refused
 from pedidos.client.cli.args import EXAMPLES, build_parser
@@ -472,6 +472,27 @@ def test_ctrl_c_while_following_an_order(slow_server, terminal):
             for receipt in receipts[2:]:
                 with contextlib.suppress(Refused):
                     client.cancel(receipt.id)
+
+
+def test_esperar_cut_short_by_a_stop_names_the_order_and_exits_3(tmp_path: Path, terminal):
+    # One worker busy for a minute: only the stop can end these two esperar.
+    args = ("--workers", "1", "--work-time", "60", "--shutdown-timeout", "1")
+    with running_server(tmp_path, *args) as srv, LineClient("127.0.0.1", srv.port) as line:
+        with Client("127.0.0.1", srv.port) as client:
+            first, second = (client.submit(unique(), ["pan"], "Calle 1").id for _ in range(2))
+        line.send({"accion": "esperar", "id": first, "timeout": 600})
+        term = terminal("--port", srv.port, "--consultar", second, "--esperar")
+        term.expect(f"Pedido {second}: pendiente")
+        assert srv.stop() == 0
+        reply = line.read()
+    assert (reply["error"], reply["apagando"], reply["pedido"]["id"]) == ("tiempo_agotado", True, first)
+    assert "apagando" in reply["mensaje"] and "después de" not in reply["mensaje"]
+    assert term.finish() == 3
+    assert (
+        f"cliente.py: el servidor se detuvo mientras se esperaba el pedido {second}, que sigue 'pendiente'; "
+        f"cuando vuelva a estar en marcha, --consultar {second} --esperar lo sigue"
+    ) in term.screen.replace("\r\n", "")
+    assert "Traceback" not in term.screen
 
 
 def test_progress_bar_on_a_terminal_and_summary_on_stdout(quick_server, terminal, tmp_path: Path):

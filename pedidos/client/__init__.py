@@ -19,6 +19,7 @@ from pedidos.client.blocking import (
     PedidosError,
     Receipt,
     Refused,
+    ServerStopping,
     Stats,
     order_request,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "PedidosError",
     "Receipt",
     "Refused",
+    "ServerStopping",
     "Stats",
     "order_request",
 ]

@@ -37,6 +37,7 @@ from pedidos.client.records import (
     checked,
     encode,
     list_request,
+    not_stopping,
     order_of,
     order_request,
     polled_order,
@@ -233,7 +234,7 @@ class AsyncClient:
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             step = MAX_WAIT if left is None else min(left, MAX_WAIT)
-            reply = await self.request(wait_request(order_id, step), step + self.timeout)
+            reply = not_stopping(await self.request(wait_request(order_id, step), step + self.timeout))
             if reply.get("error") != TIEMPO_AGOTADO or (left is not None and left <= MAX_WAIT):
                 return order_of(reply)
 

@@ -40,6 +40,7 @@ from pedidos.client.records import (
     PedidosError,
     Receipt,
     Refused,
+    ServerStopping,
     Stats,
     bare_host,
     check_greeting,
@@ -48,6 +49,7 @@ from pedidos.client.records import (
     encode,
     list_request,
     lost,
+    not_stopping,
     order_of,
     order_request,
     parse_reply,
@@ -73,6 +75,7 @@ __all__ = [
     "PedidosError",
     "Receipt",
     "Refused",
+    "ServerStopping",
     "Stats",
     "order_request",
 ]
@@ -302,7 +305,7 @@ class Client:
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             step = MAX_WAIT if left is None else min(left, MAX_WAIT)
-            reply = self.request(wait_request(order_id, step), step + self.timeout)
+            reply = not_stopping(self.request(wait_request(order_id, step), step + self.timeout))
             if reply.get("error") != TIEMPO_AGOTADO or (left is not None and left <= MAX_WAIT):
                 return order_of(reply)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from pedidos.client.access import NO_AUTORIZADO, chosen_token
-from pedidos.client.blocking import Client, ConnectionProblem, Order, Refused
+from pedidos.client.blocking import Client, ConnectionProblem, Order, Refused, ServerStopping
 from pedidos.client.cli import args as cli
 from pedidos.client.cli.bulk import BadInput, Outcome, Progress, read_entries, send_entries, summary_lines
 from pedidos.client.cli.show import count, order_lines, plural, receipt_line, state_line, stats_lines, table
@@ -117,6 +117,9 @@ def _follow(client: Client, order_id: int, as_json: bool) -> None:
     except KeyboardInterrupt:
         why = f"interrumpido; el pedido {order_id} sigue su curso (--consultar {order_id} lo muestra)"
         raise Stop(EXIT_INTERRUPTED, why) from None
+    except ServerStopping as exc:
+        again = f"cuando vuelva a estar en marcha, --consultar {order_id} --esperar lo sigue"
+        raise Stop(EXIT_UNREACHABLE, f"{exc}; {again}") from None
 
 
 def _order_from(args: Any, stdin: TextIO) -> dict[str, Any]:
