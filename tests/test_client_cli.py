@@ -6,12 +6,14 @@ from __future__ import annotations
 import codecs
 import contextlib
 import fcntl
+import hashlib
 import io
 import itertools
 import json
 import os
 import re
 import select
+import shlex
 import signal
 import struct
 import subprocess
@@ -21,11 +23,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLIENTE, ROOT, LineClient, running_server
+from conftest import CLIENTE, ROOT, LineClient, db_query, running_server, wait_for
 
 from pedidos.client.blocking import Client, Refused
 from pedidos.client.cli.args import EXAMPLES, build_parser
+from pedidos.client.cli.bulk import read_entries
 from pedidos.client.cli.main import main
+from pedidos.client.cli.resume import auto_referencias
 from pedidos.client.cli.show import count
 
 _names = itertools.count(1)
@@ -297,7 +301,7 @@ def test_help_lists_every_option_with_an_example(capsys):
     assert code == 0 and "uso: cliente.py" in out and "opciones:" in out
     assert "usage" not in out and "show this help" not in out
     options = [s for action in build_parser()._actions for s in action.option_strings if s.startswith("--")]
-    assert len(options) == 23
+    assert len(options) == 25
     for option in options:
         assert option in out and (option == "--help" or option in EXAMPLES), option
 
@@ -519,3 +523,81 @@ def test_progress_bar_on_a_terminal_and_summary_on_stdout(quick_server, terminal
 def test_counts_group_thousands_only_from_five_digits(n, shown):
     # RAE: "2000 pedidos", "12 000 pedidos"; a script greps a four-digit count as it is.
     assert count(n) == shown
+
+
+# --- a file cut short, and sent again -----------------------------------------------------------
+
+
+def _stored(db: Path) -> int:
+    return db_query(db, "SELECT COUNT(*) FROM pedidos")[0][0]
+
+
+def test_archivo_interrupted_says_what_is_stored_and_how_to_finish_without_duplicates(tmp_path: Path):
+    lines = 100_000
+    path = tmp_path / "muchos.jsonl"
+    orders = (json.dumps({"cliente": f"C{n}", "productos": ["pan"], "direccion": "d"}) for n in range(lines))
+    path.write_text("\n".join(orders) + "\n")
+    with running_server(tmp_path, "--work-time", "0") as srv:
+        argv = ["--port", str(srv.port), "--archivo", str(path), "--referencias-auto"]
+        proc = subprocess.Popen(
+            [sys.executable, str(CLIENTE), *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            wait_for(lambda: proc.poll() is not None or _stored(srv.db) >= 2000, timeout=60)
+            proc.send_signal(signal.SIGINT)
+            out, err = (stream.decode() for stream in proc.communicate(timeout=30))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 130, out + err
+        saved = int(
+            re.search(r"guardados \(confirmados por el servidor\): ([\d ]+)\n", out).group(1).replace(" ", "")
+        )
+        unsure = re.search(r"sin confirmar: ([\d ]+) \(", out)
+        maybe = int(unsure.group(1).replace(" ", "")) if unsure else 0
+        assert 0 < saved < lines and "Traceback" not in err
+        assert (
+            err.strip()
+            .splitlines()[-1]
+            .startswith(f"cliente.py: interrumpido; {count(saved)} pedidos guardados")
+        )
+        # What it says is stored is, and nothing beyond what it says may be.
+        wait_for(lambda: _stored(srv.db) >= saved)
+        assert _stored(srv.db) <= saved + maybe
+        again = re.search(r"Para terminar sin duplicar nada, repita la misma orden: (.+)\n", out).group(1)
+        command = shlex.split(again)
+        assert command[:2] == ["python3", str(CLIENTE)] and command[2:] == argv  # as it was run
+        done = subprocess.run(
+            [sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"aceptados:  {count(lines)} (" in done.stdout
+        rows = db_query(srv.db, "SELECT COUNT(*), COUNT(DISTINCT referencia), MIN(cliente) FROM pedidos")
+        assert rows == [(lines, lines, "C0")]  # one order per line, none twice
+        sample = db_query(srv.db, "SELECT cliente, referencia FROM pedidos WHERE cliente = 'C41'")
+        assert len(sample) == 1 and re.fullmatch(r"auto-[0-9a-f]{16}-42", sample[0][1])
+
+
+def test_auto_referencias_follow_the_content_not_the_name():
+    data = b'{"cliente": "A", "productos": ["p"], "direccion": "d"}\n\n[1]\n'
+    data += b'{"cliente": "B", "referencia": "mia"}\n'
+    keys = [
+        e.order.get("referencia") if e.problem is None and isinstance(e.order, dict) else None
+        for e in auto_referencias(read_entries(data), data)
+    ]
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    assert keys == [f"auto-{digest}-1", None, "mia"]  # [1] is no order: the server refuses it as it is
+    assert auto_referencias(read_entries(data), data) == auto_referencias(read_entries(data), bytes(data))
+    other = data.replace(b'"A"', b'"a"')  # another file, even at the same path: other keys
+    assert auto_referencias(read_entries(other), other)[0].order["referencia"] != keys[0]
+    one_line = b'[{"cliente": "A"}, {"cliente": "A"}]'
+    refs = [e.order["referencia"] for e in auto_referencias(read_entries(one_line), one_line)]
+    assert len(set(refs)) == 2 and all(len(r) <= 100 for r in refs)
+
+
+def test_one_refused_order_is_singular(quick_server, capsys, tmp_path: Path):
+    path = tmp_path / "uno.jsonl"
+    path.write_text(json.dumps({"cliente": unique(), "productos": [], "direccion": "d"}) + "\n")
+    code, _, err = run(capsys, "--port", quick_server.port, "--archivo", path)
+    assert code == 1 and one_line_reason(err) == "cliente.py: 1 pedido rechazado, detallado en el resumen"
