@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import CLIENTE, ROOT, LineClient, db_query, running_server, wait_for
 
+from pedidos import __version__
 from pedidos.client.blocking import Client, Refused
 from pedidos.client.cli.args import EXAMPLES, build_parser
 from pedidos.client.cli.bulk import read_entries
@@ -456,7 +457,10 @@ def test_interactive_ctrl_c_and_end_of_input_send_nothing(quick_server, terminal
     term.expect("Productos, separados por comas")
     term.type("\x04")  # Ctrl-D on an empty line: end of input
     assert term.finish() == 2
-    assert "cliente.py: pedido no enviado (se acabó la entrada)" in term.screen
+    # On a line of its own, not after the question.
+    assert re.search(
+        r"caracteres\): \r?\ncliente\.py: pedido no enviado \(se acabó la entrada\)", term.screen
+    )
 
 
 def test_ctrl_c_while_following_an_order(slow_server, terminal):
@@ -598,6 +602,27 @@ def test_auto_referencias_follow_the_content_not_the_name():
 
 def test_one_refused_order_is_singular(quick_server, capsys, tmp_path: Path):
     path = tmp_path / "uno.jsonl"
-    path.write_text(json.dumps({"cliente": unique(), "productos": [], "direccion": "d"}) + "\n")
-    code, _, err = run(capsys, "--port", quick_server.port, "--archivo", path)
+    name = unique()
+    good = {"cliente": name, "productos": ["p"], "direccion": "d", "referencia": name}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "productos": []}) + "\n")
+    code, out, err = run(capsys, "--port", quick_server.port, "--archivo", path)
     assert code == 1 and one_line_reason(err) == "cliente.py: 1 pedido rechazado, detallado en el resumen"
+    assert out.startswith(f"2 pedidos de {path} en ")
+    code, out, err = run(capsys, "--port", quick_server.port, "--archivo", path)
+    assert "  aceptados:  1 (1 ya estaba: no se duplicó)\n" in out
+
+
+def test_the_console_script_calls_itself_by_its_name_and_both_tell_the_version(capsys, dead_port):
+    code, out, _ = run(capsys, "--version")
+    assert (code, out) == (0, f"pedidos {__version__}\n")
+    script = Path(sys.executable).with_name("pedidos-cliente")
+    assert script.exists(), "the [test] install puts the console script beside python"
+    shown = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30).stdout
+    assert shown.startswith("uso: pedidos-cliente [opciones]") and "cliente.py" not in shown
+    assert "\n  pedidos-cliente --archivo ejemplos/pedidos.jsonl " in shown
+    failed = subprocess.run(
+        [script, "--port", str(dead_port), "--estadisticas"], capture_output=True, text=True, timeout=30
+    )
+    assert failed.returncode == 3 and failed.stderr.startswith("pedidos-cliente: no se puede conectar")
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
+    assert version.stdout == f"pedidos {__version__}\n"

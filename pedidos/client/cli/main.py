@@ -141,6 +141,8 @@ def _order_from(args: Any, stdin: TextIO) -> dict[str, Any]:
         try:
             ask_order(_prompter(stdin), order)
         except EOFError:
+            if _is_terminal(sys.stdout):  # Ctrl-D leaves the cursor after the question
+                print(flush=True)
             raise Stop(EXIT_USAGE, "pedido no enviado (se acabó la entrada)") from None
         except KeyboardInterrupt:
             raise Stop(EXIT_INTERRUPTED, "interrumpido; pedido no enviado") from None

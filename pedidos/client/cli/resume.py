@@ -58,10 +58,10 @@ def interruption_lines(outcome: Outcome, entries: Sequence[Entry], source: str, 
     pending = [e for e in entries[outcome.done :] if e.problem is None]
     unsure, unsent = pending[: outcome.unconfirmed], pending[outcome.unconfirmed :]
     lines = [
-        f"Interrumpido: {count(outcome.sent)} de {plural(outcome.total, 'pedido', 'pedidos')} de {source} "
-        f"{'enviado' if outcome.sent == 1 else 'enviados'}",
+        f"Interrumpido tras enviar {count(outcome.sent)} de {plural(outcome.total, 'pedido', 'pedidos')}"
+        f" de {source}",
         f"  guardados (confirmados por el servidor): {count(outcome.accepted)}"
-        + (f" ({count(outcome.duplicates)} ya estaban)" if outcome.duplicates else ""),
+        + _already(outcome.duplicates),
         f"  rechazados: {count(len(outcome.refused))}",
     ]
     if unsure:
@@ -83,6 +83,12 @@ def interruption_lines(outcome: Outcome, entries: Sequence[Entry], source: str, 
             + ". Con --referencias-auto desde el primer envío, repetir la orden nunca duplica."
         )
     return lines
+
+
+def _already(duplicates: int) -> str:
+    if not duplicates:
+        return ""
+    return f" ({count(duplicates)} {'ya estaba' if duplicates == 1 else 'ya estaban'})"
 
 
 def _lines(entries: Sequence[Entry]) -> str:
