@@ -300,7 +300,7 @@ def test_usage_errors_exit_2_in_spanish(capsys, argv, message):
 def test_help_lists_every_option_with_an_example(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0 and "uso: cliente.py" in out and "opciones:" in out
-    assert "usage" not in out and "show this help" not in out
+    assert "usage" not in out and "show this help" not in out and "show program" not in out
     options = [s for action in build_parser()._actions for s in action.option_strings if s.startswith("--")]
     assert len(options) == 25
     for option in options:

@@ -37,7 +37,7 @@ ejemplos:
   python3 cliente.py --consultar 17 --esperar   sigue el pedido 17 hasta que termine
   python3 cliente.py --cancelar 18
   python3 cliente.py --listar --estado listo --cliente Ana --limite 20 --desde-id 100
-  python3 cliente.py --listar --contiene pérez --recientes   los más nuevos de "Juan PÉREZ", "Pérez SA"...
+  python3 cliente.py --listar --contiene pérez --recientes   "Juan PÉREZ" también; los más nuevos antes
   python3 cliente.py --estadisticas --json
   python3 cliente.py --host ::1 --port 9000 --timeout 3 --estadisticas
   python3 cliente.py --host pedidos.example --tls --cafile cert.pem --token "$TOKEN" --listar
@@ -55,7 +55,6 @@ _SPANISH = {
     "options": "opciones",
     "positional arguments": "argumentos",
     "show this help message and exit": "muestra esta ayuda y termina",
-    "show program's version number and exit": "muestra la versión y termina",
 }
 # Its error messages, rewritten as a whole: not every version passes them through `_`.
 _ERRORS = [
@@ -145,7 +144,9 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         epilog=_examples(typed),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"pedidos {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"pedidos {__version__}", help="muestra la versión y termina"
+    )
     order_id = _number(int, 1, None, "un número de pedido (entero positivo)")
     net = parser.add_argument_group("conexión")
     net.add_argument(
