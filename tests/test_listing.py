@@ -1,6 +1,7 @@
 """`listar` with `contiene` (a part of `cliente`, any case, any alphabet) and
 `orden` (newest first), from the field rules through the store to the wire,
-the Python clients and `cliente.py --listar --contiene --recientes`."""
+the Python clients and `cliente.py --listar --contiene --recientes`; and how
+the clients read an `esperar` that a stopping server cut short."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import LineClient
 
-from pedidos.client.blocking import AsyncClient, Client
+from pedidos.client.blocking import AsyncClient, Client, ConnectionProblem, ServerStopping
 from pedidos.client.cli.main import main
+from pedidos.client.records import polled_order
 from pedidos.protocol.replies import MENSAJE_INVALIDO, RequestError
 from pedidos.protocol.validation import NewOrder, parse_request
 from pedidos.storage.sqlite.store import Store
@@ -172,3 +174,25 @@ def test_cliente_listar_options_are_checked(capsys, argv, message):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_stopping_server_ends_waiting_with_server_stopping():
+    order = {
+        "id": 7,
+        "cliente": "A",
+        "productos": ["p"],
+        "direccion": "d",
+        "referencia": None,
+        "estado": "en proceso",
+        "fecha_recibido": "2026-11-28T03:15:13.942334+00:00",
+        "fecha_inicio": None,
+        "fecha_fin": None,
+        "worker": 1,
+        "intentos": 0,
+    }
+    out_of_time = {"ok": False, "error": "tiempo_agotado", "mensaje": "...", "pedido": order}
+    assert polled_order(out_of_time).estado == "en proceso"  # ask again
+    with pytest.raises(ServerStopping) as info:
+        polled_order({**out_of_time, "apagando": True})
+    assert info.value.order.id == 7 and isinstance(info.value, ConnectionProblem)
+    assert "pedido 7" in str(info.value) and "se detuvo" in str(info.value)

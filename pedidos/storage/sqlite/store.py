@@ -250,7 +250,9 @@ class Store:
             params.append(cliente)
         if contiene is not None:
             # A scan in id order that stops at `limite` matches: no index serves
-            # a substring, and the cheap conditions above are tested first.
+            # a substring, and the cheap conditions above are tested first. instr,
+            # not LIKE: '%' and '_' in the text are plain characters. PostgreSQL:
+            # strpos(lower(cliente), lower($1)) > 0, the same folding.
             where.append(f"instr({LOWER_FUNCTION}(cliente), ?) > 0")
             params.append(_lower(contiene))
         rows = self._conn.execute(
