@@ -131,6 +131,14 @@ class OrderService:
                 del self._waiters[id]
         if order["estado"] in FINAL_ESTADOS:
             return {"ok": True, "pedido": order}
+        if self._released:
+            return error_reply(
+                TIEMPO_AGOTADO,
+                f"El servidor se está apagando: el pedido {id} sigue '{order['estado']}'; "
+                "consúltelo cuando vuelva a estar en marcha.",
+                pedido=order,
+                apagando=True,
+            )
         return error_reply(
             TIEMPO_AGOTADO,
             f"El pedido {id} sigue '{order['estado']}' después de {timeout:g} s.",

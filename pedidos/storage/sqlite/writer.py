@@ -26,6 +26,7 @@ from typing import Any
 from pedidos.events import RECEIVED, Event, EventBus
 from pedidos.protocol.replies import PEDIDO_INVALIDO, RequestError
 from pedidos.protocol.validation import NewOrder
+from pedidos.stopsignals import blocked_for_children
 from pedidos.storage.sqlite.writer_process import Answer, writer_main
 
 logger = logging.getLogger(__name__)
@@ -59,12 +60,14 @@ class Writer:
         bus: EventBus,
         release_lock: Callable[[], None],
         log_level: int = logging.INFO,
+        log_format: str = "text",
     ) -> None:
         self._db_path = db_path
         self._lock = lock
         self._lock_holder = lock_holder
         self._release_lock = release_lock  # frees the write lock if the writer died holding it
         self._log_level = log_level
+        self._log_format = log_format
         self._loop = loop
         self._bus = bus
         self._ctx = multiprocessing.get_context("spawn")
@@ -89,11 +92,13 @@ class Writer:
                 self._lock,
                 self._lock_holder,
                 self._log_level,
+                self._log_format,
             ),
             name="pedidos-writer",
             daemon=True,
         )
-        process.start()
+        with blocked_for_children():
+            process.start()
         requests_r.close()
         answers_w.close()
         # The loop's ends as plain files for asyncio's pipe transports.
@@ -112,8 +117,9 @@ class Writer:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    async def stop(self) -> None:
-        """Commit what was already submitted, then end the writer process."""
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Commit what was already submitted, then end the writer process;
+        kill it if it takes longer than `timeout`."""
         self._stopping = True
         if self._restarting is not None:
             # Not cancelled: cut short inside `start`, it would leave a writer
@@ -124,7 +130,7 @@ class Writer:
             self._pipe.close()  # end of input: the writer answers what it has and exits
         if self._gone is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._gone), STOP_TIMEOUT_S)
+                await asyncio.wait_for(asyncio.shield(self._gone), timeout)
             except asyncio.TimeoutError:
                 logger.error("the writer did not stop in time; killing it")
                 self._process.kill()
