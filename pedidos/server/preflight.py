@@ -169,8 +169,14 @@ def lock_database(path: str) -> int:
                 "stop that server first, or give this one another --db"
             ) from None
         raise StartupError(f"cannot lock {lock_path}: {exc.strerror}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError as exc:  # a full disk, say
+        os.close(fd)
+        raise StartupError(
+            f"cannot use the database {path}: cannot write the lock file {lock_path}: {exc.strerror}"
+        ) from None
     return fd
 
 
