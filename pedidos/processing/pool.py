@@ -22,7 +22,6 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from pedidos.processing.worker import SERVER, WorkerConfig, worker_main
-from pedidos.stopsignals import blocked_for_children
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +93,7 @@ class WorkerPool:
             name=f"pedidos-worker-{number}",
             daemon=True,
         )
-        with blocked_for_children():
-            process.start()
+        process.start()
         sender.close()
         slot = WorkerSlot(number, process, tasks, receiver)
         with self._slots_guard:

@@ -81,10 +81,10 @@ def worker_main(
 
     `server_pid` comes from the server itself: a worker that asked os.getppid()
     at its start would get init's pid if the server had already died."""
-    # A spawned process starts with no logging set up; it logs like its server.
-    configure_logging(config.log_level, config.log_format, f"worker {number}")
     # The server decides when workers stop (stopsignals.py).
     leave_stop_to_the_server()
+    # A spawned process starts with no logging set up; it logs like its server.
+    configure_logging(config.log_level, config.log_format, f"worker {number}")
     # A worker's state changes commit without their own fsync (NORMAL): the
     # WAL is one sequential file, so the server's next FULL commit makes them
     # durable too. Power lost before that can only turn the last `listo` back

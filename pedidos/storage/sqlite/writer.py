@@ -26,7 +26,6 @@ from typing import Any
 from pedidos.events import RECEIVED, Event, EventBus
 from pedidos.protocol.replies import PEDIDO_INVALIDO, RequestError
 from pedidos.protocol.validation import NewOrder
-from pedidos.stopsignals import blocked_for_children
 from pedidos.storage.sqlite.writer_process import Answer, writer_main
 
 logger = logging.getLogger(__name__)
@@ -97,8 +96,7 @@ class Writer:
             name="pedidos-writer",
             daemon=True,
         )
-        with blocked_for_children():
-            process.start()
+        process.start()
         requests_r.close()
         answers_w.close()
         # The loop's ends as plain files for asyncio's pipe transports.

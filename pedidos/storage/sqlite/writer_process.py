@@ -50,10 +50,10 @@ def writer_main(
     log_format: str = "text",
 ) -> None:
     """Entry point of the writer process, started by the server with `spawn`."""
-    configure_logging(log_level, log_format, "writer")
     # The server decides when the writer stops, by closing the pipe, so that
     # nothing it already sent is left unanswered (stopsignals.py).
     leave_stop_to_the_server()
+    configure_logging(log_level, log_format, "writer")
     store = Store(db_path, OwnedLock(lock, lock_holder, SERVER, server_pid))
     try:
         ended = False
