@@ -282,8 +282,9 @@ def test_few_file_descriptors_cap_connections_keep_the_log_small_and_stop_prompt
                     break
             time.sleep(1.0)  # let the server take them in (or choke on them)
             ack = first.ask(ORDER)
-            assert ack["ok"], ack
-            assert first.ask({"accion": "esperar", "id": ack["id"], "timeout": 10})["ok"]
+            assert ack["ok"], (ack, server.log)
+            done = first.ask({"accion": "esperar", "id": ack["id"], "timeout": 10})
+            assert done["ok"], (done, server.log)
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(15) == 0

@@ -118,6 +118,7 @@ class Server:
             if self.debug:
                 bus.subscribe(_log_activity)
             self._reader = Reader(config.db)
+            await self._reader.open()
             self._processing = Processing(
                 config.workers,
                 WorkerConfig(config.db, config.work_time, config.log_level, config.log_format),
