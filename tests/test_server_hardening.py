@@ -429,6 +429,13 @@ def test_option_errors_name_the_option_not_a_function(flag, capsys):
     assert "_positive_int" not in err and "_port" not in err and "invalid" not in err
 
 
+def test_a_key_without_its_certificate_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--tls-key", "key.pem"])
+    assert info.value.code == 2
+    assert "--tls-key needs --tls-cert" in capsys.readouterr().err
+
+
 def test_version_and_the_program_calls_itself_by_its_name(tmp_path):
     def run(*command: str) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -152,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tls_key is not None and args.tls_cert is None:
+        parser.error("--tls-key needs --tls-cert")  # a usage error: exit 2
     level = getattr(logging, args.log_level)
     configure_logging(level, args.log_format)
     config = ServerConfig(
