@@ -3,7 +3,8 @@
 `serve()` runs `startup()`, waits for a signal, then `shutdown()`: close the
 listeners, answer what was already received, let the workers finish the order
 in hand, and commit everything before returning. Signal handlers only set a
-flag; a second Ctrl-C skips the waiting.
+flag; a second Ctrl-C or SIGTERM stops at once: the workers are killed, and
+their orders are taken up by the next start, as after a crash.
 """
 
 from __future__ import annotations
@@ -11,26 +12,30 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
-import socket
-import sqlite3
-import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pedidos.events import EventBus
+from pedidos.events import FINISHED, RECEIVED, STARTED, Event, EventBus
 from pedidos.processing.supervisor import Processing
 from pedidos.processing.worker import SERVER, WorkerConfig
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.server.auth import FailureThrottle, TokenBook, TokenFileError, load_tokens
 from pedidos.server.connection import Connection
+from pedidos.server.listener import Listener, connection_budget
+from pedidos.server.preflight import StartupError, bind_sockets, lock_database, prepare_database, tls_context
 from pedidos.server.service import OrderService, Reader
-from pedidos.storage.sqlite.store import Store
 from pedidos.storage.sqlite.writer import Writer
+from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
 
-LISTEN_BACKLOG = 4096
+__all__ = ["Server", "ServerConfig", "StartupError"]
+
+FORCED_WRITER_STOP_S = 2.0  # after a second signal: the writer's last commit, at most
+ACTIVITY = {RECEIVED: "acknowledged", STARTED: "started", FINISHED: "finished"}
 
 
 @dataclass
@@ -45,13 +50,10 @@ class ServerConfig:
     idle_timeout: float = 300.0
     shutdown_timeout: float = 30.0
     log_level: int = logging.INFO
+    log_format: str = "text"
     token_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-
-
-class StartupError(Exception):
-    """The server cannot start; the message is one line for the operator."""
 
 
 class Server:
@@ -62,8 +64,15 @@ class Server:
         self.started = asyncio.Event()
         self._exit = asyncio.Event()
         self._force_exit = False
+        self._forced = asyncio.Event()
         self._accepting = False
-        self._listeners: list[asyncio.AbstractServer] = []
+        self._listeners: list[Listener] = []
+        self._db_lock: int | None = None
+        # Computed once: per-connection and per-order debug lines cost nothing
+        # when they are off.
+        self.debug = logger.isEnabledFor(logging.DEBUG)
+        self.max_connections = config.max_connections
+        self._full = False  # refusing connections at the limit
         self._drained = asyncio.Event()
         self._writer: Writer | None = None
         self._reader: Reader | None = None
@@ -82,8 +91,8 @@ class Server:
 
     def request_exit(self) -> None:
         if self._exit.is_set():
-            logger.warning("second signal: stopping without waiting")
             self._force_exit = True
+            self._forced.set()
             self._drained.set()
         self._exit.set()
 
@@ -97,14 +106,22 @@ class Server:
         except TokenFileError as exc:
             raise StartupError(str(exc)) from None
         tls = tls_context(config.tls_cert, config.tls_key)
-        _prepare_database(config.db)
+        # Bind, then lock the database, and only then take up what a crash
+        # left behind: a second start on the same database fails on one of
+        # the first two and changes nothing of the running server's orders.
         sockets = bind_sockets(config.hosts, config.port)
         try:
+            self._db_lock = lock_database(config.db)
+            prepare_database(config.db)
+            self.max_connections = connection_budget(config.max_connections, config.workers)
             bus = EventBus()
+            if self.debug:
+                bus.subscribe(_log_activity)
             self._reader = Reader(config.db)
+            await self._reader.open()
             self._processing = Processing(
                 config.workers,
-                WorkerConfig(config.db, config.work_time, config.log_level),
+                WorkerConfig(config.db, config.work_time, config.log_level, config.log_format),
                 bus,
                 write=lambda fn, *args: self._writer.run(fn, *args),  # type: ignore[union-attr]
                 read=self._reader,
@@ -112,19 +129,20 @@ class Server:
             pool = self._processing.pool
             lock, lock_holder = pool.shared_lock
             release = lambda: pool.release_lock_of(SERVER)  # noqa: E731
-            self._writer = Writer(config.db, lock, lock_holder, self.loop, bus, release, config.log_level)
+            self._writer = Writer(
+                config.db, lock, lock_holder, self.loop, bus, release, config.log_level, config.log_format
+            )
             await self._writer.start()
             self.service = OrderService(self._writer, self._reader, bus, self._live_figures)
             self._processing.start()
             for sock in sockets:
-                listener = await self.loop.create_server(
-                    lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG, ssl=tls
-                )
+                listener = Listener(self.loop, sock, lambda: Connection(self), tls)
+                listener.start()
                 self._listeners.append(listener)
         except BaseException:
             for sock in sockets:
                 sock.close()
-            await self.shutdown()
+            await self.shutdown(quiet=True)
             raise
         self._accepting = True
         for sock in sockets:
@@ -140,12 +158,12 @@ class Server:
                 ", ".join(exposed),
             )
         logger.info(
-            "ready: %d workers, database %s, work time %s s, %s, %s",
-            config.workers,
+            "ready: %s, database %s, work time %s s, %s, %s",
+            count(config.workers, "worker"),
             config.db,
             "-".join(f"{t:g}" for t in sorted(set(config.work_time))),
             "TLS" if tls is not None else "plain TCP",
-            f"{len(self.tokens)} access tokens" if self.tokens is not None else "no access tokens",
+            count(len(self.tokens), "access token") if self.tokens is not None else "no access tokens",
         )
         self.started.set()
 
@@ -157,13 +175,34 @@ class Server:
     # --- connections ----------------------------------------------------------------
 
     def admit(self, connection: Connection) -> bool:
-        if not self._accepting or len(self.connections) >= self.config.max_connections:
-            logger.warning("refusing %s: %d connections open", connection.peer, len(self.connections))
+        if not self._accepting:
             return False
+        if len(self.connections) >= self.max_connections:
+            if not self._full:  # one line per episode, not one per refused client
+                self._full = True
+                logger.warning(
+                    "refusing new connections with servidor_ocupado: %s open (--max-connections %d)",
+                    count(len(self.connections), "connection"),
+                    self.max_connections,
+                )
+            return False
+        self._full = False
         self.connections.add(connection)
+        if self.debug:
+            logger.debug(
+                "connection from %s opened",
+                connection.peer,
+                extra={"event": "connection_opened", "peer": connection.peer},
+            )
         return True
 
     def forget(self, connection: Connection) -> None:
+        if self.debug and connection in self.connections:
+            logger.debug(
+                "connection from %s closed",
+                connection.peer,
+                extra={"event": "connection_closed", "peer": connection.peer},
+            )
         self.connections.discard(connection)
         if not self.connections:
             self._drained.set()
@@ -174,8 +213,9 @@ class Server:
 
     # --- stop -----------------------------------------------------------------------
 
-    async def shutdown(self) -> None:
-        logger.info("shutting down")
+    async def shutdown(self, quiet: bool = False) -> None:
+        if not quiet:
+            logger.info("shutting down")
         timeout = self.config.shutdown_timeout
         self._accepting = False
         for listener in self._listeners:
@@ -185,102 +225,58 @@ class Server:
             self.service.release_waiters()
             for connection in list(self.connections):
                 connection.close_when_answered()
+            if not self._force_exit:
+                busy = sum(1 for connection in self.connections if connection.busy)
+                if busy:
+                    logger.info(
+                        "waiting for %s to be answered (up to %g s)", count(busy, "connection"), timeout
+                    )
             try:
                 await asyncio.wait_for(self._drained.wait(), timeout)
             except asyncio.TimeoutError:
-                logger.warning("%d connections still busy; closing them", len(self.connections))
+                logger.warning("%s still busy; closing them", count(len(self.connections), "connection"))
             for connection in list(self.connections):
                 connection.abort()
         if self._processing is not None:
-            await self._processing.stop(0 if self._force_exit else timeout)
+            processing = self._processing
+            await self._unless_forced(
+                processing.stop(0 if self._force_exit else timeout), processing.kill_now
+            )
         if self._writer is not None:
-            await self._writer.stop()
+            await self._writer.stop(FORCED_WRITER_STOP_S if self._force_exit else timeout)
         if self._reader is not None:
             self._reader.close()
-        logger.info("stopped")
+        if self._db_lock is not None:
+            os.close(self._db_lock)  # releases the database for the next start
+            self._db_lock = None
+        if not quiet:
+            logger.info("stopped")
 
-
-def _prepare_database(path: str) -> None:
-    """Create the table and take up what a crash left `en proceso`."""
-    try:
-        store = Store(path)
+    async def _unless_forced(self, step: Awaitable[None], on_force: Callable[[], None]) -> None:
+        """Await `step`; if a second signal comes meanwhile, call `on_force` and
+        await what is left of `step`, which then ends at once."""
+        task = asyncio.ensure_future(step)
+        forced = asyncio.ensure_future(self._forced.wait())
         try:
-            store.create_schema()
-            released = store.release(None, count_attempt=True)
+            await asyncio.wait({task, forced}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                on_force()
+            await task
         finally:
-            store.close()
-    except sqlite3.Error as exc:
-        raise StartupError(f"cannot use the database {path!r}: {exc}") from None
-    if released:
-        failed = sum(1 for _, estado in released if estado == "fallido")
-        logger.warning(
-            "%d orders were in process when the server last stopped; %d back to pending, %d failed",
-            len(released),
-            len(released) - failed,
-            failed,
+            forced.cancel()
+
+
+def _log_activity(event: Event) -> None:
+    """At DEBUG: one line per order acknowledged, started, finished; ids only."""
+    what = ACTIVITY.get(event.kind)
+    if what is None:
+        return
+    by = f" by worker {event.worker}" if event.worker is not None else ""
+    for order_id in event.ids:
+        logger.debug(
+            "order %d %s%s",
+            order_id,
+            what,
+            by,
+            extra={"event": f"order_{what}", "id": order_id, "worker": event.worker},
         )
-
-
-def listen_addresses(host: str, port: int) -> list[tuple[int, str]]:
-    """(family, address) pairs that `--host` names."""
-    if host == "localhost":
-        return [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
-    if host in ("::", "[::]"):
-        return [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
-    host = host.strip("[]")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise StartupError(f"cannot resolve host {host!r}: {exc.strerror}") from None
-    pairs = []
-    for family, _, _, _, sockaddr in infos:
-        if (family, sockaddr[0]) not in pairs:
-            pairs.append((family, sockaddr[0]))
-    return pairs
-
-
-def bind_sockets(hosts: list[str], port: int) -> list[socket.socket]:
-    """One listening socket per address; an IPv6 socket is v6-only, so the
-    families never share one. A family missing on this machine is logged and
-    skipped; having nothing to listen on is an error."""
-    sockets: list[socket.socket] = []
-    failures = []
-    for host in hosts:
-        for family, address in listen_addresses(host, port):
-            if any(s.family == family and s.getsockname()[0] == address for s in sockets):
-                continue
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind((address, port))
-                sock.listen(LISTEN_BACKLOG)
-                sock.setblocking(False)
-            except OSError as exc:
-                sock.close()
-                shown = f"[{address}]" if ":" in address else address
-                logger.warning("cannot listen on %s:%d: %s", shown, port, exc.strerror or exc)
-                failures.append(f"{shown}: {exc.strerror or exc}")
-                continue
-            if port == 0:  # the other addresses take the same free port
-                port = sock.getsockname()[1]
-            sockets.append(sock)
-    if not sockets:
-        raise StartupError("cannot listen on any address (" + "; ".join(failures) + ")")
-    return sockets
-
-
-def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    """A server TLS context (TLS 1.2 at least), or None for plain TCP."""
-    if cert is None and key is None:
-        return None
-    if cert is None:
-        raise StartupError("--tls-key needs --tls-cert")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise StartupError(f"cannot load the TLS certificate {cert!r}: {exc}") from None
-    return context

@@ -41,12 +41,27 @@ class Reader:
 
     def __init__(self, db_path: str, threads: int = 2) -> None:
         self._db_path = db_path
+        self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="pedidos-reader")
         self._local = threading.local()
         self._stores: list[Store] = []
 
     async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn, args)
+
+    async def open(self) -> None:
+        """Open every thread's connection now, while descriptors are plenty: a
+        flood of client connections later could leave none for them."""
+        barrier = threading.Barrier(self._threads)  # one task per thread
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._pool, self._open, barrier) for _ in range(self._threads))
+        )
+
+    def _open(self, barrier: threading.Barrier) -> None:
+        self._run(lambda store: None, ())
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=10)
 
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         store = getattr(self._local, "store", None)
@@ -131,10 +146,11 @@ class OrderService:
                 del self._waiters[id]
         if order["estado"] in FINAL_ESTADOS:
             return {"ok": True, "pedido": order}
-        if self._released:  # cut short by a stop, not out of time: say so
+        if self._released:
             return error_reply(
                 TIEMPO_AGOTADO,
-                f"El servidor se está apagando; el pedido {id} sigue '{order['estado']}'.",
+                f"El servidor se está apagando: el pedido {id} sigue '{order['estado']}'; "
+                "consúltelo cuando vuelva a estar en marcha.",
                 pedido=order,
                 apagando=True,
             )

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import logging
 import pickle
-import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from pedidos.logsetup import configure_logging
 from pedidos.processing.worker import SERVER, OwnedLock, ServerGone
 from pedidos.protocol.replies import order_ack
 from pedidos.protocol.validation import NewOrder
+from pedidos.stopsignals import leave_stop_to_the_server
 from pedidos.storage.sqlite.store import Store, Stored
 
 logger = logging.getLogger(__name__)
@@ -46,13 +47,13 @@ def writer_main(
     lock: Any,
     lock_holder: Any,
     log_level: int,
+    log_format: str = "text",
 ) -> None:
     """Entry point of the writer process, started by the server with `spawn`."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s writer: %(message)s")
-    # Ctrl-C at a terminal reaches every process in its group: the server
-    # decides when the writer stops, by closing the pipe, so that nothing it
-    # already sent is left unanswered.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The server decides when the writer stops, by closing the pipe, so that
+    # nothing it already sent is left unanswered (stopsignals.py).
+    leave_stop_to_the_server()
+    configure_logging(log_level, log_format, "writer")
     store = Store(db_path, OwnedLock(lock, lock_holder, SERVER, server_pid))
     try:
         ended = False
