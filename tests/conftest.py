@@ -346,6 +346,14 @@ def foreign_database(db: Path) -> None:
         conn.close()
 
 
+def orders_of(server: ServerProcess) -> dict[int, dict]:
+    """Every order by id as `server` sees it: over the wire while it runs,
+    through the storage interface once it has stopped."""
+    if server.proc.poll() is None:
+        return {order["id"]: order for order in listed(server.port)}
+    return stored_orders(server.db)
+
+
 def stored_orders(db: Path | str) -> dict[int, dict]:
     """Every stored order by id, each as the contract's row (read through the
     storage interface, handing nothing back)."""

@@ -21,6 +21,7 @@ from pedidos.client.blocking import (
     PedidosError,
     Receipt,
     Refused,
+    ServerStopping,
     Stats,
     order_request,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "PedidosError",
     "Receipt",
     "Refused",
+    "ServerStopping",
     "Stats",
     "order_request",
 ]

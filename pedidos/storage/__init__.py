@@ -28,6 +28,7 @@ def open_storage(
     ack: Ack = plain_receipt,
     on_stored: Callable[[tuple[int, ...]], None] | None = None,
     log_level: int = logging.INFO,
+    log_format: str = "text",
 ) -> Storage:
     """The backend that `db` (the `--db` value) names, not started yet: a
     PostgreSQL URL, or else the path of a SQLite file. Raises `StorageError`."""
@@ -36,7 +37,7 @@ def open_storage(
         raise StorageError("PostgreSQL is not available yet in this version; use a SQLite file path")
     from pedidos.storage.sqlite.backend import SqliteStorage
 
-    return SqliteStorage(db, ack=ack, on_stored=on_stored, log_level=log_level)
+    return SqliteStorage(db, ack=ack, on_stored=on_stored, log_level=log_level, log_format=log_format)
 
 
 def read_all_orders(db: str, page: int = 1000) -> list[dict[str, Any]]:

@@ -40,11 +40,13 @@ class Writer:
         ack: Ack,
         on_stored: Callable[[tuple[int, ...]], None] | None,
         log_level: int = logging.INFO,
+        log_format: str = "text",
     ) -> None:
         self._db_path = db_path
         self._lock = lock
         self._ack = ack
         self._log_level = log_level
+        self._log_format = log_format
         self._loop = loop
         self._ctx = multiprocessing.get_context("spawn")
         self.intake = Intake(loop, self._send, on_stored)
@@ -70,6 +72,7 @@ class Writer:
                 self._lock,
                 self._ack,
                 self._log_level,
+                self._log_format,
             ),
             name="pedidos-writer",
             daemon=True,
@@ -93,8 +96,9 @@ class Writer:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    async def stop(self) -> None:
-        """Commit what was already submitted, then end the writer process."""
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Commit what was already submitted, then end the writer process;
+        kill it if it takes longer than `timeout`."""
         self._stopping = True
         if self._restarting is not None:
             # Not cancelled: cut short inside `start`, it would leave a writer
@@ -105,7 +109,7 @@ class Writer:
             self._pipe.close()  # end of input: the writer answers what it has and exits
         if self._gone is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._gone), STOP_TIMEOUT_S)
+                await asyncio.wait_for(asyncio.shield(self._gone), timeout)
             except asyncio.TimeoutError:
                 logger.error("the writer did not stop in time; killing it")
                 self._process.kill()

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import pickle
-import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from pedidos.domain import NewOrder
+from pedidos.logsetup import configure_logging
+from pedidos.stopsignals import leave_stop_to_the_server
 from pedidos.storage.base import Ack, Receipt, ServerGone
 from pedidos.storage.intake import Answer, Call, Order
 from pedidos.storage.sqlite.lock import WRITER, WriteLock
@@ -47,13 +48,13 @@ def writer_main(
     lock: WriteLock,
     ack: Ack,
     log_level: int,
+    log_format: str = "text",
 ) -> None:
     """Entry point of the writer process, started by the server with `spawn`."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s writer: %(message)s")
-    # Ctrl-C at a terminal reaches every process in its group: the server
-    # decides when the writer stops, by closing the pipe, so that nothing it
-    # already sent is left unanswered.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The server decides when the writer stops, by closing the pipe, so that
+    # nothing it already sent is left unanswered (stopsignals.py).
+    leave_stop_to_the_server()
+    configure_logging(log_level, log_format, "writer")
     store = Store(db_path, lock.held_by(WRITER, server_pid))
     try:
         ended = False
