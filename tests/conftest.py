@@ -35,6 +35,23 @@ READY_FIELD = re.compile(r"(\w+)=(\S+)")
 START_DEADLINE = 30.0
 STOP_DEADLINE = 40.0
 
+# An order as the contract writes it (section 7): its fields, in order.
+ORDER_KEYS = (
+    "id",
+    "cliente",
+    "productos",
+    "direccion",
+    "referencia",
+    "estado",
+    "fecha_recibido",
+    "fecha_inicio",
+    "fecha_fin",
+    "worker",
+    "intentos",
+)
+# Section 11 (tasks) adds these to every order, after `intentos` (storage/base.py).
+TASK_KEYS = ("fallos", "resultado", "error", "reintentar_despues")
+
 ORIGINAL_ORDER = (
     ' {\n  "cliente": "Juan Pérez",\n  "productos": ["pan", "agua"],\n'
     '  "direccion": "Av. Siempre Viva 742"\n}\n'
@@ -329,6 +346,14 @@ def foreign_database(db: Path) -> None:
         conn.commit()
     finally:
         conn.close()
+
+
+def orders_of(server: ServerProcess) -> dict[int, dict]:
+    """Every order by id as `server` sees it: over the wire while it runs,
+    through the storage interface once it has stopped."""
+    if server.proc.poll() is None:
+        return {order["id"]: order for order in listed(server.port)}
+    return stored_orders(server.db)
 
 
 def stored_orders(db: Path | str) -> dict[int, dict]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    ORDER_KEYS,
     ORIGINAL_ORDER,
     LineClient,
     ServerProcess,
@@ -38,19 +39,6 @@ from conftest import (
 
 from pedidos.domain import NewOrder
 
-ORDER_KEYS = {
-    "id",
-    "cliente",
-    "productos",
-    "direccion",
-    "referencia",
-    "estado",
-    "fecha_recibido",
-    "fecha_inicio",
-    "fecha_fin",
-    "worker",
-    "intentos",
-}
 ESTADOS = {"pendiente", "en proceso", "listo", "cancelado", "fallido"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 LIMIT = 64 * 1024
@@ -98,7 +86,7 @@ def assert_error(reply: dict, code: str, *names: str) -> dict:
 
 
 def assert_order(pedido: dict) -> dict:
-    assert set(pedido) >= ORDER_KEYS, pedido
+    assert set(pedido) >= set(ORDER_KEYS), pedido
     assert isinstance(pedido["id"], int) and pedido["id"] > 0
     assert pedido["estado"] in ESTADOS
     assert TIMESTAMP.match(pedido["fecha_recibido"]), pedido

@@ -235,7 +235,8 @@ def test_sigkill_server_under_load_loses_nothing_and_processes_once(tmp_path):
 
     with running_server(tmp_path, "--workers", "2", "--work-time", "0", db=server.db) as again:
         if interrupted:
-            assert any(f"{len(interrupted)} orders were in process" in line for line in again.lines)
+            said = f"{len(interrupted)} {'order was' if len(interrupted) == 1 else 'orders were'} in process"
+            assert any(said in line for line in again.lines)
         final = wait_all(again.port, sorted(acks))
         assert again.stop() == 0
 
@@ -450,7 +451,7 @@ def _without_file_permission_override() -> None:
 
 def test_start_with_a_missing_folder_says_so_in_one_line(tmp_path):
     db = tmp_path / "no-such-folder" / "p.db"
-    assert_one_clear_line(start_failure(tmp_path, db), db, "unable to open database file")
+    assert_one_clear_line(start_failure(tmp_path, db), db, f"the folder {db.parent} does not exist")
     assert not db.parent.exists()
 
 

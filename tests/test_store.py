@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import TASK_KEYS
 
 from pedidos.domain import NewOrder
 from pedidos.storage.sqlite.backend import SqliteOpener
@@ -34,9 +35,7 @@ CONTRACT_COLUMNS = [
     ("worker", "INTEGER", 0, None, 0),
     ("intentos", "INTEGER", 1, "0", 0),
 ]
-# Section 11 (tasks) adds these to every order, after the contract's columns.
-TASK_KEYS = ["fallos", "resultado", "error", "reintentar_despues"]
-ORDER_KEYS = [c[0] for c in CONTRACT_COLUMNS] + TASK_KEYS
+ORDER_KEYS = [c[0] for c in CONTRACT_COLUMNS] + list(TASK_KEYS)
 
 
 def acks(results) -> list[tuple[int, str, bool]]:

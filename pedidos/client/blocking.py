@@ -39,6 +39,7 @@ from pedidos.client.records import (
     PedidosError,
     Receipt,
     Refused,
+    ServerStopping,
     Stats,
     bare_host,
     check_greeting,
@@ -66,6 +67,7 @@ __all__ = [
     "PedidosError",
     "Receipt",
     "Refused",
+    "ServerStopping",
     "Stats",
     "order_request",
 ]

@@ -26,6 +26,7 @@ from pedidos.client.records import (
     Stats,
     checked,
     list_request,
+    not_stopping,
     order_of,
     order_request,
     polled_order,
@@ -62,6 +63,7 @@ class Waiting:
         return wait_request(self._id, step), step + self._allowance
 
     def answer(self, reply: Reply) -> Order | None:
+        reply = not_stopping(reply)  # the server is stopping: no use asking again
         if reply.get("error") != TIEMPO_AGOTADO or (self._left is not None and self._left <= MAX_WAIT):
             return order_of(reply)
         return None  # the server's longest wait ran out, ours did not: ask again
@@ -154,9 +156,20 @@ class Commands:
         return self._execute_until(Waiting(order_id, timeout, self.timeout))
 
     def list(
-        self, estado: str | None = None, cliente: str | None = None, desde_id: int = 0, limite: int = 100
+        self,
+        estado: str | None = None,
+        cliente: str | None = None,
+        desde_id: int = 0,
+        limite: int = 100,
+        *,
+        contiene: str | None = None,
+        orden: str = "asc",
     ) -> list[Order]:
-        return self._execute(list_request(estado, cliente, desde_id, limite), orders_listed)
+        """Orders after `desde_id`, oldest first; with `orden="desc"`, newest first
+        and below `desde_id` (0: from the newest). `cliente` is the exact name,
+        `contiene` a part of it, any case."""
+        request = list_request(estado, cliente, desde_id, limite, contiene, orden)
+        return self._execute(request, orders_listed)
 
     def cancel(self, order_id: int) -> Order:
         return self._execute({"accion": "cancelar", "id": order_id}, order_of)

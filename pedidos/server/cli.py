@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
+from pedidos import __version__
 from pedidos.domain import DEFAULT_RETRIES, MAX_SECONDS
+from pedidos.logsetup import FORMATS, LEVELS, TEXT, configure_logging
 from pedidos.processing.retry import DEFAULT_BACKOFF_S
 from pedidos.processing.task import TaskError, load_task
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
@@ -33,8 +36,15 @@ def parse_work_time(text: str) -> tuple[float, float]:
     return bounds
 
 
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
@@ -68,19 +78,34 @@ def _seconds(text: str) -> float:
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
     return value
 
 
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LEVELS)} (any case)")
+    return level
+
+
+def program_name() -> str:
+    """How the user called the server: servidor.py, pedidos-servidor, or python3 -m pedidos."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "servidor.py"
+    return "python3 -m pedidos" if name == "__main__.py" else name
+
+
 def build_parser() -> argparse.ArgumentParser:
+    prog = program_name()
     parser = argparse.ArgumentParser(
-        prog="servidor.py",
+        prog=prog,
         description="Order server: takes JSON orders over TCP (IPv4 and IPv6) and "
         "processes them with worker processes.",
-        epilog="example: python3 servidor.py --host :: --port 8888 --workers 2",
+        epilog=f"example: {prog} --host :: --port 8888 --workers 2",
     )
+    parser.add_argument("--version", action="version", version=f"pedidos {__version__}")
     parser.add_argument(
         "--host",
         action="append",
@@ -158,13 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument(
         "--reintento-base", type=_positive_seconds, default=DEFAULT_BACKOFF_S, help=argparse.SUPPRESS
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default="INFO",
+        metavar="LEVEL",
+        help="DEBUG (adds a line per connection and per order: its id, never its contents), "
+        "INFO (default), WARNING or ERROR; any case",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=TEXT,
+        help="text (default) for a person, or json: one object per line (time, level, logger, "
+        "message, and fields such as event and id) for a log collector",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.tls_key is not None and args.tls_cert is None:
+        parser.error("--tls-key needs --tls-cert")  # a usage error: exit 2
     for flag, value in (("--reintentos", args.reintentos), ("--limite-tarea", args.limite_tarea)):
         if value is not None and args.tarea is None:
             parser.error(f"{flag} only applies with --tarea")
@@ -172,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tarea is not None and args.work_time is not DEFAULT_WORK_TIME:
         parser.error("--work-time is the simulated work; with --tarea the task is the work")
     level = getattr(logging, args.log_level)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level, args.log_format)
     if args.tarea is not None:
         try:
             # Here, in the server, before any worker starts: a typo is one
@@ -192,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_timeout=args.idle_timeout,
         shutdown_timeout=args.shutdown_timeout,
         log_level=level,
+        log_format=args.log_format,
         token_file=args.token_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

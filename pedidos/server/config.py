@@ -22,6 +22,7 @@ class ServerConfig:
     idle_timeout: float = 300.0
     shutdown_timeout: float = 30.0
     log_level: int = logging.INFO
+    log_format: str = "text"  # or "json" (logsetup.py)
     token_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -29,7 +30,3 @@ class ServerConfig:
     retries: int = DEFAULT_RETRIES  # `--reintentos`
     task_limit: float | None = None  # `--limite-tarea` seconds; None: no limit
     backoff: float = DEFAULT_BACKOFF_S  # the first retry's wait (tests make it short)
-
-
-class StartupError(Exception):
-    """The server cannot start; the message is one line for the operator."""

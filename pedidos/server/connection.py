@@ -222,6 +222,11 @@ class Connection(asyncio.BufferedProtocol):
 
     # --- closing, idleness, flow control ----------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """Requests received and not answered yet."""
+        return bool(self._line or self._parked)
+
     def close_when_answered(self) -> None:
         """Stop reading; close once every request received so far is answered."""
         self._closing = True

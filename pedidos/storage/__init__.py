@@ -2,7 +2,8 @@
 
 `base` is the interface (`Storage` for the server, `WorkerStore` for a worker
 process) that the server, the service and processing use; `open_storage`
-below picks the backend from `--db`. `sqlite/` is the default backend, with
+below picks the backend from `--db`; `intake` is group commit's gathering
+half, which any backend can reuse. `sqlite/` is the default backend, with
 its writer process and its write lock, which nothing outside it knows of.
 Every backend keeps the table of the contract (section 7) and the promise that
 an order is durable before its acknowledgement. Imports only the domain and
@@ -27,6 +28,7 @@ def open_storage(
     ack: Ack = plain_receipt,
     on_stored: Callable[[tuple[int, ...]], None] | None = None,
     log_level: int = logging.INFO,
+    log_format: str = "text",
 ) -> Storage:
     """The backend that `db` (the `--db` value) names, not started yet: a
     PostgreSQL URL, or else the path of a SQLite file. Raises `StorageError`."""
@@ -35,7 +37,7 @@ def open_storage(
         raise StorageError("PostgreSQL is not available yet in this version; use a SQLite file path")
     from pedidos.storage.sqlite.backend import SqliteStorage
 
-    return SqliteStorage(db, ack=ack, on_stored=on_stored, log_level=log_level)
+    return SqliteStorage(db, ack=ack, on_stored=on_stored, log_level=log_level, log_format=log_format)
 
 
 def read_all_orders(db: str, page: int = 1000) -> list[dict[str, Any]]:

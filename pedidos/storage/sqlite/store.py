@@ -62,6 +62,9 @@ class Store(Attempts):
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
         try:
+            # SQLite's own lower() and LIKE fold ASCII only: `contiene` must find
+            # "Juan PÉREZ" from "pérez". str.lower, as PostgreSQL's lower() folds.
+            self._conn.create_function(LOWER_FUNCTION, 1, _lower, deterministic=True)
             self._conn.execute("PRAGMA journal_mode=WAL")
             # FULL: in WAL mode NORMAL may lose the last commits on power loss,
             # and an acknowledged order must survive that. See Store's callers
@@ -193,17 +196,39 @@ class Store(Attempts):
         return order_of_row(row) if row else None
 
     def list_orders(
-        self, estado: str | None, cliente: str | None, desde_id: int, limite: int
+        self,
+        estado: str | None,
+        cliente: str | None,
+        desde_id: int,
+        limite: int,
+        contiene: str | None = None,
+        orden: str = "asc",
     ) -> list[dict[str, Any]]:
-        where, params = ["id > ?"], [desde_id]
+        """Up to `limite` orders after `desde_id`: ids above it, oldest first
+        (`orden` "asc"), or below it, newest first ("desc"; 0 means from the
+        newest). `contiene` is a case-insensitive substring of `cliente`."""
+        newest_first = orden == "desc"
+        where: list[str] = []
+        params: list[Any] = []
+        if not newest_first or desde_id > 0:
+            where.append("id < ?" if newest_first else "id > ?")
+            params.append(desde_id)
         if estado is not None:
             where.append("estado = ?")
             params.append(estado)
         if cliente is not None:
             where.append("cliente = ?")
             params.append(cliente)
+        if contiene is not None:
+            # A scan in id order that stops at `limite` matches: no index serves
+            # a substring, and the cheap conditions above are tested first. instr,
+            # not LIKE: '%' and '_' in the text are plain characters. PostgreSQL:
+            # strpos(lower(cliente), lower($1)) > 0, the same folding.
+            where.append(f"instr({LOWER_FUNCTION}(cliente), ?) > 0")
+            params.append(_lower(contiene))
         rows = self._conn.execute(
-            f"SELECT {COLUMNS} FROM pedidos WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+            f"SELECT {COLUMNS} FROM pedidos WHERE {' AND '.join(where) or '1'} "
+            f"ORDER BY id {'DESC' if newest_first else ''} LIMIT ?",
             (*params, limite),
         ).fetchall()
         return [order_of_row(row) for row in rows]
@@ -231,3 +256,10 @@ class Store(Attempts):
             params.append(owner)
         row = self._conn.execute(sql, params).fetchone()
         return order_of_row(row) if row else None
+
+
+LOWER_FUNCTION = "pedidos_minusculas"
+
+
+def _lower(text: str | None) -> str | None:
+    return None if text is None else text.lower()
