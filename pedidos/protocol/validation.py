@@ -1,4 +1,4 @@
-"""What a request means: a new order or a command, checked field by field.
+"""What a request means: a new order or a command (commands.py), checked field by field.
 
 Every refusal is a RequestError whose sentence names the field at fault, so a
 person at a telnet prompt can fix it. Values are refused, never clamped.
@@ -6,41 +6,27 @@ person at a telnet prompt can fix it. Values are refused, never clamped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from pedidos.domain import (
     CLIENTE_MAX,
-    DEFAULT_LIMIT,
-    DEFAULT_TIMEOUT,
     DIRECCION_MAX,
     ESTADOS,
     MAX_ID,
-    MAX_LIMIT,
-    MAX_SECONDS,
     MAX_TOKEN_CHARS,
     PRODUCTO_MAX,
     PRODUCTOS_MAX,
     REFERENCIA_MAX,
     NewOrder,
 )
-from pedidos.protocol.replies import (
-    ACCION_DESCONOCIDA,
-    MENSAJE_INVALIDO,
-    PEDIDO_INVALIDO,
-    RequestError,
-)
+from pedidos.protocol.commands import COMMANDS, Command, json_type, parse_command
+from pedidos.protocol.replies import MENSAJE_INVALIDO, PEDIDO_INVALIDO, RequestError
 
-ORDENES = ("asc", "desc")  # `listar`: oldest first (the default) or newest first
+# Defined in commands.py and domain.py; requests, and the tests, find them here too.
+__all__ = ["COMMANDS", "ESTADOS", "MAX_ID", "MAX_TOKEN_CHARS", "Command", "parse_command"]
+
 ORDER_FIELDS = ("cliente", "productos", "direccion", "referencia")
 _ORDER_FIELD_SET = frozenset(ORDER_FIELDS)
-
-
-@dataclass(frozen=True)
-class Command:
-    accion: str
-    args: dict[str, Any]
 
 
 def parse_request(value: Any) -> NewOrder | Command:
@@ -48,7 +34,7 @@ def parse_request(value: Any) -> NewOrder | Command:
     if not isinstance(value, dict):
         raise RequestError(
             MENSAJE_INVALIDO,
-            f"Se esperaba un objeto JSON ({{...}}), no {_json_type(value)}.",
+            f"Se esperaba un objeto JSON ({{...}}), no {json_type(value)}.",
         )
     if "accion" in value:
         return parse_command(value)
@@ -126,7 +112,7 @@ def order_products(productos: Any) -> tuple[str, ...]:
     if not isinstance(productos, list):
         raise RequestError(
             PEDIDO_INVALIDO,
-            f"'productos' debe ser una lista de textos, no {_json_type(productos)}.",
+            f"'productos' debe ser una lista de textos, no {json_type(productos)}.",
         )
     if not 1 <= len(productos) <= PRODUCTOS_MAX:
         raise RequestError(
@@ -142,7 +128,7 @@ def order_products(productos: Any) -> tuple[str, ...]:
 
 def _trimmed(raw: Any, what: str, limit: int) -> str:
     if not isinstance(raw, str):
-        raise RequestError(PEDIDO_INVALIDO, f"{what} debe ser un texto, no {_json_type(raw)}.")
+        raise RequestError(PEDIDO_INVALIDO, f"{what} debe ser un texto, no {json_type(raw)}.")
     text = raw.strip()
     if not text:
         raise RequestError(PEDIDO_INVALIDO, f"{what} está vacío.")
@@ -152,167 +138,3 @@ def _trimmed(raw: Any, what: str, limit: int) -> str:
             f"{what} tiene {len(text)} caracteres; el máximo es {limit}.",
         )
     return text
-
-
-# --- commands ---------------------------------------------------------------
-
-Check = Callable[[str, Any], Any]
-_REQUIRED = object()
-
-
-def _id(name: str, raw: Any) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_ID:
-        raise RequestError(MENSAJE_INVALIDO, f"'{name}' debe ser un entero positivo, no {_show(raw)}.")
-    return raw
-
-
-def _from_id(name: str, raw: Any) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_ID:
-        raise RequestError(
-            MENSAJE_INVALIDO, f"'{name}' debe ser un entero mayor o igual a 0, no {_show(raw)}."
-        )
-    return raw
-
-
-def _timeout(name: str, raw: Any) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= MAX_SECONDS:
-        raise RequestError(
-            MENSAJE_INVALIDO,
-            f"'{name}' debe ser un número de segundos entre 0 y {MAX_SECONDS:g}, no {_show(raw)}.",
-        )
-    return float(raw)
-
-
-def _limit(name: str, raw: Any) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_LIMIT:
-        raise RequestError(
-            MENSAJE_INVALIDO, f"'{name}' debe ser un entero entre 1 y {MAX_LIMIT}, no {_show(raw)}."
-        )
-    return raw
-
-
-def _estado(name: str, raw: Any) -> str:
-    if raw not in ESTADOS:
-        raise RequestError(
-            MENSAJE_INVALIDO,
-            f"'{name}' debe ser uno de {', '.join(ESTADOS)}; no {_show(raw)}.",
-        )
-    return raw
-
-
-def _text(name: str, raw: Any) -> str:
-    # Trimmed before counting, as the stored value was: any `cliente` an order
-    # may carry is a filter `listar` takes.
-    text = raw.strip() if isinstance(raw, str) else ""
-    if not 1 <= len(text) <= CLIENTE_MAX:
-        raise RequestError(
-            MENSAJE_INVALIDO,
-            f"'{name}' debe ser un texto de 1 a {CLIENTE_MAX} caracteres después de quitar los espacios.",
-        )
-    return text
-
-
-def _referencia(name: str, raw: Any) -> str:
-    # The same rule as an order's `referencia`, so any stored key can be looked up.
-    text = raw.strip() if isinstance(raw, str) else ""
-    if not 1 <= len(text) <= REFERENCIA_MAX:
-        raise RequestError(
-            MENSAJE_INVALIDO,
-            f"'{name}' debe ser un texto de 1 a {REFERENCIA_MAX} caracteres después de quitar los espacios.",
-        )
-    return text
-
-
-def _orden(name: str, raw: Any) -> str:
-    if not isinstance(raw, str) or raw not in ORDENES:
-        raise RequestError(
-            MENSAJE_INVALIDO,
-            f"'{name}' debe ser 'asc' (del más antiguo al más nuevo) o 'desc' (del más nuevo al más "
-            f"antiguo), no {_show(raw)}.",
-        )
-    return raw
-
-
-def _token(name: str, raw: Any) -> str:
-    # Never echo the value: it may be someone's secret, mistyped.
-    if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_TOKEN_CHARS:
-        raise RequestError(
-            MENSAJE_INVALIDO, f"'{name}' debe ser un texto de 1 a {MAX_TOKEN_CHARS} caracteres."
-        )
-    return raw
-
-
-# accion: {field: (check, default)}; _REQUIRED marks a field that must be there.
-COMMANDS: dict[str, dict[str, tuple[Check, Any]]] = {
-    # `id` or `referencia`, exactly one: see ONE_OF.
-    "consultar": {"id": (_id, None), "referencia": (_referencia, None)},
-    "esperar": {"id": (_id, _REQUIRED), "timeout": (_timeout, DEFAULT_TIMEOUT)},
-    "listar": {
-        "estado": (_estado, None),
-        "cliente": (_text, None),
-        "contiene": (_text, None),  # case-insensitive substring of `cliente`
-        "desde_id": (_from_id, 0),
-        "limite": (_limit, DEFAULT_LIMIT),
-        "orden": (_orden, "asc"),
-    },
-    "cancelar": {"id": (_id, _REQUIRED)},
-    "reintentar": {"id": (_id, _REQUIRED)},
-    "estadisticas": {},
-    "autenticar": {"token": (_token, _REQUIRED)},
-}
-
-# Commands that take exactly one of these fields.
-ONE_OF: dict[str, tuple[str, ...]] = {"consultar": ("id", "referencia")}
-
-
-def parse_command(value: dict[str, Any]) -> Command:
-    accion = value["accion"]
-    if not isinstance(accion, str):
-        raise RequestError(MENSAJE_INVALIDO, f"'accion' debe ser un texto, no {_json_type(accion)}.")
-    fields = COMMANDS.get(accion)
-    if fields is None:
-        raise RequestError(
-            ACCION_DESCONOCIDA,
-            f"La acción {_show(accion)} no existe; las acciones son: {', '.join(COMMANDS)}.",
-        )
-    args: dict[str, Any] = {}
-    for name in value:
-        if name != "accion" and name not in fields:
-            raise RequestError(MENSAJE_INVALIDO, f"Campo desconocido '{name}' para la acción '{accion}'.")
-    for name, (check, default) in fields.items():
-        raw = value.get(name)
-        if raw is None:
-            if default is _REQUIRED:
-                raise RequestError(MENSAJE_INVALIDO, f"Falta el campo '{name}' para la acción '{accion}'.")
-            args[name] = default
-        else:
-            args[name] = check(name, raw)
-    one_of = ONE_OF.get(accion)
-    if one_of is not None and sum(args[name] is not None for name in one_of) != 1:
-        names = " o ".join(f"'{name}'" for name in one_of)
-        given = [name for name in one_of if args[name] is not None]
-        missing = "Falta el campo" if not given else "Sobra un campo: lleve solo"
-        raise RequestError(
-            MENSAJE_INVALIDO, f"{missing} {names} para la acción '{accion}' (uno de los dos, no ambos)."
-        )
-    return Command(accion, args)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "un booleano"
-    if isinstance(value, (int, float)):
-        return "un número"
-    if isinstance(value, str):
-        return "un texto"
-    if isinstance(value, list):
-        return "una lista"
-    return "un objeto"
-
-
-def _show(value: Any) -> str:
-    """A value as the client wrote it, cut short: error replies stay small."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
