@@ -3,12 +3,15 @@ the repository root, with nothing on PYTHONPATH."""
 
 from __future__ import annotations
 
+import re
+import shlex
+import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import running_server, wait_for
+from conftest import ROOT, running_server, wait_for
 
 from ejemplos import albaran, aviso_http
 from ejemplos.servicio_avisos import Service
@@ -68,3 +71,23 @@ def test_the_http_call_is_retried_until_the_service_answers(tmp_path: Path, avis
     # A repeat of the same order is recognised by its key, not counted again.
     monkeypatch.setenv("PEDIDOS_AVISOS_URL", url)
     assert aviso_http.avisar(done.as_dict()) == {"aviso": 1, "repetido": True}
+
+
+def test_the_readme_task_of_ones_own_works_as_written(tmp_path: Path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Your own processing")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)
+    commands = re.findall(r"^\s*python3 servidor.py (--tarea mitarea:procesar .*)$", section, re.M)
+    assert len(code) == 1 and len(commands) == 1
+    (tmp_path / "mitarea.py").write_text(textwrap.dedent(code[0]), encoding="utf-8")
+    args = [*shlex.split(commands[0]), "--reintento-base", "0.05"]  # the waits, shortened
+    with (
+        running_server(tmp_path, *args) as srv,  # from tmp_path, where mitarea.py is
+        Client("127.0.0.1", srv.port) as client,
+    ):
+        good = client.wait(client.submit("Ana", ["pan", "agua"], "Calle 1").id, timeout=20)
+        bad = client.wait(client.submit("Ana", ["veneno"], "Calle 1").id, timeout=20)
+    assert good.estado == "listo" and good.resultado == {"total": 5.0}
+    assert bad.estado == "fallido" and bad.error == "ValueError: no vendemos eso"
+    assert bad.fallos == 3  # --reintentos 2: three calls
