@@ -70,16 +70,18 @@ def test_a_cliente_token_sees_only_its_own_orders(token_server):
     a, b = token_server(), token_server()
     assert a.ask({"accion": "autenticar", "token": "cliente-aaaa-1"})["rol"] == "cliente"
     assert b.ask({"accion": "autenticar", "token": "cliente-bbbb-1"})["rol"] == "cliente"
-    mine = a.ask({**ORDER, "referencia": "a-1"})["id"]
+    mine = a.ask({**ORDER, "referencia": "a-ref"})["id"]
     assert a.ask({"accion": "esperar", "id": mine, "timeout": 20})["pedido"]["estado"] == "listo"
     for request in ({"accion": "consultar", "id": mine}, {"accion": "cancelar", "id": mine}):
         assert b.ask(request)["error"] == "no_encontrado"
     assert b.ask({"accion": "esperar", "id": mine, "timeout": 1})["error"] == "no_encontrado"
     for request in ({"accion": "listar"}, {"accion": "estadisticas"}):
         assert b.ask(request)["error"] == "no_autorizado"
-    taken = b.ask({**ORDER, "referencia": "a-1"})
-    assert taken["error"] == "pedido_invalido" and str(mine) not in taken["mensaje"]
-    assert a.ask({**ORDER, "referencia": "a-1"}) == {
+    taken = b.ask({**ORDER, "referencia": "a-ref"})
+    # The same content from another token is not a retry: never that other order's id.
+    assert taken["error"] == "referencia_en_uso" and str(mine) not in taken["mensaje"], taken
+    assert "id" not in taken and "pedido" not in taken
+    assert a.ask({**ORDER, "referencia": "a-ref"}) == {
         "ok": True,
         "id": mine,
         "estado": "listo",
