@@ -111,8 +111,11 @@ def test_repeated_failures_from_one_address_are_slowed_down():
 
 def test_token_sources(tmp_path: Path):
     assert load_tokens(None, {}) is None
-    book = load_tokens(None, {"PEDIDOS_TOKEN": "operator-token"})
+    # PEDIDOS_TOKEN is the client's token: the server does not read it.
+    assert load_tokens(None, {"PEDIDOS_TOKEN": "operator-token"}) is None
+    book = load_tokens(None, {"PEDIDOS_SERVIDOR_TOKENS": "operator-token admin, shop-token-1"})
     assert book is not None and book.authenticate("operator-token").is_admin
+    assert book.authenticate("shop-token-1").role == "cliente"
     bad = tmp_path / "bad.txt"
     bad.write_text("short-token jefe\n")
     with pytest.raises(TokenFileError, match="line 1"):

@@ -145,7 +145,7 @@ class Server:
             config.db,
             "-".join(f"{t:g}" for t in sorted(set(config.work_time))),
             "TLS" if tls is not None else "plain TCP",
-            f"{len(self.tokens)} access tokens" if self.tokens is not None else "no access tokens",
+            _count(len(self.tokens), "access token") if self.tokens is not None else "no access tokens",
         )
         self.started.set()
 
@@ -198,6 +198,10 @@ class Server:
         if self._reader is not None:
             self._reader.close()
         logger.info("stopped")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _prepare_database(path: str) -> None:
