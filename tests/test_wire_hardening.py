@@ -101,8 +101,7 @@ def test_iac_iac_is_a_0xff_data_byte_one_error_for_the_line(srv):
 def test_real_telnet_shows_replies_after_ctrl_c(srv, tmp_path):
     """The real program in a terminal (tmux): type half an order, Ctrl-C, then a
     command; its reply must show. Before the fix telnet stayed blind."""
-    name = unique("tmux")
-    tmux = ["tmux", "-L", name]  # a tmux server of this test's own
+    tmux = ["tmux", "-S", str(tmp_path / "tmux.sock")]  # a tmux server of this test's own
     env = {**os.environ, "TERM": "xterm"}
     subprocess.run(
         [*tmux, "new-session", "-d", "-x", "250", "-y", "50", f"telnet 127.0.0.1 {srv.port}"],
