@@ -64,11 +64,9 @@ class Telnet:
     def __init__(self) -> None:
         self._state = _DATA
         self._verb = 0
-
-    @property
-    def idle(self) -> bool:
-        """True when no command is half read: a chunk with no IAC is all data."""
-        return self._state == _DATA
+        # True when no command is half read: a chunk with no IAC is then all
+        # data. An attribute, not a property: it is read for every chunk.
+        self.idle = True
 
     def feed(self, data: bytes) -> list[Piece]:
         """The data and commands of `data`, in order."""
@@ -115,4 +113,5 @@ class Telnet:
             else:  # _SUB_IAC: IAC SE ends it; IAC IAC is a 0xFF of its data
                 self._state = _DATA if data[pos] == SE else _SUB
                 pos += 1
+        self.idle = self._state == _DATA
         return out
