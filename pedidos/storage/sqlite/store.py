@@ -172,10 +172,8 @@ class Store:
                 if referencia is not None:
                     if referencia in known:
                         order_id, estado, stored_owner, content = known[referencia]
-                        same = content == (cliente, tuple(productos), direccion) and owner in (
-                            None,
-                            stored_owner,
-                        )
+                        same_owner = owner is None or owner == stored_owner  # None: an admin
+                        same = same_owner and content == (cliente, tuple(productos), direccion)
                         results.append(Stored(order_id, estado, True, not same))
                         continue
                     known[referencia] = (next_id, "pendiente", owner, (cliente, tuple(productos), direccion))
