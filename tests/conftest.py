@@ -29,6 +29,21 @@ LISTENING = re.compile(r"listening on \[?([0-9a-fA-F:.]+)\]?:(\d+)")
 START_DEADLINE = 30.0
 STOP_DEADLINE = 40.0
 
+# The suite must behave the same whatever the caller exported: a developer's
+# PEDIDOS_TOKEN, PEDIDOS_DB or PEDIDOS_SERVIDOR_TOKENS would otherwise reach
+# this process and every process it starts. Tests that want one set it
+# themselves (monkeypatch, or `env=` of `running_server`).
+ENV_PREFIX = "PEDIDOS_"
+for _name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
+    del os.environ[_name]
+
+
+def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any PEDIDOS_* variable, plus `extra`."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(ENV_PREFIX)}
+    return {**env, **(extra or {})}
+
+
 ORIGINAL_ORDER = (
     ' {\n  "cliente": "Juan Pérez",\n  "productos": ["pan", "agua"],\n'
     '  "direccion": "Av. Siempre Viva 742"\n}\n'
@@ -50,7 +65,7 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
 class ServerProcess:
     """A running `servidor.py` and what it logged."""
 
-    def __init__(self, args: list[str], db: Path, cwd: Path) -> None:
+    def __init__(self, args: list[str], db: Path, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.db = db
         self.args = args
         self.lines: list[str] = []
@@ -58,6 +73,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, str(SERVIDOR), "--db", str(db), *args],
             cwd=cwd,
+            env=clean_environ(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -141,13 +157,16 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_server(tmp_path: Path, *args: str, db: Path | None = None) -> Iterator[ServerProcess]:
-    """The real server on a free port with a database in `tmp_path`; always stopped."""
+def running_server(
+    tmp_path: Path, *args: str, db: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """The real server on a free port with a database in `tmp_path`; always stopped.
+    Its environment has no PEDIDOS_* variable but those in `env`."""
     db = db or tmp_path / "pedidos.db"
     args_list = list(args)
     if "--port" not in args_list:
         args_list += ["--port", "0"]
-    server = ServerProcess(args_list, db, tmp_path)
+    server = ServerProcess(args_list, db, tmp_path, env)
     try:
         server.wait_ready()
         yield server

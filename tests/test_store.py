@@ -149,15 +149,42 @@ def test_stored_row_is_the_contract_row(store, db):
 def test_referencia_dedupe_across_and_within_batches(store):
     first = acks(store.insert_orders([new("A", "r1"), new("B", None)]))
     assert first == [(1, "pendiente", False), (2, "pendiente", False)]
-    again = acks(store.insert_orders([new("other", "r1"), new("C", "r2"), new("D", "r2"), new("E", None)]))
-    assert again == [
+    again = store.insert_orders([new("A", "r1"), new("C", "r2"), new("C", "r2"), new("E", None)])
+    assert acks(again) == [
         (1, "pendiente", True),
         (3, "pendiente", False),
         (3, "pendiente", True),
         (4, "pendiente", False),
     ]
-    assert store.get(1)["cliente"] == "A"  # the stored order was not replaced
+    assert not any(r.taken for r in again)
     assert store.counts()["pendiente"] == 4
+
+
+def test_a_different_order_under_a_stored_referencia_is_taken(store):
+    store.insert_orders([new("A", "r1")], ["owner-a"])
+    others = [
+        new("other", "r1"),
+        new("A", "r1", productos=("pan",)),
+        NewOrder("A", ("pan", "agua"), "Calle 2", "r1"),
+    ]
+    for other in others:
+        (result,) = store.insert_orders([other], ["owner-a"])
+        assert (result.id, result.taken) == (1, True), other
+    # the same order from another owner is taken too: it is not that owner's to see
+    (result,) = store.insert_orders([new("A", "r1")], ["owner-b"])
+    assert result.taken
+    # an admin (no owner) retrying the same order gets the duplicate
+    (result,) = store.insert_orders([new("A", "r1")], [None])
+    assert (result.id, result.duplicado, result.taken) == (1, True, False)
+    # within one batch: the second, different order under a new referencia is taken
+    batch = store.insert_orders([new("B", "r2"), new("B2", "r2"), new("B", "r2")])
+    assert [(r.id, r.duplicado, r.taken) for r in batch] == [
+        (2, False, False),
+        (2, True, True),
+        (2, True, False),
+    ]
+    assert store.get(1)["cliente"] == "A" and store.get(2)["cliente"] == "B"
+    assert store.counts()["pendiente"] == 2
 
 
 def test_duplicate_reports_the_stored_estado(store):

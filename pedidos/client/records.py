@@ -22,6 +22,8 @@ DEFAULT_WINDOW = 500
 MAX_WAIT = 3600.0
 FINAL_ESTADOS = frozenset({"listo", "cancelado", "fallido"})
 TIEMPO_AGOTADO = "tiempo_agotado"
+# Marks the server's last line before it closes an idle connection: no reply.
+CONEXION_CERRADA = "conexion_cerrada"
 
 
 class PedidosError(Exception):
@@ -193,6 +195,9 @@ def parse_reply(line: bytes) -> dict[str, Any]:
         raise ConnectionProblem(f"respuesta ilegible del servidor: {line[:80]!r}") from None
     if not isinstance(reply, dict):
         raise ConnectionProblem(f"respuesta inesperada del servidor: {line[:80]!r}")
+    if reply.get(CONEXION_CERRADA) is True:
+        mensaje = str(reply.get("mensaje", ""))
+        raise ConnectionProblem(f"el servidor cerró la conexión: {mensaje[:1].lower()}{mensaje[1:]}")
     return reply
 
 

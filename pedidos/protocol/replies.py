@@ -22,6 +22,7 @@ DEMASIADO_GRANDE = "demasiado_grande"
 SERVIDOR_OCUPADO = "servidor_ocupado"
 ERROR_INTERNO = "error_interno"
 NO_AUTORIZADO = "no_autorizado"
+REFERENCIA_EN_USO = "referencia_en_uso"
 
 GREETING_TEXT = (
     "Bienvenido a pedidos. Pegue un pedido en JSON, por ejemplo "
@@ -29,6 +30,14 @@ GREETING_TEXT = (
     '"direccion": "Av. Siempre Viva 742"}, '
     'o un comando como {"accion": "consultar", "id": 1}.'
 )
+TOKEN_NEEDED_TEXT = (
+    "Bienvenido a pedidos. Este servidor pide un token: envíe primero "
+    '{"accion": "autenticar", "token": "SU-TOKEN"}; después, un pedido en JSON, por ejemplo '
+    '{"cliente": "Juan Pérez", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}.'
+)
+# Marks the line the server sends before it closes an idle connection: it
+# answers no request, and a client reading it as a reply would be misled.
+CONNECTION_CLOSED_FIELD = "conexion_cerrada"
 
 
 class RequestError(Exception):
@@ -59,13 +68,22 @@ def order_ack(order_id: int, estado: str, duplicado: bool) -> dict[str, Any] | b
     return reply
 
 
-def greeting() -> dict[str, Any]:
+def greeting(token_needed: bool = False) -> dict[str, Any]:
     return {
         "ok": True,
         "servidor": SERVER_NAME,
         "protocolo": PROTOCOL_VERSION,
-        "mensaje": GREETING_TEXT,
+        "mensaje": TOKEN_NEEDED_TEXT if token_needed else GREETING_TEXT,
     }
+
+
+def idle_notice(idle_timeout: float) -> dict[str, Any]:
+    """The last line of a connection closed for saying nothing for too long."""
+    return error_reply(
+        TIEMPO_AGOTADO,
+        f"Sin actividad durante {idle_timeout:g} s; se cierra la conexión.",
+        **{CONNECTION_CLOSED_FIELD: True},
+    )
 
 
 _encoder = json.JSONEncoder(ensure_ascii=False)

@@ -68,7 +68,9 @@ class Stored(NamedTuple):
     id: int
     estado: str
     duplicado: bool
-    ajeno: bool = False  # its referencia belongs to another owner's order
+    # Its referencia is stored for a different order (other content, or
+    # another owner's): refused with `referencia_en_uso`, nothing stored.
+    taken: bool = False
 
 
 # json.dumps with an argument builds a new encoder on every call.
@@ -155,8 +157,9 @@ class Store:
         """Store a batch in one transaction: a `Stored` for each order.
 
         An order whose `referencia` is already stored (or earlier in the batch)
-        is not stored again. `owners` (one per order, or None) records who
-        submitted it; a `referencia` of someone else's order is `ajeno`.
+        is not stored again: the same order (same cliente, productos and
+        direccion, from the same owner or an admin) is a `duplicado`, any other
+        is `taken`. `owners` (one per order, or None) records who submitted it.
 
         Rows go in with explicit ids, many per statement: the sqlite3 module
         gives up the interpreter lock around every statement, and each time it
@@ -171,11 +174,12 @@ class Store:
             for (cliente, productos, direccion, referencia), owner in zip(orders, owners, strict=True):
                 if referencia is not None:
                     if referencia in known:
-                        order_id, estado, stored_owner = known[referencia]
-                        ajeno = owner is not None and owner != stored_owner
-                        results.append(Stored(order_id, estado, True, ajeno))
+                        order_id, estado, stored_owner, content = known[referencia]
+                        same_owner = owner is None or owner == stored_owner  # None: an admin
+                        same = same_owner and content == (cliente, tuple(productos), direccion)
+                        results.append(Stored(order_id, estado, True, not same))
                         continue
-                    known[referencia] = (next_id, "pendiente", owner)
+                    known[referencia] = (next_id, "pendiente", owner, (cliente, tuple(productos), direccion))
                 values += (next_id, cliente, products_json(productos), direccion, referencia, received, owner)
                 results.append(Stored(next_id, "pendiente", False))
                 next_id += 1
@@ -186,15 +190,17 @@ class Store:
         return results
 
     @staticmethod
-    def _by_referencia(db: sqlite3.Connection, refs: set[str]) -> dict[str, tuple[int, str, str | None]]:
-        found: dict[str, tuple[int, str, str | None]] = {}
+    def _by_referencia(db: sqlite3.Connection, refs: set[str]) -> dict[str, tuple[Any, ...]]:
+        """referencia -> (id, estado, owner, (cliente, productos, direccion)) of stored orders."""
+        found: dict[str, tuple[Any, ...]] = {}
         for part in _parts(list(refs)):
             marks = ",".join("?" * len(part))
-            for ref, order_id, estado, owner in db.execute(
-                f"SELECT referencia, id, estado, propietario FROM pedidos WHERE referencia IN ({marks})",
+            for ref, order_id, estado, owner, cliente, productos, direccion in db.execute(
+                "SELECT referencia, id, estado, propietario, cliente, productos, direccion "
+                f"FROM pedidos WHERE referencia IN ({marks})",
                 part,
             ):
-                found[ref] = (order_id, estado, owner)
+                found[ref] = (order_id, estado, owner, (cliente, tuple(json.loads(productos)), direccion))
         return found
 
     def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pedidos.events import RECEIVED, Event, EventBus
-from pedidos.protocol.replies import PEDIDO_INVALIDO, RequestError
+from pedidos.protocol.replies import REFERENCIA_EN_USO, RequestError
 from pedidos.protocol.validation import NewOrder
 from pedidos.storage.sqlite.writer_process import Answer, writer_main
 
@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 RESTART_DELAY_S = 1.0
 STOP_TIMEOUT_S = 30.0
 _HEADER = struct.Struct("!i")  # a multiprocessing.Connection frame: length, then the bytes
-AJENO = "La referencia ya está en uso por otro pedido; use otra referencia."
 
 
 class _Batch:
@@ -188,12 +187,12 @@ class Writer:
                 for future in batch.futures:
                     _resolve(future, None, error)
             elif acks is not None:
-                for future, ack in zip(batch.futures, acks, strict=True):
+                for future, ack, order in zip(batch.futures, acks, batch.orders, strict=True):
                     if future.done():  # cancelled: its connection went away
                         continue
                     if ack is None:
                         # Say nothing of the other order: only that the key is taken.
-                        future.set_exception(RequestError(PEDIDO_INVALIDO, AJENO))
+                        future.set_exception(referencia_en_uso(order[3]))
                     else:
                         future.set_result(ack)
             notify |= batch.notify
@@ -272,3 +271,13 @@ class _Answers(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._writer._lost()
+
+
+def referencia_en_uso(referencia: str) -> RequestError:
+    """The refusal of a new order whose referencia is stored for a different
+    order: the same for any difference, so it tells nothing of that order."""
+    return RequestError(
+        REFERENCIA_EN_USO,
+        f"La referencia '{referencia}' ya está en uso por otro pedido; use otra referencia "
+        "(reenviar el mismo pedido, con los mismos datos, sí es seguro).",
+    )

@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 # referencia, owner) tuples, and its other writes as (Store method, args).
 Order = tuple[str, tuple[str, ...], str, "str | None", "str | None"]
 Call = tuple[Callable[..., Any], tuple[Any, ...]]
-# The answer to one batch: an ack per order (None: the referencia belongs to
-# someone else's order), the ids of the orders it stored, the error that
+# The answer to one batch: an ack per order (None: the referencia is taken by
+# a different order), the ids of the orders it stored, the error that
 # refused all its orders, and (result, error) per call.
 Answer = tuple["list[Any] | None", tuple[int, ...], "BaseException | None", list[tuple[Any, Any]]]
 
@@ -87,7 +87,7 @@ def write(store: Store, batches: list[tuple[list[Order], list[Call]]]) -> list[A
             logger.error("could not store %d orders: %s", len(orders), exc)
             error = _portable(exc)
         else:
-            acks = [None if s.ajeno else order_ack(s.id, s.estado, s.duplicado) for s in stored]
+            acks = [None if s.taken else order_ack(s.id, s.estado, s.duplicado) for s in stored]
     answers: list[Answer] = []
     start = 0
     for (batch_orders, _), batch_calls in zip(batches, calls, strict=True):
