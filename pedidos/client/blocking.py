@@ -172,7 +172,10 @@ class Client(Commands):
             if end >= 0:
                 line = bytes(self._buf[:end])
                 del self._buf[: end + 1]
-                return parse_reply(line)
+                try:
+                    return parse_reply(line)
+                except ConnectionProblem as problem:
+                    self._broken(problem)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._broken(silent(allowance))
