@@ -19,7 +19,6 @@ from pedidos.client.records import ConnectionProblem, NoAnswer, Refused, reason
 # --token-file and PEDIDOS_SERVIDOR_TOKENS), so a shop's token exported in a
 # shell never becomes one of a server's. A `TOKEN ROLE` value sends only the token.
 ENV_VAR = "PEDIDOS_TOKEN"
-NO_AUTORIZADO = "no_autorizado"
 
 
 def chosen_token(token: str | None, environ: Mapping[str, str] | None = None) -> str | None:

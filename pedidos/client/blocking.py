@@ -43,7 +43,6 @@ from pedidos.client.records import (
     Stats,
     bare_host,
     check_greeting,
-    checked,
     closed,
     encode,
     lost,
@@ -149,10 +148,6 @@ class Client(Commands):
         how long the reply may take (default: the client's timeout)."""
         self.send(encode(request))
         return self._read(self.timeout if timeout is None else timeout)
-
-    def call(self, request: Any, timeout: float | None = None) -> dict[str, Any]:
-        """Like `request`, but a refusal raises `Refused`."""
-        return checked(self.request(request, timeout))
 
     def send(self, data: bytes) -> None:
         if self._sock is None:
