@@ -35,6 +35,21 @@ READY_FIELD = re.compile(r"(\w+)=(\S+)")
 START_DEADLINE = 30.0
 STOP_DEADLINE = 40.0
 
+# The suite must behave the same whatever the caller exported: a developer's
+# PEDIDOS_TOKEN, PEDIDOS_DB or PEDIDOS_SERVIDOR_TOKENS would otherwise reach
+# this process and every process it starts. Tests that want one set it
+# themselves (monkeypatch, or `env=` of `running_server`).
+ENV_PREFIX = "PEDIDOS_"
+for _name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
+    del os.environ[_name]
+
+
+def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any PEDIDOS_* variable, plus `extra`."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(ENV_PREFIX)}
+    return {**env, **(extra or {})}
+
+
 # An order as the contract writes it (section 7): its fields, in order.
 ORDER_KEYS = (
     "id",
@@ -91,11 +106,11 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, str(SERVIDOR), "--db", str(db), *args],
             cwd=cwd,
+            env=clean_environ(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             encoding="utf-8",
-            env={**os.environ, **(env or {})},
         )
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read_log, daemon=True)
@@ -176,8 +191,8 @@ def _alive(pid: int) -> bool:
 def running_server(
     tmp_path: Path, *args: str, db: Path | None = None, env: dict[str, str] | None = None
 ) -> Iterator[ServerProcess]:
-    """The real server on a free port with a database in `tmp_path`; always
-    stopped. `env`: variables to add to its environment."""
+    """The real server on a free port with a database in `tmp_path`; always stopped.
+    Its environment has no PEDIDOS_* variable but those in `env`."""
     db = db or tmp_path / "pedidos.db"
     args_list = list(args)
     if "--port" not in args_list:

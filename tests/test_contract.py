@@ -246,6 +246,9 @@ def test_idle_connection_is_closed(tmp_path):
     with running_server(tmp_path, "--idle-timeout", "1", "--work-time", "0") as srv:
         with client(srv) as idle:
             assert idle.ask({"accion": "estadisticas"})["ok"] is True
+            notice = idle.read()  # the reason, then the close
+            assert_error(notice, "tiempo_agotado")
+            assert "1 s" in notice["mensaje"] and notice["conexion_cerrada"] is True
             assert at_eof(idle)
         wait_for(lambda: "idle" in srv.log)
 
@@ -310,7 +313,8 @@ def test_telnet_ctrl_c_abandons_the_line_and_the_next_is_read(shared):
             c.send(bytes([byte]))
             wait_for(lambda: server_read_everything(shared, c))
         c.send(b'{"accion": "estadisticas"}\r\n')
-        assert_error(c.read(), "json_invalido")  # one error for the abandoned request
+        # No error for the abandoned request: the timing mark refused, then the reply.
+        assert c.file.read(3) == b"\xff\xfc\x06"
         assert c.read()["estados"]
 
 
@@ -425,17 +429,26 @@ def test_esperar_on_a_finished_order_answers_at_once(shared):
 def test_referencia_retry_gets_the_same_id(shared):
     ref = unique("ref")
     with client(shared) as c:
-        first = c.ask(order(referencia=ref))
+        first_order = order(referencia=ref)
+        first = c.ask(first_order)
         assert first["ok"] is True and "duplicado" not in first
     with client(shared, "::1") as c:  # the retry comes on a new connection, as after a lost reply
-        second = c.ask(order(unique("other"), referencia=f"  {ref} "))
+        retry = order(referencia=f"  {ref} ")
+        retry.update(cliente=f" {first_order['cliente']}  ", productos=["pan ", " agua"])  # same once trimmed
+        second = c.ask(retry)
         assert second["ok"] is True and second["id"] == first["id"] and second["duplicado"] is True
         assert second["estado"] in ESTADOS
         stored = c.ask({"accion": "consultar", "id": first["id"]})["pedido"]
         assert stored["referencia"] == ref
         c.ask({"accion": "esperar", "id": first["id"], "timeout": 30})
-        third = c.ask(order(referencia=ref))
+        third = c.ask(first_order)
         assert (third["id"], third["estado"], third["duplicado"]) == (first["id"], "listo", True)
+        other = c.ask(order(unique("other"), referencia=ref))  # a different order: not a retry
+        assert (
+            other["ok"] is False
+            and other["error"] == "referencia_en_uso"
+            and "referencia" in other["mensaje"]
+        )
 
 
 def test_listar_filters_and_order(shared):

@@ -25,6 +25,7 @@ IDLE_TIMEOUT = 3
 MIB = 1024 * 1024
 
 IAC_IP_DO_TM = b"\xff\xf4\xff\xfd\x06"  # what telnet sends for Ctrl-C
+WONT_TM = b"\xff\xfc\x06"  # IAC WONT TIMING-MARK
 GOOD = {"cliente": "Ana", "productos": ["pan"], "direccion": "Calle 1"}
 
 
@@ -310,16 +311,16 @@ def test_a_surrogate_pair_is_a_character_and_is_stored(srv, still_serving):
     still_serving.stored = 1
 
 
-def test_telnet_ctrl_c_gets_one_error_and_ends_what_was_typed(srv, still_serving):
+def test_telnet_ctrl_c_is_answered_with_the_mark_and_ends_what_was_typed(srv, still_serving):
     with LineClient("127.0.0.1", srv.port) as client:
         client.send(IAC_IP_DO_TM)
+        assert client.file.read(3) == WONT_TM  # telnet shows output again once it has this
         client.send(line(GOOD).rstrip(b"\n"))  # no newline after Ctrl-C: telnet sends none
-        assert client.read()["error"] == "json_invalido"
         assert client.read()["ok"]
         # Half an order, then Ctrl-C: the half is dropped, not completed by what follows.
         client.send(b'{"cliente": "Medio", "productos": ["pan"],' + IAC_IP_DO_TM)
+        assert client.file.read(3) == WONT_TM
         client.send(line(GOOD))
-        assert client.read()["error"] == "json_invalido"
         assert client.read()["ok"]
     still_serving.stored = 2
     assert listed(srv.port, cliente="Medio") == []
@@ -444,8 +445,10 @@ def test_idle_clients_are_closed(srv):
     half.sendall(b'{"cliente": "Ocioso", "productos": ["pan"]')
     start = time.monotonic()
     with silent, half:
-        assert closed(silent, timeout=IDLE_TIMEOUT * 5)
-        assert closed(half, timeout=IDLE_TIMEOUT * 5)
+        for sock in (silent, half):
+            notice = reply_or_close(sock, timeout=IDLE_TIMEOUT * 5)
+            assert notice is not None and notice["error"] == "tiempo_agotado", notice
+            assert closed(sock)
     assert time.monotonic() - start >= IDLE_TIMEOUT * 0.9
     assert listed(srv.port, cliente="Ocioso") == []
 

@@ -90,26 +90,46 @@ def test_stored_row_is_the_contract_row(h):
 
 def test_referencia_dedupe_across_and_within_batches(h):
     assert ids_of(h.submit(new("A", "r1"), new("B"))) == [(1, "pendiente", False), (2, "pendiente", False)]
-    again = h.submit(new("other", "r1"), new("C", "r2"), new("D", "r2"), new("E"))
+    again = h.submit(new("A", "r1"), new("C", "r2"), new("C", "r2"), new("E"))
     assert ids_of(again) == [
         (1, "pendiente", True),
         (3, "pendiente", False),
         (3, "pendiente", True),
         (4, "pendiente", False),
     ]
+    assert not any(r.taken for r in again)
     assert h.get(1)["cliente"] == "A"  # the stored order was not replaced
     assert h.counts()["pendiente"] == 4
     assert h.stored == [1, 2, 3, 4]  # duplicates are not new
 
 
-def test_a_referencia_of_another_owner_is_ajeno(h):
-    assert h.submit(new("A", "r"), owner="ana") == [Receipt(1, "pendiente", False, False)]
-    assert h.submit(new("A", "r"), owner="ana") == [Receipt(1, "pendiente", True, False)]
-    assert h.submit(new("B", "r"), owner="beto") == [Receipt(1, "pendiente", True, True)]
-    within = h.submit(new("C", "s"), new("D", "s"), owner=None)
-    assert within == [Receipt(2, "pendiente", False, False), Receipt(2, "pendiente", True, False)]
-    assert h.get(1, "ana")["cliente"] == "A"
-    assert h.get(1, "beto") is None
+def test_a_different_order_under_a_stored_referencia_is_taken(h):
+    h.submit(new("A", "r1"), owner="owner-a")
+    others = [
+        new("other", "r1"),
+        new("A", "r1", productos=("pan",)),
+        NewOrder("A", ("pan", "agua"), "Calle 2", "r1"),
+    ]
+    for other in others:
+        (result,) = h.submit(other, owner="owner-a")
+        assert (result.id, result.taken, result.referencia) == (1, True, "r1"), other
+    # the same order from another owner is taken too: it is not that owner's to see
+    (result,) = h.submit(new("A", "r1"), owner="owner-b")
+    assert result.taken
+    # an admin (no owner) retrying the same order gets the duplicate
+    (result,) = h.submit(new("A", "r1"))
+    assert (result.id, result.duplicado, result.taken) == (1, True, False)
+    # within one batch: the second, different order under a new referencia is taken
+    batch = h.submit(new("B", "r2"), new("B2", "r2"), new("B", "r2"))
+    assert [(r.id, r.duplicado, r.taken) for r in batch] == [
+        (2, False, False),
+        (2, True, True),
+        (2, True, False),
+    ]
+    assert h.get(1)["cliente"] == "A" and h.get(2)["cliente"] == "B"
+    assert h.counts()["pendiente"] == 2
+    assert h.get(1, "owner-a")["cliente"] == "A"
+    assert h.get(1, "owner-b") is None
 
 
 def test_duplicate_reports_the_stored_estado(h):

@@ -18,18 +18,16 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
+from pedidos.client import records
 from pedidos.client.access import auth_request, authenticated, no_greeting, tls_failure
 from pedidos.client.commands import Commands, Following, Plan
 from pedidos.client.records import (
     DEFAULT_WINDOW,
     ConnectionProblem,
-    Order,
     PedidosError,
-    Receipt,
     Refused,
     bare_host,
     check_greeting,
-    checked,
     encode,
     reason,
     receipt_or_refusal,
@@ -150,10 +148,6 @@ class AsyncClient(Commands):
         await wire.drain()
         return await future
 
-    async def call(self, request: Any, timeout: float | None = None) -> Reply:
-        """Like `request`, but a refusal raises `Refused`."""
-        return checked(await self.request(request, timeout))
-
     async def pipeline(
         self, requests: Iterable[Any] | AsyncIterable[Any], window: int = DEFAULT_WINDOW
     ) -> AsyncIterator[Reply]:
@@ -185,12 +179,12 @@ class AsyncClient(Commands):
 
     async def submit_many(
         self, requests: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]], window: int = DEFAULT_WINDOW
-    ) -> AsyncIterator[Receipt | Refused]:
+    ) -> AsyncIterator[records.Receipt | Refused]:
         """Send order objects pipelined; yield a Receipt or a Refused for each, in order."""
         async for reply in self.pipeline(requests, window):
             yield receipt_or_refusal(reply)
 
-    async def follow(self, order_id: int, interval: float = 0.25) -> AsyncIterator[Order]:
+    async def follow(self, order_id: int, interval: float = 0.25) -> AsyncIterator[records.Order]:
         """The order now, then again each time it changes, ending once it is final."""
         plan = Following(order_id, interval, self.timeout)
         yield plan.first(await self.get(order_id))

@@ -43,7 +43,6 @@ from pedidos.client.records import (
     Stats,
     bare_host,
     check_greeting,
-    checked,
     closed,
     encode,
     lost,
@@ -150,10 +149,6 @@ class Client(Commands):
         self.send(encode(request))
         return self._read(self.timeout if timeout is None else timeout)
 
-    def call(self, request: Any, timeout: float | None = None) -> dict[str, Any]:
-        """Like `request`, but a refusal raises `Refused`."""
-        return checked(self.request(request, timeout))
-
     def send(self, data: bytes) -> None:
         if self._sock is None:
             self.connect()
@@ -172,7 +167,10 @@ class Client(Commands):
             if end >= 0:
                 line = bytes(self._buf[:end])
                 del self._buf[: end + 1]
-                return parse_reply(line)
+                try:
+                    return parse_reply(line)
+                except ConnectionProblem as problem:
+                    self._broken(problem)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._broken(silent(allowance))

@@ -138,6 +138,10 @@ class Commands:
     def _execute_until(self, plan: Plan) -> Any:
         raise NotImplementedError
 
+    def call(self, request: Reply, timeout: float | None = None) -> Reply:
+        """Like `request`, but a refusal raises `Refused`."""
+        return self._execute(request, checked, timeout)
+
     def submit(
         self, cliente: str, productos: Sequence[str], direccion: str, referencia: str | None = None
     ) -> Receipt:

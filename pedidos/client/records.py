@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, TypedDict
 
 from pedidos.domain import FINAL_ESTADOS, MAX_SECONDS, show_address
-from pedidos.protocol.replies import TIEMPO_AGOTADO
+from pedidos.protocol.replies import CONNECTION_CLOSED_FIELD, TIEMPO_AGOTADO
 
 DEFAULT_PORT = 8888
 DEFAULT_TIMEOUT = 10.0
@@ -24,6 +24,8 @@ DEFAULT_WINDOW = 500
 # The server refuses an `esperar` longer than this; longer waits are split.
 MAX_WAIT = MAX_SECONDS
 __all__ = ["FINAL_ESTADOS", "TIEMPO_AGOTADO"]  # re-exported for the two clients
+# Marks the server's last line before it closes an idle connection: no reply.
+CONEXION_CERRADA = CONNECTION_CLOSED_FIELD
 
 
 class PedidosError(Exception):
@@ -208,6 +210,9 @@ def parse_reply(line: bytes) -> dict[str, Any]:
         raise ConnectionProblem(f"respuesta ilegible del servidor: {line[:80]!r}") from None
     if not isinstance(reply, dict):
         raise ConnectionProblem(f"respuesta inesperada del servidor: {line[:80]!r}")
+    if reply.get(CONEXION_CERRADA) is True:
+        mensaje = str(reply.get("mensaje", ""))
+        raise ConnectionProblem(f"el servidor cerró la conexión: {mensaje[:1].lower()}{mensaje[1:]}")
     return reply
 
 

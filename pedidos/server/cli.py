@@ -151,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--token-file",
         metavar="PATH",
-        help="access tokens, one per line, each optionally followed by its role (cliente or admin); "
-        "PEDIDOS_TOKEN in the environment adds one more (admin unless it names a role)",
+        help="access tokens, one per line, each optionally followed by its role (cliente, the default, "
+        "or admin); PEDIDOS_SERVIDOR_TOKENS in the environment adds more, the same entries separated "
+        "by commas (PEDIDOS_TOKEN is the client's and is not read)",
     )
     parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     parser.add_argument(

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pedidos.client.blocking import Client, ConnectionProblem, Refused
 from pedidos.domain import FINAL_ESTADOS, MAX_ATTEMPTS, Estado
+from pedidos.protocol.replies import ERROR_INTERNO, NO_ENCONTRADO, SERVIDOR_OCUPADO
 from pedidos.storage import read_all_orders
 from pedidos.tools.procs import child_env
 
@@ -201,7 +202,7 @@ class Soak:
             accion = rng.choice(["consultar", "consultar", "esperar", "cancelar"])
             extra = {"timeout": 1} if accion == "esperar" else {}
             reply = conn.request({"accion": accion, "id": ids[0], **extra})
-            if reply.get("error") == "no_encontrado":
+            if reply.get("error") == NO_ENCONTRADO:
                 with self.guard:
                     self.lost_live.add(ids[0])
 
@@ -212,7 +213,7 @@ class Soak:
         try:
             reply = conn.request(request)
         finally:
-            if reply.get("error") not in (None, "error_interno", "servidor_ocupado"):
+            if reply.get("error") not in (None, ERROR_INTERNO, SERVIDOR_OCUPADO):
                 self.problems.append(f"order refused: {reply}")
             if not reply.get("ok") and ref is not None:  # outcome unknown or refused: retry later
                 with self.guard:

@@ -46,7 +46,7 @@ ejemplos:
   python3 cliente.py --host pedidos.example --tls --cafile cert.pem --token "$TOKEN" --listar
   python3 cliente.py --version                  la versión de pedidos
 
-El token también puede venir de la variable de entorno PEDIDOS_TOKEN (la misma que lee el servidor).
+El token también puede venir de la variable de entorno PEDIDOS_TOKEN, que el servidor no lee.
 
 estado de salida: 0 bien; 1 el servidor rechazó la petición (o el token); 2 error de uso;
 3 el servidor no responde, no se puede conectar o falla TLS; 130 interrumpido (Ctrl-C).

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from pedidos.client.access import NO_AUTORIZADO, chosen_token
+from pedidos.client.access import chosen_token
 from pedidos.client.blocking import Client, ConnectionProblem, Order, Refused, ServerStopping
 from pedidos.client.cli import args as cli
 from pedidos.client.cli.bulk import BadInput, Outcome, Progress, read_entries, send_entries, summary_lines
@@ -26,7 +26,7 @@ from pedidos.client.cli.show import count, order_lines, plural, receipt_line, st
 from pedidos.client.cli.show import summary_lines as order_summary
 from pedidos.client.records import list_request, order_of, reason, receipt_of, stats_of
 from pedidos.domain import CLIENTE_MAX, DIRECCION_MAX, PRODUCTO_MAX, PRODUCTOS_MAX
-from pedidos.protocol.replies import RequestError
+from pedidos.protocol.replies import NO_AUTORIZADO, RequestError
 from pedidos.protocol.validation import order_products, order_text
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -13,6 +13,7 @@ attempts.py.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -115,8 +116,9 @@ class Store(Attempts):
         """Store a batch in one transaction: a `Receipt` for each order.
 
         An order whose `referencia` is already stored (or earlier in the batch)
-        is not stored again. `owners` (one per order, or None) records who
-        submitted it; a `referencia` of someone else's order is `ajeno`.
+        is not stored again: the same order (same cliente, productos and
+        direccion, from the same owner or an admin) is a `duplicado`, any other
+        is `taken`. `owners` (one per order, or None) records who submitted it.
 
         Rows go in many per statement: the sqlite3 module gives up the
         interpreter lock around every statement, and each time it takes it
@@ -127,7 +129,7 @@ class Store(Attempts):
         would only add its bookkeeping table to every insert)."""
         received = now()
         owners = owners or [None] * len(orders)
-        # A Receipt, or (row of this batch, duplicado, ajeno) until its id is known.
+        # A Receipt, or (row of this batch, duplicado, taken, referencia) until its id is known.
         results: list[Any] = []
         values: list[Any] = []  # the rows' values, one after another
         rows = 0
@@ -136,16 +138,20 @@ class Store(Attempts):
             for (cliente, productos, direccion, referencia), owner in zip(orders, owners, strict=True):
                 if referencia is not None:
                     if referencia in known:
-                        order_id, estado, stored_owner = known[referencia]
-                        ajeno = owner is not None and owner != stored_owner
+                        order_id, estado, stored_owner, content = known[referencia]
+                        same_owner = owner is None or owner == stored_owner  # None: an admin
+                        taken = not (same_owner and content == (cliente, tuple(productos), direccion))
+                        # Taken: say nothing of the other order (its id stays out of the reply).
+                        shown = referencia if taken else None
                         if order_id < 0:  # earlier in this batch: its id is not known yet
-                            results.append((-order_id - 1, True, ajeno))
+                            results.append((-order_id - 1, True, taken, shown))
                         else:
-                            results.append(Receipt(order_id, estado, True, ajeno))
+                            results.append(Receipt(order_id, estado, True, taken, shown))
                         continue
-                    known[referencia] = (-rows - 1, PENDIENTE, owner)
+                    content = (cliente, tuple(productos), direccion)
+                    known[referencia] = (-rows - 1, PENDIENTE, owner, content)
                 values += (cliente, products_json(productos), direccion, referencia, received, owner)
-                results.append((rows, False, False))
+                results.append((rows, False, False, None))
                 rows += 1
             ids: list[int] = []
             step = ROWS_PER_INSERT * INSERT_VALUES
@@ -154,18 +160,20 @@ class Store(Attempts):
                 n = len(part) // INSERT_VALUES
                 last = db.execute(INSERT + ", ".join([INSERT_ROW] * n), part).lastrowid
                 ids += range(last - n + 1, last + 1)
-        return [r if type(r) is Receipt else Receipt(ids[r[0]], PENDIENTE, r[1], r[2]) for r in results]
+        return [r if type(r) is Receipt else Receipt(ids[r[0]], PENDIENTE, *r[1:]) for r in results]
 
     @staticmethod
-    def _by_referencia(db: sqlite3.Connection, refs: set[str]) -> dict[str, tuple[int, str, str | None]]:
-        found: dict[str, tuple[int, str, str | None]] = {}
+    def _by_referencia(db: sqlite3.Connection, refs: set[str]) -> dict[str, tuple[Any, ...]]:
+        """referencia -> (id, estado, owner, (cliente, productos, direccion)) of stored orders."""
+        found: dict[str, tuple[Any, ...]] = {}
         for part in parts(list(refs)):
             marks = ",".join("?" * len(part))
-            for ref, order_id, estado, owner in db.execute(
-                f"SELECT referencia, id, estado, propietario FROM pedidos WHERE referencia IN ({marks})",
+            for ref, order_id, estado, owner, cliente, productos, direccion in db.execute(
+                "SELECT referencia, id, estado, propietario, cliente, productos, direccion "
+                f"FROM pedidos WHERE referencia IN ({marks})",
                 part,
             ):
-                found[ref] = (order_id, estado, owner)
+                found[ref] = (order_id, estado, owner, (cliente, tuple(json.loads(productos)), direccion))
         return found
 
     def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
