@@ -336,3 +336,20 @@ def test_get_takes_an_id_or_a_referencia_and_the_async_client_has_both(srv, clie
     assert found.id == order_id and found.estado == "fallido" and found.fallos == RETRIES + 1
     assert (retried.id, retried.estado, retried.intentos, retried.fallos) == (order_id, "pendiente", 0, 0)
     final(client, order_id)
+
+
+def test_a_retry_waiting_across_a_restart_is_taken_when_due(tmp_path):
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "1", "--reintento-base", "1"]
+    with running_server(tmp_path, *args, env=task_env(tmp_path)) as server:
+        with Client("127.0.0.1", server.port, timeout=30) as c:
+            order_id = c.submit("falla-dos-veces", ["pan"], "Calle 1").id
+            waiting = wait_for(lambda: (o := c.get(order_id)).reintentar_despues and o, timeout=20)
+        assert server.stop(signal.SIGTERM) == 0
+    with (
+        running_server(tmp_path, *args, env=task_env(tmp_path)) as server,
+        Client("127.0.0.1", server.port, timeout=30) as c,
+    ):
+        done = c.wait(order_id, timeout=30)
+    assert done.estado == "listo" and done.fallos == 2 and done.resultado == {"llamadas": 3}
+    second = calls(tmp_path, order_id)[1]
+    assert second["t"] >= moment(waiting.reintentar_despues) - 0.005
