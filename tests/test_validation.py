@@ -137,12 +137,12 @@ def test_productos_must_be_a_list(value):
 def test_each_producto_length_boundaries():
     assert parse_request(order(productos=["x" * 200, " y "])).productos == ("x" * 200, "y")
     assert parse_request(order(productos=["  " + "é" * 200 + "  "])).productos == ("é" * 200,)
-    refused_order(order(productos=["ok", "x" * 201]), "producto 2")
+    refused_order(order(productos=["ok", "x" * 201]), "producto 2 de 'productos'")
 
 
 @pytest.mark.parametrize("item", ["", "   ", None, 1, 1.5, True, ["pan"], {"n": "pan"}])
 def test_each_producto_must_be_non_empty_text(item):
-    refused_order(order(productos=["pan", item]), "producto 2")
+    refused_order(order(productos=["pan", item]), "producto 2 de 'productos'")
 
 
 @pytest.mark.parametrize("field", ["dirección", "Cliente", "producto", "id", "estado", "", "extra"])
@@ -193,8 +193,10 @@ def test_listar_defaults():
     assert parse_request({"accion": "listar"}).args == {
         "estado": None,
         "cliente": None,
+        "contiene": None,
         "desde_id": 0,
         "limite": 100,
+        "orden": "asc",
     }
 
 
@@ -261,15 +263,45 @@ def test_accion_decides_before_order_fields():
 
 
 def test_every_command_parses():
-    assert parse_request({"accion": "consultar", "id": 17}) == Command("consultar", {"id": 17})
+    assert parse_request({"accion": "consultar", "id": 17}) == Command(
+        "consultar", {"id": 17, "referencia": None}
+    )
+    assert parse_request({"accion": "consultar", "referencia": " ana-1 "}) == Command(
+        "consultar", {"id": None, "referencia": "ana-1"}
+    )
     assert parse_request({"accion": "cancelar", "id": 17}) == Command("cancelar", {"id": 17})
+    assert parse_request({"accion": "reintentar", "id": 17}) == Command("reintentar", {"id": 17})
     assert parse_request({"accion": "esperar", "id": 17, "timeout": 2}) == Command(
         "esperar", {"id": 17, "timeout": 2}
     )
     assert parse_request(
         {"accion": "listar", "estado": "listo", "cliente": "Ana", "desde_id": 3, "limite": 10}
-    ) == Command("listar", {"estado": "listo", "cliente": "Ana", "desde_id": 3, "limite": 10})
+    ) == Command(
+        "listar",
+        {"estado": "listo", "cliente": "Ana", "contiene": None, "desde_id": 3, "limite": 10, "orden": "asc"},
+    )
     assert parse_request({"accion": "estadisticas"}) == Command("estadisticas", {})
+
+
+@pytest.mark.parametrize(
+    "request_, names",
+    [
+        ({"accion": "consultar"}, ("'id'", "'referencia'")),
+        ({"accion": "consultar", "id": 1, "referencia": "a"}, ("'id'", "'referencia'")),
+        ({"accion": "consultar", "id": None, "referencia": None}, ("'id'", "'referencia'")),
+        ({"accion": "consultar", "referencia": ""}, ("'referencia'",)),
+        ({"accion": "consultar", "referencia": "r" * 101}, ("'referencia'",)),
+        ({"accion": "consultar", "referencia": 5}, ("'referencia'",)),
+        ({"accion": "reintentar"}, ("'id'",)),
+        ({"accion": "reintentar", "id": 0}, ("'id'",)),
+        ({"accion": "reintentar", "id": 1, "timeout": 2}, ("'timeout'",)),
+    ],
+)
+def test_consultar_takes_one_key_and_reintentar_an_id(request_, names):
+    error = refused(request_)
+    assert error.code == MENSAJE_INVALIDO
+    for name in names:
+        assert name in error.mensaje
 
 
 def test_error_message_stays_short_for_huge_values():

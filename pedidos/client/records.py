@@ -15,13 +15,17 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, TypedDict
 
+from pedidos.domain import FINAL_ESTADOS, MAX_SECONDS, show_address
+from pedidos.protocol.replies import CONNECTION_CLOSED_FIELD, TIEMPO_AGOTADO
+
 DEFAULT_PORT = 8888
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_WINDOW = 500
 # The server refuses an `esperar` longer than this; longer waits are split.
-MAX_WAIT = 3600.0
-FINAL_ESTADOS = frozenset({"listo", "cancelado", "fallido"})
-TIEMPO_AGOTADO = "tiempo_agotado"
+MAX_WAIT = MAX_SECONDS
+__all__ = ["FINAL_ESTADOS", "TIEMPO_AGOTADO"]  # re-exported for the two clients
+# Marks the server's last line before it closes an idle connection: no reply.
+CONEXION_CERRADA = CONNECTION_CLOSED_FIELD
 
 
 class PedidosError(Exception):
@@ -52,6 +56,18 @@ class NoAnswer(ConnectionProblem):
     """The server said nothing within the time allowed."""
 
 
+class ServerStopping(ConnectionProblem):
+    """An `esperar` cut short because the server is stopping (`"apagando": true`):
+    the order goes on when the server is back; `.order` is the order as it stood."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        self.order = Order.from_reply(reply["pedido"])
+        super().__init__(
+            f"el servidor se detuvo mientras se esperaba el pedido {self.order.id}, "
+            f"que sigue '{self.order.estado}'"
+        )
+
+
 class Stats(TypedDict, total=False):
     estados: dict[str, int]
     workers: int
@@ -73,6 +89,11 @@ class Order:
     fecha_fin: str | None
     worker: int | None
     intentos: int
+    # Section 11 (tasks): absent from servers before it, so each has a default.
+    fallos: int = 0
+    resultado: Any = None
+    error: str | None = None
+    reintentar_despues: str | None = None
 
     @classmethod
     def from_reply(cls, data: dict[str, Any]) -> Order:
@@ -88,6 +109,10 @@ class Order:
             fecha_fin=data.get("fecha_fin"),
             worker=data.get("worker"),
             intentos=data.get("intentos", 0),
+            fallos=data.get("fallos", 0),
+            resultado=data.get("resultado"),
+            error=data.get("error"),
+            reintentar_despues=data.get("reintentar_despues"),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -111,6 +136,10 @@ class Order:
     @property
     def finished_at(self) -> datetime | None:
         return datetime.fromisoformat(self.fecha_fin) if self.fecha_fin else None
+
+    @property
+    def retry_at(self) -> datetime | None:
+        return datetime.fromisoformat(self.reintentar_despues) if self.reintentar_despues else None
 
     @property
     def duration(self) -> float | None:
@@ -144,13 +173,23 @@ def wait_request(order_id: int, timeout: float) -> dict[str, Any]:
     return {"accion": "esperar", "id": order_id, "timeout": round(timeout, 3)}
 
 
-def list_request(estado: str | None, cliente: str | None, desde_id: int, limite: int) -> dict[str, Any]:
+def list_request(
+    estado: str | None,
+    cliente: str | None,
+    desde_id: int,
+    limite: int,
+    contiene: str | None = None,
+    orden: str = "asc",
+) -> dict[str, Any]:
     request = {
         "accion": "listar",
         "estado": estado,
         "cliente": cliente,
+        "contiene": contiene,
         "desde_id": desde_id,
         "limite": limite,
+        # The default goes unsaid, so a server older than `orden` still answers.
+        "orden": None if orden == "asc" else orden,
     }
     return {k: v for k, v in request.items() if v is not None}
 
@@ -171,6 +210,9 @@ def parse_reply(line: bytes) -> dict[str, Any]:
         raise ConnectionProblem(f"respuesta ilegible del servidor: {line[:80]!r}") from None
     if not isinstance(reply, dict):
         raise ConnectionProblem(f"respuesta inesperada del servidor: {line[:80]!r}")
+    if reply.get(CONEXION_CERRADA) is True:
+        mensaje = str(reply.get("mensaje", ""))
+        raise ConnectionProblem(f"el servidor cerró la conexión: {mensaje[:1].lower()}{mensaje[1:]}")
     return reply
 
 
@@ -202,7 +244,14 @@ def polled_order(reply: dict[str, Any]) -> Order:
     """The order from an `esperar` reply, final or still on its way."""
     if not reply.get("ok") and reply.get("error") != TIEMPO_AGOTADO:
         raise Refused(reply)
-    return Order.from_reply(reply["pedido"])
+    return Order.from_reply(not_stopping(reply)["pedido"])
+
+
+def not_stopping(reply: dict[str, Any]) -> dict[str, Any]:
+    """An `esperar` reply, unless the server said it is stopping: no use asking again."""
+    if reply.get("apagando") is True:
+        raise ServerStopping(reply)
+    return reply
 
 
 def stats_of(reply: dict[str, Any]) -> Stats:
@@ -245,8 +294,7 @@ def bare_host(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
-def shown(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+shown = show_address
 
 
 def unresolved(host: str, exc: socket.gaierror) -> ConnectionProblem:

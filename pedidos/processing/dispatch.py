@@ -84,6 +84,11 @@ class Dispatcher:
         self._known.difference_update(chunk)
         self.pump()
 
+    def released(self, ids: Iterable[int]) -> None:
+        """A worker let go of these ids before the end of their chunk (a
+        failed attempt): they may be added again, however soon that comes."""
+        self._known.difference_update(ids)
+
     def sweep(self) -> None:
         """Look in the database again when nothing is in hand: catches pending
         orders that reached the table some other way."""
@@ -118,6 +123,10 @@ class Dispatcher:
                     chunks.append(chunk)
                     self._last_sent[number] = now
                     self._send(number, chunk)
+
+    def busy_workers(self) -> int:
+        """How many workers have orders sent to them and not finished."""
+        return sum(1 for chunks in self._outstanding.values() if chunks)
 
     def close(self) -> None:
         """Send nothing more: the workers are stopping."""

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from pedidos.processing.worker import SERVER, WorkerConfig, worker_main
+from pedidos.processing.worker import Report, WorkerConfig, worker_main
 
 logger = logging.getLogger(__name__)
 
-Message = tuple[Any, ...]
+STOP_POLL_S = 0.05  # how often a stop that waits for a worker checks for `kill_now`
 
 
 @dataclass
@@ -49,7 +49,7 @@ class WorkerPool:
         size: int,
         config: WorkerConfig,
         loop: asyncio.AbstractEventLoop,
-        on_messages: Callable[[list[Message]], None],
+        on_messages: Callable[[list[Report]], None],
         on_death: Callable[[int, int | None], None],
     ) -> None:
         self.size = size
@@ -57,9 +57,8 @@ class WorkerPool:
         # spawn: the server starts workers while threads and an event loop
         # run, where fork would copy locks held by other threads.
         self._ctx = multiprocessing.get_context("spawn")
-        self._lock = self._ctx.Lock()
-        self._lock_holder = self._ctx.Value("i", 0, lock=False)
         self._stop = self._ctx.Event()
+        self._kill_now = threading.Event()
         self._loop = loop
         self._on_messages = on_messages
         self._on_death = on_death
@@ -68,11 +67,6 @@ class WorkerPool:
         self._wake_r, self._wake_w = os.pipe()
         self._monitor = threading.Thread(target=self._watch, name="pedidos-monitor", daemon=True)
         self._watching = True
-
-    @property
-    def shared_lock(self) -> tuple[Any, Any]:
-        """The write lock and the number of its holder, for the writer process."""
-        return self._lock, self._lock_holder
 
     def start(self) -> None:
         for number in range(1, self.size + 1):
@@ -87,7 +81,7 @@ class WorkerPool:
         receiver, sender = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=worker_main,
-            args=(number, os.getpid(), self.config, tasks, sender, self._lock, self._lock_holder, self._stop),
+            args=(number, os.getpid(), self.config, tasks, sender, self._stop),
             name=f"pedidos-worker-{number}",
             daemon=True,
         )
@@ -106,16 +100,15 @@ class WorkerPool:
     def alive(self) -> int:
         return sum(1 for slot in self.slots.values() if not slot.gone)
 
+    def kill(self, number: int) -> None:
+        """Stop worker `number` at once (SIGKILL): its death is then noticed
+        and handled as any other."""
+        slot = self.slots.get(number)
+        if slot is not None and not slot.gone:
+            slot.process.kill()
+
     def send(self, number: int, chunk: tuple[int, ...]) -> None:
         self.slots[number].tasks.put(chunk)
-
-    def release_lock_of(self, number: int) -> None:
-        """Free the write lock if worker `number` died holding it."""
-        if self._lock_holder.value == number:
-            who = "the writer" if number == SERVER else f"worker {number}"
-            logger.warning("%s died holding the database lock; releasing it", who)
-            self._lock_holder.value = 0
-            self._lock.release()
 
     def stop(self, timeout: float) -> list[int]:
         """Ask every worker to finish its order in hand and exit; kill those
@@ -135,9 +128,15 @@ class WorkerPool:
         killed = []
         deadline = self._loop.time() + timeout
         for slot in slots:
-            slot.process.join(max(0.0, deadline - self._loop.time()))
+            # In slices: `kill_now` (a second signal) must not wait for the deadline.
+            while slot.process.is_alive() and not self._kill_now.is_set():
+                left = deadline - self._loop.time()
+                if left <= 0:
+                    break
+                slot.process.join(min(left, STOP_POLL_S))
             if slot.process.is_alive():
-                logger.warning("worker %d did not stop in time; killing it", slot.number)
+                if not self._kill_now.is_set():
+                    logger.warning("worker %d did not stop in time; killing it", slot.number)
                 slot.process.kill()
                 slot.process.join()
                 killed.append(slot.number)
@@ -146,6 +145,10 @@ class WorkerPool:
         os.close(self._wake_r)
         os.close(self._wake_w)
         return killed
+
+    def kill_now(self) -> None:
+        """Make a running `stop` kill the workers at once (thread-safe)."""
+        self._kill_now.set()
 
     def _watch(self) -> None:
         while self._watching:
@@ -156,7 +159,7 @@ class WorkerPool:
                 by_key[slot.events] = ("events", slot)
                 by_key[slot.process.sentinel] = ("death", slot)
             ready = wait([self._wake_r, *by_key], timeout=1.0)
-            messages: list[Message] = []
+            messages: list[Report] = []
             deaths: list[tuple[int, int | None]] = []
             for key in ready:
                 if key == self._wake_r:
@@ -175,14 +178,14 @@ class WorkerPool:
             if (messages or deaths) and self._watching:
                 self._loop.call_soon_threadsafe(self._deliver, messages, deaths)
 
-    def _deliver(self, messages: list[Message], deaths: list[tuple[int, int | None]]) -> None:
+    def _deliver(self, messages: list[Report], deaths: list[tuple[int, int | None]]) -> None:
         if messages:
             self._on_messages(messages)
         for number, exitcode in deaths:
             self._on_death(number, exitcode)
 
 
-def _drain(conn: Connection) -> list[Message]:
+def _drain(conn: Connection) -> list[Report]:
     messages = []
     try:
         while conn.poll():

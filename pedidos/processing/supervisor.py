@@ -5,24 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from datetime import datetime, timezone
 
+from pedidos.domain import Estado
 from pedidos.events import (
     FAILED,
     FINISHED,
     RECEIVED,
     REQUEUED,
+    RETRYING,
     STARTED,
     WORKER_DIED,
     WORKER_STARTED,
     Event,
     EventBus,
 )
+from pedidos.processing.deadlines import Deadlines
 from pedidos.processing.dispatch import Dispatcher
-from pedidos.processing.pool import Message, WorkerPool
-from pedidos.processing.worker import WorkerConfig
-from pedidos.storage.sqlite.store import Store
+from pedidos.processing.pool import WorkerPool
+from pedidos.processing.worker import CLAIMED, DONE, Report, WorkerConfig
+from pedidos.processing.worker import FAILED as FAILED_ATTEMPT
+from pedidos.storage.base import Claim, Storage
+from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
 
@@ -42,28 +46,35 @@ class Processing:
         workers: int,
         config: WorkerConfig,
         bus: EventBus,
-        write: Callable[..., asyncio.Future[Any]],
-        read: Callable[..., Any],
+        storage: Storage,
+        task_limit_s: float | None = None,
     ) -> None:
+        """`task_limit_s`: `--limite-tarea`, for a `config.task` (None: no limit)."""
         self._loop = asyncio.get_running_loop()
+        self._retry = config.retry
         self._bus = bus
-        self._write = write
+        self._storage = storage
         self._stopping = False
+        self._killing = False
         self.pool = WorkerPool(workers, config, self._loop, self._on_messages, self._on_death)
         # Orders that take time go one at a time, with the next one already
         # queued so that no worker idles. Orders that take no time go in
         # chunks of whatever piled up while the worker did its last one: like
         # group commit, the busier the server, the fewer commits per order.
-        instant = config.work_time[1] == 0
+        instant = config.task is None and config.work_time[1] == 0
         self.dispatcher = Dispatcher(
             self.pool.send,
-            lambda start, n: read(Store.pending_ids, start, n),
+            storage.pending_ids,
             max_chunk=BATCH_CHUNK if instant else 1,
             per_worker=1 if instant else 2,
             gather_s=GATHER_S if instant else 0.0,
         )
         self._sweeper: asyncio.TimerHandle | None = None
         self._replacing: set[asyncio.Task[None]] = set()
+        self._retries: set[asyncio.TimerHandle] = set()  # orders waiting for their retry time
+        self._deadlines = None
+        if config.task is not None and task_limit_s:
+            self._deadlines = Deadlines(self._loop, task_limit_s, self._on_overtime)
         bus.subscribe(self._on_event)
 
     def start(self) -> None:
@@ -74,20 +85,45 @@ class Processing:
 
     async def stop(self, timeout: float) -> None:
         """Let each worker finish the chunk in hand; hand back what the slow
-        ones held, without counting it as an attempt."""
+        ones held, without counting it as an attempt. After `kill_now`, hand
+        back nothing: the next start takes those orders up, as after a crash."""
         self._stopping = True
+        busy = self.dispatcher.busy_workers()
         self.dispatcher.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._deadlines is not None:
+            self._deadlines.close()
+        for handle in self._retries:
+            handle.cancel()
         for task in list(self._replacing):
             task.cancel()
+        if busy and timeout > 0:
+            logger.info(
+                "waiting for %s to finish %s orders (up to %g s)",
+                count(busy, "worker"),
+                "its" if busy == 1 else "their",
+                timeout,
+            )
         killed = await self._loop.run_in_executor(None, self.pool.stop, timeout)
+        if self._killing:
+            if killed:
+                logger.warning(
+                    "stopped without waiting: %s killed; the orders in hand go back to pending "
+                    "at the next start",
+                    count(len(killed), "worker"),
+                )
+            return
         for number in killed:
-            self.pool.release_lock_of(number)
             try:
-                await self._write(Store.release, number, False)
+                await self._storage.hand_back(number, crashed=False)
             except Exception as exc:
                 logger.error("could not hand back the orders of worker %d: %s", number, exc)
+
+    def kill_now(self) -> None:
+        """A second signal: end the workers now, whatever they hold."""
+        self._killing = True
+        self.pool.kill_now()
 
     def _sweep(self) -> None:
         self.dispatcher.sweep()
@@ -97,15 +133,22 @@ class Processing:
         if event.kind in (RECEIVED, REQUEUED) and not self._stopping:
             self.dispatcher.add(event.ids)
 
-    def _on_messages(self, messages: list[Message]) -> None:
-        for kind, number, chunk, taken, at in messages:
-            if kind == "started":
-                if taken:
-                    self._bus.publish(Event(STARTED, taken, number, at))
-            else:
-                self.dispatcher.finished(number, chunk)
-                if taken:
-                    self._bus.publish(Event(FINISHED, taken, number, at))
+    def _on_messages(self, reports: list[Report]) -> None:
+        for report in reports:
+            if report.kind == CLAIMED:
+                if report.taken:
+                    self._bus.publish(Event(STARTED, report.taken, report.worker, report.at))
+                    if self._deadlines is not None and report.at is not None:
+                        self._deadlines.started(Claim(report.worker, report.at, report.taken))
+            elif report.kind == FAILED_ATTEMPT:
+                self.dispatcher.released(report.taken)
+                self._failed_attempt(report.taken, report.worker, report.at)
+            elif report.kind == DONE:
+                if self._deadlines is not None:
+                    self._deadlines.ended(report.worker)
+                self.dispatcher.finished(report.worker, report.chunk)
+                if report.taken:
+                    self._bus.publish(Event(FINISHED, report.taken, report.worker, report.at))
 
     def _on_death(self, number: int, exitcode: int | None) -> None:
         if self._stopping:
@@ -114,24 +157,75 @@ class Processing:
         self._replacing.add(task)
         task.add_done_callback(self._replacing.discard)
 
+    def _failed_attempt(self, ids: tuple[int, ...], worker: int, retry_at: str | None) -> None:
+        """A task failed on `ids`: `fallido` now (retry_at None), or wanted
+        again at `retry_at`; the dispatcher hears of them only then."""
+        if retry_at is None:
+            self._bus.publish(Event(FAILED, ids, worker))
+            return
+        self._bus.publish(Event(RETRYING, ids, worker, retry_at))
+        wait = (datetime.fromisoformat(retry_at) - datetime.now(timezone.utc)).total_seconds()
+        handle: asyncio.TimerHandle | None = None
+
+        def due() -> None:
+            self._retries.discard(handle)  # type: ignore[arg-type]
+            if not self._stopping:
+                self.dispatcher.add(ids)
+
+        handle = self._loop.call_later(max(0.0, wait), due)
+        self._retries.add(handle)
+
+    def _on_overtime(self, worker: int, claim: Claim) -> None:
+        if self._stopping:
+            return
+        logger.warning(
+            "worker %d: order %s ran over the task time limit (%g s); stopping the worker",
+            worker,
+            ",".join(map(str, claim.ids)),
+            self._deadlines.limit_s,  # type: ignore[union-attr]
+        )
+        self.pool.kill(worker)
+
+    async def _fail_overtime(self, claim: Claim) -> None:
+        """The orders of a worker killed over the time limit: a failed attempt
+        each (not a crash), retried or `fallido` as the retry policy says."""
+        limit = self._deadlines.limit_s  # type: ignore[union-attr]
+        error = f"TiempoAgotado: la tarea pasó de {limit:g} s y se detuvo su worker"
+        for order_id in claim.ids:
+            while True:
+                try:
+                    order = await self._storage.get(order_id)
+                    fallos = order["fallos"] if order is not None else 0
+                    retry_at = self._retry.retry_at(fallos + 1)
+                    one = Claim(claim.worker, claim.at, (order_id,))
+                    changed = await self._storage.fail(one, error, retry_at)
+                    break
+                except Exception as exc:
+                    logger.error("could not record the time limit of order %d: %s", order_id, exc)
+                    await asyncio.sleep(RETRY_S)
+            if changed:
+                self._failed_attempt((order_id,), claim.worker, retry_at)
+
     async def _replace(self, number: int, exitcode: int | None) -> None:
         """Hand back what the dead worker held, then start its replacement."""
         in_queue = self.dispatcher.worker_gone(number)
-        self.pool.release_lock_of(number)
+        overtime = self._deadlines.overtime(number) if self._deadlines is not None else None
+        if overtime is not None:
+            await self._fail_overtime(overtime)
         while True:
             try:
-                changed = await self._write(Store.release, number, True)
+                changed = await self._storage.hand_back(number, crashed=True)
                 break
             except Exception as exc:
                 logger.error("could not hand back the orders of worker %d: %s", number, exc)
                 await asyncio.sleep(RETRY_S)
-        requeued = tuple(i for i, estado in changed if estado == "pendiente")
-        failed = tuple(i for i, estado in changed if estado == "fallido")
+        requeued = tuple(i for i, estado in changed if estado == Estado.PENDIENTE)
+        failed = tuple(i for i, estado in changed if estado == Estado.FALLIDO)
         logger.warning(
-            "worker %d died (exit code %s); %d orders handed back, %d failed",
+            "worker %d died (exit code %s); %s handed back, %d failed",
             number,
             exitcode,
-            len(requeued),
+            count(len(requeued), "order"),
             len(failed),
         )
         self._bus.publish(Event(WORKER_DIED, requeued + failed, number))

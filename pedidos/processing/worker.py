@@ -1,9 +1,11 @@
 """What runs inside a worker process.
 
 A worker takes chunks of order ids from its `multiprocessing.Queue`, claims the
-ones still pending, sleeps the simulated work time for each, marks them
-`listo`, and tells the server through its pipe. It receives plain
-configuration, never a live connection: it opens its own database connection.
+ones still pending, works on each (the simulated sleep, or the user's task:
+task.py), marks them `listo` (or records a failed attempt), and tells the
+server through its pipe. It receives plain
+configuration and the storage backend's opener, never a live connection: it
+opens its own connection to the database.
 """
 
 from __future__ import annotations
@@ -12,57 +14,46 @@ import logging
 import os
 import queue
 import random
-import signal
-import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
-from pedidos.storage.sqlite.store import Store
+from pedidos.domain import Estado
+from pedidos.logsetup import configure_logging
+from pedidos.processing.retry import RetryPolicy
+from pedidos.processing.task import ResultError, TaskError, TaskRunner, describe, encode_result, load_task
+from pedidos.stopsignals import leave_stop_to_the_server
+from pedidos.storage.base import Claim, ServerGone, WorkerOpener, WorkerStore
 
 logger = logging.getLogger(__name__)
 
 PARENT_CHECK_S = 0.5  # how often an idle worker checks that the server is alive
 RETRY_S = 1.0
-SERVER = -1  # lock owner number of the server's own writer
+CLAIMED = "claimed"  # the kinds of Report
+DONE = "done"
+FAILED = "failed"  # one order's attempt failed: `at` is its retry time, None if now `fallido`
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    db_path: str
+    open_store: WorkerOpener  # from the storage backend: opens this worker's connection
     work_time: tuple[float, float]  # seconds per order: fixed when both are equal
     log_level: int = logging.INFO
+    log_format: str = "text"
+    task: str | None = None  # `--tarea MODULO:FUNCION`; None: the simulated work
+    retry: RetryPolicy = RetryPolicy()
 
 
-class ServerGone(Exception):
-    """The worker's server died: the worker exits."""
+class Report(NamedTuple):
+    """What a worker tells the server through its pipe about one chunk."""
 
-
-class OwnedLock:
-    """The shared database write lock, recording who holds it.
-
-    A worker killed while holding the lock would block every writer forever;
-    knowing the holder lets the pool release it when it reaps that worker.
-    """
-
-    def __init__(self, lock: Any, holder: Any, owner: int, server_pid: int | None = None) -> None:
-        self._lock = lock
-        self._holder = holder
-        self._owner = owner
-        self._server_pid = server_pid
-
-    def __enter__(self) -> None:
-        # A worker waits in slices: if its server dies holding the lock, no
-        # one will release it, and the worker must notice and exit.
-        while not self._lock.acquire(timeout=PARENT_CHECK_S):
-            if self._server_pid is not None and os.getppid() != self._server_pid:
-                raise ServerGone
-        self._holder.value = self._owner
-
-    def __exit__(self, *exc: object) -> None:
-        self._holder.value = 0
-        self._lock.release()
+    kind: str  # CLAIMED: `taken` are now `en proceso`; DONE: the chunk is done with
+    worker: int
+    chunk: tuple[int, ...]  # the ids the server sent
+    taken: tuple[int, ...]  # those this worker claimed (CLAIMED), made `listo` (DONE), failed (FAILED)
+    at: str | None  # fecha_inicio or fecha_fin as recorded; FAILED: reintentar_despues
 
 
 def worker_main(
@@ -71,35 +62,29 @@ def worker_main(
     config: WorkerConfig,
     tasks: Any,
     events: Connection,
-    lock: Any,
-    lock_holder: Any,
     stop: Any,
 ) -> None:
     """Entry point of worker `number` (1..N), started by the pool with `spawn`.
 
     `server_pid` comes from the server itself: a worker that asked os.getppid()
     at its start would get init's pid if the server had already died."""
+    # The server decides when workers stop (stopsignals.py).
+    leave_stop_to_the_server()
     # A spawned process starts with no logging set up; it logs like its server.
-    logging.basicConfig(
-        level=config.log_level,
-        format=f"%(asctime)s %(levelname)s worker {number}: %(message)s",
-    )
-    # Ctrl-C at a terminal reaches every process in its group: the server
-    # decides when workers stop, so a worker ignores SIGINT. SIGTERM sent to a
-    # worker alone asks it to finish the order in hand and exit (the pool then
-    # starts a replacement).
-    terminated: list[int] = []
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
-    # A worker's state changes commit without their own fsync (NORMAL): the
-    # WAL is one sequential file, so the server's next FULL commit makes them
-    # durable too. Power lost before that can only turn the last `listo` back
-    # into `en proceso`, which the next start hands back and redoes; it never
-    # loses an acknowledged order. Meanwhile the workers hold the write lock
-    # for microseconds instead of an fsync, and intake does not wait for them.
-    store = Store(config.db_path, OwnedLock(lock, lock_holder, number, server_pid), synchronous="NORMAL")
+    configure_logging(config.log_level, config.log_format, f"worker {number}")
+    runner = None
+    if config.task is not None:
+        try:
+            runner = TaskRunner(load_task(config.task))
+        except TaskError as exc:
+            # The server loaded it before starting workers; failing here is
+            # rare (a file changed since): wait, so a replacement is not a loop.
+            logger.error("%s", exc)
+            time.sleep(RETRY_S)
+            return
+    store = config.open_store(number, server_pid)
     try:
-        while not stop.is_set() and not terminated:
+        while not stop.is_set():
             try:
                 chunk = tasks.get(timeout=PARENT_CHECK_S)
             except queue.Empty:
@@ -109,44 +94,99 @@ def worker_main(
                 continue
             if chunk is None:
                 continue  # a wake-up: `stop` tells whether to go on
-            _process(number, chunk, config, store, events, server_pid)
+            _process(number, chunk, config, store, events, server_pid, runner)
     except (BrokenPipeError, EOFError, ServerGone):
         logger.warning("the server is gone; exiting")
     finally:
         store.close()
+        if runner is not None:
+            runner.close()
 
 
 def _process(
     number: int,
     chunk: tuple[int, ...],
     config: WorkerConfig,
-    store: Store,
+    store: WorkerStore,
     events: Connection,
     server_pid: int,
+    runner: TaskRunner | None = None,
 ) -> None:
     try:
-        started_at, taken = store.claim(chunk, number)
-    except sqlite3.Error as exc:
+        claim = store.claim(chunk, number)
+    except ServerGone:
+        raise
+    except Exception as exc:
         # Nothing was taken: the server puts the chunk back in its backlog.
         logger.error("could not claim orders: %s", exc)
-        events.send(("finished", number, chunk, (), None))
+        events.send(Report(DONE, number, chunk, (), None))
         time.sleep(RETRY_S)
         return
-    events.send(("started", number, chunk, tuple(taken), started_at))
+    events.send(Report(CLAIMED, number, chunk, claim.ids, claim.at))
+    if runner is not None:
+        finished, finished_at = _run_tasks(claim, config, store, events, server_pid, runner, chunk)
+        events.send(Report(DONE, number, chunk, finished, finished_at))
+        return
     low, high = config.work_time
-    for _ in taken:
+    for _ in claim.ids:
         if high > 0:
             time.sleep(random.uniform(low, high))
+    finished_at, finished = None, ()
+    if claim.ids:
+        finished_at, finished = _record(server_pid, store.finish, claim) or (None, ())
+    events.send(Report(DONE, number, chunk, finished, finished_at))
+
+
+def _run_tasks(
+    claim: Claim,
+    config: WorkerConfig,
+    store: WorkerStore,
+    events: Connection,
+    server_pid: int,
+    runner: TaskRunner,
+    chunk: tuple[int, ...],
+) -> tuple[tuple[int, ...], str | None]:
+    """Call the task on each claimed order; record each outcome as it comes."""
+    finished: list[int] = []
     finished_at = None
-    while taken:
+    for order_id in claim.ids:
+        one = Claim(claim.worker, claim.at, (order_id,))
+        order = _record(server_pid, store.get, order_id)
+        if order is None or order["estado"] != Estado.EN_PROCESO:
+            continue  # taken away since (the server gave up on this worker)
+        fallos = order["fallos"]  # read first: the task may change its dict
         try:
-            finished_at = store.finish(taken, number)
-            break
-        except sqlite3.Error as exc:
-            # The work is done; only its record is missing. Keep the orders
-            # and retry, unless the server is gone (a restart redoes them).
-            logger.error("could not record finished orders, retrying: %s", exc)
+            text = encode_result(runner(order))
+        except ResultError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            logger.warning("order %d: %s", order_id, error)
+        except Exception as exc:
+            error = describe(exc)
+            logger.exception("order %d: the task failed", order_id)
+        else:
+            done = _record(server_pid, store.finish, one, {order_id: text})
+            if done is not None and done.ids:
+                finished.append(order_id)
+                finished_at = done.at
+            continue
+        retry_at = config.retry.retry_at(fallos + 1)
+        changed = _record(server_pid, store.fail, one, error, retry_at)
+        if changed:
+            events.send(Report(FAILED, claim.worker, chunk, (order_id,), retry_at))
+    return tuple(finished), finished_at
+
+
+def _record(server_pid: int, write: Callable[..., Any], *args: Any) -> Any:
+    """Run a database call until it succeeds; None if the server is gone.
+    The work is done; only its record is missing: keep at it, unless the
+    server is gone (a restart redoes the order)."""
+    while True:
+        try:
+            return write(*args)
+        except ServerGone:
+            raise
+        except Exception as exc:
+            logger.error("could not record an outcome, retrying: %s", exc)
             if os.getppid() != server_pid:
-                return
+                return None
             time.sleep(RETRY_S)
-    events.send(("finished", number, chunk, tuple(taken), finished_at))

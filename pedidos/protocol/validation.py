@@ -1,4 +1,4 @@
-"""What a request means: a new order or a command, checked field by field.
+"""What a request means: a new order or a command (commands.py), checked field by field.
 
 Every refusal is a RequestError whose sentence names the field at fault, so a
 person at a telnet prompt can fix it. Values are refused, never clamped.
@@ -6,49 +6,27 @@ person at a telnet prompt can fix it. Values are refused, never clamped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-from pedidos.protocol.replies import (
-    ACCION_DESCONOCIDA,
-    MENSAJE_INVALIDO,
-    PEDIDO_INVALIDO,
-    RequestError,
+from pedidos.domain import (
+    CLIENTE_MAX,
+    DIRECCION_MAX,
+    ESTADOS,
+    MAX_ID,
+    MAX_TOKEN_CHARS,
+    PRODUCTO_MAX,
+    PRODUCTOS_MAX,
+    REFERENCIA_MAX,
+    NewOrder,
 )
+from pedidos.protocol.commands import COMMANDS, Command, json_type, parse_command
+from pedidos.protocol.replies import MENSAJE_INVALIDO, PEDIDO_INVALIDO, RequestError
 
-ESTADOS = ("pendiente", "en proceso", "listo", "cancelado", "fallido")
-FINAL_ESTADOS = frozenset({"listo", "cancelado", "fallido"})
-MAX_ID = 2**63 - 1
-MAX_TIMEOUT = 3600.0
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
-MAX_TOKEN_CHARS = 256
+# Defined in commands.py and domain.py; requests, and the tests, find them here too.
+__all__ = ["COMMANDS", "ESTADOS", "MAX_ID", "MAX_TOKEN_CHARS", "Command", "parse_command"]
 
-# field: (max characters after trimming)
-CLIENTE_MAX = 200
-PRODUCTO_MAX = 200
-PRODUCTOS_MAX = 100
-DIRECCION_MAX = 500
-REFERENCIA_MAX = 100
 ORDER_FIELDS = ("cliente", "productos", "direccion", "referencia")
 _ORDER_FIELD_SET = frozenset(ORDER_FIELDS)
-
-
-class NewOrder(NamedTuple):
-    # A NamedTuple, not a frozen dataclass: one is built per order on the
-    # event loop, and this is several times cheaper to build.
-    cliente: str
-    productos: tuple[str, ...]
-    direccion: str
-    referencia: str | None = None
-
-
-@dataclass(frozen=True)
-class Command:
-    accion: str
-    args: dict[str, Any]
 
 
 def parse_request(value: Any) -> NewOrder | Command:
@@ -56,7 +34,7 @@ def parse_request(value: Any) -> NewOrder | Command:
     if not isinstance(value, dict):
         raise RequestError(
             MENSAJE_INVALIDO,
-            f"Se esperaba un objeto JSON ({{...}}), no {_json_type(value)}.",
+            f"Se esperaba un objeto JSON ({{...}}), no {json_type(value)}.",
         )
     if "accion" in value:
         return parse_command(value)
@@ -134,19 +112,23 @@ def order_products(productos: Any) -> tuple[str, ...]:
     if not isinstance(productos, list):
         raise RequestError(
             PEDIDO_INVALIDO,
-            f"'productos' debe ser una lista de textos, no {_json_type(productos)}.",
+            f"'productos' debe ser una lista de textos, no {json_type(productos)}.",
         )
     if not 1 <= len(productos) <= PRODUCTOS_MAX:
         raise RequestError(
             PEDIDO_INVALIDO,
             f"'productos' debe tener entre 1 y {PRODUCTOS_MAX} productos; tiene {len(productos)}.",
         )
-    return tuple(_trimmed(item, f"El producto {i + 1}", PRODUCTO_MAX) for i, item in enumerate(productos))
+    # Named by its place *and* its field, as every refusal names the field.
+    return tuple(
+        _trimmed(item, f"El producto {i + 1} de 'productos'", PRODUCTO_MAX)
+        for i, item in enumerate(productos)
+    )
 
 
 def _trimmed(raw: Any, what: str, limit: int) -> str:
     if not isinstance(raw, str):
-        raise RequestError(PEDIDO_INVALIDO, f"{what} debe ser un texto, no {_json_type(raw)}.")
+        raise RequestError(PEDIDO_INVALIDO, f"{what} debe ser un texto, no {json_type(raw)}.")
     text = raw.strip()
     if not text:
         raise RequestError(PEDIDO_INVALIDO, f"{what} está vacío.")
@@ -156,131 +138,3 @@ def _trimmed(raw: Any, what: str, limit: int) -> str:
             f"{what} tiene {len(text)} caracteres; el máximo es {limit}.",
         )
     return text
-
-
-# --- commands ---------------------------------------------------------------
-
-Check = Callable[[str, Any], Any]
-_REQUIRED = object()
-
-
-def _id(name: str, raw: Any) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_ID:
-        raise RequestError(MENSAJE_INVALIDO, f"'{name}' debe ser un entero positivo, no {_show(raw)}.")
-    return raw
-
-
-def _from_id(name: str, raw: Any) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_ID:
-        raise RequestError(
-            MENSAJE_INVALIDO, f"'{name}' debe ser un entero mayor o igual a 0, no {_show(raw)}."
-        )
-    return raw
-
-
-def _timeout(name: str, raw: Any) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= MAX_TIMEOUT:
-        raise RequestError(
-            MENSAJE_INVALIDO,
-            f"'{name}' debe ser un número de segundos entre 0 y {MAX_TIMEOUT:g}, no {_show(raw)}.",
-        )
-    return float(raw)
-
-
-def _limit(name: str, raw: Any) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_LIMIT:
-        raise RequestError(
-            MENSAJE_INVALIDO, f"'{name}' debe ser un entero entre 1 y {MAX_LIMIT}, no {_show(raw)}."
-        )
-    return raw
-
-
-def _estado(name: str, raw: Any) -> str:
-    if raw not in ESTADOS:
-        raise RequestError(
-            MENSAJE_INVALIDO,
-            f"'{name}' debe ser uno de {', '.join(ESTADOS)}; no {_show(raw)}.",
-        )
-    return raw
-
-
-def _text(name: str, raw: Any) -> str:
-    # Trimmed before counting, as the stored value was: any `cliente` an order
-    # may carry is a filter `listar` takes.
-    text = raw.strip() if isinstance(raw, str) else ""
-    if not 1 <= len(text) <= CLIENTE_MAX:
-        raise RequestError(
-            MENSAJE_INVALIDO,
-            f"'{name}' debe ser un texto de 1 a {CLIENTE_MAX} caracteres después de quitar los espacios.",
-        )
-    return text
-
-
-def _token(name: str, raw: Any) -> str:
-    # Never echo the value: it may be someone's secret, mistyped.
-    if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_TOKEN_CHARS:
-        raise RequestError(
-            MENSAJE_INVALIDO, f"'{name}' debe ser un texto de 1 a {MAX_TOKEN_CHARS} caracteres."
-        )
-    return raw
-
-
-# accion: {field: (check, default)}; _REQUIRED marks a field that must be there.
-COMMANDS: dict[str, dict[str, tuple[Check, Any]]] = {
-    "consultar": {"id": (_id, _REQUIRED)},
-    "esperar": {"id": (_id, _REQUIRED), "timeout": (_timeout, DEFAULT_TIMEOUT)},
-    "listar": {
-        "estado": (_estado, None),
-        "cliente": (_text, None),
-        "desde_id": (_from_id, 0),
-        "limite": (_limit, DEFAULT_LIMIT),
-    },
-    "cancelar": {"id": (_id, _REQUIRED)},
-    "estadisticas": {},
-    "autenticar": {"token": (_token, _REQUIRED)},
-}
-
-
-def parse_command(value: dict[str, Any]) -> Command:
-    accion = value["accion"]
-    if not isinstance(accion, str):
-        raise RequestError(MENSAJE_INVALIDO, f"'accion' debe ser un texto, no {_json_type(accion)}.")
-    fields = COMMANDS.get(accion)
-    if fields is None:
-        raise RequestError(
-            ACCION_DESCONOCIDA,
-            f"La acción {_show(accion)} no existe; las acciones son: {', '.join(COMMANDS)}.",
-        )
-    args: dict[str, Any] = {}
-    for name in value:
-        if name != "accion" and name not in fields:
-            raise RequestError(MENSAJE_INVALIDO, f"Campo desconocido '{name}' para la acción '{accion}'.")
-    for name, (check, default) in fields.items():
-        raw = value.get(name)
-        if raw is None:
-            if default is _REQUIRED:
-                raise RequestError(MENSAJE_INVALIDO, f"Falta el campo '{name}' para la acción '{accion}'.")
-            args[name] = default
-        else:
-            args[name] = check(name, raw)
-    return Command(accion, args)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "un booleano"
-    if isinstance(value, (int, float)):
-        return "un número"
-    if isinstance(value, str):
-        return "un texto"
-    if isinstance(value, list):
-        return "una lista"
-    return "un objeto"
-
-
-def _show(value: Any) -> str:
-    """A value as the client wrote it, cut short: error replies stay small."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
+from pedidos import __version__
+from pedidos.domain import DEFAULT_RETRIES, MAX_SECONDS
+from pedidos.logsetup import FORMATS, LEVELS, TEXT, configure_logging
+from pedidos.processing.retry import DEFAULT_BACKOFF_S
+from pedidos.processing.task import TaskError, load_task
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.server.server import Server, ServerConfig, StartupError
 
 logger = logging.getLogger(__name__)
+
+
+DEFAULT_WORK_TIME = (1.0, 3.0)
 
 
 def parse_work_time(text: str) -> tuple[float, float]:
@@ -20,15 +29,41 @@ def parse_work_time(text: str) -> tuple[float, float]:
         bounds = (float(low), float(high if dash else low))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a time in seconds: {text!r} (use S or MIN-MAX)") from None
-    if not 0 <= bounds[0] <= bounds[1] or bounds[1] > 3600:
-        raise argparse.ArgumentTypeError(f"work time must be 0 <= MIN <= MAX <= 3600, not {text!r}")
+    if not 0 <= bounds[0] <= bounds[1] or bounds[1] > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"work time must be 0 <= MIN <= MAX <= {MAX_SECONDS:g}, not {text!r}"
+        )
     return bounds
 
 
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
     return value
 
 
@@ -43,19 +78,34 @@ def _seconds(text: str) -> float:
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
     return value
 
 
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LEVELS)} (any case)")
+    return level
+
+
+def program_name() -> str:
+    """How the user called the server: servidor.py, pedidos-servidor, or python3 -m pedidos."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "servidor.py"
+    return "python3 -m pedidos" if name == "__main__.py" else name
+
+
 def build_parser() -> argparse.ArgumentParser:
+    prog = program_name()
     parser = argparse.ArgumentParser(
-        prog="servidor.py",
+        prog=prog,
         description="Order server: takes JSON orders over TCP (IPv4 and IPv6) and "
         "processes them with worker processes.",
-        epilog="example: python3 servidor.py --host :: --port 8888 --workers 2",
+        epilog=f"example: {prog} --host :: --port 8888 --workers 2",
     )
+    parser.add_argument("--version", action="version", version=f"pedidos {__version__}")
     parser.add_argument(
         "--host",
         action="append",
@@ -70,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--work-time",
         type=parse_work_time,
-        default=(1.0, 3.0),
+        default=DEFAULT_WORK_TIME,
         metavar="S|MIN-MAX",
         help="simulated seconds of work per order, fixed or random in a range (default 1-3; 0 for none)",
     )
@@ -101,21 +151,78 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--token-file",
         metavar="PATH",
-        help="access tokens, one per line, each optionally followed by its role (cliente or admin); "
-        "PEDIDOS_TOKEN in the environment adds one more (admin unless it names a role)",
+        help="access tokens, one per line, each optionally followed by its role (cliente, the default, "
+        "or admin); PEDIDOS_SERVIDOR_TOKENS in the environment adds more, the same entries separated "
+        "by commas (PEDIDOS_TOKEN is the client's and is not read)",
     )
     parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     parser.add_argument(
         "--tls-key", metavar="FILE", help="the certificate's private key (PEM), if not in --tls-cert"
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    tasks = parser.add_argument_group("real work (instead of the simulated --work-time)")
+    tasks.add_argument(
+        "--tarea",
+        metavar="MODULO:FUNCION",
+        help="each worker imports FUNCION from MODULO once and calls it with every order (a dict); "
+        "what it returns is stored as 'resultado', what it raises as 'error', and the order retried",
+    )
+    tasks.add_argument(
+        "--reintentos",
+        type=_non_negative_int,
+        metavar="N",
+        help=f"with --tarea: retries of an order whose task failed, before it is 'fallido' "
+        f"(default {DEFAULT_RETRIES}; waits grow exponentially, with jitter)",
+    )
+    tasks.add_argument(
+        "--limite-tarea",
+        type=_positive_seconds,
+        metavar="S",
+        help="with --tarea: a call running longer is stopped (its worker process is replaced) "
+        "and counts as a failed attempt (default: no limit)",
+    )
+    # The first retry's wait; tests shorten it. Not in --help: the default suits real work.
+    tasks.add_argument(
+        "--reintento-base", type=_positive_seconds, default=DEFAULT_BACKOFF_S, help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default="INFO",
+        metavar="LEVEL",
+        help="DEBUG (adds a line per connection and per order: its id, never its contents), "
+        "INFO (default), WARNING or ERROR; any case",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=TEXT,
+        help="text (default) for a person, or json: one object per line (time, level, logger, "
+        "message, and fields such as event and id) for a log collector",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tls_key is not None and args.tls_cert is None:
+        parser.error("--tls-key needs --tls-cert")  # a usage error: exit 2
+    for flag, value in (("--reintentos", args.reintentos), ("--limite-tarea", args.limite_tarea)):
+        if value is not None and args.tarea is None:
+            parser.error(f"{flag} only applies with --tarea")
+    # argparse leaves the default object itself when the flag is not given.
+    if args.tarea is not None and args.work_time is not DEFAULT_WORK_TIME:
+        parser.error("--work-time is the simulated work; with --tarea the task is the work")
     level = getattr(logging, args.log_level)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level, args.log_format)
+    if args.tarea is not None:
+        try:
+            # Here, in the server, before any worker starts: a typo is one
+            # line and exit 2, never a loop of workers dying at their start.
+            load_task(args.tarea)
+        except TaskError as exc:
+            logger.error("%s", exc)
+            return 2
     config = ServerConfig(
         hosts=args.host or ["localhost"],
         port=args.port,
@@ -127,9 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         idle_timeout=args.idle_timeout,
         shutdown_timeout=args.shutdown_timeout,
         log_level=level,
+        log_format=args.log_format,
         token_file=args.token_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        task=args.tarea,
+        retries=DEFAULT_RETRIES if args.reintentos is None else args.reintentos,
+        task_limit=args.limite_tarea,
+        backoff=args.reintento_base,
     )
     try:
         asyncio.run(Server(config).serve())

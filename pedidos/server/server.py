@@ -3,7 +3,8 @@
 `serve()` runs `startup()`, waits for a signal, then `shutdown()`: close the
 listeners, answer what was already received, let the workers finish the order
 in hand, and commit everything before returning. Signal handlers only set a
-flag; a second Ctrl-C skips the waiting.
+flag; a second Ctrl-C or SIGTERM stops at once: the workers are killed, and
+their orders are taken up by the next start, as after a crash.
 """
 
 from __future__ import annotations
@@ -12,64 +13,47 @@ import asyncio
 import ipaddress
 import logging
 import signal
-import socket
-import sqlite3
-import ssl
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pedidos.events import EventBus
+from pedidos.domain import show_address
+from pedidos.events import FINISHED, RECEIVED, STARTED, Event, EventBus
+from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.supervisor import Processing
-from pedidos.processing.worker import SERVER, WorkerConfig
-from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
+from pedidos.processing.worker import WorkerConfig
+from pedidos.protocol.replies import order_ack
 from pedidos.server.auth import FailureThrottle, TokenBook, TokenFileError, load_tokens
+from pedidos.server.config import ServerConfig
 from pedidos.server.connection import Connection
-from pedidos.server.service import OrderService, Reader
-from pedidos.storage.sqlite.store import Store
-from pedidos.storage.sqlite.writer import Writer
+from pedidos.server.listener import Listener, connection_budget
+from pedidos.server.preflight import StartupError, bind_sockets, tls_context
+from pedidos.server.service import OrderService
+from pedidos.server.state import ServerState
+from pedidos.storage import open_storage
+from pedidos.storage.base import Recovery, Storage, StorageError
+from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
 
-LISTEN_BACKLOG = 4096
+__all__ = ["Server", "ServerConfig", "StartupError"]
 
-
-@dataclass
-class ServerConfig:
-    hosts: list[str] = field(default_factory=lambda: ["localhost"])
-    port: int = 8888
-    workers: int = 2
-    db: str = "pedidos.db"
-    work_time: tuple[float, float] = (1.0, 3.0)
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_connections: int = 10_000
-    idle_timeout: float = 300.0
-    shutdown_timeout: float = 30.0
-    log_level: int = logging.INFO
-    token_file: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-
-
-class StartupError(Exception):
-    """The server cannot start; the message is one line for the operator."""
+FORCED_WRITER_STOP_S = 2.0  # after a second signal: the database's last commit, at most
+ACTIVITY = {RECEIVED: "acknowledged", STARTED: "started", FINISHED: "finished"}
 
 
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.addresses: list[tuple[str, int]] = []
-        self.connections: set[Connection] = set()
         self.started = asyncio.Event()
+        self.state: ServerState | None = None  # what connections share, once started
         self._exit = asyncio.Event()
         self._force_exit = False
-        self._accepting = False
-        self._listeners: list[asyncio.AbstractServer] = []
-        self._drained = asyncio.Event()
-        self._writer: Writer | None = None
-        self._reader: Reader | None = None
+        self._forced = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._storage: Storage | None = None
         self._processing: Processing | None = None
         self.tokens: TokenBook | None = None
-        self.throttle = FailureThrottle()
 
     async def serve(self, install_signal_handlers: bool = True) -> None:
         if install_signal_handlers:
@@ -82,56 +66,77 @@ class Server:
 
     def request_exit(self) -> None:
         if self._exit.is_set():
-            logger.warning("second signal: stopping without waiting")
             self._force_exit = True
-            self._drained.set()
+            self._forced.set()
+            if self.state is not None:
+                self.state.drained.set()
         self._exit.set()
 
     # --- start ------------------------------------------------------------------
 
     async def startup(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         config = self.config
         try:
             self.tokens = load_tokens(config.token_file)
         except TokenFileError as exc:
             raise StartupError(str(exc)) from None
         tls = tls_context(config.tls_cert, config.tls_key)
-        _prepare_database(config.db)
+        # Bind, then start the storage, which makes the database this server's
+        # (SQLite: a lock file) before it takes up what a crash left behind: a
+        # second start on the same database fails on one of the two and
+        # changes nothing of the running server's orders.
         sockets = bind_sockets(config.hosts, config.port)
         try:
             bus = EventBus()
-            self._reader = Reader(config.db)
+            if logger.isEnabledFor(logging.DEBUG):
+                bus.subscribe(_log_activity)
+            # The protocol layer writes the acks; the backend only calls it.
+            self._storage = open_storage(
+                config.db,
+                ack=order_ack,
+                on_stored=lambda ids: bus.publish(Event(RECEIVED, ids)),
+                log_level=config.log_level,
+                log_format=config.log_format,
+            )
+            try:
+                _log_recovery(await self._storage.start())
+            except StorageError as exc:
+                raise StartupError(str(exc)) from None
+            max_connections = connection_budget(config.max_connections, config.workers)
             self._processing = Processing(
                 config.workers,
-                WorkerConfig(config.db, config.work_time, config.log_level),
+                WorkerConfig(
+                    self._storage.worker_opener(),
+                    config.work_time,
+                    config.log_level,
+                    config.log_format,
+                    task=config.task,
+                    retry=RetryPolicy(config.retries, config.backoff),
+                ),
                 bus,
-                write=lambda fn, *args: self._writer.run(fn, *args),  # type: ignore[union-attr]
-                read=self._reader,
+                self._storage,
+                config.task_limit,
             )
-            pool = self._processing.pool
-            lock, lock_holder = pool.shared_lock
-            release = lambda: pool.release_lock_of(SERVER)  # noqa: E731
-            self._writer = Writer(config.db, lock, lock_holder, self.loop, bus, release, config.log_level)
-            await self._writer.start()
-            self.service = OrderService(self._writer, self._reader, bus, self._live_figures)
+            service = OrderService(self._storage, bus, self._live_figures)
+            self.state = state = ServerState(
+                config, service, loop, self.tokens, FailureThrottle(), max_connections
+            )
             self._processing.start()
             for sock in sockets:
-                listener = await self.loop.create_server(
-                    lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG, ssl=tls
-                )
+                listener = Listener(loop, sock, lambda: Connection(state), tls)
+                listener.start()
                 self._listeners.append(listener)
         except BaseException:
             for sock in sockets:
                 sock.close()
-            await self.shutdown()
+            await self.shutdown(quiet=True)
             raise
-        self._accepting = True
+        state.accepting = True
         for sock in sockets:
             host, port = sock.getsockname()[:2]
             self.addresses.append((host, port))
-            shown = f"[{host}]" if ":" in host else host
-            logger.info("listening on %s:%d", shown, port)
+            logger.info("listening on %s", show_address(host, port))
         exposed = [host for host, _ in self.addresses if not ipaddress.ip_address(host).is_loopback]
         if exposed and self.tokens is None:
             logger.warning(
@@ -140,12 +145,14 @@ class Server:
                 ", ".join(exposed),
             )
         logger.info(
-            "ready: %d workers, database %s, work time %s s, %s, %s",
-            config.workers,
+            # Ends with key=value fields for programs (tests, tools): where to connect.
+            "ready: %s, database %s, %s, %s, %s; addresses=%s",
+            count(config.workers, "worker"),
             config.db,
-            "-".join(f"{t:g}" for t in sorted(set(config.work_time))),
+            _work(config),
             "TLS" if tls is not None else "plain TCP",
-            f"{len(self.tokens)} access tokens" if self.tokens is not None else "no access tokens",
+            count(len(self.tokens), "access token") if self.tokens is not None else "no access tokens",
+            ",".join(show_address(host, port) for host, port in self.addresses),
         )
         self.started.set()
 
@@ -154,133 +161,94 @@ class Server:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.request_exit)
 
-    # --- connections ----------------------------------------------------------------
-
-    def admit(self, connection: Connection) -> bool:
-        if not self._accepting or len(self.connections) >= self.config.max_connections:
-            logger.warning("refusing %s: %d connections open", connection.peer, len(self.connections))
-            return False
-        self.connections.add(connection)
-        return True
-
-    def forget(self, connection: Connection) -> None:
-        self.connections.discard(connection)
-        if not self.connections:
-            self._drained.set()
-
     def _live_figures(self) -> dict[str, Any]:
         workers = self._processing.pool.alive() if self._processing else 0
-        return {"workers": workers, "conexiones": len(self.connections)}
+        connections = len(self.state.connections) if self.state is not None else 0
+        return {"workers": workers, "conexiones": connections}
 
     # --- stop -----------------------------------------------------------------------
 
-    async def shutdown(self) -> None:
-        logger.info("shutting down")
+    async def shutdown(self, quiet: bool = False) -> None:
+        if not quiet:
+            logger.info("shutting down")
         timeout = self.config.shutdown_timeout
-        self._accepting = False
+        state = self.state
         for listener in self._listeners:
             listener.close()
-        if self.connections:
-            self._drained.clear()
-            self.service.release_waiters()
-            for connection in list(self.connections):
+        if state is not None:
+            state.accepting = False
+        if state is not None and state.connections:
+            state.drained.clear()
+            state.service.release_waiters()
+            for connection in list(state.connections):
                 connection.close_when_answered()
+            if not self._force_exit:
+                busy = sum(1 for connection in state.connections if connection.busy)
+                if busy:
+                    logger.info(
+                        "waiting for %s to be answered (up to %g s)", count(busy, "connection"), timeout
+                    )
             try:
-                await asyncio.wait_for(self._drained.wait(), timeout)
+                await asyncio.wait_for(state.drained.wait(), timeout)
             except asyncio.TimeoutError:
-                logger.warning("%d connections still busy; closing them", len(self.connections))
-            for connection in list(self.connections):
+                logger.warning("%s still busy; closing them", count(len(state.connections), "connection"))
+            for connection in list(state.connections):
                 connection.abort()
         if self._processing is not None:
-            await self._processing.stop(0 if self._force_exit else timeout)
-        if self._writer is not None:
-            await self._writer.stop()
-        if self._reader is not None:
-            self._reader.close()
-        logger.info("stopped")
+            processing = self._processing
+            await self._unless_forced(
+                processing.stop(0 if self._force_exit else timeout), processing.kill_now
+            )
+        if self._storage is not None:
+            await self._storage.stop(FORCED_WRITER_STOP_S if self._force_exit else timeout)
+        if not quiet:
+            logger.info("stopped")
 
-
-def _prepare_database(path: str) -> None:
-    """Create the table and take up what a crash left `en proceso`."""
-    try:
-        store = Store(path)
+    async def _unless_forced(self, step: Awaitable[None], on_force: Callable[[], None]) -> None:
+        """Await `step`; if a second signal comes meanwhile, call `on_force` and
+        await what is left of `step`, which then ends at once."""
+        task = asyncio.ensure_future(step)
+        forced = asyncio.ensure_future(self._forced.wait())
         try:
-            store.create_schema()
-            released = store.release(None, count_attempt=True)
+            await asyncio.wait({task, forced}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                on_force()
+            await task
         finally:
-            store.close()
-    except sqlite3.Error as exc:
-        raise StartupError(f"cannot use the database {path!r}: {exc}") from None
+            forced.cancel()
+
+
+def _work(config: ServerConfig) -> str:
+    """What a worker does with an order, for the ready line."""
+    if config.task is None:
+        return "work time " + "-".join(f"{t:g}" for t in sorted(set(config.work_time))) + " s"
+    limit = f", limit {config.task_limit:g} s" if config.task_limit else ""
+    return f"task {config.task} ({config.retries} retries{limit})"
+
+
+def _log_recovery(recovery: Recovery) -> None:
+    """What the last run left `en proceso` was taken up at the start."""
+    released = len(recovery.requeued) + len(recovery.failed)
     if released:
-        failed = sum(1 for _, estado in released if estado == "fallido")
         logger.warning(
-            "%d orders were in process when the server last stopped; %d back to pending, %d failed",
-            len(released),
-            len(released) - failed,
-            failed,
+            "%s in process when the server last stopped; %d back to pending, %d failed",
+            count(released, "order was", "orders were"),
+            len(recovery.requeued),
+            len(recovery.failed),
         )
 
 
-def listen_addresses(host: str, port: int) -> list[tuple[int, str]]:
-    """(family, address) pairs that `--host` names."""
-    if host == "localhost":
-        return [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
-    if host in ("::", "[::]"):
-        return [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
-    host = host.strip("[]")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise StartupError(f"cannot resolve host {host!r}: {exc.strerror}") from None
-    pairs = []
-    for family, _, _, _, sockaddr in infos:
-        if (family, sockaddr[0]) not in pairs:
-            pairs.append((family, sockaddr[0]))
-    return pairs
-
-
-def bind_sockets(hosts: list[str], port: int) -> list[socket.socket]:
-    """One listening socket per address; an IPv6 socket is v6-only, so the
-    families never share one. A family missing on this machine is logged and
-    skipped; having nothing to listen on is an error."""
-    sockets: list[socket.socket] = []
-    failures = []
-    for host in hosts:
-        for family, address in listen_addresses(host, port):
-            if any(s.family == family and s.getsockname()[0] == address for s in sockets):
-                continue
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind((address, port))
-                sock.listen(LISTEN_BACKLOG)
-                sock.setblocking(False)
-            except OSError as exc:
-                sock.close()
-                shown = f"[{address}]" if ":" in address else address
-                logger.warning("cannot listen on %s:%d: %s", shown, port, exc.strerror or exc)
-                failures.append(f"{shown}: {exc.strerror or exc}")
-                continue
-            if port == 0:  # the other addresses take the same free port
-                port = sock.getsockname()[1]
-            sockets.append(sock)
-    if not sockets:
-        raise StartupError("cannot listen on any address (" + "; ".join(failures) + ")")
-    return sockets
-
-
-def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    """A server TLS context (TLS 1.2 at least), or None for plain TCP."""
-    if cert is None and key is None:
-        return None
-    if cert is None:
-        raise StartupError("--tls-key needs --tls-cert")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise StartupError(f"cannot load the TLS certificate {cert!r}: {exc}") from None
-    return context
+def _log_activity(event: Event) -> None:
+    """At DEBUG: one line per order acknowledged, started, finished; ids only."""
+    what = ACTIVITY.get(event.kind)
+    if what is None:
+        return
+    by = f" by worker {event.worker}" if event.worker is not None else ""
+    for order_id in event.ids:
+        logger.debug(
+            "order %d %s%s",
+            order_id,
+            what,
+            by,
+            extra={"event": f"order_{what}", "id": order_id, "worker": event.worker},
+        )

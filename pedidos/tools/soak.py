@@ -11,18 +11,19 @@ printed: `acknowledged N, lost 0, duplicated 0, stuck 0` (lost: an acked id
 missing or holding another order; duplicated: a `referencia` stored twice or
 acked under two ids; stuck: an acked order not final). Exit status 0 only if
 all three are 0. Diagnostics go to stderr.
+`--tarea pedidos.tools.soak_task:falla_a_veces`: a task failing at random.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import random
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,9 +32,11 @@ import time
 from pathlib import Path
 
 from pedidos.client.blocking import Client, ConnectionProblem, Refused
+from pedidos.domain import FINAL_ESTADOS, MAX_ATTEMPTS, Estado
+from pedidos.protocol.replies import ERROR_INTERNO, NO_ENCONTRADO, SERVIDOR_OCUPADO
+from pedidos.storage import read_all_orders
 from pedidos.tools.procs import child_env
 
-FINAL = ("listo", "cancelado", "fallido")
 ORPHAN_GRACE_S = 5.0
 FAILURES = (ConnectionProblem, Refused, OSError, ValueError, KeyError)
 
@@ -96,7 +99,11 @@ class Soak:
 
     def start(self, work_time: str) -> None:
         command = [sys.executable, "-m", "pedidos", "--db", str(self.db), "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--workers", str(self.args.workers), "--work-time", work_time]
+        command += ["--port", str(self.port), "--workers", str(self.args.workers)]
+        if self.args.tarea:  # the task is the work
+            command += ["--tarea", self.args.tarea, "--reintentos", "2", "--reintento-base", "0.05"]
+        else:
+            command += ["--work-time", work_time]
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=child_env())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -195,7 +202,7 @@ class Soak:
             accion = rng.choice(["consultar", "consultar", "esperar", "cancelar"])
             extra = {"timeout": 1} if accion == "esperar" else {}
             reply = conn.request({"accion": accion, "id": ids[0], **extra})
-            if reply.get("error") == "no_encontrado":
+            if reply.get("error") == NO_ENCONTRADO:
                 with self.guard:
                     self.lost_live.add(ids[0])
 
@@ -206,7 +213,7 @@ class Soak:
         try:
             reply = conn.request(request)
         finally:
-            if reply.get("error") not in (None, "error_interno", "servidor_ocupado"):
+            if reply.get("error") not in (None, ERROR_INTERNO, SERVIDOR_OCUPADO):
                 self.problems.append(f"order refused: {reply}")
             if not reply.get("ok") and ref is not None:  # outcome unknown or refused: retry later
                 with self.guard:
@@ -252,29 +259,29 @@ class Soak:
         while time.monotonic() < deadline:
             with contextlib.suppress(*FAILURES):
                 estados = self.ask({"accion": "estadisticas"})["estados"]
-                if estados["pendiente"] == 0 and estados["en proceso"] == 0:
+                if estados[Estado.PENDIENTE] == 0 and estados[Estado.EN_PROCESO] == 0:
                     return True
             time.sleep(0.5)
         return False
 
     def audit(self) -> int:
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            rows = {r[0]: r[1:] for r in conn.execute("SELECT id, cliente, referencia, estado FROM pedidos")}
-            twice = conn.execute(
-                "SELECT COUNT(*) FROM (SELECT referencia FROM pedidos WHERE referencia IS NOT NULL "
-                "GROUP BY referencia HAVING COUNT(*) > 1)"
-            ).fetchone()[0]
-        finally:
-            conn.close()
+        orders = read_all_orders(str(self.db))
+        rows = {o["id"]: (o["cliente"], o["referencia"], o["estado"]) for o in orders}
+        refs = collections.Counter(o["referencia"] for o in orders if o["referencia"] is not None)
+        twice = sum(1 for n in refs.values() if n > 1)
         lost = {i for i, ack in self.acked.items() if rows.get(i, (None, None))[:2] != ack} | self.lost_live
         duplicated = twice + sum(1 for ids in self.ref_ids.values() if len(ids) > 1)
-        stuck = sum(1 for i in self.acked if i in rows and rows[i][2] not in FINAL)
+        stuck = sum(1 for i in self.acked if i in rows and rows[i][2] not in FINAL_ESTADOS)
+        # A `fallido` order says why: its task's error, or as many crashes as allowed.
+        short = {o["id"] for o in orders if o["intentos"] - o["fallos"] < MAX_ATTEMPTS and not o["error"]}
+        unexplained = sorted(i for i in short if rows[i][2] == Estado.FALLIDO)
+        if unexplained:
+            self.problems.append(f"fallido with no error and too few crashes: {unexplained[:10]}")
         for problem in sorted(set(self.problems))[:20]:
             print(f"soak: {problem}", file=sys.stderr)
         print(f"soak: killed {self.kills} times", file=sys.stderr)
         print(f"acknowledged {len(self.acked)}, lost {len(lost)}, duplicated {duplicated}, stuck {stuck}")
-        return 0 if not (lost or duplicated or stuck) else 1
+        return 0 if not (lost or duplicated or stuck or unexplained) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     parser.add_argument("--work-time", default="0-0.05", help="--work-time during the chaos (default 0-0.05)")
+    parser.add_argument("--tarea", metavar="MODULO:FUNCION", help="the server's --tarea (default: none)")
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)

@@ -5,17 +5,22 @@ Times are shown in the local time zone; the server stores them in UTC.
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 
 from pedidos.client.records import Order, Receipt, Stats
+from pedidos.domain import Estado
 
 NONE = "-"
 
 
 def count(n: int) -> str:
-    """Thousands set apart with a space, as Spanish style guides ask: 100 000."""
+    """Thousands set apart with a space from five digits on, as the RAE asks:
+    2000, 12 000, 100 000 (and scripts can grep a four-digit count as it is)."""
+    if -10_000 < n < 10_000:
+        return str(n)
     return f"{n:,}".replace(",", " ")
 
 
@@ -56,25 +61,33 @@ def receipt_line(receipt: Receipt) -> str:
 def state_line(order: Order) -> str:
     """One line for each state an order goes through, as `--esperar` shows it."""
     head = f"Pedido {order.id}: {order.estado}"
-    if order.estado == "pendiente":
+    if order.estado == Estado.PENDIENTE and order.reintentar_despues:
+        return (
+            f"{head}; la tarea falló ({order.error or NONE}), se reintenta a las"
+            f" {clock(order.retry_at)} ({plural(order.intentos, 'intento', 'intentos')} sin terminar)."
+        )
+    if order.estado == Estado.PENDIENTE:
         tries = plural(order.intentos, "intento interrumpido", "intentos interrumpidos")
         again = f", de nuevo tras {tries}" if order.intentos else ""
         return f"{head}{again} (recibido a las {clock(order.received_at)})."
-    if order.estado == "en proceso":
+    if order.estado == Estado.EN_PROCESO:
         return f"{head} en el worker {order.worker} desde las {clock(order.started_at)}."
-    if order.estado == "listo":
+    if order.estado == Estado.LISTO:
         return (
             f"{head} a las {clock(order.finished_at)}; tardó {seconds(order.duration)}"
             f" (worker {order.worker}, empezó a las {clock(order.started_at)})."
+            + (f" Resultado: {_short(result_text(order))}" if order.resultado is not None else "")
         )
-    if order.estado == "fallido":
+    if order.estado == Estado.FALLIDO and order.error:
+        return f"{head} tras {plural(order.intentos, 'intento', 'intentos')}: {order.error}"
+    if order.estado == Estado.FALLIDO:
         return f"{head} tras {plural(order.intentos, 'intento interrumpido', 'intentos interrumpidos')}."
     return f"{head}."
 
 
 def order_lines(order: Order) -> list[str]:
     worker = f" (worker {order.worker})" if order.worker is not None else ""
-    return [
+    lines = [
         f"Pedido {order.id}",
         f"  cliente:    {order.cliente}",
         f"  productos:  {', '.join(order.productos)}",
@@ -87,6 +100,24 @@ def order_lines(order: Order) -> list[str]:
         f"  duración:   {seconds(order.duration)}",
         f"  intentos:   {order.intentos}",
     ]
+    if order.fallos:
+        lines[-1] += f" ({plural(order.fallos, 'fallo', 'fallos')} de la tarea)"
+    if order.reintentar_despues:
+        lines.append(f"  reintento:  {date_time(order.retry_at)}")
+    if order.error is not None:
+        lines.append(f"  error:      {order.error}")
+    if order.resultado is not None:
+        lines.append(f"  resultado:  {result_text(order)}")
+    return lines
+
+
+def result_text(order: Order) -> str:
+    """`resultado` as JSON, non-ASCII as is: what the task returned."""
+    return json.dumps(order.resultado, ensure_ascii=False)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def summary_lines(cliente: str, productos: Sequence[str], direccion: str) -> list[str]:

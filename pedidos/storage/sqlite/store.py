@@ -1,95 +1,56 @@
-"""The order table: every line of SQL in the project lives here.
+"""The order table in SQLite: every line of SQL of this backend lives here.
 
 One `Store` is one connection; each thread or process that touches the
 database opens its own. Writes go through `transaction()`, which takes the
-shared write lock (a `multiprocessing.Lock`) when one is given, so the server's
+shared write lock (a `multiprocessing.Lock`, lock.py) when one is given, so the
 writer process and the workers hand the database to each other through a
 semaphore instead of SQLite's sleep-and-retry busy handler.
 
-A PostgreSQL store would keep these method names; `claim` would become a
-`SELECT ... FOR UPDATE SKIP LOCKED`.
+A worker's `Store` is its `WorkerStore` (storage/base.py); what changes an
+order once a worker takes it (claim, finish, fail, release, retry) is in
+attempts.py.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any
 
-from pedidos.protocol.validation import ESTADOS, NewOrder
-
-MAX_ATTEMPTS = 3  # interrupted attempts before an order is `fallido`
-BUSY_TIMEOUT_MS = 5000
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS pedidos (
-    id             INTEGER PRIMARY KEY,
-    cliente        TEXT    NOT NULL,
-    productos      TEXT    NOT NULL,
-    direccion      TEXT    NOT NULL,
-    referencia     TEXT    UNIQUE,
-    estado         TEXT    NOT NULL,
-    fecha_recibido TEXT    NOT NULL,
-    fecha_inicio   TEXT,
-    fecha_fin      TEXT,
-    worker         INTEGER,
-    intentos       INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS pedidos_estado ON pedidos (estado, id);
-CREATE INDEX IF NOT EXISTS pedidos_cliente ON pedidos (cliente, id);
-"""
-
-# Columns beyond the contract's, added to older databases as they open.
-EXTRA_COLUMNS = {
-    "propietario": "TEXT",  # digest of the access token that submitted the order (see auth.py)
-}
-
-COLUMNS = (
-    "id, cliente, productos, direccion, referencia, estado, fecha_recibido, "
-    "fecha_inicio, fecha_fin, worker, intentos"
+from pedidos.domain import ESTADOS, Estado, NewOrder
+from pedidos.storage.base import Receipt
+from pedidos.storage.sqlite.attempts import Attempts
+from pedidos.storage.sqlite.rows import (
+    COLUMNS,
+    EXTRA_COLUMNS,
+    SCHEMA,
+    due,
+    now,
+    order_of_row,
+    parts,
+    products_json,
 )
+
+__all__ = ["now", "products_json"]  # defined with the table, used here
+
+# How long a connection waits for one held by a program outside the server
+# (the server's own processes share the write lock instead). Tests shorten it.
+BUSY_TIMEOUT_MS = int(os.environ.get("PEDIDOS_TEST_BUSY_TIMEOUT_MS") or 5000)
+PENDIENTE = Estado.PENDIENTE.value
+
 INSERT = (
     "INSERT INTO pedidos "
-    "(id, cliente, productos, direccion, referencia, estado, fecha_recibido, propietario) VALUES "
+    "(cliente, productos, direccion, referencia, estado, fecha_recibido, propietario) VALUES "
 )
-INSERT_ROW = "(?, ?, ?, ?, ?, 'pendiente', ?, ?)"
+INSERT_ROW = f"(?, ?, ?, ?, '{PENDIENTE}', ?, ?)"
 INSERT_VALUES = INSERT_ROW.count("?")
-ROWS_PER_INSERT = 100  # 700 variables: under the 999 of old SQLite builds
-MAX_PARAMS = 500  # ids per IN (...) list, well under SQLite's variable limit
+ROWS_PER_INSERT = 100  # 600 variables: under the 999 of old SQLite builds
 
 
-class Stored(NamedTuple):
-    """What storing one new order came to."""
-
-    id: int
-    estado: str
-    duplicado: bool
-    ajeno: bool = False  # its referencia belongs to another owner's order
-
-
-# json.dumps with an argument builds a new encoder on every call.
-_encode_json = json.JSONEncoder(ensure_ascii=False).encode
-# What JSON must escape in a string (ensure_ascii=False): anything else is copied.
-_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
-
-
-def products_json(productos: Sequence[str]) -> str:
-    """`productos` as JSON text, exactly as `json.dumps(productos, ensure_ascii=False)`."""
-    if productos and _NEEDS_ESCAPE.search("".join(productos)) is None:
-        return '["' + '", "'.join(productos) + '"]'
-    return _encode_json(productos)
-
-
-def now() -> str:
-    """ISO 8601 UTC with microseconds and offset, as the contract writes times."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-class Store:
+class Store(Attempts):
     def __init__(
         self,
         path: str,
@@ -102,6 +63,9 @@ class Store:
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
         try:
+            # SQLite's own lower() and LIKE fold ASCII only: `contiene` must find
+            # "Juan PÉREZ" from "pérez". str.lower, as PostgreSQL's lower() folds.
+            self._conn.create_function(LOWER_FUNCTION, 1, _lower, deterministic=True)
             self._conn.execute("PRAGMA journal_mode=WAL")
             # FULL: in WAL mode NORMAL may lose the last commits on power loss,
             # and an acknowledged order must survive that. See Store's callers
@@ -148,50 +112,68 @@ class Store:
 
     def insert_orders(
         self, orders: Sequence[NewOrder], owners: Sequence[str | None] | None = None
-    ) -> list[Stored]:
-        """Store a batch in one transaction: a `Stored` for each order.
+    ) -> list[Receipt]:
+        """Store a batch in one transaction: a `Receipt` for each order.
 
         An order whose `referencia` is already stored (or earlier in the batch)
-        is not stored again. `owners` (one per order, or None) records who
-        submitted it; a `referencia` of someone else's order is `ajeno`.
+        is not stored again: the same order (same cliente, productos and
+        direccion, from the same owner or an admin) is a `duplicado`, any other
+        is `taken`. `owners` (one per order, or None) records who submitted it.
 
-        Rows go in with explicit ids, many per statement: the sqlite3 module
-        gives up the interpreter lock around every statement, and each time it
-        takes it back it may wait for the event loop."""
+        Rows go in many per statement: the sqlite3 module gives up the
+        interpreter lock around every statement, and each time it takes it
+        back it may wait for the event loop. SQLite numbers each new row one
+        past the largest id (INTEGER PRIMARY KEY), so the rows of one
+        statement, inside this write transaction, get consecutive ids ending at
+        `lastrowid`. With no deletes, an id is never reused (AUTOINCREMENT
+        would only add its bookkeeping table to every insert)."""
         received = now()
         owners = owners or [None] * len(orders)
-        results: list[Stored] = []
+        # A Receipt, or (row of this batch, duplicado, taken, referencia) until its id is known.
+        results: list[Any] = []
         values: list[Any] = []  # the rows' values, one after another
+        rows = 0
         with self.transaction() as db:
             known = self._by_referencia(db, {o.referencia for o in orders if o.referencia is not None})
-            next_id = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM pedidos").fetchone()[0]
             for (cliente, productos, direccion, referencia), owner in zip(orders, owners, strict=True):
                 if referencia is not None:
                     if referencia in known:
-                        order_id, estado, stored_owner = known[referencia]
-                        ajeno = owner is not None and owner != stored_owner
-                        results.append(Stored(order_id, estado, True, ajeno))
+                        order_id, estado, stored_owner, content = known[referencia]
+                        same_owner = owner is None or owner == stored_owner  # None: an admin
+                        taken = not (same_owner and content == (cliente, tuple(productos), direccion))
+                        # Taken: say nothing of the other order (its id stays out of the reply).
+                        shown = referencia if taken else None
+                        if order_id < 0:  # earlier in this batch: its id is not known yet
+                            results.append((-order_id - 1, True, taken, shown))
+                        else:
+                            results.append(Receipt(order_id, estado, True, taken, shown))
                         continue
-                    known[referencia] = (next_id, "pendiente", owner)
-                values += (next_id, cliente, products_json(productos), direccion, referencia, received, owner)
-                results.append(Stored(next_id, "pendiente", False))
-                next_id += 1
+                    content = (cliente, tuple(productos), direccion)
+                    known[referencia] = (-rows - 1, PENDIENTE, owner, content)
+                values += (cliente, products_json(productos), direccion, referencia, received, owner)
+                results.append((rows, False, False, None))
+                rows += 1
+            ids: list[int] = []
             step = ROWS_PER_INSERT * INSERT_VALUES
             for i in range(0, len(values), step):
                 part = values[i : i + step]
-                db.execute(INSERT + ", ".join([INSERT_ROW] * (len(part) // INSERT_VALUES)), part)
-        return results
+                n = len(part) // INSERT_VALUES
+                last = db.execute(INSERT + ", ".join([INSERT_ROW] * n), part).lastrowid
+                ids += range(last - n + 1, last + 1)
+        return [r if type(r) is Receipt else Receipt(ids[r[0]], PENDIENTE, *r[1:]) for r in results]
 
     @staticmethod
-    def _by_referencia(db: sqlite3.Connection, refs: set[str]) -> dict[str, tuple[int, str, str | None]]:
-        found: dict[str, tuple[int, str, str | None]] = {}
-        for part in _parts(list(refs)):
+    def _by_referencia(db: sqlite3.Connection, refs: set[str]) -> dict[str, tuple[Any, ...]]:
+        """referencia -> (id, estado, owner, (cliente, productos, direccion)) of stored orders."""
+        found: dict[str, tuple[Any, ...]] = {}
+        for part in parts(list(refs)):
             marks = ",".join("?" * len(part))
-            for ref, order_id, estado, owner in db.execute(
-                f"SELECT referencia, id, estado, propietario FROM pedidos WHERE referencia IN ({marks})",
+            for ref, order_id, estado, owner, cliente, productos, direccion in db.execute(
+                "SELECT referencia, id, estado, propietario, cliente, productos, direccion "
+                f"FROM pedidos WHERE referencia IN ({marks})",
                 part,
             ):
-                found[ref] = (order_id, estado, owner)
+                found[ref] = (order_id, estado, owner, (cliente, tuple(json.loads(productos)), direccion))
         return found
 
     def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
@@ -199,10 +181,10 @@ class Store:
         With `owner`, only an order of that owner is seen."""
         with self.transaction() as db:
             order = self._get(db, order_id, owner)
-            if order is None or order["estado"] != "pendiente":
+            if order is None or order["estado"] != PENDIENTE:
                 return order, False
-            db.execute("UPDATE pedidos SET estado = 'cancelado' WHERE id = ?", (order_id,))
-            order["estado"] = "cancelado"
+            db.execute("UPDATE pedidos SET estado = ? WHERE id = ?", (Estado.CANCELADO.value, order_id))
+            order["estado"] = Estado.CANCELADO.value
             return order, True
 
     # --- reads ---------------------------------------------------------------
@@ -219,23 +201,45 @@ class Store:
             row = db.execute(
                 f"SELECT {COLUMNS} FROM pedidos WHERE id = ? AND propietario = ?", (order_id, owner)
             ).fetchone()
-        return _order(row) if row else None
+        return order_of_row(row) if row else None
 
     def list_orders(
-        self, estado: str | None, cliente: str | None, desde_id: int, limite: int
+        self,
+        estado: str | None,
+        cliente: str | None,
+        desde_id: int,
+        limite: int,
+        contiene: str | None = None,
+        orden: str = "asc",
     ) -> list[dict[str, Any]]:
-        where, params = ["id > ?"], [desde_id]
+        """Up to `limite` orders after `desde_id`: ids above it, oldest first
+        (`orden` "asc"), or below it, newest first ("desc"; 0 means from the
+        newest). `contiene` is a case-insensitive substring of `cliente`."""
+        newest_first = orden == "desc"
+        where: list[str] = []
+        params: list[Any] = []
+        if not newest_first or desde_id > 0:
+            where.append("id < ?" if newest_first else "id > ?")
+            params.append(desde_id)
         if estado is not None:
             where.append("estado = ?")
             params.append(estado)
         if cliente is not None:
             where.append("cliente = ?")
             params.append(cliente)
+        if contiene is not None:
+            # A scan in id order that stops at `limite` matches: no index serves
+            # a substring, and the cheap conditions above are tested first. instr,
+            # not LIKE: '%' and '_' in the text are plain characters. PostgreSQL:
+            # strpos(lower(cliente), lower($1)) > 0, the same folding.
+            where.append(f"instr({LOWER_FUNCTION}(cliente), ?) > 0")
+            params.append(_lower(contiene))
         rows = self._conn.execute(
-            f"SELECT {COLUMNS} FROM pedidos WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+            f"SELECT {COLUMNS} FROM pedidos WHERE {' AND '.join(where) or '1'} "
+            f"ORDER BY id {'DESC' if newest_first else ''} LIMIT ?",
             (*params, limite),
         ).fetchall()
-        return [_order(row) for row in rows]
+        return [order_of_row(row) for row in rows]
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(ESTADOS, 0)
@@ -244,97 +248,26 @@ class Store:
         return counts
 
     def pending_ids(self, from_id: int, limit: int) -> list[int]:
-        """Ids of pending orders from `from_id` on, oldest first."""
+        """Ids of pending orders from `from_id` on, oldest first, leaving out
+        those whose retry is not due yet."""
         rows = self._conn.execute(
-            "SELECT id FROM pedidos WHERE estado = 'pendiente' AND id >= ? ORDER BY id LIMIT ?",
-            (from_id, limit),
+            f"SELECT id FROM pedidos WHERE estado = ? AND id >= ? AND {due()} ORDER BY id LIMIT ?",
+            (PENDIENTE, from_id, now(), limit),
         )
         return [row[0] for row in rows]
 
-    # --- processing (the workers) -------------------------------------------
-
-    def claim(self, ids: Sequence[int], worker: int) -> tuple[str, list[int]]:
-        """Take the still-pending orders among `ids` for `worker`: (start time, taken ids)."""
-        started = now()
-        taken: list[int] = []
-        with self.transaction() as db:
-            for part in _parts(ids):
-                marks = ",".join("?" * len(part))
-                db.execute(
-                    "UPDATE pedidos SET estado = 'en proceso', fecha_inicio = ?, worker = ? "
-                    f"WHERE estado = 'pendiente' AND id IN ({marks})",
-                    (started, worker, *part),
-                )
-                taken += [
-                    row[0]
-                    for row in db.execute(
-                        "SELECT id FROM pedidos WHERE estado = 'en proceso' AND worker = ? "
-                        f"AND fecha_inicio = ? AND id IN ({marks}) ORDER BY id",
-                        (worker, started, *part),
-                    )
-                ]
-        return started, taken
-
-    def finish(self, ids: Sequence[int], worker: int) -> str:
-        """Mark the orders that `worker` holds among `ids` as `listo`: the end time."""
-        finished = now()
-        with self.transaction() as db:
-            for part in _parts(ids):
-                marks = ",".join("?" * len(part))
-                db.execute(
-                    "UPDATE pedidos SET estado = 'listo', fecha_fin = ? "
-                    f"WHERE estado = 'en proceso' AND worker = ? AND id IN ({marks})",
-                    (finished, worker, *part),
-                )
-        return finished
-
-    def release(self, worker: int | None, count_attempt: bool) -> list[tuple[int, str]]:
-        """Hand back the orders in process by `worker` (None: by anyone).
-
-        An attempt ended by a crash counts in `intentos`, and the third such
-        attempt makes the order `fallido`; one handed back at a graceful
-        shutdown does not count. Returns (id, new estado) for each."""
-        where, params = "estado = 'en proceso'", []
-        if worker is not None:
-            where += " AND worker = ?"
-            params.append(worker)
-        changed = []
-        with self.transaction() as db:
-            rows = db.execute(f"SELECT id, intentos FROM pedidos WHERE {where}", params).fetchall()
-            for order_id, intentos in rows:
-                intentos += 1 if count_attempt else 0
-                if intentos >= MAX_ATTEMPTS:
-                    db.execute(
-                        "UPDATE pedidos SET estado = 'fallido', intentos = ? WHERE id = ?",
-                        (intentos, order_id),
-                    )
-                    changed.append((order_id, "fallido"))
-                else:
-                    db.execute(
-                        "UPDATE pedidos SET estado = 'pendiente', intentos = ?, "
-                        "fecha_inicio = NULL, worker = NULL WHERE id = ?",
-                        (intentos, order_id),
-                    )
-                    changed.append((order_id, "pendiente"))
-        return changed
+    def get_by_referencia(self, referencia: str, owner: str | None = None) -> dict[str, Any] | None:
+        """The order with that `referencia`, or None; with `owner`, only one of that owner."""
+        sql, params = f"SELECT {COLUMNS} FROM pedidos WHERE referencia = ?", [referencia]
+        if owner is not None:
+            sql += " AND propietario = ?"
+            params.append(owner)
+        row = self._conn.execute(sql, params).fetchone()
+        return order_of_row(row) if row else None
 
 
-def _parts(ids: Sequence[int]) -> Iterator[Sequence[int]]:
-    for i in range(0, len(ids), MAX_PARAMS):
-        yield ids[i : i + MAX_PARAMS]
+LOWER_FUNCTION = "pedidos_minusculas"
 
 
-def _order(row: tuple[Any, ...]) -> dict[str, Any]:
-    return {
-        "id": row[0],
-        "cliente": row[1],
-        "productos": json.loads(row[2]),
-        "direccion": row[3],
-        "referencia": row[4],
-        "estado": row[5],
-        "fecha_recibido": row[6],
-        "fecha_inicio": row[7],
-        "fecha_fin": row[8],
-        "worker": row[9],
-        "intentos": row[10],
-    }
+def _lower(text: str | None) -> str | None:
+    return None if text is None else text.lower()

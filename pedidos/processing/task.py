@@ -1,0 +1,97 @@
+"""The user's task (`--tarea MODULO:FUNCION`): loading it, calling it, and what
+its outcome becomes in the order's row.
+
+The server loads the task once before any worker starts, so that a typo stops
+the start with one line instead of a loop of dying workers; each worker then
+loads it again, once, in its own process. An `async def` task is awaited on
+the worker's own event loop, created the first time one is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pedidos.domain import MAX_ERROR_CHARS, MAX_RESULT_BYTES
+
+Task = Callable[[dict[str, Any]], Any]
+
+
+class TaskError(Exception):
+    """The task cannot be loaded; the message is one line for the operator."""
+
+
+class ResultError(Exception):
+    """What the task returned cannot be stored: a failed attempt."""
+
+
+def load_task(spec: str) -> Task:
+    """`MODULO:FUNCION` (FUNCION may be dotted: `module:Class.method`), imported
+    as `python3 -m` would find it from the working directory."""
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise TaskError(f"--tarea must be MODULO:FUNCION, not {spec!r}")
+    # The user's module is most often a file next to where they run the
+    # server, as with `rq worker` or `celery -A`.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except (Exception, SystemExit) as exc:  # a module may fail any way at import
+        raise TaskError(f"cannot import {module_name!r} for --tarea {spec}: {describe(exc)}") from None
+    for name in attribute.split("."):
+        try:
+            target = getattr(target, name)
+        except AttributeError:
+            raise TaskError(f"the module {module_name!r} has no {attribute!r} (--tarea {spec})") from None
+    if not callable(target):
+        raise TaskError(f"--tarea {spec} is not a function but a {type(target).__name__}")
+    return target
+
+
+class TaskRunner:
+    """Calls the task in a worker process, sync or async."""
+
+    def __init__(self, task: Task) -> None:
+        self._task = task
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self, order: dict[str, Any]) -> Any:
+        value = self._task(order)
+        if inspect.isawaitable(value):
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            value = self._loop.run_until_complete(value)
+        return value
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+
+
+def encode_result(value: Any) -> str:
+    """The task's return value as the JSON text of `resultado`, or ResultError."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ResultError(f"el resultado de la tarea no se puede guardar como JSON ({exc})") from None
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_RESULT_BYTES:
+        raise ResultError(
+            f"el resultado de la tarea ocupa {size} bytes en JSON; el máximo es {MAX_RESULT_BYTES}"
+        )
+    return text
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as the order's `error`: its type and message, never a
+    traceback (that goes to the server's log), cut to a readable length."""
+    message = str(exc)
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"

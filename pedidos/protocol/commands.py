@@ -1,0 +1,194 @@
+"""What a command means: its fields, checked one by one against `COMMANDS`.
+
+Every refusal is a RequestError whose sentence names the field at fault.
+Values are refused, never clamped. validation.py tells a command from an order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pedidos.domain import (
+    CLIENTE_MAX,
+    DEFAULT_LIMIT,
+    DEFAULT_TIMEOUT,
+    ESTADOS,
+    MAX_ID,
+    MAX_LIMIT,
+    MAX_SECONDS,
+    MAX_TOKEN_CHARS,
+    REFERENCIA_MAX,
+)
+from pedidos.protocol.replies import ACCION_DESCONOCIDA, MENSAJE_INVALIDO, RequestError
+
+ORDENES = ("asc", "desc")  # `listar`: oldest first (the default) or newest first
+
+
+@dataclass(frozen=True)
+class Command:
+    accion: str
+    args: dict[str, Any]
+
+
+Check = Callable[[str, Any], Any]
+_REQUIRED = object()
+
+
+def _id(name: str, raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_ID:
+        raise RequestError(MENSAJE_INVALIDO, f"'{name}' debe ser un entero positivo, no {shown(raw)}.")
+    return raw
+
+
+def _from_id(name: str, raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_ID:
+        raise RequestError(
+            MENSAJE_INVALIDO, f"'{name}' debe ser un entero mayor o igual a 0, no {shown(raw)}."
+        )
+    return raw
+
+
+def _timeout(name: str, raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= MAX_SECONDS:
+        raise RequestError(
+            MENSAJE_INVALIDO,
+            f"'{name}' debe ser un número de segundos entre 0 y {MAX_SECONDS:g}, no {shown(raw)}.",
+        )
+    return float(raw)
+
+
+def _limit(name: str, raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_LIMIT:
+        raise RequestError(
+            MENSAJE_INVALIDO, f"'{name}' debe ser un entero entre 1 y {MAX_LIMIT}, no {shown(raw)}."
+        )
+    return raw
+
+
+def _estado(name: str, raw: Any) -> str:
+    if raw not in ESTADOS:
+        raise RequestError(
+            MENSAJE_INVALIDO,
+            f"'{name}' debe ser uno de {', '.join(ESTADOS)}; no {shown(raw)}.",
+        )
+    return raw
+
+
+def _text(name: str, raw: Any) -> str:
+    # Trimmed before counting, as the stored value was: any `cliente` an order
+    # may carry is a filter `listar` takes.
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not 1 <= len(text) <= CLIENTE_MAX:
+        raise RequestError(
+            MENSAJE_INVALIDO,
+            f"'{name}' debe ser un texto de 1 a {CLIENTE_MAX} caracteres después de quitar los espacios.",
+        )
+    return text
+
+
+def _referencia(name: str, raw: Any) -> str:
+    # The same rule as an order's `referencia`, so any stored key can be looked up.
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not 1 <= len(text) <= REFERENCIA_MAX:
+        raise RequestError(
+            MENSAJE_INVALIDO,
+            f"'{name}' debe ser un texto de 1 a {REFERENCIA_MAX} caracteres después de quitar los espacios.",
+        )
+    return text
+
+
+def _orden(name: str, raw: Any) -> str:
+    if not isinstance(raw, str) or raw not in ORDENES:
+        raise RequestError(
+            MENSAJE_INVALIDO,
+            f"'{name}' debe ser 'asc' (del más antiguo al más nuevo) o 'desc' (del más nuevo al más "
+            f"antiguo), no {shown(raw)}.",
+        )
+    return raw
+
+
+def _token(name: str, raw: Any) -> str:
+    # Never echo the value: it may be someone's secret, mistyped.
+    if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_TOKEN_CHARS:
+        raise RequestError(
+            MENSAJE_INVALIDO, f"'{name}' debe ser un texto de 1 a {MAX_TOKEN_CHARS} caracteres."
+        )
+    return raw
+
+
+# accion: {field: (check, default)}; _REQUIRED marks a field that must be there.
+COMMANDS: dict[str, dict[str, tuple[Check, Any]]] = {
+    # `id` or `referencia`, exactly one: see ONE_OF.
+    "consultar": {"id": (_id, None), "referencia": (_referencia, None)},
+    "esperar": {"id": (_id, _REQUIRED), "timeout": (_timeout, DEFAULT_TIMEOUT)},
+    "listar": {
+        "estado": (_estado, None),
+        "cliente": (_text, None),
+        "contiene": (_text, None),  # case-insensitive substring of `cliente`
+        "desde_id": (_from_id, 0),
+        "limite": (_limit, DEFAULT_LIMIT),
+        "orden": (_orden, "asc"),
+    },
+    "cancelar": {"id": (_id, _REQUIRED)},
+    "reintentar": {"id": (_id, _REQUIRED)},
+    "estadisticas": {},
+    "autenticar": {"token": (_token, _REQUIRED)},
+}
+
+# Commands that take exactly one of these fields.
+ONE_OF: dict[str, tuple[str, ...]] = {"consultar": ("id", "referencia")}
+
+
+def parse_command(value: dict[str, Any]) -> Command:
+    accion = value["accion"]
+    if not isinstance(accion, str):
+        raise RequestError(MENSAJE_INVALIDO, f"'accion' debe ser un texto, no {json_type(accion)}.")
+    fields = COMMANDS.get(accion)
+    if fields is None:
+        raise RequestError(
+            ACCION_DESCONOCIDA,
+            f"La acción {shown(accion)} no existe; las acciones son: {', '.join(COMMANDS)}.",
+        )
+    args: dict[str, Any] = {}
+    for name in value:
+        if name != "accion" and name not in fields:
+            raise RequestError(MENSAJE_INVALIDO, f"Campo desconocido '{name}' para la acción '{accion}'.")
+    for name, (check, default) in fields.items():
+        raw = value.get(name)
+        if raw is None:
+            if default is _REQUIRED:
+                raise RequestError(MENSAJE_INVALIDO, f"Falta el campo '{name}' para la acción '{accion}'.")
+            args[name] = default
+        else:
+            args[name] = check(name, raw)
+    one_of = ONE_OF.get(accion)
+    if one_of is not None and sum(args[name] is not None for name in one_of) != 1:
+        names = " o ".join(f"'{name}'" for name in one_of)
+        given = [name for name in one_of if args[name] is not None]
+        missing = "Falta el campo" if not given else "Sobra un campo: lleve solo"
+        raise RequestError(
+            MENSAJE_INVALIDO, f"{missing} {names} para la acción '{accion}' (uno de los dos, no ambos)."
+        )
+    return Command(accion, args)
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "un booleano"
+    if isinstance(value, (int, float)):
+        return "un número"
+    if isinstance(value, str):
+        return "un texto"
+    if isinstance(value, list):
+        return "una lista"
+    return "un objeto"
+
+
+def shown(value: Any) -> str:
+    """A value as the client wrote it, cut short: error replies stay small."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

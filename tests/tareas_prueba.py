@@ -1,0 +1,99 @@
+"""Task functions for tests/test_tasks.py, imported by the server's worker
+processes (the test puts this directory on their PYTHONPATH).
+
+`segun_cliente` does what the order's `cliente` names, so that one server
+shows many behaviours. What must outlive a worker (how many calls an order
+had, when, in which process) goes to files under PEDIDOS_PRUEBA_DIR, keyed by
+the order's id: the idempotency pattern the docs recommend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _calls(pedido: dict[str, Any]) -> int:
+    """Record this call (time, pid, what the order said); how many so far."""
+    path = Path(os.environ["PEDIDOS_PRUEBA_DIR"]) / f"{pedido['id']}.calls"
+    entry = {
+        "t": time.time(),
+        "pid": os.getpid(),
+        "intentos": pedido["intentos"],
+        "fallos": pedido["fallos"],
+        "error": pedido["error"],
+    }
+    with path.open("a") as file:
+        file.write(json.dumps(entry) + "\n")
+    return len(path.read_text().splitlines())
+
+
+def devuelve(pedido: dict[str, Any]) -> Any:
+    return {"albaran": f"A-{pedido['id']}", "productos": len(pedido["productos"]), "nota": "entregado ñ"}
+
+
+def falla_dos_veces(pedido: dict[str, Any]) -> Any:
+    n = _calls(pedido)
+    if n <= 2:
+        raise ValueError(f"fallo {n}")
+    return {"llamadas": n}
+
+
+def siempre_falla(pedido: dict[str, Any]) -> Any:
+    _calls(pedido)
+    raise RuntimeError("sin stock de pan")
+
+
+def cuelga_una_vez(pedido: dict[str, Any]) -> Any:
+    if _calls(pedido) == 1:
+        time.sleep(3600)
+    return {"pid": os.getpid()}
+
+
+def se_mata(pedido: dict[str, Any]) -> Any:
+    _calls(pedido)
+    os._exit(7)
+
+
+def demasiado_grande(pedido: dict[str, Any]) -> Any:
+    return "x" * (64 * 1024)  # 65 538 bytes as JSON, with its quotes
+
+
+def no_json(pedido: dict[str, Any]) -> Any:
+    return {"productos": set(pedido["productos"])}
+
+
+def arreglable(pedido: dict[str, Any]) -> Any:
+    """Fails until the file `arreglado-ID` exists: an outage fixed by hand."""
+    _calls(pedido)
+    if not (Path(os.environ["PEDIDOS_PRUEBA_DIR"]) / f"arreglado-{pedido['id']}").exists():
+        raise ConnectionError("el servicio de pagos no responde")
+    return "pagado"
+
+
+BEHAVIOURS = {
+    "devuelve": devuelve,
+    "falla-dos-veces": falla_dos_veces,
+    "siempre-falla": siempre_falla,
+    "cuelga-una-vez": cuelga_una_vez,
+    "se-mata": se_mata,
+    "grande": demasiado_grande,
+    "no-json": no_json,
+    "arreglable": arreglable,
+}
+
+
+def segun_cliente(pedido: dict[str, Any]) -> Any:
+    return BEHAVIOURS[pedido["cliente"]](pedido)
+
+
+async def asincrona(pedido: dict[str, Any]) -> Any:
+    await asyncio.sleep(0.01)
+    return {"bucle": id(asyncio.get_running_loop()), "pid": os.getpid(), "id": pedido["id"]}
+
+
+NO_ES_FUNCION = 42

@@ -1,0 +1,355 @@
+"""`--tarea`: the user's function in real worker processes (contract section 11).
+
+One server runs `tareas_prueba.segun_cliente`, which behaves as the order's
+`cliente` says (returns, fails twice, always fails, hangs once, kills its
+process, returns too much or not JSON, fails until fixed by hand); a second
+runs an `async def` task. Short backoff (--reintento-base 0.2: waits of 0.1 to
+0.2 s, then 0.2 to 0.4 s) and a short --limite-tarea keep it quick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CLIENTE, SERVIDOR, ServerProcess, _alive, running_server, wait_for
+
+from pedidos.client import AsyncClient, Client, Refused
+from pedidos.domain import MAX_ATTEMPTS
+
+TESTS = Path(__file__).resolve().parent
+RETRIES = 2
+LIMIT_S = 2.0
+BASE_S = 0.2
+
+
+def task_env(state: Path) -> dict[str, str]:
+    return {"PYTHONPATH": str(TESTS), "PEDIDOS_PRUEBA_DIR": str(state)}
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tarea")
+
+
+@pytest.fixture(scope="module")
+def srv(state: Path) -> Iterator[ServerProcess]:
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--reintentos", str(RETRIES)]
+    args += ["--limite-tarea", str(LIMIT_S), "--reintento-base", str(BASE_S), "--workers", "2"]
+    with running_server(state, *args, env=task_env(state)) as server:
+        yield server
+
+
+@pytest.fixture
+def client(srv: ServerProcess) -> Iterator[Client]:
+    with Client("127.0.0.1", srv.port, timeout=30) as c:
+        yield c
+
+
+def submit(client: Client, cliente: str, referencia: str | None = None) -> int:
+    return client.submit(cliente, ["pan", "agua"], "Calle 1", referencia).id
+
+
+def final(client: Client, order_id: int, timeout: float = 20) -> dict[str, Any]:
+    reply = client.call({"accion": "esperar", "id": order_id, "timeout": timeout})
+    return reply["pedido"]
+
+
+def calls(state: Path, order_id: int) -> list[dict[str, Any]]:
+    path = state / f"{order_id}.calls"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def moment(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_a_returned_value_is_stored_and_shown_everywhere(srv, client, state):
+    order_id = submit(client, "devuelve", "ref-devuelve")
+    waited = final(client, order_id)
+    expected = {"albaran": f"A-{order_id}", "productos": 2, "nota": "entregado ñ"}
+    assert waited["estado"] == "listo" and waited["resultado"] == expected
+    assert waited["error"] is None and waited["reintentar_despues"] is None
+    assert waited["intentos"] == 0 and waited["fallos"] == 0
+    by_key = client.call({"accion": "consultar", "referencia": "ref-devuelve"})["pedido"]
+    assert by_key == waited == client.call({"accion": "consultar", "id": order_id})["pedido"]
+    assert client.get(referencia="ref-devuelve").resultado == expected
+    shown = subprocess.run(
+        [sys.executable, str(CLIENTE), "--port", str(srv.port), "--consultar-referencia", "ref-devuelve"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"Pedido {order_id}" in shown.stdout
+    assert f'resultado:  {{"albaran": "A-{order_id}", "productos": 2, "nota": "entregado ñ"}}' in shown.stdout
+
+
+def test_consultar_an_unknown_referencia_is_no_encontrado(client):
+    with pytest.raises(Refused) as refused:
+        client.get(referencia="no-existe")
+    assert refused.value.code == "no_encontrado" and "no-existe" in refused.value.mensaje
+
+
+def test_raises_twice_then_succeeds_after_waiting_each_backoff(client, state):
+    order_id = submit(client, "falla-dos-veces")
+    seen_waiting: list[dict[str, Any]] = []
+
+    def waiting_retry() -> bool:
+        order = client.call({"accion": "consultar", "id": order_id})["pedido"]
+        if order["reintentar_despues"] is not None:
+            seen_waiting.append(order)
+        return order["estado"] == "listo"
+
+    wait_for(waiting_retry, timeout=20, interval=0.01)
+    done = final(client, order_id)
+    assert done["resultado"] == {"llamadas": 3}
+    assert done["intentos"] == 2 and done["fallos"] == 2
+    assert done["error"] == "ValueError: fallo 2"  # the last failure stays, documented
+    assert done["reintentar_despues"] is None
+    tries = calls(state, order_id)
+    assert [(c["intentos"], c["fallos"], c["error"]) for c in tries] == [
+        (0, 0, None),
+        (1, 1, "ValueError: fallo 1"),
+        (2, 2, "ValueError: fallo 2"),
+    ]
+    # Each wait is at least half its exponential step (the rest is jitter).
+    assert tries[1]["t"] - tries[0]["t"] >= BASE_S / 2
+    assert tries[2]["t"] - tries[1]["t"] >= BASE_S
+    # While it waited, the order said until when, and no call came before that.
+    assert seen_waiting, "never saw the order waiting for its retry"
+    for order in seen_waiting:
+        assert order["estado"] == "pendiente" and order["error"].startswith("ValueError")
+        retry_at = moment(order["reintentar_despues"])
+        later_calls = [c["t"] for c in tries if c["fallos"] == order["fallos"]]
+        assert later_calls and later_calls[0] >= retry_at - 0.005
+
+
+def test_always_raising_ends_fallido_after_the_retries_with_its_error(srv, client, state):
+    order_id = submit(client, "siempre-falla")
+    done = final(client, order_id)
+    assert done["estado"] == "fallido"
+    assert done["error"] == "RuntimeError: sin stock de pan"
+    assert done["intentos"] == RETRIES + 1 == done["fallos"]
+    assert done["resultado"] is None and done["reintentar_despues"] is None
+    assert len(calls(state, order_id)) == RETRIES + 1
+    assert "Traceback" in srv.log and "RuntimeError: sin stock de pan" in srv.log  # the log has it all
+    shown = subprocess.run(
+        [sys.executable, str(CLIENTE), "--port", str(srv.port), "--consultar", str(order_id)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "error:      RuntimeError: sin stock de pan" in shown.stdout
+    assert "intentos:   3 (3 fallos de la tarea)" in shown.stdout
+
+
+def test_a_hanging_call_is_stopped_at_the_limit_and_its_worker_replaced(srv, client, state):
+    order_id = submit(client, "cuelga-una-vez")
+    wait_for(lambda: calls(state, order_id), timeout=10)
+    started = time.monotonic()
+    done = final(client, order_id, timeout=30)
+    assert done["estado"] == "listo"
+    assert time.monotonic() - started >= LIMIT_S - 0.5
+    assert done["intentos"] == 1 and done["fallos"] == 1
+    assert done["error"].startswith("TiempoAgotado:") and f"{LIMIT_S:g} s" in done["error"]
+    first, second = calls(state, order_id)
+    assert first["pid"] != second["pid"] == done["resultado"]["pid"]
+    assert not _alive(first["pid"])
+    assert "ran over the task time limit" in srv.log
+
+
+def test_a_task_that_kills_its_process_counts_crashes_until_fallido(srv, client, state):
+    order_id = submit(client, "se-mata")
+    done = final(client, order_id, timeout=40)
+    assert done["estado"] == "fallido"
+    assert done["intentos"] == MAX_ATTEMPTS and done["fallos"] == 0 and done["error"] is None
+    pids = {c["pid"] for c in calls(state, order_id)}
+    assert len(pids) == MAX_ATTEMPTS
+    assert not any(_alive(pid) for pid in pids)
+    # Its workers were replaced: the server still works.
+    assert final(client, submit(client, "devuelve"))["estado"] == "listo"
+
+
+@pytest.mark.parametrize(
+    "cliente, words",
+    [("grande", ["ResultError", "65538 bytes", "65536"]), ("no-json", ["ResultError", "JSON", "set"])],
+)
+def test_a_result_too_large_or_not_json_is_a_clear_failure(srv, client, cliente, words):
+    done = final(client, submit(client, cliente))
+    assert done["estado"] == "fallido" and done["fallos"] == RETRIES + 1
+    assert done["resultado"] is None
+    for word in words:
+        assert word in done["error"]
+    assert "Traceback" not in done["error"]
+
+
+def test_reintentar_puts_a_fallido_order_back_and_refuses_any_other(srv, client, state):
+    order_id = submit(client, "arreglable")
+    failed = final(client, order_id)
+    assert failed["estado"] == "fallido" and failed["error"].startswith("ConnectionError")
+    (state / f"arreglado-{order_id}").touch()
+    again = client.retry(order_id)  # the order as the command left it
+    assert (again.estado, again.intentos, again.fallos) == ("pendiente", 0, 0)
+    assert again.error.startswith("ConnectionError")  # kept until a new attempt
+    done = final(client, order_id)
+    assert done["estado"] == "listo" and done["resultado"] == "pagado"
+    assert done["intentos"] == 0 and done["fallos"] == 0
+    assert len(calls(state, order_id)) == RETRIES + 2
+    for request, code in [
+        ({"accion": "reintentar", "id": order_id}, "no_reintentable"),  # listo
+        ({"accion": "reintentar", "id": 10**9}, "no_encontrado"),
+    ]:
+        reply = client.request(request)
+        assert reply["ok"] is False and reply["error"] == code, reply
+    refused = client.request({"accion": "reintentar", "id": order_id})
+    assert refused["pedido"]["estado"] == "listo" and "fallido" in refused["mensaje"]
+
+
+def test_reintentar_refuses_pending_and_cancelled_orders(client):
+    order_id = submit(client, "cuelga-una-vez")  # held for LIMIT_S: en proceso or pendiente
+    reply = client.request({"accion": "reintentar", "id": order_id})
+    assert reply["error"] == "no_reintentable" and reply["pedido"]["estado"] in ("pendiente", "en proceso")
+    final(client, order_id, timeout=30)
+
+
+def test_cliente_reintentar_on_the_command_line(srv, client, state):
+    order_id = submit(client, "arreglable")
+    assert final(client, order_id)["estado"] == "fallido"
+    (state / f"arreglado-{order_id}").touch()
+    run = subprocess.run(
+        [sys.executable, str(CLIENTE), "--port", str(srv.port), "--reintentar", str(order_id), "--esperar"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"Pedido {order_id}: listo" in run.stdout and 'Resultado: "pagado"' in run.stdout
+    refused = subprocess.run(
+        [sys.executable, str(CLIENTE), "--port", str(srv.port), "--reintentar", str(order_id)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 1 and "no_reintentable" in refused.stderr
+
+
+def test_an_async_task_runs_on_each_workers_own_loop(tmp_path):
+    args = ["--tarea", "tareas_prueba:asincrona", "--workers", "1"]
+    with (
+        running_server(tmp_path, *args, env=task_env(tmp_path)) as server,
+        Client("127.0.0.1", server.port, timeout=30) as c,
+    ):
+        ids = [c.submit("Ana", ["pan"], "Calle 1").id for _ in range(3)]
+        results = [c.wait(i, timeout=20).resultado for i in ids]
+    assert [r["id"] for r in results] == ids
+    assert len({r["pid"] for r in results}) == 1 and len({r["bucle"] for r in results}) == 1
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("tareas_prueba:no_existe", ["tareas_prueba", "no_existe"]),
+        ("modulo_que_no_existe:f", ["modulo_que_no_existe", "ModuleNotFoundError"]),
+        ("tareas_prueba:NO_ES_FUNCION", ["NO_ES_FUNCION", "not a function"]),
+        ("sin_dos_puntos", ["MODULO:FUNCION"]),
+    ],
+)
+def test_a_task_that_cannot_be_imported_stops_the_start_with_one_line(tmp_path, spec, words):
+    run = subprocess.run(
+        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), "--port", "0", "--tarea", spec],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={**os.environ, **task_env(tmp_path)},
+    )
+    assert run.returncode == 2
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    for word in words:
+        assert word in lines[0]
+    assert not (tmp_path / "p.db").exists()  # stopped before anything started
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--limite-tarea", "1"], "--limite-tarea only applies with --tarea"),
+        (["--reintentos", "3"], "--reintentos only applies with --tarea"),
+        (["--tarea", "tareas_prueba:devuelve", "--work-time", "1"], "with --tarea the task is the work"),
+        (["--tarea", "tareas_prueba:devuelve", "--limite-tarea", "0"], "more than 0 seconds"),
+        (["--tarea", "tareas_prueba:devuelve", "--reintentos", "-1"], "0 or more"),
+    ],
+)
+def test_task_flags_are_checked(tmp_path, args, words):
+    run = subprocess.run(
+        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **task_env(tmp_path)},
+    )
+    assert run.returncode == 2 and words in run.stderr, run.stderr
+    assert not (tmp_path / "p.db").exists()
+
+
+def test_a_stop_while_a_task_hangs_hands_the_order_back(tmp_path):
+    """SIGTERM with a call in hand: after --shutdown-timeout the worker is
+    killed and the order handed back uncounted (section 6), as with the sleep."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "1", "--shutdown-timeout", "0.5"]
+    with running_server(tmp_path, *args, env=task_env(tmp_path)) as server:
+        with Client("127.0.0.1", server.port, timeout=30) as c:
+            order_id = c.submit("cuelga-una-vez", ["pan"], "Calle 1").id
+        wait_for(lambda: calls(tmp_path, order_id), timeout=10)
+        assert server.stop(signal.SIGTERM) == 0
+    with (
+        running_server(tmp_path, *args, env=task_env(tmp_path)) as server,
+        Client("127.0.0.1", server.port, timeout=30) as c,
+    ):
+        done = c.wait(order_id, timeout=20)
+    assert done.estado == "listo" and done.intentos == 0 and done.fallos == 0
+
+
+def test_get_takes_an_id_or_a_referencia_and_the_async_client_has_both(srv, client):
+    for args, kwargs in [((), {}), ((1,), {"referencia": "x"})]:
+        with pytest.raises(ValueError, match="exactly one"):
+            client.get(*args, **kwargs)
+    order_id = submit(client, "siempre-falla", "ref-async")
+
+    async def ask() -> tuple[Any, Any]:
+        async with AsyncClient("127.0.0.1", srv.port, timeout=30) as aclient:
+            done = await aclient.wait(order_id, timeout=20)
+            return await aclient.get(referencia="ref-async"), await aclient.retry(done.id)
+
+    found, retried = asyncio.run(ask())
+    assert found.id == order_id and found.estado == "fallido" and found.fallos == RETRIES + 1
+    assert (retried.id, retried.estado, retried.intentos, retried.fallos) == (order_id, "pendiente", 0, 0)
+    final(client, order_id)
+
+
+def test_a_retry_waiting_across_a_restart_is_taken_when_due(tmp_path):
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "1", "--reintento-base", "1"]
+    with running_server(tmp_path, *args, env=task_env(tmp_path)) as server:
+        with Client("127.0.0.1", server.port, timeout=30) as c:
+            order_id = c.submit("falla-dos-veces", ["pan"], "Calle 1").id
+            waiting = wait_for(lambda: (o := c.get(order_id)).reintentar_despues and o, timeout=20)
+        assert server.stop(signal.SIGTERM) == 0
+    with (
+        running_server(tmp_path, *args, env=task_env(tmp_path)) as server,
+        Client("127.0.0.1", server.port, timeout=30) as c,
+    ):
+        done = c.wait(order_id, timeout=30)
+    assert done.estado == "listo" and done.fallos == 2 and done.resultado == {"llamadas": 3}
+    second = calls(tmp_path, order_id)[1]
+    assert second["t"] >= moment(waiting.reintentar_despues) - 0.005
