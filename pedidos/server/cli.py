@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 
+from pedidos.panel import panel_missing
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.server.server import Server, ServerConfig, StartupError
 
@@ -108,12 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-key", metavar="FILE", help="the certificate's private key (PEM), if not in --tls-cert"
     )
+    parser.add_argument(
+        "--panel",
+        type=_port,
+        metavar="PORT",
+        help="serve a live page and Prometheus /metrics over HTTP on this port (0 picks a free one); "
+        "needs pip install 'pedidos[panel]'",
+    )
+    parser.add_argument(
+        "--panel-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the panel listens on (default 127.0.0.1)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.panel is not None:
+        missing = panel_missing()
+        if missing:
+            print(f"servidor.py: {missing}", file=sys.stderr)
+            return 2
     level = getattr(logging, args.log_level)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
@@ -130,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         token_file=args.token_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        panel_port=args.panel,
+        panel_host=args.panel_host,
     )
     try:
         asyncio.run(Server(config).serve())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Union
 
@@ -66,6 +67,11 @@ class Connection(asyncio.BufferedProtocol):
         self._host = "?"
         self._tokens = server.tokens
         self._principal: Principal | None = None
+        # Ack latency: each order's future and when its last byte arrived
+        # (one clock read per read from the socket, not per order).
+        self._stats = server.stats
+        self._arrived = 0.0
+        self._acks: deque[tuple[asyncio.Future[Any], float]] = deque()
 
     # --- asyncio.BufferedProtocol ----------------------------------------------------
 
@@ -101,6 +107,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._closing:
             return
         self._last_activity = self._loop.time()
+        self._arrived = time.monotonic()
         self._parked.extend(self._decoder.feed(data))
         self._take_parked()
         if self._decoder.closed:
@@ -131,6 +138,7 @@ class Connection(asyncio.BufferedProtocol):
                 slot.cancel()
         self._line.clear()
         self._parked.clear()
+        self._acks.clear()
         self._server.forget(self)
 
     def pause_writing(self) -> None:
@@ -156,6 +164,7 @@ class Connection(asyncio.BufferedProtocol):
             return refused.reply()
         if isinstance(request, NewOrder):
             self._last_order = self._service.submit(request, self._principal, self._on_ready)
+            self._acks.append((self._last_order, self._arrived))
             return self._last_order
         if wants_auth:
             return self._authenticate(request.args["token"])
@@ -198,11 +207,15 @@ class Connection(asyncio.BufferedProtocol):
 
     def _on_ready(self, _future: asyncio.Future[Any] | None = None) -> None:
         out = []
+        acks, written = self._acks, 0.0
         while self._line:
             head = self._line[0]
             if isinstance(head, asyncio.Future):
                 if not head.done():
                     break
+                if acks and acks[0][0] is head:
+                    written = written or time.monotonic()
+                    self._stats.ack.observe(written - acks.popleft()[1])
                 head = _reply_of(head, self)
             self._line.popleft()
             out.append(head if isinstance(head, bytes) else encode_line(head))

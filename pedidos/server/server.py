@@ -25,6 +25,7 @@ from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.server.auth import FailureThrottle, TokenBook, TokenFileError, load_tokens
 from pedidos.server.connection import Connection
 from pedidos.server.service import OrderService, Reader
+from pedidos.stats import Stats
 from pedidos.storage.sqlite.store import Store
 from pedidos.storage.sqlite.writer import Writer
 
@@ -48,6 +49,8 @@ class ServerConfig:
     token_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    panel_port: int | None = None  # None: no panel (pedidos/panel/), nothing of it imported
+    panel_host: str = "127.0.0.1"
 
 
 class StartupError(Exception):
@@ -70,6 +73,8 @@ class Server:
         self._processing: Processing | None = None
         self.tokens: TokenBook | None = None
         self.throttle = FailureThrottle()
+        self.stats = Stats()
+        self._panel: Any = None
 
     async def serve(self, install_signal_handlers: bool = True) -> None:
         if install_signal_handlers:
@@ -101,6 +106,7 @@ class Server:
         sockets = bind_sockets(config.hosts, config.port)
         try:
             bus = EventBus()
+            self.stats.subscribe(bus)
             self._reader = Reader(config.db)
             self._processing = Processing(
                 config.workers,
@@ -121,6 +127,8 @@ class Server:
                     lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG, ssl=tls
                 )
                 self._listeners.append(listener)
+            if config.panel_port is not None:
+                await self._start_panel(bus)
         except BaseException:
             for sock in sockets:
                 sock.close()
@@ -149,6 +157,26 @@ class Server:
         )
         self.started.set()
 
+    async def _start_panel(self, bus: EventBus) -> None:
+        from pedidos.panel.web import Panel, PanelError, PanelSource  # only with --panel: aiohttp
+
+        reader = self._reader
+        source = PanelSource(
+            bus=bus,
+            stats=self.stats,
+            counts=lambda: reader(Store.counts),  # type: ignore[misc]
+            latest=lambda from_id, n: reader(Store.list_orders, None, None, from_id, n),  # type: ignore[misc]
+            figures=self._live_figures,
+            workers=self.config.workers,
+            tokens=self.tokens,
+            throttle=self.throttle,
+        )
+        self._panel = Panel(source)
+        try:
+            await self._panel.start(self.config.panel_host, self.config.panel_port or 0)
+        except PanelError as exc:
+            raise StartupError(str(exc)) from None
+
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -158,6 +186,7 @@ class Server:
 
     def admit(self, connection: Connection) -> bool:
         if not self._accepting or len(self.connections) >= self.config.max_connections:
+            self.stats.refused_connections += 1
             logger.warning("refusing %s: %d connections open", connection.peer, len(self.connections))
             return False
         self.connections.add(connection)
@@ -178,6 +207,8 @@ class Server:
         logger.info("shutting down")
         timeout = self.config.shutdown_timeout
         self._accepting = False
+        if self._panel is not None:
+            await self._panel.stop()
         for listener in self._listeners:
             listener.close()
         if self.connections:
