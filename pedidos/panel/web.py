@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from pedidos.panel.live import Live, LiveSource
@@ -38,6 +39,14 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+def _not_bad_input(record: logging.LogRecord) -> bool:
+    """aiohttp logs a traceback for every malformed request it refuses (with a
+    400): that is the client's fault, answered already, and a way to flood the
+    log. Handler errors still get logged."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, HttpProcessingError)
 
 
 class PanelError(Exception):
@@ -60,6 +69,9 @@ class Panel:
         self.addresses: list[tuple[str, int]] = []
 
     async def start(self, host: str, port: int) -> None:
+        aiohttp_server_log = logging.getLogger("aiohttp.server")
+        if _not_bad_input not in aiohttp_server_log.filters:
+            aiohttp_server_log.addFilter(_not_bad_input)
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_get("/", self._index)
         app.router.add_get("/eventos", self._events)
