@@ -5,7 +5,8 @@
 
 const ESTADOS = ["pendiente", "en proceso", "listo", "cancelado", "fallido"];
 const TOKEN_KEY = "pedidos.token"; // sessionStorage: this tab only, never the URL
-const VENTANA_S = 600; // the chart's ten minutes
+const VENTANA_S = 600; // the chart's ten minutes; less while the server has been up for less
+const VENTANA_MIN_S = 60;
 const SILENCIO_MS = 5000; // the server sends at least once a second; past this the link is dead
 const $ = (id) => document.getElementById(id);
 
@@ -156,7 +157,7 @@ function mostrar(d) {
   dibujarUltimos(d.ultimos);
   if (d.completa) serie.clear();
   for (const [t, r, f] of d.serie) serie.set(t, [r, f]);
-  dibujarGrafico(Math.floor(d.t));
+  dibujarGrafico(Math.floor(d.t), Math.min(VENTANA_S, Math.max(VENTANA_MIN_S, Math.ceil(d.uptime_s))));
 }
 
 function dibujarWorkers(workers) {
@@ -195,8 +196,8 @@ function dibujarUltimos(pedidos) {
   for (const p of pedidos) vistos.add(p.id);
 }
 
-function dibujarGrafico(ahora) {
-  const desde = ahora - VENTANA_S;
+function dibujarGrafico(ahora, ventana) {
+  const desde = ahora - ventana;
   let maximo = 1;
   for (const [t, v] of serie) {
     if (t <= desde) serie.delete(t);
@@ -205,7 +206,7 @@ function dibujarGrafico(ahora) {
   maximo = escala(maximo);
   const puntos = [[], []];
   for (const t of [...serie.keys()].sort((a, b) => a - b)) {
-    const x = VENTANA_S - (ahora - t);
+    const x = ((600 * (ventana - (ahora - t))) / ventana).toFixed(1);
     const v = serie.get(t);
     for (const i of [0, 1]) puntos[i].push(`${x},${(200 - (190 * v[i]) / maximo).toFixed(1)}`);
   }
@@ -215,6 +216,15 @@ function dibujarGrafico(ahora) {
   $("ahora-recibidos").textContent = numero(ultimo[0]);
   $("ahora-terminados").textContent = numero(ultimo[1]);
   $("maximo").textContent = numero(maximo);
+  $("ventana").textContent = ventana >= VENTANA_S ? "últimos 10 minutos" : "desde que arrancó el servidor";
+  $("eje-inicio").textContent = "−" + corto(ventana);
+  $("eje-medio").textContent = "−" + corto(ventana / 2);
+}
+
+// An axis label: "45 s", "5 min".
+function corto(s) {
+  s = Math.round(s);
+  return s < 120 ? `${s} s` : `${Math.round(s / 60)} min`;
 }
 
 // A round top for the chart: 1, 2, 5, 10, 20, 50...
