@@ -68,7 +68,9 @@ class Connection(asyncio.BufferedProtocol):
         self._tokens = server.tokens
         self._principal: Principal | None = None
         # Ack latency: each order's future and when its last byte arrived
-        # (one clock read per read from the socket, not per order).
+        # (one clock read per read from the socket, not per order). An order
+        # parked by backpressure counts from the latest read when it leaves
+        # the park, so under backpressure the figure is a lower bound.
         self._stats = server.stats
         self._arrived = 0.0
         self._acks: deque[tuple[asyncio.Future[Any], float]] = deque()
