@@ -121,14 +121,14 @@ class Server:
             self._writer = Writer(config.db, lock, lock_holder, self.loop, bus, release, config.log_level)
             await self._writer.start()
             self.service = OrderService(self._writer, self._reader, bus, self._live_figures)
+            if config.panel_port is not None:
+                await self._start_panel(bus)  # before the workers: it sees their first orders
             self._processing.start()
             for sock in sockets:
                 listener = await self.loop.create_server(
                     lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG, ssl=tls
                 )
                 self._listeners.append(listener)
-            if config.panel_port is not None:
-                await self._start_panel(bus)
         except BaseException:
             for sock in sockets:
                 sock.close()
