@@ -264,3 +264,53 @@ def test_without_panel_nothing_of_it_is_imported():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_live_follows_the_bus_by_counts_not_by_orders():
+    """The panel's subscriber in-process: counts move by whole events, a worker's
+    order shows from its STARTED to its FINISHED, and a picture is plain JSON."""
+    import asyncio
+
+    from pedidos.events import CANCELLED, FAILED, FINISHED, RECEIVED, REQUEUED, STARTED, Event, EventBus
+    from pedidos.panel.live import Live, LiveSource
+    from pedidos.stats import Stats
+
+    async def scenario():
+        bus, stats = EventBus(), Stats()
+        stats.subscribe(bus)
+
+        async def counts():
+            return {"pendiente": 0, "en proceso": 0, "listo": 7, "cancelado": 0, "fallido": 0}
+
+        async def latest(from_id, n):
+            return []
+
+        source = LiveSource(bus, stats, counts, latest, lambda: {"workers": 2, "conexiones": 3}, workers=2)
+        live = Live(source)
+        viewer = live.join()
+        await live._resync()
+        bus.publish(Event(RECEIVED, tuple(range(8, 1008))))
+        bus.publish(Event(STARTED, tuple(range(8, 508)), worker=1, at="2026-12-03T00:00:00+00:00"))
+        bus.publish(Event(STARTED, (600,), worker=2, at="2026-12-03T00:00:01+00:00"))
+        bus.publish(Event(FINISHED, tuple(range(8, 508)), worker=1))
+        bus.publish(Event(CANCELLED, (900, 901)))
+        bus.publish(Event(REQUEUED, (600,), worker=2))
+        bus.publish(Event(STARTED, (600,), worker=2))
+        bus.publish(Event(FAILED, (600,), worker=2))
+        assert live.counts() == {
+            "pendiente": 497,
+            "en proceso": 0,
+            "listo": 507,
+            "cancelado": 2,
+            "fallido": 1,
+        }
+        picture = json.loads(live.picture(full=False).split(b"data: ", 1)[1])
+        assert picture["estados"] == live.counts() and picture["en_cola"] == 497
+        assert picture["workers"][0] == {"worker": 1, "pedido": None}
+        assert picture["workers"][1]["pedido"] == 600  # FAILED alone does not free a live worker
+        assert picture["conexiones"] == 3 and picture["workers_vivos"] == 2
+        assert stats.received == 1000 and stats.finished == {"listo": 500, "cancelado": 2, "fallido": 1}
+        assert viewer.take().startswith(b"event: panel\ndata: {")
+        assert viewer.take() == b""  # nothing new until the ticker offers a picture
+
+    asyncio.run(scenario())
