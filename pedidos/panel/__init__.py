@@ -6,10 +6,13 @@ snapshots, a few a second at most), `metrics` exposes the server's figures
 (pedidos/stats.py) through a prometheus-client collector, and `static/` is
 the page itself (HTML, CSS, JavaScript; nothing from another host).
 
-The libraries are an optional extra (`pip install 'pedidos[panel]'`): only this
-module is imported without `--panel`, and it imports nothing beyond the
-stdlib. The panel may import the events, the stats and the tokens of the
-server; the core never imports the panel, except the server starting it.
+The libraries are an optional extra (`pip install 'pedidos[panel]'`). Without
+`--panel` only this module is imported (by the command line, for
+`panel_missing`), and it imports nothing beyond the stdlib; the server imports
+`web` inside its startup, only with `--panel`. The panel may import the
+events, the stats, the protocol's vocabulary and nothing else of the server:
+what it reads of the server (counts, latest orders, live figures, tokens) is
+handed to it as a `PanelSource`, so a change of storage does not reach it.
 """
 
 from __future__ import annotations
