@@ -28,6 +28,7 @@ ROWS = {
     "echo_protocol_pipe",
     "intake_rr",
     "intake_pipe",
+    "intake_panel_rr",
     "e2e",
     "many",
     "worktime",
