@@ -542,3 +542,22 @@ class StorageHarness:
         store = self.storage.worker_opener()(number, os.getpid())  # type: ignore[union-attr]
         self._workers.append(store)
         return store
+
+
+# --- the live panel (issue 12) ----------------------------------------------------------
+
+PANEL_ON = re.compile(r"panel on (http://\S+/)")
+
+
+def panel_url(server: ServerProcess, timeout: float = 10.0) -> str:
+    """The panel's address as the server logged it (`--panel 0` picks a free port)."""
+    return wait_for(lambda: PANEL_ON.search(server.log), timeout).group(1)  # type: ignore[union-attr]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--panel-screenshot",
+        metavar="PATH",
+        default=None,
+        help="also save the browser test's screenshot of the panel under load here (docs/panel.png)",
+    )

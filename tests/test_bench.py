@@ -33,6 +33,7 @@ ROWS = {
     "redis_pipe",
     "intake_rr",
     "intake_pipe",
+    "intake_panel_rr",
     "e2e",
     "many",
     "worktime",

@@ -11,6 +11,7 @@ import sys
 from pedidos import __version__
 from pedidos.domain import DEFAULT_RETRIES, MAX_SECONDS
 from pedidos.logsetup import FORMATS, LEVELS, TEXT, configure_logging
+from pedidos.panel import panel_missing
 from pedidos.processing.retry import DEFAULT_BACKOFF_S
 from pedidos.processing.task import TaskError, load_task
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
@@ -185,6 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--reintento-base", type=_positive_seconds, default=DEFAULT_BACKOFF_S, help=argparse.SUPPRESS
     )
     parser.add_argument(
+        "--panel",
+        type=_port,
+        metavar="PORT",
+        help="serve a live page and Prometheus /metrics over HTTP on this port (0 picks a free one); "
+        "needs pip install 'pedidos[panel]'",
+    )
+    parser.add_argument(
+        "--panel-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the panel listens on (default 127.0.0.1)",
+    )
+    parser.add_argument(
         "--log-level",
         type=_log_level,
         default="INFO",
@@ -213,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     # argparse leaves the default object itself when the flag is not given.
     if args.tarea is not None and args.work_time is not DEFAULT_WORK_TIME:
         parser.error("--work-time is the simulated work; with --tarea the task is the work")
+    if args.panel is not None:
+        missing = panel_missing()
+        if missing:  # before anything starts: one line, and exit 2 as for a usage error
+            print(f"{program_name()}: {missing}", file=sys.stderr)
+            return 2
     level = getattr(logging, args.log_level)
     configure_logging(level, args.log_format)
     if args.tarea is not None:
@@ -242,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         retries=DEFAULT_RETRIES if args.reintentos is None else args.reintentos,
         task_limit=args.limite_tarea,
         backoff=args.reintento_base,
+        panel_port=args.panel,
+        panel_host=args.panel_host,
     )
     try:
         asyncio.run(Server(config).serve())

@@ -30,3 +30,5 @@ class ServerConfig:
     retries: int = DEFAULT_RETRIES  # `--reintentos`
     task_limit: float | None = None  # `--limite-tarea` seconds; None: no limit
     backoff: float = DEFAULT_BACKOFF_S  # the first retry's wait (tests make it short)
+    panel_port: int | None = None  # `--panel`; None: no panel, nothing of pedidos/panel/web imported
+    panel_host: str = "127.0.0.1"  # `--panel-host`

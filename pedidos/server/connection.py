@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Any, Union
 
@@ -67,6 +68,13 @@ class Connection(asyncio.BufferedProtocol):
         self._host = "?"
         self._tokens = state.tokens
         self._principal: Principal | None = None
+        # Ack latency: each order's future and when its last byte arrived
+        # (one clock read per read from the socket, not per order). An order
+        # parked by backpressure counts from the latest read when it leaves
+        # the park, so under backpressure the figure is a lower bound.
+        self._stats = state.stats
+        self._arrived = 0.0
+        self._acks: deque[tuple[asyncio.Future[Any], float]] = deque()
 
     # --- asyncio.BufferedProtocol ----------------------------------------------------
 
@@ -102,6 +110,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._closing:
             return
         self._last_activity = self._loop.time()
+        self._arrived = time.monotonic()
         for item in self._decoder.feed(data):
             if type(item) is TelnetReply:
                 # Not a reply to a request: telnet waits for it (a refused
@@ -138,6 +147,7 @@ class Connection(asyncio.BufferedProtocol):
                 slot.cancel()
         self._line.clear()
         self._parked.clear()
+        self._acks.clear()
         self._state.forget(self)
 
     def pause_writing(self) -> None:
@@ -163,6 +173,7 @@ class Connection(asyncio.BufferedProtocol):
             return refused.reply()
         if isinstance(request, NewOrder):
             self._last_order = self._service.submit(request, self._principal, self._on_ready)
+            self._acks.append((self._last_order, self._arrived))
             return self._last_order
         if wants_auth:
             return self._authenticate(request.args["token"])
@@ -205,11 +216,15 @@ class Connection(asyncio.BufferedProtocol):
 
     def _on_ready(self, _future: asyncio.Future[Any] | None = None) -> None:
         out = []
+        acks, written = self._acks, 0.0
         while self._line:
             head = self._line[0]
             if isinstance(head, asyncio.Future):
                 if not head.done():
                     break
+                if acks and acks[0][0] is head:
+                    written = written or time.monotonic()
+                    self._stats.ack.observe(written - acks.popleft()[1])
                 head = _reply_of(head, self)
             self._line.popleft()
             out.append(head if isinstance(head, bytes) else encode_line(head))

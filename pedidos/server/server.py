@@ -29,6 +29,7 @@ from pedidos.server.listener import Listener, connection_budget
 from pedidos.server.preflight import StartupError, bind_sockets, tls_context
 from pedidos.server.service import OrderService
 from pedidos.server.state import ServerState
+from pedidos.stats import Stats
 from pedidos.storage import open_storage
 from pedidos.storage.base import Recovery, Storage, StorageError
 from pedidos.wording import count
@@ -54,6 +55,7 @@ class Server:
         self._storage: Storage | None = None
         self._processing: Processing | None = None
         self.tokens: TokenBook | None = None
+        self._panel: Any = None  # pedidos.panel.web.Panel with --panel, imported only then
 
     async def serve(self, install_signal_handlers: bool = True) -> None:
         if install_signal_handlers:
@@ -89,6 +91,8 @@ class Server:
         sockets = bind_sockets(config.hosts, config.port)
         try:
             bus = EventBus()
+            stats = Stats()  # subscribed first: it counts every event from the start
+            stats.subscribe(bus)
             if logger.isEnabledFor(logging.DEBUG):
                 bus.subscribe(_log_activity)
             # The protocol layer writes the acks; the backend only calls it.
@@ -120,8 +124,10 @@ class Server:
             )
             service = OrderService(self._storage, bus, self._live_figures)
             self.state = state = ServerState(
-                config, service, loop, self.tokens, FailureThrottle(), max_connections
+                config, service, loop, self.tokens, FailureThrottle(), max_connections, stats=stats
             )
+            if config.panel_port is not None:
+                await self._start_panel(bus, state)  # before the workers: it sees their first orders
             self._processing.start()
             for sock in sockets:
                 listener = Listener(loop, sock, lambda: Connection(state), tls)
@@ -156,6 +162,27 @@ class Server:
         )
         self.started.set()
 
+    async def _start_panel(self, bus: EventBus, state: ServerState) -> None:
+        from pedidos.panel.web import Panel, PanelError, PanelSource  # only with --panel: aiohttp
+
+        storage = self._storage
+        assert storage is not None
+        source = PanelSource(
+            bus=bus,
+            stats=state.stats,
+            counts=storage.counts,
+            latest=lambda n: storage.list_orders(None, None, 0, n, orden="desc"),
+            figures=self._live_figures,
+            workers=self.config.workers,
+            tokens=state.tokens,
+            throttle=state.throttle,
+        )
+        self._panel = Panel(source)
+        try:
+            await self._panel.start(self.config.panel_host, self.config.panel_port or 0)
+        except PanelError as exc:
+            raise StartupError(str(exc)) from None
+
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -173,6 +200,11 @@ class Server:
             logger.info("shutting down")
         timeout = self.config.shutdown_timeout
         state = self.state
+        # The panel first: its open pages would otherwise keep reading a
+        # database that is about to close.
+        panel, self._panel = self._panel, None
+        if panel is not None:
+            await panel.stop()
         for listener in self._listeners:
             listener.close()
         if state is not None:

@@ -2,8 +2,8 @@
 
 A `Connection` gets this small object, never the `Server` (uvicorn's
 `ServerState` is the model): the settings, the service that answers requests,
-the access tokens, and the set of open connections with the rule that admits
-a new one. The server owns it and reads the same set when it stops.
+the access tokens, the running figures, and the set of open connections
+with the rule that admits a new one. The server owns it and reads the same set when it stops.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from pedidos.server.auth import FailureThrottle, TokenBook
 from pedidos.server.config import ServerConfig
 from pedidos.server.service import OrderService
+from pedidos.stats import Stats
 from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
@@ -33,14 +34,18 @@ class ServerState:
     accepting: bool = False  # False before the start and from the stop on
     drained: asyncio.Event = field(default_factory=asyncio.Event)  # set when none is left
     full: bool = False  # refusing connections at the limit
+    # Running figures (ack latency, refusals; the rest from the bus) for the panel.
+    stats: Stats = field(default_factory=Stats)
     # Computed once: per-connection debug lines cost nothing when they are off.
     debug: bool = field(default_factory=lambda: logger.isEnabledFor(logging.DEBUG))
 
     def admit(self, connection: Any) -> bool:
         """Count a new connection in, unless the server stops or is full."""
         if not self.accepting:
+            self.stats.refused_connections += 1
             return False
         if len(self.connections) >= self.max_connections:
+            self.stats.refused_connections += 1
             if not self.full:  # one line per episode, not one per refused client
                 self.full = True
                 logger.warning(

@@ -27,15 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from pedidos.domain import Estado
+from pedidos.panel import panel_missing
 from pedidos.tools import cload, redis
 from pedidos.tools.load import BenchError, drive
+from pedidos.tools.panelwatch import PanelWatcher, panel_url
 from pedidos.tools.procs import Child, ask, cpu_share, cpu_snapshot, peak_rss_mb, stats, wait_quiet
 from pedidos.tools.report import BASELINES, HEADROOM_LIMIT, Row, ceilings, medians, table
 
 ORDER = {"cliente": "Banco de pruebas", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}
 LINE = (json.dumps(ORDER, ensure_ascii=False) + "\n").encode()
 BUSY_WARNING = 30  # % of a core used by other programs during a window
-GROUPS = ("echo", "redis", "intake", "e2e", "many", "worktime")
+GROUPS = ("echo", "redis", "intake", "panel", "e2e", "many", "worktime")
 
 
 def _sleep_until(wall: float) -> None:
@@ -89,8 +91,10 @@ def _row(result: dict[str, Any], **extra: Any) -> Row:
     return {**row, **{f"cpu_{k}": v for k, v in cpu.items()}, **extra}
 
 
-def _server(args: argparse.Namespace, tmp: Path, name: str, work_time: str, max_conns: int = 10_000) -> Child:
-    argv = ["-m", "pedidos", "--host", "127.0.0.1", "--port", "0", "--db", str(tmp / f"{name}.db")]
+def _server(
+    args: argparse.Namespace, tmp: Path, name: str, work_time: str, max_conns: int = 10_000, *extra: str
+) -> Child:
+    argv = ["-m", "pedidos", "--host", "127.0.0.1", "--port", "0", "--db", str(tmp / f"{name}.db"), *extra]
     argv += ["--workers", str(args.workers), "--work-time", work_time]
     argv += ["--max-connections", str(max_conns), "--shutdown-timeout", "10"]
     child = Child(argv, tmp / f"{name}.log", ready_text=" ready: ")
@@ -138,6 +142,39 @@ def intake_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> No
         rows["intake_pipe"] = _row(_load(args, child, True))
     finally:
         child.stop()
+
+
+def panel_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    """Intake as in `intake_rr` on two servers side by side, one with a page open on its
+    panel and /metrics scraped every second, measured in turn (plain, panel, panel,
+    plain) so that a machine getting busier or quieter weighs on both alike."""
+    missing = panel_missing()
+    if missing:
+        print(f"  skipping the panel scenario: {missing}", file=sys.stderr)
+        return
+    plain = _server(args, tmp, "plain", "1")
+    try:
+        panel = _server(args, tmp, "panel", "1", 10_000, "--panel", "0")
+        try:
+            with PanelWatcher(panel_url(panel.log)) as watcher:
+                results = [_load(args, child, False) for child in (plain, panel, panel, plain)]
+        finally:
+            panel.stop()
+    finally:
+        plain.stop()
+    # The rates move with whatever else the machine runs; the event loop's CPU time
+    # per ack much less so: both say what the panel costs.
+    loop_us = [r["during"]["cpu"]["loop"] * 1e4 / r["rate"] if r["rate"] else 0.0 for r in results]
+    plain_rate = (results[0]["rate"] + results[3]["rate"]) / 2
+    row = _row(results[1], panel_messages=watcher.messages, scrapes=watcher.scrapes)
+    row["rate"] = (results[1]["rate"] + results[2]["rate"]) / 2
+    rows["intake_panel_rr"] = {
+        **row,
+        "plain_rate": plain_rate,
+        "vs_plain": row["rate"] / plain_rate,
+        "loop_us": (loop_us[1] + loop_us[2]) / 2,
+        "plain_loop_us": (loop_us[0] + loop_us[3]) / 2,
+    }
 
 
 def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
@@ -199,7 +236,8 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, Row] = {}
     loadavg = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="pedidos-bench-") as tmp:
-        steps = {"echo": echo_rows, "redis": redis_rows, "intake": intake_rows, "e2e": e2e_row}
+        steps = {"echo": echo_rows, "redis": redis_rows, "intake": intake_rows, "panel": panel_row}
+        steps["e2e"] = e2e_row
         steps.update(many=many_row, worktime=worktime_row)
         for group in args.only:
             steps[group](args, Path(tmp), rows)

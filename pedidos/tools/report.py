@@ -33,6 +33,10 @@ def _result(name: str, r: Row) -> str:
     if name == "many":
         refused = f"{_n(r['refused'])} refused, {_n(r['connect_failed'] + r['lost'])} failed"
         return f"{_n(r['acked'])} acked, {refused}; RSS {_n(r['rss_mb'])} MB; connect {r['connect_s']:.1f} s"
+    if name == "intake_panel_rr":
+        plain = f"{_n(r['rate'])} acks/s, {_n(r['plain_rate'])} without: {r['vs_plain']:.3f}"
+        loop = f"loop {r['loop_us']:.0f} µs/ack, {r['plain_loop_us']:.0f} without"
+        return f"{plain}; {loop}; {_n(r['scrapes'])} scrapes, {_n(r['panel_messages'])} pictures"
     if name == "worktime":
         return f"{r['rate']:.1f} listo/s = {r['ratio']:.2f} of N/T = {r['expected']:g}/s"
     unit = "acks" if name.startswith("intake") else "replies"
@@ -56,6 +60,7 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
         ("echo_protocol_rr", "echo, Protocol, req/resp", rr),
         ("redis_rr", "Redis RPUSH, fsync always, req/resp", rr),
         ("intake_rr", "pedidos intake, req/resp", rr),
+        ("intake_panel_rr", "pedidos intake, panel open", rr + ", /metrics every 1 s"),
         ("echo_streams_pipe", "echo, streams, pipelined", pipe),
         ("echo_protocol_pipe", "echo, Protocol, pipelined", pipe),
         ("redis_pipe", "Redis RPUSH, fsync always, pipelined", pipe),

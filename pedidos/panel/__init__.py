@@ -1,0 +1,30 @@
+"""The live panel: a page in the browser and Prometheus `/metrics` (`--panel PORT`).
+
+`web` is the HTTP side (aiohttp: the page's files, the event stream, tokens,
+`/metrics`), `live` turns the event bus into what the page shows (coalesced
+snapshots, a few a second at most), `metrics` exposes the server's figures
+(pedidos/stats.py) through a prometheus-client collector, and `static/` is
+the page itself (HTML, CSS, JavaScript; nothing from another host).
+
+The libraries are an optional extra (`pip install 'pedidos[panel]'`). Without
+`--panel` only this module is imported (by the command line, for
+`panel_missing`), and it imports nothing beyond the stdlib; the server imports
+`web` inside its startup, only with `--panel`. The panel may import the
+events, the stats, the protocol's vocabulary and nothing else of the server:
+what it reads of the server (counts, latest orders, live figures, tokens) is
+handed to it as a `PanelSource`, so a change of storage does not reach it.
+"""
+
+from __future__ import annotations
+
+INSTALL_HINT = "pip install 'pedidos[panel]'"
+
+
+def panel_missing() -> str | None:
+    """Why the panel cannot run here (one line naming the install command), or None."""
+    try:
+        import aiohttp  # noqa: F401
+        import prometheus_client  # noqa: F401
+    except ImportError as exc:
+        return f"--panel needs the panel extra ({exc.name} is not installed): {INSTALL_HINT}"
+    return None

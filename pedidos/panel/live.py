@@ -1,0 +1,235 @@
+"""What the page shows, kept up to date from the event bus and pushed a few times a second.
+
+The bus may carry thousands of orders a second; the page needs a few
+pictures a second. So an event costs a dict update or two here, whatever its
+size (counts move by `len(ids)`, never per id, and nothing is formatted), and
+a ticker builds one snapshot every `TICK_S` at most, when something changed
+or the chart's second is up. That snapshot is encoded once and handed to
+every open page; a page that reads slowly simply skips to the newest one.
+
+The counts per `estado` follow the events and are read again from the
+database every `RESYNC_S` while somebody watches, so that they cannot drift.
+Stdlib only: the HTTP side is in web.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pedidos.events import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    RECEIVED,
+    REQUEUED,
+    STARTED,
+    WORKER_DIED,
+    Event,
+    EventBus,
+)
+from pedidos.protocol.validation import ESTADOS
+from pedidos.stats import Stats
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 0.25  # at most four pictures a second reach a page
+TICKS_PER_SECOND = 4
+SERIES_SECONDS = 600  # the chart's ten minutes
+RESYNC_S = 5
+LATEST = 12  # rows of the latest-orders table
+RECENT_POINTS = 5  # chart points repeated in each picture, so a skipped one costs nothing
+
+# How an event moves orders between states: (from, to); None: a new order.
+MOVES: dict[str, tuple[str | None, str]] = {
+    RECEIVED: (None, "pendiente"),
+    STARTED: ("pendiente", "en proceso"),
+    FINISHED: ("en proceso", "listo"),
+    CANCELLED: ("pendiente", "cancelado"),
+    FAILED: ("en proceso", "fallido"),
+    REQUEUED: ("en proceso", "pendiente"),
+}
+LATEST_FIELDS = ("id", "cliente", "estado", "worker", "fecha_recibido", "fecha_inicio", "fecha_fin")
+
+
+@dataclass
+class LiveSource:
+    """What the panel reads of the server; the server fills it in (server.py)."""
+
+    bus: EventBus
+    stats: Stats
+    counts: Callable[[], Awaitable[dict[str, int]]]  # the whole service's count per estado
+    latest: Callable[[int], Awaitable[list[dict[str, Any]]]]  # the newest N orders, newest first
+    figures: Callable[[], dict[str, Any]]  # {"workers": alive, "conexiones": open}
+    workers: int  # how many worker processes the server runs (numbered 1..N)
+
+
+class Viewer:
+    """One open page: the newest picture it has not yet been sent."""
+
+    __slots__ = ("payload", "wake")
+
+    def __init__(self) -> None:
+        self.payload = b""
+        self.wake = asyncio.Event()
+
+    def offer(self, payload: bytes) -> None:
+        self.payload = payload
+        self.wake.set()
+
+    def take(self) -> bytes:
+        self.wake.clear()
+        payload, self.payload = self.payload, b""
+        return payload
+
+
+class Live:
+    def __init__(self, source: LiveSource) -> None:
+        self._source = source
+        self.viewers: set[Viewer] = set()
+        # counts = base (last read from the database) + what the events moved since.
+        self._base = dict.fromkeys(ESTADOS, 0)
+        self._moved = dict.fromkeys(ESTADOS, 0)
+        self._moved_at_base = dict(self._moved)
+        self._synced = False
+        self._working: dict[int, tuple[int, int, str | None, float]] = {}  # worker -> first id, n, since
+        self._dirty = True
+        self._latest: list[dict[str, Any]] = []
+        self.series: deque[tuple[int, int, int]] = deque(maxlen=SERIES_SECONDS)
+        self._task: asyncio.Task[None] | None = None
+        source.bus.subscribe(self._on_event)
+
+    # --- the bus: O(1) per event ---------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        move = MOVES.get(event.kind)
+        if move is not None:
+            n = len(event.ids)
+            if move[0] is not None:
+                self._moved[move[0]] -= n
+            self._moved[move[1]] += n
+            self._dirty = True
+        # A worker does one chunk at a time, in order: its next STARTED or its
+        # FINISHED ends what it was doing.
+        if event.worker is not None:
+            if event.kind == STARTED and event.ids:
+                self._working[event.worker] = (event.ids[0], len(event.ids), event.at, time.monotonic())
+            elif event.kind in (FINISHED, WORKER_DIED):
+                self._working.pop(event.worker, None)
+
+    # --- the ticker ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def join(self) -> Viewer:
+        viewer = Viewer()
+        self.viewers.add(viewer)
+        viewer.offer(self.picture(full=True))
+        self._dirty = True  # its table is fetched at the next tick
+        return viewer
+
+    def leave(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stats = self._source.stats
+        last = (stats.received, sum(stats.finished.values()))
+        next_at = loop.time()
+        for tick in itertools.count(1):
+            next_at += TICK_S
+            delay = next_at - loop.time()
+            if delay < -1.0:  # fell far behind (a suspended machine): start afresh
+                next_at, delay = loop.time(), 0.0
+            await asyncio.sleep(max(0.0, delay))
+            second = tick % TICKS_PER_SECOND == 0
+            if second:
+                now = (stats.received, sum(stats.finished.values()))
+                self.series.append((int(time.time()), now[0] - last[0], now[1] - last[1]))
+                last = now
+            if not self.viewers:
+                continue
+            try:
+                if not self._synced or (second and tick % (RESYNC_S * TICKS_PER_SECOND) == 0):
+                    await self._resync()
+                if self._dirty:
+                    self._dirty = False  # before the read: what happens during it marks it again
+                    await self._refresh_latest()
+                elif not second:
+                    continue
+            except Exception as exc:  # the database is busy or gone: show what we have
+                logger.warning("panel could not read the database: %s", exc)
+            payload = self.picture(full=False)
+            for viewer in self.viewers:
+                viewer.offer(payload)
+
+    async def _resync(self) -> None:
+        moved_before = dict(self._moved)
+        counts = await self._source.counts()
+        self._base = {estado: counts.get(estado, 0) for estado in ESTADOS}
+        self._moved_at_base = moved_before
+        self._synced = True
+
+    async def _refresh_latest(self) -> None:
+        rows = await self._source.latest(LATEST)
+        self._latest = [{field: row.get(field) for field in LATEST_FIELDS} for row in rows]
+
+    # --- the picture ----------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        return {e: self._base[e] + self._moved[e] - self._moved_at_base[e] for e in ESTADOS}
+
+    def picture(self, full: bool) -> bytes:
+        """One SSE message with everything the page shows (the whole chart when `full`)."""
+        source, stats = self._source, self._source.stats
+        figures = source.figures()
+        now = time.monotonic()
+        workers = []
+        for number in range(1, source.workers + 1):
+            held = self._working.get(number)
+            if held is None:
+                workers.append({"worker": number, "pedido": None})
+            else:
+                first, n, at, since = held
+                workers.append(
+                    {
+                        "worker": number,
+                        "pedido": first,
+                        "mas": n - 1,
+                        "desde": at,
+                        "hace_s": round(now - since, 1),
+                    }
+                )
+        skip = 0 if full else max(0, len(self.series) - RECENT_POINTS)
+        counts = self.counts()
+        doc = {
+            "t": time.time(),
+            "uptime_s": round(stats.uptime, 1),
+            "conexiones": figures.get("conexiones", 0),
+            "workers_vivos": figures.get("workers", 0),
+            "estados": counts,
+            "en_cola": counts["pendiente"],
+            "recibidos_total": stats.received,
+            "terminados_total": sum(stats.finished.values()),
+            "workers": workers,
+            "ultimos": self._latest,
+            "serie": list(itertools.islice(self.series, skip, None)),
+            "completa": full,
+        }
+        data = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        return b"event: panel\ndata: " + data.encode("utf-8") + b"\n\n"

@@ -1,0 +1,316 @@
+"""The panel over HTTP (issue 12, contract §10): /metrics, the event stream,
+tokens, and bad input on its port. The page itself in a browser is in
+test_panel_browser.py."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+import pytest
+from conftest import ROOT, LineClient, panel_url, running_server
+from prometheus_client.parser import text_string_to_metric_families
+
+ORDER = {"cliente": "Ana", "productos": ["pan"], "direccion": "Calle 1"}
+ADMIN_TOKEN = "panel-admin-token-1"
+CLIENTE_TOKEN = "panel-cliente-token-2"
+
+
+@pytest.fixture(autouse=True)
+def _no_pedidos_env(monkeypatch):
+    # A developer's PEDIDOS_TOKEN would give the server a token and lock the panel.
+    for name in list(os.environ):
+        if name.startswith("PEDIDOS_"):
+            monkeypatch.delenv(name)
+
+
+def get(url: str, path: str, token: str | None = None, timeout: float = 10.0):
+    """(status, headers, body) of a GET on the panel."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def metric_families(text: str) -> dict:
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def sample(families: dict, name: str, sample_name: str | None = None, **labels: str) -> float:
+    for s in families[name].samples:
+        if s.name == (sample_name or name) and all(s.labels.get(k) == v for k, v in labels.items()):
+            return s.value
+    raise AssertionError(f"no sample {sample_name or name} {labels} in {families[name].samples}")
+
+
+def stream_messages(url: str, token: str | None = None, timeout: float = 10.0):
+    """An open /eventos response and a generator of its decoded messages."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    conn.request("GET", "/eventos", headers=headers)
+    response = conn.getresponse()
+
+    def messages():
+        while True:
+            line = response.readline()
+            if not line:
+                return
+            if line.startswith(b"data: "):
+                yield json.loads(line[6:])
+
+    return conn, response, messages()
+
+
+def test_metrics_match_estadisticas(tmp_path):
+    with running_server(tmp_path, "--work-time", "0.3", "--workers", "1", "--panel", "0") as srv:
+        url = panel_url(srv)
+        with LineClient("127.0.0.1", srv.port) as client:
+            ids = [client.ask(ORDER)["id"] for _ in range(5)]
+            assert client.ask({"accion": "cancelar", "id": ids[-1]})["ok"]
+            for order_id in ids[:-1]:
+                assert client.ask({"accion": "esperar", "id": order_id, "timeout": 30})["ok"]
+            stats = client.ask({"accion": "estadisticas"})
+            status, headers, body = get(url, "/metrics")
+        assert status == 200
+        assert headers["Content-Type"].startswith("text/plain")
+        families = metric_families(body.decode())
+        assert sample(families, "pedidos_recibidos", "pedidos_recibidos_total") == 5
+        assert sample(families, "pedidos_terminados", "pedidos_terminados_total", estado="listo") == 4
+        assert sample(families, "pedidos_terminados", "pedidos_terminados_total", estado="cancelado") == 1
+        for estado, count in stats["estados"].items():
+            assert sample(families, "pedidos_estado", estado=estado) == count
+        assert sample(families, "pedidos_en_cola") == stats["en_cola"]
+        assert sample(families, "pedidos_workers") == stats["workers"] == 1
+        assert sample(families, "pedidos_conexiones") == stats["conexiones"] == 1
+        assert families["pedidos_ack_segundos"].type == "histogram"
+        assert sample(families, "pedidos_ack_segundos", "pedidos_ack_segundos_count") == 5
+        assert sample(families, "pedidos_ack_segundos", "pedidos_ack_segundos_bucket", le="+Inf") == 5
+        assert 0 < sample(families, "pedidos_ack_segundos", "pedidos_ack_segundos_sum") < 5
+        assert sample(families, "pedidos_lote_pedidos", "pedidos_lote_pedidos_sum") == 5
+        for name in ("pedidos_worker_reinicios", "pedidos_conexiones_rechazadas", "pedidos_uptime_segundos"):
+            assert name in families
+
+
+def test_stream_pushes_changes_coalesced(tmp_path):
+    with running_server(tmp_path, "--work-time", "0", "--panel", "0") as srv:
+        conn, response, messages = stream_messages(panel_url(srv))
+        try:
+            assert response.status == 200
+            assert response.getheader("Content-Type").startswith("text/event-stream")
+            first = next(messages)
+            assert first["completa"] and first["estados"]["listo"] == 0 and len(first["workers"]) == 2
+            total = 3000
+            sender = threading.Thread(target=_send_orders, args=(srv.port, total))
+            started = time.monotonic()
+            sender.start()
+            seen = 0
+            for message in messages:
+                seen += 1
+                if message["estados"]["listo"] == total:
+                    break
+                assert time.monotonic() - started < 60, "the stream never showed every order listo"
+            elapsed = time.monotonic() - started
+            sender.join(30)
+            # At most four pictures a second, however many orders per second.
+            assert seen <= 4 * elapsed + 4, (seen, elapsed)
+            assert message["recibidos_total"] == total
+            assert any(row["estado"] == "listo" for row in message["ultimos"])
+        finally:
+            conn.close()
+
+
+def _send_orders(port: int, total: int) -> None:
+    with LineClient("127.0.0.1", port) as client:
+        line = (json.dumps(ORDER) + "\n").encode()
+        for _ in range(total // 500):
+            client.send(line * 500)
+            for _reply in range(500):
+                assert client.read()["ok"]
+
+
+def test_tokens_guard_the_data(tmp_path):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(f"{ADMIN_TOKEN} admin\n{CLIENTE_TOKEN} cliente\n")
+    with running_server(tmp_path, "--work-time", "0", "--panel", "0", "--token-file", str(tokens)) as srv:
+        url = panel_url(srv)
+        for path in ("/metrics", "/eventos"):
+            for token in (None, "wrong-token-xyz"):
+                status, headers, body = get(url, path, token)
+                assert status == 401, (path, token)
+                assert headers["WWW-Authenticate"].startswith("Bearer")
+                assert b"pedidos_" not in body and b"estados" not in body
+            status, _, body = get(url, path, CLIENTE_TOKEN)
+            assert status == 403 and b"pedidos_" not in body
+        status, _, body = get(url, "/metrics", ADMIN_TOKEN)
+        assert status == 200 and b"pedidos_recibidos_total" in body
+        conn, response, messages = stream_messages(url, ADMIN_TOKEN)
+        try:
+            assert response.status == 200
+            assert "estados" in next(messages)
+        finally:
+            conn.close()
+        # The page itself carries no data: it asks for the token.
+        status, _, body = get(url, "/")
+        assert status == 200 and b"Token de administrador" in body
+    assert ADMIN_TOKEN not in srv.log and "wrong-token-xyz" not in srv.log
+    assert "panel: failed authentication from 127.0.0.1" in srv.log
+
+
+def test_bad_input_on_the_panel_port_never_stops_the_order_port(tmp_path):
+    with running_server(tmp_path, "--work-time", "0", "--panel", "0") as srv:
+        url = panel_url(srv)
+        host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+        assert get(url, "/nope")[0] == 404
+        assert get(url, "/static/../../pedidos.db")[0] == 404
+        assert get(url, "/static/")[0] in (403, 404)
+        replies = []
+        for junk in (
+            b"\x00\xff\xfe garbage \r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",
+            b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\n" + b"X-H: 1\r\n" * 10_000 + b"\r\n",
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n" + b"x" * 100_000,
+        ):
+            replies.append(_raw(host, port, junk))
+        for reply in replies:
+            assert reply == b"" or reply.split(b" ", 2)[1][:1] == b"4", reply[:200]
+        # Slow clients: half a request each, held open.
+        slow = []
+        try:
+            for _ in range(50):
+                sock = socket.create_connection((host, port), timeout=5)
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                slow.append(sock)
+            with LineClient("127.0.0.1", srv.port) as client:
+                started = time.monotonic()
+                reply = client.ask(ORDER)
+                assert reply["ok"] and reply["estado"] == "pendiente"
+                assert time.monotonic() - started < 5
+            assert get(url, "/metrics")[0] == 200
+        finally:
+            for sock in slow:
+                sock.close()
+    # Refused requests are answered, not logged with a traceback each.
+    assert "Traceback" not in srv.log, srv.log
+
+
+def _raw(host: str, port: int, data: bytes) -> bytes:
+    with socket.create_connection((host, port), timeout=10) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)  # the panel may close on us mid-way: that is a refusal too
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return b"".join(chunks)
+
+
+def test_panel_port_taken_is_a_startup_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "servidor.py"), "--port", "0", "--db", str(tmp_path / "p.db")]
+            + ["--panel", str(taken.getsockname()[1])],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "cannot listen for the panel on 127.0.0.1" in result.stderr
+
+
+def test_without_the_extra_panel_is_one_line_and_exit_2(tmp_path):
+    code = (
+        "import sys; sys.modules['aiohttp'] = None\n"
+        "from pedidos.server.cli import main\n"
+        f"sys.exit(main(['--panel', '0', '--port', '0', '--db', {str(tmp_path / 'p.db')!r}]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "pip install 'pedidos[panel]'" in result.stderr
+    assert not (tmp_path / "p.db").exists()  # refused before anything started
+
+
+def test_without_panel_nothing_of_it_is_imported():
+    code = (
+        "import sys\n"
+        "import pedidos.server.cli, pedidos.server.server, pedidos.server.connection\n"
+        "print([m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'prometheus_client')"
+        " or m.startswith('pedidos.panel.')])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_live_follows_the_bus_by_counts_not_by_orders():
+    """The panel's subscriber in-process: counts move by whole events, a worker's
+    order shows from its STARTED to its FINISHED, and a picture is plain JSON."""
+    import asyncio
+
+    from pedidos.events import CANCELLED, FAILED, FINISHED, RECEIVED, REQUEUED, STARTED, Event, EventBus
+    from pedidos.panel.live import Live, LiveSource
+    from pedidos.stats import Stats
+
+    async def scenario():
+        bus, stats = EventBus(), Stats()
+        stats.subscribe(bus)
+
+        async def counts():
+            return {"pendiente": 0, "en proceso": 0, "listo": 7, "cancelado": 0, "fallido": 0}
+
+        async def latest(n):
+            return []
+
+        source = LiveSource(bus, stats, counts, latest, lambda: {"workers": 2, "conexiones": 3}, workers=2)
+        live = Live(source)
+        viewer = live.join()
+        await live._resync()
+        bus.publish(Event(RECEIVED, tuple(range(8, 1008))))
+        bus.publish(Event(STARTED, tuple(range(8, 508)), worker=1, at="2026-12-03T00:00:00+00:00"))
+        bus.publish(Event(STARTED, (600,), worker=2, at="2026-12-03T00:00:01+00:00"))
+        bus.publish(Event(FINISHED, tuple(range(8, 508)), worker=1))
+        bus.publish(Event(CANCELLED, (900, 901)))
+        bus.publish(Event(REQUEUED, (600,), worker=2))
+        bus.publish(Event(STARTED, (600,), worker=2))
+        bus.publish(Event(FAILED, (600,), worker=2))
+        assert live.counts() == {
+            "pendiente": 497,
+            "en proceso": 0,
+            "listo": 507,
+            "cancelado": 2,
+            "fallido": 1,
+        }
+        picture = json.loads(live.picture(full=False).split(b"data: ", 1)[1])
+        assert picture["estados"] == live.counts() and picture["en_cola"] == 497
+        assert picture["workers"][0] == {"worker": 1, "pedido": None}
+        assert picture["workers"][1]["pedido"] == 600  # FAILED alone does not free a live worker
+        assert picture["conexiones"] == 3 and picture["workers_vivos"] == 2
+        assert stats.received == 1000 and stats.finished == {"listo": 500, "cancelado": 2, "fallido": 1}
+        assert viewer.take().startswith(b"event: panel\ndata: {")
+        assert viewer.take() == b""  # nothing new until the ticker offers a picture
+
+    asyncio.run(scenario())
