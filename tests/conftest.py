@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+# The throwaway PostgreSQL cluster and its fixtures (pg_databases, pg_url, pg_cluster).
+pytest_plugins = ("pgcluster",)
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVIDOR = ROOT / "servidor.py"
 CLIENTE = ROOT / "cliente.py"
