@@ -1,0 +1,197 @@
+"""The PostgreSQL backend behind the storage interface.
+
+Three connections per node on the server's side, each re-established after it
+breaks: one for intake (group commits), one for everything else (reads,
+commands, leases), one listening for hints. Worker processes open their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from pedidos.storage.postgres import sql
+from pedidos.storage.postgres.intake import Intake
+from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, conninfo, hint, one_line, shown
+from pedidos.storage.postgres.listen import Listener
+from pedidos.storage.postgres.nodes import NameTaken, Nodes
+from pedidos.storage.postgres.rows import order
+from pedidos.storage.postgres.schema import migrate
+from pedidos.storage.postgres.worker import PgOpener
+
+logger = logging.getLogger(__name__)
+
+ESTADOS = ("pendiente", "en proceso", "listo", "cancelado", "fallido")
+DEFAULT_LEASE_S = 5.0
+
+
+class PgStorageError(Exception):
+    """The backend cannot start; one line for the operator."""
+
+
+async def _session(conn: psycopg.AsyncConnection[Any]) -> None:
+    # Explicit: a database or role default of `off` would ack before the flush.
+    await conn.execute("SET synchronous_commit = on")
+
+
+class PostgresStorage:
+    def __init__(
+        self,
+        url: str,
+        nodo: str,
+        lease: float = DEFAULT_LEASE_S,
+        hints: bool = True,
+        on_stored: Callable[[list[int]], None] = lambda ids: None,
+        on_done: Callable[[tuple[int, ...] | None], None] = lambda ids: None,
+        on_new: Callable[[], None] = lambda: None,
+        on_handed_back: Callable[[list[tuple[int, str]]], None] = lambda moved: None,
+        figures: Callable[[], tuple[int, int]] = lambda: (0, 0),
+    ) -> None:
+        """`on_stored(ids)`: new orders committed here; `on_new()`: maybe new
+        orders elsewhere; `on_done(ids)`: orders reached a final state
+        elsewhere (None: maybe any); `on_handed_back`: orders of dead nodes
+        put back; `figures()`: (workers, connections) of this node."""
+        self.url = url
+        self.shown = shown(url)
+        self.hints = hints
+        self._info = conninfo(url)
+        self.health = Health()
+        self._main = Link(self._info, self.health, _session)
+        self._intake_link = Link(self._info, self.health, _session)
+        self.intake = Intake(self._intake_link, on_stored, hint=hints)
+        self._on_done = on_done
+        self._on_handed_back = on_handed_back
+        self.nodes = Nodes(self._main, self.health, nodo, lease, figures, self._handed_back)
+        self.listener = Listener(self._info, on_new, on_done) if hints else None
+
+    @property
+    def nodo(self) -> str:
+        return self.nodes.nodo
+
+    async def start(self) -> list[tuple[int, str]]:
+        """Connect, migrate, take this node's name, and hand back what an
+        earlier run of this same node left `en proceso` (never another live
+        node's). Returns (id, new estado) of those."""
+        try:
+            await self._main.open()
+            await self._intake_link.open()
+            async with self._main.use() as conn:
+                await migrate(conn)
+            await self.nodes.register()
+            recovered = await self.nodes.hand_back(None, crashed=True)
+        except NameTaken as exc:
+            await self._close()
+            raise PgStorageError(str(exc)) from None
+        except (psycopg.Error, OSError, DatabaseUnavailable) as exc:
+            await self._close()
+            raise PgStorageError(f"cannot use the database {self.shown}: {one_line(exc)}") from None
+        self.nodes.start()
+        if self.listener is not None:
+            self.listener.start()
+        return recovered
+
+    async def stop(self) -> None:
+        """Answer what was submitted, give up this node's name, close."""
+        await self.intake.drain()
+        if self.listener is not None:
+            await self.listener.stop()
+        await self.nodes.stop()
+        await self._close()
+
+    async def _close(self) -> None:
+        await self._intake_link.close()
+        await self._main.close()
+
+    def submit(self, new_order: Any, owner: str | None, notify: Callable[[], None] | None = None):
+        if not self.health.up:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(DatabaseUnavailable("PostgreSQL is unreachable"))
+            return future
+        return self.intake.submit(new_order, owner, notify)
+
+    async def get(self, order_id: int, owner: str | None = None) -> dict[str, Any] | None:
+        async with self._main.use() as conn:
+            if owner is None:
+                cur = await conn.execute(sql.GET, (order_id,))
+            else:
+                cur = await conn.execute(sql.GET_OWNED, (order_id, owner))
+            row = await cur.fetchone()
+        return order(row) if row else None
+
+    async def list_orders(
+        self, estado: str | None, cliente: str | None, desde_id: int, limite: int
+    ) -> list[dict[str, Any]]:
+        where, params = ["id > %s"], [desde_id]
+        if estado is not None:
+            where.append("estado = %s")
+            params.append(estado)
+        if cliente is not None:
+            where.append("cliente = %s")
+            params.append(cliente)
+        query = f"SELECT {sql.COLUMNS} FROM pedidos WHERE {' AND '.join(where)} ORDER BY id LIMIT %s"
+        async with self._main.use() as conn:
+            rows = await (await conn.execute(query, (*params, limite))).fetchall()  # type: ignore[arg-type]
+        return [order(row) for row in rows]
+
+    async def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
+        async with self._main.use() as conn:
+            if owner is None:
+                cur = await conn.execute(sql.CANCEL, (order_id,))
+            else:
+                cur = await conn.execute(sql.CANCEL_OWNED, (order_id, owner))
+            row = await cur.fetchone()
+            if row is not None and self.hints:
+                await conn.execute(_done_hint((order_id,)))
+        if row is not None:
+            return order(row), True
+        return await self.get(order_id, owner), False
+
+    async def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(ESTADOS, 0)
+        async with self._main.use() as conn:
+            for estado, n in await (await conn.execute(sql.COUNTS)).fetchall():
+                counts[estado] = n
+        return counts
+
+    async def pending_ids(self, from_id: int, limit: int) -> list[int]:
+        async with self._main.use() as conn:
+            rows = await (await conn.execute(sql.PENDING_IDS, (from_id, limit))).fetchall()
+        return [row[0] for row in rows]
+
+    async def hand_back(self, worker: int | None, crashed: bool) -> list[tuple[int, str]]:
+        moved = await self.nodes.hand_back(worker, crashed)
+        await self._hint_moved(moved)
+        return moved
+
+    async def live_nodes(self) -> list[dict[str, Any]]:
+        return await self.nodes.live()
+
+    def worker_opener(self) -> PgOpener:
+        return PgOpener(self.url, self.nodes.nodo, self.nodes.token, self.hints)
+
+    def _handed_back(self, moved: list[tuple[int, str]]) -> None:
+        self._on_handed_back(moved)
+        if self.hints:
+            asyncio.get_running_loop().create_task(self._hint_moved(moved))
+
+    async def _hint_moved(self, moved: list[tuple[int, str]]) -> None:
+        """Tell the other nodes: orders to take, orders now final."""
+        if not self.hints or not moved:
+            return
+        failed = tuple(i for i, estado in moved if estado == "fallido")
+        try:
+            async with self._main.use() as conn:
+                if len(failed) < len(moved):
+                    await conn.execute(hint(sql.NEW_CHANNEL))
+                if failed:
+                    await conn.execute(_done_hint(failed))
+        except (DatabaseUnavailable, psycopg.Error) as exc:
+            logger.debug("could not send a hint: %s", exc)
+
+
+def _done_hint(ids: tuple[int, ...]) -> Any:
+    return hint(sql.DONE_CHANNEL, ",".join(map(str, ids)) if len(ids) <= sql.MAX_PAYLOAD_IDS else "")

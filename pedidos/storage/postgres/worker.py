@@ -1,0 +1,108 @@
+"""A worker process's side of PostgreSQL: claim and finish, synchronously.
+
+A worker opens its own connection (the opener that crosses the process
+boundary carries only the connection string, the node's name and its token).
+`claim` takes, in one statement, the still-pending orders of a chunk while the
+node's lease holds; it remembers the claim token (`intento`) of each order, and
+`finish` writes `listo` only where that token still stands. A lost connection
+is reopened on the next call; the caller retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from pedidos.storage.postgres import sql
+from pedidos.storage.postgres.link import conninfo, hint
+from pedidos.storage.postgres.rows import iso
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PgClaim:
+    """What a claim took: ids, each with its claim token."""
+
+    worker: int
+    at: str | None
+    ids: tuple[int, ...]
+    tokens: tuple[int, ...] = ()
+
+
+class PgWorkerStore:
+    def __init__(self, url: str, nodo: str, token: str) -> None:
+        self._info = conninfo(url)
+        self._nodo = nodo
+        self._token = token
+        self._conn: psycopg.Connection[Any] | None = None
+        self.hint_done = True  # NOTIFY the ids this worker finishes (off: poll-only mode)
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            self._conn = psycopg.connect(self._info, autocommit=True)
+            self._conn.execute("SET synchronous_commit = on")
+        return self._conn
+
+    def claim(self, ids: Sequence[int], worker: int) -> PgClaim:
+        conn = self._connection()
+        try:
+            rows = conn.execute(
+                sql.CLAIM, {"ids": list(ids), "worker": worker, "nodo": self._nodo, "token": self._token}
+            ).fetchall()
+        except psycopg.OperationalError:
+            self.close()
+            raise
+        rows.sort()
+        return PgClaim(
+            worker,
+            iso(rows[0][2]) if rows else None,
+            tuple(r[0] for r in rows),
+            tuple(r[1] for r in rows),
+        )
+
+    def finish(self, claim: PgClaim) -> tuple[str | None, tuple[int, ...]]:
+        """(fecha_fin, the ids now `listo`): those whose claim still stood."""
+        if not claim.ids:
+            return None, ()
+        conn = self._connection()
+        try:
+            rows = conn.execute(sql.FINISH, (list(claim.ids), list(claim.tokens))).fetchall()
+            done = tuple(sorted(r[0] for r in rows))
+            if done and self.hint_done:
+                payload = ",".join(map(str, done)) if len(done) <= sql.MAX_PAYLOAD_IDS else ""
+                conn.execute(hint(sql.DONE_CHANNEL, payload))
+        except psycopg.OperationalError:
+            self.close()
+            raise
+        if len(done) < len(claim.ids):
+            lost = sorted(set(claim.ids) - set(done))
+            logger.warning("orders %s were taken away from this worker; its result is dropped", lost)
+        return (iso(rows[0][1]) if rows else None), done
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+
+@dataclass(frozen=True)
+class PgOpener:
+    """Picklable: what a worker process needs to open its own `PgWorkerStore`."""
+
+    url: str
+    nodo: str
+    token: str
+    hint: bool = True
+
+    def __call__(self, worker: int = 0, server_pid: int = 0) -> PgWorkerStore:
+        store = PgWorkerStore(self.url, self.nodo, self.token)
+        store.hint_done = self.hint
+        return store
