@@ -1,4 +1,6 @@
-"""`pedidos.store.Store` against a real SQLite file (contract §6 and §7)."""
+"""The SQLite backend's own `Store` against a real file: what is particular to
+SQLite (the table's declared types, WAL, synchronous, the write lock).
+What every backend promises is in test_storage.py."""
 
 from __future__ import annotations
 
@@ -6,13 +8,15 @@ import json
 import re
 import sqlite3
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from pedidos.protocol.validation import NewOrder
-from pedidos.storage.sqlite.store import MAX_ATTEMPTS, Store, now
+from pedidos.domain import NewOrder
+from pedidos.storage.sqlite.backend import SqliteOpener
+from pedidos.storage.sqlite.lock import WriteLock
+from pedidos.storage.sqlite.store import Store, now
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 
@@ -114,6 +118,20 @@ def test_wal_mode_and_synchronous_full(store, db):
     other.close()
 
 
+def test_a_workers_store_commits_without_its_own_fsync(store, db):
+    worker = SqliteOpener(str(db), WriteLock())(1, 0)
+    with worker.transaction() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: see backend.py
+    worker.close()
+
+
+def test_ids_of_a_batch_over_several_statements_are_consecutive(store, db):
+    store.insert_orders([new()])
+    results = store.insert_orders([new(f"c{i}") for i in range(350)])
+    assert [r.id for r in results] == list(range(2, 352))
+    assert raw(db, "SELECT MIN(id), MAX(id), COUNT(*) FROM pedidos") == [(1, 351, 351)]
+
+
 def test_timestamp_format():
     stamp = now()
     assert_timestamp(stamp)
@@ -121,12 +139,6 @@ def test_timestamp_format():
 
 
 # --- intake ------------------------------------------------------------------------------
-
-
-def test_insert_batch_returns_ids_in_order(store, db):
-    results = acks(store.insert_orders([new("A"), new("B"), new("C")]))
-    assert results == [(1, "pendiente", False), (2, "pendiente", False), (3, "pendiente", False)]
-    assert [o["cliente"] for o in store.list_orders(None, None, 0, 10)] == ["A", "B", "C"]
 
 
 def test_stored_row_is_the_contract_row(store, db):
@@ -144,31 +156,6 @@ def test_stored_row_is_the_contract_row(store, db):
     # the column holds a JSON array of strings, readable by any program
     (productos,) = raw(db, "SELECT productos FROM pedidos WHERE id = 1")[0]
     assert json.loads(productos) == ["pan", "agua ñ"]
-
-
-def test_referencia_dedupe_across_and_within_batches(store):
-    first = acks(store.insert_orders([new("A", "r1"), new("B", None)]))
-    assert first == [(1, "pendiente", False), (2, "pendiente", False)]
-    again = acks(store.insert_orders([new("other", "r1"), new("C", "r2"), new("D", "r2"), new("E", None)]))
-    assert again == [
-        (1, "pendiente", True),
-        (3, "pendiente", False),
-        (3, "pendiente", True),
-        (4, "pendiente", False),
-    ]
-    assert store.get(1)["cliente"] == "A"  # the stored order was not replaced
-    assert store.counts()["pendiente"] == 4
-
-
-def test_duplicate_reports_the_stored_estado(store):
-    store.insert_orders([new(referencia="r")])
-    store.claim([1], 1)
-    store.finish([1], 1)
-    assert acks(store.insert_orders([new(referencia="r")])) == [(1, "listo", True)]
-
-
-def test_orders_without_referencia_never_dedupe(store):
-    assert [r.id for r in store.insert_orders([new()] * 3)] == [1, 2, 3]
 
 
 def test_failed_batch_stores_nothing(store, db):
@@ -229,192 +216,3 @@ def test_concurrent_writers_with_a_shared_lock(db):
         t.join()
     assert errors == []
     assert raw(db, "SELECT COUNT(*), COUNT(DISTINCT id) FROM pedidos") == [(160, 160)]
-
-
-# --- processing --------------------------------------------------------------------------------
-
-
-def test_claim_takes_only_pending_orders(store):
-    store.insert_orders([new("A"), new("B"), new("C"), new("D")])
-    store.cancel(2)
-    store.claim([4], 2)
-    started, taken = store.claim([1, 2, 3, 4, 99], 1)
-    assert taken == [1, 3]
-    assert_timestamp(started)
-    for order_id in (1, 3):
-        order = store.get(order_id)
-        assert order["estado"] == "en proceso"
-        assert order["worker"] == 1
-        assert order["fecha_inicio"] == started
-        assert order["fecha_fin"] is None
-    assert store.get(2)["estado"] == "cancelado"
-    assert store.get(4)["worker"] == 2
-    # nobody takes an order twice
-    assert store.claim([1, 3, 4], 2)[1] == []
-    assert store.claim([1, 3], 1)[1] == []
-
-
-def test_claim_many_ids_at_once(store):
-    store.insert_orders([new(f"c{i}") for i in range(1200)])
-    _, taken = store.claim(list(range(1, 1201)), 1)
-    assert taken == list(range(1, 1201))
-    store.finish(taken, 1)
-    assert store.counts()["listo"] == 1200
-
-
-def test_finish_marks_listo_only_what_the_worker_holds(store):
-    store.insert_orders([new("A"), new("B"), new("C")])
-    store.claim([1], 1)
-    store.claim([2], 2)
-    finished = store.finish([1, 2, 3], 1)
-    assert_timestamp(finished)
-    one = store.get(1)
-    assert one["estado"] == "listo" and one["fecha_fin"] == finished and one["worker"] == 1
-    assert datetime.fromisoformat(one["fecha_inicio"]) <= datetime.fromisoformat(one["fecha_fin"])
-    assert datetime.fromisoformat(one["fecha_recibido"]) <= datetime.fromisoformat(one["fecha_inicio"])
-    assert store.get(2)["estado"] == "en proceso"  # held by worker 2
-    assert store.get(3)["estado"] == "pendiente"  # never taken
-    assert store.get(3)["fecha_fin"] is None
-
-
-def test_crashed_attempts_count_and_the_third_is_fallido(store):
-    store.insert_orders([new()])
-    for attempt in range(1, MAX_ATTEMPTS):
-        assert store.claim([1], 1)[1] == [1]
-        assert store.release(1, count_attempt=True) == [(1, "pendiente")]
-        order = store.get(1)
-        assert order["intentos"] == attempt
-        assert order["estado"] == "pendiente"
-        assert order["worker"] is None and order["fecha_inicio"] is None
-    assert MAX_ATTEMPTS == 3
-    store.claim([1], 2)
-    assert store.release(2, count_attempt=True) == [(1, "fallido")]
-    order = store.get(1)
-    assert order["estado"] == "fallido" and order["intentos"] == 3
-    assert store.claim([1], 1)[1] == []  # never taken again
-
-
-def test_graceful_release_does_not_count(store):
-    store.insert_orders([new()])
-    for _ in range(MAX_ATTEMPTS + 2):
-        store.claim([1], 1)
-        assert store.release(1, count_attempt=False) == [(1, "pendiente")]
-    order = store.get(1)
-    assert order["estado"] == "pendiente" and order["intentos"] == 0
-
-
-def test_graceful_release_after_crashes_keeps_the_count(store):
-    store.insert_orders([new()])
-    store.claim([1], 1)
-    store.release(1, count_attempt=True)
-    store.claim([1], 1)
-    store.release(1, count_attempt=False)
-    assert store.get(1)["intentos"] == 1
-    assert store.get(1)["estado"] == "pendiente"
-
-
-def test_release_by_worker_or_all(store):
-    store.insert_orders([new("A"), new("B"), new("C")])
-    store.claim([1], 1)
-    store.claim([2], 2)
-    store.claim([3], 2)
-    assert store.release(1, count_attempt=True) == [(1, "pendiente")]
-    assert store.get(2)["estado"] == "en proceso"
-    store.claim([1], 1)
-    assert sorted(store.release(None, count_attempt=True)) == [
-        (1, "pendiente"),
-        (2, "pendiente"),
-        (3, "pendiente"),
-    ]
-    assert store.counts()["en proceso"] == 0
-    assert store.release(None, count_attempt=True) == []
-
-
-def test_release_leaves_finished_orders_alone(store):
-    store.insert_orders([new("A"), new("B")])
-    store.claim([1, 2], 1)
-    store.finish([1], 1)
-    assert store.release(None, count_attempt=True) == [(2, "pendiente")]
-    assert store.get(1)["estado"] == "listo" and store.get(1)["intentos"] == 0
-
-
-# --- cancel ---------------------------------------------------------------------------------------
-
-
-def test_cancel_only_pending(store):
-    store.insert_orders([new("A"), new("B"), new("C")])
-    order, cancelled = store.cancel(1)
-    assert cancelled is True and order["estado"] == "cancelado" and order["id"] == 1
-    order, cancelled = store.cancel(1)
-    assert cancelled is False and order["estado"] == "cancelado"
-    store.claim([2], 1)
-    order, cancelled = store.cancel(2)
-    assert cancelled is False and order["estado"] == "en proceso"
-    store.finish([2], 1)
-    assert store.cancel(2) == (store.get(2), False)
-    assert store.cancel(99) == (None, False)
-    assert store.claim([1], 1)[1] == []  # a cancelled order is never processed
-
-
-# --- reads ----------------------------------------------------------------------------------------
-
-
-def test_list_filters(store):
-    store.insert_orders([new("Ana"), new("Beto"), new("Ana"), new("Ana"), new("Beto")])
-    store.claim([3], 1)
-    store.finish([3], 1)
-    store.cancel(5)
-
-    def ids(estado=None, cliente=None, desde_id=0, limite=100):
-        return [o["id"] for o in store.list_orders(estado, cliente, desde_id, limite)]
-
-    assert ids() == [1, 2, 3, 4, 5]
-    assert ids(cliente="Ana") == [1, 3, 4]
-    assert ids(cliente="ana") == []
-    assert ids(estado="listo") == [3]
-    assert ids(estado="pendiente") == [1, 2, 4]
-    assert ids(estado="pendiente", cliente="Beto") == [2]
-    assert ids(estado="cancelado") == [5]
-    assert ids(desde_id=3) == [4, 5]
-    assert ids(limite=2) == [1, 2]
-    assert ids(desde_id=1, limite=2, cliente="Ana") == [3, 4]
-    assert ids(desde_id=5) == []
-    assert list(store.list_orders(None, None, 0, 1)[0]) == ORDER_KEYS
-
-
-def test_counts_every_estado(store):
-    assert store.counts() == {"pendiente": 0, "en proceso": 0, "listo": 0, "cancelado": 0, "fallido": 0}
-    store.insert_orders([new() for _ in range(6)])
-    store.claim([1, 2], 1)
-    store.finish([1], 1)
-    store.cancel(3)
-    store.claim([4], 2)
-    for _ in range(MAX_ATTEMPTS):
-        store.claim([4], 2)
-        store.release(2, count_attempt=True)
-    assert store.counts() == {"pendiente": 2, "en proceso": 1, "listo": 1, "cancelado": 1, "fallido": 1}
-
-
-def test_pending_ids(store):
-    store.insert_orders([new() for _ in range(6)])
-    store.cancel(2)
-    store.claim([4], 1)
-    assert store.pending_ids(0, 100) == [1, 3, 5, 6]
-    assert store.pending_ids(3, 100) == [3, 5, 6]
-    assert store.pending_ids(0, 2) == [1, 3]
-
-
-def test_get_missing_is_none(store):
-    assert store.get(1) is None
-    assert store.get(2**63 - 1) is None
-
-
-def test_timestamps_are_utc_now(store):
-    before = datetime.now(timezone.utc)
-    store.insert_orders([new()])
-    started, _ = store.claim([1], 1)
-    finished = store.finish([1], 1)
-    after = datetime.now(timezone.utc)
-    order = store.get(1)
-    for stamp in (order["fecha_recibido"], started, finished):
-        assert before <= assert_timestamp(stamp) <= after

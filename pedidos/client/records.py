@@ -15,13 +15,15 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, TypedDict
 
+from pedidos.domain import FINAL_ESTADOS, MAX_SECONDS, show_address
+from pedidos.protocol.replies import TIEMPO_AGOTADO
+
 DEFAULT_PORT = 8888
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_WINDOW = 500
 # The server refuses an `esperar` longer than this; longer waits are split.
-MAX_WAIT = 3600.0
-FINAL_ESTADOS = frozenset({"listo", "cancelado", "fallido"})
-TIEMPO_AGOTADO = "tiempo_agotado"
+MAX_WAIT = MAX_SECONDS
+__all__ = ["FINAL_ESTADOS", "TIEMPO_AGOTADO"]  # re-exported for the two clients
 
 
 class PedidosError(Exception):
@@ -245,8 +247,7 @@ def bare_host(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
-def shown(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+shown = show_address
 
 
 def unresolved(host: str, exc: socket.gaierror) -> ConnectionProblem:

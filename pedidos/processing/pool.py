@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from pedidos.processing.worker import SERVER, WorkerConfig, worker_main
+from pedidos.processing.worker import Report, WorkerConfig, worker_main
 
 logger = logging.getLogger(__name__)
-
-Message = tuple[Any, ...]
 
 
 @dataclass
@@ -49,7 +47,7 @@ class WorkerPool:
         size: int,
         config: WorkerConfig,
         loop: asyncio.AbstractEventLoop,
-        on_messages: Callable[[list[Message]], None],
+        on_messages: Callable[[list[Report]], None],
         on_death: Callable[[int, int | None], None],
     ) -> None:
         self.size = size
@@ -57,8 +55,6 @@ class WorkerPool:
         # spawn: the server starts workers while threads and an event loop
         # run, where fork would copy locks held by other threads.
         self._ctx = multiprocessing.get_context("spawn")
-        self._lock = self._ctx.Lock()
-        self._lock_holder = self._ctx.Value("i", 0, lock=False)
         self._stop = self._ctx.Event()
         self._loop = loop
         self._on_messages = on_messages
@@ -68,11 +64,6 @@ class WorkerPool:
         self._wake_r, self._wake_w = os.pipe()
         self._monitor = threading.Thread(target=self._watch, name="pedidos-monitor", daemon=True)
         self._watching = True
-
-    @property
-    def shared_lock(self) -> tuple[Any, Any]:
-        """The write lock and the number of its holder, for the writer process."""
-        return self._lock, self._lock_holder
 
     def start(self) -> None:
         for number in range(1, self.size + 1):
@@ -87,7 +78,7 @@ class WorkerPool:
         receiver, sender = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=worker_main,
-            args=(number, os.getpid(), self.config, tasks, sender, self._lock, self._lock_holder, self._stop),
+            args=(number, os.getpid(), self.config, tasks, sender, self._stop),
             name=f"pedidos-worker-{number}",
             daemon=True,
         )
@@ -108,14 +99,6 @@ class WorkerPool:
 
     def send(self, number: int, chunk: tuple[int, ...]) -> None:
         self.slots[number].tasks.put(chunk)
-
-    def release_lock_of(self, number: int) -> None:
-        """Free the write lock if worker `number` died holding it."""
-        if self._lock_holder.value == number:
-            who = "the writer" if number == SERVER else f"worker {number}"
-            logger.warning("%s died holding the database lock; releasing it", who)
-            self._lock_holder.value = 0
-            self._lock.release()
 
     def stop(self, timeout: float) -> list[int]:
         """Ask every worker to finish its order in hand and exit; kill those
@@ -156,7 +139,7 @@ class WorkerPool:
                 by_key[slot.events] = ("events", slot)
                 by_key[slot.process.sentinel] = ("death", slot)
             ready = wait([self._wake_r, *by_key], timeout=1.0)
-            messages: list[Message] = []
+            messages: list[Report] = []
             deaths: list[tuple[int, int | None]] = []
             for key in ready:
                 if key == self._wake_r:
@@ -175,14 +158,14 @@ class WorkerPool:
             if (messages or deaths) and self._watching:
                 self._loop.call_soon_threadsafe(self._deliver, messages, deaths)
 
-    def _deliver(self, messages: list[Message], deaths: list[tuple[int, int | None]]) -> None:
+    def _deliver(self, messages: list[Report], deaths: list[tuple[int, int | None]]) -> None:
         if messages:
             self._on_messages(messages)
         for number, exitcode in deaths:
             self._on_death(number, exitcode)
 
 
-def _drain(conn: Connection) -> list[Message]:
+def _drain(conn: Connection) -> list[Report]:
     messages = []
     try:
         while conn.poll():

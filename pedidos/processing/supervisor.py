@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
 
+from pedidos.domain import Estado
 from pedidos.events import (
     FAILED,
     FINISHED,
@@ -20,9 +19,9 @@ from pedidos.events import (
     EventBus,
 )
 from pedidos.processing.dispatch import Dispatcher
-from pedidos.processing.pool import Message, WorkerPool
-from pedidos.processing.worker import WorkerConfig
-from pedidos.storage.sqlite.store import Store
+from pedidos.processing.pool import WorkerPool
+from pedidos.processing.worker import CLAIMED, Report, WorkerConfig
+from pedidos.storage.base import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +41,11 @@ class Processing:
         workers: int,
         config: WorkerConfig,
         bus: EventBus,
-        write: Callable[..., asyncio.Future[Any]],
-        read: Callable[..., Any],
+        storage: Storage,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._bus = bus
-        self._write = write
+        self._storage = storage
         self._stopping = False
         self.pool = WorkerPool(workers, config, self._loop, self._on_messages, self._on_death)
         # Orders that take time go one at a time, with the next one already
@@ -57,7 +55,7 @@ class Processing:
         instant = config.work_time[1] == 0
         self.dispatcher = Dispatcher(
             self.pool.send,
-            lambda start, n: read(Store.pending_ids, start, n),
+            storage.pending_ids,
             max_chunk=BATCH_CHUNK if instant else 1,
             per_worker=1 if instant else 2,
             gather_s=GATHER_S if instant else 0.0,
@@ -83,9 +81,8 @@ class Processing:
             task.cancel()
         killed = await self._loop.run_in_executor(None, self.pool.stop, timeout)
         for number in killed:
-            self.pool.release_lock_of(number)
             try:
-                await self._write(Store.release, number, False)
+                await self._storage.hand_back(number, crashed=False)
             except Exception as exc:
                 logger.error("could not hand back the orders of worker %d: %s", number, exc)
 
@@ -97,15 +94,15 @@ class Processing:
         if event.kind in (RECEIVED, REQUEUED) and not self._stopping:
             self.dispatcher.add(event.ids)
 
-    def _on_messages(self, messages: list[Message]) -> None:
-        for kind, number, chunk, taken, at in messages:
-            if kind == "started":
-                if taken:
-                    self._bus.publish(Event(STARTED, taken, number, at))
+    def _on_messages(self, reports: list[Report]) -> None:
+        for report in reports:
+            if report.kind == CLAIMED:
+                if report.taken:
+                    self._bus.publish(Event(STARTED, report.taken, report.worker, report.at))
             else:
-                self.dispatcher.finished(number, chunk)
-                if taken:
-                    self._bus.publish(Event(FINISHED, taken, number, at))
+                self.dispatcher.finished(report.worker, report.chunk)
+                if report.taken:
+                    self._bus.publish(Event(FINISHED, report.taken, report.worker, report.at))
 
     def _on_death(self, number: int, exitcode: int | None) -> None:
         if self._stopping:
@@ -117,16 +114,15 @@ class Processing:
     async def _replace(self, number: int, exitcode: int | None) -> None:
         """Hand back what the dead worker held, then start its replacement."""
         in_queue = self.dispatcher.worker_gone(number)
-        self.pool.release_lock_of(number)
         while True:
             try:
-                changed = await self._write(Store.release, number, True)
+                changed = await self._storage.hand_back(number, crashed=True)
                 break
             except Exception as exc:
                 logger.error("could not hand back the orders of worker %d: %s", number, exc)
                 await asyncio.sleep(RETRY_S)
-        requeued = tuple(i for i, estado in changed if estado == "pendiente")
-        failed = tuple(i for i, estado in changed if estado == "fallido")
+        requeued = tuple(i for i, estado in changed if estado == Estado.PENDIENTE)
+        failed = tuple(i for i, estado in changed if estado == Estado.FALLIDO)
         logger.warning(
             "worker %d died (exit code %s); %d orders handed back, %d failed",
             number,

@@ -3,7 +3,8 @@
 A worker takes chunks of order ids from its `multiprocessing.Queue`, claims the
 ones still pending, sleeps the simulated work time for each, marks them
 `listo`, and tells the server through its pipe. It receives plain
-configuration, never a live connection: it opens its own database connection.
+configuration and the storage backend's opener, never a live connection: it
+opens its own connection to the database.
 """
 
 from __future__ import annotations
@@ -13,56 +14,36 @@ import os
 import queue
 import random
 import signal
-import sqlite3
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
-from pedidos.storage.sqlite.store import Store
+from pedidos.storage.base import ServerGone, WorkerOpener, WorkerStore
 
 logger = logging.getLogger(__name__)
 
 PARENT_CHECK_S = 0.5  # how often an idle worker checks that the server is alive
 RETRY_S = 1.0
-SERVER = -1  # lock owner number of the server's own writer
+CLAIMED = "claimed"  # the kinds of Report
+DONE = "done"
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    db_path: str
+    open_store: WorkerOpener  # from the storage backend: opens this worker's connection
     work_time: tuple[float, float]  # seconds per order: fixed when both are equal
     log_level: int = logging.INFO
 
 
-class ServerGone(Exception):
-    """The worker's server died: the worker exits."""
+class Report(NamedTuple):
+    """What a worker tells the server through its pipe about one chunk."""
 
-
-class OwnedLock:
-    """The shared database write lock, recording who holds it.
-
-    A worker killed while holding the lock would block every writer forever;
-    knowing the holder lets the pool release it when it reaps that worker.
-    """
-
-    def __init__(self, lock: Any, holder: Any, owner: int, server_pid: int | None = None) -> None:
-        self._lock = lock
-        self._holder = holder
-        self._owner = owner
-        self._server_pid = server_pid
-
-    def __enter__(self) -> None:
-        # A worker waits in slices: if its server dies holding the lock, no
-        # one will release it, and the worker must notice and exit.
-        while not self._lock.acquire(timeout=PARENT_CHECK_S):
-            if self._server_pid is not None and os.getppid() != self._server_pid:
-                raise ServerGone
-        self._holder.value = self._owner
-
-    def __exit__(self, *exc: object) -> None:
-        self._holder.value = 0
-        self._lock.release()
+    kind: str  # CLAIMED: `taken` are now `en proceso`; DONE: the chunk is done with
+    worker: int
+    chunk: tuple[int, ...]  # the ids the server sent
+    taken: tuple[int, ...]  # those this worker claimed (CLAIMED) or made `listo` (DONE)
+    at: str | None  # fecha_inicio or fecha_fin as recorded
 
 
 def worker_main(
@@ -71,8 +52,6 @@ def worker_main(
     config: WorkerConfig,
     tasks: Any,
     events: Connection,
-    lock: Any,
-    lock_holder: Any,
     stop: Any,
 ) -> None:
     """Entry point of worker `number` (1..N), started by the pool with `spawn`.
@@ -91,13 +70,7 @@ def worker_main(
     terminated: list[int] = []
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
-    # A worker's state changes commit without their own fsync (NORMAL): the
-    # WAL is one sequential file, so the server's next FULL commit makes them
-    # durable too. Power lost before that can only turn the last `listo` back
-    # into `en proceso`, which the next start hands back and redoes; it never
-    # loses an acknowledged order. Meanwhile the workers hold the write lock
-    # for microseconds instead of an fsync, and intake does not wait for them.
-    store = Store(config.db_path, OwnedLock(lock, lock_holder, number, server_pid), synchronous="NORMAL")
+    store = config.open_store(number, server_pid)
     try:
         while not stop.is_set() and not terminated:
             try:
@@ -120,33 +93,38 @@ def _process(
     number: int,
     chunk: tuple[int, ...],
     config: WorkerConfig,
-    store: Store,
+    store: WorkerStore,
     events: Connection,
     server_pid: int,
 ) -> None:
     try:
-        started_at, taken = store.claim(chunk, number)
-    except sqlite3.Error as exc:
+        claim = store.claim(chunk, number)
+    except ServerGone:
+        raise
+    except Exception as exc:
         # Nothing was taken: the server puts the chunk back in its backlog.
         logger.error("could not claim orders: %s", exc)
-        events.send(("finished", number, chunk, (), None))
+        events.send(Report(DONE, number, chunk, (), None))
         time.sleep(RETRY_S)
         return
-    events.send(("started", number, chunk, tuple(taken), started_at))
+    events.send(Report(CLAIMED, number, chunk, claim.ids, claim.at))
     low, high = config.work_time
-    for _ in taken:
+    for _ in claim.ids:
         if high > 0:
             time.sleep(random.uniform(low, high))
+    finished: tuple[int, ...] = ()
     finished_at = None
-    while taken:
+    while claim.ids:
         try:
-            finished_at = store.finish(taken, number)
+            finished_at, finished = store.finish(claim)
             break
-        except sqlite3.Error as exc:
+        except ServerGone:
+            raise
+        except Exception as exc:
             # The work is done; only its record is missing. Keep the orders
             # and retry, unless the server is gone (a restart redoes them).
             logger.error("could not record finished orders, retrying: %s", exc)
             if os.getppid() != server_pid:
                 return
             time.sleep(RETRY_S)
-    events.send(("finished", number, chunk, tuple(taken), finished_at))
+    events.send(Report(DONE, number, chunk, finished, finished_at))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pedidos.domain import Receipt
+
 PROTOCOL_VERSION = 1
 SERVER_NAME = "pedidos"
 
@@ -48,9 +50,17 @@ def error_reply(code: str, mensaje: str, **extra: Any) -> dict[str, Any]:
     return {"ok": False, "error": code, "mensaje": mensaje, **extra}
 
 
-def order_ack(order_id: int, estado: str, duplicado: bool) -> dict[str, Any] | bytes:
+AJENO = "La referencia ya está en uso por otro pedido; use otra referencia."
+
+
+def order_ack(receipt: Receipt) -> dict[str, Any] | bytes:
     """The reply to a new order once it is stored: the common one already as
-    its line of bytes, the most frequent reply the server writes."""
+    its line of bytes, the most frequent reply the server writes. The SQLite
+    backend runs this in its writer process (picklable, module level)."""
+    order_id, estado, duplicado, ajeno = receipt
+    if ajeno:
+        # Say nothing of the other order: only that the key is taken.
+        return error_reply(PEDIDO_INVALIDO, AJENO)
     if estado == "pendiente" and not duplicado:
         return b'{"ok": true, "id": %d, "estado": "pendiente"}\n' % order_id
     reply: dict[str, Any] = {"ok": True, "id": order_id, "estado": estado}

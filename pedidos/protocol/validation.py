@@ -8,8 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
+from pedidos.domain import (
+    CLIENTE_MAX,
+    DEFAULT_LIMIT,
+    DEFAULT_TIMEOUT,
+    DIRECCION_MAX,
+    ESTADOS,
+    MAX_ID,
+    MAX_LIMIT,
+    MAX_SECONDS,
+    MAX_TOKEN_CHARS,
+    PRODUCTO_MAX,
+    PRODUCTOS_MAX,
+    REFERENCIA_MAX,
+    NewOrder,
+)
 from pedidos.protocol.replies import (
     ACCION_DESCONOCIDA,
     MENSAJE_INVALIDO,
@@ -17,32 +32,8 @@ from pedidos.protocol.replies import (
     RequestError,
 )
 
-ESTADOS = ("pendiente", "en proceso", "listo", "cancelado", "fallido")
-FINAL_ESTADOS = frozenset({"listo", "cancelado", "fallido"})
-MAX_ID = 2**63 - 1
-MAX_TIMEOUT = 3600.0
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
-MAX_TOKEN_CHARS = 256
-
-# field: (max characters after trimming)
-CLIENTE_MAX = 200
-PRODUCTO_MAX = 200
-PRODUCTOS_MAX = 100
-DIRECCION_MAX = 500
-REFERENCIA_MAX = 100
 ORDER_FIELDS = ("cliente", "productos", "direccion", "referencia")
 _ORDER_FIELD_SET = frozenset(ORDER_FIELDS)
-
-
-class NewOrder(NamedTuple):
-    # A NamedTuple, not a frozen dataclass: one is built per order on the
-    # event loop, and this is several times cheaper to build.
-    cliente: str
-    productos: tuple[str, ...]
-    direccion: str
-    referencia: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,10 +170,10 @@ def _from_id(name: str, raw: Any) -> int:
 
 
 def _timeout(name: str, raw: Any) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= MAX_TIMEOUT:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= MAX_SECONDS:
         raise RequestError(
             MENSAJE_INVALIDO,
-            f"'{name}' debe ser un número de segundos entre 0 y {MAX_TIMEOUT:g}, no {_show(raw)}.",
+            f"'{name}' debe ser un número de segundos entre 0 y {MAX_SECONDS:g}, no {_show(raw)}.",
         )
     return float(raw)
 

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 
+from pedidos.domain import MAX_SECONDS
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.server.server import Server, ServerConfig, StartupError
 
@@ -20,8 +21,10 @@ def parse_work_time(text: str) -> tuple[float, float]:
         bounds = (float(low), float(high if dash else low))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a time in seconds: {text!r} (use S or MIN-MAX)") from None
-    if not 0 <= bounds[0] <= bounds[1] or bounds[1] > 3600:
-        raise argparse.ArgumentTypeError(f"work time must be 0 <= MIN <= MAX <= 3600, not {text!r}")
+    if not 0 <= bounds[0] <= bounds[1] or bounds[1] > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"work time must be 0 <= MIN <= MAX <= {MAX_SECONDS:g}, not {text!r}"
+        )
     return bounds
 
 

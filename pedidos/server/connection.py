@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
+from pedidos.domain import NewOrder, show_address
 from pedidos.protocol.framing import Decoder
 from pedidos.protocol.replies import (
     ERROR_INTERNO,
@@ -26,11 +27,9 @@ from pedidos.protocol.replies import (
     error_reply,
     greeting,
 )
-from pedidos.protocol.validation import Command, NewOrder, parse_request
+from pedidos.protocol.validation import Command, parse_request
 from pedidos.server.auth import ADMIN, Principal
-
-if TYPE_CHECKING:
-    from pedidos.server.server import Server
+from pedidos.server.state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +45,11 @@ _RECEIVE_BUFFER = memoryview(bytearray(64 * 1024))
 
 
 class Connection(asyncio.BufferedProtocol):
-    def __init__(self, server: Server) -> None:
-        self._server = server
-        self._service = server.service
-        self._loop = server.loop
-        self._decoder = Decoder(server.config.max_request_bytes)
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._service = state.service
+        self._loop = state.loop
+        self._decoder = Decoder(state.config.max_request_bytes)
         self._line: deque[Slot] = deque()
         # Requests decoded from one read beyond MAX_IN_FLIGHT wait here, as
         # small parsed values rather than tasks, until the line has room.
@@ -64,7 +63,7 @@ class Connection(asyncio.BufferedProtocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self.peer = "?"
         self._host = "?"
-        self._tokens = server.tokens
+        self._tokens = state.tokens
         self._principal: Principal | None = None
 
     # --- asyncio.BufferedProtocol ----------------------------------------------------
@@ -75,8 +74,8 @@ class Connection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self._host = peer[0]
-            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
-        if not self._server.admit(self):
+            self.peer = show_address(peer[0], peer[1])
+        if not self._state.admit(self):
             transport.write(
                 encode_line(
                     error_reply(
@@ -89,7 +88,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         transport.write(encode_line(greeting()))
         self._last_activity = self._loop.time()
-        self._arm_idle_timer(self._server.config.idle_timeout)
+        self._arm_idle_timer(self._state.config.idle_timeout)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _RECEIVE_BUFFER
@@ -131,7 +130,7 @@ class Connection(asyncio.BufferedProtocol):
                 slot.cancel()
         self._line.clear()
         self._parked.clear()
-        self._server.forget(self)
+        self._state.forget(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -171,7 +170,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._tokens is None:
             return {"ok": True, "rol": ADMIN, "mensaje": "Este servidor no pide token."}
         principal = self._tokens.authenticate(token)
-        throttle = self._server.throttle
+        throttle = self._state.throttle
         if principal is not None:
             throttle.succeeded(self._host)
             self._principal = principal
@@ -260,7 +259,7 @@ class Connection(asyncio.BufferedProtocol):
             self._idle_timer = self._loop.call_later(delay, self._check_idle)
 
     def _check_idle(self) -> None:
-        timeout = self._server.config.idle_timeout
+        timeout = self._state.config.idle_timeout
         idle_for = self._loop.time() - self._last_activity
         if self._line:  # waiting for its own replies is not idleness
             self._arm_idle_timer(timeout)

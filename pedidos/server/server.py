@@ -13,63 +13,41 @@ import ipaddress
 import logging
 import signal
 import socket
-import sqlite3
 import ssl
-from dataclasses import dataclass, field
 from typing import Any
 
-from pedidos.events import EventBus
+from pedidos.domain import show_address
+from pedidos.events import RECEIVED, Event, EventBus
 from pedidos.processing.supervisor import Processing
-from pedidos.processing.worker import SERVER, WorkerConfig
-from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
+from pedidos.processing.worker import WorkerConfig
+from pedidos.protocol.replies import order_ack
 from pedidos.server.auth import FailureThrottle, TokenBook, TokenFileError, load_tokens
+from pedidos.server.config import ServerConfig, StartupError
 from pedidos.server.connection import Connection
-from pedidos.server.service import OrderService, Reader
-from pedidos.storage.sqlite.store import Store
-from pedidos.storage.sqlite.writer import Writer
+from pedidos.server.service import OrderService
+from pedidos.server.state import ServerState
+from pedidos.storage import open_storage
+from pedidos.storage.base import Recovery, Storage, StorageError
+
+__all__ = ["Server", "ServerConfig", "StartupError"]
 
 logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 4096
 
 
-@dataclass
-class ServerConfig:
-    hosts: list[str] = field(default_factory=lambda: ["localhost"])
-    port: int = 8888
-    workers: int = 2
-    db: str = "pedidos.db"
-    work_time: tuple[float, float] = (1.0, 3.0)
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_connections: int = 10_000
-    idle_timeout: float = 300.0
-    shutdown_timeout: float = 30.0
-    log_level: int = logging.INFO
-    token_file: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-
-
-class StartupError(Exception):
-    """The server cannot start; the message is one line for the operator."""
-
-
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.addresses: list[tuple[str, int]] = []
-        self.connections: set[Connection] = set()
         self.started = asyncio.Event()
+        self.state: ServerState | None = None  # what connections share, once started
         self._exit = asyncio.Event()
         self._force_exit = False
-        self._accepting = False
         self._listeners: list[asyncio.AbstractServer] = []
-        self._drained = asyncio.Event()
-        self._writer: Writer | None = None
-        self._reader: Reader | None = None
+        self._storage: Storage | None = None
         self._processing: Processing | None = None
         self.tokens: TokenBook | None = None
-        self.throttle = FailureThrottle()
 
     async def serve(self, install_signal_handlers: bool = True) -> None:
         if install_signal_handlers:
@@ -84,41 +62,51 @@ class Server:
         if self._exit.is_set():
             logger.warning("second signal: stopping without waiting")
             self._force_exit = True
-            self._drained.set()
+            if self.state is not None:
+                self.state.drained.set()
         self._exit.set()
 
     # --- start ------------------------------------------------------------------
 
     async def startup(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         config = self.config
         try:
             self.tokens = load_tokens(config.token_file)
         except TokenFileError as exc:
             raise StartupError(str(exc)) from None
         tls = tls_context(config.tls_cert, config.tls_key)
-        _prepare_database(config.db)
-        sockets = bind_sockets(config.hosts, config.port)
+        bus = EventBus()
         try:
-            bus = EventBus()
-            self._reader = Reader(config.db)
+            # The protocol layer writes the acks; the backend only calls it.
+            self._storage = open_storage(
+                config.db,
+                ack=order_ack,
+                on_stored=lambda ids: bus.publish(Event(RECEIVED, ids)),
+                log_level=config.log_level,
+            )
+            _log_recovery(await self._storage.start())
+        except StorageError as exc:
+            await self.shutdown(quiet=True)
+            raise StartupError(str(exc)) from None
+        try:
+            sockets = bind_sockets(config.hosts, config.port)
+        except BaseException:
+            await self.shutdown(quiet=True)
+            raise
+        try:
             self._processing = Processing(
                 config.workers,
-                WorkerConfig(config.db, config.work_time, config.log_level),
+                WorkerConfig(self._storage.worker_opener(), config.work_time, config.log_level),
                 bus,
-                write=lambda fn, *args: self._writer.run(fn, *args),  # type: ignore[union-attr]
-                read=self._reader,
+                self._storage,
             )
-            pool = self._processing.pool
-            lock, lock_holder = pool.shared_lock
-            release = lambda: pool.release_lock_of(SERVER)  # noqa: E731
-            self._writer = Writer(config.db, lock, lock_holder, self.loop, bus, release, config.log_level)
-            await self._writer.start()
-            self.service = OrderService(self._writer, self._reader, bus, self._live_figures)
+            service = OrderService(self._storage, bus, self._live_figures)
+            self.state = state = ServerState(config, service, loop, self.tokens, FailureThrottle())
             self._processing.start()
             for sock in sockets:
-                listener = await self.loop.create_server(
-                    lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG, ssl=tls
+                listener = await loop.create_server(
+                    lambda: Connection(state), sock=sock, backlog=LISTEN_BACKLOG, ssl=tls
                 )
                 self._listeners.append(listener)
         except BaseException:
@@ -126,12 +114,11 @@ class Server:
                 sock.close()
             await self.shutdown()
             raise
-        self._accepting = True
+        state.accepting = True
         for sock in sockets:
             host, port = sock.getsockname()[:2]
             self.addresses.append((host, port))
-            shown = f"[{host}]" if ":" in host else host
-            logger.info("listening on %s:%d", shown, port)
+            logger.info("listening on %s", show_address(host, port))
         exposed = [host for host, _ in self.addresses if not ipaddress.ip_address(host).is_loopback]
         if exposed and self.tokens is None:
             logger.warning(
@@ -154,70 +141,50 @@ class Server:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.request_exit)
 
-    # --- connections ----------------------------------------------------------------
-
-    def admit(self, connection: Connection) -> bool:
-        if not self._accepting or len(self.connections) >= self.config.max_connections:
-            logger.warning("refusing %s: %d connections open", connection.peer, len(self.connections))
-            return False
-        self.connections.add(connection)
-        return True
-
-    def forget(self, connection: Connection) -> None:
-        self.connections.discard(connection)
-        if not self.connections:
-            self._drained.set()
-
     def _live_figures(self) -> dict[str, Any]:
         workers = self._processing.pool.alive() if self._processing else 0
-        return {"workers": workers, "conexiones": len(self.connections)}
+        connections = len(self.state.connections) if self.state is not None else 0
+        return {"workers": workers, "conexiones": connections}
 
     # --- stop -----------------------------------------------------------------------
 
-    async def shutdown(self) -> None:
-        logger.info("shutting down")
+    async def shutdown(self, quiet: bool = False) -> None:
+        """Stop in order; `quiet` when the start failed before anything ran."""
+        if not quiet:
+            logger.info("shutting down")
         timeout = self.config.shutdown_timeout
-        self._accepting = False
+        state = self.state
         for listener in self._listeners:
             listener.close()
-        if self.connections:
-            self._drained.clear()
-            self.service.release_waiters()
-            for connection in list(self.connections):
+        if state is not None:
+            state.accepting = False
+        if state is not None and state.connections:
+            state.drained.clear()
+            state.service.release_waiters()
+            for connection in list(state.connections):
                 connection.close_when_answered()
             try:
-                await asyncio.wait_for(self._drained.wait(), timeout)
+                await asyncio.wait_for(state.drained.wait(), timeout)
             except asyncio.TimeoutError:
-                logger.warning("%d connections still busy; closing them", len(self.connections))
-            for connection in list(self.connections):
+                logger.warning("%d connections still busy; closing them", len(state.connections))
+            for connection in list(state.connections):
                 connection.abort()
         if self._processing is not None:
             await self._processing.stop(0 if self._force_exit else timeout)
-        if self._writer is not None:
-            await self._writer.stop()
-        if self._reader is not None:
-            self._reader.close()
-        logger.info("stopped")
+        if self._storage is not None:
+            await self._storage.stop()
+        if not quiet:
+            logger.info("stopped")
 
 
-def _prepare_database(path: str) -> None:
-    """Create the table and take up what a crash left `en proceso`."""
-    try:
-        store = Store(path)
-        try:
-            store.create_schema()
-            released = store.release(None, count_attempt=True)
-        finally:
-            store.close()
-    except sqlite3.Error as exc:
-        raise StartupError(f"cannot use the database {path!r}: {exc}") from None
-    if released:
-        failed = sum(1 for _, estado in released if estado == "fallido")
+def _log_recovery(recovery: Recovery) -> None:
+    """What the last run left `en proceso` was taken up at the start."""
+    if recovery.requeued or recovery.failed:
         logger.warning(
             "%d orders were in process when the server last stopped; %d back to pending, %d failed",
-            len(released),
-            len(released) - failed,
-            failed,
+            len(recovery.requeued) + len(recovery.failed),
+            len(recovery.requeued),
+            len(recovery.failed),
         )
 
 
@@ -260,7 +227,7 @@ def bind_sockets(hosts: list[str], port: int) -> list[socket.socket]:
             except OSError as exc:
                 sock.close()
                 shown = f"[{address}]" if ":" in address else address
-                logger.warning("cannot listen on %s:%d: %s", shown, port, exc.strerror or exc)
+                logger.warning("cannot listen on %s: %s", show_address(address, port), exc.strerror or exc)
                 failures.append(f"{shown}: {exc.strerror or exc}")
                 continue
             if port == 0:  # the other addresses take the same free port

@@ -1,8 +1,8 @@
 """What each request does, apart from how it arrived.
 
-`OrderService` answers validated requests with reply objects. Writes go to the
-writer process (orders share its group commit), reads to a small pool of
-reader threads; nothing here touches the disk on the event loop.
+`OrderService` answers validated requests with reply objects, through the
+storage interface (pedidos/storage/base.py), whose every call leaves the
+event loop free; nothing here knows which database is behind it.
 """
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pedidos.domain import FINAL_ESTADOS, Estado, NewOrder
 from pedidos.events import CANCELLED, FINAL, Event, EventBus
 from pedidos.protocol.replies import (
     NO_AUTORIZADO,
@@ -25,10 +24,9 @@ from pedidos.protocol.replies import (
     RequestError,
     error_reply,
 )
-from pedidos.protocol.validation import FINAL_ESTADOS, Command, NewOrder
+from pedidos.protocol.validation import Command
 from pedidos.server.auth import Principal
-from pedidos.storage.sqlite.store import Store
-from pedidos.storage.sqlite.writer import Writer
+from pedidos.storage.base import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -36,41 +34,14 @@ Reply = dict[str, Any]
 ADMIN_ONLY = frozenset({"listar", "estadisticas"})
 
 
-class Reader:
-    """Reads on a few threads, each with its own connection."""
-
-    def __init__(self, db_path: str, threads: int = 2) -> None:
-        self._db_path = db_path
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="pedidos-reader")
-        self._local = threading.local()
-        self._stores: list[Store] = []
-
-    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn, args)
-
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        store = getattr(self._local, "store", None)
-        if store is None:
-            store = self._local.store = Store(self._db_path)
-            self._stores.append(store)
-        return fn(store, *args)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        for store in self._stores:
-            store.close()
-
-
 class OrderService:
     def __init__(
         self,
-        writer: Writer,
-        reader: Reader,
+        storage: Storage,
         bus: EventBus,
         live_figures: Callable[[], dict[str, Any]],
     ) -> None:
-        self._writer = writer
-        self._read = reader
+        self._storage = storage
         self._bus = bus
         self._live_figures = live_figures
         self._started = time.monotonic()
@@ -92,8 +63,8 @@ class OrderService:
         notify: Callable[[], None] | None = None,
     ) -> asyncio.Future[Reply]:
         """Store a new order; the reply is ready once it is committed (see
-        Writer.submit for `notify`)."""
-        return self._writer.submit(order, _owner(principal), notify)
+        Storage.submit for `notify`)."""
+        return self._storage.submit(order, _owner(principal), notify)
 
     async def command(self, command: Command, principal: Principal | None = None) -> Reply:
         """Answer a command; with a `cliente` principal, only about its own orders."""
@@ -140,11 +111,11 @@ class OrderService:
     async def _listar(
         self, estado: str | None, cliente: str | None, desde_id: int, limite: int, owner: str | None
     ) -> Reply:
-        orders = await self._read(Store.list_orders, estado, cliente, desde_id, limite)
+        orders = await self._storage.list_orders(estado, cliente, desde_id, limite)
         return {"ok": True, "pedidos": orders}
 
     async def _cancelar(self, id: int, owner: str | None) -> Reply:
-        order, cancelled = await self._writer.run(Store.cancel, id, owner)
+        order, cancelled = await self._storage.cancel(id, owner)
         if order is None:
             raise RequestError(NO_ENCONTRADO, f"No existe el pedido {id}.")
         if not cancelled:
@@ -157,17 +128,17 @@ class OrderService:
         return {"ok": True, "pedido": order}
 
     async def _estadisticas(self, owner: str | None) -> Reply:
-        counts = await self._read(Store.counts)
+        counts = await self._storage.counts()
         return {
             "ok": True,
             "estados": counts,
             **self._live_figures(),
-            "en_cola": counts["pendiente"],
+            "en_cola": counts[Estado.PENDIENTE.value],
             "uptime_s": round(time.monotonic() - self._started, 3),
         }
 
     async def _order(self, order_id: int, owner: str | None) -> dict[str, Any]:
-        order = await self._read(Store.get, order_id, owner)
+        order = await self._storage.get(order_id, owner)
         if order is None:
             raise RequestError(NO_ENCONTRADO, f"No existe el pedido {order_id}.")
         return order

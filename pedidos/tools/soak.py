@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 from pedidos.client.blocking import Client, ConnectionProblem, Refused
+from pedidos.domain import FINAL_ESTADOS
 from pedidos.tools.procs import child_env
 
-FINAL = ("listo", "cancelado", "fallido")
 ORPHAN_GRACE_S = 5.0
 FAILURES = (ConnectionProblem, Refused, OSError, ValueError, KeyError)
 
@@ -269,7 +269,7 @@ class Soak:
             conn.close()
         lost = {i for i, ack in self.acked.items() if rows.get(i, (None, None))[:2] != ack} | self.lost_live
         duplicated = twice + sum(1 for ids in self.ref_ids.values() if len(ids) > 1)
-        stuck = sum(1 for i in self.acked if i in rows and rows[i][2] not in FINAL)
+        stuck = sum(1 for i in self.acked if i in rows and rows[i][2] not in FINAL_ESTADOS)
         for problem in sorted(set(self.problems))[:20]:
             print(f"soak: {problem}", file=sys.stderr)
         print(f"soak: killed {self.kills} times", file=sys.stderr)

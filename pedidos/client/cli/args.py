@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from pedidos.client.access import ENV_VAR
 from pedidos.client.records import DEFAULT_PORT, DEFAULT_TIMEOUT
-from pedidos.protocol.validation import ESTADOS
+from pedidos.domain import ESTADOS
 
 # Each mode of the command line, as `Namespace.mode`.
 ORDER, FILE, GET, CANCEL, LIST, STATS = "pedido", "archivo", "consultar", "cancelar", "listar", "estadisticas"

@@ -23,15 +23,9 @@ from pedidos.client.cli.bulk import BadInput, Outcome, Progress, read_entries, s
 from pedidos.client.cli.show import count, order_lines, plural, receipt_line, state_line, stats_lines, table
 from pedidos.client.cli.show import summary_lines as order_summary
 from pedidos.client.records import list_request, order_of, reason, receipt_of, stats_of
+from pedidos.domain import CLIENTE_MAX, DIRECCION_MAX, PRODUCTO_MAX, PRODUCTOS_MAX
 from pedidos.protocol.replies import RequestError
-from pedidos.protocol.validation import (
-    CLIENTE_MAX,
-    DIRECCION_MAX,
-    PRODUCTO_MAX,
-    PRODUCTOS_MAX,
-    order_products,
-    order_text,
-)
+from pedidos.protocol.validation import order_products, order_text
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 PAGE = 1000  # the most orders the server lists in one reply

@@ -1,3 +1,5 @@
-"""The SQLite backend: one file, WAL mode, a writer process for group commits,
-and the `multiprocessing.Lock` that hands the file between the writer and the
-workers."""
+"""The SQLite backend: one file in WAL mode. `backend` implements the storage
+interface; `store` holds every line of its SQL; `writer` and `writer_process`
+are the writer process that group-commits new orders; `lock` is the
+`multiprocessing.Lock` that hands the file between the writer and the workers.
+Imports the domain and `pedidos.storage.base` only."""

@@ -1,29 +1,32 @@
-"""The order table: every line of SQL in the project lives here.
+"""The order table in SQLite: every line of SQL of this backend lives here.
 
 One `Store` is one connection; each thread or process that touches the
 database opens its own. Writes go through `transaction()`, which takes the
-shared write lock (a `multiprocessing.Lock`) when one is given, so the server's
+shared write lock (a `multiprocessing.Lock`, lock.py) when one is given, so the
 writer process and the workers hand the database to each other through a
 semaphore instead of SQLite's sleep-and-retry busy handler.
 
-A PostgreSQL store would keep these method names; `claim` would become a
-`SELECT ... FOR UPDATE SKIP LOCKED`.
+A worker's `Store` is its `WorkerStore` (claim, finish, close: storage/base.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any
 
-from pedidos.protocol.validation import ESTADOS, NewOrder
+from pedidos.domain import ESTADOS, MAX_ATTEMPTS, Estado, NewOrder
+from pedidos.storage.base import Claim, Finished, Receipt
 
-MAX_ATTEMPTS = 3  # interrupted attempts before an order is `fallido`
-BUSY_TIMEOUT_MS = 5000
+# How long a connection waits for one held by a program outside the server
+# (the server's own processes share the write lock instead). Tests shorten it.
+BUSY_TIMEOUT_MS = int(os.environ.get("PEDIDOS_TEST_BUSY_TIMEOUT_MS") or 5000)
+PENDIENTE, EN_PROCESO, LISTO = Estado.PENDIENTE.value, Estado.EN_PROCESO.value, Estado.LISTO.value
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pedidos (
@@ -54,21 +57,12 @@ COLUMNS = (
 )
 INSERT = (
     "INSERT INTO pedidos "
-    "(id, cliente, productos, direccion, referencia, estado, fecha_recibido, propietario) VALUES "
+    "(cliente, productos, direccion, referencia, estado, fecha_recibido, propietario) VALUES "
 )
-INSERT_ROW = "(?, ?, ?, ?, ?, 'pendiente', ?, ?)"
+INSERT_ROW = f"(?, ?, ?, ?, '{PENDIENTE}', ?, ?)"
 INSERT_VALUES = INSERT_ROW.count("?")
-ROWS_PER_INSERT = 100  # 700 variables: under the 999 of old SQLite builds
+ROWS_PER_INSERT = 100  # 600 variables: under the 999 of old SQLite builds
 MAX_PARAMS = 500  # ids per IN (...) list, well under SQLite's variable limit
-
-
-class Stored(NamedTuple):
-    """What storing one new order came to."""
-
-    id: int
-    estado: str
-    duplicado: bool
-    ajeno: bool = False  # its referencia belongs to another owner's order
 
 
 # json.dumps with an argument builds a new encoder on every call.
@@ -148,39 +142,50 @@ class Store:
 
     def insert_orders(
         self, orders: Sequence[NewOrder], owners: Sequence[str | None] | None = None
-    ) -> list[Stored]:
-        """Store a batch in one transaction: a `Stored` for each order.
+    ) -> list[Receipt]:
+        """Store a batch in one transaction: a `Receipt` for each order.
 
         An order whose `referencia` is already stored (or earlier in the batch)
         is not stored again. `owners` (one per order, or None) records who
         submitted it; a `referencia` of someone else's order is `ajeno`.
 
-        Rows go in with explicit ids, many per statement: the sqlite3 module
-        gives up the interpreter lock around every statement, and each time it
-        takes it back it may wait for the event loop."""
+        Rows go in many per statement: the sqlite3 module gives up the
+        interpreter lock around every statement, and each time it takes it
+        back it may wait for the event loop. SQLite numbers each new row one
+        past the largest id (INTEGER PRIMARY KEY), so the rows of one
+        statement, inside this write transaction, get consecutive ids ending at
+        `lastrowid`. With no deletes, an id is never reused (AUTOINCREMENT
+        would only add its bookkeeping table to every insert)."""
         received = now()
         owners = owners or [None] * len(orders)
-        results: list[Stored] = []
+        # A Receipt, or (row of this batch, duplicado, ajeno) until its id is known.
+        results: list[Any] = []
         values: list[Any] = []  # the rows' values, one after another
+        rows = 0
         with self.transaction() as db:
             known = self._by_referencia(db, {o.referencia for o in orders if o.referencia is not None})
-            next_id = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM pedidos").fetchone()[0]
             for (cliente, productos, direccion, referencia), owner in zip(orders, owners, strict=True):
                 if referencia is not None:
                     if referencia in known:
                         order_id, estado, stored_owner = known[referencia]
                         ajeno = owner is not None and owner != stored_owner
-                        results.append(Stored(order_id, estado, True, ajeno))
+                        if order_id < 0:  # earlier in this batch: its id is not known yet
+                            results.append((-order_id - 1, True, ajeno))
+                        else:
+                            results.append(Receipt(order_id, estado, True, ajeno))
                         continue
-                    known[referencia] = (next_id, "pendiente", owner)
-                values += (next_id, cliente, products_json(productos), direccion, referencia, received, owner)
-                results.append(Stored(next_id, "pendiente", False))
-                next_id += 1
+                    known[referencia] = (-rows - 1, PENDIENTE, owner)
+                values += (cliente, products_json(productos), direccion, referencia, received, owner)
+                results.append((rows, False, False))
+                rows += 1
+            ids: list[int] = []
             step = ROWS_PER_INSERT * INSERT_VALUES
             for i in range(0, len(values), step):
                 part = values[i : i + step]
-                db.execute(INSERT + ", ".join([INSERT_ROW] * (len(part) // INSERT_VALUES)), part)
-        return results
+                n = len(part) // INSERT_VALUES
+                last = db.execute(INSERT + ", ".join([INSERT_ROW] * n), part).lastrowid
+                ids += range(last - n + 1, last + 1)
+        return [r if type(r) is Receipt else Receipt(ids[r[0]], PENDIENTE, r[1], r[2]) for r in results]
 
     @staticmethod
     def _by_referencia(db: sqlite3.Connection, refs: set[str]) -> dict[str, tuple[int, str, str | None]]:
@@ -199,10 +204,10 @@ class Store:
         With `owner`, only an order of that owner is seen."""
         with self.transaction() as db:
             order = self._get(db, order_id, owner)
-            if order is None or order["estado"] != "pendiente":
+            if order is None or order["estado"] != PENDIENTE:
                 return order, False
-            db.execute("UPDATE pedidos SET estado = 'cancelado' WHERE id = ?", (order_id,))
-            order["estado"] = "cancelado"
+            db.execute("UPDATE pedidos SET estado = ? WHERE id = ?", (Estado.CANCELADO.value, order_id))
+            order["estado"] = Estado.CANCELADO.value
             return order, True
 
     # --- reads ---------------------------------------------------------------
@@ -246,55 +251,55 @@ class Store:
     def pending_ids(self, from_id: int, limit: int) -> list[int]:
         """Ids of pending orders from `from_id` on, oldest first."""
         rows = self._conn.execute(
-            "SELECT id FROM pedidos WHERE estado = 'pendiente' AND id >= ? ORDER BY id LIMIT ?",
-            (from_id, limit),
+            "SELECT id FROM pedidos WHERE estado = ? AND id >= ? ORDER BY id LIMIT ?",
+            (PENDIENTE, from_id, limit),
         )
         return [row[0] for row in rows]
 
     # --- processing (the workers) -------------------------------------------
 
-    def claim(self, ids: Sequence[int], worker: int) -> tuple[str, list[int]]:
-        """Take the still-pending orders among `ids` for `worker`: (start time, taken ids)."""
+    def claim(self, ids: Sequence[int], worker: int) -> Claim:
+        """Take the still-pending orders among `ids` for `worker`."""
         started = now()
         taken: list[int] = []
         with self.transaction() as db:
             for part in _parts(ids):
                 marks = ",".join("?" * len(part))
-                db.execute(
-                    "UPDATE pedidos SET estado = 'en proceso', fecha_inicio = ?, worker = ? "
-                    f"WHERE estado = 'pendiente' AND id IN ({marks})",
-                    (started, worker, *part),
-                )
                 taken += [
                     row[0]
                     for row in db.execute(
-                        "SELECT id FROM pedidos WHERE estado = 'en proceso' AND worker = ? "
-                        f"AND fecha_inicio = ? AND id IN ({marks}) ORDER BY id",
-                        (worker, started, *part),
+                        "UPDATE pedidos SET estado = ?, fecha_inicio = ?, worker = ? "
+                        f"WHERE estado = ? AND id IN ({marks}) RETURNING id",
+                        (EN_PROCESO, started, worker, PENDIENTE, *part),
                     )
                 ]
-        return started, taken
+        return Claim(worker, started, tuple(sorted(taken)))
 
-    def finish(self, ids: Sequence[int], worker: int) -> str:
-        """Mark the orders that `worker` holds among `ids` as `listo`: the end time."""
+    def finish(self, claim: Claim) -> Finished:
+        """Mark `listo` the orders that `claim` still holds: those `en proceso`
+        by its worker since its start time."""
         finished = now()
+        done: list[int] = []
         with self.transaction() as db:
-            for part in _parts(ids):
+            for part in _parts(claim.ids):
                 marks = ",".join("?" * len(part))
-                db.execute(
-                    "UPDATE pedidos SET estado = 'listo', fecha_fin = ? "
-                    f"WHERE estado = 'en proceso' AND worker = ? AND id IN ({marks})",
-                    (finished, worker, *part),
-                )
-        return finished
+                done += [
+                    row[0]
+                    for row in db.execute(
+                        "UPDATE pedidos SET estado = ?, fecha_fin = ? WHERE estado = ? AND worker = ? "
+                        f"AND fecha_inicio = ? AND id IN ({marks}) RETURNING id",
+                        (LISTO, finished, EN_PROCESO, claim.worker, claim.at, *part),
+                    )
+                ]
+        return Finished(finished, tuple(sorted(done)))
 
-    def release(self, worker: int | None, count_attempt: bool) -> list[tuple[int, str]]:
+    def release(self, worker: int | None, count_attempt: bool) -> list[tuple[int, Estado]]:
         """Hand back the orders in process by `worker` (None: by anyone).
 
         An attempt ended by a crash counts in `intentos`, and the third such
         attempt makes the order `fallido`; one handed back at a graceful
         shutdown does not count. Returns (id, new estado) for each."""
-        where, params = "estado = 'en proceso'", []
+        where, params = "estado = ?", [EN_PROCESO]
         if worker is not None:
             where += " AND worker = ?"
             params.append(worker)
@@ -305,17 +310,17 @@ class Store:
                 intentos += 1 if count_attempt else 0
                 if intentos >= MAX_ATTEMPTS:
                     db.execute(
-                        "UPDATE pedidos SET estado = 'fallido', intentos = ? WHERE id = ?",
-                        (intentos, order_id),
+                        "UPDATE pedidos SET estado = ?, intentos = ? WHERE id = ?",
+                        (Estado.FALLIDO.value, intentos, order_id),
                     )
-                    changed.append((order_id, "fallido"))
+                    changed.append((order_id, Estado.FALLIDO))
                 else:
                     db.execute(
-                        "UPDATE pedidos SET estado = 'pendiente', intentos = ?, "
+                        "UPDATE pedidos SET estado = ?, intentos = ?, "
                         "fecha_inicio = NULL, worker = NULL WHERE id = ?",
-                        (intentos, order_id),
+                        (PENDIENTE, intentos, order_id),
                     )
-                    changed.append((order_id, "pendiente"))
+                    changed.append((order_id, Estado.PENDIENTE))
         return changed
 
 

@@ -23,17 +23,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from pedidos.events import RECEIVED, Event, EventBus
-from pedidos.protocol.replies import PEDIDO_INVALIDO, RequestError
-from pedidos.protocol.validation import NewOrder
-from pedidos.storage.sqlite.writer_process import Answer, writer_main
+from pedidos.domain import NewOrder
+from pedidos.storage.base import Ack
+from pedidos.storage.sqlite.lock import WRITER, WriteLock
+from pedidos.storage.sqlite.writer_process import Answer, Batch, writer_main
 
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 1.0
 STOP_TIMEOUT_S = 30.0
 _HEADER = struct.Struct("!i")  # a multiprocessing.Connection frame: length, then the bytes
-AJENO = "La referencia ya está en uso por otro pedido; use otra referencia."
 
 
 class _Batch:
@@ -53,20 +52,18 @@ class Writer:
     def __init__(
         self,
         db_path: str,
-        lock: Any,
-        lock_holder: Any,
+        lock: WriteLock,
         loop: asyncio.AbstractEventLoop,
-        bus: EventBus,
-        release_lock: Callable[[], None],
+        ack: Ack,
+        on_stored: Callable[[tuple[int, ...]], None] | None,
         log_level: int = logging.INFO,
     ) -> None:
         self._db_path = db_path
         self._lock = lock
-        self._lock_holder = lock_holder
-        self._release_lock = release_lock  # frees the write lock if the writer died holding it
+        self._ack = ack
+        self._on_stored = on_stored
         self._log_level = log_level
         self._loop = loop
-        self._bus = bus
         self._ctx = multiprocessing.get_context("spawn")
         self._batch = _Batch()
         self._in_flight: deque[_Batch] = deque()  # sent, in order, not yet answered
@@ -87,7 +84,7 @@ class Writer:
                 requests_r,
                 answers_w,
                 self._lock,
-                self._lock_holder,
+                self._ack,
                 self._log_level,
             ),
             name="pedidos-writer",
@@ -138,7 +135,7 @@ class Writer:
         owner: str | None = None,
         notify: Callable[[], None] | None = None,
     ) -> asyncio.Future[Any]:
-        """Store an order: resolves to its acknowledgement once committed.
+        """Store an order: resolves to `ack(receipt)` once committed.
 
         `notify` is called once per batch for all the orders that named it,
         after their futures resolve: a connection with a hundred orders in
@@ -169,7 +166,7 @@ class Writer:
         if not (batch.futures or batch.call_futures) or self._pipe is None or self._pipe.is_closing():
             return  # nothing to send, or no writer yet: `start` sends it
         self._batch = _Batch()
-        data = pickle.dumps((batch.orders, batch.calls), pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(Batch(batch.orders, batch.calls), pickle.HIGHEST_PROTOCOL)
         self._pipe.write(_HEADER.pack(len(data)) + data)
         self._in_flight.append(batch)
 
@@ -185,19 +182,14 @@ class Writer:
                     _resolve(future, None, error)
             elif acks is not None:
                 for future, ack in zip(batch.futures, acks, strict=True):
-                    if future.done():  # cancelled: its connection went away
-                        continue
-                    if ack is None:
-                        # Say nothing of the other order: only that the key is taken.
-                        future.set_exception(RequestError(PEDIDO_INVALIDO, AJENO))
-                    else:
+                    if not future.done():  # done: cancelled, its connection went away
                         future.set_result(ack)
             notify |= batch.notify
             new_ids += ids
         for callback in notify:
             callback()
-        if new_ids:
-            self._bus.publish(Event(RECEIVED, tuple(new_ids)))
+        if new_ids and self._on_stored is not None:
+            self._on_stored(tuple(new_ids))
 
     def _lost(self) -> None:
         """The writer process closed its pipe: it stopped, or died."""
@@ -214,7 +206,7 @@ class Writer:
     async def _restart(self) -> None:
         await self._loop.run_in_executor(None, self._process.join)
         logger.error("the writer process died (exit code %s); starting a new one", self._process.exitcode)
-        self._release_lock()
+        self._lock.release_of(WRITER)  # if it died holding it
         await asyncio.sleep(RESTART_DELAY_S)
         if self._stopping:
             return

@@ -3,7 +3,9 @@
 The server's event loop sends batches of new orders (and its few other
 writes) down a pipe. This process commits every batch that has arrived as one
 transaction with one fsync (group commit), then answers each batch with the
-acknowledgements of its orders, already as the bytes the clients will read.
+acknowledgements of its orders: each receipt passed through the server's `ack`
+function (the protocol layer's, which writes the bytes the client will read),
+so that this work runs here, on a core of its own, not on the event loop.
 
 A process, not a thread of the server: the rows, the SQLite calls and the acks
 then run on a core of their own instead of taking the interpreter lock from
@@ -19,12 +21,12 @@ import pickle
 import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
-from pedidos.processing.worker import SERVER, OwnedLock, ServerGone
-from pedidos.protocol.replies import order_ack
-from pedidos.protocol.validation import NewOrder
-from pedidos.storage.sqlite.store import Store, Stored
+from pedidos.domain import NewOrder
+from pedidos.storage.base import Ack, Receipt, ServerGone
+from pedidos.storage.sqlite.lock import WRITER, WriteLock
+from pedidos.storage.sqlite.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +34,22 @@ logger = logging.getLogger(__name__)
 # referencia, owner) tuples, and its other writes as (Store method, args).
 Order = tuple[str, tuple[str, ...], str, "str | None", "str | None"]
 Call = tuple[Callable[..., Any], tuple[Any, ...]]
-# The answer to one batch: an ack per order (None: the referencia belongs to
-# someone else's order), the ids of the orders it stored, the error that
-# refused all its orders, and (result, error) per call.
-Answer = tuple["list[Any] | None", tuple[int, ...], "BaseException | None", list[tuple[Any, Any]]]
+
+
+class Batch(NamedTuple):
+    """One hand-off from the server's loop."""
+
+    orders: list[Order]
+    calls: list[Call]
+
+
+class Answer(NamedTuple):
+    """The answer to one batch."""
+
+    acks: list[Any] | None  # `ack(receipt)` per order; None when `error` refused them all
+    ids: tuple[int, ...]  # the orders it stored (new, not duplicates)
+    error: BaseException | None
+    calls: list[tuple[Any, Any]]  # (result, error) per call
 
 
 def writer_main(
@@ -43,8 +57,8 @@ def writer_main(
     server_pid: int,
     requests: Connection,
     answers: Connection,
-    lock: Any,
-    lock_holder: Any,
+    lock: WriteLock,
+    ack: Ack,
     log_level: int,
 ) -> None:
     """Entry point of the writer process, started by the server with `spawn`."""
@@ -53,11 +67,11 @@ def writer_main(
     # decides when the writer stops, by closing the pipe, so that nothing it
     # already sent is left unanswered.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    store = Store(db_path, OwnedLock(lock, lock_holder, SERVER, server_pid))
+    store = Store(db_path, lock.held_by(WRITER, server_pid))
     try:
         ended = False
         while not ended:
-            batches: list[tuple[list[Order], list[Call]]] = []
+            batches: list[Batch] = []
             try:
                 batches.append(pickle.loads(requests.recv_bytes()))
                 while requests.poll():
@@ -65,19 +79,19 @@ def writer_main(
             except EOFError:
                 ended = True  # the server is stopping (or gone): answer what came
             if batches:
-                answers.send_bytes(pickle.dumps(write(store, batches), pickle.HIGHEST_PROTOCOL))
+                answers.send_bytes(pickle.dumps(write(store, batches, ack), pickle.HIGHEST_PROTOCOL))
     except (BrokenPipeError, ServerGone):
         logger.warning("the server is gone; exiting")
     finally:
         store.close()
 
 
-def write(store: Store, batches: list[tuple[list[Order], list[Call]]]) -> list[Answer]:
+def write(store: Store, batches: list[Batch], ack: Ack) -> list[Answer]:
     """Run the calls, then store the orders of all batches in one transaction."""
     calls = [[_call(store, fn, args) for fn, args in batch_calls] for _, batch_calls in batches]
     orders = [order for batch_orders, _ in batches for order in batch_orders]
     acks: list[Any] = []
-    stored: list[Stored] = []
+    stored: list[Receipt] = []
     error: BaseException | None = None
     if orders:
         try:
@@ -86,16 +100,16 @@ def write(store: Store, batches: list[tuple[list[Order], list[Call]]]) -> list[A
             logger.error("could not store %d orders: %s", len(orders), exc)
             error = _portable(exc)
         else:
-            acks = [None if s.ajeno else order_ack(s.id, s.estado, s.duplicado) for s in stored]
+            acks = list(map(ack, stored))
     answers: list[Answer] = []
     start = 0
     for (batch_orders, _), batch_calls in zip(batches, calls, strict=True):
         end = start + len(batch_orders)
         if error is not None or not batch_orders:
-            answers.append((None, (), error, batch_calls))
+            answers.append(Answer(None, (), error, batch_calls))
         else:
             ids = tuple(s.id for s in stored[start:end] if not s.duplicado)
-            answers.append((acks[start:end], ids, None, batch_calls))
+            answers.append(Answer(acks[start:end], ids, None, batch_calls))
         start = end
     return answers
 

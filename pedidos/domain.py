@@ -1,0 +1,73 @@
+"""What an order is, whatever carries or stores it: its states, its limits, a new order.
+
+Each of these is defined here once and imported everywhere else (the wire,
+the server, the storage backends, the client). Imports only the standard
+library; every other module may import it.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+
+class Estado(str, enum.Enum):
+    """The state of an order. A `str` whose value is the wire's Spanish word,
+    so JSON, SQL parameters and comparisons with plain text all see the word."""
+
+    PENDIENTE = "pendiente"
+    EN_PROCESO = "en proceso"
+    LISTO = "listo"
+    CANCELADO = "cancelado"
+    FALLIDO = "fallido"
+
+    # Python 3.11 changed format()/str() of mixed-in enums; a state always
+    # reads as its word.
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+ESTADOS = tuple(e.value for e in Estado)  # the words, in the contract's order
+FINAL_ESTADOS = frozenset({Estado.LISTO.value, Estado.CANCELADO.value, Estado.FALLIDO.value})
+
+MAX_ATTEMPTS = 3  # interrupted attempts before an order is `fallido`
+
+# Limits of the contract (characters after trimming, seconds, rows).
+CLIENTE_MAX = 200
+PRODUCTO_MAX = 200
+PRODUCTOS_MAX = 100
+DIRECCION_MAX = 500
+REFERENCIA_MAX = 100
+MAX_TOKEN_CHARS = 256
+MAX_ID = 2**63 - 1
+MAX_SECONDS = 3600.0  # the longest `esperar` timeout, and the longest simulated work time
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+class NewOrder(NamedTuple):
+    """An order as the client sent it, validated and trimmed, not yet stored."""
+
+    # A NamedTuple, not a frozen dataclass: one is built per order on the
+    # event loop, and this is several times cheaper to build.
+    cliente: str
+    productos: tuple[str, ...]
+    direccion: str
+    referencia: str | None = None
+
+
+class Receipt(NamedTuple):
+    """What submitting one new order came to, once committed."""
+
+    id: int
+    estado: str
+    duplicado: bool  # its referencia was stored already: this is that order
+    ajeno: bool = False  # its referencia belongs to another owner's order: nothing stored
+
+
+def show_address(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 host in brackets: `[::1]:8888`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

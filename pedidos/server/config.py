@@ -1,0 +1,29 @@
+"""What the server is told to do: its settings, as the command line gives them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
+
+
+@dataclass
+class ServerConfig:
+    hosts: list[str] = field(default_factory=lambda: ["localhost"])
+    port: int = 8888
+    workers: int = 2
+    db: str = "pedidos.db"  # a SQLite file path; storage.open_storage picks the backend from it
+    work_time: tuple[float, float] = (1.0, 3.0)
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_connections: int = 10_000
+    idle_timeout: float = 300.0
+    shutdown_timeout: float = 30.0
+    log_level: int = logging.INFO
+    token_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+class StartupError(Exception):
+    """The server cannot start; the message is one line for the operator."""

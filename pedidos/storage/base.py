@@ -1,0 +1,150 @@
+"""The storage interface: what the server, the service and the workers may ask of a backend.
+
+Two sides. `Storage` lives in the server process, on the event loop: every
+method is a coroutine or returns a future, and none blocks the loop.
+`WorkerStore` lives in a worker process, synchronous, opened there by the
+picklable `WorkerOpener` that `Storage.worker_opener()` hands out.
+
+A backend keeps the table of the contract (section 7) and its promises: an
+order is durable before `submit`'s future resolves, `referencia` is unique,
+ids grow and are never reused, and a worker's `finish` changes only the
+orders its own claim still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
+
+from pedidos.domain import Estado, NewOrder, Receipt
+
+__all__ = ["Receipt"]  # part of this interface; defined with the domain
+
+
+class StorageError(Exception):
+    """The backend cannot do what was asked (the database is unusable, say).
+    The message is one line for the operator."""
+
+
+class ServerGone(Exception):
+    """Raised in a worker process when its server died: the worker exits."""
+
+
+class Recovery(NamedTuple):
+    """What `start` found left `en proceso` by a server that stopped without handing back."""
+
+    requeued: tuple[int, ...] = ()  # back to `pendiente`
+    failed: tuple[int, ...] = ()  # `fallido`: that was their last attempt
+
+
+class Claim(NamedTuple):
+    """Orders a worker took. `at` (the recorded `fecha_inicio`, to the
+    microsecond) with `worker` is the claim's token: `finish` matches it, so a
+    claim taken away since (handed back, claimed again) is not overwritten."""
+
+    worker: int
+    at: str
+    ids: tuple[int, ...]
+
+
+class Finished(NamedTuple):
+    at: str | None  # the recorded `fecha_fin`
+    ids: tuple[int, ...]  # the claimed orders that are now `listo`
+
+
+Ack = Callable[[Receipt], Any]
+
+
+def plain_receipt(receipt: Receipt) -> Receipt:
+    """The default `ack`: `submit`'s future resolves to the receipt itself."""
+    return receipt
+
+
+class WorkerStore(Protocol):
+    """A worker process's own connection. Methods block; errors other than
+    `ServerGone` mean nothing was changed and the call may be retried."""
+
+    def claim(self, ids: Sequence[int], worker: int) -> Claim:
+        """Take the orders among `ids` that are still `pendiente`: they become
+        `en proceso` with `worker` and `fecha_inicio`; the claim lists them,
+        oldest first (none: nothing was pending)."""
+        ...
+
+    def finish(self, claim: Claim) -> Finished:
+        """Mark `listo`, with `fecha_fin`, the orders that `claim` still holds."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class WorkerOpener(Protocol):
+    """Picklable: sent to each worker process when it is spawned, and called
+    there once. `server_pid` lets a worker blocked on the database notice that
+    its server died (it then raises `ServerGone`)."""
+
+    def __call__(self, worker: int, server_pid: int) -> WorkerStore: ...
+
+
+class Storage(Protocol):
+    """The server's side of a backend (see the module docstring)."""
+
+    async def start(self) -> Recovery:
+        """Open the database, create or migrate the schema (proving it is
+        writable), and hand back what a crash left `en proceso` (each such
+        attempt counts; the `MAX_ATTEMPTS`-th makes the order `fallido`).
+        Raises `StorageError` with a one-line reason."""
+        ...
+
+    async def stop(self) -> None:
+        """Commit everything already submitted, then close. Submissions not
+        yet committed fail; none is acknowledged without its row."""
+        ...
+
+    def submit(
+        self, order: NewOrder, owner: str | None, notify: Callable[[], None] | None = None
+    ) -> asyncio.Future[Any]:
+        """Store a new order for `owner` (None: no owner). The future resolves
+        to `ack(receipt)` (the backend's `ack` argument) once the row is
+        committed durably, or fails with the error that kept it out. Orders
+        submitted together share one commit. `notify` is called once per
+        commit for all the orders that named it, after their futures resolve.
+        `on_stored(ids)` (the backend's argument) hears of the new ids."""
+        ...
+
+    async def get(self, order_id: int, owner: str | None = None) -> dict[str, Any] | None:
+        """The order as a contract row (section 7), or None; with `owner`,
+        only an order of that owner."""
+        ...
+
+    async def list_orders(
+        self, estado: str | None, cliente: str | None, desde_id: int, limite: int
+    ) -> list[dict[str, Any]]:
+        """Orders with id > `desde_id`, oldest first, at most `limite`,
+        filtered by `estado` and `cliente` when given."""
+        ...
+
+    async def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
+        """Cancel a `pendiente` order: (the order as it now stands or None,
+        whether this call cancelled it). With `owner`, only that owner's."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """How many orders are in each state: every `Estado` word is a key."""
+        ...
+
+    async def pending_ids(self, from_id: int, limit: int) -> list[int]:
+        """Ids of `pendiente` orders from `from_id` on, oldest first: the
+        dispatcher's read of the backlog."""
+        ...
+
+    async def hand_back(self, worker: int, crashed: bool) -> list[tuple[int, Estado]]:
+        """Put back what `worker` held `en proceso` (it died, or was killed at
+        shutdown): `pendiente`, or `fallido` when `crashed` and that was the
+        last attempt. Only a crash counts an attempt. Returns (id, new state)."""
+        ...
+
+    def worker_opener(self) -> WorkerOpener:
+        """What a worker process calls to open its own `WorkerStore`. Valid
+        after `start`."""
+        ...

@@ -1,0 +1,152 @@
+"""`SqliteStorage`: the storage interface (storage/base.py) on one SQLite file.
+
+Writes go to the writer process (writer.py), where new orders share one
+transaction and one fsync; reads go to a few threads, each with its own
+connection; each worker process opens its own connection with `SqliteOpener`.
+All of them take turns at the file through one `WriteLock` (lock.py), which
+this backend creates and releases when a process dies holding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pedidos.domain import Estado, NewOrder
+from pedidos.storage.base import Ack, Recovery, StorageError, plain_receipt
+from pedidos.storage.sqlite.lock import WriteLock
+from pedidos.storage.sqlite.store import Store
+from pedidos.storage.sqlite.writer import Writer
+
+logger = logging.getLogger(__name__)
+
+READER_THREADS = 2
+
+
+@dataclass(frozen=True)
+class SqliteOpener:
+    """Opens a worker's connection, in the worker process (pickled to it at spawn)."""
+
+    path: str
+    lock: WriteLock
+
+    def __call__(self, worker: int, server_pid: int) -> Store:
+        # A worker's state changes commit without their own fsync (NORMAL): the
+        # WAL is one sequential file, so the writer's next FULL commit makes
+        # them durable too. Power lost before that can only turn the last
+        # `listo` back into `en proceso`, which the next start hands back and
+        # redoes; it never loses an acknowledged order. Meanwhile the workers
+        # hold the write lock for microseconds instead of an fsync, and intake
+        # does not wait for them.
+        return Store(self.path, self.lock.held_by(worker, server_pid), synchronous="NORMAL")
+
+
+class Reader:
+    """Reads on a few threads, each with its own connection."""
+
+    def __init__(self, db_path: str, threads: int = READER_THREADS) -> None:
+        self._db_path = db_path
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="pedidos-reader")
+        self._local = threading.local()
+        self._stores: list[Store] = []
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn, args)
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = Store(self._db_path)
+            self._stores.append(store)
+        return fn(store, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for store in self._stores:
+            store.close()
+
+
+class SqliteStorage:
+    """See storage/base.py `Storage` for what each method promises."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        ack: Ack = plain_receipt,
+        on_stored: Callable[[tuple[int, ...]], None] | None = None,
+        log_level: int = logging.INFO,
+    ) -> None:
+        self.path = path
+        self._ack = ack
+        self._on_stored = on_stored
+        self._log_level = log_level
+        self._lock: WriteLock | None = None
+        self._writer: Writer | None = None
+        self._read: Reader | None = None
+
+    @property
+    def writer_pid(self) -> int | None:
+        return self._writer.pid if self._writer is not None else None
+
+    async def start(self) -> Recovery:
+        try:
+            store = Store(self.path)
+            try:
+                store.create_schema()
+                released = store.release(None, count_attempt=True)
+            finally:
+                store.close()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot use the database {self.path!r}: {exc}") from None
+        self._lock = WriteLock()
+        self._read = Reader(self.path)
+        loop = asyncio.get_running_loop()
+        self._writer = Writer(self.path, self._lock, loop, self._ack, self._on_stored, self._log_level)
+        await self._writer.start()
+        return Recovery(
+            tuple(i for i, estado in released if estado == Estado.PENDIENTE),
+            tuple(i for i, estado in released if estado == Estado.FALLIDO),
+        )
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            await self._writer.stop()
+        if self._read is not None:
+            self._read.close()
+
+    def submit(
+        self, order: NewOrder, owner: str | None, notify: Callable[[], None] | None = None
+    ) -> asyncio.Future[Any]:
+        return self._writer.submit(order, owner, notify)  # type: ignore[union-attr]
+
+    async def get(self, order_id: int, owner: str | None = None) -> dict[str, Any] | None:
+        return await self._read(Store.get, order_id, owner)  # type: ignore[misc]
+
+    async def list_orders(
+        self, estado: str | None, cliente: str | None, desde_id: int, limite: int
+    ) -> list[dict[str, Any]]:
+        return await self._read(Store.list_orders, estado, cliente, desde_id, limite)  # type: ignore[misc]
+
+    async def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
+        return await self._writer.run(Store.cancel, order_id, owner)  # type: ignore[union-attr]
+
+    async def counts(self) -> dict[str, int]:
+        return await self._read(Store.counts)  # type: ignore[misc]
+
+    async def pending_ids(self, from_id: int, limit: int) -> list[int]:
+        return await self._read(Store.pending_ids, from_id, limit)  # type: ignore[misc]
+
+    async def hand_back(self, worker: int, crashed: bool) -> list[tuple[int, Estado]]:
+        self._lock.release_of(worker)  # type: ignore[union-attr]  # it is dead: if it held it
+        return await self._writer.run(Store.release, worker, crashed)  # type: ignore[union-attr]
+
+    def worker_opener(self) -> SqliteOpener:
+        assert self._lock is not None, "start() first"
+        return SqliteOpener(self.path, self._lock)

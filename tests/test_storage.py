@@ -1,0 +1,459 @@
+"""The storage interface (pedidos/storage/base.py), written once for every backend.
+
+huey's StorageTests pattern: each test gets a started backend from the
+`storage` fixture, parametrized over `BACKENDS`, and speaks only through the
+interface: `Storage` on an event loop, and `WorkerStore`s opened with the
+backend's picklable opener, as a worker process would. A new backend adds
+itself to `BACKENDS` and its database to `database_url`, and must pass all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pedidos.domain import ESTADOS, MAX_ATTEMPTS, Estado, NewOrder, Receipt
+from pedidos.storage import open_storage
+from pedidos.storage.base import Recovery, Storage, StorageError, WorkerStore
+
+BACKENDS = ["sqlite"]  # "postgresql" joins here with its fixture
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
+ORDER_KEYS = [
+    "id",
+    "cliente",
+    "productos",
+    "direccion",
+    "referencia",
+    "estado",
+    "fecha_recibido",
+    "fecha_inicio",
+    "fecha_fin",
+    "worker",
+    "intentos",
+]
+
+
+def new(cliente: str = "Ana", referencia: str | None = None, productos=("pan", "agua")) -> NewOrder:
+    return NewOrder(cliente, tuple(productos), "Calle 1", referencia)
+
+
+def assert_timestamp(value: str) -> datetime:
+    assert TIMESTAMP.match(value), value
+    parsed = datetime.fromisoformat(value)
+    assert parsed.utcoffset() == timedelta(0)
+    return parsed
+
+
+class Harness:
+    """A started backend on its own event loop, driven from a plain test."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.loop = asyncio.new_event_loop()
+        self.stored: list[int] = []  # what on_stored heard
+        self.storage: Storage | None = None
+        self.recovery: Recovery | None = None
+        self._workers: list[WorkerStore] = []
+
+    def start(self) -> Harness:
+        async def start() -> None:
+            self.storage = open_storage(self.url, on_stored=self.stored.extend)
+            self.recovery = await self.storage.start()
+
+        self.run(start())
+        return self
+
+    def stop(self) -> None:
+        for worker in self._workers:
+            worker.close()
+        self._workers.clear()
+        if self.storage is not None:
+            self.run(self.storage.stop())
+            self.storage = None
+
+    def close(self) -> None:
+        self.stop()
+        self.loop.close()
+
+    def run(self, awaitable: Any) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(awaitable, 60))
+
+    def __getattr__(self, name: str) -> Any:
+        """`h.get(1)` runs `storage.get(1)` to its end."""
+        method = getattr(self.storage, name)
+        return lambda *args, **kwargs: self.run(method(*args, **kwargs))
+
+    def submit(self, *orders: NewOrder, owner: str | None = None) -> list[Receipt]:
+        """Submit together (one batch, as orders arriving at once would), wait for all."""
+
+        async def submit() -> list[Receipt]:
+            futures = [self.storage.submit(order, owner) for order in orders]  # type: ignore[union-attr]
+            return list(await asyncio.gather(*futures))
+
+        return self.run(submit())
+
+    def worker(self, number: int) -> WorkerStore:
+        """A worker's store, opened in this process (a spawned one: see below)."""
+        store = self.storage.worker_opener()(number, os.getpid())  # type: ignore[union-attr]
+        self._workers.append(store)
+        return store
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "pedidos.db")
+    raise AssertionError(request.param)  # pragma: no cover
+
+
+@pytest.fixture
+def h(database_url: str) -> Iterator[Harness]:
+    harness = Harness(database_url).start()
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def ids_of(receipts: list[Receipt]) -> list[tuple[int, str, bool]]:
+    return [(r.id, r.estado, r.duplicado) for r in receipts]
+
+
+# --- intake --------------------------------------------------------------------------
+
+
+def test_submit_stores_in_order_and_tells_on_stored(h):
+    assert ids_of(h.submit(new("A"), new("B"), new("C"))) == [
+        (1, "pendiente", False),
+        (2, "pendiente", False),
+        (3, "pendiente", False),
+    ]
+    assert ids_of(h.submit(new("D"))) == [(4, "pendiente", False)]
+    assert h.stored == [1, 2, 3, 4]
+    assert [o["cliente"] for o in h.list_orders(None, None, 0, 10)] == ["A", "B", "C", "D"]
+
+
+def test_stored_row_is_the_contract_row(h):
+    h.submit(new("Juan Pérez", "ref-1", ["pan", "agua ñ", 'comillas " y \\']))
+    order = h.get(1)
+    assert list(order) == ORDER_KEYS
+    assert order["cliente"] == "Juan Pérez"
+    assert order["productos"] == ["pan", "agua ñ", 'comillas " y \\']
+    assert order["direccion"] == "Calle 1"
+    assert order["referencia"] == "ref-1"
+    assert order["estado"] == "pendiente" and type(order["estado"]) is str
+    assert_timestamp(order["fecha_recibido"])
+    assert order["fecha_inicio"] is None and order["fecha_fin"] is None
+    assert order["worker"] is None and order["intentos"] == 0
+
+
+def test_referencia_dedupe_across_and_within_batches(h):
+    assert ids_of(h.submit(new("A", "r1"), new("B"))) == [(1, "pendiente", False), (2, "pendiente", False)]
+    again = h.submit(new("other", "r1"), new("C", "r2"), new("D", "r2"), new("E"))
+    assert ids_of(again) == [
+        (1, "pendiente", True),
+        (3, "pendiente", False),
+        (3, "pendiente", True),
+        (4, "pendiente", False),
+    ]
+    assert h.get(1)["cliente"] == "A"  # the stored order was not replaced
+    assert h.counts()["pendiente"] == 4
+    assert h.stored == [1, 2, 3, 4]  # duplicates are not new
+
+
+def test_a_referencia_of_another_owner_is_ajeno(h):
+    assert h.submit(new("A", "r"), owner="ana") == [Receipt(1, "pendiente", False, False)]
+    assert h.submit(new("A", "r"), owner="ana") == [Receipt(1, "pendiente", True, False)]
+    assert h.submit(new("B", "r"), owner="beto") == [Receipt(1, "pendiente", True, True)]
+    within = h.submit(new("C", "s"), new("D", "s"), owner=None)
+    assert within == [Receipt(2, "pendiente", False, False), Receipt(2, "pendiente", True, False)]
+    assert h.get(1, "ana")["cliente"] == "A"
+    assert h.get(1, "beto") is None
+
+
+def test_duplicate_reports_the_stored_estado(h):
+    h.submit(new(referencia="r"))
+    worker = h.worker(1)
+    worker.finish(worker.claim([1], 1))
+    assert ids_of(h.submit(new(referencia="r"))) == [(1, "listo", True)]
+
+
+def test_orders_without_referencia_never_dedupe(h):
+    assert [r.id for r in h.submit(new(), new(), new())] == [1, 2, 3]
+
+
+def test_ids_keep_growing_across_batches_and_restarts(h):
+    first = [r.id for r in h.submit(*[new(f"c{i}") for i in range(250)])]
+    assert first == list(range(1, 251))
+    h.stop()
+    h.start()
+    assert [r.id for r in h.submit(new(), new())] == [251, 252]
+
+
+def test_an_owner_sees_only_its_orders(h):
+    h.submit(new("A"), owner="ana")
+    h.submit(new("B"), owner="beto")
+    assert h.get(1, "ana")["cliente"] == "A"
+    assert h.get(2, "ana") is None
+    assert h.get(2)["cliente"] == "B"  # no owner: every order
+    assert h.cancel(2, "ana") == (None, False)
+    assert h.get(2)["estado"] == "pendiente"
+
+
+# --- processing ----------------------------------------------------------------------
+
+
+def test_claim_takes_only_pending_orders(h):
+    h.submit(new("A"), new("B"), new("C"), new("D"))
+    h.cancel(2)
+    one, two = h.worker(1), h.worker(2)
+    two.claim([4], 2)
+    claim = one.claim([1, 2, 3, 4, 99], 1)
+    assert claim.ids == (1, 3) and claim.worker == 1
+    assert_timestamp(claim.at)
+    for order_id in (1, 3):
+        order = h.get(order_id)
+        assert order["estado"] == "en proceso"
+        assert order["worker"] == 1
+        assert order["fecha_inicio"] == claim.at
+        assert order["fecha_fin"] is None
+    assert h.get(2)["estado"] == "cancelado"
+    assert h.get(4)["worker"] == 2
+    # nobody takes an order twice
+    assert two.claim([1, 3, 4], 2).ids == ()
+    assert one.claim([1, 3], 1).ids == ()
+
+
+def test_claim_many_ids_at_once(h):
+    h.submit(*[new(f"c{i}") for i in range(1200)])
+    worker = h.worker(1)
+    claim = worker.claim(list(range(1200, 0, -1)), 1)
+    assert claim.ids == tuple(range(1, 1201))
+    assert worker.finish(claim).ids == claim.ids
+    assert h.counts()["listo"] == 1200
+
+
+def test_finish_marks_listo_only_what_the_claim_holds(h):
+    h.submit(new("A"), new("B"), new("C"))
+    one, two = h.worker(1), h.worker(2)
+    claim = one.claim([1], 1)
+    two.claim([2], 2)
+    forged = claim._replace(ids=(1, 2, 3))  # more than it claimed
+    finished = one.finish(forged)
+    assert finished.ids == (1,)
+    assert_timestamp(finished.at)
+    first = h.get(1)
+    assert first["estado"] == "listo" and first["fecha_fin"] == finished.at and first["worker"] == 1
+    assert datetime.fromisoformat(first["fecha_inicio"]) <= datetime.fromisoformat(first["fecha_fin"])
+    assert datetime.fromisoformat(first["fecha_recibido"]) <= datetime.fromisoformat(first["fecha_inicio"])
+    assert h.get(2)["estado"] == "en proceso"  # held by worker 2
+    assert h.get(3)["estado"] == "pendiente" and h.get(3)["fecha_fin"] is None  # never taken
+
+
+def test_a_stale_claim_changes_nothing(h):
+    h.submit(new("A"))
+    old = h.worker(1)
+    stale = old.claim([1], 1)
+    assert h.hand_back(1, True) == [(1, "pendiente")]  # its worker was declared dead
+    fresh = h.worker(1).claim([1], 1)  # its replacement, with the same number
+    assert fresh.ids == (1,) and fresh.at != stale.at
+    assert old.finish(stale).ids == ()
+    order = h.get(1)
+    assert order["estado"] == "en proceso" and order["fecha_inicio"] == fresh.at
+    assert order["fecha_fin"] is None and order["intentos"] == 1
+
+
+def test_crashed_attempts_count_and_the_last_is_fallido(h):
+    h.submit(new())
+    worker = h.worker(1)
+    for attempt in range(1, MAX_ATTEMPTS):
+        assert worker.claim([1], 1).ids == (1,)
+        assert h.hand_back(1, True) == [(1, Estado.PENDIENTE)]
+        order = h.get(1)
+        assert order["intentos"] == attempt
+        assert order["estado"] == "pendiente"
+        assert order["worker"] is None and order["fecha_inicio"] is None
+    assert MAX_ATTEMPTS == 3
+    h.worker(2).claim([1], 2)
+    assert h.hand_back(2, True) == [(1, "fallido")]
+    order = h.get(1)
+    assert order["estado"] == "fallido" and order["intentos"] == 3
+    assert worker.claim([1], 1).ids == ()  # never taken again
+
+
+def test_graceful_hand_back_does_not_count(h):
+    h.submit(new())
+    worker = h.worker(1)
+    for _ in range(MAX_ATTEMPTS + 2):
+        worker.claim([1], 1)
+        assert h.hand_back(1, False) == [(1, "pendiente")]
+    order = h.get(1)
+    assert order["estado"] == "pendiente" and order["intentos"] == 0
+
+
+def test_graceful_hand_back_after_crashes_keeps_the_count(h):
+    h.submit(new())
+    worker = h.worker(1)
+    worker.claim([1], 1)
+    h.hand_back(1, True)
+    worker.claim([1], 1)
+    h.hand_back(1, False)
+    assert h.get(1)["intentos"] == 1
+    assert h.get(1)["estado"] == "pendiente"
+
+
+def test_hand_back_takes_only_that_workers_unfinished_orders(h):
+    h.submit(new("A"), new("B"), new("C"))
+    one, two = h.worker(1), h.worker(2)
+    one.finish(one.claim([1], 1))
+    one.claim([2], 1)
+    two.claim([3], 2)
+    assert h.hand_back(1, True) == [(2, "pendiente")]
+    assert h.get(1)["estado"] == "listo" and h.get(1)["intentos"] == 0
+    assert h.get(3)["estado"] == "en proceso"
+    assert h.hand_back(1, True) == []
+
+
+def test_start_recovers_what_a_crash_left_in_process(h):
+    h.submit(new("A"), new("B"), new("C"))
+    two = h.worker(2)
+    for _ in range(MAX_ATTEMPTS - 1):  # order 3 is on its last attempt
+        two.claim([3], 2)
+        h.hand_back(2, True)
+    two.claim([3], 2)
+    h.worker(1).claim([1, 2], 1)
+    h.stop()  # as a crash leaves it: nothing handed back
+    h.start()
+    assert h.recovery == Recovery(requeued=(1, 2), failed=(3,))
+    assert [h.get(i)["estado"] for i in (1, 2, 3)] == ["pendiente", "pendiente", "fallido"]
+    assert h.get(1)["intentos"] == 1
+    h.stop()
+    h.start()
+    assert h.recovery == Recovery()
+
+
+def _work_in_a_process(opener: Any, server_pid: int, ids: list[int], out: Any) -> None:
+    store = opener(7, server_pid)
+    try:
+        claim = store.claim(ids, 7)
+        out.put((claim.ids, store.finish(claim).ids))
+    finally:
+        store.close()
+
+
+def test_a_spawned_worker_process_opens_its_own_store(h):
+    h.submit(new("A"), new("B"))
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    process = ctx.Process(
+        target=_work_in_a_process, args=(h.storage.worker_opener(), os.getpid(), [1, 2], out)
+    )
+    process.start()
+    try:
+        assert out.get(timeout=60) == ((1, 2), (1, 2))
+    finally:
+        process.join(60)
+    assert process.exitcode == 0
+    assert [h.get(i)["worker"] for i in (1, 2)] == [7, 7]
+    assert h.counts()["listo"] == 2
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+def test_cancel_only_pending(h):
+    h.submit(new("A"), new("B"), new("C"))
+    order, cancelled = h.cancel(1)
+    assert cancelled is True and order["estado"] == "cancelado" and order["id"] == 1
+    order, cancelled = h.cancel(1)
+    assert cancelled is False and order["estado"] == "cancelado"
+    worker = h.worker(1)
+    claim = worker.claim([2], 1)
+    order, cancelled = h.cancel(2)
+    assert cancelled is False and order["estado"] == "en proceso"
+    worker.finish(claim)
+    assert h.cancel(2) == (h.get(2), False)
+    assert h.cancel(99) == (None, False)
+    assert worker.claim([1], 1).ids == ()  # a cancelled order is never processed
+
+
+def test_list_filters(h):
+    h.submit(new("Ana"), new("Beto"), new("Ana"), new("Ana"), new("Beto"))
+    worker = h.worker(1)
+    worker.finish(worker.claim([3], 1))
+    h.cancel(5)
+
+    def ids(estado=None, cliente=None, desde_id=0, limite=100):
+        return [o["id"] for o in h.list_orders(estado, cliente, desde_id, limite)]
+
+    assert ids() == [1, 2, 3, 4, 5]
+    assert ids(cliente="Ana") == [1, 3, 4]
+    assert ids(cliente="ana") == []
+    assert ids(estado="listo") == [3]
+    assert ids(estado="pendiente") == [1, 2, 4]
+    assert ids(estado="pendiente", cliente="Beto") == [2]
+    assert ids(estado="cancelado") == [5]
+    assert ids(desde_id=3) == [4, 5]
+    assert ids(limite=2) == [1, 2]
+    assert ids(desde_id=1, limite=2, cliente="Ana") == [3, 4]
+    assert ids(desde_id=5) == []
+    assert list(h.list_orders(None, None, 0, 1)[0]) == ORDER_KEYS
+
+
+def test_counts_every_estado(h):
+    assert h.counts() == dict.fromkeys(ESTADOS, 0)
+    h.submit(*[new() for _ in range(6)])
+    one, two = h.worker(1), h.worker(2)
+    claim = one.claim([1, 2], 1)
+    one.finish(claim._replace(ids=(1,)))
+    h.cancel(3)
+    for _ in range(MAX_ATTEMPTS):
+        two.claim([4], 2)
+        h.hand_back(2, True)
+    counts = h.counts()
+    assert counts == {"pendiente": 2, "en proceso": 1, "listo": 1, "cancelado": 1, "fallido": 1}
+    assert all(type(k) is str for k in counts)
+
+
+def test_pending_ids(h):
+    h.submit(*[new() for _ in range(6)])
+    h.cancel(2)
+    h.worker(1).claim([4], 1)
+    assert h.pending_ids(0, 100) == [1, 3, 5, 6]
+    assert h.pending_ids(3, 100) == [3, 5, 6]
+    assert h.pending_ids(0, 2) == [1, 3]
+
+
+def test_get_missing_is_none(h):
+    assert h.get(1) is None
+    assert h.get(2**63 - 1) is None
+
+
+def test_timestamps_are_utc_now(h):
+    before = datetime.now(timezone.utc)
+    h.submit(new())
+    worker = h.worker(1)
+    claim = worker.claim([1], 1)
+    finished = worker.finish(claim)
+    after = datetime.now(timezone.utc)
+    order = h.get(1)
+    assert order["fecha_inicio"] == claim.at and order["fecha_fin"] == finished.at
+    for stamp in (order["fecha_recibido"], claim.at, finished.at):
+        assert before <= assert_timestamp(stamp) <= after
+
+
+# --- choosing a backend -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["postgresql://localhost/pedidos", "postgres://u@h/db"])
+def test_a_postgresql_url_is_refused_clearly_for_now(url):
+    with pytest.raises(StorageError, match="PostgreSQL"):
+        open_storage(url)
