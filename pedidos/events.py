@@ -20,6 +20,7 @@ FINISHED = "finished"  # `listo`
 CANCELLED = "cancelled"  # `cancelado`
 FAILED = "failed"  # `fallido` after too many interrupted attempts
 REQUEUED = "requeued"  # back to `pendiente` after their worker was gone
+ELSEWHERE = "elsewhere"  # another node changed them (no ids: maybe any): look again
 WORKER_STARTED = "worker_started"
 WORKER_DIED = "worker_died"
 

@@ -32,6 +32,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 START_TIMEOUT_S = 30
 DB_PREFIX = "pedidos_test_"
@@ -163,9 +164,10 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> None:
 
 
 def with_dbname(url: str, dbname: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    return make_conninfo(**{**conninfo_to_dict(url), "dbname": dbname})
+    """The same server's URL for another database (a postgresql:// URL stays one:
+    the server tells its backend by the scheme)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
 
 
 class Databases:
@@ -187,9 +189,8 @@ class Databases:
 
     def drop(self, url: str) -> None:
         import psycopg
-        from psycopg.conninfo import conninfo_to_dict
 
-        name = conninfo_to_dict(url)["dbname"]
+        name = urlsplit(url).path.lstrip("/")
         assert str(name).startswith(DB_PREFIX)
         with (
             contextlib.suppress(psycopg.OperationalError),

@@ -16,8 +16,8 @@ import socket
 import ssl
 from typing import Any
 
-from pedidos.domain import show_address
-from pedidos.events import RECEIVED, Event, EventBus
+from pedidos.domain import Estado, show_address
+from pedidos.events import ELSEWHERE, FAILED, RECEIVED, REQUEUED, Event, EventBus
 from pedidos.processing.supervisor import Processing
 from pedidos.processing.worker import WorkerConfig
 from pedidos.protocol.replies import order_ack
@@ -26,7 +26,7 @@ from pedidos.server.config import ServerConfig, StartupError
 from pedidos.server.connection import Connection
 from pedidos.server.service import OrderService
 from pedidos.server.state import ServerState
-from pedidos.storage import open_storage
+from pedidos.storage import Cluster, is_postgres, open_storage, shown_db
 from pedidos.storage.base import Recovery, Storage, StorageError
 
 __all__ = ["Server", "ServerConfig", "StartupError"]
@@ -48,6 +48,7 @@ class Server:
         self._storage: Storage | None = None
         self._processing: Processing | None = None
         self.tokens: TokenBook | None = None
+        self.nodo: str | None = None  # this server's name on a shared database
 
     async def serve(self, install_signal_handlers: bool = True) -> None:
         if install_signal_handlers:
@@ -77,6 +78,9 @@ class Server:
             raise StartupError(str(exc)) from None
         tls = tls_context(config.tls_cert, config.tls_key)
         bus = EventBus()
+        # Bound before the database is opened: a node's default name is
+        # HOST:PORT, and with --port 0 the port is known only now.
+        sockets = bind_sockets(config.hosts, config.port)
         try:
             # The protocol layer writes the acks; the backend only calls it.
             self._storage = open_storage(
@@ -84,15 +88,15 @@ class Server:
                 ack=order_ack,
                 on_stored=lambda ids: bus.publish(Event(RECEIVED, ids)),
                 log_level=config.log_level,
+                cluster=self._cluster(bus, sockets[0].getsockname()[1]),
             )
             _log_recovery(await self._storage.start())
-        except StorageError as exc:
+        except BaseException as exc:
+            for sock in sockets:
+                sock.close()
             await self.shutdown(quiet=True)
-            raise StartupError(str(exc)) from None
-        try:
-            sockets = bind_sockets(config.hosts, config.port)
-        except BaseException:
-            await self.shutdown(quiet=True)
+            if isinstance(exc, StorageError):
+                raise StartupError(str(exc)) from None
             raise
         try:
             self._processing = Processing(
@@ -129,7 +133,7 @@ class Server:
         logger.info(
             "ready: %d workers, database %s, work time %s s, %s, %s",
             config.workers,
-            config.db,
+            shown_db(config.db),
             "-".join(f"{t:g}" for t in sorted(set(config.work_time))),
             "TLS" if tls is not None else "plain TCP",
             f"{len(self.tokens)} access tokens" if self.tokens is not None else "no access tokens",
@@ -144,7 +148,43 @@ class Server:
     def _live_figures(self) -> dict[str, Any]:
         workers = self._processing.pool.alive() if self._processing else 0
         connections = len(self.state.connections) if self.state is not None else 0
-        return {"workers": workers, "conexiones": connections}
+        figures: dict[str, Any] = {"workers": workers, "conexiones": connections}
+        if self.nodo is not None:
+            figures["nodo"] = self.nodo
+        return figures
+
+    def _cluster(self, bus: EventBus, port: int) -> Cluster | None:
+        """How this server joins the others on a shared database (section 9)."""
+        config = self.config
+        if not is_postgres(config.db):
+            return None
+        self.nodo = config.nodo or f"{socket.gethostname()}:{port}"
+
+        def figures() -> tuple[int, int]:
+            live = self._live_figures()
+            return live["workers"], live["conexiones"]
+
+        def handed_back(moved: list[tuple[int, str]]) -> None:
+            requeued = tuple(i for i, estado in moved if estado == Estado.PENDIENTE)
+            failed = tuple(i for i, estado in moved if estado == Estado.FALLIDO)
+            if failed:
+                bus.publish(Event(FAILED, failed))
+            if requeued:
+                bus.publish(Event(REQUEUED, requeued))
+
+        def new_elsewhere() -> None:
+            if self._processing is not None:
+                self._processing.dispatcher.sweep()
+
+        return Cluster(
+            nodo=self.nodo,
+            lease=config.lease,
+            hints=config.hints,
+            on_new=new_elsewhere,
+            on_done=lambda ids: bus.publish(Event(ELSEWHERE, ids or ())),
+            on_handed_back=handed_back,
+            figures=figures,
+        )
 
     # --- stop -----------------------------------------------------------------------
 

@@ -4,13 +4,6 @@
 restart, `intake` the group commit of new orders, `nodes` the leases that tell
 live nodes from dead ones, `listen` the LISTEN/NOTIFY hints, `worker` a worker
 process's claim and finish, and `backend` ties them behind the storage
-interface. psycopg 3 is an optional extra: nothing outside this package imports
-it, and importing this package itself does not.
+interface (storage/base.py). psycopg 3 is an optional extra: nothing outside
+this package imports it, and importing this package itself does not.
 """
-
-INSTALL_HINT = "pip install 'pedidos[postgres]'"
-
-
-def is_url(db: str) -> bool:
-    """True when `--db` names a PostgreSQL database rather than a SQLite file."""
-    return db.startswith(("postgresql://", "postgres://"))

@@ -14,6 +14,8 @@ from typing import Any
 
 import psycopg
 
+from pedidos.domain import ESTADOS, Estado, NewOrder
+from pedidos.storage.base import Ack, Recovery, StorageError, StorageUnavailable, plain_receipt
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.intake import Intake
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, conninfo, hint, one_line, shown
@@ -25,12 +27,11 @@ from pedidos.storage.postgres.worker import PgOpener
 
 logger = logging.getLogger(__name__)
 
-ESTADOS = ("pendiente", "en proceso", "listo", "cancelado", "fallido")
 DEFAULT_LEASE_S = 5.0
-
-
-class PgStorageError(Exception):
-    """The backend cannot start; one line for the operator."""
+# How often an `esperar` looks at its order again by itself: the hints wake it
+# at once, this only catches a hint that was lost (or never sent).
+POLL_S = 2.0
+POLL_WITHOUT_HINTS_S = 0.25
 
 
 async def _session(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -38,14 +39,22 @@ async def _session(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute("SET synchronous_commit = on")
 
 
+def _unavailable(exc: BaseException) -> BaseException:
+    return exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(one_line(exc))
+
+
 class PostgresStorage:
+    """See storage/base.py `Storage` for what each method promises."""
+
     def __init__(
         self,
         url: str,
         nodo: str,
+        *,
+        ack: Ack = plain_receipt,
+        on_stored: Callable[[tuple[int, ...]], None] | None = None,
         lease: float = DEFAULT_LEASE_S,
         hints: bool = True,
-        on_stored: Callable[[list[int]], None] = lambda ids: None,
         on_done: Callable[[tuple[int, ...] | None], None] = lambda ids: None,
         on_new: Callable[[], None] = lambda: None,
         on_handed_back: Callable[[list[tuple[int, str]]], None] = lambda moved: None,
@@ -58,11 +67,12 @@ class PostgresStorage:
         self.url = url
         self.shown = shown(url)
         self.hints = hints
+        self.poll_s = POLL_S if hints else POLL_WITHOUT_HINTS_S
         self._info = conninfo(url)
         self.health = Health()
         self._main = Link(self._info, self.health, _session)
         self._intake_link = Link(self._info, self.health, _session)
-        self.intake = Intake(self._intake_link, on_stored, hint=hints)
+        self.intake = Intake(self._intake_link, ack, on_stored, _unavailable, hint=hints)
         self._on_done = on_done
         self._on_handed_back = on_handed_back
         self.nodes = Nodes(self._main, self.health, nodo, lease, figures, self._handed_back)
@@ -72,10 +82,10 @@ class PostgresStorage:
     def nodo(self) -> str:
         return self.nodes.nodo
 
-    async def start(self) -> list[tuple[int, str]]:
+    async def start(self) -> Recovery:
         """Connect, migrate, take this node's name, and hand back what an
         earlier run of this same node left `en proceso` (never another live
-        node's). Returns (id, new estado) of those."""
+        node's: those are reaped once their lease runs out)."""
         try:
             await self._main.open()
             await self._intake_link.open()
@@ -85,17 +95,23 @@ class PostgresStorage:
             recovered = await self.nodes.hand_back(None, crashed=True)
         except NameTaken as exc:
             await self._close()
-            raise PgStorageError(str(exc)) from None
+            raise StorageError(str(exc)) from None
         except (psycopg.Error, OSError, DatabaseUnavailable) as exc:
             await self._close()
-            raise PgStorageError(f"cannot use the database {self.shown}: {one_line(exc)}") from None
+            raise StorageError(f"cannot use the database {self.shown}: {one_line(exc)}") from None
+        logger.info("node %s joined the database %s", self.nodo, self.shown)
         self.nodes.start()
         if self.listener is not None:
             self.listener.start()
-        return recovered
+        return Recovery(
+            tuple(i for i, estado in recovered if estado == Estado.PENDIENTE),
+            tuple(i for i, estado in recovered if estado == Estado.FALLIDO),
+        )
 
     async def stop(self) -> None:
-        """Answer what was submitted, give up this node's name, close."""
+        """Answer what was submitted, give up this node's name, close. (What
+        its workers held was handed back by processing as they stopped; a row
+        left `en proceso` is reaped by another node, as after a crash.)"""
         await self.intake.drain()
         if self.listener is not None:
             await self.listener.stop()
@@ -106,10 +122,15 @@ class PostgresStorage:
         await self._intake_link.close()
         await self._main.close()
 
-    def submit(self, new_order: Any, owner: str | None, notify: Callable[[], None] | None = None):
-        if not self.health.up:
-            future = asyncio.get_running_loop().create_future()
+    def submit(
+        self, new_order: NewOrder, owner: str | None, notify: Callable[[], None] | None = None
+    ) -> asyncio.Future[Any]:
+        if not self.health.up:  # refused at once, not after a connection timeout
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
             future.set_exception(DatabaseUnavailable("PostgreSQL is unreachable"))
+            if notify is not None:  # the connection writes its replies when told
+                loop.call_soon(notify)
             return future
         return self.intake.submit(new_order, owner, notify)
 

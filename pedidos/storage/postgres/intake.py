@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pedidos.domain import Estado, Receipt
+from pedidos.storage.base import Ack
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import DatabaseUnavailable, Link, hint, one_line
 
@@ -30,35 +32,36 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 5000  # orders per transaction at most; more wait for the next one
 
 
-class Stored(NamedTuple):
-    """What storing one order came to (the backend turns it into a Receipt)."""
-
-    id: int
-    estado: str
-    duplicado: bool
-    ajeno: bool = False
-
-
 class _Entry(NamedTuple):
     order: Any  # NewOrder: (cliente, productos, direccion, referencia)
     owner: str | None
-    future: asyncio.Future[Stored]
+    future: asyncio.Future[Any]
     notify: Callable[[], None] | None
 
 
 class Intake:
-    def __init__(self, link: Link, on_stored: Callable[[list[int]], None], hint: bool = True) -> None:
+    def __init__(
+        self,
+        link: Link,
+        ack: Ack,
+        on_stored: Callable[[tuple[int, ...]], None] | None,
+        refuse: Callable[[BaseException], BaseException],
+        hint: bool = True,
+    ) -> None:
+        """A future resolves to `ack(receipt)`; one that fails gets `refuse(exc)`."""
         self._link = link
+        self._ack = ack
         self._on_stored = on_stored
+        self._refuse = refuse
         self._hint = hint
         self._queue: list[_Entry] = []
         self._flusher: asyncio.Task[None] | None = None
 
     def submit(
         self, order: Any, owner: str | None, notify: Callable[[], None] | None = None
-    ) -> asyncio.Future[Stored]:
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Stored] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         self._queue.append(_Entry(order, owner, future, notify))
         if self._flusher is None:
             # Started from the loop's next pass: whatever else arrives in this
@@ -94,65 +97,81 @@ class Intake:
         except DatabaseUnavailable as exc:
             # The commit's outcome may be unknown: no ack either way. A retry
             # with the same referencia is safe.
-            _fail(batch, exc)
+            self._fail(batch, exc)
             return
         except psycopg.Error as exc:
             logger.error("could not store %d orders: %s", len(batch), one_line(exc))
-            _fail(batch, exc)
+            self._fail(batch, exc)
             return
         except BaseException as exc:
-            _fail(batch, DatabaseUnavailable("the server is stopping"))
+            self._fail(batch, DatabaseUnavailable("the server is stopping"))
             if not isinstance(exc, Exception):
                 raise
             logger.exception("could not store %d orders", len(batch))
             return
+        ack = self._ack
         for entry, result in zip(batch, results, strict=True):
             if not entry.future.done():
-                entry.future.set_result(result)
-        if new_ids:
-            self._on_stored(new_ids)
+                entry.future.set_result(ack(result))
+        if new_ids and self._on_stored is not None:
+            self._on_stored(tuple(new_ids))
 
-
-def _fail(batch: list[_Entry], exc: BaseException) -> None:
-    for entry in batch:
-        if not entry.future.done():
-            entry.future.set_exception(exc)
+    def _fail(self, batch: list[_Entry], exc: BaseException) -> None:
+        refused = self._refuse(exc)
+        for entry in batch:
+            if not entry.future.done():
+                entry.future.set_exception(refused)
 
 
 async def insert_orders(
     conn: psycopg.AsyncConnection[Any], orders: list[Any], owners: list[str | None]
-) -> list[Stored]:
-    """Store `orders` inside the caller's transaction: a `Stored` for each."""
-    clientes, productos, direcciones, refs = [], [], [], []
-    for cliente, items, direccion, referencia in orders:
-        clientes.append(cliente)
-        productos.append(Jsonb(list(items)))
-        direcciones.append(direccion)
-        refs.append(referencia)
-    cur = await conn.execute(sql.INSERT, (clientes, productos, direcciones, refs, list(owners)))
-    inserted = sorted(await cur.fetchall())
-    new_refs = {ref for _, ref in inserted if ref is not None}
-    # Which orders went in: every one without a referencia, and the first of
-    # each referencia that the insert returned. Their ids, in order, are the
-    # sorted ids returned (the insert draws them in input order).
-    positions, taken = [], set()
+) -> list[Receipt]:
+    """Store `orders` inside the caller's transaction: a `Receipt` for each.
+
+    Referencias already stored are looked up first, so that only a real race
+    (another node inserting the same one now) reaches ON CONFLICT: a
+    conflicting row still draws an id, and ids are best without gaps."""
+    refs = [order[3] for order in orders]
+    stored = await _by_referencia(conn, {r for r in refs if r is not None})
+    candidates, seen = [], set()
     for i, ref in enumerate(refs):
-        if ref is None or (ref in new_refs and ref not in taken):
-            positions.append(i)
+        if ref is None or (ref not in stored and ref not in seen):
+            candidates.append(i)
             if ref is not None:
-                taken.add(ref)
-    if len(positions) != len(inserted):
-        raise RuntimeError(f"inserted {len(inserted)} rows for {len(positions)} orders")
-    results: list[Stored | None] = [None] * len(orders)
-    for position, (order_id, _) in zip(positions, inserted, strict=True):
-        results[position] = Stored(order_id, "pendiente", False)
-    missing = [i for i, r in enumerate(results) if r is None]
-    if missing:
-        cur = await conn.execute(sql.BY_REFERENCIA, ([refs[i] for i in missing],))
-        stored = {row[0]: row[1:] for row in await cur.fetchall()}
-        for i in missing:
+                seen.add(ref)
+    results: list[Receipt | None] = [None] * len(orders)
+    if candidates:
+        columns: tuple[list[Any], ...] = ([], [], [], [], [])
+        for i in candidates:
+            cliente, items, direccion, ref = orders[i]
+            for column, value in zip(
+                columns, (cliente, Jsonb(list(items)), direccion, ref, owners[i]), strict=True
+            ):
+                column.append(value)
+        cur = await conn.execute(sql.INSERT, columns)
+        inserted = sorted(await cur.fetchall())
+        new_refs = {ref for _, ref in inserted if ref is not None}
+        # The insert draws ids in input order: the sorted ids returned belong,
+        # in order, to the candidates it stored (all but the race's losers).
+        went_in = [i for i in candidates if refs[i] is None or refs[i] in new_refs]
+        if len(went_in) != len(inserted):
+            raise RuntimeError(f"inserted {len(inserted)} rows for {len(went_in)} orders")
+        for i, (order_id, _) in zip(went_in, inserted, strict=True):
+            results[i] = Receipt(order_id, Estado.PENDIENTE.value, False)
+    missing = {refs[i] for i, r in enumerate(results) if r is None} - stored.keys()
+    if missing:  # stored by this batch, or by another node just now
+        stored.update(await _by_referencia(conn, missing))
+    for i, result in enumerate(results):
+        if result is None:
             order_id, estado, cliente, items, direccion, owner = stored[refs[i]]
-            same = (cliente, items, direccion) == (clientes[i], list(orders[i][1]), direcciones[i])
+            same = (cliente, items, direccion) == (orders[i][0], list(orders[i][1]), orders[i][2])
             ajeno = not same or (owners[i] is not None and owners[i] != owner)
-            results[i] = Stored(order_id, estado, True, ajeno)
+            results[i] = Receipt(order_id, estado, True, ajeno)
     return results  # type: ignore[return-value]
+
+
+async def _by_referencia(conn: psycopg.AsyncConnection[Any], refs: set[str]) -> dict[str, tuple[Any, ...]]:
+    if not refs:
+        return {}
+    cur = await conn.execute(sql.BY_REFERENCIA, (list(refs),))
+    return {row[0]: row[1:] for row in await cur.fetchall()}

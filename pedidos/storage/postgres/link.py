@@ -20,6 +20,8 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pedidos.storage.base import StorageUnavailable
+
 logger = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 0.05
@@ -36,7 +38,7 @@ DEFAULTS = {
 }
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(StorageUnavailable):
     """PostgreSQL cannot be reached now; nothing was changed or acknowledged."""
 
 

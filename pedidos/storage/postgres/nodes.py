@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from pedidos.domain import MAX_ATTEMPTS
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link
 from pedidos.storage.postgres.rows import iso
@@ -27,7 +28,9 @@ from pedidos.storage.postgres.rows import iso
 logger = logging.getLogger(__name__)
 
 RENEW_S = 1.0
-MAX_ATTEMPTS = 3
+# Leases are checked twice as often as they are renewed: a dead node's orders
+# move at most half a second after its lease runs out.
+CHECK_S = RENEW_S / 2
 
 
 class NameTaken(Exception):
@@ -97,8 +100,10 @@ class Nodes:
     async def live(self) -> list[dict[str, Any]]:
         async with self._link.use() as conn:
             rows = await (await conn.execute(sql.LIVE_NODES)).fetchall()
-        keys = ("nodo", "workers", "conexiones", "visto", "en proceso")
-        return [{**dict(zip(keys, row, strict=True)), "visto": iso(row[3])} for row in rows]
+        return [
+            {"nodo": name, "workers": workers, "conexiones": conns, "en proceso": held, "visto": iso(seen)}
+            for name, workers, conns, seen, held in rows
+        ]
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -114,10 +119,15 @@ class Nodes:
                 await conn.execute(sql.LEAVE, (self.nodo, self.token))
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        renewed_at = loop.time()
         while True:
-            await asyncio.sleep(RENEW_S)
+            await asyncio.sleep(CHECK_S)
             try:
-                await self.tick()
+                if loop.time() - renewed_at >= RENEW_S - CHECK_S / 2:
+                    await self.renew()
+                    renewed_at = loop.time()
+                await self.reap()
             except DatabaseUnavailable:
                 pass  # the link logs it and reconnects
             except Exception:
@@ -125,22 +135,31 @@ class Nodes:
 
     async def tick(self) -> None:
         """Renew this node's lease, then reap the nodes whose lease ran out."""
+        await self.renew()
+        await self.reap()
+
+    def _params(self) -> dict[str, Any]:
         workers, conexiones = self._figures()
-        params = {
+        return {
             "nodo": self.nodo,
             "token": self.token,
             "lease": self.lease,
             "workers": workers,
             "conexiones": conexiones,
         }
+
+    async def renew(self) -> None:
         async with self._link.use() as conn:
-            renewed = await (await conn.execute(sql.RENEW, params)).fetchone()
+            renewed = await (await conn.execute(sql.RENEW, self._params())).fetchone()
         if renewed is None:
             await self._rejoin()
+
+    async def reap(self) -> None:
+        """Declare dead the nodes whose lease ran out; hand back what they held."""
         if self._health.up_for() < self.lease:
             return
         async with self._link.use() as conn:
-            reap = {**params, "cuenta": 1, "max": MAX_ATTEMPTS}
+            reap = {**self._params(), "cuenta": 1, "max": MAX_ATTEMPTS}
             rows = await (await conn.execute(sql.REAP, reap)).fetchall()
         dead = [nodo for nodo, order_id, _ in rows if order_id is None]
         moved = [(order_id, estado) for _, order_id, estado in rows if order_id is not None]

@@ -18,21 +18,12 @@ from typing import Any
 
 import psycopg
 
+from pedidos.storage.base import Claim, Finished
 from pedidos.storage.postgres import sql
-from pedidos.storage.postgres.link import conninfo, hint
+from pedidos.storage.postgres.link import DatabaseUnavailable, conninfo, hint, one_line
 from pedidos.storage.postgres.rows import iso
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PgClaim:
-    """What a claim took: ids, each with its claim token."""
-
-    worker: int
-    at: str | None
-    ids: tuple[int, ...]
-    tokens: tuple[int, ...] = ()
 
 
 class PgWorkerStore:
@@ -41,50 +32,56 @@ class PgWorkerStore:
         self._nodo = nodo
         self._token = token
         self._conn: psycopg.Connection[Any] | None = None
+        # The claim token (`intento`) of each order this worker holds: what
+        # `finish` must still find on the row.
+        self._tokens: dict[int, int] = {}
         self.hint_done = True  # NOTIFY the ids this worker finishes (off: poll-only mode)
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
-            self._conn = psycopg.connect(self._info, autocommit=True)
-            self._conn.execute("SET synchronous_commit = on")
+            try:
+                self._conn = psycopg.connect(self._info, autocommit=True)
+                self._conn.execute("SET synchronous_commit = on")
+            except psycopg.OperationalError as exc:
+                self.close()
+                raise DatabaseUnavailable(one_line(exc)) from None
         return self._conn
 
-    def claim(self, ids: Sequence[int], worker: int) -> PgClaim:
+    def claim(self, ids: Sequence[int], worker: int) -> Claim:
         conn = self._connection()
         try:
             rows = conn.execute(
                 sql.CLAIM, {"ids": list(ids), "worker": worker, "nodo": self._nodo, "token": self._token}
             ).fetchall()
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
             self.close()
-            raise
+            raise DatabaseUnavailable(one_line(exc)) from None
         rows.sort()
-        return PgClaim(
-            worker,
-            iso(rows[0][2]) if rows else None,
-            tuple(r[0] for r in rows),
-            tuple(r[1] for r in rows),
-        )
+        self._tokens.update((order_id, token) for order_id, token, _ in rows)
+        return Claim(worker, iso(rows[0][2]) if rows else "", tuple(r[0] for r in rows))
 
-    def finish(self, claim: PgClaim) -> tuple[str | None, tuple[int, ...]]:
+    def finish(self, claim: Claim) -> Finished:
         """(fecha_fin, the ids now `listo`): those whose claim still stood."""
-        if not claim.ids:
-            return None, ()
+        held = [i for i in claim.ids if i in self._tokens]  # never an id it did not claim
+        if not held:
+            return Finished(None, ())
         conn = self._connection()
         try:
-            rows = conn.execute(sql.FINISH, (list(claim.ids), list(claim.tokens))).fetchall()
+            rows = conn.execute(sql.FINISH, (held, [self._tokens[i] for i in held])).fetchall()
             done = tuple(sorted(r[0] for r in rows))
             if done and self.hint_done:
                 payload = ",".join(map(str, done)) if len(done) <= sql.MAX_PAYLOAD_IDS else ""
                 conn.execute(hint(sql.DONE_CHANNEL, payload))
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
             self.close()
-            raise
+            raise DatabaseUnavailable(one_line(exc)) from None
+        for order_id in held:
+            del self._tokens[order_id]
         if len(done) < len(claim.ids):
             lost = sorted(set(claim.ids) - set(done))
             logger.warning("orders %s were taken away from this worker; its result is dropped", lost)
-        return (iso(rows[0][1]) if rows else None), done
+        return Finished(iso(rows[0][1]) if rows else None, done)
 
     def close(self) -> None:
         if self._conn is not None:

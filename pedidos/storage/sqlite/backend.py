@@ -75,6 +75,8 @@ class Reader:
 class SqliteStorage:
     """See storage/base.py `Storage` for what each method promises."""
 
+    poll_s = None  # this server is the only one that changes the file
+
     def __init__(
         self,
         path: str,
@@ -146,6 +148,9 @@ class SqliteStorage:
     async def hand_back(self, worker: int, crashed: bool) -> list[tuple[int, Estado]]:
         self._lock.release_of(worker)  # type: ignore[union-attr]  # it is dead: if it held it
         return await self._writer.run(Store.release, worker, crashed)  # type: ignore[union-attr]
+
+    async def live_nodes(self) -> None:
+        return None
 
     def worker_opener(self) -> SqliteOpener:
         assert self._lock is not None, "start() first"
