@@ -52,11 +52,24 @@ LIMIT = 64 * 1024
 # --- helpers ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One quick server (orders done at once, 2 workers) for the tests that only talk to it."""
-    with running_server(tmp_path_factory.mktemp("contract"), "--work-time", "0") as srv:
-        yield srv
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One quick server (orders done at once, 2 workers) for the tests that only talk to it,
+    on each backend: a SQLite file, and a database of its own on the test PostgreSQL."""
+    folder = tmp_path_factory.mktemp("contract")
+    if request.param == "sqlite":
+        with running_server(folder, "--work-time", "0") as srv:
+            yield srv
+        return
+    databases = request.getfixturevalue("pg_databases")
+    url = databases.create()
+    try:
+        with running_server(folder, "--work-time", "0", db=url) as srv:  # type: ignore[arg-type]
+            yield srv
+    finally:
+        databases.drop(url)
 
 
 @contextlib.contextmanager
@@ -428,18 +441,18 @@ def test_esperar_on_a_finished_order_answers_at_once(shared):
 
 
 def test_referencia_retry_gets_the_same_id(shared):
-    ref = unique("ref")
+    ref, cliente = unique("ref"), unique()
     with client(shared) as c:
-        first = c.ask(order(referencia=ref))
+        first = c.ask(order(cliente, referencia=ref))
         assert first["ok"] is True and "duplicado" not in first
     with client(shared, "::1") as c:  # the retry comes on a new connection, as after a lost reply
-        second = c.ask(order(unique("other"), referencia=f"  {ref} "))
+        second = c.ask(order(f" {cliente}", referencia=f"  {ref} "))  # the same order, stored trimmed
         assert second["ok"] is True and second["id"] == first["id"] and second["duplicado"] is True
         assert second["estado"] in ESTADOS
         stored = c.ask({"accion": "consultar", "id": first["id"]})["pedido"]
         assert stored["referencia"] == ref
         c.ask({"accion": "esperar", "id": first["id"], "timeout": 30})
-        third = c.ask(order(referencia=ref))
+        third = c.ask(order(cliente, referencia=ref))
         assert (third["id"], third["estado"], third["duplicado"]) == (first["id"], "listo", True)
 
 

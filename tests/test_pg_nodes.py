@@ -12,6 +12,8 @@ import contextlib
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg
-from conftest import LineClient, ServerProcess, wait_for
+from conftest import CLIENTE, LineClient, ServerProcess, wait_for
 
 LEASE = 2.0
 
@@ -64,6 +66,17 @@ def db(url: str, query: str, params: tuple = ()) -> list[tuple]:
         return conn.execute(query, params).fetchall()
 
 
+def run_client(server: ServerProcess, *args: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, str(CLIENTE), "--host", "127.0.0.1", "--port", str(server.port), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return [line.strip() for line in done.stdout.splitlines()]
+
+
 def listed(server: ServerProcess, estado: str | None = None) -> list[dict]:
     with client(server) as c:
         request = {"accion": "listar", "limite": 1000}
@@ -87,6 +100,13 @@ def test_orders_sent_round_robin_end_listo_exactly_once_and_every_node_agrees(pg
         stats = [c.ask({"accion": "estadisticas"}) for c in clients]
         for c in clients:
             c.close()
+        table = run_client(servers[1], "--listar", "--limite", "5")
+        shown = run_client(servers[2], "--estadisticas")
+    # The client shows which node holds each order, and every live node.
+    rows = [line.split() for line in table if line[:1].isdigit()]
+    assert any(line.split()[-1:] == ["nodo"] for line in table), table
+    assert len(rows) == 5 and all(row[-1] in ("A", "B", "C") for row in rows), table
+    assert "Nodos vivos: 3" in shown and any(line.split()[:3] == ["A", "2", "workers,"] for line in shown)
     # Each order was claimed once (its claim token was drawn once) and none was handed back.
     assert db(pg_url, "SELECT count(*), min(intento), max(intento), max(intentos) FROM pedidos") == [
         (60, 1, 1, 0)

@@ -60,6 +60,7 @@ class Stats(TypedDict, total=False):
     conexiones: int
     en_cola: int
     uptime_s: float
+    nodos: list[dict[str, Any]]  # on a shared database: the live servers (section 9)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class Order:
     fecha_fin: str | None
     worker: int | None
     intentos: int
+    nodo: str | None = None  # on a shared database: the server that holds or held it
 
     @classmethod
     def from_reply(cls, data: dict[str, Any]) -> Order:
@@ -90,12 +92,15 @@ class Order:
             fecha_fin=data.get("fecha_fin"),
             worker=data.get("worker"),
             intentos=data.get("intentos", 0),
+            nodo=data.get("nodo"),
         )
 
     def as_dict(self) -> dict[str, Any]:
         """The order as the server writes it (ORDER in the contract)."""
         data = asdict(self)
         data["productos"] = list(self.productos)
+        if data["nodo"] is None:
+            del data["nodo"]  # a server alone (SQLite) does not send it
         return data
 
     @property
