@@ -30,6 +30,7 @@ from pedidos.storage.postgres.link import DatabaseUnavailable, Link, hint, one_l
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 5000  # orders per transaction at most; more wait for the next one
+STORE_TIMEOUT_S = 10.0  # a batch not committed by then is refused, and its connection replaced
 
 
 class _Entry(NamedTuple):
@@ -87,13 +88,16 @@ class Intake:
             self._flusher = None
 
     async def _store(self, batch: list[_Entry]) -> None:
+        async def store(conn: psycopg.AsyncConnection[Any]) -> list[Receipt]:
+            async with conn.transaction():
+                results = await insert_orders(conn, [e.order for e in batch], [e.owner for e in batch])
+            if self._hint and not all(r.duplicado for r in results):
+                await conn.execute(hint(sql.NEW_CHANNEL))
+            return results
+
         try:
-            async with self._link.use() as conn:
-                async with conn.transaction():
-                    results = await insert_orders(conn, [e.order for e in batch], [e.owner for e in batch])
-                new_ids = [r.id for r in results if not r.duplicado]
-                if new_ids and self._hint:
-                    await conn.execute(hint(sql.NEW_CHANNEL))
+            results = await self._link.run(store, STORE_TIMEOUT_S)
+            new_ids = [r.id for r in results if not r.duplicado]
         except DatabaseUnavailable as exc:
             # The commit's outcome may be unknown: no ack either way. A retry
             # with the same referencia is safe.

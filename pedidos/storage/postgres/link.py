@@ -150,6 +150,21 @@ class Link:
                     raise DatabaseUnavailable(one_line(exc)) from exc
                 raise
 
+    async def run(
+        self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]], timeout: float
+    ) -> Any:
+        """`await work(conn)` within `timeout` seconds. Past it the connection
+        is given up (its state is unknown once its query is cancelled) and a
+        new one opened: a connection that hangs (a half-open socket, say) must
+        cost a few seconds of refusals, never a node that stops answering."""
+        async with self.use() as conn:
+            try:
+                return await asyncio.wait_for(work(conn), timeout)
+            except asyncio.TimeoutError:
+                exc = DatabaseUnavailable(f"no answer from PostgreSQL within {timeout:g} s")
+                self._lost(exc)
+                raise exc from None
+
     def _lost(self, exc: BaseException) -> None:
         self._health.failed(exc)
         conn, self._conn = self._conn, None
