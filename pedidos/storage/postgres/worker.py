@@ -12,22 +12,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-from pedidos.storage.base import Claim, Finished
+from pedidos.storage.base import Claim, Finished, ServerGone
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import DatabaseUnavailable, conninfo, hint, one_line
 from pedidos.storage.postgres.rows import iso
 
 logger = logging.getLogger(__name__)
 
+UNCLAIM_RETRY_S = 0.5
+
 
 class PgWorkerStore:
-    def __init__(self, url: str, nodo: str, token: str) -> None:
+    def __init__(self, url: str, nodo: str, token: str, server_pid: int = 0) -> None:
+        self._server_pid = server_pid
         self._info = conninfo(url)
         self._nodo = nodo
         self._token = token
@@ -55,11 +60,32 @@ class PgWorkerStore:
                 sql.CLAIM, {"ids": list(ids), "worker": worker, "nodo": self._nodo, "token": self._token}
             ).fetchall()
         except psycopg.OperationalError as exc:
+            # The claim may have committed all the same: rows `en proceso`
+            # here that no one would ever finish or hand back (this node is
+            # alive). Put them back before taking anything else.
             self.close()
+            self._unclaim(worker)
             raise DatabaseUnavailable(one_line(exc)) from None
         rows.sort()
         self._tokens.update((order_id, token) for order_id, token, _ in rows)
         return Claim(worker, iso(rows[0][2]) if rows else "", tuple(r[0] for r in rows))
+
+    def _unclaim(self, worker: int) -> None:
+        """Put back what this worker holds (it holds nothing between chunks),
+        retrying until the database answers or the server is gone."""
+        while True:
+            try:
+                conn = self._connection()
+                back = conn.execute(sql.UNCLAIM, (self._nodo, worker)).fetchall()
+                if back:
+                    logger.warning("put back %d orders that a claim without an answer had taken", len(back))
+                    conn.execute(hint(sql.NEW_CHANNEL))
+                return
+            except (psycopg.OperationalError, DatabaseUnavailable):
+                self.close()
+                if self._server_pid and os.getppid() != self._server_pid:
+                    raise ServerGone from None
+                time.sleep(UNCLAIM_RETRY_S)
 
     def finish(self, claim: Claim) -> Finished:
         """(fecha_fin, the ids now `listo`): those whose claim still stood."""
@@ -100,6 +126,6 @@ class PgOpener:
     hint: bool = True
 
     def __call__(self, worker: int = 0, server_pid: int = 0) -> PgWorkerStore:
-        store = PgWorkerStore(self.url, self.nodo, self.token)
+        store = PgWorkerStore(self.url, self.nodo, self.token, server_pid)
         store.hint_done = self.hint
         return store
