@@ -72,7 +72,10 @@ class PostgresStorage:
         self.health = Health()
         self._main = Link(self._info, self.health, _session)
         self._intake_link = Link(self._info, self.health, _session)
-        self.intake = Intake(self._intake_link, ack, on_stored, _unavailable, hint=hints)
+        hint_new = self._hint_new if hints else None
+        self.intake = Intake(self._intake_link, ack, on_stored, _unavailable, hint_new)
+        self._hinting: asyncio.Task[None] | None = None
+        self._hint_again = False
         self._on_done = on_done
         self._on_handed_back = on_handed_back
         self.nodes = Nodes(self._main, self.health, nodo, lease, figures, self._handed_back)
@@ -113,6 +116,8 @@ class PostgresStorage:
         its workers held was handed back by processing as they stopped; a row
         left `en proceso` is reaped by another node, as after a crash.)"""
         await self.intake.drain()
+        if self._hinting is not None:
+            await self._hinting
         if self.listener is not None:
             await self.listener.stop()
         await self.nodes.stop()
@@ -198,6 +203,28 @@ class PostgresStorage:
         self._on_handed_back(moved)
         if self.hints:
             asyncio.get_running_loop().create_task(self._hint_moved(moved))
+
+    def _hint_new(self) -> None:
+        """NOTIFY the other nodes of new orders, off the intake's path: one at
+        a time, and one more for all the batches committed meanwhile."""
+        if self._hinting is not None:
+            self._hint_again = True
+            return
+        self._hinting = asyncio.get_running_loop().create_task(self._send_new_hints())
+
+    async def _send_new_hints(self) -> None:
+        try:
+            while True:
+                self._hint_again = False
+                try:
+                    async with self._main.use() as conn:
+                        await conn.execute(hint(sql.NEW_CHANNEL))
+                except (DatabaseUnavailable, psycopg.Error) as exc:
+                    logger.debug("could not send a hint: %s", exc)
+                if not self._hint_again:
+                    return
+        finally:
+            self._hinting = None
 
     async def _hint_moved(self, moved: list[tuple[int, str]]) -> None:
         """Tell the other nodes: orders to take, orders now final."""

@@ -2,14 +2,16 @@
 
 Orders submitted during one pass of the event loop form a batch; while one
 batch commits, the next one gathers. A batch is one multi-row
-`INSERT ... ON CONFLICT (referencia) DO NOTHING RETURNING` and one commit with
-`synchronous_commit = on`: a future resolves only after that commit. A
+`INSERT ... ON CONFLICT (referencia) DO NOTHING RETURNING`, a transaction of its
+own (autocommit) with `synchronous_commit = on`: a future resolves only after
+that commit, one round trip after the batch left. A
 `referencia` already stored is looked up in the same transaction (the insert
 waited for any transaction inserting it elsewhere): the same content is a
 retry (`duplicado`), different content or another owner is `ajeno`.
 
-After a batch with new orders, one NOTIFY tells idle nodes, outside the
-insert's transaction (see `link.hint`).
+After a batch with new orders, `hint()` asks for a NOTIFY to idle nodes; the
+backend sends it off this path, outside the insert's transaction (see
+`link.hint`), and coalesces the hints of batches that follow each other.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from psycopg.types.json import Jsonb
 from pedidos.domain import Estado, Receipt
 from pedidos.storage.base import Ack
 from pedidos.storage.postgres import sql
-from pedidos.storage.postgres.link import DatabaseUnavailable, Link, hint, one_line
+from pedidos.storage.postgres.link import DatabaseUnavailable, Link, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +49,10 @@ class Intake:
         ack: Ack,
         on_stored: Callable[[tuple[int, ...]], None] | None,
         refuse: Callable[[BaseException], BaseException],
-        hint: bool = True,
+        hint: Callable[[], None] | None = None,
     ) -> None:
-        """A future resolves to `ack(receipt)`; one that fails gets `refuse(exc)`."""
+        """A future resolves to `ack(receipt)`; one that fails gets `refuse(exc)`;
+        `hint()` after a batch with new orders (to tell the other nodes)."""
         self._link = link
         self._ack = ack
         self._on_stored = on_stored
@@ -89,11 +92,7 @@ class Intake:
 
     async def _store(self, batch: list[_Entry]) -> None:
         async def store(conn: psycopg.AsyncConnection[Any]) -> list[Receipt]:
-            async with conn.transaction():
-                results = await insert_orders(conn, [e.order for e in batch], [e.owner for e in batch])
-            if self._hint and not all(r.duplicado for r in results):
-                await conn.execute(hint(sql.NEW_CHANNEL))
-            return results
+            return await insert_orders(conn, [e.order for e in batch], [e.owner for e in batch])
 
         try:
             results = await self._link.run(store, STORE_TIMEOUT_S)
@@ -117,8 +116,11 @@ class Intake:
         for entry, result in zip(batch, results, strict=True):
             if not entry.future.done():
                 entry.future.set_result(ack(result))
-        if new_ids and self._on_stored is not None:
-            self._on_stored(tuple(new_ids))
+        if new_ids:
+            if self._on_stored is not None:
+                self._on_stored(tuple(new_ids))
+            if self._hint is not None:
+                self._hint()
 
     def _fail(self, batch: list[_Entry], exc: BaseException) -> None:
         refused = self._refuse(exc)
@@ -130,7 +132,10 @@ class Intake:
 async def insert_orders(
     conn: psycopg.AsyncConnection[Any], orders: list[Any], owners: list[str | None]
 ) -> list[Receipt]:
-    """Store `orders` inside the caller's transaction: a `Receipt` for each.
+    """Store `orders`: a `Receipt` for each. The connection is in autocommit
+    mode: the INSERT, the one write, is a transaction of its own, committed
+    (and flushed: synchronous_commit is on) when it returns; the reads around
+    it need no transaction.
 
     Referencias already stored are looked up first, so that only a real race
     (another node inserting the same one now) reaches ON CONFLICT: a
