@@ -65,7 +65,10 @@ class Receipt(NamedTuple):
     id: int
     estado: str
     duplicado: bool  # its referencia was stored already: this is that order
-    ajeno: bool = False  # its referencia belongs to another owner's order: nothing stored
+    # Its referencia is stored for a different order (other content, or another
+    # owner's): nothing stored, refused with `referencia_en_uso`.
+    taken: bool = False
+    referencia: str | None = None  # given when `taken`, for the refusal to name
 
 
 def show_address(host: str, port: int) -> str:

@@ -6,6 +6,7 @@ after a deadline), and its workers are checked to be gone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -19,8 +20,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from pedidos.domain import NewOrder, Receipt
+from pedidos.storage import open_storage, read_all_orders
+from pedidos.storage.base import Recovery, Storage, WorkerStore
 
 # The throwaway PostgreSQL cluster and its fixtures (pg_databases, pg_url, pg_cluster).
 pytest_plugins = ("pgcluster",)
@@ -28,9 +34,39 @@ pytest_plugins = ("pgcluster",)
 ROOT = Path(__file__).resolve().parent.parent
 SERVIDOR = ROOT / "servidor.py"
 CLIENTE = ROOT / "cliente.py"
-LISTENING = re.compile(r"listening on \[?([0-9a-fA-F:.]+)\]?:(\d+)")
+READY_FIELD = re.compile(r"(\w+)=(\S+)")
 START_DEADLINE = 30.0
 STOP_DEADLINE = 40.0
+
+# The suite must behave the same whatever the caller exported: a developer's
+# PEDIDOS_TOKEN, PEDIDOS_DB or PEDIDOS_SERVIDOR_TOKENS would otherwise reach
+# this process and every process it starts. Tests that want one set it
+# themselves (monkeypatch, or `env=` of `running_server`).
+ENV_PREFIX = "PEDIDOS_"
+for _name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
+    del os.environ[_name]
+
+
+def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any PEDIDOS_* variable, plus `extra`."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(ENV_PREFIX)}
+    return {**env, **(extra or {})}
+
+
+# An order as the contract writes it (section 7): its fields, in order.
+ORDER_KEYS = (
+    "id",
+    "cliente",
+    "productos",
+    "direccion",
+    "referencia",
+    "estado",
+    "fecha_recibido",
+    "fecha_inicio",
+    "fecha_fin",
+    "worker",
+    "intentos",
+)
 
 ORIGINAL_ORDER = (
     ' {\n  "cliente": "Juan Pérez",\n  "productos": ["pan", "agua"],\n'
@@ -50,10 +86,20 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
         time.sleep(interval)
 
 
+def ready_addresses(line: str) -> list[tuple[str, int]]:
+    """The addresses the server's `ready:` line gives in its `addresses=` field."""
+    fields = dict(READY_FIELD.findall(line.rpartition("; ")[2]))
+    addresses = []
+    for shown in fields["addresses"].split(","):
+        host, _, port = shown.rpartition(":")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses
+
+
 class ServerProcess:
     """A running `servidor.py` and what it logged."""
 
-    def __init__(self, args: list[str], db: Path, cwd: Path) -> None:
+    def __init__(self, args: list[str], db: Path, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.db = db
         self.args = args
         self.lines: list[str] = []
@@ -61,6 +107,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, str(SERVIDOR), "--db", str(db), *args],
             cwd=cwd,
+            env=clean_environ(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -87,10 +134,8 @@ class ServerProcess:
         for line in self.proc.stdout:
             line = line.rstrip("\n")
             self.lines.append(line)
-            match = LISTENING.search(line)
-            if match:
-                self.addresses.append((match.group(1), int(match.group(2))))
             if " ready: " in line:
+                self.addresses = ready_addresses(line)
                 self._ready.set()
         self._ready.set()
 
@@ -144,13 +189,16 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_server(tmp_path: Path, *args: str, db: Path | None = None) -> Iterator[ServerProcess]:
-    """The real server on a free port with a database in `tmp_path`; always stopped."""
+def running_server(
+    tmp_path: Path, *args: str, db: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """The real server on a free port with a database in `tmp_path`; always stopped.
+    Its environment has no PEDIDOS_* variable but those in `env`."""
     db = db or tmp_path / "pedidos.db"
     args_list = list(args)
     if "--port" not in args_list:
         args_list += ["--port", "0"]
-    server = ServerProcess(args_list, db, tmp_path)
+    server = ServerProcess(args_list, db, tmp_path, env)
     try:
         server.wait_ready()
         yield server
@@ -219,7 +267,6 @@ def connect(server: ServerProcess) -> Iterator[Callable[..., LineClient]]:
 # --- helpers for the fault-injection, hostile-input and soak tests ------------------
 
 WORKER_STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
-FINAL_ESTADOS = ("listo", "cancelado", "fallido")
 
 
 def worker_pid(server: ServerProcess, number: int) -> int | None:
@@ -268,13 +315,67 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-def db_query(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    """Read the server's database directly, as another program would."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+def listed(port: int, **filters: Any) -> list[dict]:
+    """Every stored order (matching `filters`), read over the wire with
+    `listar`, page by page."""
+    orders: list[dict] = []
+    with LineClient("127.0.0.1", port) as client:
+        while True:
+            after = orders[-1]["id"] if orders else 0
+            reply = client.ask({"accion": "listar", "desde_id": after, "limite": 1000, **filters})
+            assert reply["ok"], reply
+            orders += reply["pedidos"]
+            if len(reply["pedidos"]) < 1000:
+                return orders
+
+
+@contextlib.contextmanager
+def storage_of(db: Path | str, recover: bool = False) -> Iterator[StorageHarness]:
+    """The database through the storage interface, as a stopped server left it
+    (nothing handed back unless `recover`): tests read it this way, never with
+    a driver of their own, so that they hold for every backend."""
+    harness = StorageHarness(str(db)).start(recover)
     try:
-        return conn.execute(sql, params).fetchall()
+        yield harness
+    finally:
+        harness.close()
+
+
+@contextlib.contextmanager
+def database_held(db: Path | str, exclusive: bool = True) -> Iterator[None]:
+    """Another program holds the database until the block ends (a fault, not a
+    read): for SQLite, a transaction of its own on the file (EXCLUSIVE keeps
+    readers out too, IMMEDIATE only writers). Closing rolls it back."""
+    conn = sqlite3.connect(str(db), timeout=30, isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE" if exclusive else "BEGIN IMMEDIATE")
+        yield
     finally:
         conn.close()
+
+
+def foreign_database(db: Path) -> None:
+    """A database file that some other program made (a table of its own)."""
+    conn = sqlite3.connect(str(db))
+    try:
+        conn.execute("CREATE TABLE other (x)")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def orders_of(server: ServerProcess) -> dict[int, dict]:
+    """Every order by id as `server` sees it: over the wire while it runs,
+    through the storage interface once it has stopped."""
+    if server.proc.poll() is None:
+        return {order["id"]: order for order in listed(server.port)}
+    return stored_orders(server.db)
+
+
+def stored_orders(db: Path | str) -> dict[int, dict]:
+    """Every stored order by id, each as the contract's row (read through the
+    storage interface, handing nothing back)."""
+    return {order["id"]: order for order in read_all_orders(str(db))}
 
 
 def kill_pids(pids: list[int]) -> None:
@@ -387,3 +488,58 @@ def has_open(pid: int, path: Path) -> bool:
 def workers_ready(server: ServerProcess) -> list[int]:
     """Pids of the workers that have finished starting (their database is open)."""
     return [pid for pid in workers_alive(server) if has_open(pid, server.db)]
+
+
+class StorageHarness:
+    """A started backend on its own event loop, driven from a plain test."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.loop = asyncio.new_event_loop()
+        self.stored: list[int] = []  # what on_stored heard
+        self.storage: Storage | None = None
+        self.recovery: Recovery | None = None
+        self._workers: list[WorkerStore] = []
+
+    def start(self, recover: bool = True) -> StorageHarness:
+        async def start() -> None:
+            self.storage = open_storage(self.url, on_stored=self.stored.extend)
+            self.recovery = await self.storage.start(recover)
+
+        self.run(start())
+        return self
+
+    def stop(self) -> None:
+        for worker in self._workers:
+            worker.close()
+        self._workers.clear()
+        if self.storage is not None:
+            self.run(self.storage.stop())
+            self.storage = None
+
+    def close(self) -> None:
+        self.stop()
+        self.loop.close()
+
+    def run(self, awaitable: Any) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(awaitable, 60))
+
+    def __getattr__(self, name: str) -> Any:
+        """`h.get(1)` runs `storage.get(1)` to its end."""
+        method = getattr(self.storage, name)
+        return lambda *args, **kwargs: self.run(method(*args, **kwargs))
+
+    def submit(self, *orders: NewOrder, owner: str | None = None) -> list[Receipt]:
+        """Submit together (one batch, as orders arriving at once would), wait for all."""
+
+        async def submit() -> list[Receipt]:
+            futures = [self.storage.submit(order, owner) for order in orders]  # type: ignore[union-attr]
+            return list(await asyncio.gather(*futures))
+
+        return self.run(submit())
+
+    def worker(self, number: int) -> WorkerStore:
+        """A worker's store, opened in this process (a spawned one: see below)."""
+        store = self.storage.worker_opener()(number, os.getpid())  # type: ignore[union-attr]
+        self._workers.append(store)
+        return store

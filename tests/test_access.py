@@ -70,16 +70,18 @@ def test_a_cliente_token_sees_only_its_own_orders(token_server):
     a, b = token_server(), token_server()
     assert a.ask({"accion": "autenticar", "token": "cliente-aaaa-1"})["rol"] == "cliente"
     assert b.ask({"accion": "autenticar", "token": "cliente-bbbb-1"})["rol"] == "cliente"
-    mine = a.ask({**ORDER, "referencia": "a-1"})["id"]
+    mine = a.ask({**ORDER, "referencia": "a-ref"})["id"]
     assert a.ask({"accion": "esperar", "id": mine, "timeout": 20})["pedido"]["estado"] == "listo"
     for request in ({"accion": "consultar", "id": mine}, {"accion": "cancelar", "id": mine}):
         assert b.ask(request)["error"] == "no_encontrado"
     assert b.ask({"accion": "esperar", "id": mine, "timeout": 1})["error"] == "no_encontrado"
     for request in ({"accion": "listar"}, {"accion": "estadisticas"}):
         assert b.ask(request)["error"] == "no_autorizado"
-    taken = b.ask({**ORDER, "referencia": "a-1"})
-    assert taken["error"] == "pedido_invalido" and str(mine) not in taken["mensaje"]
-    assert a.ask({**ORDER, "referencia": "a-1"}) == {
+    taken = b.ask({**ORDER, "referencia": "a-ref"})
+    # The same content from another token is not a retry: never that other order's id.
+    assert taken["error"] == "referencia_en_uso" and str(mine) not in taken["mensaje"], taken
+    assert "id" not in taken and "pedido" not in taken
+    assert a.ask({**ORDER, "referencia": "a-ref"}) == {
         "ok": True,
         "id": mine,
         "estado": "listo",
@@ -109,8 +111,11 @@ def test_repeated_failures_from_one_address_are_slowed_down():
 
 def test_token_sources(tmp_path: Path):
     assert load_tokens(None, {}) is None
-    book = load_tokens(None, {"PEDIDOS_TOKEN": "operator-token"})
+    # PEDIDOS_TOKEN is the client's token: the server does not read it.
+    assert load_tokens(None, {"PEDIDOS_TOKEN": "operator-token"}) is None
+    book = load_tokens(None, {"PEDIDOS_SERVIDOR_TOKENS": "operator-token admin, shop-token-1"})
     assert book is not None and book.authenticate("operator-token").is_admin
+    assert book.authenticate("shop-token-1").role == "cliente"
     bad = tmp_path / "bad.txt"
     bad.write_text("short-token jefe\n")
     with pytest.raises(TokenFileError, match="line 1"):

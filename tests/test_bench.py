@@ -19,8 +19,8 @@ import pytest
 from pedidos.tools.bench import GROUPS, build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--seconds", "1", "--warm", "0.2", "--connections", "5", "--pipeline-conns", "2", "--depth", "5"]
-TINY += ["--many", "200", "--work-time-check", "0.02"]
+TINY = ["--seconds", "0.3", "--warm", "0.1", "--connections", "5", "--pipeline-conns", "2", "--depth", "5"]
+TINY += ["--many", "200", "--work-time-check", "0.02", "--load-procs", "1"]
 ROWS = {
     "echo_streams_rr",
     "echo_protocol_rr",

@@ -6,12 +6,14 @@ from __future__ import annotations
 import codecs
 import contextlib
 import fcntl
+import hashlib
 import io
 import itertools
 import json
 import os
 import re
 import select
+import shlex
 import signal
 import struct
 import subprocess
@@ -21,11 +23,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLIENTE, ROOT
+from conftest import CLIENTE, ROOT, LineClient, ServerProcess, listed, running_server, wait_for
 
+from pedidos import __version__
 from pedidos.client.blocking import Client, Refused
 from pedidos.client.cli.args import EXAMPLES, build_parser
+from pedidos.client.cli.bulk import read_entries
 from pedidos.client.cli.main import main
+from pedidos.client.cli.resume import auto_referencias
+from pedidos.client.cli.show import count
 
 _names = itertools.count(1)
 
@@ -141,7 +147,7 @@ def test_listar_is_an_aligned_table_and_pages_past_the_server_limit(quick_server
         assert row[header.index("estado") :].startswith("listo")
         assert re.match(r"\d\d:\d\d:\d\d", row[header.index("fin") :])
         assert row.endswith(" s") and len(row) == len(rows[0])
-    assert footer == f"(límite de 1 020 alcanzado; puede haber más: --desde-id {ids[1019]})"
+    assert footer == f"(límite de 1020 alcanzado; puede haber más: --desde-id {ids[1019]})"
     code, out, _ = run(
         capsys, "--port", quick_server.port, "--listar", "--cliente", name, "--desde-id", ids[-2]
     )
@@ -294,9 +300,9 @@ def test_usage_errors_exit_2_in_spanish(capsys, argv, message):
 def test_help_lists_every_option_with_an_example(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0 and "uso: cliente.py" in out and "opciones:" in out
-    assert "usage" not in out and "show this help" not in out
+    assert "usage" not in out and "show this help" not in out and "show program" not in out
     options = [s for action in build_parser()._actions for s in action.option_strings if s.startswith("--")]
-    assert len(options) == 21
+    assert len(options) == 25
     for option in options:
         assert option in out and (option == "--help" or option in EXAMPLES), option
 
@@ -421,7 +427,7 @@ def test_interactive_asks_again_until_each_answer_is_valid(quick_server, termina
     term.type(f"  {name}  \r")
     term.expect("Productos, separados por comas")
     term.type("pan,, agua\r")
-    term.expect("El producto 2 está vacío. Inténtelo de nuevo.")
+    term.expect("El producto 2 de 'productos' está vacío. Inténtelo de nuevo.")
     term.expect("Productos, separados por comas")
     term.type("pan, agua\r")
     term.expect("Dirección (hasta 500 caracteres): ")
@@ -451,7 +457,10 @@ def test_interactive_ctrl_c_and_end_of_input_send_nothing(quick_server, terminal
     term.expect("Productos, separados por comas")
     term.type("\x04")  # Ctrl-D on an empty line: end of input
     assert term.finish() == 2
-    assert "cliente.py: pedido no enviado (se acabó la entrada)" in term.screen
+    # On a line of its own, not after the question.
+    assert re.search(
+        r"caracteres\): \r?\ncliente\.py: pedido no enviado \(se acabó la entrada\)", term.screen
+    )
 
 
 def test_ctrl_c_while_following_an_order(slow_server, terminal):
@@ -473,6 +482,27 @@ def test_ctrl_c_while_following_an_order(slow_server, terminal):
                     client.cancel(receipt.id)
 
 
+def test_esperar_cut_short_by_a_stop_names_the_order_and_exits_3(tmp_path: Path, terminal):
+    # One worker busy for a minute: only the stop can end these two esperar.
+    args = ("--workers", "1", "--work-time", "60", "--shutdown-timeout", "1")
+    with running_server(tmp_path, *args) as srv, LineClient("127.0.0.1", srv.port) as line:
+        with Client("127.0.0.1", srv.port) as client:
+            first, second = (client.submit(unique(), ["pan"], "Calle 1").id for _ in range(2))
+        line.send({"accion": "esperar", "id": first, "timeout": 600})
+        term = terminal("--port", srv.port, "--consultar", second, "--esperar")
+        term.expect(f"Pedido {second}: pendiente")
+        assert srv.stop() == 0
+        reply = line.read()
+    assert (reply["error"], reply["apagando"], reply["pedido"]["id"]) == ("tiempo_agotado", True, first)
+    assert "apagando" in reply["mensaje"] and "después de" not in reply["mensaje"]
+    assert term.finish() == 3
+    assert (
+        f"cliente.py: el servidor se detuvo mientras se esperaba el pedido {second}, que sigue 'pendiente'; "
+        f"cuando vuelva a estar en marcha, --consultar {second} --esperar lo sigue"
+    ) in term.screen.replace("\r\n", "")
+    assert "Traceback" not in term.screen
+
+
 def test_progress_bar_on_a_terminal_and_summary_on_stdout(quick_server, terminal, tmp_path: Path):
     path = tmp_path / "muchos.jsonl"
     order = json.dumps({"cliente": unique(), "productos": ["pan"], "direccion": "Calle 1"})
@@ -481,7 +511,120 @@ def test_progress_bar_on_a_terminal_and_summary_on_stdout(quick_server, terminal
     assert term.finish() == 0
     assert term.proc.stdout is not None
     out = term.proc.stdout.read().decode()
-    bars = re.findall(r"\r\[[#.]+\] ([\d ]+)/3 000 +(\d+)%  [\d ]+ pedidos/s  faltan ", term.screen)
-    assert bars and bars[-1] == ("3 000", "100")
+    bars = re.findall(r"\r\[[#.]+\] ([\d ]+)/3000 +(\d+)%  [\d ]+ pedidos/s  faltan ", term.screen)
+    assert bars and bars[-1] == ("3000", "100")
     assert term.screen.endswith("\r\x1b[K")  # the bar is cleared at the end
-    assert "\r" not in out and out.startswith(f"3 000 pedidos de {path} en ") and "aceptados:  3 000\n" in out
+    assert "\r" not in out and out.startswith(f"3000 pedidos de {path} en ") and "aceptados:  3000\n" in out
+
+
+# --- what a person reads ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "shown"),
+    [(0, "0"), (999, "999"), (2000, "2000"), (9999, "9999"), (12000, "12 000"), (1234567, "1 234 567")],
+)
+def test_counts_group_thousands_only_from_five_digits(n, shown):
+    # RAE: "2000 pedidos", "12 000 pedidos"; a script greps a four-digit count as it is.
+    assert count(n) == shown
+
+
+# --- a file cut short, and sent again -----------------------------------------------------------
+
+
+def _stored(srv: ServerProcess) -> int:
+    with LineClient("127.0.0.1", srv.port) as client:
+        return sum(client.ask({"accion": "estadisticas"})["estados"].values())
+
+
+def test_archivo_interrupted_says_what_is_stored_and_how_to_finish_without_duplicates(tmp_path: Path):
+    lines = 100_000
+    path = tmp_path / "muchos.jsonl"
+    orders = (json.dumps({"cliente": f"C{n}", "productos": ["pan"], "direccion": "d"}) for n in range(lines))
+    path.write_text("\n".join(orders) + "\n")
+    with running_server(tmp_path, "--work-time", "0") as srv:
+        argv = ["--port", str(srv.port), "--archivo", str(path), "--referencias-auto"]
+        proc = subprocess.Popen(
+            [sys.executable, str(CLIENTE), *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            wait_for(lambda: proc.poll() is not None or _stored(srv) >= 2000, timeout=60)
+            proc.send_signal(signal.SIGINT)
+            out, err = (stream.decode() for stream in proc.communicate(timeout=30))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 130, out + err
+        saved = int(
+            re.search(r"guardados \(confirmados por el servidor\): ([\d ]+)\n", out).group(1).replace(" ", "")
+        )
+        unsure = re.search(r"sin confirmar: ([\d ]+) \(", out)
+        maybe = int(unsure.group(1).replace(" ", "")) if unsure else 0
+        assert 0 < saved < lines and "Traceback" not in err
+        assert (
+            err.strip()
+            .splitlines()[-1]
+            .startswith(f"cliente.py: interrumpido; {count(saved)} pedidos guardados")
+        )
+        # What it says is stored is, and nothing beyond what it says may be.
+        wait_for(lambda: _stored(srv) >= saved)
+        assert _stored(srv) <= saved + maybe
+        again = re.search(r"Para terminar sin duplicar nada, repita la misma orden: (.+)\n", out).group(1)
+        command = shlex.split(again)
+        assert command[:2] == ["python3", str(CLIENTE)] and command[2:] == argv  # as it was run
+        done = subprocess.run(
+            [sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"aceptados:  {count(lines)} (" in done.stdout
+        stored = listed(srv.port)
+        rows = (len(stored), len({o["referencia"] for o in stored}), min(o["cliente"] for o in stored))
+        assert rows == (lines, lines, "C0")  # one order per line, none twice
+        sample = listed(srv.port, cliente="C41")
+        assert len(sample) == 1 and re.fullmatch(r"auto-[0-9a-f]{16}-42", sample[0]["referencia"])
+
+
+def test_auto_referencias_follow_the_content_not_the_name():
+    data = b'{"cliente": "A", "productos": ["p"], "direccion": "d"}\n\n[1]\n'
+    data += b'{"cliente": "B", "referencia": "mia"}\n'
+    keys = [
+        e.order.get("referencia") if e.problem is None and isinstance(e.order, dict) else None
+        for e in auto_referencias(read_entries(data), data)
+    ]
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    assert keys == [f"auto-{digest}-1", None, "mia"]  # [1] is no order: the server refuses it as it is
+    assert auto_referencias(read_entries(data), data) == auto_referencias(read_entries(data), bytes(data))
+    other = data.replace(b'"A"', b'"a"')  # another file, even at the same path: other keys
+    assert auto_referencias(read_entries(other), other)[0].order["referencia"] != keys[0]
+    one_line = b'[{"cliente": "A"}, {"cliente": "A"}]'
+    refs = [e.order["referencia"] for e in auto_referencias(read_entries(one_line), one_line)]
+    assert len(set(refs)) == 2 and all(len(r) <= 100 for r in refs)
+
+
+def test_one_refused_order_is_singular(quick_server, capsys, tmp_path: Path):
+    path = tmp_path / "uno.jsonl"
+    name = unique()
+    good = {"cliente": name, "productos": ["p"], "direccion": "d", "referencia": name}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "productos": []}) + "\n")
+    code, out, err = run(capsys, "--port", quick_server.port, "--archivo", path)
+    assert code == 1 and one_line_reason(err) == "cliente.py: 1 pedido rechazado, detallado en el resumen"
+    assert out.startswith(f"2 pedidos de {path} en ")
+    code, out, err = run(capsys, "--port", quick_server.port, "--archivo", path)
+    assert "  aceptados:  1 (1 ya estaba: no se duplicó)\n" in out
+
+
+def test_the_console_script_calls_itself_by_its_name_and_both_tell_the_version(capsys, dead_port):
+    code, out, _ = run(capsys, "--version")
+    assert (code, out) == (0, f"pedidos {__version__}\n")
+    script = Path(sys.executable).with_name("pedidos-cliente")
+    assert script.exists(), "the [test] install puts the console script beside python"
+    shown = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30).stdout
+    assert shown.startswith("uso: pedidos-cliente [opciones]") and "cliente.py" not in shown
+    assert "\n  pedidos-cliente --archivo ejemplos/pedidos.jsonl " in shown
+    failed = subprocess.run(
+        [script, "--port", str(dead_port), "--estadisticas"], capture_output=True, text=True, timeout=30
+    )
+    assert failed.returncode == 3 and failed.stderr.startswith("pedidos-cliente: no se puede conectar")
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
+    assert version.stdout == f"pedidos {__version__}\n"

@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -26,24 +25,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ORIGINAL_ORDER, LineClient, ServerProcess, running_server, wait_for
+from conftest import (
+    ORDER_KEYS,
+    ORIGINAL_ORDER,
+    LineClient,
+    ServerProcess,
+    database_held,
+    running_server,
+    storage_of,
+    stored_orders,
+    wait_for,
+)
 
-from pedidos.protocol.validation import NewOrder
-from pedidos.storage.sqlite.store import Store
+from pedidos.domain import NewOrder
 
-ORDER_KEYS = {
-    "id",
-    "cliente",
-    "productos",
-    "direccion",
-    "referencia",
-    "estado",
-    "fecha_recibido",
-    "fecha_inicio",
-    "fecha_fin",
-    "worker",
-    "intentos",
-}
 ESTADOS = {"pendiente", "en proceso", "listo", "cancelado", "fallido"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 LIMIT = 64 * 1024
@@ -104,7 +99,7 @@ def assert_error(reply: dict, code: str, *names: str) -> dict:
 
 
 def assert_order(pedido: dict) -> dict:
-    assert set(pedido) >= ORDER_KEYS, pedido
+    assert set(pedido) >= set(ORDER_KEYS), pedido
     assert isinstance(pedido["id"], int) and pedido["id"] > 0
     assert pedido["estado"] in ESTADOS
     assert TIMESTAMP.match(pedido["fecha_recibido"]), pedido
@@ -264,6 +259,9 @@ def test_idle_connection_is_closed(tmp_path):
     with running_server(tmp_path, "--idle-timeout", "1", "--work-time", "0") as srv:
         with client(srv) as idle:
             assert idle.ask({"accion": "estadisticas"})["ok"] is True
+            notice = idle.read()  # the reason, then the close
+            assert_error(notice, "tiempo_agotado")
+            assert "1 s" in notice["mensaje"] and notice["conexion_cerrada"] is True
             assert at_eof(idle)
         wait_for(lambda: "idle" in srv.log)
 
@@ -328,7 +326,8 @@ def test_telnet_ctrl_c_abandons_the_line_and_the_next_is_read(shared):
             c.send(bytes([byte]))
             wait_for(lambda: server_read_everything(shared, c))
         c.send(b'{"accion": "estadisticas"}\r\n')
-        assert_error(c.read(), "json_invalido")  # one error for the abandoned request
+        # No error for the abandoned request: the timing mark refused, then the reply.
+        assert c.file.read(3) == b"\xff\xfc\x06"
         assert c.read()["estados"]
 
 
@@ -441,19 +440,28 @@ def test_esperar_on_a_finished_order_answers_at_once(shared):
 
 
 def test_referencia_retry_gets_the_same_id(shared):
-    ref, cliente = unique("ref"), unique()
+    ref = unique("ref")
     with client(shared) as c:
-        first = c.ask(order(cliente, referencia=ref))
+        first_order = order(referencia=ref)
+        first = c.ask(first_order)
         assert first["ok"] is True and "duplicado" not in first
     with client(shared, "::1") as c:  # the retry comes on a new connection, as after a lost reply
-        second = c.ask(order(f" {cliente}", referencia=f"  {ref} "))  # the same order, stored trimmed
+        retry = order(referencia=f"  {ref} ")
+        retry.update(cliente=f" {first_order['cliente']}  ", productos=["pan ", " agua"])  # same once trimmed
+        second = c.ask(retry)
         assert second["ok"] is True and second["id"] == first["id"] and second["duplicado"] is True
         assert second["estado"] in ESTADOS
         stored = c.ask({"accion": "consultar", "id": first["id"]})["pedido"]
         assert stored["referencia"] == ref
         c.ask({"accion": "esperar", "id": first["id"], "timeout": 30})
-        third = c.ask(order(cliente, referencia=ref))
+        third = c.ask(first_order)
         assert (third["id"], third["estado"], third["duplicado"]) == (first["id"], "listo", True)
+        other = c.ask(order(unique("other"), referencia=ref))  # a different order: not a retry
+        assert (
+            other["ok"] is False
+            and other["error"] == "referencia_en_uso"
+            and "referencia" in other["mensaje"]
+        )
 
 
 def test_listar_filters_and_order(shared):
@@ -649,12 +657,13 @@ def test_states_timeouts_cancel_shutdown_and_restart(tmp_path):
             assert last["pedido"]["id"] == e and last["pedido"]["estado"] in ("pendiente", "en proceso")
         assert "Traceback" not in srv.log
 
-    rows = dict(_rows(db, "SELECT id, estado FROM pedidos"))
+    stored = stored_orders(db)
+    rows = {i: o["estado"] for i, o in stored.items()}
     assert rows[a] == "listo" and rows[cc] == "cancelado"
     for order_id in (b, d, e):  # finished, handed back, or never started
         assert rows[order_id] in ("listo", "pendiente")
-    assert _rows(db, "SELECT COUNT(*) FROM pedidos WHERE estado = 'en proceso'") == [(0,)]
-    assert _rows(db, "SELECT MAX(intentos) FROM pedidos") == [(0,)]  # a graceful stop is no attempt
+    assert "en proceso" not in rows.values()
+    assert max(o["intentos"] for o in stored.values()) == 0  # a graceful stop is no attempt
 
     with running_server(tmp_path, "--work-time", "0") as srv, client(srv) as c:
         for order_id in (b, d, e):
@@ -663,15 +672,13 @@ def test_states_timeouts_cancel_shutdown_and_restart(tmp_path):
 
 def test_restart_takes_up_pending_and_crashed_orders(tmp_path):
     db = tmp_path / "pedidos.db"
-    store = Store(str(db))
-    store.create_schema()
-    ids = [r[0] for r in store.insert_orders([NewOrder(f"c{i}", ("x",), "d") for i in range(5)])]
-    store.claim([ids[3]], 1)  # in process when "the machine crashed"
-    for _ in range(2):  # two interrupted attempts already
-        store.claim([ids[4]], 2)
-        store.release(2, count_attempt=True)
-    store.claim([ids[4]], 2)  # and crashed on the third
-    store.close()
+    with storage_of(db) as storage:
+        ids = [r.id for r in storage.submit(*[NewOrder(f"c{i}", ("x",), "d") for i in range(5)])]
+        storage.worker(1).claim([ids[3]], 1)  # in process when "the machine crashed"
+        for _ in range(2):  # two interrupted attempts already
+            storage.worker(2).claim([ids[4]], 2)
+            storage.hand_back(2, True)
+        storage.worker(2).claim([ids[4]], 2)  # and crashed on the third
 
     with running_server(tmp_path, "--work-time", "0") as srv, client(srv) as c:
         final = [c.ask({"accion": "esperar", "id": i, "timeout": 30})["pedido"] for i in ids]
@@ -704,10 +711,8 @@ def test_nothing_to_listen_on_exits_1(tmp_path):
 
 def test_read_only_database_exits_1(tmp_path):
     db = tmp_path / "pedidos.db"
-    store = Store(str(db))
-    store.create_schema()
-    store.insert_orders([NewOrder("A", ("x",), "d")])
-    store.close()
+    with storage_of(db) as storage:
+        storage.submit(NewOrder("A", ("x",), "d"))
     with read_only(db):
         srv = start_expecting_failure(tmp_path, db=db)
     assert_one_clear_error(srv, "pedidos.db")
@@ -728,17 +733,12 @@ def test_shutdown_answers_esperar_queued_behind_an_order(tmp_path):
     # the order takes a minute: only the shutdown can answer its esperar
     args = ("--workers", "1", "--work-time", "60", "--shutdown-timeout", "1")
     with running_server(tmp_path, *args) as srv, client(srv) as c:
-        blocker = sqlite3.connect(str(db), isolation_level=None, timeout=30)
-        try:
-            blocker.execute("BEGIN IMMEDIATE")  # the server's next commit waits for us
+        with database_held(db, exclusive=False):  # the server's next commit waits for us
             esperar = {"accion": "esperar", "id": 1, "timeout": 600}  # the order's id: a new database
             c.send(json.dumps(order()) + json.dumps(esperar))
             wait_for(lambda: server_read_everything(srv, c))
             srv.proc.send_signal(signal.SIGTERM)
             wait_for(lambda: "shutting down" in srv.log)
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
         assert c.read()["id"] == 1
         c.sock.settimeout(20)
         try:
@@ -751,14 +751,6 @@ def test_shutdown_answers_esperar_queued_behind_an_order(tmp_path):
 
 
 # --- small helpers for the tests above ------------------------------------------------------------------
-
-
-def _rows(db: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(str(db))
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def _running(pid: int) -> bool:

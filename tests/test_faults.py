@@ -9,6 +9,7 @@ replies against the contract: an acknowledged order is stored, ends `listo`,
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import json
@@ -16,7 +17,6 @@ import os
 import resource
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,16 +24,17 @@ import time
 from pathlib import Path
 
 from conftest import (
-    FINAL_ESTADOS,
     SERVIDOR,
     LineClient,
     ServerProcess,
     _alive,
-    db_query,
+    database_held,
+    foreign_database,
     has_open,
     kill_pids,
     rss_kib,
     running_server,
+    stored_orders,
     wait_for,
     worker_pid,
     workers_alive,
@@ -42,7 +43,11 @@ from conftest import (
     writer_pids,
 )
 
-BUSY_TIMEOUT_S = 5.0  # the server's SQLite busy timeout (pedidos.store.BUSY_TIMEOUT_MS)
+from pedidos.domain import FINAL_ESTADOS
+
+BUSY_TIMEOUT_S = 5.0  # the server's SQLite busy timeout (storage/sqlite/store.py BUSY_TIMEOUT_MS)
+# Where a test waits the busy timeout out, a shorter one: the same path, sooner.
+SHORT_BUSY = {"PEDIDOS_TEST_BUSY_TIMEOUT_MS": "1000"}
 ORPHAN_GRACE_S = 5.0  # "a few seconds" for workers to notice that their server is gone
 
 
@@ -192,8 +197,9 @@ def wchan(pid: int) -> str:
 
 
 def all_rows(db: Path) -> dict[int, tuple]:
-    rows = db_query(db, "SELECT id, cliente, estado, fecha_inicio, fecha_fin, worker, intentos FROM pedidos")
-    return {row[0]: row for row in rows}
+    """(id, cliente, estado, fecha_inicio, fecha_fin, worker, intentos) by id."""
+    keys = ("id", "cliente", "estado", "fecha_inicio", "fecha_fin", "worker", "intentos")
+    return {i: tuple(o[k] for k in keys) for i, o in stored_orders(db).items()}
 
 
 # --- the server killed --------------------------------------------------------------------
@@ -229,7 +235,8 @@ def test_sigkill_server_under_load_loses_nothing_and_processes_once(tmp_path):
 
     with running_server(tmp_path, "--workers", "2", "--work-time", "0", db=server.db) as again:
         if interrupted:
-            assert any(f"{len(interrupted)} orders were in process" in line for line in again.lines)
+            said = f"{len(interrupted)} {'order was' if len(interrupted) == 1 else 'orders were'} in process"
+            assert any(said in line for line in again.lines)
         final = wait_all(again.port, sorted(acks))
         assert again.stop() == 0
 
@@ -295,8 +302,8 @@ def test_workers_exit_when_the_server_dies_holding_the_write_lock(tmp_path):
             wait_for(lambda: in_process(server.port, first))
             # Another program holds the database: the server's writer takes the
             # shared write lock for the next order and waits for SQLite...
-            blocker = sqlite3.connect(str(server.db), timeout=30, isolation_level=None)
-            blocker.execute("BEGIN EXCLUSIVE")
+            blocker = database_held(server.db)
+            blocker.__enter__()
             client.send(order("segundo"))
             # ...while the worker, done with the first order, waits for the write lock.
             worker = worker_pid(server, 1)
@@ -304,13 +311,12 @@ def test_workers_exit_when_the_server_dies_holding_the_write_lock(tmp_path):
             wait_for(lambda: "futex" in wchan(worker), timeout=BUSY_TIMEOUT_S - 1)
             os.kill(server.pid, signal.SIGKILL)
             server.proc.wait(10)
-        blocker.rollback()
-        blocker.close()
+        blocker.__exit__(None, None, None)
         blocker = None
         wait_for(lambda: not _alive(worker), timeout=ORPHAN_GRACE_S)
     finally:
         if blocker is not None:
-            blocker.close()
+            blocker.__exit__(None, None, None)
         server.kill()
         kill_pids(children)
 
@@ -375,9 +381,9 @@ def test_third_interrupted_attempt_makes_the_order_fallido_and_the_rest_flow(tmp
             # A fallido order is final: it cannot be cancelled, it is not retried.
             assert client.ask({"accion": "cancelar", "id": victim})["error"] == "no_cancelable"
         wait_for(lambda: stats(srv.port)["workers"] == 2, timeout=10)
-        assert db_query(srv.db, "SELECT estado, intentos FROM pedidos WHERE id = ?", (victim,)) == [
-            ("fallido", 3)
-        ]
+        with LineClient("127.0.0.1", srv.port) as client:
+            pedido = client.ask({"accion": "consultar", "id": victim})["pedido"]
+        assert (pedido["estado"], pedido["intentos"]) == ("fallido", 3)
 
 
 # --- a graceful stop ----------------------------------------------------------------------
@@ -411,7 +417,7 @@ def test_sigterm_under_load_keeps_every_ack_and_answers_or_closes(tmp_path):
 # --- the database misbehaves ----------------------------------------------------------------
 
 
-def start_failure(tmp_path: Path, db: Path, preexec=None) -> subprocess.CompletedProcess:
+def start_failure(tmp_path: Path, db: Path, preexec=None, env=None) -> subprocess.CompletedProcess:
     """Run the server where it cannot start: its output and exit status."""
     return subprocess.run(
         [sys.executable, str(SERVIDOR), "--db", str(db), "--port", "0", "--work-time", "0"],
@@ -421,6 +427,7 @@ def start_failure(tmp_path: Path, db: Path, preexec=None) -> subprocess.Complete
         text=True,
         timeout=60,
         preexec_fn=preexec,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -444,16 +451,13 @@ def _without_file_permission_override() -> None:
 
 def test_start_with_a_missing_folder_says_so_in_one_line(tmp_path):
     db = tmp_path / "no-such-folder" / "p.db"
-    assert_one_clear_line(start_failure(tmp_path, db), db, "unable to open database file")
+    assert_one_clear_line(start_failure(tmp_path, db), db, f"the folder {db.parent} does not exist")
     assert not db.parent.exists()
 
 
 def test_start_with_a_read_only_database_says_so_in_one_line(tmp_path):
     db = tmp_path / "p.db"
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE other (x)")
-    conn.commit()
-    conn.close()
+    foreign_database(db)
     db.chmod(0o444)
     preexec = _without_file_permission_override if os.geteuid() == 0 else None
     assert_one_clear_line(start_failure(tmp_path, db, preexec), db, "readonly database")
@@ -461,13 +465,9 @@ def test_start_with_a_read_only_database_says_so_in_one_line(tmp_path):
 
 def test_start_with_a_database_locked_by_another_program_says_so_in_one_line(tmp_path):
     db = tmp_path / "p.db"
-    blocker = sqlite3.connect(db, isolation_level=None)
-    try:
-        blocker.execute("CREATE TABLE other (x)")
-        blocker.execute("BEGIN EXCLUSIVE")
-        assert_one_clear_line(start_failure(tmp_path, db), db, "database is locked")
-    finally:
-        blocker.close()
+    foreign_database(db)
+    with database_held(db):
+        assert_one_clear_line(start_failure(tmp_path, db, env=SHORT_BUSY), db, "database is locked")
 
 
 def test_start_on_a_full_disk_says_so_in_one_line(tmp_path):
@@ -486,26 +486,23 @@ def test_start_with_a_file_that_is_not_a_database_says_so_in_one_line(tmp_path):
 
 
 def test_database_locked_while_serving_refuses_then_resumes_by_itself(tmp_path):
-    with running_server(tmp_path, "--workers", "1", "--work-time", "0") as srv:
+    with running_server(tmp_path, "--workers", "1", "--work-time", "0", env=SHORT_BUSY) as srv:
         with LineClient("127.0.0.1", srv.port, timeout=BUSY_TIMEOUT_S * 4) as client:
             before = client.ask(order("antes"))
             assert before["ok"], before
-            blocker = sqlite3.connect(str(srv.db), timeout=30, isolation_level=None)
-            try:
-                blocker.execute("BEGIN EXCLUSIVE")
+            with database_held(srv.db):
                 refused = client.ask(order("bloqueado"))
                 assert refused["ok"] is False and refused["error"] == "error_interno", refused
                 # Reads go on meanwhile (WAL), and the server still answers.
                 assert client.ask({"accion": "consultar", "id": before["id"]})["ok"]
-            finally:
-                blocker.close()  # rolls back: the database is free again
+            # the database is free again
             after = client.ask(order("después"))
             assert after["ok"], after
             done = client.ask({"accion": "esperar", "id": after["id"], "timeout": 20})["pedido"]
             assert done["estado"] == "listo"
         assert srv.stop() == 0
         assert "Traceback" not in srv.log
-    clientes = [row[0] for row in db_query(srv.db, "SELECT cliente FROM pedidos ORDER BY id")]
+    clientes = [o["cliente"] for o in stored_orders(srv.db).values()]
     assert clientes == ["antes", "después"]
 
 
@@ -567,7 +564,7 @@ def test_disk_full_while_serving_refuses_then_resumes_by_itself(tmp_path):
             assert done["estado"] == "listo"
         assert srv.stop() == 0
         assert "Traceback" not in srv.log
-    clientes = [row[0] for row in db_query(srv.db, "SELECT cliente FROM pedidos ORDER BY id")]
+    clientes = [o["cliente"] for o in stored_orders(srv.db).values()]
     assert clientes == ["antes", "después"]
 
 
@@ -633,6 +630,6 @@ def test_backlog_lives_in_the_database_not_in_memory(tmp_path):
             return estados["pendiente"] == 0 and estados["en proceso"] == 0
 
         wait_for(drained, timeout=90, interval=0.5)
-    counts = dict(db_query(srv.db, "SELECT estado, COUNT(*) FROM pedidos GROUP BY estado"))
+    counts = dict(collections.Counter(o["estado"] for o in stored_orders(srv.db).values()))
     assert counts == {"listo": BACKLOG + 1000}
     assert set(FINAL_ESTADOS) >= set(counts)

@@ -18,12 +18,14 @@ from hypothesis import strategies as st
 
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES, MAX_DEPTH, MAX_NUMBER_CHARS, Decoder
 from pedidos.protocol.replies import DEMASIADO_GRANDE, JSON_INVALIDO, RequestError
+from pedidos.protocol.telnet import TelnetReply
 
 ERR = JSON_INVALIDO
 BIG = DEMASIADO_GRANDE
 ORDER = {"cliente": "Juan Pérez", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}
 IAC_IP = b"\xff\xf4"  # what Ctrl-C at a telnet prompt sends
 IAC_DO_TIMING_MARK = b"\xff\xfd\x06"
+WONT_TIMING_MARK = TelnetReply(b"\xff\xfc\x06")
 
 
 def norm(items: list[Any]) -> list[Any]:
@@ -423,33 +425,54 @@ def test_dropped_line_is_not_limited_and_not_kept():
 # --- telnet --------------------------------------------------------------------
 
 
-def test_telnet_ctrl_c_abandons_the_partial_request():
+def test_telnet_ctrl_c_abandons_the_partial_request_without_an_error():
     decoder = Decoder()
     assert decoder.feed(b'{"cliente": "A",\r\n') == []
-    assert norm(decoder.feed(IAC_IP)) == [e()]
+    assert decoder.feed(IAC_IP) == []  # a person who pressed Ctrl-C asked for nothing
     assert not decoder.partial
     # the next line typed is read, not dropped waiting for a newline
     assert decoder.feed(b'{"accion": "estadisticas"}\r\n') == [{"accion": "estadisticas"}]
 
 
-def test_telnet_ctrl_c_with_timing_mark_is_one_error():
+def test_telnet_ctrl_c_with_timing_mark_gets_the_mark_refused_and_nothing_else():
+    # telnet hides all output after Ctrl-C until DO TIMING-MARK is answered
+    # (RFC 860); WONT TIMING-MARK is an answer it accepts.
     data = b'{"cliente": "A",' + IAC_IP + IAC_DO_TIMING_MARK + b'{"accion": "estadisticas"}\r\n'
-    assert both_ways(data) == [e(), {"accion": "estadisticas"}]
+    assert both_ways(data) == [WONT_TIMING_MARK, {"accion": "estadisticas"}]
 
 
 def test_telnet_ctrl_c_on_a_fresh_line_and_after_garbage():
-    assert both_ways(IAC_IP + b'{"a": 1}\r\n') == [e(), {"a": 1}]
+    assert both_ways(IAC_IP + b'{"a": 1}\r\n') == [{"a": 1}]
     # a line already refused ends at the Ctrl-C too
     assert both_ways(b"garbage" + IAC_IP + b'{"a": 1}\r\n') == [e(), {"a": 1}]
 
 
-def test_telnet_option_negotiation_and_subnegotiation_are_skipped_whole():
-    data = b"\xff\xfb\x01\xff\xfa\x18\x00xterm\xff\xf0" + b'{"a": 1}\n'
-    assert both_ways(data) == [e(), {"a": 1}]
+@pytest.mark.parametrize("command", [b"\xf4", b"\xf5", b"\xf3"], ids=["IP", "AO", "BRK"])
+def test_interrupt_abort_output_and_break_drop_the_partial_request(command):
+    data = b'{"cliente": "Medio", "productos": ["pan"],\r\n\xff' + command + b'{"a": 1}'
+    assert both_ways(data) == [{"a": 1}]
+
+
+def test_telnet_options_are_refused_and_subnegotiation_skipped_whole():
+    data = b"\xff\xfb\x01\xff\xfa\x18\x00xt\xff\xffrm\xff\xf0" + b'{"a": 1}\n'
+    assert both_ways(data) == [TelnetReply(b"\xff\xfe\x01"), {"a": 1}]  # WILL ECHO: DONT ECHO
+    assert both_ways(b"\xff\xfd\x03\xff\xfc\x01\xff\xfe\x03[1]") == [TelnetReply(b"\xff\xfc\x03"), [1]]
+
+
+def test_other_telnet_commands_inside_a_request_are_taken_out_and_it_goes_on():
+    # NOP, AYT, DO TIMING-MARK in the middle of an order: only IP, AO and BRK abandon it.
+    data = b'{"cliente": "A",\xff\xf1 "productos": ["pan"],\xff\xf6\r\n' + IAC_DO_TIMING_MARK + b' "x": 1}'
+    assert both_ways(data) == [WONT_TIMING_MARK, {"cliente": "A", "productos": ["pan"], "x": 1}]
+
+
+def test_iac_iac_is_a_data_byte_0xff_and_not_utf8():
+    assert both_ways(b'{"cliente": "\xff\xff"}\n{"b": 2}\n') == [e(), {"b": 2}]
+    assert both_ways(b'\xff\xff\n{"b": 2}\n') == [e(), {"b": 2}]
 
 
 def test_telnet_ctrl_c_bytes_in_separate_packets():
-    assert chunked([b'{"cliente": "A",', b"\xff", b"\xf4", b'{"b": 2}\n']) == [e(), {"b": 2}]
+    assert chunked([b'{"cliente": "A",', b"\xff", b"\xf4", b'{"b": 2}\n']) == [{"b": 2}]
+    assert chunked([b"\xff\xf4\xff", b"\xfd", b"\x06", b"[1]"]) == [WONT_TIMING_MARK, [1]]
 
 
 # --- cutting the input anywhere changes nothing ---------------------------------
@@ -465,7 +488,8 @@ CORPUS = [
     b'{"a": "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"}\n"\xc3\xff\xf4"\n{"b": 2}',
     b'{"cliente": "A",\xff\xf4\xff\xfd\x06{"b": 2}\r\n',
     b"garbage\xff\xf4\xff\xfb\x01[1]\n",
-    b'\xff\xfa\x18\x00xt\xff\xff\xf0{"sb": 1}\n',
+    b'\xff\xfa\x18\x00xt\xff\xff\xf0\xff\xf0{"sb": 1}\n',  # IAC IAC inside SB does not end it
+    b'{"cliente": "A",\xff\xf1\xff\xfd\x06 "b": ["\xff\xff"]}\xff\xf4[2]\xff\x22\n[3]\xff\xfe\x01{}',
     b"NaN\n[Infinity]\n-Infinity\ntrue false null nul\n[true]",
     b"[" * 70 + b"\n" + b"[" * 10 + b"]" * 10 + b"\n",
     b"9" * 150 + b"\n" + b"9" * 50 + b" ",

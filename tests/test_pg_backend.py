@@ -76,10 +76,10 @@ def test_a_referencia_is_stored_once_and_other_content_is_refused(pg_url):
         return first, batch
 
     first, (retry, other, new, twice, foreign) = run(main())
-    assert (retry.id, retry.duplicado, retry.ajeno) == (first.id, True, False)
-    assert (other.id, other.duplicado, other.ajeno) == (first.id, True, True)
-    assert not new.duplicado and (twice.id, twice.duplicado, twice.ajeno) == (new.id, True, False)
-    assert foreign.ajeno
+    assert (retry.id, retry.duplicado, retry.taken) == (first.id, True, False)
+    assert (other.id, other.duplicado, other.taken) == (first.id, True, True)
+    assert not new.duplicado and (twice.id, twice.duplicado, twice.taken) == (new.id, True, False)
+    assert foreign.taken
     assert rows(pg_url, "SELECT count(*) FROM pedidos")[0][0] == 2
 
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from pedidos.protocol.framing import Decoder
 from pedidos.protocol.replies import RequestError
+from pedidos.protocol.telnet import TelnetReply
 from pedidos.protocol.validation import (
     ESTADOS,
     MAX_TOKEN_CHARS,
@@ -26,7 +27,7 @@ from pedidos.protocol.validation import (
     parse_request,
     plain_order,
 )
-from pedidos.storage.sqlite.store import products_json
+from pedidos.storage.sqlite.rows import products_json
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ERROR_CODES = {
@@ -80,6 +81,20 @@ junk_lines = st.builds(
     st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\xff", b"")),
 )
 whitespace = st.text(alphabet=" \t\r\n", max_size=4).map(str.encode)
+# Telnet commands that leave a request alone (not IP, AO, BRK, nor IAC IAC):
+# no-operation commands, option requests (DO/WILL get a refusal back) and
+# subnegotiations, whose data doubles any 0xFF.
+telnet_options = st.builds(
+    lambda verb, option: bytes((255, verb, option)), st.integers(251, 254), st.integers(0, 255)
+)
+neutral_telnet = st.one_of(
+    st.sampled_from([b"\xff\xf1", b"\xff\xf2", b"\xff\xf6", b"\xff\xf9", b"\xff\xf0"]),
+    telnet_options,
+    st.binary(max_size=12).map(lambda body: b"\xff\xfa" + body.replace(b"\xff", b"\xff\xff") + b"\xff\xf0"),
+)
+telnet_commands = st.one_of(
+    neutral_telnet, st.sampled_from([b"\xff\xf4", b"\xff\xf5", b"\xff\xf3", b"\xff\xff"])
+)
 interesting_bytes = st.one_of(
     st.binary(max_size=300),
     st.lists(
@@ -87,6 +102,7 @@ interesting_bytes = st.one_of(
             json_values.flatmap(encoded),
             junk_lines,
             whitespace,
+            telnet_commands,
             st.sampled_from(
                 [
                     b"NaN",
@@ -130,6 +146,8 @@ def outcome(chunks: list[bytes]) -> tuple[list[tuple[str, str]], bool, bool]:
             if isinstance(item, RequestError):
                 assert item.code in ("json_invalido", "demasiado_grande"), item.code
                 items.append(("error", item.code))
+            elif isinstance(item, TelnetReply):
+                items.append(("telnet", item.data.hex()))
             else:
                 items.append(("value", json.dumps(item)))
     return items, decoder.closed, decoder.partial
@@ -174,6 +192,25 @@ def test_every_complete_request_comes_out_exactly_once(data, parts):
     items, closed, partial = outcome(chunks)
     assert items == expected
     assert not closed
+
+
+@SETTINGS
+@given(st.data(), st.lists(json_values.filter(lambda v: isinstance(v, (dict, list))), min_size=1, max_size=5))
+def test_telnet_commands_anywhere_are_taken_out_and_options_refused_once(data, values):
+    stream = b"".join(data.draw(encoded(value)) + b"\n" for value in values)
+    if len(stream) > LIMIT:
+        return
+    points = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    commands = [data.draw(neutral_telnet) for _ in points]
+    mixed = b""
+    for start, end, command in zip([0, *points], points, commands, strict=False):
+        mixed += stream[start:end] + command
+    mixed += stream[points[-1] if points else 0 :]
+    items, closed, partial = outcome(data.draw(cuts(mixed)))
+    assert [item for item in items if item[0] != "telnet"] == [("value", json.dumps(v)) for v in values]
+    refused = [c[:3] for c in commands if c[1] in (251, 253)]  # WILL or DO
+    assert len([item for item in items if item[0] == "telnet"]) == len(refused)
+    assert not closed and not partial
 
 
 @SETTINGS

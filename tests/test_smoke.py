@@ -18,7 +18,7 @@ def test_original_order_pasted_byte_by_byte_ends_listo(server, connect):
 
 
 def test_sigterm_then_restart_finishes_pending(tmp_path):
-    with running_server(tmp_path, "--work-time", "5", "--workers", "1") as srv:
+    with running_server(tmp_path, "--work-time", "1", "--workers", "1") as srv:
         with LineClient("127.0.0.1", srv.port) as client:
             ids = [client.ask({"cliente": "A", "productos": ["x"], "direccion": "d"})["id"] for _ in range(3)]
         assert srv.stop() == 0

@@ -19,31 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ORDER_KEYS, StorageHarness
 
 from pedidos.domain import ESTADOS, MAX_ATTEMPTS, Estado, NewOrder, Receipt
 from pedidos.storage import open_storage
-from pedidos.storage.base import Recovery, Storage, StorageError, WorkerStore
+from pedidos.storage.base import Recovery, StorageError
 
 BACKENDS = ["sqlite", "postgresql"]
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
-ORDER_KEYS = [
-    "id",
-    "cliente",
-    "productos",
-    "direccion",
-    "referencia",
-    "estado",
-    "fecha_recibido",
-    "fecha_inicio",
-    "fecha_fin",
-    "worker",
-    "intentos",
-]
 
 
-def order_keys(h: Harness) -> list[str]:
+def order_keys(h: StorageHarness) -> tuple[str, ...]:
     """The contract's columns; on a shared database (section 9) also `nodo`."""
-    return ORDER_KEYS + (["nodo"] if h.url.startswith(("postgresql://", "postgres://")) else [])
+    return ORDER_KEYS + (("nodo",) if h.url.startswith(("postgresql://", "postgres://")) else ())
 
 
 def new(cliente: str = "Ana", referencia: str | None = None, productos=("pan", "agua")) -> NewOrder:
@@ -57,61 +45,6 @@ def assert_timestamp(value: str) -> datetime:
     return parsed
 
 
-class Harness:
-    """A started backend on its own event loop, driven from a plain test."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.loop = asyncio.new_event_loop()
-        self.stored: list[int] = []  # what on_stored heard
-        self.storage: Storage | None = None
-        self.recovery: Recovery | None = None
-        self._workers: list[WorkerStore] = []
-
-    def start(self) -> Harness:
-        async def start() -> None:
-            self.storage = open_storage(self.url, on_stored=self.stored.extend)
-            self.recovery = await self.storage.start()
-
-        self.run(start())
-        return self
-
-    def stop(self) -> None:
-        for worker in self._workers:
-            worker.close()
-        self._workers.clear()
-        if self.storage is not None:
-            self.run(self.storage.stop())
-            self.storage = None
-
-    def close(self) -> None:
-        self.stop()
-        self.loop.close()
-
-    def run(self, awaitable: Any) -> Any:
-        return self.loop.run_until_complete(asyncio.wait_for(awaitable, 60))
-
-    def __getattr__(self, name: str) -> Any:
-        """`h.get(1)` runs `storage.get(1)` to its end."""
-        method = getattr(self.storage, name)
-        return lambda *args, **kwargs: self.run(method(*args, **kwargs))
-
-    def submit(self, *orders: NewOrder, owner: str | None = None) -> list[Receipt]:
-        """Submit together (one batch, as orders arriving at once would), wait for all."""
-
-        async def submit() -> list[Receipt]:
-            futures = [self.storage.submit(order, owner) for order in orders]  # type: ignore[union-attr]
-            return list(await asyncio.gather(*futures))
-
-        return self.run(submit())
-
-    def worker(self, number: int) -> WorkerStore:
-        """A worker's store, opened in this process (a spawned one: see below)."""
-        store = self.storage.worker_opener()(number, os.getpid())  # type: ignore[union-attr]
-        self._workers.append(store)
-        return store
-
-
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
@@ -122,8 +55,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def h(database_url: str) -> Iterator[Harness]:
-    harness = Harness(database_url).start()
+def h(database_url: str) -> Iterator[StorageHarness]:
+    harness = StorageHarness(database_url).start()
     try:
         yield harness
     finally:
@@ -151,7 +84,7 @@ def test_submit_stores_in_order_and_tells_on_stored(h):
 def test_stored_row_is_the_contract_row(h):
     h.submit(new("Juan Pérez", "ref-1", ["pan", "agua ñ", 'comillas " y \\']))
     order = h.get(1)
-    assert list(order) == order_keys(h)
+    assert tuple(order) == order_keys(h)
     assert order["cliente"] == "Juan Pérez"
     assert order["productos"] == ["pan", "agua ñ", 'comillas " y \\']
     assert order["direccion"] == "Calle 1"
@@ -171,19 +104,39 @@ def test_referencia_dedupe_across_and_within_batches(h):
         (3, "pendiente", True),
         (4, "pendiente", False),
     ]
+    assert not any(r.taken for r in again)
     assert h.get(1)["cliente"] == "A"  # the stored order was not replaced
     assert h.counts()["pendiente"] == 4
     assert h.stored == [1, 2, 3, 4]  # duplicates are not new
 
 
-def test_a_referencia_of_another_owner_is_ajeno(h):
-    assert h.submit(new("A", "r"), owner="ana") == [Receipt(1, "pendiente", False, False)]
-    assert h.submit(new("A", "r"), owner="ana") == [Receipt(1, "pendiente", True, False)]
-    assert h.submit(new("B", "r"), owner="beto") == [Receipt(1, "pendiente", True, True)]
-    within = h.submit(new("C", "s"), new("C", "s"), owner=None)
-    assert within == [Receipt(2, "pendiente", False, False), Receipt(2, "pendiente", True, False)]
-    assert h.get(1, "ana")["cliente"] == "A"
-    assert h.get(1, "beto") is None
+def test_a_different_order_under_a_stored_referencia_is_taken(h):
+    h.submit(new("A", "r1"), owner="owner-a")
+    others = [
+        new("other", "r1"),
+        new("A", "r1", productos=("pan",)),
+        NewOrder("A", ("pan", "agua"), "Calle 2", "r1"),
+    ]
+    for other in others:
+        (result,) = h.submit(other, owner="owner-a")
+        assert (result.id, result.taken, result.referencia) == (1, True, "r1"), other
+    # the same order from another owner is taken too: it is not that owner's to see
+    (result,) = h.submit(new("A", "r1"), owner="owner-b")
+    assert result.taken
+    # an admin (no owner) retrying the same order gets the duplicate
+    (result,) = h.submit(new("A", "r1"))
+    assert (result.id, result.duplicado, result.taken) == (1, True, False)
+    # within one batch: the second, different order under a new referencia is taken
+    batch = h.submit(new("B", "r2"), new("B2", "r2"), new("B", "r2"))
+    assert [(r.id, r.duplicado, r.taken) for r in batch] == [
+        (2, False, False),
+        (2, True, True),
+        (2, True, False),
+    ]
+    assert h.get(1)["cliente"] == "A" and h.get(2)["cliente"] == "B"
+    assert h.counts()["pendiente"] == 2
+    assert h.get(1, "owner-a")["cliente"] == "A"
+    assert h.get(1, "owner-b") is None
 
 
 def test_duplicate_reports_the_stored_estado(h):
@@ -412,7 +365,7 @@ def test_list_filters(h):
     assert ids(limite=2) == [1, 2]
     assert ids(desde_id=1, limite=2, cliente="Ana") == [3, 4]
     assert ids(desde_id=5) == []
-    assert list(h.list_orders(None, None, 0, 1)[0]) == order_keys(h)
+    assert tuple(h.list_orders(None, None, 0, 1)[0]) == order_keys(h)
 
 
 def test_counts_every_estado(h):

@@ -137,12 +137,12 @@ def test_productos_must_be_a_list(value):
 def test_each_producto_length_boundaries():
     assert parse_request(order(productos=["x" * 200, " y "])).productos == ("x" * 200, "y")
     assert parse_request(order(productos=["  " + "é" * 200 + "  "])).productos == ("é" * 200,)
-    refused_order(order(productos=["ok", "x" * 201]), "producto 2")
+    refused_order(order(productos=["ok", "x" * 201]), "producto 2 de 'productos'")
 
 
 @pytest.mark.parametrize("item", ["", "   ", None, 1, 1.5, True, ["pan"], {"n": "pan"}])
 def test_each_producto_must_be_non_empty_text(item):
-    refused_order(order(productos=["pan", item]), "producto 2")
+    refused_order(order(productos=["pan", item]), "producto 2 de 'productos'")
 
 
 @pytest.mark.parametrize("field", ["dirección", "Cliente", "producto", "id", "estado", "", "extra"])
@@ -193,8 +193,10 @@ def test_listar_defaults():
     assert parse_request({"accion": "listar"}).args == {
         "estado": None,
         "cliente": None,
+        "contiene": None,
         "desde_id": 0,
         "limite": 100,
+        "orden": "asc",
     }
 
 
@@ -268,7 +270,10 @@ def test_every_command_parses():
     )
     assert parse_request(
         {"accion": "listar", "estado": "listo", "cliente": "Ana", "desde_id": 3, "limite": 10}
-    ) == Command("listar", {"estado": "listo", "cliente": "Ana", "desde_id": 3, "limite": 10})
+    ) == Command(
+        "listar",
+        {"estado": "listo", "cliente": "Ana", "contiene": None, "desde_id": 3, "limite": 10, "orden": "asc"},
+    )
     assert parse_request({"accion": "estadisticas"}) == Command("estadisticas", {})
 
 

@@ -1,9 +1,11 @@
 """The client side: a Python library and `cliente.py`.
 
 `Client` (blocking) and `AsyncClient` (asyncio) speak the protocol for a
-program; `records` are what they hand back, `wire` the bytes of an asyncio
+program, each command defined once for both in `commands`; `records` are what
+they hand back, `wire` the bytes of an asyncio
 connection, `access` tokens and TLS; `cli/` is `python3 cliente.py`. Imports
-the wire vocabulary only; nothing here knows about the server's insides.
+the domain and the wire vocabulary (`pedidos.protocol`) only; nothing here
+knows about the server's insides.
 
     from pedidos.client import Client, AsyncClient
 """
@@ -19,6 +21,7 @@ from pedidos.client.blocking import (
     PedidosError,
     Receipt,
     Refused,
+    ServerStopping,
     Stats,
     order_request,
 )
@@ -34,6 +37,7 @@ __all__ = [
     "PedidosError",
     "Receipt",
     "Refused",
+    "ServerStopping",
     "Stats",
     "order_request",
 ]

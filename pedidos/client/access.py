@@ -15,11 +15,10 @@ from typing import Any
 
 from pedidos.client.records import ConnectionProblem, NoAnswer, Refused, reason
 
-# The same variable the server reads its operator's token from, so that one
-# shell that exports it can run both. The server accepts `TOKEN ROLE` in it;
-# the client sends only the token.
+# The client's own token. The server never reads it (its tokens come from
+# --token-file and PEDIDOS_SERVIDOR_TOKENS), so a shop's token exported in a
+# shell never becomes one of a server's. A `TOKEN ROLE` value sends only the token.
 ENV_VAR = "PEDIDOS_TOKEN"
-NO_AUTORIZADO = "no_autorizado"
 
 
 def chosen_token(token: str | None, environ: Mapping[str, str] | None = None) -> str | None:

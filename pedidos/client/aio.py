@@ -14,68 +14,38 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
-from pedidos.client.access import Access, auth_request, authenticated, no_greeting, tls_failure
+from pedidos.client import records
+from pedidos.client.access import auth_request, authenticated, no_greeting, tls_failure
+from pedidos.client.commands import Commands, Following, Plan
 from pedidos.client.records import (
-    DEFAULT_PORT,
-    DEFAULT_TIMEOUT,
     DEFAULT_WINDOW,
-    MAX_WAIT,
-    TIEMPO_AGOTADO,
     ConnectionProblem,
-    Order,
     PedidosError,
-    Receipt,
     Refused,
-    Stats,
     bare_host,
     check_greeting,
-    checked,
     encode,
-    list_request,
-    order_of,
-    order_request,
-    polled_order,
     reason,
-    receipt_of,
     receipt_or_refusal,
-    stats_of,
     unreachable,
     unresolved,
-    wait_request,
 )
 from pedidos.client.wire import Wire
 
 Reply = dict[str, Any]
 
 
-class AsyncClient:
+class AsyncClient(Commands):
     """An asyncio client: `async with AsyncClient(host, port) as client: ...`.
 
     Connects on first use if not opened with `async with` or `connect()`, and
     again after the connection was lost."""
 
-    def __init__(
-        self,
-        host: str = "localhost",
-        port: int = DEFAULT_PORT,
-        timeout: float = DEFAULT_TIMEOUT,
-        *,
-        token: str | None = None,
-        tls: bool = False,
-        cafile: str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self.access = Access(token, tls, cafile, ssl_context)
-        self.greeting: Reply = {}
-        self.role: str | None = None  # what the server made of the token, once connected
+    def _setup(self) -> None:
         self._wire: Wire | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -178,10 +148,6 @@ class AsyncClient:
         await wire.drain()
         return await future
 
-    async def call(self, request: Any, timeout: float | None = None) -> Reply:
-        """Like `request`, but a refusal raises `Refused`."""
-        return checked(await self.request(request, timeout))
-
     async def pipeline(
         self, requests: Iterable[Any] | AsyncIterable[Any], window: int = DEFAULT_WINDOW
     ) -> AsyncIterator[Reply]:
@@ -211,54 +177,32 @@ class AsyncClient:
 
     # --- orders and commands --------------------------------------------------------
 
-    async def submit(
-        self, cliente: str, productos: Sequence[str], direccion: str, referencia: str | None = None
-    ) -> Receipt:
-        return receipt_of(await self.call(order_request(cliente, productos, direccion, referencia)))
-
     async def submit_many(
         self, requests: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]], window: int = DEFAULT_WINDOW
-    ) -> AsyncIterator[Receipt | Refused]:
+    ) -> AsyncIterator[records.Receipt | Refused]:
         """Send order objects pipelined; yield a Receipt or a Refused for each, in order."""
         async for reply in self.pipeline(requests, window):
             yield receipt_or_refusal(reply)
 
-    async def get(self, order_id: int) -> Order:
-        return order_of(await self.request({"accion": "consultar", "id": order_id}))
-
-    async def wait(self, order_id: int, timeout: float | None = 30.0) -> Order:
-        """The order once it is final; `Refused` with code `tiempo_agotado` (and the
-        order as it stands in `.order`) if not within `timeout` s (None: no limit)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            step = MAX_WAIT if left is None else min(left, MAX_WAIT)
-            reply = await self.request(wait_request(order_id, step), step + self.timeout)
-            if reply.get("error") != TIEMPO_AGOTADO or (left is not None and left <= MAX_WAIT):
-                return order_of(reply)
-
-    async def follow(self, order_id: int, interval: float = 0.25) -> AsyncIterator[Order]:
+    async def follow(self, order_id: int, interval: float = 0.25) -> AsyncIterator[records.Order]:
         """The order now, then again each time it changes, ending once it is final."""
-        order = await self.get(order_id)
-        yield order
-        while not order.final:
-            reply = await self.request(wait_request(order_id, interval), interval + self.timeout)
-            now = polled_order(reply)
-            if now != order:
-                order = now
+        plan = Following(order_id, interval, self.timeout)
+        yield plan.first(await self.get(order_id))
+        while not plan.done:
+            if (order := plan.answer(await self.request(*plan.step()))) is not None:
                 yield order
 
-    async def list(
-        self, estado: str | None = None, cliente: str | None = None, desde_id: int = 0, limite: int = 100
-    ) -> list[Order]:
-        reply = await self.call(list_request(estado, cliente, desde_id, limite))
-        return [Order.from_reply(item) for item in reply["pedidos"]]
+    # --- how Commands (commands.py) run here: awaited -------------------------------
 
-    async def cancel(self, order_id: int) -> Order:
-        return order_of(await self.request({"accion": "cancelar", "id": order_id}))
+    async def _execute(
+        self, request: Any, parse: Callable[[Reply], Any], timeout: float | None = None
+    ) -> Any:
+        return parse(await self.request(request, timeout))
 
-    async def stats(self) -> Stats:
-        return stats_of(await self.request({"accion": "estadisticas"}))
+    async def _execute_until(self, plan: Plan) -> Any:
+        while (result := plan.answer(await self.request(*plan.step()))) is None:
+            pass
+        return result
 
 
 async def _each(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:

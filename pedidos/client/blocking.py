@@ -24,42 +24,35 @@ import selectors
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
-from pedidos.client.access import Access, auth_request, authenticated, no_greeting, wrap
+from pedidos.client.access import auth_request, authenticated, no_greeting, wrap
 from pedidos.client.aio import AsyncClient
+from pedidos.client.commands import Commands, Following, Plan
 from pedidos.client.records import (
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,
     DEFAULT_WINDOW,
-    MAX_WAIT,
-    TIEMPO_AGOTADO,
     ConnectionProblem,
     Order,
     PedidosError,
     Receipt,
     Refused,
+    ServerStopping,
     Stats,
     bare_host,
     check_greeting,
-    checked,
     closed,
     encode,
-    list_request,
     lost,
-    order_of,
     order_request,
     parse_reply,
-    polled_order,
     reason,
-    receipt_of,
     receipt_or_refusal,
     silent,
-    stats_of,
     unreachable,
     unresolved,
-    wait_request,
 )
 
 __all__ = [
@@ -73,6 +66,7 @@ __all__ = [
     "PedidosError",
     "Receipt",
     "Refused",
+    "ServerStopping",
     "Stats",
     "order_request",
 ]
@@ -80,30 +74,14 @@ __all__ = [
 _CHUNK = 256 * 1024
 
 
-class Client:
+class Client(Commands):
     """A blocking client: one connection, requests answered in order.
 
     Not thread-safe: give each thread its own. Methods connect on first use if
     the client was not opened with `with` or `connect()`.
     """
 
-    def __init__(
-        self,
-        host: str = "localhost",
-        port: int = DEFAULT_PORT,
-        timeout: float = DEFAULT_TIMEOUT,
-        *,
-        token: str | None = None,
-        tls: bool = False,
-        cafile: str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self.access = Access(token, tls, cafile, ssl_context)
-        self.greeting: dict[str, Any] = {}
-        self.role: str | None = None  # what the server made of the token, once connected
+    def _setup(self) -> None:
         self._sock: socket.socket | None = None
         self._buf = bytearray()
 
@@ -171,10 +149,6 @@ class Client:
         self.send(encode(request))
         return self._read(self.timeout if timeout is None else timeout)
 
-    def call(self, request: Any, timeout: float | None = None) -> dict[str, Any]:
-        """Like `request`, but a refusal raises `Refused`."""
-        return checked(self.request(request, timeout))
-
     def send(self, data: bytes) -> None:
         if self._sock is None:
             self.connect()
@@ -193,7 +167,10 @@ class Client:
             if end >= 0:
                 line = bytes(self._buf[:end])
                 del self._buf[: end + 1]
-                return parse_reply(line)
+                try:
+                    return parse_reply(line)
+                except ConnectionProblem as problem:
+                    self._broken(problem)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._broken(silent(allowance))
@@ -278,11 +255,6 @@ class Client:
 
     # --- orders and commands --------------------------------------------------------
 
-    def submit(
-        self, cliente: str, productos: Sequence[str], direccion: str, referencia: str | None = None
-    ) -> Receipt:
-        return receipt_of(self.call(order_request(cliente, productos, direccion, referencia)))
-
     def submit_many(
         self, requests: Iterable[dict[str, Any]], window: int = DEFAULT_WINDOW
     ) -> Iterator[Receipt | Refused]:
@@ -292,38 +264,22 @@ class Client:
             for reply in replies:
                 yield receipt_or_refusal(reply)
 
-    def get(self, order_id: int) -> Order:
-        return order_of(self.request({"accion": "consultar", "id": order_id}))
-
-    def wait(self, order_id: int, timeout: float | None = 30.0) -> Order:
-        """The order once it is final; `Refused` with code `tiempo_agotado` (and the
-        order as it stands in `.order`) if not within `timeout` s (None: no limit)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            step = MAX_WAIT if left is None else min(left, MAX_WAIT)
-            reply = self.request(wait_request(order_id, step), step + self.timeout)
-            if reply.get("error") != TIEMPO_AGOTADO or (left is not None and left <= MAX_WAIT):
-                return order_of(reply)
-
     def follow(self, order_id: int, interval: float = 0.25) -> Iterator[Order]:
         """The order now, then again each time it changes, ending once it is final."""
-        order = self.get(order_id)
-        yield order
-        while not order.final:
-            now = polled_order(self.request(wait_request(order_id, interval), interval + self.timeout))
-            if now != order:
-                order = now
+        plan = Following(order_id, interval, self.timeout)
+        yield plan.first(self.get(order_id))
+        while not plan.done:
+            if (order := plan.answer(self.request(*plan.step()))) is not None:
                 yield order
 
-    def list(
-        self, estado: str | None = None, cliente: str | None = None, desde_id: int = 0, limite: int = 100
-    ) -> list[Order]:
-        reply = self.call(list_request(estado, cliente, desde_id, limite))
-        return [Order.from_reply(item) for item in reply["pedidos"]]
+    # --- how Commands (commands.py) run here: blocking -------------------------------
 
-    def cancel(self, order_id: int) -> Order:
-        return order_of(self.request({"accion": "cancelar", "id": order_id}))
+    def _execute(
+        self, request: Any, parse: Callable[[dict[str, Any]], Any], timeout: float | None = None
+    ) -> Any:
+        return parse(self.request(request, timeout))
 
-    def stats(self) -> Stats:
-        return stats_of(self.request({"accion": "estadisticas"}))
+    def _execute_until(self, plan: Plan) -> Any:
+        while (result := plan.answer(self.request(*plan.step()))) is None:
+            pass
+        return result

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, TypedDict
 
 from pedidos.domain import FINAL_ESTADOS, MAX_SECONDS, show_address
-from pedidos.protocol.replies import TIEMPO_AGOTADO
+from pedidos.protocol.replies import CONNECTION_CLOSED_FIELD, TIEMPO_AGOTADO
 
 DEFAULT_PORT = 8888
 DEFAULT_TIMEOUT = 10.0
@@ -24,6 +24,8 @@ DEFAULT_WINDOW = 500
 # The server refuses an `esperar` longer than this; longer waits are split.
 MAX_WAIT = MAX_SECONDS
 __all__ = ["FINAL_ESTADOS", "TIEMPO_AGOTADO"]  # re-exported for the two clients
+# Marks the server's last line before it closes an idle connection: no reply.
+CONEXION_CERRADA = CONNECTION_CLOSED_FIELD
 
 
 class PedidosError(Exception):
@@ -52,6 +54,18 @@ class ConnectionProblem(PedidosError):
 
 class NoAnswer(ConnectionProblem):
     """The server said nothing within the time allowed."""
+
+
+class ServerStopping(ConnectionProblem):
+    """An `esperar` cut short because the server is stopping (`"apagando": true`):
+    the order goes on when the server is back; `.order` is the order as it stood."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        self.order = Order.from_reply(reply["pedido"])
+        super().__init__(
+            f"el servidor se detuvo mientras se esperaba el pedido {self.order.id}, "
+            f"que sigue '{self.order.estado}'"
+        )
 
 
 class Stats(TypedDict, total=False):
@@ -151,13 +165,23 @@ def wait_request(order_id: int, timeout: float) -> dict[str, Any]:
     return {"accion": "esperar", "id": order_id, "timeout": round(timeout, 3)}
 
 
-def list_request(estado: str | None, cliente: str | None, desde_id: int, limite: int) -> dict[str, Any]:
+def list_request(
+    estado: str | None,
+    cliente: str | None,
+    desde_id: int,
+    limite: int,
+    contiene: str | None = None,
+    orden: str = "asc",
+) -> dict[str, Any]:
     request = {
         "accion": "listar",
         "estado": estado,
         "cliente": cliente,
+        "contiene": contiene,
         "desde_id": desde_id,
         "limite": limite,
+        # The default goes unsaid, so a server older than `orden` still answers.
+        "orden": None if orden == "asc" else orden,
     }
     return {k: v for k, v in request.items() if v is not None}
 
@@ -178,6 +202,9 @@ def parse_reply(line: bytes) -> dict[str, Any]:
         raise ConnectionProblem(f"respuesta ilegible del servidor: {line[:80]!r}") from None
     if not isinstance(reply, dict):
         raise ConnectionProblem(f"respuesta inesperada del servidor: {line[:80]!r}")
+    if reply.get(CONEXION_CERRADA) is True:
+        mensaje = str(reply.get("mensaje", ""))
+        raise ConnectionProblem(f"el servidor cerró la conexión: {mensaje[:1].lower()}{mensaje[1:]}")
     return reply
 
 
@@ -209,7 +236,14 @@ def polled_order(reply: dict[str, Any]) -> Order:
     """The order from an `esperar` reply, final or still on its way."""
     if not reply.get("ok") and reply.get("error") != TIEMPO_AGOTADO:
         raise Refused(reply)
-    return Order.from_reply(reply["pedido"])
+    return Order.from_reply(not_stopping(reply)["pedido"])
+
+
+def not_stopping(reply: dict[str, Any]) -> dict[str, Any]:
+    """An `esperar` reply, unless the server said it is stopping: no use asking again."""
+    if reply.get("apagando") is True:
+        raise ServerStopping(reply)
+    return reply
 
 
 def stats_of(reply: dict[str, Any]) -> Stats:

@@ -72,16 +72,15 @@ class Wire(asyncio.Protocol):
         lines = self._buf[:end].split(b"\n")
         del self._buf[: end + 1]
         for line in lines:
+            try:
+                reply = parse_reply(line)
+            except ConnectionProblem as problem:  # also the server's notice before it closes
+                self._abort(problem)
+                return
             if not self._pending:
                 self._abort(ConnectionProblem("el servidor respondió algo que nadie pidió"))
                 return
             future, _ = self._pending.popleft()
-            try:
-                reply = parse_reply(line)
-            except ConnectionProblem as problem:
-                self._pending.appendleft((future, 0.0))
-                self._abort(problem)
-                return
             if not future.done():  # its caller may have given up on it
                 future.set_result(reply)
         if self._pending:

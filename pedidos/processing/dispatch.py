@@ -121,6 +121,10 @@ class Dispatcher:
                     self._last_sent[number] = now
                     self._send(number, chunk)
 
+    def busy_workers(self) -> int:
+        """How many workers have orders sent to them and not finished."""
+        return sum(1 for chunks in self._outstanding.values() if chunks)
+
     def close(self) -> None:
         """Send nothing more: the workers are stopping."""
         if self._wake is not None:

@@ -25,6 +25,8 @@ from pedidos.processing.worker import Report, WorkerConfig, worker_main
 
 logger = logging.getLogger(__name__)
 
+STOP_POLL_S = 0.05  # how often a stop that waits for a worker checks for `kill_now`
+
 
 @dataclass
 class WorkerSlot:
@@ -56,6 +58,7 @@ class WorkerPool:
         # run, where fork would copy locks held by other threads.
         self._ctx = multiprocessing.get_context("spawn")
         self._stop = self._ctx.Event()
+        self._kill_now = threading.Event()
         self._loop = loop
         self._on_messages = on_messages
         self._on_death = on_death
@@ -118,9 +121,15 @@ class WorkerPool:
         killed = []
         deadline = self._loop.time() + timeout
         for slot in slots:
-            slot.process.join(max(0.0, deadline - self._loop.time()))
+            # In slices: `kill_now` (a second signal) must not wait for the deadline.
+            while slot.process.is_alive() and not self._kill_now.is_set():
+                left = deadline - self._loop.time()
+                if left <= 0:
+                    break
+                slot.process.join(min(left, STOP_POLL_S))
             if slot.process.is_alive():
-                logger.warning("worker %d did not stop in time; killing it", slot.number)
+                if not self._kill_now.is_set():
+                    logger.warning("worker %d did not stop in time; killing it", slot.number)
                 slot.process.kill()
                 slot.process.join()
                 killed.append(slot.number)
@@ -129,6 +138,10 @@ class WorkerPool:
         os.close(self._wake_r)
         os.close(self._wake_w)
         return killed
+
+    def kill_now(self) -> None:
+        """Make a running `stop` kill the workers at once (thread-safe)."""
+        self._kill_now.set()
 
     def _watch(self) -> None:
         while self._watching:

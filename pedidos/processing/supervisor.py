@@ -22,6 +22,7 @@ from pedidos.processing.dispatch import Dispatcher
 from pedidos.processing.pool import WorkerPool
 from pedidos.processing.worker import CLAIMED, Report, WorkerConfig
 from pedidos.storage.base import Storage
+from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Processing:
         self._bus = bus
         self._storage = storage
         self._stopping = False
+        self._killing = False
         self.pool = WorkerPool(workers, config, self._loop, self._on_messages, self._on_death)
         # Orders that take time go one at a time, with the next one already
         # queued so that no worker idles. Orders that take no time go in
@@ -72,19 +74,41 @@ class Processing:
 
     async def stop(self, timeout: float) -> None:
         """Let each worker finish the chunk in hand; hand back what the slow
-        ones held, without counting it as an attempt."""
+        ones held, without counting it as an attempt. After `kill_now`, hand
+        back nothing: the next start takes those orders up, as after a crash."""
         self._stopping = True
+        busy = self.dispatcher.busy_workers()
         self.dispatcher.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for task in list(self._replacing):
             task.cancel()
+        if busy and timeout > 0:
+            logger.info(
+                "waiting for %s to finish %s orders (up to %g s)",
+                count(busy, "worker"),
+                "its" if busy == 1 else "their",
+                timeout,
+            )
         killed = await self._loop.run_in_executor(None, self.pool.stop, timeout)
+        if self._killing:
+            if killed:
+                logger.warning(
+                    "stopped without waiting: %s killed; the orders in hand go back to pending "
+                    "at the next start",
+                    count(len(killed), "worker"),
+                )
+            return
         for number in killed:
             try:
                 await self._storage.hand_back(number, crashed=False)
             except Exception as exc:
                 logger.error("could not hand back the orders of worker %d: %s", number, exc)
+
+    def kill_now(self) -> None:
+        """A second signal: end the workers now, whatever they hold."""
+        self._killing = True
+        self.pool.kill_now()
 
     def _sweep(self) -> None:
         self.dispatcher.sweep()
@@ -124,10 +148,10 @@ class Processing:
         requeued = tuple(i for i, estado in changed if estado == Estado.PENDIENTE)
         failed = tuple(i for i, estado in changed if estado == Estado.FALLIDO)
         logger.warning(
-            "worker %d died (exit code %s); %d orders handed back, %d failed",
+            "worker %d died (exit code %s); %s handed back, %d failed",
             number,
             exitcode,
-            len(requeued),
+            count(len(requeued), "order"),
             len(failed),
         )
         self._bus.publish(Event(WORKER_DIED, requeued + failed, number))

@@ -13,12 +13,13 @@ import logging
 import os
 import queue
 import random
-import signal
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
+from pedidos.logsetup import configure_logging
+from pedidos.stopsignals import leave_stop_to_the_server
 from pedidos.storage.base import ServerGone, WorkerOpener, WorkerStore
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class WorkerConfig:
     open_store: WorkerOpener  # from the storage backend: opens this worker's connection
     work_time: tuple[float, float]  # seconds per order: fixed when both are equal
     log_level: int = logging.INFO
+    log_format: str = "text"
 
 
 class Report(NamedTuple):
@@ -58,21 +60,13 @@ def worker_main(
 
     `server_pid` comes from the server itself: a worker that asked os.getppid()
     at its start would get init's pid if the server had already died."""
+    # The server decides when workers stop (stopsignals.py).
+    leave_stop_to_the_server()
     # A spawned process starts with no logging set up; it logs like its server.
-    logging.basicConfig(
-        level=config.log_level,
-        format=f"%(asctime)s %(levelname)s worker {number}: %(message)s",
-    )
-    # Ctrl-C at a terminal reaches every process in its group: the server
-    # decides when workers stop, so a worker ignores SIGINT. SIGTERM sent to a
-    # worker alone asks it to finish the order in hand and exit (the pool then
-    # starts a replacement).
-    terminated: list[int] = []
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+    configure_logging(config.log_level, config.log_format, f"worker {number}")
     store = config.open_store(number, server_pid)
     try:
-        while not stop.is_set() and not terminated:
+        while not stop.is_set():
             try:
                 chunk = tasks.get(timeout=PARENT_CHECK_S)
             except queue.Empty:

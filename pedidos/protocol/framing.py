@@ -11,6 +11,10 @@ inside a value, or holds something the C decoder refuses, the request moves to
 `scanner.Scanner`, which checks the syntax incrementally: each byte is looked at once
 however the input is cut, it tells a value that is still a valid beginning from
 one that can never be JSON, and it knows the byte where the value ends.
+
+Telnet commands are taken out first (`telnet.Telnet`): they are never JSON,
+Ctrl-C at a telnet prompt drops the partial request, and an option request
+gets its refusal back as a `TelnetReply` among the results.
 """
 
 from __future__ import annotations
@@ -21,10 +25,9 @@ from typing import Any
 
 from pedidos.protocol.replies import DEMASIADO_GRANDE, JSON_INVALIDO, RequestError
 from pedidos.protocol.scanner import MAX_DEPTH, MAX_NUMBER_CHARS, Invalid, Scanner
+from pedidos.protocol.telnet import ABANDON, Telnet
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
-IAC = 0xFF  # telnet "interpret as command": Ctrl-C at a telnet prompt sends IAC IP
-_SE, _SB, _WILL, _DONT = 240, 250, 251, 254  # telnet commands are 240 to 255
 
 _WS = re.compile(r"[ \t\r\n]*")
 _NUMBER_CHAR = frozenset("-+.eE0123456789")
@@ -51,14 +54,6 @@ _json = json.JSONDecoder(parse_int=_checked_int, parse_float=_checked_float, par
 _decode = _json.raw_decode
 
 
-# What `Decoder` discards after an error. The end of the line ends it; so does a
-# telnet command (IAC and its arguments), because Ctrl-C at a telnet prompt
-# sends IAC IP instead of a newline and ends what the person was typing. Each
-# state is kept across chunks, so the outcome never depends on how the input
-# was cut.
-_READING, _LINE, _IAC_CMD, _IAC_OPTION, _IAC_SB, _IAC_SB_IAC, _IAC_DONE = range(7)
-
-
 class Decoder:
     """Turns the bytes of one connection into requests, in order."""
 
@@ -67,7 +62,10 @@ class Decoder:
         self.closed = False  # after `demasiado_grande`: the connection must close
         self._buf = bytearray()  # a partial request, from its first byte
         self._scanner = Scanner()
-        self._skip = _READING  # discarding input after an error, and how far
+        # After an error the rest of its line is discarded: the state is kept
+        # across chunks, so the outcome never depends on how the input was cut.
+        self._skipping = False
+        self._telnet = Telnet()
 
     @property
     def partial(self) -> bool:
@@ -75,14 +73,33 @@ class Decoder:
         return bool(self._buf)
 
     def feed(self, data: bytes) -> list[Any]:
-        """Requests completed by `data`: JSON values, or RequestError for bad input."""
+        """Requests completed by `data`: JSON values, or RequestError for bad
+        input; and a TelnetReply for each telnet option request, to send back."""
         out: list[Any] = []
         if self.closed:
             return out
-        if self._skip != _READING:
-            data = data[self._discard(data, 0) :]
-            if self._skip != _READING:
-                return out
+        if self._telnet.idle and b"\xff" not in data:  # no telnet command: all of it is data
+            self._feed_data(data, out)
+            return out
+        for piece in self._telnet.feed(data):
+            if self.closed:
+                break
+            if type(piece) is bytes:
+                self._feed_data(piece, out)
+            elif piece is ABANDON:  # Ctrl-C: what was typed so far is dropped
+                self._start(b"")
+                self._skipping = False
+            else:
+                out.append(piece)
+        return out
+
+    def _feed_data(self, data: bytes, out: list[Any]) -> None:
+        if self._skipping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return
+            self._skipping = False
+            data = data[newline + 1 :]
         if self._buf:
             self._buf += data
         else:
@@ -92,7 +109,6 @@ class Decoder:
             if rest is None:
                 break
             self._start(self._fast(rest, out))
-        return out
 
     def _start(self, rest: bytes) -> None:
         self._buf = bytearray(rest)
@@ -170,56 +186,15 @@ class Decoder:
         return bytes(buf[end:])
 
     def _drop_line(self, index: int) -> bytes | None:
-        """After an error at `index`: discard to the end of its line (or of a
-        telnet command); the input after that, or None if none arrived yet."""
+        """After an error at `index`: discard to the end of its line; the input
+        after that, or None if none arrived yet."""
         buf = bytes(self._buf)
         self._start(b"")
-        self._skip = _LINE
-        resume = self._discard(buf, index)
-        return buf[resume:] if self._skip == _READING else None
-
-    def _discard(self, data: bytes, pos: int) -> int:
-        """Skip input after an error from `data[pos]` on; the position where
-        reading resumes (len(data) while still skipping)."""
-        n = len(data)
-        while pos < n:
-            state = self._skip
-            if state == _LINE:
-                newline, iac = data.find(b"\n", pos), data.find(b"\xff", pos)
-                if iac < 0 or 0 <= newline < iac:
-                    if newline < 0:
-                        return n
-                    self._skip = _READING
-                    return newline + 1
-                self._skip, pos = _IAC_CMD, iac + 1
-            elif state == _IAC_CMD:
-                command = data[pos]
-                if command < _SE:  # not a telnet command: a stray 0xFF byte
-                    self._skip = _LINE
-                    continue
-                pos += 1
-                if _WILL <= command <= _DONT:
-                    self._skip = _IAC_OPTION
-                elif command == _SB:
-                    self._skip = _IAC_SB
-                else:  # IP, AO, AYT, ... or IAC IAC
-                    self._skip = _IAC_DONE
-            elif state == _IAC_OPTION:
-                self._skip, pos = _IAC_DONE, pos + 1
-            elif state == _IAC_SB:
-                iac = data.find(b"\xff", pos)
-                if iac < 0:
-                    return n
-                self._skip, pos = _IAC_SB_IAC, iac + 1
-            elif state == _IAC_SB_IAC:
-                self._skip = _IAC_DONE if data[pos] == _SE else _IAC_SB
-                pos += 1
-            else:  # _IAC_DONE: more telnet commands may follow (IAC IP IAC DO TM)
-                if data[pos] != IAC:
-                    self._skip = _READING
-                    return pos
-                self._skip, pos = _IAC_CMD, pos + 1
-        return n
+        newline = buf.find(b"\n", index)
+        if newline < 0:
+            self._skipping = True
+            return None
+        return buf[newline + 1 :]
 
     def _too_large(self, out: list[Any]) -> None:
         out.append(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pedidos.domain import Receipt
+from pedidos.domain import Estado, Receipt
 
 PROTOCOL_VERSION = 1
 SERVER_NAME = "pedidos"
@@ -24,6 +24,7 @@ DEMASIADO_GRANDE = "demasiado_grande"
 SERVIDOR_OCUPADO = "servidor_ocupado"
 ERROR_INTERNO = "error_interno"
 NO_AUTORIZADO = "no_autorizado"
+REFERENCIA_EN_USO = "referencia_en_uso"
 
 GREETING_TEXT = (
     "Bienvenido a pedidos. Pegue un pedido en JSON, por ejemplo "
@@ -31,6 +32,14 @@ GREETING_TEXT = (
     '"direccion": "Av. Siempre Viva 742"}, '
     'o un comando como {"accion": "consultar", "id": 1}.'
 )
+TOKEN_NEEDED_TEXT = (
+    "Bienvenido a pedidos. Este servidor pide un token: envíe primero "
+    '{"accion": "autenticar", "token": "SU-TOKEN"}; después, un pedido en JSON, por ejemplo '
+    '{"cliente": "Juan Pérez", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}.'
+)
+# Marks the line the server sends before it closes an idle connection: it
+# answers no request, and a client reading it as a reply would be misled.
+CONNECTION_CLOSED_FIELD = "conexion_cerrada"
 
 
 class RequestError(Exception):
@@ -50,32 +59,51 @@ def error_reply(code: str, mensaje: str, **extra: Any) -> dict[str, Any]:
     return {"ok": False, "error": code, "mensaje": mensaje, **extra}
 
 
-AJENO = "La referencia ya está en uso por otro pedido; use otra referencia."
+_PENDIENTE = Estado.PENDIENTE.value  # a plain str: compared once per order
+_NEW_ORDER_ACK = b'{"ok": true, "id": %d, "estado": "' + _PENDIENTE.encode() + b'"}\n'
+
+
+def referencia_en_uso(referencia: str | None) -> RequestError:
+    """The refusal of a new order whose referencia is stored for a different
+    order: the same for any difference, so it tells nothing of that order."""
+    return RequestError(
+        REFERENCIA_EN_USO,
+        f"La referencia '{referencia}' ya está en uso por otro pedido; use otra referencia "
+        "(reenviar el mismo pedido, con los mismos datos, sí es seguro).",
+    )
 
 
 def order_ack(receipt: Receipt) -> dict[str, Any] | bytes:
     """The reply to a new order once it is stored: the common one already as
     its line of bytes, the most frequent reply the server writes. The SQLite
     backend runs this in its writer process (picklable, module level)."""
-    order_id, estado, duplicado, ajeno = receipt
-    if ajeno:
-        # Say nothing of the other order: only that the key is taken.
-        return error_reply(PEDIDO_INVALIDO, AJENO)
-    if estado == "pendiente" and not duplicado:
-        return b'{"ok": true, "id": %d, "estado": "pendiente"}\n' % order_id
+    order_id, estado, duplicado, taken, referencia = receipt
+    if taken:
+        return referencia_en_uso(referencia).reply()
+    if estado == _PENDIENTE and not duplicado:
+        return _NEW_ORDER_ACK % order_id
     reply: dict[str, Any] = {"ok": True, "id": order_id, "estado": estado}
     if duplicado:
         reply["duplicado"] = True
     return reply
 
 
-def greeting() -> dict[str, Any]:
+def greeting(token_needed: bool = False) -> dict[str, Any]:
     return {
         "ok": True,
         "servidor": SERVER_NAME,
         "protocolo": PROTOCOL_VERSION,
-        "mensaje": GREETING_TEXT,
+        "mensaje": TOKEN_NEEDED_TEXT if token_needed else GREETING_TEXT,
     }
+
+
+def idle_notice(idle_timeout: float) -> dict[str, Any]:
+    """The last line of a connection closed for saying nothing for too long."""
+    return error_reply(
+        TIEMPO_AGOTADO,
+        f"Sin actividad durante {idle_timeout:g} s; se cierra la conexión.",
+        **{CONNECTION_CLOSED_FIELD: True},
+    )
 
 
 _encoder = json.JSONEncoder(ensure_ascii=False)

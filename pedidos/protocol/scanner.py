@@ -22,6 +22,14 @@ _NUMBER_PREFIX = re.compile(rb"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*|(?:\.[0-9]+)?[e
 _HEX = re.compile(rb"[0-9a-fA-F]*")
 _LITERALS = {ord("t"): b"true", ord("f"): b"false", ord("n"): b"null"}
 _ESCAPES = frozenset(b'"\\/bfnrt')
+_LINE_BREAKS = frozenset(b"\r\n")
+# A terminal keeps about 4096 characters of a line being typed and drops the
+# rest: a long order pasted on one line into telnet arrives cut, its line
+# break inside a text. The way out is to paste it pretty-printed.
+LINE_BREAK_IN_STRING = (
+    "salto de línea dentro de un texto (¿pegó un pedido largo en una sola línea? El terminal "
+    "corta las líneas de más de 4096 caracteres: péguelo con sangría, en varias líneas)"
+)
 
 
 class Invalid(Exception):
@@ -162,6 +170,8 @@ class Scanner:
                 self.pos += 1
                 self.in_string = False
                 return True
+            if c in _LINE_BREAKS:
+                raise Invalid(self.pos, LINE_BREAK_IN_STRING)
             if c != ord("\\"):
                 raise Invalid(self.pos, "carácter de control dentro de un texto")
             if self.pos + 1 >= n:

@@ -32,6 +32,7 @@ from pedidos.protocol.replies import (
     RequestError,
 )
 
+ORDENES = ("asc", "desc")  # `listar`: oldest first (the default) or newest first
 ORDER_FIELDS = ("cliente", "productos", "direccion", "referencia")
 _ORDER_FIELD_SET = frozenset(ORDER_FIELDS)
 
@@ -132,7 +133,11 @@ def order_products(productos: Any) -> tuple[str, ...]:
             PEDIDO_INVALIDO,
             f"'productos' debe tener entre 1 y {PRODUCTOS_MAX} productos; tiene {len(productos)}.",
         )
-    return tuple(_trimmed(item, f"El producto {i + 1}", PRODUCTO_MAX) for i, item in enumerate(productos))
+    # Named by its place *and* its field, as every refusal names the field.
+    return tuple(
+        _trimmed(item, f"El producto {i + 1} de 'productos'", PRODUCTO_MAX)
+        for i, item in enumerate(productos)
+    )
 
 
 def _trimmed(raw: Any, what: str, limit: int) -> str:
@@ -207,6 +212,16 @@ def _text(name: str, raw: Any) -> str:
     return text
 
 
+def _orden(name: str, raw: Any) -> str:
+    if not isinstance(raw, str) or raw not in ORDENES:
+        raise RequestError(
+            MENSAJE_INVALIDO,
+            f"'{name}' debe ser 'asc' (del más antiguo al más nuevo) o 'desc' (del más nuevo al más "
+            f"antiguo), no {_show(raw)}.",
+        )
+    return raw
+
+
 def _token(name: str, raw: Any) -> str:
     # Never echo the value: it may be someone's secret, mistyped.
     if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_TOKEN_CHARS:
@@ -223,8 +238,10 @@ COMMANDS: dict[str, dict[str, tuple[Check, Any]]] = {
     "listar": {
         "estado": (_estado, None),
         "cliente": (_text, None),
+        "contiene": (_text, None),  # case-insensitive substring of `cliente`
         "desde_id": (_from_id, 0),
         "limite": (_limit, DEFAULT_LIMIT),
+        "orden": (_orden, "asc"),
     },
     "cancelar": {"id": (_id, _REQUIRED)},
     "estadisticas": {},

@@ -1,26 +1,35 @@
 """Who may talk to the server: access tokens, their roles, and slowing down guessers.
 
 Tokens come from `--token-file` (one per line, optionally followed by a role)
-or from the environment variable PEDIDOS_TOKEN. A `cliente` token may submit
-orders and see, wait for or cancel only its own; an `admin` token may do
-everything. Orders remember their owner as a digest of the token, never the
-token itself, and no token is ever logged.
+and from the environment variable PEDIDOS_SERVIDOR_TOKENS (the same entries,
+separated by commas). PEDIDOS_TOKEN is the *client's* token and the server
+never reads it: one shell may export both without a shop's token becoming one
+of the server's. A `cliente` token may submit orders and see, wait for or
+cancel only its own; an `admin` token may do everything. A token has one role:
+listed again with another role, the tokens are refused at start. Orders
+remember their owner as a digest of the token, never the token itself, and no
+token is ever logged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 CLIENTE = "cliente"
 ADMIN = "admin"
 ROLES = (CLIENTE, ADMIN)
-ENV_VAR = "PEDIDOS_TOKEN"
+ENV_VAR = "PEDIDOS_SERVIDOR_TOKENS"
+CLIENT_ENV_VAR = "PEDIDOS_TOKEN"  # the client's own token: never read here
 MAX_TOKEN_CHARS = 256
 MIN_TOKEN_CHARS = 8
+
+logger = logging.getLogger(__name__)
 
 
 class TokenFileError(Exception):
@@ -78,37 +87,64 @@ def parse_token_line(line: str, default_role: str) -> tuple[str, str] | None:
     return token, role
 
 
-def load_tokens(path: str | None, environ: dict[str, str] | None = None) -> TokenBook | None:
+def load_tokens(path: str | None, environ: Mapping[str, str] | None = None) -> TokenBook | None:
     """The configured tokens, or None when access is open to everyone.
 
-    In the file a token without a role is `cliente`; PEDIDOS_TOKEN, the
-    operator's own token, is `admin` unless it names a role."""
+    A token without a role is `cliente`, in the file and in the variable alike."""
     environ = os.environ if environ is None else environ
-    entries: list[tuple[str, str]] = []
+    entries: list[tuple[str, str, str]] = []  # (token, role, where it was given)
     if path is not None:
         try:
             with open(path, encoding="utf-8") as lines:
                 for number, line in enumerate(lines, 1):
-                    try:
-                        entry = parse_token_line(line, CLIENTE)
-                    except TokenFileError as exc:
-                        raise TokenFileError(f"{path}, line {number}: {exc}") from None
-                    if entry is not None:
-                        entries.append(entry)
+                    _add(entries, line, f"{path}, line {number}")
         except OSError as exc:
             raise TokenFileError(f"cannot read the token file {path!r}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise TokenFileError(f"the token file {path!r} is not UTF-8") from None
         if not entries:
             raise TokenFileError(f"the token file {path!r} has no tokens")
-    if environ.get(ENV_VAR):
-        try:
-            entry = parse_token_line(environ[ENV_VAR], ADMIN)
-        except TokenFileError as exc:
-            raise TokenFileError(f"{ENV_VAR}: {exc}") from None
-        if entry is not None:
-            entries.append(entry)
-    return TokenBook(entries) if entries else None
+    listed = environ.get(ENV_VAR, "")
+    for number, entry in enumerate(listed.replace("\n", ",").split(","), 1):
+        _add(entries, entry, f"{ENV_VAR}, entry {number}")
+    if listed.strip() and not any(where.startswith(ENV_VAR) for _, _, where in entries):
+        raise TokenFileError(f"{ENV_VAR} is set but names no token")
+    if not entries and environ.get(CLIENT_ENV_VAR):
+        logger.warning(
+            "%s is set, but it is a client's token and the server does not read it; "
+            "give the server its tokens with --token-file or %s",
+            CLIENT_ENV_VAR,
+            ENV_VAR,
+        )
+    return TokenBook(_distinct(entries)) if entries else None
+
+
+def _add(entries: list[tuple[str, str, str]], line: str, where: str) -> None:
+    try:
+        entry = parse_token_line(line, CLIENTE)
+    except TokenFileError as exc:
+        raise TokenFileError(f"{where}: {exc}") from None
+    if entry is not None:
+        entries.append((*entry, where))
+
+
+def _distinct(entries: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """Each token once. The same token with two roles is a mistake that would
+    otherwise give someone the stronger role unnoticed: refused, naming both
+    places. Given twice with the same role it is only a repetition."""
+    first: dict[str, tuple[str, str]] = {}
+    for token, role, where in entries:
+        if token not in first:
+            first[token] = (role, where)
+            continue
+        known_role, known_where = first[token]
+        if role != known_role:
+            raise TokenFileError(
+                f"{where}: this token is already given at {known_where} with role {known_role!r}; "
+                f"here it has role {role!r}, and a token has one role"
+            )
+        logger.warning("%s: the same token as %s again; it counts once", where, known_where)
+    return [(token, role) for token, (role, _) in first.items()]
 
 
 class FailureThrottle:

@@ -8,7 +8,9 @@ import logging
 import os
 import sys
 
+from pedidos import __version__
 from pedidos.domain import MAX_SECONDS
+from pedidos.logsetup import FORMATS, LEVELS, TEXT, configure_logging
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.server.server import Server, ServerConfig, StartupError
 from pedidos.storage import POSTGRES_INSTALL, is_postgres, postgres_driver_missing
@@ -32,8 +34,15 @@ def parse_work_time(text: str) -> tuple[float, float]:
     return bounds
 
 
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
@@ -57,19 +66,34 @@ def _positive_seconds(text: str) -> float:
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
     return value
 
 
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LEVELS)} (any case)")
+    return level
+
+
+def program_name() -> str:
+    """How the user called the server: servidor.py, pedidos-servidor, or python3 -m pedidos."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "servidor.py"
+    return "python3 -m pedidos" if name == "__main__.py" else name
+
+
 def build_parser() -> argparse.ArgumentParser:
+    prog = program_name()
     parser = argparse.ArgumentParser(
-        prog="servidor.py",
+        prog=prog,
         description="Order server: takes JSON orders over TCP (IPv4 and IPv6) and "
         "processes them with worker processes.",
-        epilog="example: python3 servidor.py --host :: --port 8888 --workers 2",
+        epilog=f"example: {prog} --host :: --port 8888 --workers 2",
     )
+    parser.add_argument("--version", action="version", version=f"pedidos {__version__}")
     parser.add_argument(
         "--host",
         action="append",
@@ -137,14 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--token-file",
         metavar="PATH",
-        help="access tokens, one per line, each optionally followed by its role (cliente or admin); "
-        "PEDIDOS_TOKEN in the environment adds one more (admin unless it names a role)",
+        help="access tokens, one per line, each optionally followed by its role (cliente, the default, "
+        "or admin); PEDIDOS_SERVIDOR_TOKENS in the environment adds more, the same entries separated "
+        "by commas (PEDIDOS_TOKEN is the client's and is not read)",
     )
     parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     parser.add_argument(
         "--tls-key", metavar="FILE", help="the certificate's private key (PEM), if not in --tls-cert"
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default="INFO",
+        metavar="LEVEL",
+        help="DEBUG (adds a line per connection and per order: its id, never its contents), "
+        "INFO (default), WARNING or ERROR; any case",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=TEXT,
+        help="text (default) for a person, or json: one object per line (time, level, logger, "
+        "message, and fields such as event and id) for a log collector",
+    )
     return parser
 
 
@@ -153,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if is_postgres(args.db) and postgres_driver_missing():
         parser.exit(2, f"servidor.py: error: a PostgreSQL database needs its driver: {POSTGRES_INSTALL}\n")
+    if args.tls_key is not None and args.tls_cert is None:
+        parser.error("--tls-key needs --tls-cert")  # a usage error: exit 2
     level = getattr(logging, args.log_level)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level, args.log_format)
     config = ServerConfig(
         hosts=args.host or ["localhost"],
         port=args.port,
@@ -169,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_timeout=args.idle_timeout,
         shutdown_timeout=args.shutdown_timeout,
         log_level=level,
+        log_format=args.log_format,
         token_file=args.token_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

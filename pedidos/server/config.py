@@ -23,10 +23,7 @@ class ServerConfig:
     idle_timeout: float = 300.0
     shutdown_timeout: float = 30.0
     log_level: int = logging.INFO
+    log_format: str = "text"  # or "json" (logsetup.py)
     token_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-
-
-class StartupError(Exception):
-    """The server cannot start; the message is one line for the operator."""

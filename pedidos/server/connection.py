@@ -26,7 +26,9 @@ from pedidos.protocol.replies import (
     encode_line,
     error_reply,
     greeting,
+    idle_notice,
 )
+from pedidos.protocol.telnet import TelnetReply
 from pedidos.protocol.validation import Command, parse_request
 from pedidos.server.auth import ADMIN, Principal
 from pedidos.server.state import ServerState
@@ -87,7 +89,7 @@ class Connection(asyncio.BufferedProtocol):
             transport.close()
             self._closing = True
             return
-        transport.write(encode_line(greeting()))
+        transport.write(encode_line(greeting(token_needed=self._tokens is not None)))
         self._last_activity = self._loop.time()
         self._arm_idle_timer(self._state.config.idle_timeout)
 
@@ -101,7 +103,13 @@ class Connection(asyncio.BufferedProtocol):
         if self._closing:
             return
         self._last_activity = self._loop.time()
-        self._parked.extend(self._decoder.feed(data))
+        for item in self._decoder.feed(data):
+            if type(item) is TelnetReply:
+                # Not a reply to a request: telnet waits for it (a refused
+                # option, or the timing mark after Ctrl-C), so it goes now.
+                self._write(item.data)
+            else:
+                self._parked.append(item)
         self._take_parked()
         if self._decoder.closed:
             self.close_when_answered()
@@ -223,6 +231,11 @@ class Connection(asyncio.BufferedProtocol):
 
     # --- closing, idleness, flow control ----------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """Requests received and not answered yet."""
+        return bool(self._line or self._parked)
+
     def close_when_answered(self) -> None:
         """Stop reading; close once every request received so far is answered."""
         self._closing = True
@@ -266,6 +279,10 @@ class Connection(asyncio.BufferedProtocol):
             self._arm_idle_timer(timeout)
         elif idle_for >= timeout:
             logger.info("closing %s: idle for %.0f s", self.peer, idle_for)
+            # Say why before closing: a person at telnet otherwise sees only
+            # "Connection closed by foreign host".
+            self._write(encode_line(idle_notice(timeout)))
+            self._closing = True
             self._close_now()
         else:
             self._arm_idle_timer(timeout - idle_for)

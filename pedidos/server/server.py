@@ -3,7 +3,8 @@
 `serve()` runs `startup()`, waits for a signal, then `shutdown()`: close the
 listeners, answer what was already received, let the workers finish the order
 in hand, and commit everything before returning. Signal handlers only set a
-flag; a second Ctrl-C skips the waiting.
+flag; a second Ctrl-C or SIGTERM stops at once: the workers are killed, and
+their orders are taken up by the next start, as after a crash.
 """
 
 from __future__ import annotations
@@ -13,27 +14,31 @@ import ipaddress
 import logging
 import signal
 import socket
-import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pedidos.domain import Estado, show_address
-from pedidos.events import ELSEWHERE, FAILED, RECEIVED, REQUEUED, Event, EventBus
+from pedidos.events import ELSEWHERE, FAILED, FINISHED, RECEIVED, REQUEUED, STARTED, Event, EventBus
 from pedidos.processing.supervisor import Processing
 from pedidos.processing.worker import WorkerConfig
 from pedidos.protocol.replies import order_ack
 from pedidos.server.auth import FailureThrottle, TokenBook, TokenFileError, load_tokens
-from pedidos.server.config import ServerConfig, StartupError
+from pedidos.server.config import ServerConfig
 from pedidos.server.connection import Connection
+from pedidos.server.listener import Listener, connection_budget
+from pedidos.server.preflight import StartupError, bind_sockets, tls_context
 from pedidos.server.service import OrderService
 from pedidos.server.state import ServerState
 from pedidos.storage import Cluster, is_postgres, open_storage, shown_db
 from pedidos.storage.base import Recovery, Storage, StorageError
-
-__all__ = ["Server", "ServerConfig", "StartupError"]
+from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
 
-LISTEN_BACKLOG = 4096
+__all__ = ["Server", "ServerConfig", "StartupError"]
+
+FORCED_WRITER_STOP_S = 2.0  # after a second signal: the database's last commit, at most
+ACTIVITY = {RECEIVED: "acknowledged", STARTED: "started", FINISHED: "finished"}
 
 
 class Server:
@@ -44,7 +49,8 @@ class Server:
         self.state: ServerState | None = None  # what connections share, once started
         self._exit = asyncio.Event()
         self._force_exit = False
-        self._listeners: list[asyncio.AbstractServer] = []
+        self._forced = asyncio.Event()
+        self._listeners: list[Listener] = []
         self._storage: Storage | None = None
         self._processing: Processing | None = None
         self.tokens: TokenBook | None = None
@@ -61,8 +67,8 @@ class Server:
 
     def request_exit(self) -> None:
         if self._exit.is_set():
-            logger.warning("second signal: stopping without waiting")
             self._force_exit = True
+            self._forced.set()
             if self.state is not None:
                 self.state.drained.set()
         self._exit.set()
@@ -77,46 +83,51 @@ class Server:
         except TokenFileError as exc:
             raise StartupError(str(exc)) from None
         tls = tls_context(config.tls_cert, config.tls_key)
-        bus = EventBus()
-        # Bound before the database is opened: a node's default name is
-        # HOST:PORT, and with --port 0 the port is known only now.
+        # Bind, then start the storage, which makes the database this server's
+        # (SQLite: a lock file) before it takes up what a crash left behind: a
+        # second start on the same database fails on one of the two and
+        # changes nothing of the running server's orders. (On a shared
+        # database, a node's default name is HOST:PORT, known only now.)
         sockets = bind_sockets(config.hosts, config.port)
         try:
+            bus = EventBus()
+            if logger.isEnabledFor(logging.DEBUG):
+                bus.subscribe(_log_activity)
             # The protocol layer writes the acks; the backend only calls it.
             self._storage = open_storage(
                 config.db,
                 ack=order_ack,
                 on_stored=lambda ids: bus.publish(Event(RECEIVED, ids)),
                 log_level=config.log_level,
+                log_format=config.log_format,
                 cluster=self._cluster(bus, sockets[0].getsockname()[1]),
             )
-            _log_recovery(await self._storage.start())
-        except BaseException as exc:
-            for sock in sockets:
-                sock.close()
-            await self.shutdown(quiet=True)
-            if isinstance(exc, StorageError):
+            try:
+                _log_recovery(await self._storage.start())
+            except StorageError as exc:
                 raise StartupError(str(exc)) from None
-            raise
-        try:
+            max_connections = connection_budget(config.max_connections, config.workers)
             self._processing = Processing(
                 config.workers,
-                WorkerConfig(self._storage.worker_opener(), config.work_time, config.log_level),
+                WorkerConfig(
+                    self._storage.worker_opener(), config.work_time, config.log_level, config.log_format
+                ),
                 bus,
                 self._storage,
             )
             service = OrderService(self._storage, bus, self._live_figures)
-            self.state = state = ServerState(config, service, loop, self.tokens, FailureThrottle())
+            self.state = state = ServerState(
+                config, service, loop, self.tokens, FailureThrottle(), max_connections
+            )
             self._processing.start()
             for sock in sockets:
-                listener = await loop.create_server(
-                    lambda: Connection(state), sock=sock, backlog=LISTEN_BACKLOG, ssl=tls
-                )
+                listener = Listener(loop, sock, lambda: Connection(state), tls)
+                listener.start()
                 self._listeners.append(listener)
         except BaseException:
             for sock in sockets:
                 sock.close()
-            await self.shutdown()
+            await self.shutdown(quiet=True)
             raise
         state.accepting = True
         for sock in sockets:
@@ -131,12 +142,14 @@ class Server:
                 ", ".join(exposed),
             )
         logger.info(
-            "ready: %d workers, database %s, work time %s s, %s, %s",
-            config.workers,
+            # Ends with key=value fields for programs (tests, tools): where to connect.
+            "ready: %s, database %s, work time %s s, %s, %s; addresses=%s",
+            count(config.workers, "worker"),
             shown_db(config.db),
             "-".join(f"{t:g}" for t in sorted(set(config.work_time))),
             "TLS" if tls is not None else "plain TCP",
-            f"{len(self.tokens)} access tokens" if self.tokens is not None else "no access tokens",
+            count(len(self.tokens), "access token") if self.tokens is not None else "no access tokens",
+            ",".join(show_address(host, port) for host, port in self.addresses),
         )
         self.started.set()
 
@@ -189,7 +202,6 @@ class Server:
     # --- stop -----------------------------------------------------------------------
 
     async def shutdown(self, quiet: bool = False) -> None:
-        """Stop in order; `quiet` when the start failed before anything ran."""
         if not quiet:
             logger.info("shutting down")
         timeout = self.config.shutdown_timeout
@@ -203,91 +215,65 @@ class Server:
             state.service.release_waiters()
             for connection in list(state.connections):
                 connection.close_when_answered()
+            if not self._force_exit:
+                busy = sum(1 for connection in state.connections if connection.busy)
+                if busy:
+                    logger.info(
+                        "waiting for %s to be answered (up to %g s)", count(busy, "connection"), timeout
+                    )
             try:
                 await asyncio.wait_for(state.drained.wait(), timeout)
             except asyncio.TimeoutError:
-                logger.warning("%d connections still busy; closing them", len(state.connections))
+                logger.warning("%s still busy; closing them", count(len(state.connections), "connection"))
             for connection in list(state.connections):
                 connection.abort()
         if self._processing is not None:
-            await self._processing.stop(0 if self._force_exit else timeout)
+            processing = self._processing
+            await self._unless_forced(
+                processing.stop(0 if self._force_exit else timeout), processing.kill_now
+            )
         if self._storage is not None:
-            await self._storage.stop()
+            await self._storage.stop(FORCED_WRITER_STOP_S if self._force_exit else timeout)
         if not quiet:
             logger.info("stopped")
+
+    async def _unless_forced(self, step: Awaitable[None], on_force: Callable[[], None]) -> None:
+        """Await `step`; if a second signal comes meanwhile, call `on_force` and
+        await what is left of `step`, which then ends at once."""
+        task = asyncio.ensure_future(step)
+        forced = asyncio.ensure_future(self._forced.wait())
+        try:
+            await asyncio.wait({task, forced}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                on_force()
+            await task
+        finally:
+            forced.cancel()
 
 
 def _log_recovery(recovery: Recovery) -> None:
     """What the last run left `en proceso` was taken up at the start."""
-    if recovery.requeued or recovery.failed:
+    released = len(recovery.requeued) + len(recovery.failed)
+    if released:
         logger.warning(
-            "%d orders were in process when the server last stopped; %d back to pending, %d failed",
-            len(recovery.requeued) + len(recovery.failed),
+            "%s in process when the server last stopped; %d back to pending, %d failed",
+            count(released, "order was", "orders were"),
             len(recovery.requeued),
             len(recovery.failed),
         )
 
 
-def listen_addresses(host: str, port: int) -> list[tuple[int, str]]:
-    """(family, address) pairs that `--host` names."""
-    if host == "localhost":
-        return [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
-    if host in ("::", "[::]"):
-        return [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
-    host = host.strip("[]")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise StartupError(f"cannot resolve host {host!r}: {exc.strerror}") from None
-    pairs = []
-    for family, _, _, _, sockaddr in infos:
-        if (family, sockaddr[0]) not in pairs:
-            pairs.append((family, sockaddr[0]))
-    return pairs
-
-
-def bind_sockets(hosts: list[str], port: int) -> list[socket.socket]:
-    """One listening socket per address; an IPv6 socket is v6-only, so the
-    families never share one. A family missing on this machine is logged and
-    skipped; having nothing to listen on is an error."""
-    sockets: list[socket.socket] = []
-    failures = []
-    for host in hosts:
-        for family, address in listen_addresses(host, port):
-            if any(s.family == family and s.getsockname()[0] == address for s in sockets):
-                continue
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind((address, port))
-                sock.listen(LISTEN_BACKLOG)
-                sock.setblocking(False)
-            except OSError as exc:
-                sock.close()
-                shown = f"[{address}]" if ":" in address else address
-                logger.warning("cannot listen on %s: %s", show_address(address, port), exc.strerror or exc)
-                failures.append(f"{shown}: {exc.strerror or exc}")
-                continue
-            if port == 0:  # the other addresses take the same free port
-                port = sock.getsockname()[1]
-            sockets.append(sock)
-    if not sockets:
-        raise StartupError("cannot listen on any address (" + "; ".join(failures) + ")")
-    return sockets
-
-
-def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    """A server TLS context (TLS 1.2 at least), or None for plain TCP."""
-    if cert is None and key is None:
-        return None
-    if cert is None:
-        raise StartupError("--tls-key needs --tls-cert")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise StartupError(f"cannot load the TLS certificate {cert!r}: {exc}") from None
-    return context
+def _log_activity(event: Event) -> None:
+    """At DEBUG: one line per order acknowledged, started, finished; ids only."""
+    what = ACTIVITY.get(event.kind)
+    if what is None:
+        return
+    by = f" by worker {event.worker}" if event.worker is not None else ""
+    for order_id in event.ids:
+        logger.debug(
+            "order %d %s%s",
+            order_id,
+            what,
+            by,
+            extra={"event": f"order_{what}", "id": order_id, "worker": event.worker},
+        )

@@ -122,6 +122,14 @@ class OrderService:
                 del self._waiters[id]
         if order["estado"] in FINAL_ESTADOS:
             return {"ok": True, "pedido": order}
+        if self._released:
+            return error_reply(
+                TIEMPO_AGOTADO,
+                f"El servidor se está apagando: el pedido {id} sigue '{order['estado']}'; "
+                "consúltelo cuando vuelva a estar en marcha.",
+                pedido=order,
+                apagando=True,
+            )
         return error_reply(
             TIEMPO_AGOTADO,
             f"El pedido {id} sigue '{order['estado']}' después de {timeout:g} s.",
@@ -129,9 +137,16 @@ class OrderService:
         )
 
     async def _listar(
-        self, estado: str | None, cliente: str | None, desde_id: int, limite: int, owner: str | None
+        self,
+        estado: str | None,
+        cliente: str | None,
+        contiene: str | None,
+        desde_id: int,
+        limite: int,
+        orden: str,
+        owner: str | None,
     ) -> Reply:
-        orders = await self._storage.list_orders(estado, cliente, desde_id, limite)
+        orders = await self._storage.list_orders(estado, cliente, desde_id, limite, contiene, orden)
         return {"ok": True, "pedidos": orders}
 
     async def _cancelar(self, id: int, owner: str | None) -> Reply:

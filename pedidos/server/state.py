@@ -16,6 +16,7 @@ from typing import Any
 from pedidos.server.auth import FailureThrottle, TokenBook
 from pedidos.server.config import ServerConfig
 from pedidos.server.service import OrderService
+from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
 
@@ -27,19 +28,44 @@ class ServerState:
     loop: asyncio.AbstractEventLoop
     tokens: TokenBook | None  # None: the server asks for no token
     throttle: FailureThrottle
+    max_connections: int  # --max-connections, within the descriptor limit (listener.py)
     connections: set[Any] = field(default_factory=set)  # the open Connections
     accepting: bool = False  # False before the start and from the stop on
     drained: asyncio.Event = field(default_factory=asyncio.Event)  # set when none is left
+    full: bool = False  # refusing connections at the limit
+    # Computed once: per-connection debug lines cost nothing when they are off.
+    debug: bool = field(default_factory=lambda: logger.isEnabledFor(logging.DEBUG))
 
     def admit(self, connection: Any) -> bool:
         """Count a new connection in, unless the server stops or is full."""
-        if not self.accepting or len(self.connections) >= self.config.max_connections:
-            logger.warning("refusing %s: %d connections open", connection.peer, len(self.connections))
+        if not self.accepting:
             return False
+        if len(self.connections) >= self.max_connections:
+            if not self.full:  # one line per episode, not one per refused client
+                self.full = True
+                logger.warning(
+                    "refusing new connections with servidor_ocupado: %s open (--max-connections %d)",
+                    count(len(self.connections), "connection"),
+                    self.max_connections,
+                )
+            return False
+        self.full = False
         self.connections.add(connection)
+        if self.debug:
+            logger.debug(
+                "connection from %s opened",
+                connection.peer,
+                extra={"event": "connection_opened", "peer": connection.peer},
+            )
         return True
 
     def forget(self, connection: Any) -> None:
+        if self.debug and connection in self.connections:
+            logger.debug(
+                "connection from %s closed",
+                connection.peer,
+                extra={"event": "connection_closed", "peer": connection.peer},
+            )
         self.connections.discard(connection)
         if not self.connections:
             self.drained.set()

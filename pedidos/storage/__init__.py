@@ -2,7 +2,8 @@
 
 `base` is the interface (`Storage` for the server, `WorkerStore` for a worker
 process) that the server, the service and processing use; `open_storage`
-below picks the backend from `--db`. `sqlite/` is the default backend, with
+below picks the backend from `--db`; `intake` is group commit's gathering
+half, which any backend can reuse. `sqlite/` is the default backend, with
 its writer process and its write lock, which nothing outside it knows of.
 Every backend keeps the table of the contract (section 7) and the promise that
 an order is durable before its acknowledgement. Imports only the domain and
@@ -11,9 +12,11 @@ the standard library; never the server, processing or the wire.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pedidos.storage.base import Ack, Storage, StorageError, plain_receipt
 
@@ -70,6 +73,7 @@ def open_storage(
     ack: Ack = plain_receipt,
     on_stored: Callable[[tuple[int, ...]], None] | None = None,
     log_level: int = logging.INFO,
+    log_format: str = "text",
     cluster: Cluster | None = None,
 ) -> Storage:
     """The backend that `db` (the `--db` value) names, not started yet: a
@@ -94,4 +98,23 @@ def open_storage(
         )
     from pedidos.storage.sqlite.backend import SqliteStorage
 
-    return SqliteStorage(db, ack=ack, on_stored=on_stored, log_level=log_level)
+    return SqliteStorage(db, ack=ack, on_stored=on_stored, log_level=log_level, log_format=log_format)
+
+
+def read_all_orders(db: str, page: int = 1000) -> list[dict[str, Any]]:
+    """Every stored order, oldest first, read through the interface and
+    handing nothing back: for tools that audit a database a server left.
+    Blocking (it runs its own event loop)."""
+
+    async def read() -> list[dict[str, Any]]:
+        storage = open_storage(db)
+        await storage.start(recover=False)
+        try:
+            orders: list[dict[str, Any]] = []
+            while batch := await storage.list_orders(None, None, orders[-1]["id"] if orders else 0, page):
+                orders += batch
+            return orders
+        finally:
+            await storage.stop()
+
+    return asyncio.run(read())

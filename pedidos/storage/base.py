@@ -95,16 +95,21 @@ class WorkerOpener(Protocol):
 class Storage(Protocol):
     """The server's side of a backend (see the module docstring)."""
 
-    async def start(self) -> Recovery:
+    async def start(self, recover: bool = True) -> Recovery:
         """Open the database, create or migrate the schema (proving it is
         writable), and hand back what a crash left `en proceso` (each such
         attempt counts; the `MAX_ATTEMPTS`-th makes the order `fallido`).
-        Raises `StorageError` with a one-line reason."""
+        `recover=False` hands back nothing: for tools and tests that look at
+        a database as a stopped server left it. A database is one server's at
+        a time (SQLite: a lock file beside it): a second `start` on it fails,
+        changing nothing. Raises `StorageError` with a one-line reason that
+        says what to do."""
         ...
 
-    async def stop(self) -> None:
-        """Commit everything already submitted, then close. Submissions not
-        yet committed fail; none is acknowledged without its row."""
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Commit everything already submitted, then close; after `timeout`
+        seconds (short after a second stop signal) give up on what is not
+        committed yet, which then fails: none is acknowledged without its row."""
         ...
 
     def submit(
@@ -124,10 +129,19 @@ class Storage(Protocol):
         ...
 
     async def list_orders(
-        self, estado: str | None, cliente: str | None, desde_id: int, limite: int
+        self,
+        estado: str | None,
+        cliente: str | None,
+        desde_id: int,
+        limite: int,
+        contiene: str | None = None,
+        orden: str = "asc",
     ) -> list[dict[str, Any]]:
-        """Orders with id > `desde_id`, oldest first, at most `limite`,
-        filtered by `estado` and `cliente` when given."""
+        """At most `limite` orders after `desde_id`: ids above it, oldest first
+        (`orden` "asc"), or below it, newest first ("desc"; 0 means from the
+        newest); filtered by `estado` and `cliente` (exact) when given, and by
+        `contiene`, a substring of `cliente` in any case (folded as Python's
+        `str.lower`)."""
         ...
 
     async def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pedidos.domain import Estado
 from pedidos.tools.load import BenchError, drive
 from pedidos.tools.procs import Child, ask, cpu_share, cpu_snapshot, peak_rss_mb, stats, wait_quiet
 
@@ -137,13 +138,13 @@ def intake_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> No
 def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
     child = _server(args, tmp, "e2e", "0")
     try:
-        listo = lambda: stats(child.port)["estados"]["listo"]  # noqa: E731
+        listo = lambda: stats(child.port)["estados"][Estado.LISTO]  # noqa: E731
         result = _load(args, child, False, during=_window(child, listo))
         first, last = result["during"]["probe"]
         deadline = time.monotonic() + max(60.0, 20 * args.seconds)
         while True:
             figures = stats(child.port)
-            backlog = figures["en_cola"] + figures["estados"]["en proceso"]
+            backlog = figures["en_cola"] + figures["estados"][Estado.EN_PROCESO]
             if not backlog or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -177,10 +178,10 @@ def worktime_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> N
         for start in range(0, total, 200):
             ask(child.port, [ORDER] * min(200, total - start))
         time.sleep(0.5)
-        first, began = stats(child.port)["estados"]["listo"], time.monotonic()
+        first, began = stats(child.port)["estados"][Estado.LISTO], time.monotonic()
         time.sleep(args.seconds)
         figures, ended = stats(child.port), time.monotonic()
-        rate = (figures["estados"]["listo"] - first) / (ended - began)
+        rate = (figures["estados"][Estado.LISTO] - first) / (ended - began)
         if not figures["en_cola"]:
             print("  warning: the work-time backlog ran dry; the rate is low", file=sys.stderr)
         rows["worktime"] = {"rate": rate, "expected": expected, "ratio": rate / expected}

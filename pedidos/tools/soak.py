@@ -16,13 +16,13 @@ all three are 0. Diagnostics go to stderr.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import random
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 
 from pedidos.client.blocking import Client, ConnectionProblem, Refused
-from pedidos.domain import FINAL_ESTADOS
+from pedidos.domain import FINAL_ESTADOS, Estado
+from pedidos.protocol.replies import ERROR_INTERNO, NO_ENCONTRADO, SERVIDOR_OCUPADO
+from pedidos.storage import read_all_orders
 from pedidos.tools.procs import child_env
 
 ORPHAN_GRACE_S = 5.0
@@ -195,7 +197,7 @@ class Soak:
             accion = rng.choice(["consultar", "consultar", "esperar", "cancelar"])
             extra = {"timeout": 1} if accion == "esperar" else {}
             reply = conn.request({"accion": accion, "id": ids[0], **extra})
-            if reply.get("error") == "no_encontrado":
+            if reply.get("error") == NO_ENCONTRADO:
                 with self.guard:
                     self.lost_live.add(ids[0])
 
@@ -206,7 +208,7 @@ class Soak:
         try:
             reply = conn.request(request)
         finally:
-            if reply.get("error") not in (None, "error_interno", "servidor_ocupado"):
+            if reply.get("error") not in (None, ERROR_INTERNO, SERVIDOR_OCUPADO):
                 self.problems.append(f"order refused: {reply}")
             if not reply.get("ok") and ref is not None:  # outcome unknown or refused: retry later
                 with self.guard:
@@ -252,21 +254,16 @@ class Soak:
         while time.monotonic() < deadline:
             with contextlib.suppress(*FAILURES):
                 estados = self.ask({"accion": "estadisticas"})["estados"]
-                if estados["pendiente"] == 0 and estados["en proceso"] == 0:
+                if estados[Estado.PENDIENTE] == 0 and estados[Estado.EN_PROCESO] == 0:
                     return True
             time.sleep(0.5)
         return False
 
     def audit(self) -> int:
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            rows = {r[0]: r[1:] for r in conn.execute("SELECT id, cliente, referencia, estado FROM pedidos")}
-            twice = conn.execute(
-                "SELECT COUNT(*) FROM (SELECT referencia FROM pedidos WHERE referencia IS NOT NULL "
-                "GROUP BY referencia HAVING COUNT(*) > 1)"
-            ).fetchone()[0]
-        finally:
-            conn.close()
+        orders = read_all_orders(str(self.db))
+        rows = {o["id"]: (o["cliente"], o["referencia"], o["estado"]) for o in orders}
+        refs = collections.Counter(o["referencia"] for o in orders if o["referencia"] is not None)
+        twice = sum(1 for n in refs.values() if n > 1)
         lost = {i for i, ack in self.acked.items() if rows.get(i, (None, None))[:2] != ack} | self.lost_live
         duplicated = twice + sum(1 for ids in self.ref_ids.values() if len(ids) > 1)
         stuck = sum(1 for i in self.acked if i in rows and rows[i][2] not in FINAL_ESTADOS)

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
+from pedidos import __version__
 from pedidos.client.access import ENV_VAR
 from pedidos.client.records import DEFAULT_PORT, DEFAULT_TIMEOUT
 from pedidos.domain import ESTADOS
+
+SCRIPT = "cliente.py"
+CONSOLE_SCRIPT = "pedidos-cliente"  # pyproject's [project.scripts]
 
 # Each mode of the command line, as `Namespace.mode`.
 ORDER, FILE, GET, CANCEL, LIST, STATS = "pedido", "archivo", "consultar", "cancelar", "listar", "estadisticas"
@@ -25,16 +31,19 @@ ejemplos:
   python3 cliente.py                            pregunta cliente, productos y dirección
   python3 cliente.py --cliente "Juan Pérez" --productos pan agua --direccion "Av. Siempre Viva 742"
   python3 cliente.py --cliente Ana --productos pan --direccion "Calle 1" --referencia A-1 --esperar
-  python3 cliente.py --archivo pedidos.jsonl    un pedido JSON por línea, o una lista JSON
-  generar_pedidos | python3 cliente.py --archivo - --json > respuestas.jsonl
+  python3 cliente.py --archivo ejemplos/pedidos.jsonl   un pedido JSON por línea, o una lista JSON
+  python3 cliente.py --archivo ejemplos/pedidos.jsonl --referencias-auto   reenviarlo no duplica
+  cat ejemplos/*.jsonl | python3 cliente.py --archivo - --json > respuestas.jsonl
   python3 cliente.py --consultar 17 --esperar   sigue el pedido 17 hasta que termine
   python3 cliente.py --cancelar 18
   python3 cliente.py --listar --estado listo --cliente Ana --limite 20 --desde-id 100
+  python3 cliente.py --listar --contiene pérez --recientes   "Juan PÉREZ" también; los más nuevos antes
   python3 cliente.py --estadisticas --json
   python3 cliente.py --host ::1 --port 9000 --timeout 3 --estadisticas
   python3 cliente.py --host pedidos.example --tls --cafile cert.pem --token "$TOKEN" --listar
+  python3 cliente.py --version                  la versión de pedidos
 
-El token también puede venir de la variable de entorno PEDIDOS_TOKEN (la misma que lee el servidor).
+El token también puede venir de la variable de entorno PEDIDOS_TOKEN, que el servidor no lee.
 
 estado de salida: 0 bien; 1 el servidor rechazó la petición (o el token); 2 error de uso;
 3 el servidor no responde, no se puede conectar o falla TLS; 130 interrumpido (Ctrl-C).
@@ -97,18 +106,46 @@ def _estado(text: str) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
+def program_name(from_command_line: bool) -> str:
+    """The name the client was run as, for its help and its messages: the console
+    script `pedidos-cliente` or `cliente.py`. A program calling `main(argv)`
+    (and `python -m`, whose name is a module's file) gets `cliente.py`."""
+    if not from_command_line or not sys.argv or not sys.argv[0]:
+        return SCRIPT
+    name = os.path.basename(sys.argv[0])
+    stem = name[:-4] if name.lower().endswith(".exe") else name
+    return stem if stem == CONSOLE_SCRIPT else SCRIPT
+
+
+def _examples(typed: str) -> str:
+    """EXAMPLES with the command as typed, its comments still in one column."""
+    shift = len(f"python3 {SCRIPT}") - len(typed)
+    lines = []
+    for line in EXAMPLES.splitlines():
+        line = line.replace(f"python3 {SCRIPT}", typed)
+        if shift > 0:  # the first gap of three or more spaces is a comment's column
+            line = re.sub(r"(?<=\S)(   +)(?=\S)", lambda m: m.group(1) + " " * shift, line, count=1)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def build_parser(prog: str = SCRIPT) -> argparse.ArgumentParser:
     with _argparse_in_spanish():  # `-h`'s help and the "options" title are written here
-        return _build_parser()
+        return _build_parser(prog)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(prog: str) -> argparse.ArgumentParser:
+    # The examples show the command as it is typed: `python3 cliente.py` or `pedidos-cliente`.
+    typed = f"python3 {SCRIPT}" if prog == SCRIPT else prog
     parser = _Parser(
-        prog="cliente.py",
+        prog=prog,
         usage="%(prog)s [opciones]   (todas, con ejemplos: %(prog)s --help)",
         description="Cliente del servidor de pedidos: envía pedidos, uno o miles, y consulta su estado.",
-        epilog=EXAMPLES,
+        epilog=_examples(typed),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"pedidos {__version__}", help="muestra la versión y termina"
     )
     order_id = _number(int, 1, None, "un número de pedido (entero positivo)")
     net = parser.add_argument_group("conexión")
@@ -165,10 +202,29 @@ def _build_parser() -> argparse.ArgumentParser:
         help="envía todos los pedidos del archivo (JSON Lines o una lista JSON; '-' lee la entrada "
         "estándar), con barra de progreso y un resumen",
     )
+    many.add_argument(
+        "--referencias-auto",
+        action="store_true",
+        help="con --archivo: da a cada pedido sin 'referencia' una hecha del contenido del archivo y "
+        "su línea, así que reenviar el mismo archivo (tras una interrupción) nunca duplica",
+    )
     ask = parser.add_argument_group("consultas")
     ask.add_argument("--consultar", type=order_id, metavar="ID", help="muestra el pedido ID")
     ask.add_argument("--cancelar", type=order_id, metavar="ID", help="cancela el pedido ID si está pendiente")
-    ask.add_argument("--listar", action="store_true", help="tabla de pedidos, del más antiguo al más nuevo")
+    ask.add_argument(
+        "--listar", action="store_true", help="tabla de pedidos, del más antiguo al más nuevo (o --recientes)"
+    )
+    ask.add_argument(
+        "--contiene",
+        metavar="TEXTO",
+        help="con --listar: solo los clientes cuyo nombre contiene TEXTO, sin distinguir mayúsculas "
+        "(--cliente pide el nombre exacto)",
+    )
+    ask.add_argument(
+        "--recientes",
+        action="store_true",
+        help="con --listar: del más nuevo al más antiguo (con --desde-id, los de número menor que ID)",
+    )
     ask.add_argument("--estado", type=_estado, help=f"con --listar: solo ese estado ({', '.join(ESTADOS)})")
     ask.add_argument(
         "--limite",
@@ -181,7 +237,7 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_number(int, 0, None, "un entero no negativo"),
         default=0,
         metavar="ID",
-        help="con --listar: solo los pedidos de número mayor que ID",
+        help="con --listar: solo los pedidos de número mayor que ID (con --recientes, menor)",
     )
     ask.add_argument(
         "--estadisticas", action="store_true", help="pedidos por estado, workers, cola, conexiones"
@@ -195,11 +251,11 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse(argv: Sequence[str] | None, has_terminal: bool) -> argparse.Namespace:
+def parse(argv: Sequence[str] | None, has_terminal: bool, prog: str = SCRIPT) -> argparse.Namespace:
     """The options, checked as a whole; `mode` says what to do, `ask` whether
     the order must be asked for at the terminal."""
     with _argparse_in_spanish():
-        parser = _build_parser()
+        parser = _build_parser(prog)
         args = parser.parse_args(argv)
         _check(parser, args, has_terminal)
     return args
@@ -232,14 +288,20 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_termin
         "--estado": args.estado is not None,
         "--limite": args.limite is not None,
         "--desde-id": args.desde_id != 0,
+        "--contiene": args.contiene is not None,
+        "--recientes": args.recientes,
     }
     stray = [name for name, given in listing.items() if given]
     if args.mode != LIST and stray:
         parser.error(f"{', '.join(stray)} solo sirve con --listar")
+    if args.referencias_auto and args.mode != FILE:
+        parser.error("--referencias-auto solo sirve con --archivo")
     if args.cafile is not None and not args.tls:
         parser.error("--cafile solo sirve con --tls")
     missing = [f for f in ("cliente", "productos", "direccion") if getattr(args, f) is None]
     args.limite = args.limite or 100
+    if args.contiene is not None and not args.contiene.strip():
+        parser.error("--contiene necesita un texto que no sea solo espacios")
     args.ask = args.mode == ORDER and bool(missing)
     if args.ask and not has_terminal:
         hint = "; para muchos pedidos, --archivo ARCHIVO (o '-' para la entrada estándar)"

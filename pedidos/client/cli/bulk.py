@@ -200,24 +200,34 @@ class Progress:
 @dataclass
 class Outcome:
     total: int
-    done: int = 0
+    done: int = 0  # entries answered (by the server, or refused here), always the first ones
+    sent: int = 0  # orders handed to the connection, answered or not
+    answered: int = 0  # replies from the server
     accepted: int = 0
     duplicates: int = 0
     refused: list[tuple[int, str, str]] = field(default_factory=list)  # (line, code, sentence)
     started: float = field(default_factory=time.monotonic)
     elapsed: float = 0.0
 
-    def take(self, line: int, reply: dict[str, Any]) -> None:
+    def take(self, line: int, reply: dict[str, Any], from_server: bool = True) -> None:
         self.done += 1
+        self.answered += from_server
         if reply.get("ok"):
             self.accepted += 1
             self.duplicates += bool(reply.get("duplicado"))
         else:
             self.refused.append((line, str(reply.get("error")), str(reply.get("mensaje"))))
 
+    @property
+    def unconfirmed(self) -> int:
+        """Orders sent that got no reply: stored or not, nobody can tell."""
+        return self.sent - self.answered
+
     def so_far(self) -> str:
-        answered = f"respondidos {count(self.done)} de {count(self.total)} pedidos"
-        return f"{answered} ({count(self.accepted)} aceptados)"
+        stored = plural(self.accepted, "pedido guardado", "pedidos guardados")
+        if not self.unconfirmed:
+            return stored
+        return f"{stored}, {count(self.unconfirmed)} sin confirmar (detalles arriba)"
 
 
 def send_entries(
@@ -229,11 +239,19 @@ def send_entries(
 ) -> None:
     """Send every order, pipelined; record each reply (or local refusal) in
     `outcome`, in the order of the input."""
-    replies = client.pipeline(e.order for e in entries if e.problem is None)
+
+    def orders() -> Iterator[Any]:
+        for entry in entries:
+            if entry.problem is None:
+                outcome.sent += 1  # counted as it leaves: a Ctrl-C may come before its reply
+                yield entry.order
+
+    replies = client.pipeline(orders())
     with contextlib.closing(replies):
         for entry in entries:
+            local = entry.problem is not None
             reply = error_reply(*entry.problem) if entry.problem else next(replies)
-            outcome.take(entry.line, reply)
+            outcome.take(entry.line, reply, from_server=not local)
             if emit is not None:
                 emit(reply)
             progress.update(outcome.done)
@@ -243,7 +261,10 @@ def send_entries(
 
 def summary_lines(outcome: Outcome, source: str) -> list[str]:
     rate = outcome.done / outcome.elapsed if outcome.elapsed > 0 else 0.0
-    duplicates = f" ({count(outcome.duplicates)} ya estaban: no se duplicaron)" if outcome.duplicates else ""
+    duplicates = ""
+    if outcome.duplicates:
+        were = "ya estaba: no se duplicó" if outcome.duplicates == 1 else "ya estaban: no se duplicaron"
+        duplicates = f" ({count(outcome.duplicates)} {were})"
     lines = [
         f"{plural(outcome.total, 'pedido', 'pedidos')} de {source} en {seconds(outcome.elapsed)}"
         f" ({count(round(rate))} pedidos/s)",

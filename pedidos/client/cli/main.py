@@ -12,19 +12,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from pedidos.client.access import NO_AUTORIZADO, chosen_token
-from pedidos.client.blocking import Client, ConnectionProblem, Order, Refused
+from pedidos.client.access import chosen_token
+from pedidos.client.blocking import Client, ConnectionProblem, Order, Refused, ServerStopping
 from pedidos.client.cli import args as cli
 from pedidos.client.cli.bulk import BadInput, Outcome, Progress, read_entries, send_entries, summary_lines
+from pedidos.client.cli.resume import auto_referencias, interruption_lines
 from pedidos.client.cli.show import count, order_lines, plural, receipt_line, state_line, stats_lines, table
 from pedidos.client.cli.show import summary_lines as order_summary
 from pedidos.client.records import list_request, order_of, reason, receipt_of, stats_of
 from pedidos.domain import CLIENTE_MAX, DIRECCION_MAX, PRODUCTO_MAX, PRODUCTOS_MAX
-from pedidos.protocol.replies import RequestError
+from pedidos.protocol.replies import NO_AUTORIZADO, RequestError
 from pedidos.protocol.validation import order_products, order_text
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -42,7 +44,14 @@ class Stop(Exception):
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     stdin = stdin or sys.stdin
-    args = cli.parse(argv, _is_terminal(stdin))
+    prog = cli.program_name(from_command_line=argv is None)
+    args = cli.parse(argv, _is_terminal(stdin), prog)
+    # The command as typed, for a run cut short to say how to go on.
+    typed = prog
+    if prog == cli.SCRIPT:
+        script = sys.argv[0] if argv is None and sys.argv[0].endswith(cli.SCRIPT) else cli.SCRIPT
+        typed = f"python3 {shlex.quote(script)}"
+    args.again = " ".join([typed, shlex.join(sys.argv[1:] if argv is None else argv)])
     try:
         return _run(args, stdin)
     except Refused as exc:
@@ -52,13 +61,13 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
         if exc.code == NO_AUTORIZADO and chosen_token(args.token) is None:
             # The server's own words name the protocol; a person needs the option.
             mensaje = "el servidor pide un token: indíquelo con --token o con la variable PEDIDOS_TOKEN."
-        return _fail(EXIT_REFUSED, f"rechazado ({exc.code}): {mensaje}")
+        return _fail(prog, EXIT_REFUSED, f"rechazado ({exc.code}): {mensaje}")
     except ConnectionProblem as exc:
-        return _fail(EXIT_UNREACHABLE, str(exc))
+        return _fail(prog, EXIT_UNREACHABLE, str(exc))
     except Stop as stop:
-        return _fail(stop.status, stop.why)
+        return _fail(prog, stop.status, stop.why)
     except KeyboardInterrupt:
-        return _fail(EXIT_INTERRUPTED, "interrumpido.")
+        return _fail(prog, EXIT_INTERRUPTED, "interrumpido.")
     except BrokenPipeError:
         # Whoever read our output (`| head`) has had enough: not a failure. The
         # redirection keeps the final flush at exit from complaining too.
@@ -111,6 +120,9 @@ def _follow(client: Client, order_id: int, as_json: bool) -> None:
     except KeyboardInterrupt:
         why = f"interrumpido; el pedido {order_id} sigue su curso (--consultar {order_id} lo muestra)"
         raise Stop(EXIT_INTERRUPTED, why) from None
+    except ServerStopping as exc:
+        again = f"cuando vuelva a estar en marcha, --consultar {order_id} --esperar lo sigue"
+        raise Stop(EXIT_UNREACHABLE, f"{exc}; {again}") from None
 
 
 def _order_from(args: Any, stdin: TextIO) -> dict[str, Any]:
@@ -123,6 +135,8 @@ def _order_from(args: Any, stdin: TextIO) -> dict[str, Any]:
         try:
             ask_order(_prompter(stdin), order)
         except EOFError:
+            if _is_terminal(sys.stdout):  # Ctrl-D leaves the cursor after the question
+                print(flush=True)
             raise Stop(EXIT_USAGE, "pedido no enviado (se acabó la entrada)") from None
         except KeyboardInterrupt:
             raise Stop(EXIT_INTERRUPTED, "interrumpido; pedido no enviado") from None
@@ -200,9 +214,10 @@ def _cancel(client: Client, args: Any) -> int:
 def _list(client: Client, args: Any) -> int:
     orders: list[Order] = []
     after = args.desde_id
+    orden = "desc" if args.recientes else "asc"
     while len(orders) < args.limite:
         want = min(PAGE, args.limite - len(orders))
-        reply = client.call(list_request(args.estado, args.cliente, after, want))
+        reply = client.call(list_request(args.estado, args.cliente, after, want, args.contiene, orden))
         if args.json:
             _emit(reply)
         page = [Order.from_reply(item) for item in reply["pedidos"]]
@@ -217,7 +232,8 @@ def _list(client: Client, args: Any) -> int:
         return EXIT_OK
     print("\n".join(table(orders)))
     if len(orders) == args.limite:
-        print(f"(límite de {count(args.limite)} alcanzado; puede haber más: --desde-id {orders[-1].id})")
+        more = f"{'--recientes ' if args.recientes else ''}--desde-id {orders[-1].id}"
+        print(f"(límite de {count(args.limite)} alcanzado; puede haber más: {more})")
     return EXIT_OK
 
 
@@ -239,6 +255,8 @@ def _send_file(args: Any, stdin: TextIO) -> int:
             with open(args.archivo, "rb") as file:
                 data = file.read()
         entries = read_entries(data)
+        if args.referencias_auto:
+            entries = auto_referencias(entries, data)
     except OSError as exc:
         raise Stop(EXIT_USAGE, f"no se puede leer {source}: {reason(exc)}") from None
     except BadInput as exc:
@@ -248,19 +266,33 @@ def _send_file(args: Any, stdin: TextIO) -> int:
         return EXIT_OK
     outcome = Outcome(len(entries))
     progress = Progress(len(entries), sys.stderr)
+    report = sys.stderr if args.json else sys.stdout
+    again = args.again + (" (con la misma entrada)" if args.archivo == "-" else "")
+
+    def cut_short() -> None:
+        progress.close()
+        print("\n".join(interruption_lines(outcome, entries, source, again)), file=report, flush=True)
+
     try:
         with _client(args) as client:
             send_entries(client, entries, outcome, progress, _emit if args.json else None)
     except ConnectionProblem as exc:
-        raise ConnectionProblem(f"{exc}; {outcome.so_far()}" if outcome.done else str(exc)) from None
+        if not outcome.sent:
+            raise
+        cut_short()
+        raise ConnectionProblem(f"{exc}; {outcome.so_far()}") from None
     except KeyboardInterrupt:
+        cut_short()
         raise Stop(EXIT_INTERRUPTED, f"interrumpido; {outcome.so_far()}") from None
     finally:
         progress.close()
-    print("\n".join(summary_lines(outcome, source)), file=sys.stderr if args.json else sys.stdout)
+    print("\n".join(summary_lines(outcome, source)), file=report)
     if outcome.refused:
-        refused = plural(len(outcome.refused), "pedido rechazado", "pedidos rechazados")
-        raise Stop(EXIT_REFUSED, f"{refused}, detallados en el resumen")
+        n = len(outcome.refused)
+        detailed = "detallado" if n == 1 else "detallados"
+        raise Stop(
+            EXIT_REFUSED, f"{plural(n, 'pedido rechazado', 'pedidos rechazados')}, {detailed} en el resumen"
+        )
     return EXIT_OK
 
 
@@ -279,12 +311,12 @@ def _emit(reply: dict[str, Any], flush: bool = False) -> None:
     print(json.dumps(reply, ensure_ascii=False), flush=flush)
 
 
-def _fail(status: int, why: str) -> int:
+def _fail(prog: str, status: int, why: str) -> int:
     with contextlib.suppress(OSError):
         sys.stdout.flush()
     # A terminal echoes Ctrl-C as "^C" where the cursor was, mid-line.
     start = "\n" if status == EXIT_INTERRUPTED and _is_terminal(sys.stderr) else ""
-    print(f"{start}cliente.py: {why}", file=sys.stderr, flush=True)
+    print(f"{start}{prog}: {why}", file=sys.stderr, flush=True)
     return status
 
 

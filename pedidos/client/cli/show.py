@@ -10,12 +10,16 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from pedidos.client.records import Order, Receipt, Stats
+from pedidos.domain import Estado
 
 NONE = "-"
 
 
 def count(n: int) -> str:
-    """Thousands set apart with a space, as Spanish style guides ask: 100 000."""
+    """Thousands set apart with a space from five digits on, as the RAE asks:
+    2000, 12 000, 100 000 (and scripts can grep a four-digit count as it is)."""
+    if -10_000 < n < 10_000:
+        return str(n)
     return f"{n:,}".replace(",", " ")
 
 
@@ -56,18 +60,18 @@ def receipt_line(receipt: Receipt) -> str:
 def state_line(order: Order) -> str:
     """One line for each state an order goes through, as `--esperar` shows it."""
     head = f"Pedido {order.id}: {order.estado}"
-    if order.estado == "pendiente":
+    if order.estado == Estado.PENDIENTE:
         tries = plural(order.intentos, "intento interrumpido", "intentos interrumpidos")
         again = f", de nuevo tras {tries}" if order.intentos else ""
         return f"{head}{again} (recibido a las {clock(order.received_at)})."
-    if order.estado == "en proceso":
+    if order.estado == Estado.EN_PROCESO:
         return f"{head} en el worker {_worker(order)} desde las {clock(order.started_at)}."
-    if order.estado == "listo":
+    if order.estado == Estado.LISTO:
         return (
             f"{head} a las {clock(order.finished_at)}; tardó {seconds(order.duration)}"
             f" (worker {_worker(order)}, empezó a las {clock(order.started_at)})."
         )
-    if order.estado == "fallido":
+    if order.estado == Estado.FALLIDO:
         return f"{head} tras {plural(order.intentos, 'intento interrumpido', 'intentos interrumpidos')}."
     return f"{head}."
 

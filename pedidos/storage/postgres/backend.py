@@ -85,7 +85,7 @@ class PostgresStorage:
     def nodo(self) -> str:
         return self.nodes.nodo
 
-    async def start(self) -> Recovery:
+    async def start(self, recover: bool = True) -> Recovery:
         """Connect, migrate, take this node's name, and hand back what an
         earlier run of this same node left `en proceso` (never another live
         node's: those are reaped once their lease runs out)."""
@@ -94,6 +94,8 @@ class PostgresStorage:
             await self._intake_link.open()
             async with self._main.use() as conn:
                 await migrate(conn)
+            if not recover:  # a tool looking at the database: not a node
+                return Recovery()
             await self.nodes.register()
             recovered = await self.nodes.hand_back(None, crashed=True)
         except NameTaken as exc:
@@ -111,11 +113,14 @@ class PostgresStorage:
             tuple(i for i, estado in recovered if estado == Estado.FALLIDO),
         )
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 30.0) -> None:
         """Answer what was submitted, give up this node's name, close. (What
         its workers held was handed back by processing as they stopped; a row
         left `en proceso` is reaped by another node, as after a crash.)"""
-        await self.intake.drain()
+        try:
+            await asyncio.wait_for(self.intake.drain(), timeout)
+        except asyncio.TimeoutError:
+            logger.error("orders not committed within %g s are refused", timeout)
         if self._hinting is not None:
             await self._hinting
         if self.listener is not None:
@@ -149,16 +154,34 @@ class PostgresStorage:
         return order(row) if row else None
 
     async def list_orders(
-        self, estado: str | None, cliente: str | None, desde_id: int, limite: int
+        self,
+        estado: str | None,
+        cliente: str | None,
+        desde_id: int,
+        limite: int,
+        contiene: str | None = None,
+        orden: str = "asc",
     ) -> list[dict[str, Any]]:
-        where, params = ["id > %s"], [desde_id]
+        newest_first = orden == "desc"
+        where: list[str] = []
+        params: list[Any] = []
+        if not newest_first or desde_id > 0:
+            where.append("id < %s" if newest_first else "id > %s")
+            params.append(desde_id)
         if estado is not None:
             where.append("estado = %s")
             params.append(estado)
         if cliente is not None:
             where.append("cliente = %s")
             params.append(cliente)
-        query = f"SELECT {sql.COLUMNS} FROM pedidos WHERE {' AND '.join(where)} ORDER BY id LIMIT %s"
+        if contiene is not None:
+            # strpos, not LIKE: '%' and '_' in the text are plain characters.
+            where.append("strpos(lower(cliente), %s) > 0")
+            params.append(contiene.lower())
+        query = (
+            f"SELECT {sql.COLUMNS} FROM pedidos WHERE {' AND '.join(where) or 'true'} "
+            f"ORDER BY id {'DESC' if newest_first else ''} LIMIT %s"
+        )
         async with self._main.use() as conn:
             rows = await (await conn.execute(query, (*params, limite))).fetchall()  # type: ignore[arg-type]
         return [order(row) for row in rows]

@@ -7,7 +7,8 @@ own (autocommit) with `synchronous_commit = on`: a future resolves only after
 that commit, one round trip after the batch left. A
 `referencia` already stored is looked up in the same transaction (the insert
 waited for any transaction inserting it elsewhere): the same content is a
-retry (`duplicado`), different content or another owner is `ajeno`.
+retry (`duplicado`), different content or another owner's order is `taken`
+(refused with `referencia_en_uso`).
 
 After a batch with new orders, `hint()` asks for a NOTIFY to idle nodes; the
 backend sends it off this path, outside the insert's transaction (see
@@ -174,8 +175,8 @@ async def insert_orders(
         if result is None:
             order_id, estado, cliente, items, direccion, owner = stored[refs[i]]
             same = (cliente, items, direccion) == (orders[i][0], list(orders[i][1]), orders[i][2])
-            ajeno = not same or (owners[i] is not None and owners[i] != owner)
-            results[i] = Receipt(order_id, estado, True, ajeno)
+            taken = not same or (owners[i] is not None and owners[i] != owner)
+            results[i] = Receipt(order_id, estado, True, taken, refs[i] if taken else None)
     return results  # type: ignore[return-value]
 
 

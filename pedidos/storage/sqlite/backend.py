@@ -10,7 +10,9 @@ this backend creates and releases when a process dies holding it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -20,9 +22,10 @@ from typing import Any
 
 from pedidos.domain import Estado, NewOrder
 from pedidos.storage.base import Ack, Recovery, StorageError, plain_receipt
+from pedidos.storage.sqlite.files import database_error, lock_database
 from pedidos.storage.sqlite.lock import WriteLock
 from pedidos.storage.sqlite.store import Store
-from pedidos.storage.sqlite.writer import Writer
+from pedidos.storage.sqlite.writer import STOP_TIMEOUT_S, Writer
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +55,27 @@ class Reader:
 
     def __init__(self, db_path: str, threads: int = READER_THREADS) -> None:
         self._db_path = db_path
+        self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="pedidos-reader")
         self._local = threading.local()
         self._stores: list[Store] = []
 
     async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn, args)
+
+    async def open(self) -> None:
+        """Open every thread's connection now, while descriptors are plenty: a
+        flood of client connections later could leave none for them."""
+        barrier = threading.Barrier(self._threads)  # one task per thread
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._pool, self._open, barrier) for _ in range(self._threads))
+        )
+
+    def _open(self, barrier: threading.Barrier) -> None:
+        self._run(lambda store: None, ())
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=10)
 
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         store = getattr(self._local, "store", None)
@@ -84,11 +102,14 @@ class SqliteStorage:
         ack: Ack = plain_receipt,
         on_stored: Callable[[tuple[int, ...]], None] | None = None,
         log_level: int = logging.INFO,
+        log_format: str = "text",
     ) -> None:
         self.path = path
         self._ack = ack
         self._on_stored = on_stored
         self._log_level = log_level
+        self._log_format = log_format
+        self._file_lock: int | None = None
         self._lock: WriteLock | None = None
         self._writer: Writer | None = None
         self._read: Reader | None = None
@@ -97,31 +118,42 @@ class SqliteStorage:
     def writer_pid(self) -> int | None:
         return self._writer.pid if self._writer is not None else None
 
-    async def start(self) -> Recovery:
+    async def start(self, recover: bool = True) -> Recovery:
+        # The lock first: a second server on this file must change nothing,
+        # not even hand back the first one's orders in process.
+        self._file_lock = lock_database(self.path)
         try:
             store = Store(self.path)
             try:
                 store.create_schema()
-                released = store.release(None, count_attempt=True)
+                released = store.release(None, count_attempt=True) if recover else []
             finally:
                 store.close()
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot use the database {self.path!r}: {exc}") from None
+            raise StorageError(database_error(self.path, exc)) from None
         self._lock = WriteLock()
         self._read = Reader(self.path)
+        await self._read.open()
         loop = asyncio.get_running_loop()
-        self._writer = Writer(self.path, self._lock, loop, self._ack, self._on_stored, self._log_level)
+        self._writer = Writer(
+            self.path, self._lock, loop, self._ack, self._on_stored, self._log_level, self._log_format
+        )
+        # The hot path: the service's `submit` reaches the batcher in one call.
+        self.submit = self._writer.intake.submit  # type: ignore[method-assign]
         await self._writer.start()
         return Recovery(
             tuple(i for i, estado in released if estado == Estado.PENDIENTE),
             tuple(i for i, estado in released if estado == Estado.FALLIDO),
         )
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         if self._writer is not None:
-            await self._writer.stop()
+            await self._writer.stop(timeout)
         if self._read is not None:
             self._read.close()
+        if self._file_lock is not None:
+            os.close(self._file_lock)  # releases the database for the next start
+            self._file_lock = None
 
     def submit(
         self, order: NewOrder, owner: str | None, notify: Callable[[], None] | None = None
@@ -132,9 +164,16 @@ class SqliteStorage:
         return await self._read(Store.get, order_id, owner)  # type: ignore[misc]
 
     async def list_orders(
-        self, estado: str | None, cliente: str | None, desde_id: int, limite: int
+        self,
+        estado: str | None,
+        cliente: str | None,
+        desde_id: int,
+        limite: int,
+        contiene: str | None = None,
+        orden: str = "asc",
     ) -> list[dict[str, Any]]:
-        return await self._read(Store.list_orders, estado, cliente, desde_id, limite)  # type: ignore[misc]
+        read = self._read
+        return await read(Store.list_orders, estado, cliente, desde_id, limite, contiene, orden)  # type: ignore[misc]
 
     async def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
         return await self._writer.run(Store.cancel, order_id, owner)  # type: ignore[union-attr]

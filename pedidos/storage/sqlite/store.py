@@ -13,48 +13,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import datetime, timezone
 from typing import Any
 
 from pedidos.domain import ESTADOS, MAX_ATTEMPTS, Estado, NewOrder
 from pedidos.storage.base import Claim, Finished, Receipt
+from pedidos.storage.sqlite.rows import COLUMNS, EXTRA_COLUMNS, SCHEMA, now, order_of_row, products_json
+
+__all__ = ["now", "products_json"]  # defined with the table, used here
 
 # How long a connection waits for one held by a program outside the server
 # (the server's own processes share the write lock instead). Tests shorten it.
 BUSY_TIMEOUT_MS = int(os.environ.get("PEDIDOS_TEST_BUSY_TIMEOUT_MS") or 5000)
 PENDIENTE, EN_PROCESO, LISTO = Estado.PENDIENTE.value, Estado.EN_PROCESO.value, Estado.LISTO.value
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS pedidos (
-    id             INTEGER PRIMARY KEY,
-    cliente        TEXT    NOT NULL,
-    productos      TEXT    NOT NULL,
-    direccion      TEXT    NOT NULL,
-    referencia     TEXT    UNIQUE,
-    estado         TEXT    NOT NULL,
-    fecha_recibido TEXT    NOT NULL,
-    fecha_inicio   TEXT,
-    fecha_fin      TEXT,
-    worker         INTEGER,
-    intentos       INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS pedidos_estado ON pedidos (estado, id);
-CREATE INDEX IF NOT EXISTS pedidos_cliente ON pedidos (cliente, id);
-"""
-
-# Columns beyond the contract's, added to older databases as they open.
-EXTRA_COLUMNS = {
-    "propietario": "TEXT",  # digest of the access token that submitted the order (see auth.py)
-}
-
-COLUMNS = (
-    "id, cliente, productos, direccion, referencia, estado, fecha_recibido, "
-    "fecha_inicio, fecha_fin, worker, intentos"
-)
 INSERT = (
     "INSERT INTO pedidos "
     "(cliente, productos, direccion, referencia, estado, fecha_recibido, propietario) VALUES "
@@ -63,24 +37,6 @@ INSERT_ROW = f"(?, ?, ?, ?, '{PENDIENTE}', ?, ?)"
 INSERT_VALUES = INSERT_ROW.count("?")
 ROWS_PER_INSERT = 100  # 600 variables: under the 999 of old SQLite builds
 MAX_PARAMS = 500  # ids per IN (...) list, well under SQLite's variable limit
-
-
-# json.dumps with an argument builds a new encoder on every call.
-_encode_json = json.JSONEncoder(ensure_ascii=False).encode
-# What JSON must escape in a string (ensure_ascii=False): anything else is copied.
-_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
-
-
-def products_json(productos: Sequence[str]) -> str:
-    """`productos` as JSON text, exactly as `json.dumps(productos, ensure_ascii=False)`."""
-    if productos and _NEEDS_ESCAPE.search("".join(productos)) is None:
-        return '["' + '", "'.join(productos) + '"]'
-    return _encode_json(productos)
-
-
-def now() -> str:
-    """ISO 8601 UTC with microseconds and offset, as the contract writes times."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 class Store:
@@ -96,6 +52,9 @@ class Store:
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
         try:
+            # SQLite's own lower() and LIKE fold ASCII only: `contiene` must find
+            # "Juan PÉREZ" from "pérez". str.lower, as PostgreSQL's lower() folds.
+            self._conn.create_function(LOWER_FUNCTION, 1, _lower, deterministic=True)
             self._conn.execute("PRAGMA journal_mode=WAL")
             # FULL: in WAL mode NORMAL may lose the last commits on power loss,
             # and an acknowledged order must survive that. See Store's callers
@@ -146,8 +105,9 @@ class Store:
         """Store a batch in one transaction: a `Receipt` for each order.
 
         An order whose `referencia` is already stored (or earlier in the batch)
-        is not stored again. `owners` (one per order, or None) records who
-        submitted it; a `referencia` of someone else's order is `ajeno`.
+        is not stored again: the same order (same cliente, productos and
+        direccion, from the same owner or an admin) is a `duplicado`, any other
+        is `taken`. `owners` (one per order, or None) records who submitted it.
 
         Rows go in many per statement: the sqlite3 module gives up the
         interpreter lock around every statement, and each time it takes it
@@ -158,7 +118,7 @@ class Store:
         would only add its bookkeeping table to every insert)."""
         received = now()
         owners = owners or [None] * len(orders)
-        # A Receipt, or (row of this batch, duplicado, ajeno) until its id is known.
+        # A Receipt, or (row of this batch, duplicado, taken, referencia) until its id is known.
         results: list[Any] = []
         values: list[Any] = []  # the rows' values, one after another
         rows = 0
@@ -167,16 +127,20 @@ class Store:
             for (cliente, productos, direccion, referencia), owner in zip(orders, owners, strict=True):
                 if referencia is not None:
                     if referencia in known:
-                        order_id, estado, stored_owner = known[referencia]
-                        ajeno = owner is not None and owner != stored_owner
+                        order_id, estado, stored_owner, content = known[referencia]
+                        same_owner = owner is None or owner == stored_owner  # None: an admin
+                        taken = not (same_owner and content == (cliente, tuple(productos), direccion))
+                        # Taken: say nothing of the other order (its id stays out of the reply).
+                        shown = referencia if taken else None
                         if order_id < 0:  # earlier in this batch: its id is not known yet
-                            results.append((-order_id - 1, True, ajeno))
+                            results.append((-order_id - 1, True, taken, shown))
                         else:
-                            results.append(Receipt(order_id, estado, True, ajeno))
+                            results.append(Receipt(order_id, estado, True, taken, shown))
                         continue
-                    known[referencia] = (-rows - 1, PENDIENTE, owner)
+                    content = (cliente, tuple(productos), direccion)
+                    known[referencia] = (-rows - 1, PENDIENTE, owner, content)
                 values += (cliente, products_json(productos), direccion, referencia, received, owner)
-                results.append((rows, False, False))
+                results.append((rows, False, False, None))
                 rows += 1
             ids: list[int] = []
             step = ROWS_PER_INSERT * INSERT_VALUES
@@ -185,18 +149,20 @@ class Store:
                 n = len(part) // INSERT_VALUES
                 last = db.execute(INSERT + ", ".join([INSERT_ROW] * n), part).lastrowid
                 ids += range(last - n + 1, last + 1)
-        return [r if type(r) is Receipt else Receipt(ids[r[0]], PENDIENTE, r[1], r[2]) for r in results]
+        return [r if type(r) is Receipt else Receipt(ids[r[0]], PENDIENTE, *r[1:]) for r in results]
 
     @staticmethod
-    def _by_referencia(db: sqlite3.Connection, refs: set[str]) -> dict[str, tuple[int, str, str | None]]:
-        found: dict[str, tuple[int, str, str | None]] = {}
+    def _by_referencia(db: sqlite3.Connection, refs: set[str]) -> dict[str, tuple[Any, ...]]:
+        """referencia -> (id, estado, owner, (cliente, productos, direccion)) of stored orders."""
+        found: dict[str, tuple[Any, ...]] = {}
         for part in _parts(list(refs)):
             marks = ",".join("?" * len(part))
-            for ref, order_id, estado, owner in db.execute(
-                f"SELECT referencia, id, estado, propietario FROM pedidos WHERE referencia IN ({marks})",
+            for ref, order_id, estado, owner, cliente, productos, direccion in db.execute(
+                "SELECT referencia, id, estado, propietario, cliente, productos, direccion "
+                f"FROM pedidos WHERE referencia IN ({marks})",
                 part,
             ):
-                found[ref] = (order_id, estado, owner)
+                found[ref] = (order_id, estado, owner, (cliente, tuple(json.loads(productos)), direccion))
         return found
 
     def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
@@ -224,23 +190,45 @@ class Store:
             row = db.execute(
                 f"SELECT {COLUMNS} FROM pedidos WHERE id = ? AND propietario = ?", (order_id, owner)
             ).fetchone()
-        return _order(row) if row else None
+        return order_of_row(row) if row else None
 
     def list_orders(
-        self, estado: str | None, cliente: str | None, desde_id: int, limite: int
+        self,
+        estado: str | None,
+        cliente: str | None,
+        desde_id: int,
+        limite: int,
+        contiene: str | None = None,
+        orden: str = "asc",
     ) -> list[dict[str, Any]]:
-        where, params = ["id > ?"], [desde_id]
+        """Up to `limite` orders after `desde_id`: ids above it, oldest first
+        (`orden` "asc"), or below it, newest first ("desc"; 0 means from the
+        newest). `contiene` is a case-insensitive substring of `cliente`."""
+        newest_first = orden == "desc"
+        where: list[str] = []
+        params: list[Any] = []
+        if not newest_first or desde_id > 0:
+            where.append("id < ?" if newest_first else "id > ?")
+            params.append(desde_id)
         if estado is not None:
             where.append("estado = ?")
             params.append(estado)
         if cliente is not None:
             where.append("cliente = ?")
             params.append(cliente)
+        if contiene is not None:
+            # A scan in id order that stops at `limite` matches: no index serves
+            # a substring, and the cheap conditions above are tested first. instr,
+            # not LIKE: '%' and '_' in the text are plain characters. PostgreSQL:
+            # strpos(lower(cliente), lower($1)) > 0, the same folding.
+            where.append(f"instr({LOWER_FUNCTION}(cliente), ?) > 0")
+            params.append(_lower(contiene))
         rows = self._conn.execute(
-            f"SELECT {COLUMNS} FROM pedidos WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+            f"SELECT {COLUMNS} FROM pedidos WHERE {' AND '.join(where) or '1'} "
+            f"ORDER BY id {'DESC' if newest_first else ''} LIMIT ?",
             (*params, limite),
         ).fetchall()
-        return [_order(row) for row in rows]
+        return [order_of_row(row) for row in rows]
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(ESTADOS, 0)
@@ -324,22 +312,13 @@ class Store:
         return changed
 
 
+LOWER_FUNCTION = "pedidos_minusculas"
+
+
+def _lower(text: str | None) -> str | None:
+    return None if text is None else text.lower()
+
+
 def _parts(ids: Sequence[int]) -> Iterator[Sequence[int]]:
     for i in range(0, len(ids), MAX_PARAMS):
         yield ids[i : i + MAX_PARAMS]
-
-
-def _order(row: tuple[Any, ...]) -> dict[str, Any]:
-    return {
-        "id": row[0],
-        "cliente": row[1],
-        "productos": json.loads(row[2]),
-        "direccion": row[3],
-        "referencia": row[4],
-        "estado": row[5],
-        "fecha_recibido": row[6],
-        "fecha_inicio": row[7],
-        "fecha_fin": row[8],
-        "worker": row[9],
-        "intentos": row[10],
-    }

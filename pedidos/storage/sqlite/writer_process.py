@@ -18,38 +18,26 @@ from __future__ import annotations
 
 import logging
 import pickle
-import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from pedidos.domain import NewOrder
+from pedidos.logsetup import configure_logging
+from pedidos.stopsignals import leave_stop_to_the_server
 from pedidos.storage.base import Ack, Receipt, ServerGone
+from pedidos.storage.intake import Answer, Call, Order
 from pedidos.storage.sqlite.lock import WRITER, WriteLock
 from pedidos.storage.sqlite.store import Store
 
 logger = logging.getLogger(__name__)
 
-# One batch from the server: its new orders as (cliente, productos, direccion,
-# referencia, owner) tuples, and its other writes as (Store method, args).
-Order = tuple[str, tuple[str, ...], str, "str | None", "str | None"]
-Call = tuple[Callable[..., Any], tuple[Any, ...]]
 
-
-class Batch(NamedTuple):
-    """One hand-off from the server's loop."""
+class Request(NamedTuple):
+    """One batch from the server's loop (storage/intake.py)."""
 
     orders: list[Order]
-    calls: list[Call]
-
-
-class Answer(NamedTuple):
-    """The answer to one batch."""
-
-    acks: list[Any] | None  # `ack(receipt)` per order; None when `error` refused them all
-    ids: tuple[int, ...]  # the orders it stored (new, not duplicates)
-    error: BaseException | None
-    calls: list[tuple[Any, Any]]  # (result, error) per call
+    calls: list[Call]  # (Store method, args): its other writes, run first
 
 
 def writer_main(
@@ -60,18 +48,18 @@ def writer_main(
     lock: WriteLock,
     ack: Ack,
     log_level: int,
+    log_format: str = "text",
 ) -> None:
     """Entry point of the writer process, started by the server with `spawn`."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s writer: %(message)s")
-    # Ctrl-C at a terminal reaches every process in its group: the server
-    # decides when the writer stops, by closing the pipe, so that nothing it
-    # already sent is left unanswered.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The server decides when the writer stops, by closing the pipe, so that
+    # nothing it already sent is left unanswered (stopsignals.py).
+    leave_stop_to_the_server()
+    configure_logging(log_level, log_format, "writer")
     store = Store(db_path, lock.held_by(WRITER, server_pid))
     try:
         ended = False
         while not ended:
-            batches: list[Batch] = []
+            batches: list[Request] = []
             try:
                 batches.append(pickle.loads(requests.recv_bytes()))
                 while requests.poll():
@@ -86,7 +74,7 @@ def writer_main(
         store.close()
 
 
-def write(store: Store, batches: list[Batch], ack: Ack) -> list[Answer]:
+def write(store: Store, batches: list[Request], ack: Ack) -> list[Answer]:
     """Run the calls, then store the orders of all batches in one transaction."""
     calls = [[_call(store, fn, args) for fn, args in batch_calls] for _, batch_calls in batches]
     orders = [order for batch_orders, _ in batches for order in batch_orders]
@@ -95,7 +83,7 @@ def write(store: Store, batches: list[Batch], ack: Ack) -> list[Answer]:
     error: BaseException | None = None
     if orders:
         try:
-            stored = store.insert_orders([NewOrder(*o[:4]) for o in orders], [o[4] for o in orders])
+            stored = store.insert_orders(*_columns(orders))
         except Exception as exc:
             logger.error("could not store %d orders: %s", len(orders), exc)
             error = _portable(exc)
@@ -112,6 +100,15 @@ def write(store: Store, batches: list[Batch], ack: Ack) -> list[Answer]:
             answers.append(Answer(acks[start:end], ids, None, batch_calls))
         start = end
     return answers
+
+
+def _columns(orders: list[Order]) -> tuple[list[NewOrder], list[str | None]]:
+    """The orders of a batch, and their owners."""
+    news, owners = [], []
+    for cliente, productos, direccion, referencia, owner in orders:
+        news.append(NewOrder(cliente, productos, direccion, referencia))
+        owners.append(owner)
+    return news, owners
 
 
 def _call(store: Store, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, Any]:

@@ -1,0 +1,54 @@
+"""How the server and its child processes write their log: text for a person,
+or one JSON object per line for a log collector (`--log-format json`).
+
+Configured once at the top of each process (the server's `main`, a worker's or
+the writer's entry point), so that every line of one server looks alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+TEXT = "text"
+JSON = "json"
+FORMATS = (TEXT, JSON)
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Fields a log call may add with `extra=`; JSON lines carry them as they are.
+FIELDS = ("event", "id", "worker", "peer", "pid", "count")
+
+
+class JsonFormatter(logging.Formatter):
+    """One compact JSON object per record: time, level, logger, message, fields."""
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__()
+        self._name = name
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": self._name or record.name,
+            "message": record.getMessage(),
+        }
+        for field in FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                line[field] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure_logging(level: int, fmt: str = TEXT, name: str | None = None) -> None:
+    """Log to stderr at `level`; `name` stands for the logger's in a child process
+    ("worker 2", "writer")."""
+    handler = logging.StreamHandler()
+    if fmt == JSON:
+        handler.setFormatter(JsonFormatter(name))
+    else:
+        who = name or "%(name)s"
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {who}: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])

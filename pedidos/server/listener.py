@@ -1,0 +1,134 @@
+"""Accepting connections, and what to do when file descriptors run out.
+
+asyncio's own accept loop, on EMFILE, logs a traceback and schedules a retry
+for every one of up to `backlog` connections waiting, each time: with a
+backlog of 4096 that flooded the log with millions of lines and kept the loop
+too busy to handle a signal. Here a listener that runs out pauses accepting
+for a moment, says so once per episode, and the loop stays free for the
+clients already connected and for signals.
+
+`connection_budget` keeps it rare: `--max-connections` is capped below the
+descriptor limit at start, leaving room for what else the server opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import resource
+import socket
+import ssl
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+ACCEPT_BATCH = 100  # connections taken per readiness event, so that one listener cannot hog the loop
+PAUSE_S = 0.2  # how long a listener out of descriptors waits before it tries again
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Descriptors kept for what is not a connection: the database and its WAL
+# files per reader thread, the lock file, listeners, the event loop, stdio,
+# the writer's pipes, and per worker its queue, its pipe and its process.
+RESERVED_FDS = 64
+RESERVED_FDS_PER_WORKER = 8
+
+
+def connection_budget(max_connections: int, workers: int) -> int:
+    """`max_connections`, or less when the descriptor limit (`ulimit -n`) cannot
+    hold that many. Raises the soft limit towards the hard one first."""
+    reserved = RESERVED_FDS + RESERVED_FDS_PER_WORKER * workers
+    needed = max_connections + reserved
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):
+                pass
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return max_connections
+    capped = max(1, soft - reserved)
+    logger.warning(
+        "--max-connections %d does not fit in %d file descriptors (ulimit -n; %d kept for the "
+        "database, workers and pipes): at most %d connections",
+        max_connections,
+        soft,
+        reserved,
+        capped,
+    )
+    return capped
+
+
+class Listener:
+    """Accepts on one listening socket; each connection gets a protocol from `factory`."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        factory: Callable[[], asyncio.BaseProtocol],
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._factory = factory
+        self._tls = tls
+        self._fd = sock.fileno()
+        self._retry: asyncio.TimerHandle | None = None
+        self._out_of_fds = False  # in an episode: said once, not again until it ends
+        self._starting: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    def start(self) -> None:
+        self._retry = None
+        if not self.closed:
+            self._loop.add_reader(self._fd, self._accept)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+        self._loop.remove_reader(self._fd)
+        self._sock.close()
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up before we took it
+            except OSError as exc:
+                self._pause(exc)
+                return
+            self._out_of_fds = False
+            conn.setblocking(False)
+            task = self._loop.create_task(self._start_connection(conn))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _start_connection(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._factory, conn, ssl=self._tls)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, EOFError) as exc:
+            # A TLS handshake that failed, a client gone at once: nothing to answer.
+            logger.debug("connection not started: %r", exc)
+            conn.close()
+
+    def _pause(self, exc: OSError) -> None:
+        self._loop.remove_reader(self._fd)
+        if not self._out_of_fds:
+            self._out_of_fds = True
+            if exc.errno in OUT_OF_RESOURCES:
+                logger.warning(
+                    "cannot accept connections: %s; pausing new connections (retrying every %g s), "
+                    "serving the open ones",
+                    exc.strerror,
+                    PAUSE_S,
+                )
+            else:
+                logger.error("cannot accept connections: %s; retrying every %g s", exc, PAUSE_S)
+        self._retry = self._loop.call_later(PAUSE_S, self.start)
