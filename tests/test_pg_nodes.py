@@ -97,6 +97,8 @@ def test_orders_sent_round_robin_end_listo_exactly_once_and_every_node_agrees(pg
             ids.append(reply["id"])
         assert len(set(ids)) == 60
         wait_for(lambda: len(listed(servers[0], "listo")) == 60, timeout=15)
+        # Each node publishes its workers with its lease, renewed every second.
+        wait_for(lambda: all(c.ask({"accion": "estadisticas"})["workers"] == 6 for c in clients), timeout=5)
         stats = [c.ask({"accion": "estadisticas"}) for c in clients]
         for c in clients:
             c.close()
