@@ -1,6 +1,7 @@
 """Soak test: mixed load while workers, the writer and the server are killed, then an audit.
 
     python3 -m pedidos.soak --minutes 10 [--workers 2] [--seed S]
+    python3 -m pedidos.soak --db postgresql://... --nodos 3 [--reiniciar-pg CMD]  (soak_nodes.py)
 
 Client threads send orders (with and without `referencia`, and retries) and
 commands to the real `servidor.py` while a chaos thread SIGKILLs its child
@@ -280,12 +281,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     parser.add_argument("--work-time", default="0-0.05", help="--work-time during the chaos (default 0-0.05)")
+    parser.add_argument("--db", metavar="URL", help="a postgresql:// database of its own for many nodes")
+    parser.add_argument("--nodos", type=int, default=3, help="with --db: nodes sharing it (default 3)")
+    parser.add_argument(
+        "--reiniciar-pg",
+        metavar="CMD",
+        help="with --db: a shell command that restarts PostgreSQL, run now and then",
+    )
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
     print(f"soak: seed {args.seed}", file=sys.stderr)
     folder = Path(tempfile.mkdtemp(prefix="pedidos-soak-"))
-    code = Soak(args, folder).run()
+    if args.db:
+        from pedidos.tools.soak_nodes import NodesSoak  # many nodes on one PostgreSQL
+
+        code = NodesSoak(args, folder).run()
+    else:
+        code = Soak(args, folder).run()
     if code != 0:
         print(f"soak: database and server log kept in {folder}", file=sys.stderr)
     else:
