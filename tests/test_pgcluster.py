@@ -25,3 +25,12 @@ def test_a_cluster_of_its_own_stops_and_starts_again(pg_cluster):
     assert pg_cluster.pid != pid
     with psycopg.connect(pg_cluster.url()) as conn:
         assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
+
+
+def test_a_machine_without_postgresql_fails_the_tests_with_what_to_do(monkeypatch):
+    import pgcluster
+    import pytest
+
+    monkeypatch.setattr(pgcluster.glob, "glob", lambda pattern: [])
+    with pytest.raises(pgcluster.PostgresMissing, match="bash scripts/test"):
+        pgcluster.bin_dir()
