@@ -275,7 +275,9 @@ class Soak:
         return 0 if not (lost or duplicated or stuck) else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, nodes_soak: type[Soak] | None = None) -> int:
+    """`nodes_soak`: the class that runs `--db` (soak_nodes.py passes it: this
+    module does not import that one, which builds on it)."""
     parser = argparse.ArgumentParser(prog="python3 -m pedidos.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=1.0, help="how long the chaos lasts (default 1)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
@@ -289,16 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         help="with --db: a shell command that restarts PostgreSQL, run now and then",
     )
     args = parser.parse_args(argv)
+    if args.db and nodes_soak is None:
+        parser.error("--db: run it as python3 -m pedidos.soak")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
     print(f"soak: seed {args.seed}", file=sys.stderr)
     folder = Path(tempfile.mkdtemp(prefix="pedidos-soak-"))
-    if args.db:
-        from pedidos.tools.soak_nodes import NodesSoak  # many nodes on one PostgreSQL
-
-        code = NodesSoak(args, folder).run()
-    else:
-        code = Soak(args, folder).run()
+    code = (nodes_soak if args.db else Soak)(args, folder).run()  # type: ignore[misc]
     if code != 0:
         print(f"soak: database and server log kept in {folder}", file=sys.stderr)
     else:

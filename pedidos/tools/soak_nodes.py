@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from pedidos.client.blocking import Client
+from pedidos.tools import soak
 from pedidos.tools.procs import child_env
 from pedidos.tools.soak import FAILURES, Soak, children, kill
 
@@ -175,3 +176,12 @@ def _empty(url: str) -> None:
             "DO $$ BEGIN IF to_regclass('pedidos') IS NOT NULL THEN "
             "TRUNCATE pedidos, nodos RESTART IDENTITY; END IF; END $$"
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python3 -m pedidos.soak`: one server, or with `--db` many nodes."""
+    return soak.main(argv, NodesSoak)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
