@@ -28,6 +28,9 @@ from pedidos.domain import NewOrder, Receipt
 from pedidos.storage import open_storage, read_all_orders
 from pedidos.storage.base import Recovery, Storage, WorkerStore
 
+# The throwaway PostgreSQL cluster and its fixtures (pg_databases, pg_url, pg_cluster).
+pytest_plugins = ("pgcluster",)
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVIDOR = ROOT / "servidor.py"
 CLIENTE = ROOT / "cliente.py"

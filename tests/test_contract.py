@@ -47,11 +47,24 @@ LIMIT = 64 * 1024
 # --- helpers ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One quick server (orders done at once, 2 workers) for the tests that only talk to it."""
-    with running_server(tmp_path_factory.mktemp("contract"), "--work-time", "0") as srv:
-        yield srv
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One quick server (orders done at once, 2 workers) for the tests that only talk to it,
+    on each backend: a SQLite file, and a database of its own on the test PostgreSQL."""
+    folder = tmp_path_factory.mktemp("contract")
+    if request.param == "sqlite":
+        with running_server(folder, "--work-time", "0") as srv:
+            yield srv
+        return
+    databases = request.getfixturevalue("pg_databases")
+    url = databases.create()
+    try:
+        with running_server(folder, "--work-time", "0", db=url) as srv:  # type: ignore[arg-type]
+            yield srv
+    finally:
+        databases.drop(url)
 
 
 @contextlib.contextmanager

@@ -47,7 +47,8 @@ def test_parse_work_time_refuses_a_range_without_its_end():
         parse_work_time("1-")
 
 
-def test_defaults_are_the_contract():
+def test_defaults_are_the_contract(monkeypatch):
+    monkeypatch.delenv("PEDIDOS_DB", raising=False)  # a caller's own default must not count here
     args = build_parser().parse_args([])
     assert args.host is None  # main() reads that as localhost: 127.0.0.1 and ::1
     assert args.port == 8888

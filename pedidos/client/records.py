@@ -74,6 +74,7 @@ class Stats(TypedDict, total=False):
     conexiones: int
     en_cola: int
     uptime_s: float
+    nodos: list[dict[str, Any]]  # on a shared database: the live servers (section 9)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Order:
     resultado: Any = None
     error: str | None = None
     reintentar_despues: str | None = None
+    nodo: str | None = None  # on a shared database: the server that holds or held it
 
     @classmethod
     def from_reply(cls, data: dict[str, Any]) -> Order:
@@ -113,12 +115,15 @@ class Order:
             resultado=data.get("resultado"),
             error=data.get("error"),
             reintentar_despues=data.get("reintentar_despues"),
+            nodo=data.get("nodo"),
         )
 
     def as_dict(self) -> dict[str, Any]:
         """The order as the server writes it (ORDER in the contract)."""
         data = asdict(self)
         data["productos"] = list(self.productos)
+        if data["nodo"] is None:
+            del data["nodo"]  # a server alone (SQLite) does not send it
         return data
 
     @property

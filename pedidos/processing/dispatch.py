@@ -94,7 +94,9 @@ class Dispatcher:
         orders that reached the table some other way."""
         if not self._known and self._scan_from is None:
             self._scan_from = 0
-            self.pump()
+        # Also restarts a scan whose read failed (a database away for a while)
+        # when nothing else happens that would.
+        self.pump()
 
     def pump(self) -> None:
         self._feed_workers()

@@ -16,8 +16,11 @@ from pedidos.processing.retry import DEFAULT_BACKOFF_S
 from pedidos.processing.task import TaskError, load_task
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.server.server import Server, ServerConfig, StartupError
+from pedidos.storage import POSTGRES_INSTALL, is_postgres, postgres_driver_missing
 
 logger = logging.getLogger(__name__)
+
+DB_ENV_VAR = "PEDIDOS_DB"  # the default for --db
 
 
 DEFAULT_WORK_TIME = (1.0, 3.0)
@@ -78,6 +81,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _whole_number(text)
     if not 0 <= value <= 65535:
@@ -117,7 +127,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=_port, default=8888, help="TCP port; 0 picks a free one (default 8888)"
     )
     parser.add_argument("--workers", type=_positive_int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--db", default="pedidos.db", help="SQLite database file (default pedidos.db)")
+    parser.add_argument(
+        "--db",
+        default=os.environ.get(DB_ENV_VAR) or "pedidos.db",
+        help="a SQLite file, or a postgresql:// URL to share one database among many servers "
+        f"(default: ${DB_ENV_VAR}, else pedidos.db)",
+    )
+    parser.add_argument(
+        "--nodo",
+        metavar="NAME",
+        help="this server's name among those sharing a PostgreSQL database (default HOST:PORT)",
+    )
+    parser.add_argument(
+        "--lease",
+        type=_positive_seconds,
+        default=5.0,
+        metavar="S",
+        help="on PostgreSQL: a node silent this long is declared dead and its orders taken over (default 5)",
+    )
+    parser.add_argument(
+        "--sin-notify",
+        action="store_true",
+        help="on PostgreSQL: no LISTEN/NOTIFY, only polling (for poolers that drop LISTEN)",
+    )
     parser.add_argument(
         "--work-time",
         type=parse_work_time,
@@ -219,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if is_postgres(args.db) and postgres_driver_missing():
+        parser.exit(2, f"servidor.py: error: a PostgreSQL database needs its driver: {POSTGRES_INSTALL}\n")
     if args.tls_key is not None and args.tls_cert is None:
         parser.error("--tls-key needs --tls-cert")  # a usage error: exit 2
     for flag, value in (("--reintentos", args.reintentos), ("--limite-tarea", args.limite_tarea)):
@@ -247,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         workers=args.workers,
         db=args.db,
+        nodo=args.nodo,
+        lease=args.lease,
+        hints=not args.sin_notify,
         work_time=args.work_time,
         max_request_bytes=args.max_request_bytes,
         max_connections=args.max_connections,

@@ -15,7 +15,10 @@ class ServerConfig:
     hosts: list[str] = field(default_factory=lambda: ["localhost"])
     port: int = 8888
     workers: int = 2
-    db: str = "pedidos.db"  # a SQLite file path; storage.open_storage picks the backend from it
+    db: str = "pedidos.db"  # a SQLite file path or a PostgreSQL URL; storage.open_storage picks
+    nodo: str | None = None  # this server's name on a shared database (default HOST:PORT)
+    lease: float = 5.0  # seconds a node may miss renewing before it is declared dead
+    hints: bool = True  # LISTEN/NOTIFY on a shared database; False: polling only
     work_time: tuple[float, float] = (1.0, 3.0)
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_connections: int = 10_000

@@ -33,6 +33,7 @@ from pedidos.protocol.telnet import TelnetReply
 from pedidos.protocol.validation import Command, parse_request
 from pedidos.server.auth import ADMIN, Principal
 from pedidos.server.state import ServerState
+from pedidos.storage.base import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -310,5 +311,7 @@ def _reply_of(future: asyncio.Future[Any], conn: Connection) -> dict | bytes:
         return future.result()
     if isinstance(error, RequestError):
         return error.reply()
+    if isinstance(error, StorageUnavailable):  # logged once by the backend, not per order
+        return error_reply(SERVIDOR_OCUPADO, "La base de datos no responde ahora; pruebe más tarde.")
     logger.error("request from %s failed: %r", conn.peer, error)
     return error_reply(ERROR_INTERNO, "Error interno del servidor; la petición no tuvo efecto.")

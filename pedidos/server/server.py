@@ -13,11 +13,12 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pedidos.domain import show_address
-from pedidos.events import FINISHED, RECEIVED, STARTED, Event, EventBus
+from pedidos.domain import Estado, show_address
+from pedidos.events import ELSEWHERE, FAILED, FINISHED, RECEIVED, REQUEUED, STARTED, Event, EventBus
 from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.supervisor import Processing
 from pedidos.processing.worker import WorkerConfig
@@ -30,7 +31,7 @@ from pedidos.server.preflight import StartupError, bind_sockets, tls_context
 from pedidos.server.service import OrderService
 from pedidos.server.state import ServerState
 from pedidos.stats import Stats
-from pedidos.storage import open_storage
+from pedidos.storage import Cluster, is_postgres, open_storage, shown_db
 from pedidos.storage.base import Recovery, Storage, StorageError
 from pedidos.wording import count
 
@@ -56,6 +57,7 @@ class Server:
         self._processing: Processing | None = None
         self.tokens: TokenBook | None = None
         self._panel: Any = None  # pedidos.panel.web.Panel with --panel, imported only then
+        self.nodo: str | None = None  # this server's name on a shared database
 
     async def serve(self, install_signal_handlers: bool = True) -> None:
         if install_signal_handlers:
@@ -87,7 +89,8 @@ class Server:
         # Bind, then start the storage, which makes the database this server's
         # (SQLite: a lock file) before it takes up what a crash left behind: a
         # second start on the same database fails on one of the two and
-        # changes nothing of the running server's orders.
+        # changes nothing of the running server's orders. (On a shared
+        # database, a node's default name is HOST:PORT, known only now.)
         sockets = bind_sockets(config.hosts, config.port)
         try:
             bus = EventBus()
@@ -102,6 +105,7 @@ class Server:
                 on_stored=lambda ids: bus.publish(Event(RECEIVED, ids)),
                 log_level=config.log_level,
                 log_format=config.log_format,
+                cluster=self._cluster(bus, sockets[0].getsockname()[1]),
             )
             try:
                 _log_recovery(await self._storage.start())
@@ -154,7 +158,7 @@ class Server:
             # Ends with key=value fields for programs (tests, tools): where to connect.
             "ready: %s, database %s, %s, %s, %s; addresses=%s",
             count(config.workers, "worker"),
-            config.db,
+            shown_db(config.db),
             _work(config),
             "TLS" if tls is not None else "plain TCP",
             count(len(self.tokens), "access token") if self.tokens is not None else "no access tokens",
@@ -191,7 +195,43 @@ class Server:
     def _live_figures(self) -> dict[str, Any]:
         workers = self._processing.pool.alive() if self._processing else 0
         connections = len(self.state.connections) if self.state is not None else 0
-        return {"workers": workers, "conexiones": connections}
+        figures: dict[str, Any] = {"workers": workers, "conexiones": connections}
+        if self.nodo is not None:
+            figures["nodo"] = self.nodo
+        return figures
+
+    def _cluster(self, bus: EventBus, port: int) -> Cluster | None:
+        """How this server joins the others on a shared database (section 9)."""
+        config = self.config
+        if not is_postgres(config.db):
+            return None
+        self.nodo = config.nodo or f"{socket.gethostname()}:{port}"
+
+        def figures() -> tuple[int, int]:
+            live = self._live_figures()
+            return live["workers"], live["conexiones"]
+
+        def handed_back(moved: list[tuple[int, str]]) -> None:
+            requeued = tuple(i for i, estado in moved if estado == Estado.PENDIENTE)
+            failed = tuple(i for i, estado in moved if estado == Estado.FALLIDO)
+            if failed:
+                bus.publish(Event(FAILED, failed))
+            if requeued:
+                bus.publish(Event(REQUEUED, requeued))
+
+        def new_elsewhere() -> None:
+            if self._processing is not None:
+                self._processing.dispatcher.sweep()
+
+        return Cluster(
+            nodo=self.nodo,
+            lease=config.lease,
+            hints=config.hints,
+            on_new=new_elsewhere,
+            on_done=lambda ids: bus.publish(Event(ELSEWHERE, ids or ())),
+            on_handed_back=handed_back,
+            figures=figures,
+        )
 
     # --- stop -----------------------------------------------------------------------
 

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pedidos.domain import FINAL_ESTADOS, Estado, NewOrder
-from pedidos.events import CANCELLED, FINAL, REQUEUED, Event, EventBus
+from pedidos.events import CANCELLED, ELSEWHERE, FINAL, REQUEUED, Event, EventBus
 from pedidos.protocol.replies import (
+    ERROR_INTERNO,
     NO_AUTORIZADO,
     NO_CANCELABLE,
     NO_ENCONTRADO,
@@ -27,7 +28,7 @@ from pedidos.protocol.replies import (
 )
 from pedidos.protocol.validation import Command
 from pedidos.server.auth import Principal
-from pedidos.storage.base import Storage
+from pedidos.storage.base import Storage, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,13 @@ class OrderService:
             raise RequestError(
                 NO_AUTORIZADO, f"La acción '{command.accion}' requiere un token de administrador."
             )
-        return await self._handlers[command.accion](owner=_owner(principal), **command.args)
+        try:
+            return await self._handlers[command.accion](owner=_owner(principal), **command.args)
+        except StorageUnavailable:
+            # Logged once by the backend when the database went away.
+            raise RequestError(
+                ERROR_INTERNO, "La base de datos no responde ahora; la petición no tuvo efecto."
+            ) from None
 
     def release_waiters(self) -> None:
         """At shutdown: every `esperar` still waiting gets its answer now, and
@@ -96,11 +103,24 @@ class OrderService:
     async def _esperar(self, id: int, timeout: float, owner: str | None) -> Reply:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(id, set()).add(waiter)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        poll_s = self._storage.poll_s
         try:
             order = await self._order(id, owner)
-            if order["estado"] not in FINAL_ESTADOS and not self._released:
+            # A wake-up may be only a hint (another node changed *some*
+            # orders), and with a shared database a poll catches a lost one.
+            while order["estado"] not in FINAL_ESTADOS and not self._released:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                wait_s = left if poll_s is None else min(left, poll_s)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(waiter, timeout)
+                    await asyncio.wait_for(asyncio.shield(waiter), wait_s)
+                if waiter.done():
+                    self._waiters[id].discard(waiter)
+                    waiter = loop.create_future()
+                    self._waiters[id].add(waiter)
                 order = await self._order(id, owner)
         finally:
             waiters = self._waiters[id]
@@ -164,13 +184,25 @@ class OrderService:
 
     async def _estadisticas(self, owner: str | None) -> Reply:
         counts = await self._storage.counts()
-        return {
+        figures = self._live_figures()
+        reply = {
             "ok": True,
             "estados": counts,
-            **self._live_figures(),
+            **figures,
             "en_cola": counts[Estado.PENDIENTE.value],
             "uptime_s": round(time.monotonic() - self._started, 3),
         }
+        nodes = await self._storage.live_nodes()
+        if nodes is not None:
+            # The whole service's workers: this node's as of now, the others'
+            # as of their last lease renewal.
+            for node in nodes:
+                if node["nodo"] == figures.get("nodo"):
+                    node["workers"], node["conexiones"] = figures["workers"], figures["conexiones"]
+            reply["workers"] = sum(node["workers"] for node in nodes)
+            reply["nodos"] = nodes
+            reply.pop("nodo", None)
+        return reply
 
     async def _order(self, order_id: int, owner: str | None) -> dict[str, Any]:
         order = await self._storage.get(order_id, owner)
@@ -179,9 +211,9 @@ class OrderService:
         return order
 
     def _on_event(self, event: Event) -> None:
-        if event.kind not in FINAL or not self._waiters:
+        if (event.kind not in FINAL and event.kind != ELSEWHERE) or not self._waiters:
             return
-        for order_id in event.ids:
+        for order_id in event.ids or (list(self._waiters) if event.kind == ELSEWHERE else ()):
             for waiter in self._waiters.get(order_id, ()):
                 if not waiter.done():
                     waiter.set_result(None)

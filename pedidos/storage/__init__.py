@@ -15,11 +15,56 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pedidos.storage.base import Ack, Storage, StorageError, plain_receipt
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+POSTGRES_INSTALL = "pip install 'pedidos[postgres]'"
+
+
+def is_postgres(db: str) -> bool:
+    """True when `--db` names a PostgreSQL database rather than a SQLite file."""
+    return db.startswith(POSTGRES_SCHEMES)
+
+
+def shown_db(db: str) -> str:
+    """`--db` as a log may show it: a PostgreSQL URL without its password."""
+    if not is_postgres(db):
+        return db
+    try:
+        from pedidos.storage.postgres.link import shown
+    except ImportError:
+        return db.split("@")[-1]
+    return shown(db)
+
+
+def postgres_driver_missing() -> bool:
+    """True when psycopg (the `postgres` extra) cannot be imported."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+@dataclass
+class Cluster:
+    """How this server joins the others on a shared database (PostgreSQL;
+    section 9 of the contract), and what it hears of their work."""
+
+    nodo: str  # this server's name among them, unique among the live ones
+    lease: float = 5.0  # seconds without renewal before a node is declared dead
+    hints: bool = True  # LISTEN/NOTIFY wake-ups; False: polling only
+    # Another node may have received orders: look for pending ones.
+    on_new: Callable[[], None] = lambda: None
+    # Orders another node changed (None: any may have): wake whoever waits.
+    on_done: Callable[[tuple[int, ...] | None], None] = lambda ids: None
+    # Orders of dead nodes this node handed back: (id, new estado) each.
+    on_handed_back: Callable[[list[tuple[int, str]]], None] = lambda moved: None
+    # (workers alive, open connections) of this node, published with its lease.
+    figures: Callable[[], tuple[int, int]] = field(default=lambda: (0, 0))
 
 
 def open_storage(
@@ -29,12 +74,28 @@ def open_storage(
     on_stored: Callable[[tuple[int, ...]], None] | None = None,
     log_level: int = logging.INFO,
     log_format: str = "text",
+    cluster: Cluster | None = None,
 ) -> Storage:
     """The backend that `db` (the `--db` value) names, not started yet: a
     PostgreSQL URL, or else the path of a SQLite file. Raises `StorageError`."""
-    if db.startswith(POSTGRES_SCHEMES):
-        # The PostgreSQL backend plugs in here (storage/postgres/).
-        raise StorageError("PostgreSQL is not available yet in this version; use a SQLite file path")
+    if is_postgres(db):
+        try:
+            from pedidos.storage.postgres.backend import PostgresStorage
+        except ImportError:
+            raise StorageError(f"PostgreSQL needs its driver: {POSTGRES_INSTALL}") from None
+        cluster = cluster or Cluster(nodo="pedidos")
+        return PostgresStorage(
+            db,
+            cluster.nodo,
+            ack=ack,
+            on_stored=on_stored,
+            lease=cluster.lease,
+            hints=cluster.hints,
+            on_new=cluster.on_new,
+            on_done=cluster.on_done,
+            on_handed_back=cluster.on_handed_back,
+            figures=cluster.figures,
+        )
     from pedidos.storage.sqlite.backend import SqliteStorage
 
     return SqliteStorage(db, ack=ack, on_stored=on_stored, log_level=log_level, log_format=log_format)

@@ -35,6 +35,12 @@ class StorageError(Exception):
     The message is one line for the operator."""
 
 
+class StorageUnavailable(StorageError):
+    """The database cannot be reached for now (a shared database restarting,
+    say); nothing was changed. The server refuses new orders with
+    `servidor_ocupado` and commands with `error_interno` until it is back."""
+
+
 class ServerGone(Exception):
     """Raised in a worker process when its server died: the worker exits."""
 
@@ -206,6 +212,16 @@ class Storage(Protocol):
         """`WorkerStore.fail`, from the server: for a claim whose worker was
         stopped (killed over `--limite-tarea`) and is gone. A backend whose
         workers share a lock frees it if that worker held it."""
+        ...
+
+    # How often an `esperar` reads its order again by itself, in seconds: for
+    # a database that other servers change too (None: only this server
+    # changes it, and its own events say when).
+    poll_s: float | None
+
+    async def live_nodes(self) -> list[dict[str, Any]] | None:
+        """The live servers sharing this database, for `estadisticas`
+        (section 9 of the contract); None when this server is alone."""
         ...
 
     def worker_opener(self) -> WorkerOpener:

@@ -94,13 +94,27 @@ def _row(result: dict[str, Any], **extra: Any) -> Row:
 def _server(
     args: argparse.Namespace, tmp: Path, name: str, work_time: str, max_conns: int = 10_000, *extra: str
 ) -> Child:
-    argv = ["-m", "pedidos", "--host", "127.0.0.1", "--port", "0", "--db", str(tmp / f"{name}.db"), *extra]
+    db = str(tmp / f"{name}.db")
+    if args.db:  # a shared database: each scenario starts from an empty table
+        db = args.db
+        _empty_postgres(db)
+    argv = ["-m", "pedidos", "--host", "127.0.0.1", "--port", "0", "--db", db, *extra]
     argv += ["--workers", str(args.workers), "--work-time", work_time]
     argv += ["--max-connections", str(max_conns), "--shutdown-timeout", "10"]
     child = Child(argv, tmp / f"{name}.log", ready_text=" ready: ")
     if args.verbose:
         print(f"  {name}: server pid {child.pid}, port {child.port}", file=sys.stderr)
     return child
+
+
+def _empty_postgres(url: str) -> None:
+    import psycopg  # the postgres extra: only when --db names PostgreSQL
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "DO $$ BEGIN IF to_regclass('pedidos') IS NOT NULL THEN "
+            "TRUNCATE pedidos, nodos RESTART IDENTITY; END IF; END $$"
+        )
 
 
 def _baseline(args: argparse.Namespace, child: Child, name: str, rows: dict[str, Row], line: bytes) -> None:
@@ -277,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm", type=float, default=1.0, help="warm-up seconds before each window (default 1)")
     p.add_argument("--connections", type=count, default=50, help="req/resp connections (default 50)")
     p.add_argument("--workers", type=count, default=2, help="server worker processes (default 2)")
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="a postgresql:// database for the servers (emptied before each scenario); default: SQLite files",
+    )
     p.add_argument("--runs", type=count, default=1, help="runs; figures are medians (default 1)")
     p.add_argument("--json", metavar="FILE", help="write every run, the medians and the configuration here")
     p.add_argument("--pipeline-conns", type=count, default=4, help="pipelined connections (default 4)")

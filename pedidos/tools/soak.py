@@ -1,6 +1,7 @@
 """Soak test: mixed load while workers, the writer and the server are killed, then an audit.
 
     python3 -m pedidos.soak --minutes 10 [--workers 2] [--seed S]
+    python3 -m pedidos.soak --db postgresql://... --nodos 3 [--reiniciar-pg CMD]  (soak_nodes.py)
 
 Client threads send orders (with and without `referencia`, and retries) and
 commands to the real `servidor.py` while a chaos thread SIGKILLs its child
@@ -284,19 +285,30 @@ class Soak:
         return 0 if not (lost or duplicated or stuck or unexplained) else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, nodes_soak: type[Soak] | None = None) -> int:
+    """`nodes_soak`: the class that runs `--db` (soak_nodes.py passes it: this
+    module does not import that one, which builds on it)."""
     parser = argparse.ArgumentParser(prog="python3 -m pedidos.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=1.0, help="how long the chaos lasts (default 1)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     parser.add_argument("--work-time", default="0-0.05", help="--work-time during the chaos (default 0-0.05)")
     parser.add_argument("--tarea", metavar="MODULO:FUNCION", help="the server's --tarea (default: none)")
+    parser.add_argument("--db", metavar="URL", help="a postgresql:// database of its own for many nodes")
+    parser.add_argument("--nodos", type=int, default=3, help="with --db: nodes sharing it (default 3)")
+    parser.add_argument(
+        "--reiniciar-pg",
+        metavar="CMD",
+        help="with --db: a shell command that restarts PostgreSQL, run now and then",
+    )
     args = parser.parse_args(argv)
+    if args.db and nodes_soak is None:
+        parser.error("--db: run it as python3 -m pedidos.soak")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
     print(f"soak: seed {args.seed}", file=sys.stderr)
     folder = Path(tempfile.mkdtemp(prefix="pedidos-soak-"))
-    code = Soak(args, folder).run()
+    code = (nodes_soak if args.db else Soak)(args, folder).run()  # type: ignore[misc]
     if code != 0:
         print(f"soak: database and server log kept in {folder}", file=sys.stderr)
     else:

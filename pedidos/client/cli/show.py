@@ -71,11 +71,11 @@ def state_line(order: Order) -> str:
         again = f", de nuevo tras {tries}" if order.intentos else ""
         return f"{head}{again} (recibido a las {clock(order.received_at)})."
     if order.estado == Estado.EN_PROCESO:
-        return f"{head} en el worker {order.worker} desde las {clock(order.started_at)}."
+        return f"{head} en el worker {_worker(order)} desde las {clock(order.started_at)}."
     if order.estado == Estado.LISTO:
         return (
             f"{head} a las {clock(order.finished_at)}; tardó {seconds(order.duration)}"
-            f" (worker {order.worker}, empezó a las {clock(order.started_at)})."
+            f" (worker {_worker(order)}, empezó a las {clock(order.started_at)})."
             + (f" Resultado: {_short(result_text(order))}" if order.resultado is not None else "")
         )
     if order.estado == Estado.FALLIDO and order.error:
@@ -85,8 +85,13 @@ def state_line(order: Order) -> str:
     return f"{head}."
 
 
+def _worker(order: Order) -> str:
+    """The worker's number, and its server when several share the database."""
+    return f"{order.worker} del nodo {order.nodo}" if order.nodo else f"{order.worker}"
+
+
 def order_lines(order: Order) -> list[str]:
-    worker = f" (worker {order.worker})" if order.worker is not None else ""
+    worker = f" (worker {_worker(order)})" if order.worker is not None else ""
     lines = [
         f"Pedido {order.id}",
         f"  cliente:    {order.cliente}",
@@ -146,8 +151,8 @@ def _cut(text: str, limit: int) -> str:
 
 
 def table(orders: Sequence[Order], cliente_width: int = 30) -> list[str]:
-    header = ("id", "cliente", "estado", "recibido", "inicio", "fin", "duración")
-    rows = [
+    header: tuple[str, ...] = ("id", "cliente", "estado", "recibido", "inicio", "fin", "duración")
+    rows: list[tuple[str, ...]] = [
         (
             str(o.id),
             _cut(o.cliente, cliente_width),
@@ -159,6 +164,9 @@ def table(orders: Sequence[Order], cliente_width: int = 30) -> list[str]:
         )
         for o in orders
     ]
+    if any(o.nodo for o in orders):  # many servers on one database: which one has it
+        header += ("nodo",)
+        rows = [(*row, _cut(o.nodo or NONE, 20)) for row, o in zip(rows, orders, strict=True)]
     widths = [max(width(row[i]) for row in [header, *rows]) for i in range(len(header))]
     right = {0, 6}  # numbers line up on the right
 
@@ -184,4 +192,19 @@ def stats_lines(stats: Stats) -> list[str]:
         f"Conexiones abiertas: {stats.get('conexiones', 0)}",
         f"En marcha desde hace: {seconds(stats.get('uptime_s'))}",
     ]
+    nodos = stats.get("nodos")
+    if nodos:
+        lines.append(f"Nodos vivos: {len(nodos)}")
+        name = max(width(n["nodo"]) for n in nodos)
+        lines += [
+            f"  {n['nodo']}{' ' * (name - width(n['nodo']))}  "
+            f"{plural(n['workers'], 'worker', 'workers')}, "
+            f"{plural(n['conexiones'], 'conexión', 'conexiones')}, "
+            f"{count(n['en proceso'])} en proceso, visto a las {clock(_moment(n['visto']))}"
+            for n in nodos
+        ]
     return lines
+
+
+def _moment(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None

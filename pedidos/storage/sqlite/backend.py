@@ -93,6 +93,8 @@ class Reader:
 class SqliteStorage:
     """See storage/base.py `Storage` for what each method promises."""
 
+    poll_s = None  # this server is the only one that changes the file
+
     def __init__(
         self,
         path: str,
@@ -195,6 +197,9 @@ class SqliteStorage:
     async def fail(self, claim: Claim, error: str, retry_at: str | None) -> list[tuple[int, Estado]]:
         self._lock.release_of(claim.worker)  # type: ignore[union-attr]  # it was killed: if it held it
         return await self._writer.run(Store.fail, claim, error, retry_at)  # type: ignore[union-attr]
+
+    async def live_nodes(self) -> None:
+        return None
 
     def worker_opener(self) -> SqliteOpener:
         assert self._lock is not None, "start() first"

@@ -1,0 +1,311 @@
+"""The PostgreSQL backend behind the storage interface.
+
+Three connections per node on the server's side, each re-established after it
+breaks: one for intake (group commits), one for everything else (reads,
+commands, leases), one listening for hints. Worker processes open their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from pedidos.domain import ESTADOS, Estado, NewOrder
+from pedidos.storage.base import Ack, Claim, Recovery, StorageError, StorageUnavailable, plain_receipt
+from pedidos.storage.postgres import sql
+from pedidos.storage.postgres.intake import Intake
+from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, conninfo, hint, one_line, shown
+from pedidos.storage.postgres.listen import Listener
+from pedidos.storage.postgres.nodes import NameTaken, Nodes
+from pedidos.storage.postgres.rows import order, storable_text
+from pedidos.storage.postgres.schema import migrate
+from pedidos.storage.postgres.worker import PgOpener
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LEASE_S = 5.0
+# How often an `esperar` looks at its order again by itself: the hints wake it
+# at once, this only catches a hint that was lost (or never sent).
+POLL_S = 2.0
+POLL_WITHOUT_HINTS_S = 0.25
+
+
+async def _session(conn: psycopg.AsyncConnection[Any]) -> None:
+    # Explicit: a database or role default of `off` would ack before the flush.
+    await conn.execute("SET synchronous_commit = on")
+
+
+def _unavailable(exc: BaseException) -> BaseException:
+    return exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(one_line(exc))
+
+
+class PostgresStorage:
+    """See storage/base.py `Storage` for what each method promises."""
+
+    def __init__(
+        self,
+        url: str,
+        nodo: str,
+        *,
+        ack: Ack = plain_receipt,
+        on_stored: Callable[[tuple[int, ...]], None] | None = None,
+        lease: float = DEFAULT_LEASE_S,
+        hints: bool = True,
+        on_done: Callable[[tuple[int, ...] | None], None] = lambda ids: None,
+        on_new: Callable[[], None] = lambda: None,
+        on_handed_back: Callable[[list[tuple[int, str]]], None] = lambda moved: None,
+        figures: Callable[[], tuple[int, int]] = lambda: (0, 0),
+    ) -> None:
+        """`on_stored(ids)`: new orders committed here; `on_new()`: maybe new
+        orders elsewhere; `on_done(ids)`: orders reached a final state
+        elsewhere (None: maybe any); `on_handed_back`: orders of dead nodes
+        put back; `figures()`: (workers, connections) of this node."""
+        self.url = url
+        self.shown = shown(url)
+        self.hints = hints
+        self.poll_s = POLL_S if hints else POLL_WITHOUT_HINTS_S
+        self._info = conninfo(url)
+        self.health = Health()
+        self._main = Link(self._info, self.health, _session)
+        self._intake_link = Link(self._info, self.health, _session)
+        hint_new = self._hint_new if hints else None
+        self.intake = Intake(self._intake_link, ack, on_stored, _unavailable, hint_new)
+        self._hinting: asyncio.Task[None] | None = None
+        self._hint_again = False
+        self._on_done = on_done
+        self._on_handed_back = on_handed_back
+        self.nodes = Nodes(self._main, self.health, nodo, lease, figures, self._handed_back)
+        self.listener = Listener(self._info, on_new, on_done) if hints else None
+
+    @property
+    def nodo(self) -> str:
+        return self.nodes.nodo
+
+    async def start(self, recover: bool = True) -> Recovery:
+        """Connect, migrate, take this node's name, and hand back what an
+        earlier run of this same node left `en proceso` (never another live
+        node's: those are reaped once their lease runs out)."""
+        try:
+            await self._main.open()
+            await self._intake_link.open()
+            async with self._main.use() as conn:
+                await migrate(conn)
+            if not recover:  # a tool looking at the database: not a node
+                return Recovery()
+            await self.nodes.register()
+            recovered = await self.nodes.hand_back(None, crashed=True)
+        except NameTaken as exc:
+            await self._close()
+            raise StorageError(str(exc)) from None
+        except (psycopg.Error, OSError, DatabaseUnavailable) as exc:
+            await self._close()
+            raise StorageError(f"cannot use the database {self.shown}: {one_line(exc)}") from None
+        logger.info("node %s joined the database %s", self.nodo, self.shown)
+        self.nodes.start()
+        if self.listener is not None:
+            self.listener.start()
+        return Recovery(
+            tuple(i for i, estado in recovered if estado == Estado.PENDIENTE),
+            tuple(i for i, estado in recovered if estado == Estado.FALLIDO),
+        )
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Answer what was submitted, give up this node's name, close. (What
+        its workers held was handed back by processing as they stopped; a row
+        left `en proceso` is reaped by another node, as after a crash.)"""
+        try:
+            await asyncio.wait_for(self.intake.drain(), timeout)
+        except asyncio.TimeoutError:
+            logger.error("orders not committed within %g s are refused", timeout)
+        if self._hinting is not None:
+            await self._hinting
+        if self.listener is not None:
+            await self.listener.stop()
+        await self.nodes.stop()
+        await self._close()
+
+    async def _close(self) -> None:
+        await self._intake_link.close()
+        await self._main.close()
+
+    def submit(
+        self, new_order: NewOrder, owner: str | None, notify: Callable[[], None] | None = None
+    ) -> asyncio.Future[Any]:
+        if not self.health.up:  # refused at once, not after a connection timeout
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            future.set_exception(DatabaseUnavailable("PostgreSQL is unreachable"))
+            if notify is not None:  # the connection writes its replies when told
+                loop.call_soon(notify)
+            return future
+        return self.intake.submit(new_order, owner, notify)
+
+    async def get(self, order_id: int, owner: str | None = None) -> dict[str, Any] | None:
+        async with self._main.use() as conn:
+            if owner is None:
+                cur = await conn.execute(sql.GET, (order_id,))
+            else:
+                cur = await conn.execute(sql.GET_OWNED, (order_id, owner))
+            row = await cur.fetchone()
+        return order(row) if row else None
+
+    async def get_by_referencia(self, referencia: str, owner: str | None = None) -> dict[str, Any] | None:
+        async with self._main.use() as conn:
+            if owner is None:
+                cur = await conn.execute(sql.BY_REF, (referencia,))
+            else:
+                cur = await conn.execute(sql.BY_REF_OWNED, (referencia, owner))
+            row = await cur.fetchone()
+        return order(row) if row else None
+
+    async def list_orders(
+        self,
+        estado: str | None,
+        cliente: str | None,
+        desde_id: int,
+        limite: int,
+        contiene: str | None = None,
+        orden: str = "asc",
+    ) -> list[dict[str, Any]]:
+        newest_first = orden == "desc"
+        where: list[str] = []
+        params: list[Any] = []
+        if not newest_first or desde_id > 0:
+            where.append("id < %s" if newest_first else "id > %s")
+            params.append(desde_id)
+        if estado is not None:
+            where.append("estado = %s")
+            params.append(estado)
+        if cliente is not None:
+            where.append("cliente = %s")
+            params.append(cliente)
+        if contiene is not None:
+            # strpos, not LIKE: '%' and '_' in the text are plain characters.
+            where.append("strpos(lower(cliente), %s) > 0")
+            params.append(contiene.lower())
+        query = (
+            f"SELECT {sql.COLUMNS} FROM pedidos WHERE {' AND '.join(where) or 'true'} "
+            f"ORDER BY id {'DESC' if newest_first else ''} LIMIT %s"
+        )
+        async with self._main.use() as conn:
+            rows = await (await conn.execute(query, (*params, limite))).fetchall()  # type: ignore[arg-type]
+        return [order(row) for row in rows]
+
+    async def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
+        async with self._main.use() as conn:
+            if owner is None:
+                cur = await conn.execute(sql.CANCEL, (order_id,))
+            else:
+                cur = await conn.execute(sql.CANCEL_OWNED, (order_id, owner))
+            row = await cur.fetchone()
+            if row is not None and self.hints:
+                await conn.execute(_done_hint((order_id,)))
+        if row is not None:
+            return order(row), True
+        return await self.get(order_id, owner), False
+
+    async def retry(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
+        async with self._main.use() as conn:
+            if owner is None:
+                cur = await conn.execute(sql.RETRY, (order_id,))
+            else:
+                cur = await conn.execute(sql.RETRY_OWNED, (order_id, owner))
+            row = await cur.fetchone()
+            if row is not None and self.hints:
+                await conn.execute(hint(sql.NEW_CHANNEL))
+        if row is not None:
+            return order(row), True
+        return await self.get(order_id, owner), False
+
+    async def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(ESTADOS, 0)
+        async with self._main.use() as conn:
+            for estado, n in await (await conn.execute(sql.COUNTS)).fetchall():
+                counts[estado] = n
+        return counts
+
+    async def pending_ids(self, from_id: int, limit: int) -> list[int]:
+        async with self._main.use() as conn:
+            rows = await (await conn.execute(sql.PENDING_IDS, (from_id, limit))).fetchall()
+        return [row[0] for row in rows]
+
+    async def hand_back(self, worker: int | None, crashed: bool) -> list[tuple[int, str]]:
+        moved = await self.nodes.hand_back(worker, crashed)
+        await self._hint_moved(moved)
+        return moved
+
+    async def fail(self, claim: Claim, error: str, retry_at: str | None) -> list[tuple[int, Estado]]:
+        """For a worker this node stopped: its claim is known by (this node,
+        worker, fecha_inicio), which a later claim of that worker replaces."""
+        params = {
+            "ids": list(claim.ids),
+            "nodo": self.nodo,
+            "worker": claim.worker,
+            "at": claim.at,
+            "error": storable_text(error),
+            "retry_at": retry_at,
+        }
+        async with self._main.use() as conn:
+            rows = await (await conn.execute(sql.FAIL_STOPPED, params)).fetchall()
+        failed = tuple(i for i, estado in rows if estado == Estado.FALLIDO.value)
+        if failed and self.hints:
+            with contextlib.suppress(DatabaseUnavailable, psycopg.Error):
+                async with self._main.use() as conn:
+                    await conn.execute(_done_hint(failed))
+        return sorted((i, Estado(estado)) for i, estado in rows)
+
+    async def live_nodes(self) -> list[dict[str, Any]]:
+        return await self.nodes.live()
+
+    def worker_opener(self) -> PgOpener:
+        return PgOpener(self.url, self.nodes.nodo, self.nodes.token, self.hints)
+
+    def _handed_back(self, moved: list[tuple[int, str]]) -> None:
+        self._on_handed_back(moved)
+        if self.hints:
+            asyncio.get_running_loop().create_task(self._hint_moved(moved))
+
+    def _hint_new(self) -> None:
+        """NOTIFY the other nodes of new orders, off the intake's path: one at
+        a time, and one more for all the batches committed meanwhile."""
+        if self._hinting is not None:
+            self._hint_again = True
+            return
+        self._hinting = asyncio.get_running_loop().create_task(self._send_new_hints())
+
+    async def _send_new_hints(self) -> None:
+        try:
+            while True:
+                self._hint_again = False
+                try:
+                    async with self._main.use() as conn:
+                        await conn.execute(hint(sql.NEW_CHANNEL))
+                except (DatabaseUnavailable, psycopg.Error) as exc:
+                    logger.debug("could not send a hint: %s", exc)
+                if not self._hint_again:
+                    return
+        finally:
+            self._hinting = None
+
+    async def _hint_moved(self, moved: list[tuple[int, str]]) -> None:
+        """Tell the other nodes: orders to take, orders now final."""
+        if not self.hints or not moved:
+            return
+        failed = tuple(i for i, estado in moved if estado == "fallido")
+        try:
+            async with self._main.use() as conn:
+                if len(failed) < len(moved):
+                    await conn.execute(hint(sql.NEW_CHANNEL))
+                if failed:
+                    await conn.execute(_done_hint(failed))
+        except (DatabaseUnavailable, psycopg.Error) as exc:
+            logger.debug("could not send a hint: %s", exc)
+
+
+def _done_hint(ids: tuple[int, ...]) -> Any:
+    return hint(sql.DONE_CHANNEL, ",".join(map(str, ids)) if len(ids) <= sql.MAX_PAYLOAD_IDS else "")

@@ -1,0 +1,187 @@
+"""New orders into PostgreSQL: a group commit on the event loop.
+
+Orders submitted during one pass of the event loop form a batch; while one
+batch commits, the next one gathers. A batch is one multi-row
+`INSERT ... ON CONFLICT (referencia) DO NOTHING RETURNING`, a transaction of its
+own (autocommit) with `synchronous_commit = on`: a future resolves only after
+that commit, one round trip after the batch left. A
+`referencia` already stored is looked up in the same transaction (the insert
+waited for any transaction inserting it elsewhere): the same content is a
+retry (`duplicado`), different content or another owner's order is `taken`
+(refused with `referencia_en_uso`).
+
+After a batch with new orders, `hint()` asks for a NOTIFY to idle nodes; the
+backend sends it off this path, outside the insert's transaction (see
+`link.hint`), and coalesces the hints of batches that follow each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pedidos.domain import Estado, Receipt
+from pedidos.storage.base import Ack
+from pedidos.storage.postgres import sql
+from pedidos.storage.postgres.link import DatabaseUnavailable, Link, one_line
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 5000  # orders per transaction at most; more wait for the next one
+STORE_TIMEOUT_S = 10.0  # a batch not committed by then is refused, and its connection replaced
+
+
+class _Entry(NamedTuple):
+    order: Any  # NewOrder: (cliente, productos, direccion, referencia)
+    owner: str | None
+    future: asyncio.Future[Any]
+    notify: Callable[[], None] | None
+
+
+class Intake:
+    def __init__(
+        self,
+        link: Link,
+        ack: Ack,
+        on_stored: Callable[[tuple[int, ...]], None] | None,
+        refuse: Callable[[BaseException], BaseException],
+        hint: Callable[[], None] | None = None,
+    ) -> None:
+        """A future resolves to `ack(receipt)`; one that fails gets `refuse(exc)`;
+        `hint()` after a batch with new orders (to tell the other nodes)."""
+        self._link = link
+        self._ack = ack
+        self._on_stored = on_stored
+        self._refuse = refuse
+        self._hint = hint
+        self._queue: list[_Entry] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def submit(
+        self, order: Any, owner: str | None, notify: Callable[[], None] | None = None
+    ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(_Entry(order, owner, future, notify))
+        if self._flusher is None:
+            # Started from the loop's next pass: whatever else arrives in this
+            # pass joins the same batch.
+            self._flusher = loop.create_task(self._flush())
+        return future
+
+    async def drain(self) -> None:
+        """Until every order submitted so far has its answer."""
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                live = [e for e in batch if not e.future.done()]  # a cancelled one's client left
+                if live:
+                    await self._store(live)
+                for callback in {e.notify for e in batch if e.notify is not None}:
+                    callback()
+        finally:
+            self._flusher = None
+
+    async def _store(self, batch: list[_Entry]) -> None:
+        async def store(conn: psycopg.AsyncConnection[Any]) -> list[Receipt]:
+            return await insert_orders(conn, [e.order for e in batch], [e.owner for e in batch])
+
+        try:
+            results = await self._link.run(store, STORE_TIMEOUT_S)
+            new_ids = [r.id for r in results if not r.duplicado]
+        except DatabaseUnavailable as exc:
+            # The commit's outcome may be unknown: no ack either way. A retry
+            # with the same referencia is safe.
+            self._fail(batch, exc)
+            return
+        except psycopg.Error as exc:
+            logger.error("could not store %d orders: %s", len(batch), one_line(exc))
+            self._fail(batch, exc)
+            return
+        except BaseException as exc:
+            self._fail(batch, DatabaseUnavailable("the server is stopping"))
+            if not isinstance(exc, Exception):
+                raise
+            logger.exception("could not store %d orders", len(batch))
+            return
+        ack = self._ack
+        for entry, result in zip(batch, results, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(ack(result))
+        if new_ids:
+            if self._on_stored is not None:
+                self._on_stored(tuple(new_ids))
+            if self._hint is not None:
+                self._hint()
+
+    def _fail(self, batch: list[_Entry], exc: BaseException) -> None:
+        refused = self._refuse(exc)
+        for entry in batch:
+            if not entry.future.done():
+                entry.future.set_exception(refused)
+
+
+async def insert_orders(
+    conn: psycopg.AsyncConnection[Any], orders: list[Any], owners: list[str | None]
+) -> list[Receipt]:
+    """Store `orders`: a `Receipt` for each. The connection is in autocommit
+    mode: the INSERT, the one write, is a transaction of its own, committed
+    (and flushed: synchronous_commit is on) when it returns; the reads around
+    it need no transaction.
+
+    Referencias already stored are looked up first, so that only a real race
+    (another node inserting the same one now) reaches ON CONFLICT: a
+    conflicting row still draws an id, and ids are best without gaps."""
+    refs = [order[3] for order in orders]
+    stored = await _by_referencia(conn, {r for r in refs if r is not None})
+    candidates, seen = [], set()
+    for i, ref in enumerate(refs):
+        if ref is None or (ref not in stored and ref not in seen):
+            candidates.append(i)
+            if ref is not None:
+                seen.add(ref)
+    results: list[Receipt | None] = [None] * len(orders)
+    if candidates:
+        columns: tuple[list[Any], ...] = ([], [], [], [], [])
+        for i in candidates:
+            cliente, items, direccion, ref = orders[i]
+            for column, value in zip(
+                columns, (cliente, Jsonb(list(items)), direccion, ref, owners[i]), strict=True
+            ):
+                column.append(value)
+        cur = await conn.execute(sql.INSERT, columns)
+        inserted = sorted(await cur.fetchall())
+        new_refs = {ref for _, ref in inserted if ref is not None}
+        # The insert draws ids in input order: the sorted ids returned belong,
+        # in order, to the candidates it stored (all but the race's losers).
+        went_in = [i for i in candidates if refs[i] is None or refs[i] in new_refs]
+        if len(went_in) != len(inserted):
+            raise RuntimeError(f"inserted {len(inserted)} rows for {len(went_in)} orders")
+        for i, (order_id, _) in zip(went_in, inserted, strict=True):
+            results[i] = Receipt(order_id, Estado.PENDIENTE.value, False)
+    missing = {refs[i] for i, r in enumerate(results) if r is None} - stored.keys()
+    if missing:  # stored by this batch, or by another node just now
+        stored.update(await _by_referencia(conn, missing))
+    for i, result in enumerate(results):
+        if result is None:
+            order_id, estado, cliente, items, direccion, owner = stored[refs[i]]
+            same = (cliente, items, direccion) == (orders[i][0], list(orders[i][1]), orders[i][2])
+            taken = not same or (owners[i] is not None and owners[i] != owner)
+            results[i] = Receipt(order_id, estado, True, taken, refs[i] if taken else None)
+    return results  # type: ignore[return-value]
+
+
+async def _by_referencia(conn: psycopg.AsyncConnection[Any], refs: set[str]) -> dict[str, tuple[Any, ...]]:
+    if not refs:
+        return {}
+    cur = await conn.execute(sql.BY_REFERENCIA, (list(refs),))
+    return {row[0]: row[1:] for row in await cur.fetchall()}

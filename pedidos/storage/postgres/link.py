@@ -1,0 +1,209 @@
+"""Connections to PostgreSQL that outlive a database restart.
+
+A `Link` is one `AsyncConnection`. When it breaks, the call that saw it fails
+with `DatabaseUnavailable` at once (the server then refuses new orders with
+`servidor_ocupado` rather than making anyone wait), and a task reconnects in
+the background with backoff. `Health`, shared by every link of a backend,
+logs each transition once: unreachable, reachable again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pedidos.storage.base import StorageUnavailable
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 1.0
+# libpq settings a node wants unless the URL says otherwise: give up on a
+# silent server in seconds, not minutes, and notice a dead peer (no RST).
+DEFAULTS = {
+    "connect_timeout": "5",
+    "application_name": "pedidos",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
+
+
+class DatabaseUnavailable(StorageUnavailable):
+    """PostgreSQL cannot be reached now; nothing was changed or acknowledged."""
+
+
+def conninfo(url: str) -> str:
+    """The URL with the node's connection defaults for what it leaves unsaid."""
+    given = conninfo_to_dict(url)
+    return make_conninfo(url, **{k: v for k, v in DEFAULTS.items() if k not in given})
+
+
+def shown(url: str) -> str:
+    """The connection string as a log may show it: never the password."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable PostgreSQL URL>"
+    if "password" in parts:
+        parts["password"] = "***"
+    host, port, dbname = parts.get("host", "localhost"), parts.get("port", "5432"), parts.get("dbname", "")
+    user = parts.get("user")
+    return f"postgresql://{user + '@' if user else ''}{host}:{port}/{dbname}"
+
+
+def hint(channel: str, payload: str = "") -> pgsql.Composed:
+    """A NOTIFY in a transaction of its own that does not wait for its flush:
+    PostgreSQL holds its global notify lock until the commit is done, so a
+    NOTIFY inside an order's transaction would hold it through that fsync and
+    serialise every node's commits."""
+    return pgsql.SQL("BEGIN; SET LOCAL synchronous_commit TO off; NOTIFY {}, {}; COMMIT").format(
+        pgsql.Identifier(channel), pgsql.Literal(payload)
+    )
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class Health:
+    """Whether the database answers, with a log line at each change."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self._since = time.monotonic()
+
+    def failed(self, exc: BaseException) -> None:
+        if self.up:
+            self.up = False
+            self._since = time.monotonic()
+            logger.error(
+                "PostgreSQL unreachable (%s): new orders are refused until it is back", one_line(exc)
+            )
+
+    def ok(self) -> None:
+        if not self.up:
+            self.up = True
+            logger.warning("PostgreSQL reachable again after %.1f s", time.monotonic() - self._since)
+            self._since = time.monotonic()
+
+    def up_for(self) -> float:
+        """Seconds since the database was last seen coming back (0 while down)."""
+        return time.monotonic() - self._since if self.up else 0.0
+
+
+class Link:
+    """One connection, in autocommit mode, re-established after it breaks."""
+
+    def __init__(
+        self,
+        info: str,
+        health: Health,
+        on_connect: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._info = info
+        self._health = health
+        self._on_connect = on_connect
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._closed = False
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Connect now; errors propagate (a node cannot start without its database)."""
+        self._conn = await self._connect()
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(self._info, autocommit=True)
+        try:
+            if self._on_connect is not None:
+                await self._on_connect(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The connection, one user at a time; a lost connection becomes
+        `DatabaseUnavailable` and starts the reconnection."""
+        async with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed:
+                self._start_reconnecting()
+                raise DatabaseUnavailable("PostgreSQL is unreachable")
+            try:
+                yield conn
+            except psycopg.OperationalError as exc:
+                if conn.broken or conn.closed:
+                    self._lost(exc)
+                    raise DatabaseUnavailable(one_line(exc)) from exc
+                raise
+
+    async def run(
+        self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]], timeout: float
+    ) -> Any:
+        """`await work(conn)` within `timeout` seconds. Past it the connection
+        is given up (its state is unknown once its query is cancelled) and a
+        new one opened: a connection that hangs (a half-open socket, say) must
+        cost a few seconds of refusals, never a node that stops answering."""
+        async with self.use() as conn:
+            try:
+                return await asyncio.wait_for(work(conn), timeout)
+            except asyncio.TimeoutError:
+                exc = DatabaseUnavailable(f"no answer from PostgreSQL within {timeout:g} s")
+                self._lost(exc)
+                raise exc from None
+
+    def _lost(self, exc: BaseException) -> None:
+        self._health.failed(exc)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # Closing a broken connection only frees its socket; no I/O.
+            with contextlib.suppress(Exception):
+                conn.pgconn.finish()
+        self._start_reconnecting()
+
+    def _start_reconnecting(self) -> None:
+        if self._closed or (self._reconnecting is not None and not self._reconnecting.done()):
+            return
+        self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = BACKOFF_FIRST_S
+        while not self._closed:
+            try:
+                conn = await self._connect()
+            except (psycopg.OperationalError, OSError) as exc:
+                self._health.failed(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            if self._closed:
+                await conn.close()
+                return
+            self._conn = conn
+            self._health.ok()
+            return
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reconnecting
+        async with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._conn.close()
+                self._conn = None

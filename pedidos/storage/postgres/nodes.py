@@ -1,0 +1,199 @@
+"""Node liveness: a lease per node in the `nodos` table.
+
+Each node renews its lease every second. Any live node that finds another's
+lease run out declares it dead and hands its `en proceso` orders back (one
+statement, `sql.REAP`, safe when two nodes run it at once). A node reaps only
+once its own connection has been up for a whole lease: after PostgreSQL
+itself was down, every lease has run out, and the first node back must not
+declare the others dead before they have had a chance to renew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from pedidos.domain import MAX_ATTEMPTS
+from pedidos.storage.postgres import sql
+from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link
+from pedidos.storage.postgres.rows import iso
+
+logger = logging.getLogger(__name__)
+
+RENEW_S = 1.0
+# Leases are checked twice as often as they are renewed: a dead node's orders
+# move at most half a second after its lease runs out.
+CHECK_S = RENEW_S / 2
+
+
+class NameTaken(Exception):
+    """Another live node has this name."""
+
+
+class Nodes:
+    def __init__(
+        self,
+        link: Link,
+        health: Health,
+        nodo: str,
+        lease: float,
+        figures: Callable[[], tuple[int, int]],
+        on_handed_back: Callable[[list[tuple[int, str]]], None],
+    ) -> None:
+        """`figures()`: (workers alive, connections) of this node, published
+        with each renewal; `on_handed_back`: orders taken from dead nodes."""
+        self.nodo = nodo
+        self.lease = lease
+        self.token = secrets.token_hex(16)
+        self.host = socket.gethostname()
+        self._link = link
+        self._health = health
+        self._figures = figures
+        self._on_handed_back = on_handed_back
+        self._task: asyncio.Task[None] | None = None
+        self._registered = True
+
+    async def register(self) -> None:
+        """Take this node's name, or raise `NameTaken`. A row of a dead process
+        of this very host (a node killed and started again within its lease)
+        is taken over at once rather than after the lease."""
+        if await self._try_register(-1):
+            return
+        async with self._link.use() as conn:
+            row = await (await conn.execute(sql.HOLDER, (self.nodo,))).fetchone()
+        if row is not None:
+            host, pid, live = row
+            stale = host == self.host and pid != os.getpid() and not _running(pid)
+            if stale and await self._try_register(pid):
+                return
+            if live:
+                raise NameTaken(f"the node name {self.nodo!r} is taken by a live node ({host}, pid {pid})")
+        if not await self._try_register(-1):
+            raise NameTaken(f"the node name {self.nodo!r} is taken by a live node")
+
+    async def _try_register(self, stale_pid: int) -> bool:
+        params = {
+            "nodo": self.nodo,
+            "host": self.host,
+            "pid": os.getpid(),
+            "token": self.token,
+            "lease": self.lease,
+            "stale_pid": stale_pid,
+        }
+        async with self._link.use() as conn:
+            return await (await conn.execute(sql.REGISTER, params)).fetchone() is not None
+
+    async def hand_back(self, worker: int | None, crashed: bool) -> list[tuple[int, str]]:
+        """This node's orders in process (of `worker`, or all) back to `pendiente`;
+        a crash counts an attempt, the last one makes the order `fallido`."""
+        params = {"nodo": self.nodo, "worker": worker, "cuenta": int(crashed), "max": MAX_ATTEMPTS}
+        async with self._link.use() as conn:
+            return sorted(await (await conn.execute(sql.HAND_BACK, params)).fetchall())
+
+    async def live(self) -> list[dict[str, Any]]:
+        async with self._link.use() as conn:
+            rows = await (await conn.execute(sql.LIVE_NODES)).fetchall()
+        return [
+            {"nodo": name, "workers": workers, "conexiones": conns, "en proceso": held, "visto": iso(seen)}
+            for name, workers, conns, seen, held in rows
+        ]
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop renewing and give the name up (after the orders were handed back)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(DatabaseUnavailable):
+            async with self._link.use() as conn:
+                await conn.execute(sql.LEAVE, (self.nodo, self.token))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        renewed_at = loop.time()
+        while True:
+            await asyncio.sleep(CHECK_S)
+            try:
+                if loop.time() - renewed_at >= RENEW_S - CHECK_S / 2:
+                    await self.renew()
+                    renewed_at = loop.time()
+                await self.reap()
+            except DatabaseUnavailable:
+                pass  # the link logs it and reconnects
+            except Exception:
+                logger.exception("node lease upkeep failed")
+
+    async def tick(self) -> None:
+        """Renew this node's lease, then reap the nodes whose lease ran out."""
+        await self.renew()
+        await self.reap()
+
+    def _params(self) -> dict[str, Any]:
+        workers, conexiones = self._figures()
+        return {
+            "nodo": self.nodo,
+            "token": self.token,
+            "lease": self.lease,
+            "workers": workers,
+            "conexiones": conexiones,
+        }
+
+    async def renew(self) -> None:
+        async with self._link.use() as conn:
+            renewed = await (await conn.execute(sql.RENEW, self._params())).fetchone()
+        if renewed is None:
+            await self._rejoin()
+
+    async def reap(self) -> None:
+        """Declare dead the nodes whose lease ran out; hand back what they held."""
+        if self._health.up_for() < self.lease:
+            return
+        async with self._link.use() as conn:
+            reap = {**self._params(), "cuenta": 1, "max": MAX_ATTEMPTS}
+            rows = await (await conn.execute(sql.REAP, reap)).fetchall()
+        dead = [nodo for nodo, order_id, _ in rows if order_id is None]
+        moved = [(order_id, estado) for _, order_id, estado in rows if order_id is not None]
+        for nodo in dead:
+            held = Counter(estado for held_by, i, estado in rows if i is not None and held_by == nodo)
+            logger.warning(
+                "node %s missed its lease (%g s): declared dead; %d orders handed back, %d failed",
+                nodo,
+                self.lease,
+                held["pendiente"],
+                held["fallido"],
+            )
+        if moved:
+            self._on_handed_back(moved)
+
+    async def _rejoin(self) -> None:
+        """Our lease was taken away (we were paused or cut off, and declared
+        dead): our orders were handed back already; take the name again."""
+        try:
+            await self.register()
+        except NameTaken as exc:
+            if self._registered:
+                logger.error("this node was declared dead and %s; it takes no new work", exc)
+            self._registered = False
+            return
+        logger.warning("this node's lease had run out (declared dead); registered again as %s", self.nodo)
+        self._registered = True
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,260 @@
+"""The PostgreSQL backend's pieces, against a real PostgreSQL (tests/pgcluster.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+
+import psycopg
+import pytest
+
+from pedidos.storage.base import Recovery, StorageError
+from pedidos.storage.postgres.backend import PostgresStorage
+from pedidos.storage.postgres.link import DatabaseUnavailable, shown
+
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
+
+
+def order(n: int, ref: str | None = None, cliente: str = "Ana") -> tuple:
+    return (cliente, ("pan", f"agua {n}"), "Calle 1", ref)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def rows(url: str, query: str, params: tuple = ()) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+async def started(url: str, nodo: str = "a", **kwargs) -> PostgresStorage:
+    storage = PostgresStorage(url, nodo, **kwargs)
+    await storage.start()
+    return storage
+
+
+def test_orders_submitted_together_share_one_commit_and_get_ids_in_order(pg_url):
+    async def main():
+        stored: list[list[int]] = []
+        storage = await started(pg_url, on_stored=stored.append)
+        try:
+            futures = [storage.submit(order(n), None) for n in range(50)]
+            results = await asyncio.gather(*futures)
+            got = await storage.get(results[7].id)
+        finally:
+            await storage.stop()
+        return results, stored, got
+
+    results, stored, got = run(main())
+    ids = [r.id for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == 50
+    assert stored == [tuple(ids)]  # one batch, one commit
+    assert all(r.estado == "pendiente" and not r.duplicado for r in results)
+    assert got["productos"] == ["pan", "agua 7"] and got["nodo"] is None
+    assert ISO.match(got["fecha_recibido"]) and got["fecha_inicio"] is None
+    same = rows(pg_url, "SELECT xmin::text, count(*) FROM pedidos GROUP BY 1")
+    assert len(same) == 1 and same[0][1] == 50  # all 50 rows in one transaction
+
+
+def test_a_referencia_is_stored_once_and_other_content_is_refused(pg_url):
+    async def main():
+        storage = await started(pg_url)
+        try:
+            first = await storage.submit(order(1, "r-1"), None)
+            batch = await asyncio.gather(
+                storage.submit(order(1, "r-1"), None),  # a retry: same content
+                storage.submit(order(2, "r-1"), None),  # another order, same key
+                storage.submit(order(3, "r-2"), None),
+                storage.submit(order(3, "r-2"), None),  # twice in one batch
+                storage.submit(order(1, "r-1"), "someone"),  # another owner
+            )
+        finally:
+            await storage.stop()
+        return first, batch
+
+    first, (retry, other, new, twice, foreign) = run(main())
+    assert (retry.id, retry.duplicado, retry.taken) == (first.id, True, False)
+    assert (other.id, other.duplicado, other.taken) == (first.id, True, True)
+    assert not new.duplicado and (twice.id, twice.duplicado, twice.taken) == (new.id, True, False)
+    assert foreign.taken
+    assert rows(pg_url, "SELECT count(*) FROM pedidos")[0][0] == 2
+
+
+def test_two_nodes_receiving_one_referencia_at_once_store_one_order(pg_url):
+    async def main():
+        a, b = await started(pg_url, "a"), await started(pg_url, "b")
+        try:
+            results = []
+            for n in range(20):
+                results.append(
+                    await asyncio.gather(a.submit(order(n, f"x{n}"), None), b.submit(order(n, f"x{n}"), None))
+                )
+        finally:
+            await a.stop()
+            await b.stop()
+        return results
+
+    for ra, rb in run(main()):
+        assert ra.id == rb.id and sorted([ra.duplicado, rb.duplicado]) == [False, True]
+    assert rows(pg_url, "SELECT count(*), count(DISTINCT referencia) FROM pedidos") == [(20, 20)]
+
+
+def test_a_finish_from_a_claim_taken_away_changes_nothing(pg_url):
+    async def main():
+        storage = await started(pg_url)
+        try:
+            ids = [r.id for r in await asyncio.gather(*(storage.submit(order(n), None) for n in range(3)))]
+            store, other = storage.worker_opener()(1, os.getpid()), storage.worker_opener()(2, os.getpid())
+            claim = await asyncio.to_thread(store.claim, ids, 1)
+            again = await asyncio.to_thread(other.claim, ids, 2)  # nothing left to take
+            moved = await storage.hand_back(1, crashed=True)
+            second = await asyncio.to_thread(other.claim, ids[:2], 2)
+            stale = await asyncio.to_thread(store.finish, claim)
+            fresh = await asyncio.to_thread(other.finish, second)
+            store.close()
+            other.close()
+            return ids, claim, again, moved, stale, fresh, [await storage.get(i) for i in ids]
+        finally:
+            await storage.stop()
+
+    ids, claim, again, moved, stale, fresh, orders = run(main())
+    assert claim.ids == tuple(ids) and again.ids == ()
+    assert moved == [(i, "pendiente") for i in ids]
+    assert stale == (None, ())  # the old claim was handed back, then taken again
+    assert fresh[1] == tuple(ids[:2]) and ISO.match(fresh[0])
+    assert [o["estado"] for o in orders] == ["listo", "listo", "pendiente"]
+    assert [o["intentos"] for o in orders] == [1, 1, 1]
+    assert [o["worker"] for o in orders] == [2, 2, None] and orders[0]["nodo"] == "a"
+
+
+def test_a_dead_node_is_reaped_once_even_by_two_nodes_at_once_and_cannot_claim(pg_url):
+    async def main():
+        dead = await started(pg_url, "dead", lease=0.3)
+        ids = [r.id for r in await asyncio.gather(*(dead.submit(order(n), None) for n in range(4)))]
+        store = dead.worker_opener()(1, os.getpid())
+        claim = await asyncio.to_thread(store.claim, ids[:3], 1)
+        dead.nodes._task.cancel()  # it stops renewing: as if paused
+        b = await started(pg_url, "b", lease=0.3)
+        c = await started(pg_url, "c", lease=0.3)
+        b.health._since = c.health._since = time.monotonic() - 10  # up long enough to reap
+        await asyncio.sleep(0.5)
+        await asyncio.gather(b.nodes.tick(), c.nodes.tick())
+        late = await asyncio.to_thread(store.claim, ids[3:], 1)
+        stale = await asyncio.to_thread(store.finish, claim)
+        store.close()
+        orders = [await b.get(i) for i in ids]
+        live = await b.live_nodes()
+        for s in (b, c):
+            await s.stop()
+        await dead._close()
+        return claim, late, stale, orders, live
+
+    claim, late, stale, orders, live = run(main())
+    assert len(claim.ids) == 3 and late.ids == ()
+    assert stale == (None, ())
+    assert [(o["estado"], o["intentos"], o["nodo"]) for o in orders] == [("pendiente", 1, None)] * 3 + [
+        ("pendiente", 0, None)  # the dead node's worker could not claim it
+    ]
+    assert [n["nodo"] for n in live] == ["b", "c"]
+
+
+def test_a_taken_name_refuses_a_second_live_node_and_start_recovers_only_its_own(pg_url):
+    async def main():
+        a = await started(pg_url, "a")
+        b = await started(pg_url, "b")
+        ids = [r.id for r in await asyncio.gather(*(a.submit(order(n), None) for n in range(2)))]
+        for storage, order_id in ((a, ids[0]), (b, ids[1])):
+            store = storage.worker_opener()(1, os.getpid())
+            assert (await asyncio.to_thread(store.claim, [order_id], 1)).ids == (order_id,)
+            store.close()
+        with pytest.raises(StorageError, match="taken by a live node"):
+            await started(pg_url, "b")
+        # `a` dies (no hand back) and starts again at once, same host: its
+        # old row belongs to a dead pid of this host, so it is taken over.
+        a.nodes._task.cancel()
+        await a._close()
+        await asyncio.to_thread(rows_exec, pg_url, "UPDATE nodos SET pid = 999999 WHERE nodo = 'a'")
+        again = PostgresStorage(pg_url, "a")
+        recovered = await again.start()
+        orders = [await again.get(i) for i in ids]
+        await again.stop()
+        await b.stop()
+        return ids, recovered, orders
+
+    ids, recovered, orders = run(main())
+    assert recovered == Recovery((ids[0],), ())
+    assert [(o["estado"], o["nodo"], o["intentos"]) for o in orders] == [
+        ("pendiente", None, 1),
+        ("en proceso", "b", 0),  # another live node's work is never taken
+    ]
+
+
+def rows_exec(url: str, query: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(query)
+
+
+def test_hints_reach_other_nodes_and_a_graceful_hand_back_counts_no_attempt(pg_url):
+    async def main():
+        news, dones = [], []
+        a = await started(pg_url, "a")
+        b = await started(pg_url, "b", on_new=lambda: news.append(1), on_done=dones.append)
+        await asyncio.wait_for(b.listener.connected.wait(), 5)
+        news.clear()
+        dones.clear()
+        ids = [r.id for r in await asyncio.gather(*(a.submit(order(n), None) for n in range(2)))]
+        deadline = time.monotonic() + 5
+        while not news and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        store = a.worker_opener()(1, os.getpid())
+        claim = await asyncio.to_thread(store.claim, ids, 1)
+        await asyncio.to_thread(store.finish, claim._replace(ids=claim.ids[:1]))
+        store.close()
+        while not dones and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        moved = await a.hand_back(None, crashed=False)
+        order_back = await a.get(ids[1])
+        await a.stop()
+        await b.stop()
+        return news, dones, moved, order_back, ids
+
+    news, dones, moved, order_back, ids = run(main())
+    assert news and dones[0] == (ids[0],)
+    assert moved == [(ids[1], "pendiente")] and order_back["intentos"] == 0
+
+
+def test_the_password_is_never_shown():
+    assert "s3cret" not in shown("postgresql://u:s3cret@db.example:5433/shop?sslmode=require")
+    assert shown("postgresql://u:s3cret@db.example:5433/shop") == "postgresql://u@db.example:5433/shop"
+
+
+def test_while_postgresql_is_down_orders_are_refused_then_taken_again(pg_cluster):
+    async def main():
+        storage = await started(pg_cluster.url(), "a")
+        try:
+            first = await storage.submit(order(1), None)
+            await asyncio.to_thread(pg_cluster.halt)
+            with pytest.raises(DatabaseUnavailable):
+                await storage.submit(order(2), None)
+            with pytest.raises(DatabaseUnavailable):
+                await storage.submit(order(3), None)  # refused at once now
+            with pytest.raises(DatabaseUnavailable):
+                await storage.get(first.id)
+            await asyncio.to_thread(pg_cluster.boot)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    later = await storage.submit(order(4), None)
+                    break
+                except DatabaseUnavailable:
+                    assert time.monotonic() < deadline, "did not resume"
+                    await asyncio.sleep(0.05)
+            return first, later, await storage.get(first.id)
+        finally:
+            await storage.stop()
+
+    first, later, got = run(main())
+    assert later.id > first.id and got["id"] == first.id

@@ -1,0 +1,282 @@
+"""Many real servers on one PostgreSQL database (section 9 of the contract).
+
+Each test starts its nodes as real `servidor.py` processes on loopback and
+speaks to them over the wire; it reads the table directly only to check what
+the wire cannot show (how many times an order was claimed). Leases are short
+(`--lease 2`) so that failover fits in a few seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+from conftest import CLIENTE, LineClient, ServerProcess, wait_for
+
+LEASE = 2.0
+
+
+@contextlib.contextmanager
+def nodes(url: str, tmp_path: Path, names: str, *args: str) -> Iterator[list[ServerProcess]]:
+    """One server per letter of `names`, all on database `url`; always stopped."""
+    servers = [
+        ServerProcess(["--port", "0", "--nodo", name, "--lease", str(LEASE), *args], url, tmp_path)  # type: ignore[arg-type]
+        for name in names
+    ]
+    try:
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    except BaseException:
+        for server in servers:  # shown by pytest with the failure
+            print(f"--- log of node {server.args[3]} ---\n{server.log}")
+        raise
+    finally:
+        for server in servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.pid, signal.SIGCONT)  # a paused one must hear SIGTERM
+            if server.proc.poll() is None:
+                server.stop()
+            server.kill()
+
+
+def client(server: ServerProcess) -> LineClient:
+    return LineClient("127.0.0.1", server.port)
+
+
+def order(n: int, ref: str | None = None) -> dict:
+    body = {"cliente": f"C{n}", "productos": ["pan"], "direccion": "Calle 1"}
+    if ref is not None:
+        body["referencia"] = ref
+    return body
+
+
+def db(url: str, query: str, params: tuple = ()) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def run_client(server: ServerProcess, *args: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, str(CLIENTE), "--host", "127.0.0.1", "--port", str(server.port), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return [line.strip() for line in done.stdout.splitlines()]
+
+
+def listed(server: ServerProcess, estado: str | None = None) -> list[dict]:
+    with client(server) as c:
+        request = {"accion": "listar", "limite": 1000}
+        if estado:
+            request["estado"] = estado
+        reply = c.ask(request)
+    assert reply["ok"], reply
+    return reply["pedidos"]
+
+
+def test_orders_sent_round_robin_end_listo_exactly_once_and_every_node_agrees(pg_url, tmp_path):
+    with nodes(pg_url, tmp_path, "ABC", "--work-time", "0") as servers:
+        clients = [client(s) for s in servers]
+        ids = []
+        for n in range(60):
+            reply = clients[n % 3].ask(order(n))
+            assert reply["ok"] and reply["estado"] == "pendiente", reply
+            ids.append(reply["id"])
+        assert len(set(ids)) == 60
+        wait_for(lambda: len(listed(servers[0], "listo")) == 60, timeout=15)
+        # Each node publishes its workers with its lease, renewed every second.
+        wait_for(lambda: all(c.ask({"accion": "estadisticas"})["workers"] == 6 for c in clients), timeout=5)
+        stats = [c.ask({"accion": "estadisticas"}) for c in clients]
+        for c in clients:
+            c.close()
+        table = run_client(servers[1], "--listar", "--limite", "5")
+        shown = run_client(servers[2], "--estadisticas")
+    # The client shows which node holds each order, and every live node.
+    rows = [line.split() for line in table if line[:1].isdigit()]
+    assert any(line.split()[-1:] == ["nodo"] for line in table), table
+    assert len(rows) == 5 and all(row[-1] in ("A", "B", "C") for row in rows), table
+    assert "Nodos vivos: 3" in shown and any(line.split()[:3] == ["A", "2", "workers,"] for line in shown)
+    # Each order was claimed once (its claim token was drawn once) and none was handed back.
+    assert db(pg_url, "SELECT count(*), min(intento), max(intento), max(intentos) FROM pedidos") == [
+        (60, 1, 1, 0)
+    ]
+    for reply in stats:
+        assert reply["estados"] == stats[0]["estados"] and reply["estados"]["listo"] == 60
+        assert [n["nodo"] for n in reply["nodos"]] == ["A", "B", "C"]
+        assert reply["workers"] == 6 and reply["en_cola"] == 0
+    assert [reply["conexiones"] for reply in stats] == [1, 1, 1]  # this node's own
+
+
+def test_esperar_on_one_node_answers_for_an_order_finished_on_another(pg_url, tmp_path):
+    latencies = []
+    with (
+        nodes(pg_url, tmp_path, "AB", "--work-time", "0.2", "--workers", "1") as (a, b),
+        client(a) as on_a,
+        client(b) as on_b,
+    ):
+        for n in range(10):
+            placed = on_a.ask(order(n))
+            # Both nodes wait for it; the one that did not process it is the
+            # one this test is about (either may take it: B hears of it too).
+            for c in (on_a, on_b):
+                c.send({"accion": "esperar", "id": placed["id"], "timeout": 10})
+            got = {}
+            for name, c in (("A", on_a), ("B", on_b)):
+                got[name] = (c.read(), time.time())
+            reply, at = got["B" if got["A"][0]["pedido"]["nodo"] == "A" else "A"]
+            assert reply["ok"] and reply["pedido"]["estado"] == "listo", reply
+            latencies.append(at - datetime.fromisoformat(reply["pedido"]["fecha_fin"]).timestamp())
+    print(f"cross-node esperar: p50 {statistics.median(latencies) * 1000:.1f} ms")  # shown with -s
+    assert statistics.median(latencies) <= 0.05, latencies
+
+
+def test_one_referencia_sent_to_two_nodes_at_once_is_stored_once(pg_url, tmp_path):
+    with (
+        nodes(pg_url, tmp_path, "AB", "--work-time", "0") as (a, b),
+        client(a) as on_a,
+        client(b) as on_b,
+    ):
+        for n in range(30):  # pipelined on both at once, read afterwards
+            on_a.send(order(n, f"ref-{n}"))
+            on_b.send(order(n, f"ref-{n}"))
+        replies = [(on_a.read(), on_b.read()) for _ in range(30)]
+    for ra, rb in replies:
+        assert ra["ok"] and rb["ok"] and ra["id"] == rb["id"], (ra, rb)
+        assert sorted([bool(ra.get("duplicado")), bool(rb.get("duplicado"))]) == [False, True]
+    assert db(pg_url, "SELECT count(*), count(DISTINCT referencia) FROM pedidos") == [(30, 30)]
+
+
+def held_by(url: str, nodo: str) -> list[int]:
+    return [
+        r[0] for r in db(url, "SELECT id FROM pedidos WHERE estado = 'en proceso' AND nodo = %s", (nodo,))
+    ]
+
+
+def test_a_killed_nodes_orders_finish_elsewhere_within_lease_plus_2_s(pg_url, tmp_path):
+    with nodes(pg_url, tmp_path, "ABC", "--work-time", "1") as (a, b, c):
+        with client(a) as on_a:
+            for n in range(6):
+                assert on_a.ask(order(n))["ok"]
+        wait_for(lambda: len(held_by(pg_url, "A")) >= 2, timeout=5)
+        a.kill()  # the server and its workers: as a lost machine
+        killed_at = time.monotonic()
+        held = held_by(pg_url, "A")
+        assert held
+
+        def all_done() -> bool:
+            return all(o["estado"] == "listo" for o in listed(b) if o["id"] in held)
+
+        wait_for(all_done, timeout=LEASE + 2 + 5)
+        took = time.monotonic() - killed_at
+        wait_for(lambda: len(listed(c, "listo")) == 6, timeout=10)  # the rest, never claimed by A
+        orders = {o["id"]: o for o in listed(c)}
+        assert "node A missed its lease" in b.log + c.log
+    print(f"failover: {took:.2f} s with --lease {LEASE:g}")  # shown with -s
+    assert took <= LEASE + 2, took
+    for order_id in held:
+        assert orders[order_id]["nodo"] in ("B", "C") and orders[order_id]["intentos"] == 1
+    assert all(o["estado"] == "listo" for o in orders.values())
+    assert db(pg_url, "SELECT count(*) FROM pedidos WHERE estado = 'listo'") == [(6,)]
+
+
+def test_a_node_stopped_with_sigterm_hands_its_orders_back_without_counting_an_attempt(pg_url, tmp_path):
+    args = ("--work-time", "1.5", "--shutdown-timeout", "0.3")
+    with nodes(pg_url, tmp_path, "AB", *args) as (a, b):
+        with client(a) as on_a:
+            for n in range(2):
+                assert on_a.ask(order(n))["ok"]
+        ids = wait_for(lambda: held_by(pg_url, "A"), timeout=5)
+        assert a.stop() == 0
+        assert held_by(pg_url, "A") == []  # handed back at once, not left to the lease
+        with client(b) as on_b:
+            done = [on_b.ask({"accion": "esperar", "id": i, "timeout": 10}) for i in ids]
+    for reply in done:
+        assert reply["ok"] and reply["pedido"]["nodo"] == "B" and reply["pedido"]["intentos"] == 0, reply
+
+
+def test_a_paused_node_declared_dead_cannot_overwrite_the_newer_state(pg_url, tmp_path):
+    with nodes(pg_url, tmp_path, "AB", "--work-time", "3", "--workers", "1") as (a, b):
+        with client(a) as on_a:
+            for n in range(2):
+                assert on_a.ask(order(n))["ok"]
+        order_id = wait_for(lambda: held_by(pg_url, "A"), timeout=5)[0]  # type: ignore[index]
+        os.kill(a.pid, signal.SIGSTOP)  # the server stops; its worker runs on
+        try:
+            # Declared dead, taken by B: from then on, A's worker's finish is refused.
+            wait_for(lambda: order_id in held_by(pg_url, "B"), timeout=LEASE + 4)
+            wait_for(lambda: "taken away from this worker" in a.log, timeout=5)
+            assert order_id in held_by(pg_url, "B")  # A's late `listo` changed nothing
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        with client(b) as on_b:
+            done = on_b.ask({"accion": "esperar", "id": order_id, "timeout": 10})
+        wait_for(lambda: "registered again" in a.log, timeout=5)
+    assert done["ok"] and done["pedido"]["nodo"] == "B" and done["pedido"]["intentos"] == 1, done
+
+
+def test_postgresql_stopped_under_load_then_started_loses_nothing_acknowledged(pg_cluster, tmp_path):
+    url = pg_cluster.url()
+    acked: dict[str, int] = {}
+    refused = []
+    stop = threading.Event()
+
+    def load(server: ServerProcess, prefix: str) -> None:
+        n = 0
+        c = client(server)
+        try:
+            while not stop.is_set():
+                n += 1
+                reply = c.ask(order(n, f"{prefix}-{n}"))
+                if reply["ok"]:
+                    acked[f"{prefix}-{n}"] = reply["id"]
+                else:
+                    refused.append(reply["error"])
+                    time.sleep(0.01)
+        finally:
+            c.close()
+
+    with nodes(url, tmp_path, "AB", "--work-time", "0") as servers:
+        threads = [threading.Thread(target=load, args=(s, s.args[3])) for s in servers]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: len(acked) > 50, timeout=10)
+            pg_cluster.halt()
+            time.sleep(5)  # the outage itself: the length is the test
+            during = len(acked)
+            refused_before = len(refused)
+            pg_cluster.boot()
+            booted = time.monotonic()
+            while len(acked) <= during + 50:
+                assert time.monotonic() - booted < 20, (
+                    f"after the restart: {len(acked) - during} acks, {len(refused) - refused_before} "
+                    f"refusals, load threads alive: {[t.is_alive() for t in threads]}"
+                )
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert all(s.proc.poll() is None for s in servers)
+        unfinished = "SELECT id, estado, nodo, worker FROM pedidos WHERE estado <> 'listo' ORDER BY id"
+        deadline = time.monotonic() + 20
+        while left := db(url, unfinished):
+            assert time.monotonic() < deadline, f"not listo: {left[:10]} ({len(left)})"
+            time.sleep(0.05)
+        logs = servers[0].log + servers[1].log
+    assert "PostgreSQL unreachable" in logs and "PostgreSQL reachable again" in logs
+    stored = dict(db(url, "SELECT referencia, id FROM pedidos WHERE estado = 'listo'"))
+    assert {ref: stored.get(ref) for ref in acked} == acked  # every ack has its row, listo

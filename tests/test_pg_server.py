@@ -1,0 +1,98 @@
+"""The server's command line on PostgreSQL: choosing it, naming nodes, the
+driver missing, the password kept out of every log, polling without NOTIFY."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import datetime
+from urllib.parse import urlsplit, urlunsplit
+
+from conftest import SERVIDOR, LineClient, ServerProcess, running_server, wait_for
+
+from pedidos.server.cli import build_parser
+
+
+def with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.replace("@", f":{password}@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def test_pedidos_db_is_the_default_for_db_and_the_flag_wins(monkeypatch):
+    monkeypatch.setenv("PEDIDOS_DB", "postgresql://u@h/db")
+    assert build_parser().parse_args([]).db == "postgresql://u@h/db"
+    assert build_parser().parse_args(["--db", "x.db"]).db == "x.db"
+    monkeypatch.delenv("PEDIDOS_DB")
+    assert build_parser().parse_args([]).db == "pedidos.db"
+
+
+def test_without_the_driver_a_postgresql_url_is_one_line_and_exit_2(tmp_path):
+    fake = tmp_path / "site" / "psycopg"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no psycopg here')\n")
+    done = subprocess.run(
+        [sys.executable, str(SERVIDOR), "--db", "postgresql://u:s3cret@127.0.0.1/x", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")},
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'pedidos[postgres]'" in lines[0], done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
+
+
+def test_a_second_live_node_with_a_taken_name_refuses_to_start(pg_url, tmp_path):
+    args = ("--work-time", "0", "--nodo", "tienda-1")
+    with running_server(tmp_path, *args, db=pg_url):  # type: ignore[arg-type]
+        second = ServerProcess(["--port", "0", *args], pg_url, tmp_path)  # type: ignore[arg-type]
+        try:
+            assert second.proc.wait(30) == 1
+        finally:
+            second.kill()
+        second._reader.join(5)
+    errors = [line for line in second.lines if " ERROR " in line]
+    assert len(errors) == 1 and "tienda-1" in errors[0] and "taken" in errors[0], second.log
+
+
+def test_the_password_is_never_logged(pg_url, tmp_path, dead_port):
+    url = with_password(pg_url, "s3cret-pw")
+    with running_server(tmp_path, "--work-time", "0", db=url) as srv:  # type: ignore[arg-type]
+        assert "ready" in srv.log
+    unreachable = ServerProcess(
+        ["--port", "0"],
+        with_password(f"postgresql://postgres@127.0.0.1:{dead_port}/x", "s3cret-pw"),
+        tmp_path,
+    )  # type: ignore[arg-type]
+    try:
+        assert unreachable.proc.wait(30) == 1
+    finally:
+        unreachable.kill()
+    unreachable._reader.join(5)
+    assert "cannot use the database" in unreachable.log
+    assert "s3cret" not in srv.log + unreachable.log
+
+
+def test_without_notify_esperar_across_nodes_answers_by_polling(pg_url, tmp_path):
+    args = ("--work-time", "0.1", "--workers", "1", "--sin-notify", "--lease", "2")
+    a = ServerProcess(["--port", "0", "--nodo", "A", *args], pg_url, tmp_path)  # type: ignore[arg-type]
+    b = ServerProcess(["--port", "0", "--nodo", "B", *args], pg_url, tmp_path)  # type: ignore[arg-type]
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        with LineClient("127.0.0.1", a.port) as on_a, LineClient("127.0.0.1", b.port) as on_b:
+            placed = on_a.ask({"cliente": "Ana", "productos": ["pan"], "direccion": "x"})
+            reply = on_b.ask({"accion": "esperar", "id": placed["id"], "timeout": 10})
+            got = time.time()
+        assert reply["ok"] and reply["pedido"]["estado"] == "listo", reply
+        assert got - datetime.fromisoformat(reply["pedido"]["fecha_fin"]).timestamp() < 1.0
+        wait_for(lambda: "LISTEN" not in a.log + b.log, timeout=1)
+    finally:
+        for srv in (a, b):
+            if srv.proc.poll() is None:
+                srv.stop()
+            srv.kill()
