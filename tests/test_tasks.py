@@ -353,3 +353,12 @@ def test_a_retry_waiting_across_a_restart_is_taken_when_due(tmp_path):
     assert done.estado == "listo" and done.fallos == 2 and done.resultado == {"llamadas": 3}
     second = calls(tmp_path, order_id)[1]
     assert second["t"] >= moment(waiting.reintentar_despues) - 0.005
+
+
+@pytest.mark.parametrize("value", [{"nota": "a\x00b"}, ["\ud800"]])
+def test_a_result_no_backend_can_store_is_a_clear_failure(value):
+    from pedidos.processing.task import ResultError, encode_result
+
+    with pytest.raises(ResultError, match="resultado de la tarea"):
+        encode_result(value)
+    assert encode_result({"nota": "ñandú \\u0000 como texto"})  # the six characters are fine

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -75,13 +76,25 @@ class TaskRunner:
             self._loop.close()
 
 
+# The JSON escape of a NUL character: \\u0000 after an even number of backslashes.
+NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def encode_result(value: Any) -> str:
     """The task's return value as the JSON text of `resultado`, or ResultError."""
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ResultError(f"el resultado de la tarea no se puede guardar como JSON ({exc})") from None
-    size = len(text.encode("utf-8", "surrogatepass"))
+    # Every backend must be able to store it: PostgreSQL's jsonb holds no NUL
+    # character and no database takes half a surrogate pair. Refused here, the
+    # worker records a failed attempt instead of retrying a write that can never work.
+    if NUL_ESCAPE.search(text):
+        raise ResultError("el resultado de la tarea contiene el carácter NUL, que no se puede guardar")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ResultError("el resultado de la tarea contiene texto que no es Unicode válido") from None
     if size > MAX_RESULT_BYTES:
         raise ResultError(
             f"el resultado de la tarea ocupa {size} bytes en JSON; el máximo es {MAX_RESULT_BYTES}"
