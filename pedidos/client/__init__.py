@@ -10,34 +10,6 @@ knows about the server's insides.
     from pedidos.client import Client, AsyncClient
 """
 
-from pedidos.client.blocking import (
-    DEFAULT_PORT,
-    DEFAULT_TIMEOUT,
-    DEFAULT_WINDOW,
-    AsyncClient,
-    Client,
-    ConnectionProblem,
-    Order,
-    PedidosError,
-    Receipt,
-    Refused,
-    ServerStopping,
-    Stats,
-    order_request,
-)
-
-__all__ = [
-    "DEFAULT_PORT",
-    "DEFAULT_TIMEOUT",
-    "DEFAULT_WINDOW",
-    "AsyncClient",
-    "Client",
-    "ConnectionProblem",
-    "Order",
-    "PedidosError",
-    "Receipt",
-    "Refused",
-    "ServerStopping",
-    "Stats",
-    "order_request",
-]
+# The public names are the blocking module's `__all__`, listed once there.
+from pedidos.client.blocking import *  # noqa: F403
+from pedidos.client.blocking import __all__  # noqa: F401

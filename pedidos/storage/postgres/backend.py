@@ -17,6 +17,7 @@ import psycopg
 
 from pedidos.domain import ESTADOS, Estado, NewOrder
 from pedidos.storage.base import Ack, Claim, Recovery, StorageError, StorageUnavailable, plain_receipt
+from pedidos.storage.listing import Dialect, listing_query
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.intake import Intake
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, conninfo, hint, one_line, shown
@@ -42,6 +43,10 @@ async def _session(conn: psycopg.AsyncConnection[Any]) -> None:
 
 def _unavailable(exc: BaseException) -> BaseException:
     return exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(one_line(exc))
+
+
+# lower() folds like Python's str.lower() for what the C collation knows (ASCII).
+PG_DIALECT = Dialect("%s", "strpos(lower(cliente), %s) > 0")
 
 
 class PostgresStorage:
@@ -172,28 +177,11 @@ class PostgresStorage:
         contiene: str | None = None,
         orden: str = "asc",
     ) -> list[dict[str, Any]]:
-        newest_first = orden == "desc"
-        where: list[str] = []
-        params: list[Any] = []
-        if not newest_first or desde_id > 0:
-            where.append("id < %s" if newest_first else "id > %s")
-            params.append(desde_id)
-        if estado is not None:
-            where.append("estado = %s")
-            params.append(estado)
-        if cliente is not None:
-            where.append("cliente = %s")
-            params.append(cliente)
-        if contiene is not None:
-            # strpos, not LIKE: '%' and '_' in the text are plain characters.
-            where.append("strpos(lower(cliente), %s) > 0")
-            params.append(contiene.lower())
-        query = (
-            f"SELECT {sql.COLUMNS} FROM pedidos WHERE {' AND '.join(where) or 'true'} "
-            f"ORDER BY id {'DESC' if newest_first else ''} LIMIT %s"
+        query, params = listing_query(
+            PG_DIALECT, sql.COLUMNS, estado, cliente, desde_id, limite, contiene, orden
         )
         async with self._main.use() as conn:
-            rows = await (await conn.execute(query, (*params, limite))).fetchall()  # type: ignore[arg-type]
+            rows = await (await conn.execute(query, params)).fetchall()  # type: ignore[arg-type]
         return [order(row) for row in rows]
 
     async def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from pedidos.domain import ESTADOS, Estado, NewOrder
 from pedidos.storage.base import Receipt
+from pedidos.storage.listing import Dialect, listing_query
 from pedidos.storage.sqlite.attempts import Attempts
 from pedidos.storage.sqlite.rows import (
     COLUMNS,
@@ -215,30 +216,8 @@ class Store(Attempts):
         """Up to `limite` orders after `desde_id`: ids above it, oldest first
         (`orden` "asc"), or below it, newest first ("desc"; 0 means from the
         newest). `contiene` is a case-insensitive substring of `cliente`."""
-        newest_first = orden == "desc"
-        where: list[str] = []
-        params: list[Any] = []
-        if not newest_first or desde_id > 0:
-            where.append("id < ?" if newest_first else "id > ?")
-            params.append(desde_id)
-        if estado is not None:
-            where.append("estado = ?")
-            params.append(estado)
-        if cliente is not None:
-            where.append("cliente = ?")
-            params.append(cliente)
-        if contiene is not None:
-            # A scan in id order that stops at `limite` matches: no index serves
-            # a substring, and the cheap conditions above are tested first. instr,
-            # not LIKE: '%' and '_' in the text are plain characters. PostgreSQL:
-            # strpos(lower(cliente), lower($1)) > 0, the same folding.
-            where.append(f"instr({LOWER_FUNCTION}(cliente), ?) > 0")
-            params.append(_lower(contiene))
-        rows = self._conn.execute(
-            f"SELECT {COLUMNS} FROM pedidos WHERE {' AND '.join(where) or '1'} "
-            f"ORDER BY id {'DESC' if newest_first else ''} LIMIT ?",
-            (*params, limite),
-        ).fetchall()
+        query, params = listing_query(DIALECT, COLUMNS, estado, cliente, desde_id, limite, contiene, orden)
+        rows = self._conn.execute(query, params).fetchall()
         return [order_of_row(row) for row in rows]
 
     def counts(self) -> dict[str, int]:
@@ -267,6 +246,8 @@ class Store(Attempts):
 
 
 LOWER_FUNCTION = "pedidos_minusculas"
+# instr over the registered Python lower(): SQLite's own lower() folds only ASCII.
+DIALECT = Dialect("?", f"instr({LOWER_FUNCTION}(cliente), ?) > 0")
 
 
 def _lower(text: str | None) -> str | None:
