@@ -101,8 +101,31 @@ def test_metrics_match_estadisticas(tmp_path):
         assert sample(families, "pedidos_ack_segundos", "pedidos_ack_segundos_bucket", le="+Inf") == 5
         assert 0 < sample(families, "pedidos_ack_segundos", "pedidos_ack_segundos_sum") < 5
         assert sample(families, "pedidos_lote_pedidos", "pedidos_lote_pedidos_sum") == 5
+        # One order at a time, each waiting for its ack: five group commits of one.
+        assert families["pedidos_commit_segundos"].type == "histogram"
+        assert sample(families, "pedidos_commit_segundos", "pedidos_commit_segundos_count") == 5
+        assert 0 < sample(families, "pedidos_commit_segundos", "pedidos_commit_segundos_sum") < 5
         for name in ("pedidos_worker_reinicios", "pedidos_conexiones_rechazadas", "pedidos_uptime_segundos"):
             assert name in families
+
+
+def test_metrics_on_postgresql_count_each_commit(pg_url, tmp_path):
+    with running_server(tmp_path, "--work-time", "0", "--workers", "1", "--panel", "0", db=pg_url) as srv:
+        url = panel_url(srv)
+        with LineClient("127.0.0.1", srv.port) as client:
+            ids = [client.ask(ORDER)["id"] for _ in range(3)]
+            for order_id in ids:
+                assert client.ask({"accion": "esperar", "id": order_id, "timeout": 30})["ok"]
+            stats = client.ask({"accion": "estadisticas"})
+            status, _, body = get(url, "/metrics")
+    assert status == 200
+    families = metric_families(body.decode())
+    assert sample(families, "pedidos_recibidos", "pedidos_recibidos_total") == 3
+    for estado, count in stats["estados"].items():
+        assert sample(families, "pedidos_estado", estado=estado) == count
+    assert sample(families, "pedidos_commit_segundos", "pedidos_commit_segundos_count") == 3
+    assert 0 < sample(families, "pedidos_commit_segundos", "pedidos_commit_segundos_sum") < 3
+    assert sample(families, "pedidos_commit_segundos", "pedidos_commit_segundos_bucket", le="+Inf") == 3
 
 
 def test_stream_pushes_changes_coalesced(tmp_path):

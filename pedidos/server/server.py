@@ -103,6 +103,7 @@ class Server:
                 config.db,
                 ack=order_ack,
                 on_stored=lambda ids: bus.publish(Event(RECEIVED, ids)),
+                on_commit=stats.commit.observe,
                 log_level=config.log_level,
                 log_format=config.log_format,
                 cluster=self._cluster(bus, sockets[0].getsockname()[1]),
