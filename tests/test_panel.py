@@ -193,6 +193,23 @@ def test_tokens_guard_the_data(tmp_path):
     assert "panel: failed authentication from 127.0.0.1" in srv.log
 
 
+def test_panel_beyond_loopback_without_tokens_is_warned_about(tmp_path):
+    # Every interface only for as long as the server takes to start: it stops at once.
+    with running_server(tmp_path, "--work-time", "0", "--panel", "0", "--panel-host", "0.0.0.0") as srv:
+        assert panel_url(srv).startswith("http://0.0.0.0:")
+    warned = [line for line in srv.lines if "panel listening beyond this machine" in line]
+    assert len(warned) == 1 and "WARNING" in warned[0] and "--token-file" in warned[0], srv.log
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(f"{ADMIN_TOKEN} admin\n")
+    args = ("--work-time", "0", "--panel", "0", "--panel-host", "0.0.0.0", "--token-file", str(tokens))
+    with running_server(tmp_path, *args) as srv:
+        panel_url(srv)
+    assert "panel listening beyond" not in srv.log
+    with running_server(tmp_path, "--work-time", "0", "--panel", "0") as srv:
+        panel_url(srv)
+    assert "panel listening beyond" not in srv.log
+
+
 def test_bad_input_on_the_panel_port_never_stops_the_order_port(tmp_path):
     with running_server(tmp_path, "--work-time", "0", "--panel", "0") as srv:
         url = panel_url(srv)
