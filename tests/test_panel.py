@@ -349,8 +349,90 @@ def test_live_follows_the_bus_by_counts_not_by_orders():
         assert picture["workers"][0] == {"worker": 1, "pedido": None}
         assert picture["workers"][1]["pedido"] == 600  # FAILED alone does not free a live worker
         assert picture["conexiones"] == 3 and picture["workers_vivos"] == 2
+        assert picture["nodos"] is None  # alone on its database: no nodes to show
         assert stats.received == 1000 and stats.finished == {"listo": 500, "cancelado": 2, "fallido": 1}
         assert viewer.take().startswith(b"event: panel\ndata: {")
         assert viewer.take() == b""  # nothing new until the ticker offers a picture
+
+    asyncio.run(scenario())
+
+
+def test_live_reads_a_shared_database_every_second():
+    """On PostgreSQL the other nodes publish nothing on this node's bus: while a
+    page is open, the counts, the latest orders and the nodes with their busy
+    workers are read every second, and this node's row has its figures of now."""
+    import asyncio
+
+    from pedidos.events import EventBus
+    from pedidos.panel.live import Live, LiveSource
+    from pedidos.stats import Stats
+
+    database = {"pendiente": 4, "en proceso": 3, "listo": 0, "cancelado": 0, "fallido": 0}
+    reads = {"latest": 0}
+    nodes = [
+        {"nodo": "a", "workers": 9, "conexiones": 9, "en proceso": 1, "visto": "2026-12-03T04:00:00+00:00"},
+        {"nodo": "b", "workers": 2, "conexiones": 1, "en proceso": 2, "visto": "2026-12-03T04:00:00+00:00"},
+    ]
+    in_process = [
+        {"id": 5, "nodo": "b", "worker": 2, "fecha_inicio": "2026-12-03T04:00:01+00:00"},
+        {"id": 6, "nodo": "b", "worker": 2, "fecha_inicio": "2026-12-03T04:00:01+00:00"},
+        {"id": 7, "nodo": "a", "worker": 1, "fecha_inicio": "2026-12-03T04:00:02+00:00"},
+    ]
+
+    async def counts():
+        return dict(database)
+
+    async def latest(n):
+        reads["latest"] += 1
+        return []
+
+    async def live_nodes():
+        return [dict(node) for node in nodes]
+
+    async def listing(estado, cliente, desde_id, limite):
+        assert (estado, cliente, desde_id) == ("en proceso", None, 0)
+        return in_process[:limite]
+
+    async def next_picture(viewer, until, deadline):
+        while True:
+            await asyncio.wait_for(viewer.wake.wait(), max(0.01, deadline - time.monotonic()))
+            picture = json.loads(viewer.take().split(b"data: ", 1)[1])
+            if until(picture):
+                return picture
+
+    async def scenario():
+        bus = EventBus()
+        figures = {"workers": 1, "conexiones": 0, "nodo": "a"}
+        source = LiveSource(
+            bus, Stats(), counts, latest, lambda: figures, workers=1, live_nodes=live_nodes, listing=listing
+        )
+        live = Live(source)
+        viewer = live.join()
+        live.start()
+        try:
+            picture = await next_picture(viewer, lambda p: p["nodos"], time.monotonic() + 3)
+            assert picture["estados"] == database
+            a, b = picture["nodos"]
+            assert a["nodo"] == "a" and a["este"] and (a["workers"], a["conexiones"]) == (1, 0)
+            assert a["trabajando"] == [
+                {"worker": 1, "pedido": 7, "mas": 0, "desde": "2026-12-03T04:00:02+00:00"}
+            ]
+            assert b["nodo"] == "b" and not b["este"] and (b["workers"], b["conexiones"]) == (2, 1)
+            assert b["trabajando"] == [
+                {"worker": 2, "pedido": 5, "mas": 1, "desde": "2026-12-03T04:00:01+00:00"}
+            ]
+            # Another node finishes orders and a third one joins: seen within a second or two.
+            database.update({"en proceso": 0, "listo": 3})
+            nodes.append(dict(nodes[1], nodo="c"))
+            latest_reads = reads["latest"]
+            picture = await next_picture(
+                viewer,
+                lambda p: p["estados"]["listo"] == 3 and len(p["nodos"]) == 3,
+                time.monotonic() + 2.5,
+            )
+            assert picture["estados"] == database
+            assert reads["latest"] > latest_reads  # the latest orders too, though no event came
+        finally:
+            await live.stop()
 
     asyncio.run(scenario())

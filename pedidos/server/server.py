@@ -179,6 +179,9 @@ class Server:
             latest=lambda n: storage.list_orders(None, None, 0, n, orden="desc"),
             figures=self._live_figures,
             workers=self.config.workers,
+            # On a shared database, the service's nodes (none to show on SQLite).
+            live_nodes=storage.live_nodes if self.nodo is not None else None,
+            listing=storage.list_orders,
             tokens=state.tokens,
             throttle=state.throttle,
         )
