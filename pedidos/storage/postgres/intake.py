@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -61,6 +62,7 @@ class Intake:
         self._hint = hint
         self._queue: list[_Entry] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.on_commit: Callable[[float], None] | None = None  # seconds per batch committed
 
     def submit(
         self, order: Any, owner: str | None, notify: Callable[[], None] | None = None
@@ -95,6 +97,7 @@ class Intake:
         async def store(conn: psycopg.AsyncConnection[Any]) -> list[Receipt]:
             return await insert_orders(conn, [e.order for e in batch], [e.owner for e in batch])
 
+        started = time.perf_counter()
         try:
             results = await self._link.run(store, STORE_TIMEOUT_S)
             new_ids = [r.id for r in results if not r.duplicado]
@@ -113,6 +116,8 @@ class Intake:
                 raise
             logger.exception("could not store %d orders", len(batch))
             return
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
         ack = self._ack
         for entry, result in zip(batch, results, strict=True):
             if not entry.future.done():
