@@ -4,8 +4,8 @@ Plain integers and bucketed histograms, counted as things happen: the
 connection adds each ack's latency, the storage each group commit's time,
 the server each refused connection, and the event bus everything else.
 Nothing here formats or exports: the panel (pedidos/panel/) reads these at
-scrape time. Stdlib only, so the server
-keeps them whether or not the panel's libraries are installed.
+scrape time. Stdlib only, so the server keeps them whether or not the
+panel's libraries are installed.
 """
 
 from __future__ import annotations
