@@ -629,7 +629,7 @@ def test_backlog_lives_in_the_database_not_in_memory(tmp_path):
             estados = stats(again.port)["estados"]
             return estados["pendiente"] == 0 and estados["en proceso"] == 0
 
-        wait_for(drained, timeout=90, interval=0.5)
+        wait_for(drained, timeout=90, interval=0.1)
     counts = dict(collections.Counter(o["estado"] for o in stored_orders(srv.db).values()))
     assert counts == {"listo": BACKLOG + 1000}
     assert set(FINAL_ESTADOS) >= set(counts)

@@ -129,7 +129,9 @@ def states(server: ServerProcess) -> dict[int, tuple[str, int]]:
 
 
 def test_a_second_server_on_the_same_database_exits_1_and_changes_nothing(tmp_path):
-    args = ("--workers", "2", "--work-time", "60", "--shutdown-timeout", "1")
+    # The first server's stop waits out --shutdown-timeout for its two busy
+    # workers, then hands their orders back: the shorter, the sooner.
+    args = ("--workers", "2", "--work-time", "60", "--shutdown-timeout", "0.2")
     with running_server(tmp_path, *args) as first, LineClient("127.0.0.1", first.port) as c:
         ids = [c.ask(ORDER)["id"] for _ in range(2)]
         wait_for(lambda: all(s[0] == "en proceso" for s in states(first).values()), timeout=20)

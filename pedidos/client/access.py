@@ -13,7 +13,8 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
-from pedidos.client.records import ConnectionProblem, NoAnswer, Refused, reason
+from pedidos.client.problems import ConnectionProblem, NoAnswer, reason
+from pedidos.client.records import Refused
 
 # The client's own token. The server never reads it (its tokens come from
 # --token-file and PEDIDOS_SERVIDOR_TOKENS), so a shop's token exported in a

@@ -21,19 +21,15 @@ from typing import Any
 from pedidos.client import records
 from pedidos.client.access import auth_request, authenticated, no_greeting, tls_failure
 from pedidos.client.commands import Commands, Following, Plan
-from pedidos.client.records import (
-    DEFAULT_WINDOW,
+from pedidos.client.problems import (
     ConnectionProblem,
     PedidosError,
-    Refused,
     bare_host,
-    check_greeting,
-    encode,
     reason,
-    receipt_or_refusal,
     unreachable,
     unresolved,
 )
+from pedidos.client.records import DEFAULT_WINDOW, Refused, check_greeting, encode, receipt_or_refusal
 from pedidos.client.wire import Wire
 
 Reply = dict[str, Any]

@@ -30,29 +30,31 @@ from typing import Any, NoReturn
 from pedidos.client.access import auth_request, authenticated, no_greeting, wrap
 from pedidos.client.aio import AsyncClient
 from pedidos.client.commands import Commands, Following, Plan
+from pedidos.client.problems import (
+    ConnectionProblem,
+    PedidosError,
+    bare_host,
+    closed,
+    lost,
+    reason,
+    silent,
+    unreachable,
+    unresolved,
+)
 from pedidos.client.records import (
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,
     DEFAULT_WINDOW,
-    ConnectionProblem,
     Order,
-    PedidosError,
     Receipt,
     Refused,
     ServerStopping,
     Stats,
-    bare_host,
     check_greeting,
-    closed,
     encode,
-    lost,
     order_request,
     parse_reply,
-    reason,
     receipt_or_refusal,
-    silent,
-    unreachable,
-    unresolved,
 )
 
 __all__ = [

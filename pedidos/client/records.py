@@ -1,21 +1,22 @@
 """What the client library hands back, and how requests and replies are written.
 
+The errors a connection meets, told for a person, are in `problems`; the
+refusals here carry the server's reply (and the order it names).
+
 Shared by the blocking `Client` and the asyncio `AsyncClient`, so that both
 speak the protocol the same way and only differ in how they wait.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import socket
-import ssl
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, TypedDict
 
-from pedidos.domain import FINAL_ESTADOS, MAX_SECONDS, show_address
+from pedidos.client.problems import ConnectionProblem, PedidosError
+from pedidos.domain import FINAL_ESTADOS, MAX_SECONDS
 from pedidos.protocol.replies import CONNECTION_CLOSED_FIELD, TIEMPO_AGOTADO
 
 DEFAULT_PORT = 8888
@@ -26,10 +27,6 @@ MAX_WAIT = MAX_SECONDS
 __all__ = ["FINAL_ESTADOS", "TIEMPO_AGOTADO"]  # re-exported for the two clients
 # Marks the server's last line before it closes an idle connection: no reply.
 CONEXION_CERRADA = CONNECTION_CLOSED_FIELD
-
-
-class PedidosError(Exception):
-    """Base of the client's errors."""
 
 
 class Refused(PedidosError):
@@ -46,14 +43,6 @@ class Refused(PedidosError):
         """The order as it stood, for refusals that carry one (`tiempo_agotado`)."""
         pedido = self.reply.get("pedido")
         return Order.from_reply(pedido) if isinstance(pedido, dict) else None
-
-
-class ConnectionProblem(PedidosError):
-    """The server could not be reached, or stopped answering."""
-
-
-class NoAnswer(ConnectionProblem):
-    """The server said nothing within the time allowed."""
 
 
 class ServerStopping(ConnectionProblem):
@@ -261,67 +250,3 @@ def not_stopping(reply: dict[str, Any]) -> dict[str, Any]:
 
 def stats_of(reply: dict[str, Any]) -> Stats:
     return Stats(**{k: v for k, v in checked(reply).items() if k != "ok"})  # type: ignore[typeddict-item]
-
-
-# --- addresses and what went wrong, for a person ---------------------------------------
-
-_REASONS = {
-    errno.ECONNREFUSED: "conexión rechazada (¿está en marcha el servidor, y en ese puerto?)",
-    errno.ETIMEDOUT: "no contesta",
-    errno.EHOSTUNREACH: "no hay ruta hasta esa máquina",
-    errno.ENETUNREACH: "la red no está accesible",
-    errno.EADDRNOTAVAIL: "esa dirección no está disponible en esta máquina",
-    errno.ECONNRESET: "la cortó el otro extremo",
-    errno.EPIPE: "la cortó el otro extremo",
-    errno.ENOENT: "no existe",
-    errno.EISDIR: "es un directorio",
-    errno.EACCES: "no hay permiso",
-}
-
-
-def reason(exc: BaseException) -> str:
-    """An OS error in Spanish, for the one line a person reads."""
-    if isinstance(exc, TimeoutError):
-        return "no contesta"
-    if isinstance(exc, ssl.SSLEOFError):
-        return "la cortó el otro extremo"
-    if isinstance(exc, ssl.SSLError):
-        return f"error de TLS: {(exc.reason or str(exc)).lower().replace('_', ' ')}"
-    if isinstance(exc, OSError) and exc.errno in _REASONS:
-        return _REASONS[exc.errno]
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def bare_host(host: str) -> str:
-    """`[::1]` as people write it in URLs is `::1` for getaddrinfo."""
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
-shown = show_address
-
-
-def unresolved(host: str, exc: socket.gaierror) -> ConnectionProblem:
-    return ConnectionProblem(f"no se encuentra el servidor {host!r} ({exc.strerror})")
-
-
-def unreachable(host: str, port: int, failures: list[tuple[str, str]]) -> ConnectionProblem:
-    """`failures`: (address tried, why it failed), one per address the host named."""
-    if len(failures) == 1:
-        detail = failures[0][1]
-    else:
-        detail = "; ".join(f"{address}: {why}" for address, why in failures)
-    return ConnectionProblem(f"no se puede conectar con {shown(host, port)}: {detail}")
-
-
-def silent(timeout: float) -> ConnectionProblem:
-    return NoAnswer(f"el servidor dejó de responder (nada en {timeout:g} s)")
-
-
-def lost(exc: BaseException) -> ConnectionProblem:
-    return ConnectionProblem(f"se perdió la conexión con el servidor: {reason(exc)}")
-
-
-def closed() -> ConnectionProblem:
-    return ConnectionProblem("el servidor cerró la conexión")

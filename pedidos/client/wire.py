@@ -12,7 +12,8 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from pedidos.client.records import ConnectionProblem, closed, lost, parse_reply, silent
+from pedidos.client.problems import ConnectionProblem, closed, lost, silent
+from pedidos.client.records import parse_reply
 
 Reply = dict[str, Any]
 

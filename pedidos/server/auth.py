@@ -13,6 +13,7 @@ token is ever logged.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -20,6 +21,9 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Union
+
+from pedidos.protocol.replies import NO_AUTORIZADO, error_reply
 
 CLIENTE = "cliente"
 ADMIN = "admin"
@@ -30,6 +34,9 @@ MAX_TOKEN_CHARS = 256
 MIN_TOKEN_CHARS = 8
 
 logger = logging.getLogger(__name__)
+# A refused token is logged as the connection's event, under the logger it
+# always had: log filters and collectors select on that name.
+connection_log = logging.getLogger("pedidos.server.connection")
 
 
 class TokenFileError(Exception):
@@ -172,3 +179,34 @@ class FailureThrottle:
 
     def succeeded(self, address: str) -> None:
         self._failures.pop(address, None)
+
+
+Answer = Union[dict, "asyncio.Future[dict]"]
+
+
+def answer_token(
+    tokens: TokenBook | None,
+    throttle: FailureThrottle,
+    loop: asyncio.AbstractEventLoop,
+    host: str,
+    peer: str,
+    token: str,
+) -> tuple[Principal | None, Answer]:
+    """The reply to `autenticar` from `host`, and who the token makes the
+    connection (None: it stays as it was)."""
+    if tokens is None:
+        return None, {"ok": True, "rol": ADMIN, "mensaje": "Este servidor no pide token."}
+    principal = tokens.authenticate(token)
+    if principal is not None:
+        throttle.succeeded(host)
+        return principal, {"ok": True, "rol": principal.role}
+    connection_log.warning("failed authentication from %s", peer)
+    refusal = error_reply(NO_AUTORIZADO, "Token no válido.")
+    delay = throttle.failed(host)
+    if not delay:
+        return None, refusal
+    # Repeated failures from one address wait longer and longer for their
+    # answer, and so does everything sent after them on this connection.
+    later: asyncio.Future[dict] = loop.create_future()
+    loop.call_later(delay, lambda: later.done() or later.set_result(refusal))
+    return None, later

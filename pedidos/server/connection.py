@@ -20,9 +20,7 @@ from typing import Any, Union
 from pedidos.domain import NewOrder, show_address
 from pedidos.protocol.framing import Decoder
 from pedidos.protocol.replies import (
-    ERROR_INTERNO,
     NO_AUTORIZADO,
-    SERVIDOR_OCUPADO,
     RequestError,
     encode_line,
     error_reply,
@@ -31,9 +29,9 @@ from pedidos.protocol.replies import (
 )
 from pedidos.protocol.telnet import TelnetReply
 from pedidos.protocol.validation import Command, parse_request
-from pedidos.server.auth import ADMIN, Principal
+from pedidos.server.auth import Principal, answer_token
+from pedidos.server.failures import SERVER_FULL, reply_of
 from pedidos.server.state import ServerState
-from pedidos.storage.base import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +85,7 @@ class Connection(asyncio.BufferedProtocol):
             self._host = peer[0]
             self.peer = show_address(peer[0], peer[1])
         if not self._state.admit(self):
-            transport.write(
-                encode_line(
-                    error_reply(
-                        SERVIDOR_OCUPADO, "El servidor no acepta más conexiones ahora; pruebe más tarde."
-                    )
-                )
-            )
+            transport.write(SERVER_FULL)
             transport.close()
             self._closing = True
             return
@@ -187,24 +179,12 @@ class Connection(asyncio.BufferedProtocol):
         return await self._service.command(command, self._principal)
 
     def _authenticate(self, token: str) -> Slot:
-        if self._tokens is None:
-            return {"ok": True, "rol": ADMIN, "mensaje": "Este servidor no pide token."}
-        principal = self._tokens.authenticate(token)
-        throttle = self._state.throttle
+        principal, reply = answer_token(
+            self._tokens, self._state.throttle, self._loop, self._host, self.peer, token
+        )
         if principal is not None:
-            throttle.succeeded(self._host)
             self._principal = principal
-            return {"ok": True, "rol": principal.role}
-        logger.warning("failed authentication from %s", self.peer)
-        refusal = error_reply(NO_AUTORIZADO, "Token no válido.")
-        delay = throttle.failed(self._host)
-        if not delay:
-            return refusal
-        # Repeated failures from one address wait longer and longer for their
-        # answer, and so does everything sent after them on this connection.
-        later: asyncio.Future[dict] = self._loop.create_future()
-        self._loop.call_later(delay, lambda: later.done() or later.set_result(refusal))
-        return later
+        return reply
 
     def _enqueue(self, slot: Slot) -> None:
         if isinstance(slot, dict) and not self._line:
@@ -226,7 +206,7 @@ class Connection(asyncio.BufferedProtocol):
                 if acks and acks[0][0] is head:
                     written = written or time.monotonic()
                     self._stats.ack.observe(written - acks.popleft()[1])
-                head = _reply_of(head, self)
+                head = reply_of(head, self.peer)
             self._line.popleft()
             out.append(head if isinstance(head, bytes) else encode_line(head))
         if out:
@@ -301,17 +281,3 @@ class Connection(asyncio.BufferedProtocol):
             self._close_now()
         else:
             self._arm_idle_timer(timeout - idle_for)
-
-
-def _reply_of(future: asyncio.Future[Any], conn: Connection) -> dict | bytes:
-    if future.cancelled():
-        return error_reply(ERROR_INTERNO, "La petición fue cancelada.")
-    error = future.exception()
-    if error is None:
-        return future.result()
-    if isinstance(error, RequestError):
-        return error.reply()
-    if isinstance(error, StorageUnavailable):  # logged once by the backend, not per order
-        return error_reply(SERVIDOR_OCUPADO, "La base de datos no responde ahora; pruebe más tarde.")
-    logger.error("request from %s failed: %r", conn.peer, error)
-    return error_reply(ERROR_INTERNO, "Error interno del servidor; la petición no tuvo efecto.")

@@ -1,4 +1,4 @@
-"""The benchmark's servers as subprocesses, and what /proc says about them.
+"""The benchmark's and the soak's servers as subprocesses, and what /proc says about them.
 
 Each server (the order server or an echo baseline) runs in a session of its
 own, logging to a file; it is stopped by its pid with SIGTERM, and whatever of
@@ -101,14 +101,54 @@ def children(pid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                if int(_stat(entry.name)[1]) == pid:
                     found.append(int(entry.name))
     return found
 
 
+def _stat(pid: int | str) -> list[str]:
+    """Fields of /proc/PID/stat after the command name: state, ppid, ... starttime."""
+    return _stat_fields(Path(f"/proc/{pid}/stat"))
+
+
+def _stat_fields(path: Path) -> list[str]:
+    # The command name, in parentheses, may hold spaces and ")": split after its last ")".
+    return path.read_text().rsplit(")", 1)[1].split()
+
+
+Proc = tuple[int, str]  # (pid, start time): a pid that was reused is another process
+
+
+def spawned_children(pid: int) -> list[Proc]:
+    """The processes `pid` started through multiprocessing (its workers and
+    writer), each with its start time, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = _stat(entry.name)
+                if int(stat[1]) == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                    found.append((int(entry.name), stat[19]))
+    return found
+
+
+def alive(proc: Proc) -> bool:
+    with contextlib.suppress(OSError):
+        stat = _stat(proc[0])
+        return stat[0] != "Z" and stat[19] == proc[1]
+    return False
+
+
+def kill(procs: list[Proc]) -> None:
+    for proc in procs:
+        if alive(proc):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc[0], signal.SIGKILL)
+
+
 def _cpu(stat_path: str) -> float:
     try:
-        fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+        fields = _stat_fields(Path(stat_path))
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime

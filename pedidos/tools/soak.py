@@ -36,44 +36,10 @@ from pedidos.client.blocking import Client, ConnectionProblem, Refused
 from pedidos.domain import FINAL_ESTADOS, MAX_ATTEMPTS, Estado
 from pedidos.protocol.replies import ERROR_INTERNO, NO_ENCONTRADO, SERVIDOR_OCUPADO
 from pedidos.storage import read_all_orders
-from pedidos.tools.procs import child_env
+from pedidos.tools.procs import Proc, alive, child_env, kill, spawned_children
 
 ORPHAN_GRACE_S = 5.0
 FAILURES = (ConnectionProblem, Refused, OSError, ValueError, KeyError)
-
-
-def _stat(pid: int | str) -> list[str]:
-    """Fields of /proc/PID/stat after the command name: state, ppid, ... starttime."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-Proc = tuple[int, str]  # (pid, start time): a pid that was reused is another process
-
-
-def children(pid: int) -> list[Proc]:
-    """The processes `pid` started (its workers and writer), from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = _stat(entry.name)
-                if int(stat[1]) == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
-                    found.append((int(entry.name), stat[19]))
-    return found
-
-
-def alive(proc: Proc) -> bool:
-    with contextlib.suppress(OSError):
-        stat = _stat(proc[0])
-        return stat[0] != "Z" and stat[19] == proc[1]
-    return False
-
-
-def kill(procs: list[Proc]) -> None:
-    for proc in procs:
-        if alive(proc):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc[0], signal.SIGKILL)
 
 
 class Soak:
@@ -110,7 +76,7 @@ class Soak:
         while time.monotonic() < deadline and self.proc.poll() is None:
             with contextlib.suppress(*FAILURES):
                 if self.ask({"accion": "estadisticas"}).get("ok"):
-                    self.workers_seen.update(children(self.proc.pid))
+                    self.workers_seen.update(spawned_children(self.proc.pid))
                     return
             time.sleep(0.1)
         raise SystemExit(f"soak: the server did not start; see {self.log.name}")
@@ -126,7 +92,7 @@ class Soak:
 
     def kill_server(self, sig: int) -> None:
         assert self.proc is not None
-        workers = children(self.proc.pid)
+        workers = spawned_children(self.proc.pid)
         self.workers_seen.update(workers)
         self.proc.send_signal(sig)
         try:
@@ -150,7 +116,7 @@ class Soak:
         while self.proc is not None and not self.stop.wait(self.rng.uniform(2, 6)):
             roll = self.rng.random()
             if roll < 0.6:
-                workers = children(self.proc.pid)
+                workers = spawned_children(self.proc.pid)
                 self.workers_seen.update(workers)
                 if workers:
                     with contextlib.suppress(ProcessLookupError):

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from pedidos.client.blocking import Client
 from pedidos.tools import soak
-from pedidos.tools.procs import child_env
-from pedidos.tools.soak import FAILURES, Soak, children, kill
+from pedidos.tools.procs import child_env, kill, spawned_children
+from pedidos.tools.soak import FAILURES, Soak
 
 LEASE_S = 2.0
 
@@ -59,7 +59,7 @@ class NodesSoak(Soak):
         while time.monotonic() < deadline and proc.poll() is None:
             with contextlib.suppress(*FAILURES):
                 if self.ask_node(n, {"accion": "estadisticas"}).get("ok"):
-                    self.workers_seen.update(children(proc.pid))
+                    self.workers_seen.update(spawned_children(proc.pid))
                     return
             time.sleep(0.1)
         raise SystemExit(f"soak: node {n} did not start; see {self.log.name}")
@@ -96,7 +96,7 @@ class NodesSoak(Soak):
             if proc is None:
                 continue
             if roll < 0.5:
-                workers = children(proc.pid)
+                workers = spawned_children(proc.pid)
                 self.workers_seen.update(workers)
                 if workers:
                     with contextlib.suppress(ProcessLookupError):

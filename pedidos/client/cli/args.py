@@ -1,22 +1,21 @@
 """The command line of `cliente.py`: its options, their help and their checks, in Spanish.
 
 argparse writes its own words (`usage:`, `error:`, `expected one argument`) in
-English; they are translated while it parses, so that everything a person
-reads is Spanish. A usage error exits 2, argparse's own way.
+English; `spanish` translates them while it parses, so that everything a
+person reads is Spanish. A usage error exits 2, argparse's own way.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NoReturn
+from collections.abc import Sequence
 
 from pedidos import __version__
 from pedidos.client.access import ENV_VAR
+from pedidos.client.cli.spanish import SpanishParser, argparse_in_spanish, estado_arg, number
 from pedidos.client.records import DEFAULT_PORT, DEFAULT_TIMEOUT
 from pedidos.domain import ESTADOS
 
@@ -52,62 +51,6 @@ estado de salida: 0 bien; 1 el servidor rechazó la petición (o el token); 2 er
 3 el servidor no responde, no se puede conectar o falla TLS; 130 interrumpido (Ctrl-C).
 """
 
-# Words argparse writes itself, looked up through its `_` in every version.
-_SPANISH = {
-    "usage: ": "uso: ",
-    "options": "opciones",
-    "positional arguments": "argumentos",
-    "show this help message and exit": "muestra esta ayuda y termina",
-}
-# Its error messages, rewritten as a whole: not every version passes them through `_`.
-_ERRORS = [
-    (r"^argument (\S+): ", r"opción \1: "),
-    (r"expected one argument$", "falta su valor"),
-    (r"expected at least one argument$", "falta al menos un valor"),
-    (r"^unrecognized arguments: ", "opciones desconocidas: "),
-    (r"^ambiguous option: (\S+) could match ", r"\1 puede ser "),
-    (r"^the following arguments are required: ", "faltan estas opciones: "),
-]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        for english, spanish in _ERRORS:
-            message = re.sub(english, spanish, message)
-        super().error(message)
-
-
-@contextlib.contextmanager
-def _argparse_in_spanish() -> Iterator[None]:
-    # argparse looks up its module-level `_` each time it speaks; swapping it
-    # only for the length of one parse leaves every other parser untouched.
-    english = argparse._  # type: ignore[attr-defined]
-    argparse._ = lambda text: _SPANISH.get(text, english(text))  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        argparse._ = english  # type: ignore[attr-defined]
-
-
-def _number(kind: Callable[[str], Any], low: float, high: float | None, what: str) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} no es {what}") from None
-        # `value != value` is NaN, which compares false to every bound.
-        if value != value or value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text!r} no es {what}")
-        return value
-
-    return parse
-
-
-def _estado(text: str) -> str:
-    if text not in ESTADOS:
-        raise argparse.ArgumentTypeError(f"{text!r} no es un estado; los estados son: {', '.join(ESTADOS)}")
-    return text
-
 
 def program_name(from_command_line: bool) -> str:
     """The name the client was run as, for its help and its messages: the console
@@ -133,14 +76,14 @@ def _examples(typed: str) -> str:
 
 
 def build_parser(prog: str = SCRIPT) -> argparse.ArgumentParser:
-    with _argparse_in_spanish():  # `-h`'s help and the "options" title are written here
+    with argparse_in_spanish():  # `-h`'s help and the "options" title are written here
         return _build_parser(prog)
 
 
 def _build_parser(prog: str) -> argparse.ArgumentParser:
     # The examples show the command as it is typed: `python3 cliente.py` or `pedidos-cliente`.
     typed = f"python3 {SCRIPT}" if prog == SCRIPT else prog
-    parser = _Parser(
+    parser = SpanishParser(
         prog=prog,
         usage="%(prog)s [opciones]   (todas, con ejemplos: %(prog)s --help)",
         description="Cliente del servidor de pedidos: envía pedidos, uno o miles, y consulta su estado.",
@@ -150,21 +93,21 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"pedidos {__version__}", help="muestra la versión y termina"
     )
-    order_id = _number(int, 1, None, "un número de pedido (entero positivo)")
+    order_id = number(int, 1, None, "un número de pedido (entero positivo)")
     net = parser.add_argument_group("conexión")
     net.add_argument(
         "--host", default="localhost", help="servidor: nombre, IPv4 o IPv6 (por defecto localhost)"
     )
     net.add_argument(
         "--port",
-        type=_number(int, 1, 65535, "un puerto (1 a 65535)"),
+        type=number(int, 1, 65535, "un puerto (1 a 65535)"),
         default=DEFAULT_PORT,
         metavar="PUERTO",
         help=f"puerto del servidor (por defecto {DEFAULT_PORT})",
     )
     net.add_argument(
         "--timeout",
-        type=_number(float, 0.001, 86400, "un número de segundos entre 0.001 y 86400"),
+        type=number(float, 0.001, 86400, "un número de segundos entre 0.001 y 86400"),
         default=DEFAULT_TIMEOUT,
         metavar="S",
         help=f"segundos que se espera cada respuesta de la red (por defecto {DEFAULT_TIMEOUT:g})",
@@ -239,16 +182,18 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         help="con --listar: del más nuevo al más antiguo (con --desde-id, los de número menor que ID)",
     )
-    ask.add_argument("--estado", type=_estado, help=f"con --listar: solo ese estado ({', '.join(ESTADOS)})")
+    ask.add_argument(
+        "--estado", type=estado_arg, help=f"con --listar: solo ese estado ({', '.join(ESTADOS)})"
+    )
     ask.add_argument(
         "--limite",
-        type=_number(int, 1, None, "un entero positivo"),
+        type=number(int, 1, None, "un entero positivo"),
         metavar="N",
         help="con --listar: cuántos pedidos como mucho (por defecto 100)",
     )
     ask.add_argument(
         "--desde-id",
-        type=_number(int, 0, None, "un entero no negativo"),
+        type=number(int, 0, None, "un entero no negativo"),
         default=0,
         metavar="ID",
         help="con --listar: solo los pedidos de número mayor que ID (con --recientes, menor)",
@@ -268,7 +213,7 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
 def parse(argv: Sequence[str] | None, has_terminal: bool, prog: str = SCRIPT) -> argparse.Namespace:
     """The options, checked as a whole; `mode` says what to do, `ask` whether
     the order must be asked for at the terminal."""
-    with _argparse_in_spanish():
+    with argparse_in_spanish():
         parser = _build_parser(prog)
         args = parser.parse_args(argv)
         _check(parser, args, has_terminal)

@@ -3,8 +3,9 @@
 Exit status: 0 success; 1 the server refused the request; 2 a usage error;
 3 the server could not be reached or stopped answering; 130 interrupted
 (Ctrl-C). Every failure says why in one line on stderr, never with a traceback.
-The options are in `client_args`, what is shown to a person in `client_show`,
-`--archivo` in `client_bulk`.
+The options are in `args`, what is shown to a person in `show`, `--archivo`
+in `bulk` (and how a cut-short run goes on in `resume`), the questions for an
+order at the terminal in `ask`.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from typing import Any, TextIO
 from pedidos.client.access import chosen_token
 from pedidos.client.blocking import Client, ConnectionProblem, Order, Refused, ServerStopping
 from pedidos.client.cli import args as cli
+from pedidos.client.cli.ask import ask_order, prompter
 from pedidos.client.cli.bulk import BadInput, Outcome, Progress, read_entries, send_entries, summary_lines
 from pedidos.client.cli.resume import auto_referencias, interruption_lines
 from pedidos.client.cli.show import count, order_lines, plural, receipt_line, state_line, stats_lines, table
 from pedidos.client.cli.show import summary_lines as order_summary
-from pedidos.client.records import list_request, order_of, reason, receipt_of, stats_of
-from pedidos.domain import CLIENTE_MAX, DIRECCION_MAX, PRODUCTO_MAX, PRODUCTOS_MAX
-from pedidos.protocol.replies import NO_AUTORIZADO, RequestError
-from pedidos.protocol.validation import order_products, order_text
+from pedidos.client.problems import reason
+from pedidos.client.records import list_request, order_of, receipt_of, stats_of
+from pedidos.protocol.replies import NO_AUTORIZADO
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 PAGE = 1000  # the most orders the server lists in one reply
@@ -137,7 +138,7 @@ def _order_from(args: Any, stdin: TextIO) -> dict[str, Any]:
     }
     if args.ask:
         try:
-            ask_order(_prompter(stdin), order)
+            ask_order(prompter(stdin), order)
         except EOFError:
             if _is_terminal(sys.stdout):  # Ctrl-D leaves the cursor after the question
                 print(flush=True)
@@ -148,53 +149,6 @@ def _order_from(args: Any, stdin: TextIO) -> dict[str, Any]:
     if args.referencia is not None:
         order["referencia"] = args.referencia
     return order
-
-
-QUESTIONS: list[tuple[str, str, Callable[[str], Any]]] = [
-    (
-        "cliente",
-        f"Cliente (hasta {CLIENTE_MAX} caracteres): ",
-        lambda text: order_text({"cliente": text}, "cliente", CLIENTE_MAX),
-    ),
-    (
-        "productos",
-        f"Productos, separados por comas (de 1 a {PRODUCTOS_MAX}, de hasta {PRODUCTO_MAX} caracteres): ",
-        lambda text: list(order_products(text.split(",") if text.strip() else [])),
-    ),
-    (
-        "direccion",
-        f"Dirección (hasta {DIRECCION_MAX} caracteres): ",
-        lambda text: order_text({"direccion": text}, "direccion", DIRECCION_MAX),
-    ),
-]
-
-
-def ask_order(ask: Callable[[str], str], order: dict[str, Any]) -> dict[str, Any]:
-    """Ask for each field the order lacks until the answer passes the server's own rules."""
-    for name, prompt, check in QUESTIONS:
-        while order.get(name) is None:
-            try:
-                order[name] = check(ask(prompt))
-            except RequestError as exc:
-                print(f"  {exc.mensaje} Inténtelo de nuevo.", file=sys.stderr, flush=True)
-    return order
-
-
-def _prompter(stdin: TextIO) -> Callable[[str], str]:
-    if stdin is sys.stdin:
-        with contextlib.suppress(ImportError):
-            import readline  # noqa: F401  (arrow keys and history for input())
-        return input
-
-    def ask(prompt: str) -> str:
-        sys.stdout.write(prompt)
-        sys.stdout.flush()
-        line = stdin.readline()
-        if not line:
-            raise EOFError
-        return line.rstrip("\r\n")
-
-    return ask
 
 
 # --- queries -------------------------------------------------------------------------

@@ -1,0 +1,86 @@
+"""What goes wrong between the client and the server, told in one line of Spanish.
+
+The connection errors the client raises (`ConnectionProblem` and its kinds),
+how an OS or TLS error reads for a person (`reason`), and how a host is
+written and shown. The server's own refusals (`Refused`, `ServerStopping`)
+carry a reply and an order, so they live with the records in `records`.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+
+from pedidos.domain import show_address
+
+
+class PedidosError(Exception):
+    """Base of the client's errors."""
+
+
+class ConnectionProblem(PedidosError):
+    """The server could not be reached, or stopped answering."""
+
+
+class NoAnswer(ConnectionProblem):
+    """The server said nothing within the time allowed."""
+
+
+_REASONS = {
+    errno.ECONNREFUSED: "conexión rechazada (¿está en marcha el servidor, y en ese puerto?)",
+    errno.ETIMEDOUT: "no contesta",
+    errno.EHOSTUNREACH: "no hay ruta hasta esa máquina",
+    errno.ENETUNREACH: "la red no está accesible",
+    errno.EADDRNOTAVAIL: "esa dirección no está disponible en esta máquina",
+    errno.ECONNRESET: "la cortó el otro extremo",
+    errno.EPIPE: "la cortó el otro extremo",
+    errno.ENOENT: "no existe",
+    errno.EISDIR: "es un directorio",
+    errno.EACCES: "no hay permiso",
+}
+
+
+def reason(exc: BaseException) -> str:
+    """An OS error in Spanish, for the one line a person reads."""
+    if isinstance(exc, TimeoutError):
+        return "no contesta"
+    if isinstance(exc, ssl.SSLEOFError):
+        return "la cortó el otro extremo"
+    if isinstance(exc, ssl.SSLError):
+        return f"error de TLS: {(exc.reason or str(exc)).lower().replace('_', ' ')}"
+    if isinstance(exc, OSError) and exc.errno in _REASONS:
+        return _REASONS[exc.errno]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def bare_host(host: str) -> str:
+    """`[::1]` as people write it in URLs is `::1` for getaddrinfo."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def unresolved(host: str, exc: socket.gaierror) -> ConnectionProblem:
+    return ConnectionProblem(f"no se encuentra el servidor {host!r} ({exc.strerror})")
+
+
+def unreachable(host: str, port: int, failures: list[tuple[str, str]]) -> ConnectionProblem:
+    """`failures`: (address tried, why it failed), one per address the host named."""
+    if len(failures) == 1:
+        detail = failures[0][1]
+    else:
+        detail = "; ".join(f"{address}: {why}" for address, why in failures)
+    return ConnectionProblem(f"no se puede conectar con {show_address(host, port)}: {detail}")
+
+
+def silent(timeout: float) -> ConnectionProblem:
+    return NoAnswer(f"el servidor dejó de responder (nada en {timeout:g} s)")
+
+
+def lost(exc: BaseException) -> ConnectionProblem:
+    return ConnectionProblem(f"se perdió la conexión con el servidor: {reason(exc)}")
+
+
+def closed() -> ConnectionProblem:
+    return ConnectionProblem("el servidor cerró la conexión")

@@ -1,0 +1,41 @@
+"""What a client is told when its request came to grief on the server's side.
+
+A request's future that was cancelled, or raised, becomes one error reply
+here, so the connection writes it like any other answer and the event loop
+never sees the exception. An unavailable database is the client's cue to try
+again later (`servidor_ocupado`); anything else is logged and answered as
+`error_interno`, and it changed nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from pedidos.protocol.replies import ERROR_INTERNO, SERVIDOR_OCUPADO, RequestError, encode_line, error_reply
+from pedidos.storage.base import StorageUnavailable
+
+# Logged as the connection's event, under the logger it always had: log
+# filters and collectors select on that name.
+logger = logging.getLogger("pedidos.server.connection")
+
+# Sent before closing a connection accepted beyond the server's limit.
+SERVER_FULL = encode_line(
+    error_reply(SERVIDOR_OCUPADO, "El servidor no acepta más conexiones ahora; pruebe más tarde.")
+)
+
+
+def reply_of(future: asyncio.Future[Any], peer: str) -> dict | bytes:
+    """The reply for a request's finished future: its result, or its failure told as an error."""
+    if future.cancelled():
+        return error_reply(ERROR_INTERNO, "La petición fue cancelada.")
+    error = future.exception()
+    if error is None:
+        return future.result()
+    if isinstance(error, RequestError):
+        return error.reply()
+    if isinstance(error, StorageUnavailable):  # logged once by the backend, not per order
+        return error_reply(SERVIDOR_OCUPADO, "La base de datos no responde ahora; pruebe más tarde.")
+    logger.error("request from %s failed: %r", peer, error)
+    return error_reply(ERROR_INTERNO, "Error interno del servidor; la petición no tuvo efecto.")
