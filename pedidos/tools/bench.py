@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pedidos.tools import cload, pgnodes, scenarios
+from pedidos.tools import cload, pgnodes, pgtiming, scenarios
 from pedidos.tools.load import BenchError
 from pedidos.tools.report import BASELINES, HEADROOM_LIMIT, Row, ceilings, medians, table
 
@@ -40,7 +40,7 @@ MAX_NODES = 26  # named A to Z
 def _steps(args: argparse.Namespace) -> dict[str, Any]:
     steps = {"echo": scenarios.echo_rows, "redis": scenarios.redis_rows, "panel": scenarios.panel_row}
     steps.update(many=scenarios.many_row, worktime=scenarios.worktime_row)
-    steps.update(notify=pgnodes.notify_row, failover=pgnodes.failover_row, esperar=pgnodes.esperar_row)
+    steps.update(notify=pgnodes.notify_row, failover=pgtiming.failover_row, esperar=pgtiming.esperar_row)
     nodes = bool(args.db)  # intake and end to end over the nodes of the database
     steps["intake"] = pgnodes.intake_rows if nodes else scenarios.intake_rows
     steps["e2e"] = pgnodes.e2e_row if nodes else scenarios.e2e_row
