@@ -229,7 +229,7 @@ def test_nodes_of_one_postgresql_database_measure_every_node_scenario_and_leave_
         bench.kill()
         _assert_nothing_left(marker)
     assert bench.returncode == 0, stderr  # no baseline here, so no generator ceiling either
-    assert "50 conns" not in stdout and "5 conns over 2 nodes" in stdout, stdout
+    assert "50 conns" not in stdout and "5 conns, 2 nodes" in stdout, stdout
     median = json.loads(out.read_text())["median"]
     assert set(median) == {"intake_rr", "intake_pipe", "dblimit_1", "dblimit_100", "e2e"} | set(PG_GROUPS)
     for name in ("intake_rr", "intake_pipe", "e2e"):

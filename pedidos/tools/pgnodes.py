@@ -42,18 +42,8 @@ class Nodes:
         self.children: list[Child] = []
         try:
             for name in names:
-                argv = [
-                    "-m",
-                    "pedidos",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--db",
-                    args.db,
-                    "--nodo",
-                    name,
-                ]
+                argv = ["-m", "pedidos", "--host", "127.0.0.1", "--port", "0", "--nodo", name]
+                argv += ["--db", args.db]
                 argv += ["--workers", str(args.workers), "--work-time", work_time]
                 argv += ["--max-connections", "10000", "--shutdown-timeout", "10", *options]
                 argv += (extra or {}).get(name, [])

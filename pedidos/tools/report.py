@@ -47,7 +47,8 @@ def _result(name: str, r: Row) -> str:
         pg = f"; PostgreSQL {_us(r, 'us_pg')}/order, {_us(r, 'sin_us_pg')} without" if "us_pg" in r else ""
         return f"{_n(r['rate'])} acks/s, {_n(r['sin_rate'])} with --sin-notify: **{r['ratio']:.2f}**{pg}"
     if name == "failover":
-        return f"**{r['took_s']:.2f} s** to the last of {_n(r['handed_back'])} orders handed back `listo`"
+        back = f"{_n(r['handed_back'])} handed back"
+        return f"**{r['took_s']:.2f} s** to the last handed-back order `listo` ({back})"
     if name == "esperar":
         return f"{_n(r['samples'])} orders, reply to the other node after its finish"
     if name == "many":
@@ -104,9 +105,7 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
             if "cpu_nodes" in r:  # many nodes of one PostgreSQL: their trees, and PostgreSQL's
                 cpu = ", ".join(f"{k} {_n(r[f'cpu_{k}'])}" for k in NODE_CPU_PARTS if f"cpu_{k}" in r)
             latency = (_n(r.get("p50_ms"), 1), _n(r.get("p99_ms"), 1))
-            where = f"{load} over {r['nodes']:.0f} nodes" if "nodes" in r and name != "failover" else load
-            if name == "failover":
-                where = f"{r['nodes']:.0f} nodes, {load}"
+            where = f"{load}, {r['nodes']:.0f} node{'s' if r['nodes'] != 1 else ''}" if "nodes" in r else load
             lines.append((label, where, _result(name, r), *latency, *ratios, _headroom(r), cpu))
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
