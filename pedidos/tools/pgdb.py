@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pedidos.tools.load import BenchError
 from pedidos.tools.procs import tree_cpu
 
 LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
@@ -18,9 +19,14 @@ LIMIT_BATCHES = (1, 100)  # rows per commit of the bare script's rows
 
 
 def connect(url: str) -> Any:
-    import psycopg
-
-    return psycopg.connect(url, autocommit=True)
+    try:
+        import psycopg
+    except ImportError:
+        raise BenchError("--db postgresql://... needs psycopg: pip install 'pedidos[postgres]'") from None
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:  # unreachable, or a bad URL; the message never holds a password
+        raise BenchError(f"cannot reach the database: {str(exc).strip()}") from None
 
 
 def empty(url: str) -> None:
@@ -36,9 +42,15 @@ def postmaster_pid(url: str) -> int | None:
     """The pid of the PostgreSQL server behind `url` when it runs on this machine
     (a loopback host or a Unix socket): the parent of this connection's backend.
     None for a remote server, or one this process cannot see (another container)."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    hosts = str(conninfo_to_dict(url).get("host") or "").split(",")
+    try:
+        from psycopg import Error
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:  # connect() says what to install
+        return None
+    try:
+        hosts = str(conninfo_to_dict(url).get("host") or "").split(",")
+    except Error:  # connect() says what is wrong with the URL
+        return None
     if not all(h in LOCAL_HOSTS or h.startswith("/") for h in hosts):
         return None
     with connect(url) as conn:
