@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from pedidos.tools.bench import GROUPS, build_parser
+from pedidos.tools.bench import GROUPS, PG_GROUPS, build_parser, parse_args
 from pedidos.tools.load import drive
 from pedidos.tools.procs import Child
-from pedidos.tools.report import ceilings
+from pedidos.tools.report import ceilings, table
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--seconds", "0.3", "--warm", "0.1", "--connections", "5", "--pipeline-conns", "2", "--depth", "5"]
@@ -141,7 +142,26 @@ def test_arguments_that_would_measure_nothing_are_refused(args, capsys):
 def test_only_keeps_the_groups_in_their_running_order():
     args = build_parser().parse_args(["--only", "many, echo"])
     assert args.only == ["echo", "many"]
-    assert build_parser().parse_args([]).only == list(GROUPS)
+    assert parse_args(["--db", "postgresql://x/y"]).only == list(GROUPS)
+    assert parse_args([]).only == [g for g in GROUPS if g not in PG_GROUPS]  # SQLite: one node
+    assert parse_args([]).nodos == 1 and parse_args(["--db", "postgresql://x/y", "--nodos", "3"]).nodos == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--nodos", "2"], "--nodos"),
+        (["--only", "intake,failover"], "--only"),
+        (["--only", "esperar"], "--only"),
+        (["--db", "postgresql://x/y", "--nodos", "27"], "--nodos"),
+        (["--db", "postgresql://x/y", "--nodos", "0"], "--nodos"),
+    ],
+)
+def test_node_options_without_a_postgresql_database_are_refused(args, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(args)
+    assert exit_info.value.code == 2
+    assert f"argument {named}" in capsys.readouterr().err
 
 
 def test_a_baseline_raised_by_one_more_load_process_fails_the_run():
@@ -172,3 +192,73 @@ def test_both_generators_count_every_reply_of_an_echo(generator, tmp_path):
     finally:
         echo.stop()
     assert (result["count"], result["lost"], result["unanswered"], result["requests"]) == (200, 0, 0, 200)
+
+
+@pytest.mark.parametrize("generator", ["c", "python"])
+def test_a_list_of_ports_spreads_the_connections_evenly_over_them(generator, tmp_path):
+    echo = Child(["-m", "pedidos.tools.echo", "protocol"], tmp_path / "echo.log")
+    with socket.socket() as closed:  # a port nothing listens on: its share fails to connect
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]
+    try:
+        result = drive(
+            [echo.port, dead],
+            b"x\n",
+            conns=5,
+            limit=4,
+            seconds=30,
+            greeting=False,
+            engine=generator,
+            procs=2,
+        )
+    finally:
+        echo.stop()
+    assert (result["connected"], result["connect_failed"]) == (3, 2)
+    assert (result["count"], result["lost"], result["unanswered"]) == (12, 0, 0)
+
+
+def test_nodes_of_one_postgresql_database_measure_every_node_scenario_and_leave_nothing(pg_url, tmp_path):
+    marker = f"bench-{uuid.uuid4()}"
+    out = tmp_path / "bench.json"
+    only = "intake,e2e,notify,failover,esperar"
+    # Windows a little longer than TINY's: a busy machine can stall a node for a few tenths.
+    args = [*TINY, "--seconds", "0.5", "--db", pg_url, "--nodos", "2", "--only", only, "--samples", "3"]
+    args += ["--json", str(out)]
+    bench = _bench(marker, *args)
+    try:
+        stdout, stderr = bench.communicate(timeout=300)
+    finally:
+        bench.kill()
+        _assert_nothing_left(marker)
+    assert bench.returncode == 0, stderr  # no baseline here, so no generator ceiling either
+    assert "50 conns" not in stdout and "5 conns, 2 nodes" in stdout, stdout
+    median = json.loads(out.read_text())["median"]
+    assert set(median) == {"intake_rr", "intake_pipe", "dblimit_1", "dblimit_100", "e2e"} | set(PG_GROUPS)
+    for name in ("intake_rr", "intake_pipe", "e2e"):
+        row = median[name]
+        assert row["rate"] > 0 and row["bad"] == 0 and row["lost"] == 0, (name, stderr)
+        # The session's cluster runs here: its postmaster's tree is measured too (a
+        # tiny window may see no clock tick of it, but never "n/a", a missing figure).
+        assert row["nodes"] == 2 and row["us_node"] > 0 and row["us_pg"] >= 0, (name, row)
+    assert median["e2e"]["left"] == 0  # every order acknowledged reached listo
+    for batch in (1, 100):
+        assert median[f"dblimit_{batch}"]["rate"] > 0 and median[f"dblimit_{batch}"]["pg_us"] >= 0
+    notify = median["notify"]
+    assert notify["rate"] > 0 and notify["sin_rate"] > 0 and notify["ratio"] > 0
+    failover = median["failover"]
+    assert failover["nodes"] == 2 and failover["handed_back"] >= 1 and failover["took_s"] > 0
+    assert median["esperar"]["samples"] == 3 and median["esperar"]["p50_ms"] > 0
+
+
+def test_postgresql_cpu_is_read_from_the_local_postmaster_and_is_na_for_a_remote_one(pg_url):
+    from pedidos.tools.pgdb import postmaster_pid
+
+    pid = postmaster_pid(pg_url)
+    assert pid is not None
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert Path(f"/proc/{parent}/comm").read_text().strip() != "postgres"  # the root of its tree
+    assert postmaster_pid("postgresql://u@db.example.com:5432/x") is None  # not even connected to
+    args = build_parser().parse_args([])
+    shown = table({"intake_rr": {"rate": 10.0, "p50_ms": 1.0, "p99_ms": 2.0, "us_node": 50.0}}, args)
+    assert "CPU/order: nodes 50 µs, PostgreSQL n/a" in shown

@@ -8,6 +8,10 @@ matching echo figure is what counts: it says how close the server comes to
 what one Python process can move over a socket on this machine.
 
     python3 -m pedidos.bench [--seconds 5] [--connections 50] [--workers 2] [--runs 3] [--json FILE]
+    python3 -m pedidos.bench --db postgresql://... [--nodos N] [--only intake,e2e,notify,failover,esperar]
+
+With `--db`, intake and end to end run over N nodes of one PostgreSQL database
+(`pedidos.tools.pgnodes`), beside the database's own limit from a bare script.
 
 Loopback only. Every process it starts is stopped before it returns, on error
 and on Ctrl-C too. Figures over several runs are medians.
@@ -17,250 +21,47 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from pedidos.domain import Estado
-from pedidos.panel import panel_missing
-from pedidos.tools import cload, redis
-from pedidos.tools.load import BenchError, drive
-from pedidos.tools.panelwatch import PanelWatcher, panel_url
-from pedidos.tools.procs import Child, ask, cpu_share, cpu_snapshot, peak_rss_mb, stats, wait_quiet
+from pedidos.tools import cload, pgnodes, pgtiming, scenarios
+from pedidos.tools.load import BenchError
 from pedidos.tools.report import BASELINES, HEADROOM_LIMIT, Row, ceilings, medians, table
 
-ORDER = {"cliente": "Banco de pruebas", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}
-LINE = (json.dumps(ORDER, ensure_ascii=False) + "\n").encode()
-BUSY_WARNING = 30  # % of a core used by other programs during a window
-GROUPS = ("echo", "redis", "intake", "panel", "e2e", "many", "worktime")
+GROUPS = ("echo", "redis", "intake", "panel", "e2e", "notify", "failover", "esperar", "many", "worktime")
+PG_GROUPS = ("notify", "failover", "esperar")  # many nodes of one PostgreSQL: only with --db
+MAX_NODES = 26  # named A to Z
 
 
-def _sleep_until(wall: float) -> None:
-    time.sleep(max(0.0, wall - time.time()))
-
-
-def _window(child: Child, probe: Any = None) -> Any:
-    """A `during` hook for `drive`: CPU shares over the window, and `probe()` at both ends."""
-    writer = child.writer_pid()
-
-    def during(start: float, end: float, pids: list[int]) -> dict[str, Any]:
-        _sleep_until(start)
-        before, first = cpu_snapshot(child.pid, pids, writer), probe() if probe else None
-        _sleep_until(end)
-        after, last = cpu_snapshot(child.pid, pids, writer), probe() if probe else None
-        return {"cpu": cpu_share(before, after, end - start), "probe": (first, last), "end": end}
-
-    return during
-
-
-def _load(args: argparse.Namespace, child: Child, pipelined: bool, line: bytes = LINE, **kw: Any) -> Any:
-    shape = {"conns": args.pipeline_conns, "depth": args.depth} if pipelined else {"conns": args.connections}
-    options = {"seconds": args.seconds, "warm": args.warm, "procs": args.load_procs, "engine": args.generator}
-    _quiet(args)
-    result = drive(child.port, line, **{**shape, "during": _window(child), **options, **kw})
-    _warn(result, child)
-    other = result["during"]["cpu"]["other"]
-    if other > BUSY_WARNING:
-        print(f"  warning: other programs used {other}% of a core meanwhile; figures low", file=sys.stderr)
-    return result
-
-
-def _quiet(args: argparse.Namespace) -> None:
-    if args.quiet_wait > 0 and wait_quiet(args.quiet_wait) >= 0.25:
-        print(
-            f"  warning: the machine stayed busy for {args.quiet_wait:g} s; measuring anyway", file=sys.stderr
-        )
-
-
-def _warn(result: dict[str, Any], child: Child) -> None:
-    """Say so when replies were refused or connections lost: the figures may mean little."""
-    failed = {k: result.get(k) for k in ("bad", "lost", "unanswered", "refused", "connect_failed")}
-    if any(failed.values()):
-        print(f"  warning: {failed}; e.g. {result['sample_bad']!r}; server log:", file=sys.stderr)
-        print("    " + child.tail().replace("\n", "\n    "), file=sys.stderr)
-
-
-def _row(result: dict[str, Any], **extra: Any) -> Row:
-    cpu = (result.get("during") or {}).get("cpu", {})
-    row = {k: result[k] for k in ("rate", "p50_ms", "p99_ms", "bad", "lost")}
-    return {**row, **{f"cpu_{k}": v for k, v in cpu.items()}, **extra}
-
-
-def _server(
-    args: argparse.Namespace, tmp: Path, name: str, work_time: str, max_conns: int = 10_000, *extra: str
-) -> Child:
-    db = str(tmp / f"{name}.db")
-    if args.db:  # a shared database: each scenario starts from an empty table
-        db = args.db
-        _empty_postgres(db)
-    argv = ["-m", "pedidos", "--host", "127.0.0.1", "--port", "0", "--db", db, *extra]
-    argv += ["--workers", str(args.workers), "--work-time", work_time]
-    argv += ["--max-connections", str(max_conns), "--shutdown-timeout", "10"]
-    child = Child(argv, tmp / f"{name}.log", ready_text=" ready: ")
-    if args.verbose:
-        print(f"  {name}: server pid {child.pid}, port {child.port}", file=sys.stderr)
-    return child
-
-
-def _empty_postgres(url: str) -> None:
-    import psycopg  # the postgres extra: only when --db names PostgreSQL
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "DO $$ BEGIN IF to_regclass('pedidos') IS NOT NULL THEN "
-            "TRUNCATE pedidos, nodos RESTART IDENTITY; END IF; END $$"
-        )
-
-
-def _baseline(args: argparse.Namespace, child: Child, name: str, rows: dict[str, Row], line: bytes) -> None:
-    """A baseline's two rows, each measured again with one more load process: if
-    that raises its rate, the generator, not the baseline, was the ceiling."""
-    for kind, pipelined in (("rr", False), ("pipe", True)):
-        result = _load(args, child, pipelined, line, greeting=False, check=False)
-        more = _load(args, child, pipelined, line, greeting=False, check=False, procs=args.load_procs + 1)
-        rows[f"{name}_{kind}"] = _row(result, headroom=more["rate"] / result["rate"] - 1)
-
-
-def echo_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
-    for mode in ("streams", "protocol"):
-        child = Child(["-m", "pedidos.tools.echo", mode], tmp / f"echo-{mode}.log")
-        try:
-            _baseline(args, child, f"echo_{mode}", rows, LINE)
-        finally:
-            child.stop()
-
-
-def redis_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
-    if not redis.available():
-        print(
-            "  redis: skipped: redis-server not installed (apt-get install -y redis-server)", file=sys.stderr
-        )
-        return
-    child = redis.start(tmp)
-    try:
-        _baseline(args, child, "redis", rows, redis.rpush(LINE))
-    finally:
-        child.stop()
-
-
-def intake_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
-    # Workers nearly idle (1 s an order): this measures taking orders in.
-    child = _server(args, tmp, "intake", "1")
-    try:
-        rows["intake_rr"] = _row(_load(args, child, False))
-        rows["intake_pipe"] = _row(_load(args, child, True))
-    finally:
-        child.stop()
-
-
-def panel_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
-    """Intake as in `intake_rr` on two servers side by side, one with a page open on its
-    panel and /metrics scraped every second, measured in turn (plain, panel, panel,
-    plain) so that a machine getting busier or quieter weighs on both alike."""
-    missing = panel_missing()
-    if missing:
-        print(f"  skipping the panel scenario: {missing}", file=sys.stderr)
-        return
-    plain = _server(args, tmp, "plain", "1")
-    try:
-        panel = _server(args, tmp, "panel", "1", 10_000, "--panel", "0")
-        try:
-            with PanelWatcher(panel_url(panel.log)) as watcher:
-                results = [_load(args, child, False) for child in (plain, panel, panel, plain)]
-        finally:
-            panel.stop()
-    finally:
-        plain.stop()
-    # The rates move with whatever else the machine runs; the event loop's CPU time
-    # per ack much less so: both say what the panel costs.
-    loop_us = [r["during"]["cpu"]["loop"] * 1e4 / r["rate"] if r["rate"] else 0.0 for r in results]
-    plain_rate = (results[0]["rate"] + results[3]["rate"]) / 2
-    row = _row(results[1], panel_messages=watcher.messages, scrapes=watcher.scrapes)
-    row["rate"] = (results[1]["rate"] + results[2]["rate"]) / 2
-    rows["intake_panel_rr"] = {
-        **row,
-        "plain_rate": plain_rate,
-        "vs_plain": row["rate"] / plain_rate,
-        "loop_us": (loop_us[1] + loop_us[2]) / 2,
-        "plain_loop_us": (loop_us[0] + loop_us[3]) / 2,
-    }
-
-
-def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
-    child = _server(args, tmp, "e2e", "0")
-    try:
-        listo = lambda: stats(child.port)["estados"][Estado.LISTO]  # noqa: E731
-        result = _load(args, child, False, during=_window(child, listo))
-        first, last = result["during"]["probe"]
-        deadline = time.monotonic() + max(60.0, 20 * args.seconds)
-        while True:
-            figures = stats(child.port)
-            backlog = figures["en_cola"] + figures["estados"][Estado.EN_PROCESO]
-            if not backlog or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        drain = time.time() - result["during"]["end"]
-        rows["e2e"] = _row(result, listo_rate=(last - first) / args.seconds, drain_s=drain, left=backlog)
-    finally:
-        child.stop()
-
-
-def many_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
-    child = _server(args, tmp, "many", "1", max_conns=max(10_000, args.many + 100))
-    try:
-        _quiet(args)
-        options = {"procs": args.load_procs, "engine": args.generator}
-        result = drive(child.port, LINE, conns=args.many, limit=1, seconds=60, **options)
-        _warn(result, child)
-        rss = peak_rss_mb(child.pid)
-        ok = result["count"] - result["bad"]
-        fields = ("p50_ms", "p99_ms", "bad", "lost", "refused", "connect_failed", "connected", "connect_s")
-        rows["many"] = {"acked": ok, **{k: result[k] for k in fields}, "rss_mb": rss}
-    finally:
-        child.stop()
-
-
-def worktime_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
-    t = args.work_time_check
-    child = _server(args, tmp, "worktime", f"{t:g}")
-    try:
-        expected = args.workers / t
-        total = math.ceil(expected * (args.seconds + 3))  # never lets the workers run dry
-        _quiet(args)
-        for start in range(0, total, 200):
-            ask(child.port, [ORDER] * min(200, total - start))
-        time.sleep(0.5)
-        first, began = stats(child.port)["estados"][Estado.LISTO], time.monotonic()
-        time.sleep(args.seconds)
-        figures, ended = stats(child.port), time.monotonic()
-        rate = (figures["estados"][Estado.LISTO] - first) / (ended - began)
-        if not figures["en_cola"]:
-            print("  warning: the work-time backlog ran dry; the rate is low", file=sys.stderr)
-        rows["worktime"] = {"rate": rate, "expected": expected, "ratio": rate / expected}
-    finally:
-        child.stop()
+def _steps(args: argparse.Namespace) -> dict[str, Any]:
+    steps = {"echo": scenarios.echo_rows, "redis": scenarios.redis_rows, "panel": scenarios.panel_row}
+    steps.update(many=scenarios.many_row, worktime=scenarios.worktime_row)
+    steps.update(notify=pgnodes.notify_row, failover=pgtiming.failover_row, esperar=pgtiming.esperar_row)
+    nodes = bool(args.db)  # intake and end to end over the nodes of the database
+    steps["intake"] = pgnodes.intake_rows if nodes else scenarios.intake_rows
+    steps["e2e"] = pgnodes.e2e_row if nodes else scenarios.e2e_row
+    return steps
 
 
 def one_run(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, Row] = {}
     loadavg = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="pedidos-bench-") as tmp:
-        steps = {"echo": echo_rows, "redis": redis_rows, "intake": intake_rows, "panel": panel_row}
-        steps["e2e"] = e2e_row
-        steps.update(many=many_row, worktime=worktime_row)
+        steps = _steps(args)
         for group in args.only:
             steps[group](args, Path(tmp), rows)
     for kind in ("rr", "pipe"):
         for base in BASELINES:
-            if f"intake_{kind}" in rows and f"{base}_{kind}" in rows:
+            # A window with no reply at all (a machine busy enough to stall a server
+            # that long) has no ratio; the row shows its rate of 0.
+            if rows.get(f"intake_{kind}") and rows.get(f"{base}_{kind}", {}).get("rate"):
                 intake, baseline = rows[f"intake_{kind}"], rows[f"{base}_{kind}"]
                 intake[f"vs_{base}"] = intake["rate"] / baseline["rate"]
-    if "e2e" in rows and "intake_rr" in rows:
+    if "e2e" in rows and rows.get("intake_rr", {}).get("rate"):
         rows["e2e"]["keep_up"] = rows["e2e"]["listo_rate"] / rows["intake_rr"]["rate"]
     return {"loadavg": loadavg, "rows": rows}
 
@@ -296,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="a postgresql:// database for the servers (emptied before each scenario); default: SQLite files",
     )
+    nodos = "with --db: intake and end to end over N nodes (A, B, ...) of the database (default 1)"
+    p.add_argument("--nodos", type=count, default=None, metavar="N", help=nodos)
+    lease = "with --db: the nodes' --lease in the failover scenario (default 2)"
+    p.add_argument("--lease", type=seconds, default=2.0, metavar="S", help=lease)
+    samples = "with --db: orders of the cross-node esperar scenario (default 20)"
+    p.add_argument("--samples", type=count, default=20, metavar="K", help=samples)
     p.add_argument("--runs", type=count, default=1, help="runs; figures are medians (default 1)")
     p.add_argument("--json", metavar="FILE", help="write every run, the medians and the configuration here")
     p.add_argument("--pipeline-conns", type=count, default=4, help="pipelined connections (default 4)")
@@ -309,16 +116,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator", choices=("c", "python"), default="c", help=gen)
     procs = "load generator processes (default 1 for c, 2 for python)"
     p.add_argument("--load-procs", type=count, default=None, help=procs)
-    only = f"comma-separated subset of {','.join(GROUPS)} (default all)"
-    p.add_argument("--only", type=_groups, default=list(GROUPS), help=only)
+    only = f"comma-separated subset of {','.join(GROUPS)} (default all; {','.join(PG_GROUPS)} need --db)"
+    p.add_argument("--only", type=_groups, default=None, help=only)
     quiet = "before each scenario, wait up to S s for other programs to leave the CPUs idle (default 0)"
     p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S", help=quiet)
     p.add_argument("-v", "--verbose", action="store_true", help="say what runs, with server pids")
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked together: the PostgreSQL-only groups and `--nodos`
+    need `--db`; by default every group that applies to the backend runs."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.db:
+        if args.nodos is not None:
+            parser.error("argument --nodos: needs --db postgresql://... (SQLite is one node)")
+        if args.only and set(args.only) & set(PG_GROUPS):
+            parser.error(f"argument --only: {','.join(PG_GROUPS)} need --db postgresql://...")
+    if args.nodos is not None and args.nodos > MAX_NODES:
+        parser.error(f"argument --nodos: at most {MAX_NODES}, not {args.nodos}")
+    args.nodos = args.nodos or 1
+    if args.only is None:
+        args.only = [g for g in GROUPS if args.db or g not in PG_GROUPS]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.generator == "c":
         try:
             cload.build()

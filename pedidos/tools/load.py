@@ -204,6 +204,11 @@ def _receive(pipe: Any, timeout: float, what: str) -> Any:
     raise BenchError(f"a load process did not finish {what} within {timeout:.0f} s")
 
 
+def _split(total: int, parts: int) -> list[int]:
+    """`total` in `parts` as even as can be, the larger first; no empty share."""
+    return [s for s in (total // parts + (i < total % parts) for i in range(parts)) if s]
+
+
 def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
@@ -236,7 +241,7 @@ class PyLoad:
 
 
 def drive(
-    port: int,
+    port: int | list[int],
     line: bytes,
     *,
     conns: int,
@@ -254,15 +259,20 @@ def drive(
     requests in flight each, for `warm` + `seconds` (or `limit` requests per
     connection). Figures cover the `seconds` after `warm`; `during(start, end,
     pids)` runs meanwhile, with the window's wall times and the load pids.
-    `engine` is "c" (cload, the default where it builds) or "python"."""
-    shares = [s for s in (conns // procs + (i < conns % procs) for i in range(procs)) if s]
-    spec = {"host": "127.0.0.1", "port": port, "line": line, "depth": depth, "limit": limit}
+    `engine` is "c" (cload, the default where it builds) or "python". With a
+    list of ports (nodes of one service), the connections are spread evenly over
+    them and each port gets `procs` load processes of its own."""
+    ports = port if isinstance(port, list) else [port]
+    shares = [
+        (p, s) for p, n in zip(ports, _split(conns, len(ports)), strict=False) for s in _split(n, procs)
+    ]
+    spec = {"host": "127.0.0.1", "line": line, "depth": depth, "limit": limit}
     spec.update(check=check, greeting=greeting, go_timeout=120.0)
     binary = cload.build() if engine == "c" else None
     loads: list[Any] = []
     try:
-        for share in shares:
-            share_spec = {**spec, "conns": share}
+        for share_port, share in shares:
+            share_spec = {**spec, "port": share_port, "conns": share}
             loads.append(cload.CLoad(binary, share_spec) if binary else PyLoad(share_spec))
         ready = [load.ready(120) for load in loads]
         start = time.time() + START_DELAY_S

@@ -44,7 +44,9 @@ class Child:
     line unless `port` is given: then it is a whole program's, that listens on
     `port` and logs `ready_text` when it does (Redis, say)."""
 
-    def __init__(self, argv: list[str], log: Path, ready_text: str = "listening on", port: int = 0) -> None:
+    def __init__(
+        self, argv: list[str], log: Path, ready_text: str = "listening on", port: int = 0, wait: bool = True
+    ) -> None:
         self.log = log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
@@ -57,8 +59,15 @@ class Child:
                 start_new_session=True,  # Ctrl-C reaches the benchmark only; it stops us
             )
         self.pid = self.proc.pid
+        self.port = port
+        self._ready_text = ready_text
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Return once it listens (several children started together are waited for in turn)."""
         try:
-            self.port = self._wait_listening(ready_text, port)
+            self.port = self._wait_listening(self._ready_text, self.port)
         except BaseException:  # Ctrl-C while it starts, too
             self.stop(5)
             raise
@@ -146,6 +155,26 @@ def kill(procs: list[Proc]) -> None:
                 os.kill(proc[0], signal.SIGKILL)
 
 
+def tree_cpu(roots: list[int]) -> float:
+    """CPU seconds so far of processes `roots` and all their descendants (every
+    thread: /proc/PID/stat sums a process's threads). A process that exited is
+    no longer counted: take both snapshots of a window while the same ones live."""
+    kids: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent = int(_stat(entry.name)[1])
+                kids.setdefault(parent, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(kids.get(pid, ()))
+    return sum(_cpu(f"/proc/{pid}/stat") for pid in found)
+
+
 def _cpu(stat_path: str) -> float:
     try:
         fields = _stat_fields(Path(stat_path))
@@ -154,7 +183,7 @@ def _cpu(stat_path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-def _machine_busy() -> float:
+def machine_busy() -> float:
     """CPU seconds the whole machine has been busy, stolen time included. Not
     softirq time: that is mostly the loopback traffic of the benchmark itself."""
     with open("/proc/stat") as stat:
@@ -167,9 +196,9 @@ def wait_quiet(limit_s: float, threshold: float = 0.25, sample_s: float = 1.0) -
     `threshold` of one core busy over `sample_s`. The last share seen."""
     deadline = time.monotonic() + limit_s
     while True:
-        before = _machine_busy()
+        before = machine_busy()
         time.sleep(sample_s)
-        share = (_machine_busy() - before) / sample_s
+        share = (machine_busy() - before) / sample_s
         if share < threshold or time.monotonic() >= deadline:
             return share
 
@@ -181,7 +210,7 @@ def cpu_snapshot(server: int | None, load: list[int], writer: int | None = None)
     machine (other programs, steal)."""
     snap = {"loop": 0.0, "threads": 0.0, "writer": 0.0, "workers": 0.0}
     snap["load"] = sum(_cpu(f"/proc/{p}/stat") for p in load)
-    snap["other"] = _machine_busy()
+    snap["other"] = machine_busy()
     if server is not None:
         with contextlib.suppress(OSError):
             for task in os.listdir(f"/proc/{server}/task"):

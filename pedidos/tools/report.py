@@ -7,6 +7,7 @@ import statistics
 from typing import Any
 
 CPU_PARTS = ("loop", "threads", "writer", "workers", "load", "other")
+NODE_CPU_PARTS = ("nodes", "pg", "load", "other")
 HEADROOM_LIMIT = 0.05  # one more load process may raise a baseline by less than this
 Row = dict[str, Any]
 BASELINES = ("echo_streams", "echo_protocol", "redis")
@@ -26,10 +27,30 @@ def _n(value: Any, digits: int = 0) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
+def _us(r: Row, key: str) -> str:
+    return f"{r[key]:,.0f} µs" if key in r else "n/a"
+
+
+def _per_order(r: Row) -> str:
+    """CPU per order of the nodes and of PostgreSQL (n/a: not on this machine)."""
+    return f"; CPU/order: nodes {_us(r, 'us_node')}, PostgreSQL {_us(r, 'us_pg')}" if "us_node" in r else ""
+
+
 def _result(name: str, r: Row) -> str:
     if name == "e2e":
         keep_up = f" = {r['keep_up']:.2f} of intake r/r" if "keep_up" in r else ""
-        return f"{_n(r['rate'])} acks/s; {_n(r['listo_rate'])} listo/s{keep_up}; drain {r['drain_s']:.1f} s"
+        listo = f"{_n(r['rate'])} acks/s; {_n(r['listo_rate'])} listo/s{keep_up}; drain {r['drain_s']:.1f} s"
+        return listo + _per_order(r)
+    if name.startswith("dblimit_"):
+        return f"{_n(r['rate'])} rows/s; CPU/row: client {_us(r, 'client_us')}, PostgreSQL {_us(r, 'pg_us')}"
+    if name == "notify":
+        pg = f"; PostgreSQL {_us(r, 'us_pg')}/order, {_us(r, 'sin_us_pg')} without" if "us_pg" in r else ""
+        return f"{_n(r['rate'])} acks/s, {_n(r['sin_rate'])} with --sin-notify: **{r['ratio']:.2f}**{pg}"
+    if name == "failover":
+        back = f"{_n(r['handed_back'])} handed back"
+        return f"**{r['took_s']:.2f} s** to the last handed-back order `listo` ({back})"
+    if name == "esperar":
+        return f"{_n(r['samples'])} orders, reply to the other node after its finish"
     if name == "many":
         refused = f"{_n(r['refused'])} refused, {_n(r['connect_failed'] + r['lost'])} failed"
         return f"{_n(r['acked'])} acked, {refused}; RSS {_n(r['rss_mb'])} MB; connect {r['connect_s']:.1f} s"
@@ -40,7 +61,7 @@ def _result(name: str, r: Row) -> str:
     if name == "worktime":
         return f"{r['rate']:.1f} listo/s = {r['ratio']:.2f} of N/T = {r['expected']:g}/s"
     unit = "acks" if name.startswith("intake") else "replies"
-    return f"{_n(r['rate'])} {unit}/s"
+    return f"{_n(r['rate'])} {unit}/s" + _per_order(r)
 
 
 def _headroom(r: Row) -> str:
@@ -65,7 +86,12 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
         ("echo_protocol_pipe", "echo, Protocol, pipelined", pipe),
         ("redis_pipe", "Redis RPUSH, fsync always, pipelined", pipe),
         ("intake_pipe", "pedidos intake, pipelined", pipe),
+        ("dblimit_1", "PostgreSQL bare script, 1 row per commit", "1 client, no server"),
+        ("dblimit_100", "PostgreSQL bare script, 100 rows per commit", "1 client, no server"),
         ("e2e", f"pedidos end to end, {args.workers} workers", rr + ", work time 0"),
+        ("notify", "pedidos intake, NOTIFY vs --sin-notify", rr + ", 1 node each"),
+        ("failover", "failover, kill -9 of a node", f"--lease {args.lease:g}, work time 1 s"),
+        ("esperar", "esperar on another node", "2 nodes, 1 worker each, work time 0.2 s"),
         ("many", "pedidos many clients", f"{args.many} conns x 1 order"),
         ("worktime", f"pedidos work time {args.work_time_check:g} s", f"{args.workers} workers"),
     )
@@ -75,10 +101,12 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
         r = rows.get(name)
         if r is not None:
             ratios = tuple(_n(r.get(f"vs_{base}"), 2) for base in BASELINES)
-            cpu = "/".join(_n(r.get(f"cpu_{k}")) for k in CPU_PARTS)
+            cpu = "/".join(_n(r.get(f"cpu_{k}")) for k in CPU_PARTS) if "cpu_loop" in r else ""
+            if "cpu_nodes" in r:  # many nodes of one PostgreSQL: their trees, and PostgreSQL's
+                cpu = ", ".join(f"{k} {_n(r[f'cpu_{k}'])}" for k in NODE_CPU_PARTS if f"cpu_{k}" in r)
             latency = (_n(r.get("p50_ms"), 1), _n(r.get("p99_ms"), 1))
-            cells = (label, load, _result(name, r), *latency, *ratios, _headroom(r))
-            lines.append((*cells, cpu if "cpu_loop" in r else ""))
+            where = f"{load}, {r['nodes']:.0f} node{'s' if r['nodes'] != 1 else ''}" if "nodes" in r else load
+            lines.append((label, where, _result(name, r), *latency, *ratios, _headroom(r), cpu))
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -1,0 +1,156 @@
+"""The benchmark's throughput scenarios on many nodes of one PostgreSQL database (`--db URL`).
+
+Intake and end to end over `--nodos N` real servers (`python3 -m pedidos --nodo
+A`, `B`, ...), the load generator spreading its connections over them, with the
+CPU each order costs the nodes and PostgreSQL; and intake with NOTIFY hints
+against `--sin-notify`. The timing of failover and of `esperar` across nodes is
+in `pedidos.tools.pgtiming`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import string
+import sys
+from pathlib import Path
+from typing import Any
+
+from pedidos.domain import Estado
+from pedidos.tools import pgdb
+from pedidos.tools.procs import Child, machine_busy, stats, tree_cpu
+from pedidos.tools.report import Row
+from pedidos.tools.scenarios import e2e_figures, measure, row_of, sleep_until
+
+
+class Nodes:
+    """Servers named `names` (one letter each) on one PostgreSQL database, started
+    together on an emptied table and stopped together; `extra[name]` adds options
+    to one of them. `port` lists their ports, for the load generator."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        tmp: Path,
+        scenario: str,
+        names: str,
+        work_time: str,
+        *options: str,
+        extra: dict[str, list[str]] | None = None,
+    ) -> None:
+        pgdb.empty(args.db)
+        self.names = names
+        self.children: list[Child] = []
+        try:
+            for name in names:
+                argv = ["-m", "pedidos", "--host", "127.0.0.1", "--port", "0", "--nodo", name]
+                argv += ["--db", args.db]
+                argv += ["--workers", str(args.workers), "--work-time", work_time]
+                argv += ["--max-connections", "10000", "--shutdown-timeout", "10", *options]
+                argv += (extra or {}).get(name, [])
+                log = tmp / f"{scenario}-{name}.log"
+                self.children.append(Child(argv, log, ready_text=" ready: ", wait=False))
+            for child in self.children:
+                child.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        if args.verbose:
+            pids = ", ".join(
+                f"{n} pid {c.pid} port {c.port}" for n, c in zip(names, self.children, strict=True)
+            )
+            print(f"  {scenario}: nodes {pids}", file=sys.stderr)
+
+    @property
+    def port(self) -> list[int]:
+        return [child.port for child in self.children]
+
+    def tail(self) -> str:
+        return "\n".join(f"[{n}] {c.tail(5)}" for n, c in zip(self.names, self.children, strict=True))
+
+    def stop(self) -> None:
+        for child in self.children:
+            child.stop()
+
+    def __enter__(self) -> Nodes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def node_window(nodes: Nodes, pg: pgdb.PgCpu, probe: Any = None) -> Any:
+    """A `during` hook for `drive`: CPU over the window of the nodes (each one's
+    whole process tree: server, workers), of PostgreSQL (None when not local),
+    of the load and of the rest of the machine; `probe()` at both ends."""
+    roots = [child.pid for child in nodes.children]
+
+    def snapshot(load: list[int]) -> dict[str, float | None]:
+        snap = {"nodes": tree_cpu(roots), "pg": pg(), "load": tree_cpu(load), "busy": machine_busy()}
+        return snap
+
+    def during(start: float, end: float, pids: list[int]) -> dict[str, Any]:
+        sleep_until(start)
+        before, first = snapshot(pids), probe() if probe else None
+        sleep_until(end)
+        after, last = snapshot(pids), probe() if probe else None
+        used = {k: None if after[k] is None else after[k] - before[k] for k in before}  # type: ignore[operator]
+        seconds = end - start
+        other = used["busy"] - sum(v for k, v in used.items() if k != "busy" and v)  # type: ignore[operator]
+        cpu = {k: round(100 * v / seconds) for k, v in used.items() if k != "busy" and v is not None}
+        cpu["other"] = max(0, round(100 * other / seconds))
+        return {"cpu": cpu, "cpu_s": used, "probe": (first, last), "end": end}
+
+    return during
+
+
+def _per_order(result: dict[str, Any]) -> dict[str, Any]:
+    """µs of CPU per acknowledged order over the window: the nodes, PostgreSQL."""
+    used, orders = result["during"]["cpu_s"], result["count"]
+    return {
+        "us_node": pgdb.per_order_us(used["nodes"], orders),
+        "us_pg": pgdb.per_order_us(used["pg"], orders),
+    }
+
+
+def intake_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    """Request/response and pipelined intake over the nodes (workers nearly idle),
+    then the database's own limit from a bare script."""
+    pg = pgdb.PgCpu(args.db)
+    with Nodes(args, tmp, "intake", names(args.nodos), "1") as nodes:
+        for kind, pipelined in (("rr", False), ("pipe", True)):
+            result = measure(args, nodes, pipelined, during=node_window(nodes, pg))
+            rows[f"intake_{kind}"] = row_of(result, nodes=args.nodos, **_per_order(result))
+    rows.update(pgdb.limit_rows(args.db, args.seconds, pg))
+
+
+def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    pg = pgdb.PgCpu(args.db)
+    with Nodes(args, tmp, "e2e", names(args.nodos), "0") as nodes:
+        port = nodes.port[0]  # estadisticas counts the whole service on any node
+        listo = lambda: stats(port)["estados"][Estado.LISTO]  # noqa: E731
+        result = measure(args, nodes, False, during=node_window(nodes, pg, listo))
+        rows["e2e"] = e2e_figures(args, port, result, nodes=args.nodos, **_per_order(result))
+
+
+def notify_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    """Request/response intake on node N (NOTIFY hints) and node S (`--sin-notify`),
+    side by side on one database, measured in turn N, S, S, N so that a machine
+    getting busier or quieter weighs on both alike."""
+    pg = pgdb.PgCpu(args.db)
+    with Nodes(args, tmp, "notify", "NS", "1", extra={"S": ["--sin-notify"]}) as nodes:
+        hints, polls = nodes.children
+        turns = [
+            measure(args, child, False, during=node_window(nodes, pg))
+            for child in (hints, polls, polls, hints)
+        ]
+    rate = (turns[0]["rate"] + turns[3]["rate"]) / 2
+    sin_rate = (turns[1]["rate"] + turns[2]["rate"]) / 2
+    pg_us = [_per_order(t)["us_pg"] for t in turns]
+    row = row_of(turns[0], rate=rate, sin_rate=sin_rate, ratio=rate / sin_rate if sin_rate else 0.0)
+    if None not in pg_us:
+        row.update(us_pg=(pg_us[0] + pg_us[3]) / 2, sin_us_pg=(pg_us[1] + pg_us[2]) / 2)
+    rows["notify"] = row
+
+
+def names(count: int) -> str:
+    return string.ascii_uppercase[:count]

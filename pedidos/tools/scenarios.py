@@ -1,0 +1,233 @@
+"""The benchmark's scenarios on one server: the echo and Redis baselines, intake,
+the panel's cost, end to end, many clients, work time.
+
+Each scenario starts what it measures (a fresh server, or a baseline), drives it
+with the load generator (`pedidos.tools.load`), stops it, and adds its rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pedidos.domain import Estado
+from pedidos.panel import panel_missing
+from pedidos.tools import pgdb, redis
+from pedidos.tools.load import drive
+from pedidos.tools.panelwatch import PanelWatcher, panel_url
+from pedidos.tools.procs import Child, ask, cpu_share, cpu_snapshot, peak_rss_mb, stats, wait_quiet
+from pedidos.tools.report import Row
+
+ORDER = {"cliente": "Banco de pruebas", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}
+LINE = (json.dumps(ORDER, ensure_ascii=False) + "\n").encode()
+BUSY_WARNING = 30  # % of a core used by other programs during a window
+
+
+def sleep_until(wall: float) -> None:
+    time.sleep(max(0.0, wall - time.time()))
+
+
+def window(child: Child, probe: Any = None) -> Any:
+    """A `during` hook for `drive`: CPU shares over the window, and `probe()` at both ends."""
+    writer = child.writer_pid()
+
+    def during(start: float, end: float, pids: list[int]) -> dict[str, Any]:
+        sleep_until(start)
+        before, first = cpu_snapshot(child.pid, pids, writer), probe() if probe else None
+        sleep_until(end)
+        after, last = cpu_snapshot(child.pid, pids, writer), probe() if probe else None
+        return {"cpu": cpu_share(before, after, end - start), "probe": (first, last), "end": end}
+
+    return during
+
+
+def measure(args: argparse.Namespace, child: Any, pipelined: bool, line: bytes = LINE, **kw: Any) -> Any:
+    """The request/response or pipelined load on `child` (a `Child`, or anything with
+    `port`, a port or a list of them, and `tail()`); CPU shares over the window."""
+    shape = {"conns": args.pipeline_conns, "depth": args.depth} if pipelined else {"conns": args.connections}
+    options = {"seconds": args.seconds, "warm": args.warm, "procs": args.load_procs, "engine": args.generator}
+    quiet(args)
+    during = kw.pop("during", None) or window(child)
+    result = drive(child.port, line, **{**shape, "during": during, **options, **kw})
+    warn(result, child)
+    other = result["during"]["cpu"]["other"]
+    if other > BUSY_WARNING:
+        print(f"  warning: other programs used {other}% of a core meanwhile; figures low", file=sys.stderr)
+    return result
+
+
+def quiet(args: argparse.Namespace) -> None:
+    if args.quiet_wait > 0 and wait_quiet(args.quiet_wait) >= 0.25:
+        print(
+            f"  warning: the machine stayed busy for {args.quiet_wait:g} s; measuring anyway", file=sys.stderr
+        )
+
+
+def warn(result: dict[str, Any], child: Any) -> None:
+    """Say so when replies were refused or connections lost: the figures may mean little."""
+    failed = {k: result.get(k) for k in ("bad", "lost", "unanswered", "refused", "connect_failed")}
+    if any(failed.values()):
+        print(f"  warning: {failed}; e.g. {result['sample_bad']!r}; server log:", file=sys.stderr)
+        print("    " + child.tail().replace("\n", "\n    "), file=sys.stderr)
+
+
+def row_of(result: dict[str, Any], **extra: Any) -> Row:
+    cpu = (result.get("during") or {}).get("cpu", {})
+    row = {k: result[k] for k in ("rate", "p50_ms", "p99_ms", "bad", "lost")}
+    return {**row, **{f"cpu_{k}": v for k, v in cpu.items()}, **extra}
+
+
+def _server(
+    args: argparse.Namespace, tmp: Path, name: str, work_time: str, max_conns: int = 10_000, *extra: str
+) -> Child:
+    db = str(tmp / f"{name}.db")
+    if args.db:  # a shared database: each scenario starts from an empty table
+        db = args.db
+        pgdb.empty(db)
+    argv = ["-m", "pedidos", "--host", "127.0.0.1", "--port", "0", "--db", db, *extra]
+    argv += ["--workers", str(args.workers), "--work-time", work_time]
+    argv += ["--max-connections", str(max_conns), "--shutdown-timeout", "10"]
+    child = Child(argv, tmp / f"{name}.log", ready_text=" ready: ")
+    if args.verbose:
+        print(f"  {name}: server pid {child.pid}, port {child.port}", file=sys.stderr)
+    return child
+
+
+def _baseline(args: argparse.Namespace, child: Child, name: str, rows: dict[str, Row], line: bytes) -> None:
+    """A baseline's two rows, each measured again with one more load process: if
+    that raises its rate, the generator, not the baseline, was the ceiling."""
+    for kind, pipelined in (("rr", False), ("pipe", True)):
+        result = measure(args, child, pipelined, line, greeting=False, check=False)
+        more = measure(args, child, pipelined, line, greeting=False, check=False, procs=args.load_procs + 1)
+        rows[f"{name}_{kind}"] = row_of(result, headroom=more["rate"] / result["rate"] - 1)
+
+
+def echo_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    for mode in ("streams", "protocol"):
+        child = Child(["-m", "pedidos.tools.echo", mode], tmp / f"echo-{mode}.log")
+        try:
+            _baseline(args, child, f"echo_{mode}", rows, LINE)
+        finally:
+            child.stop()
+
+
+def redis_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    if not redis.available():
+        print(
+            "  redis: skipped: redis-server not installed (apt-get install -y redis-server)", file=sys.stderr
+        )
+        return
+    child = redis.start(tmp)
+    try:
+        _baseline(args, child, "redis", rows, redis.rpush(LINE))
+    finally:
+        child.stop()
+
+
+def intake_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    # Workers nearly idle (1 s an order): this measures taking orders in.
+    child = _server(args, tmp, "intake", "1")
+    try:
+        rows["intake_rr"] = row_of(measure(args, child, False))
+        rows["intake_pipe"] = row_of(measure(args, child, True))
+    finally:
+        child.stop()
+
+
+def panel_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    """Intake as in `intake_rr` on two servers side by side, one with a page open on its
+    panel and /metrics scraped every second, measured in turn (plain, panel, panel,
+    plain) so that a machine getting busier or quieter weighs on both alike."""
+    missing = panel_missing()
+    if missing:
+        print(f"  skipping the panel scenario: {missing}", file=sys.stderr)
+        return
+    plain = _server(args, tmp, "plain", "1")
+    try:
+        panel = _server(args, tmp, "panel", "1", 10_000, "--panel", "0")
+        try:
+            with PanelWatcher(panel_url(panel.log)) as watcher:
+                results = [measure(args, child, False) for child in (plain, panel, panel, plain)]
+        finally:
+            panel.stop()
+    finally:
+        plain.stop()
+    # The rates move with whatever else the machine runs; the event loop's CPU time
+    # per ack much less so: both say what the panel costs.
+    loop_us = [r["during"]["cpu"]["loop"] * 1e4 / r["rate"] if r["rate"] else 0.0 for r in results]
+    plain_rate = (results[0]["rate"] + results[3]["rate"]) / 2
+    row = row_of(results[1], panel_messages=watcher.messages, scrapes=watcher.scrapes)
+    row["rate"] = (results[1]["rate"] + results[2]["rate"]) / 2
+    rows["intake_panel_rr"] = {
+        **row,
+        "plain_rate": plain_rate,
+        "vs_plain": row["rate"] / plain_rate,
+        "loop_us": (loop_us[1] + loop_us[2]) / 2,
+        "plain_loop_us": (loop_us[0] + loop_us[3]) / 2,
+    }
+
+
+def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    child = _server(args, tmp, "e2e", "0")
+    try:
+        listo = lambda: stats(child.port)["estados"][Estado.LISTO]  # noqa: E731
+        result = measure(args, child, False, during=window(child, listo))
+        rows["e2e"] = e2e_figures(args, child.port, result)
+    finally:
+        child.stop()
+
+
+def e2e_figures(args: argparse.Namespace, port: int, result: dict[str, Any], **extra: Any) -> Row:
+    """The end-to-end row: listo/s over the window (from `estadisticas` at both
+    ends), and how long the backlog took to drain once the load stopped."""
+    first, last = result["during"]["probe"]
+    deadline = time.monotonic() + max(60.0, 20 * args.seconds)
+    while True:
+        figures = stats(port)
+        backlog = figures["en_cola"] + figures["estados"][Estado.EN_PROCESO]
+        if not backlog or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    drain = time.time() - result["during"]["end"]
+    return row_of(result, listo_rate=(last - first) / args.seconds, drain_s=drain, left=backlog, **extra)
+
+
+def many_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    child = _server(args, tmp, "many", "1", max_conns=max(10_000, args.many + 100))
+    try:
+        quiet(args)
+        options = {"procs": args.load_procs, "engine": args.generator}
+        result = drive(child.port, LINE, conns=args.many, limit=1, seconds=60, **options)
+        warn(result, child)
+        rss = peak_rss_mb(child.pid)
+        ok = result["count"] - result["bad"]
+        fields = ("p50_ms", "p99_ms", "bad", "lost", "refused", "connect_failed", "connected", "connect_s")
+        rows["many"] = {"acked": ok, **{k: result[k] for k in fields}, "rss_mb": rss}
+    finally:
+        child.stop()
+
+
+def worktime_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    t = args.work_time_check
+    child = _server(args, tmp, "worktime", f"{t:g}")
+    try:
+        expected = args.workers / t
+        total = math.ceil(expected * (args.seconds + 3))  # never lets the workers run dry
+        quiet(args)
+        for start in range(0, total, 200):
+            ask(child.port, [ORDER] * min(200, total - start))
+        time.sleep(0.5)
+        first, began = stats(child.port)["estados"][Estado.LISTO], time.monotonic()
+        time.sleep(args.seconds)
+        figures, ended = stats(child.port), time.monotonic()
+        rate = (figures["estados"][Estado.LISTO] - first) / (ended - began)
+        if not figures["en_cola"]:
+            print("  warning: the work-time backlog ran dry; the rate is low", file=sys.stderr)
+        rows["worktime"] = {"rate": rate, "expected": expected, "ratio": rate / expected}
+    finally:
+        child.stop()
