@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from conftest import (
+    SERVER_MODE,
     SERVIDOR,
     LineClient,
     ServerProcess,
@@ -420,7 +421,7 @@ def test_sigterm_under_load_keeps_every_ack_and_answers_or_closes(tmp_path):
 def start_failure(tmp_path: Path, db: Path, preexec=None, env=None) -> subprocess.CompletedProcess:
     """Run the server where it cannot start: its output and exit status."""
     return subprocess.run(
-        [sys.executable, str(SERVIDOR), "--db", str(db), "--port", "0", "--work-time", "0"],
+        [sys.executable, str(SERVIDOR), "--db", str(db), *SERVER_MODE, "--port", "0", "--work-time", "0"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
