@@ -49,9 +49,9 @@ TRICKY = [
     b'\x0c{"accion": "estadisticas"}\n',
     b'{"accion": "consultar", "id": ' + b"9" * 120 + b"}\n",
     b"[" * 70 + b"]" * 70 + b"\n",
-    b'{"accion": "listar", "limite": 2}\n',
-    b'  {"accion": "consultar",\n "id": 1}\n',  # one request over two lines
-    b'{"accion": "consultar", "id": 1} {"accion": "consultar", "id": 1}\n',  # two on one line
+    b'{"accion": "consultar", "id": 99, "timeout": 1, "timeout": 2}\n',
+    b'  {"accion": "consultar",\n "id": 99}\n',  # one request over two lines
+    b'{"accion": "consultar", "id": 99} {"accion": "consultar", "id": 98}\n',  # two on one line
     b"7\n",
     b'"texto"\n',
 ]
@@ -162,7 +162,7 @@ def test_the_wire_is_the_same_byte_for_byte_with_and_without_the_extra(tmp_path)
         # Processed by the workers the same way too.
         for srv in (fast, plain):
             with LineClient("127.0.0.1", srv.port) as c:
-                wait_for(lambda c=c: c.ask({"accion": "consultar", "id": 1})["estado"] == "listo")
+                wait_for(lambda c=c: c.ask({"accion": "consultar", "id": 1})["pedido"]["estado"] == "listo")
 
 
 def test_without_the_packages_the_standard_library_serves(tmp_path):
