@@ -47,13 +47,13 @@ for _name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
     del os.environ[_name]
 
 
-# Which event loop and JSON decoder the servers the tests start use (issue 15). The
-# suite runs on the standard library (`--sin-rapido`), the path of a bare Python;
-# `pytest --servidor-rapido` runs the same tests on the rapido extra's uvloop and
-# orjson (scripts/test does that for the server's contract, hardening, fault and
-# hostile tests). Chosen on the command line, never by the environment.
+# Which event loop the servers the tests start use (issue 15). The suite runs on the
+# standard library (`--sin-rapido`), the path of a bare Python; `pytest --servidor-rapido`
+# runs the same tests on the rapido extra's uvloop (scripts/test does that for the
+# server's contract, hardening, fault and hostile tests). Chosen on the command line,
+# never by the environment.
 SERVER_MODE: list[str] = ["--sin-rapido"]
-RAPIDO_READY = "loop uvloop, JSON orjson"
+RAPIDO_READY = "loop uvloop,"
 
 
 def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -158,7 +158,7 @@ class ServerProcess:
         if not self._ready.wait(timeout) or self.proc.poll() is not None:
             self.kill()
             raise AssertionError(f"server did not start:\n{self.log}")
-        # A run meant for uvloop and orjson that quietly ran without them would prove nothing.
+        # A run meant for uvloop that quietly ran without it would prove nothing.
         assert SERVER_MODE or RAPIDO_READY in self.log, self.log
         return self
 
@@ -576,7 +576,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--servidor-rapido",
         action="store_true",
-        help="start the servers on the rapido extra (uvloop, orjson; they must be installed) "
+        help="start the servers on the rapido extra's uvloop (it must be installed) "
         "instead of with --sin-rapido",
     )
     parser.addoption(

@@ -23,7 +23,6 @@ import json
 import re
 from typing import Any
 
-from pedidos.protocol.codec import decode_lines
 from pedidos.protocol.replies import DEMASIADO_GRANDE, JSON_INVALIDO, RequestError
 from pedidos.protocol.scanner import MAX_DEPTH, MAX_NUMBER_CHARS, Invalid, Scanner
 from pedidos.protocol.telnet import ABANDON, Telnet
@@ -118,19 +117,12 @@ class Decoder:
 
     def _fast(self, data: bytes, out: list[Any]) -> bytes:
         """Decode the complete values at the start of `data`; return the rest."""
-        max_chars = self.max_request_bytes // 4
-        # Whole lines through orjson when it is installed and can read them
-        # exactly as `json` does; the rest, and everything without it, below.
-        done = decode_lines(data, out, max_chars)
-        if done:
-            if done == len(data):
-                return b""
-            data = data[done:]
         try:
             text, tail = data.decode("utf-8"), b""
         except UnicodeDecodeError as exc:
             text, tail = data[: exc.start].decode("utf-8"), data[exc.start :]
         pos, n = 0, len(text)
+        max_chars = self.max_request_bytes // 4
         # Searched once per chunk: most chunks have no escaped surrogate at all.
         surrogates = _SURROGATE_ESCAPE.search(text) is not None
         while True:

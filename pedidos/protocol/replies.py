@@ -5,10 +5,10 @@ Replies are one JSON object per line, UTF-8, non-ASCII written as is.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pedidos.domain import Estado, Receipt
-from pedidos.protocol.codec import dumps
 
 PROTOCOL_VERSION = 1
 SERVER_NAME = "pedidos"
@@ -107,6 +107,9 @@ def idle_notice(idle_timeout: float) -> dict[str, Any]:
     )
 
 
+_encoder = json.JSONEncoder(ensure_ascii=False)
+
+
 def encode_line(reply: dict[str, Any]) -> bytes:
     """One reply as the bytes of one line.
 
@@ -114,4 +117,4 @@ def encode_line(reply: dict[str, Any]) -> bytes:
     decoder, so strict UTF-8 cannot fail here; `backslashreplace` is only a
     guard so that a reply is never lost to an encoding error.
     """
-    return (dumps(reply) + "\n").encode("utf-8", "backslashreplace")
+    return (_encoder.encode(reply) + "\n").encode("utf-8", "backslashreplace")

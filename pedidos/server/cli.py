@@ -223,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sin-rapido",
         action="store_true",
-        help="asyncio's own event loop and the json module even when the rapido extra "
-        "(uvloop, orjson: pip install 'pedidos[rapido]') is installed",
+        help="asyncio's own event loop even when the rapido extra (uvloop: pip install "
+        "'pedidos[rapido]') is installed",
     )
     parser.add_argument(
         "--log-level",

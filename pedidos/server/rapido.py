@@ -1,6 +1,11 @@
-"""The optional accelerators of `pip install 'pedidos[rapido]'`: uvloop's event loop and
-orjson's decoding (protocol/codec.py). Each is used when installed, unless `--sin-rapido`;
-without them, or with it, the server runs on the standard library alone, as it always did."""
+"""The optional accelerator of `pip install 'pedidos[rapido]'`: uvloop's event loop, used when
+installed unless `--sin-rapido`. Without it, or with that option, the server runs on the
+standard library alone, as it always did.
+
+orjson for decoding requests was tried and dropped: it saved ~0.25 µs of the ~33 µs the event
+loop spends per order, and reads some input differently from `json` (an integer past 64 bits
+becomes a float), so it had to be fenced off; see docs/benchmarks.md, "The rapido extra".
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,6 @@ import asyncio
 import sys
 from collections.abc import Coroutine
 from typing import Any
-
-from pedidos.protocol import codec
 
 ASYNCIO = "asyncio"
 UVLOOP = "uvloop"
@@ -26,9 +29,7 @@ def _uvloop() -> Any:
 
 
 def run(main: Coroutine[Any, Any, Any], accelerated: bool) -> Any:
-    """`asyncio.run(main)`, on uvloop's loop when it is installed and `accelerated`;
-    orjson's decoding switched the same way."""
-    codec.use_orjson(accelerated)
+    """`asyncio.run(main)`, on uvloop's loop when it is installed and `accelerated`."""
     uvloop = _uvloop() if accelerated else None
     if uvloop is None:
         return asyncio.run(main)
@@ -41,5 +42,5 @@ def loop_name(loop: asyncio.AbstractEventLoop) -> str:
 
 
 def describe(loop: asyncio.AbstractEventLoop) -> str:
-    """E.g. `loop uvloop, JSON orjson`: what the `ready:` line says is in use."""
-    return f"loop {loop_name(loop)}, JSON {codec.name()}"
+    """E.g. `loop uvloop`: what the `ready:` line says is in use."""
+    return f"loop {loop_name(loop)}"
