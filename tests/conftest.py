@@ -47,6 +47,15 @@ for _name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
     del os.environ[_name]
 
 
+# Which event loop the servers the tests start use (issue 15). The suite runs on the
+# standard library (`--sin-rapido`), the path of a bare Python; `pytest --servidor-rapido`
+# runs the same tests on the rapido extra's uvloop (scripts/test does that for the
+# server's contract, hardening, fault and hostile tests). Chosen on the command line,
+# never by the environment.
+SERVER_MODE: list[str] = ["--sin-rapido"]
+RAPIDO_READY = "loop uvloop,"
+
+
 def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment without any PEDIDOS_* variable, plus `extra`."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(ENV_PREFIX)}
@@ -107,7 +116,7 @@ class ServerProcess:
         self.lines: list[str] = []
         self.addresses: list[tuple[str, int]] = []
         self.proc = subprocess.Popen(
-            [sys.executable, str(SERVIDOR), "--db", str(db), *args],
+            [sys.executable, str(SERVIDOR), "--db", str(db), *SERVER_MODE, *args],
             cwd=cwd,
             env=clean_environ(env),
             stdout=subprocess.PIPE,
@@ -141,10 +150,16 @@ class ServerProcess:
                 self._ready.set()
         self._ready.set()
 
+    def ready_line(self) -> str:
+        """The `ready:` line as logged in text (empty if the log is in JSON)."""
+        return next((line for line in self.lines if " ready: " in line), "")
+
     def wait_ready(self, timeout: float = START_DEADLINE) -> ServerProcess:
         if not self._ready.wait(timeout) or self.proc.poll() is not None:
             self.kill()
             raise AssertionError(f"server did not start:\n{self.log}")
+        # A run meant for uvloop that quietly ran without it would prove nothing.
+        assert SERVER_MODE or RAPIDO_READY in self.log, self.log
         return self
 
     def worker_pids(self) -> list[int]:
@@ -559,8 +574,19 @@ def panel_url(server: ServerProcess, timeout: float = 10.0) -> str:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
+        "--servidor-rapido",
+        action="store_true",
+        help="start the servers on the rapido extra's uvloop (it must be installed) "
+        "instead of with --sin-rapido",
+    )
+    parser.addoption(
         "--panel-screenshot",
         metavar="PATH",
         default=None,
         help="also save the browser test's screenshot of the panel under load here (docs/panel.png)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--servidor-rapido"):
+        SERVER_MODE.clear()

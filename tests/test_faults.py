@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from conftest import (
+    SERVER_MODE,
     SERVIDOR,
     LineClient,
     ServerProcess,
@@ -237,7 +238,9 @@ def test_sigkill_server_under_load_loses_nothing_and_processes_once(tmp_path):
         if interrupted:
             said = f"{len(interrupted)} {'order was' if len(interrupted) == 1 else 'orders were'} in process"
             assert any(said in line for line in again.lines)
-        final = wait_all(again.port, sorted(acks))
+        # Every stored order, acknowledged or not (the kill may cut an ack on its way): each
+        # must be `listo` below, so wait for each before stopping, not only for the acked ones.
+        final = wait_all(again.port, sorted(before))
         assert again.stop() == 0
 
     for order_id, cliente in acks.items():
@@ -420,7 +423,7 @@ def test_sigterm_under_load_keeps_every_ack_and_answers_or_closes(tmp_path):
 def start_failure(tmp_path: Path, db: Path, preexec=None, env=None) -> subprocess.CompletedProcess:
     """Run the server where it cannot start: its output and exit status."""
     return subprocess.run(
-        [sys.executable, str(SERVIDOR), "--db", str(db), "--port", "0", "--work-time", "0"],
+        [sys.executable, str(SERVIDOR), "--db", str(db), *SERVER_MODE, "--port", "0", "--work-time", "0"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     ROOT,
+    SERVER_MODE,
     SERVIDOR,
     LineClient,
     ServerProcess,
@@ -56,7 +57,7 @@ class GroupServer(ServerProcess):
         self.lines: list[str] = []
         self.addresses: list[tuple[str, int]] = []
         self.proc = subprocess.Popen(
-            [sys.executable, str(SERVIDOR), "--db", str(db), *args],
+            [sys.executable, str(SERVIDOR), "--db", str(db), *SERVER_MODE, *args],
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -91,7 +92,7 @@ def refused_start(
     db = db or tmp_path / "pedidos.db"
     port = [] if "--port" in args else ["--port", "0"]
     proc = subprocess.Popen(
-        [sys.executable, str(SERVIDOR), "--db", str(db), *port, "--work-time", "0", *args],
+        [sys.executable, str(SERVIDOR), "--db", str(db), *SERVER_MODE, *port, "--work-time", "0", *args],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

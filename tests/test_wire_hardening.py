@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SERVIDOR, LineClient, ServerProcess, listed, running_server, wait_for
+from conftest import ROOT, SERVER_MODE, SERVIDOR, LineClient, ServerProcess, listed, running_server, wait_for
 
 from pedidos.client import AsyncClient, Client, ConnectionProblem, Refused
 
@@ -314,6 +314,7 @@ def start_with_tokens(
         [
             sys.executable,
             str(SERVIDOR),
+            *SERVER_MODE,
             "--port",
             "0",
             "--db",

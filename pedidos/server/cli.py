@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -15,6 +14,7 @@ from pedidos.panel import panel_missing
 from pedidos.processing.retry import DEFAULT_BACKOFF_S
 from pedidos.processing.task import TaskError, load_task
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
+from pedidos.server import rapido
 from pedidos.server.server import Server, ServerConfig, StartupError
 from pedidos.storage import POSTGRES_INSTALL, is_postgres, postgres_driver_missing
 
@@ -221,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="address the panel listens on (default 127.0.0.1)",
     )
     parser.add_argument(
+        "--sin-rapido",
+        action="store_true",
+        help="asyncio's own event loop even when the rapido extra (uvloop: pip install "
+        "'pedidos[rapido]') is installed",
+    )
+    parser.add_argument(
         "--log-level",
         type=_log_level,
         default="INFO",
@@ -292,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         panel_host=args.panel_host,
     )
     try:
-        asyncio.run(Server(config).serve())
+        rapido.run(Server(config).serve(), accelerated=not args.sin_rapido)
     except StartupError as exc:
         logger.error("%s", exc)
         return 1

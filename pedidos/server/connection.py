@@ -78,8 +78,8 @@ class Connection(asyncio.BufferedProtocol):
     # --- asyncio.BufferedProtocol ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are no asyncio.Transport subclasses, but have all its methods.
+        self._transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         if peer:
             self._host = peer[0]

@@ -23,6 +23,7 @@ from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.supervisor import Processing
 from pedidos.processing.worker import WorkerConfig
 from pedidos.protocol.replies import order_ack
+from pedidos.server import rapido
 from pedidos.server.auth import FailureThrottle, TokenBook, TokenFileError, load_tokens
 from pedidos.server.config import ServerConfig
 from pedidos.server.connection import Connection
@@ -157,10 +158,11 @@ class Server:
             )
         logger.info(
             # Ends with key=value fields for programs (tests, tools): where to connect.
-            "ready: %s, database %s, %s, %s, %s; addresses=%s",
+            "ready: %s, database %s, %s, %s, %s, %s; addresses=%s",
             count(config.workers, "worker"),
             shown_db(config.db),
             _work(config),
+            rapido.describe(asyncio.get_running_loop()),
             "TLS" if tls is not None else "plain TCP",
             count(len(self.tokens), "access token") if self.tokens is not None else "no access tokens",
             ",".join(show_address(host, port) for host, port in self.addresses),
