@@ -34,6 +34,8 @@ ROWS = {
     "redis_pipe",
     "intake_rr",
     "intake_pipe",
+    "intake_uv_rr",  # [test] installs the rapido extra: its uvloop is measured too
+    "intake_uv_pipe",
     "intake_panel_rr",
     "e2e",
     "many",
@@ -98,6 +100,7 @@ def test_tiny_run_measures_every_scenario_and_leaves_nothing(tmp_path):
     for kind in ("rr", "pipe"):
         for base in ("echo_streams", "echo_protocol", "redis"):
             assert median[f"intake_{kind}"][f"vs_{base}"] > 0
+            assert median[f"intake_uv_{kind}"][f"vs_{base}"] > 0
             assert median[f"{base}_{kind}"]["headroom"] > -1  # measured again with one more load process
     assert median["e2e"]["left"] == 0  # the backlog drained
     many = median["many"]

@@ -28,6 +28,11 @@ def _uvloop() -> Any:
     return uvloop
 
 
+def installed() -> bool:
+    """Whether uvloop can be used here (the benchmark measures both loops then)."""
+    return _uvloop() is not None
+
+
 def run(main: Coroutine[Any, Any, Any], accelerated: bool) -> Any:
     """`asyncio.run(main)`, on uvloop's loop when it is installed and `accelerated`."""
     uvloop = _uvloop() if accelerated else None

@@ -56,11 +56,12 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
             steps[group](args, Path(tmp), rows)
     for kind in ("rr", "pipe"):
         for base in BASELINES:
-            # A window with no reply at all (a machine busy enough to stall a server
-            # that long) has no ratio; the row shows its rate of 0.
-            if rows.get(f"intake_{kind}") and rows.get(f"{base}_{kind}", {}).get("rate"):
-                intake, baseline = rows[f"intake_{kind}"], rows[f"{base}_{kind}"]
-                intake[f"vs_{base}"] = intake["rate"] / baseline["rate"]
+            for intake_name in (f"intake_{kind}", f"intake_uv_{kind}"):
+                # A window with no reply at all (a machine busy enough to stall a server
+                # that long) has no ratio; the row shows its rate of 0.
+                if rows.get(intake_name) and rows.get(f"{base}_{kind}", {}).get("rate"):
+                    intake, baseline = rows[intake_name], rows[f"{base}_{kind}"]
+                    intake[f"vs_{base}"] = intake["rate"] / baseline["rate"]
     if "e2e" in rows and rows.get("intake_rr", {}).get("rate"):
         rows["e2e"]["keep_up"] = rows["e2e"]["listo_rate"] / rows["intake_rr"]["rate"]
     return {"loadavg": loadavg, "rows": rows}

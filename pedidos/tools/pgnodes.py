@@ -45,7 +45,7 @@ class Nodes:
                 argv = ["-m", "pedidos", "--host", "127.0.0.1", "--port", "0", "--nodo", name]
                 argv += ["--db", args.db]
                 argv += ["--workers", str(args.workers), "--work-time", work_time]
-                argv += ["--max-connections", "10000", "--shutdown-timeout", "10", *options]
+                argv += ["--max-connections", "10000", "--shutdown-timeout", "10", "--sin-rapido", *options]
                 argv += (extra or {}).get(name, [])
                 log = tmp / f"{scenario}-{name}.log"
                 self.children.append(Child(argv, log, ready_text=" ready: ", wait=False))

@@ -17,8 +17,9 @@ from typing import Any
 
 from pedidos.domain import Estado
 from pedidos.panel import panel_missing
+from pedidos.server import rapido
 from pedidos.tools import pgdb, redis
-from pedidos.tools.load import drive
+from pedidos.tools.load import BenchError, drive
 from pedidos.tools.panelwatch import PanelWatcher, panel_url
 from pedidos.tools.procs import Child, ask, cpu_share, cpu_snapshot, peak_rss_mb, stats, wait_quiet
 from pedidos.tools.report import Row
@@ -83,8 +84,16 @@ def row_of(result: dict[str, Any], **extra: Any) -> Row:
 
 
 def _server(
-    args: argparse.Namespace, tmp: Path, name: str, work_time: str, max_conns: int = 10_000, *extra: str
+    args: argparse.Namespace,
+    tmp: Path,
+    name: str,
+    work_time: str,
+    max_conns: int = 10_000,
+    *extra: str,
+    uvloop: bool = False,
 ) -> Child:
+    """A server on the standard library's event loop, as a bare install runs it,
+    unless `uvloop` (the rapido extra, measured in rows of its own)."""
     db = str(tmp / f"{name}.db")
     if args.db:  # a shared database: each scenario starts from an empty table
         db = args.db
@@ -92,6 +101,7 @@ def _server(
     argv = ["-m", "pedidos", "--host", "127.0.0.1", "--port", "0", "--db", db, *extra]
     argv += ["--workers", str(args.workers), "--work-time", work_time]
     argv += ["--max-connections", str(max_conns), "--shutdown-timeout", "10"]
+    argv += [] if uvloop else ["--sin-rapido"]
     child = Child(argv, tmp / f"{name}.log", ready_text=" ready: ")
     if args.verbose:
         print(f"  {name}: server pid {child.pid}, port {child.port}", file=sys.stderr)
@@ -130,13 +140,20 @@ def redis_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> Non
 
 
 def intake_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
-    # Workers nearly idle (1 s an order): this measures taking orders in.
-    child = _server(args, tmp, "intake", "1")
-    try:
-        rows["intake_rr"] = row_of(measure(args, child, False))
-        rows["intake_pipe"] = row_of(measure(args, child, True))
-    finally:
-        child.stop()
+    # Workers nearly idle (1 s an order): this measures taking orders in. The
+    # standard library's loop first (what a bare install runs); then, when the
+    # rapido extra is installed, the same on uvloop, in rows of its own.
+    loops = [("intake", False)] + ([("intake_uv", True)] if rapido.installed() else [])
+    for name, uvloop in loops:
+        child = _server(args, tmp, name, "1", uvloop=uvloop)
+        try:
+            expected = f"loop {rapido.UVLOOP if uvloop else rapido.ASYNCIO}"
+            if expected not in child.log.read_text("utf-8", "replace"):  # never a row under the wrong name
+                raise BenchError(f"the {name} server did not say {expected!r}: {child.tail()}")
+            rows[f"{name}_rr"] = row_of(measure(args, child, False))
+            rows[f"{name}_pipe"] = row_of(measure(args, child, True))
+        finally:
+            child.stop()
 
 
 def panel_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
