@@ -82,6 +82,35 @@ ORDER BY n
 ON CONFLICT (referencia) DO NOTHING
 RETURNING id, referencia
 """
+# A batch carrying referencias, in one statement (one round trip): the rows
+# already stored with them (`stored`, read in the statement's snapshot) and
+# the insert of the rest, each referencia's first order only, so that a
+# referencia already stored draws no id. Inserted rows come back as
+# (true, id, referencia), stored ones as (false, id, referencia, estado,
+# cliente, productos, direccion, propietario). A row another transaction
+# committed after the snapshot is met by ON CONFLICT alone: the caller looks
+# it up with BY_REFERENCIA.
+INSERT_WITH_REFERENCIAS = """
+WITH input AS (
+    SELECT c, p, d, r, o, n, row_number() OVER (PARTITION BY r ORDER BY n) AS k
+    FROM unnest(%s::text[], %s::jsonb[], %s::text[], %s::text[], %s::text[])
+         WITH ORDINALITY AS t(c, p, d, r, o, n)
+), stored AS (
+    SELECT id, referencia, estado, cliente, productos, direccion, propietario
+    FROM pedidos WHERE referencia IN (SELECT r FROM input)
+), inserted AS (
+    INSERT INTO pedidos (cliente, productos, direccion, referencia, propietario, estado, fecha_recibido)
+    SELECT c, p, d, r, o, 'pendiente', statement_timestamp()
+    FROM input
+    WHERE r IS NULL OR (k = 1 AND r NOT IN (SELECT referencia FROM stored))
+    ORDER BY n
+    ON CONFLICT (referencia) DO NOTHING
+    RETURNING id, referencia
+)
+SELECT true, id, referencia, NULL, NULL, NULL::jsonb, NULL, NULL FROM inserted
+UNION ALL
+SELECT false, id, referencia, estado, cliente, productos, direccion, propietario FROM stored
+"""
 BY_REFERENCIA = (
     "SELECT referencia, id, estado, cliente, productos, direccion, propietario "
     "FROM pedidos WHERE referencia = ANY(%s)"
