@@ -212,3 +212,32 @@ def test_orders_submitted_together_still_share_one_batch(pg_url):
         return stored
 
     assert [len(ids) for ids in run(main())] == [40]
+
+
+def test_text_comes_back_exactly_as_sent_through_the_batch_document(pg_url):
+    tricky = 'Pérez "comillas" \\ barra \t tab \u2028 ñ 😀 {"no": "json"}'
+    sent = [
+        (tricky, (tricky, "[1, 2]", "null"), tricky, None),
+        ("Ana", ("pan",), "Calle 1", tricky),
+        ("Ana", ("pan",), "Calle 1", tricky),  # the same referencia again, same batch
+    ]
+
+    async def main():
+        storage = await started(pg_url)
+        try:
+            results = await asyncio.gather(*(storage.submit(o, "dueño ñ", sender()) for o in sent))
+            got = [await storage.get(r.id) for r in results]
+        finally:
+            await storage.stop()
+        return results, got
+
+    results, got = run(main())
+    assert [r.duplicado for r in results] == [False, False, True] and results[1].id == results[2].id
+    assert (got[0]["cliente"], got[0]["productos"], got[0]["direccion"]) == (
+        tricky,
+        [tricky, "[1, 2]", "null"],
+        tricky,
+    )
+    assert got[1]["referencia"] == tricky and got[0]["referencia"] is None
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT DISTINCT propietario FROM pedidos").fetchall() == [("dueño ñ",)]

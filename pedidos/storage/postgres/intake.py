@@ -32,12 +32,12 @@ backend sends it off this path, outside the insert's transaction (see
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from pedidos.domain import Estado, Receipt
 from pedidos.storage.base import Ack
@@ -225,17 +225,21 @@ async def insert_orders(
     the same one now) reaches ON CONFLICT: a conflicting row still draws an
     id, and ids are best without gaps. The race's winner is read afterwards."""
     refs = [order[3] for order in orders]
-    columns: tuple[list[Any], ...] = ([], [], [], [], [])
-    for (cliente, items, direccion, ref), owner in zip(orders, owners, strict=True):
-        for column, value in zip(columns, (cliente, Jsonb(list(items)), direccion, ref, owner), strict=True):
-            column.append(value)
+    batch = (
+        json.dumps(
+            [
+                {"c": cliente, "p": list(items), "d": direccion, "r": ref, "o": owner}
+                for (cliente, items, direccion, ref), owner in zip(orders, owners, strict=True)
+            ]
+        ),
+    )
     stored: dict[str, tuple[Any, ...]] = {}
     if any(ref is not None for ref in refs):
-        rows = await (await conn.execute(sql.INSERT_WITH_REFERENCIAS, columns)).fetchall()
+        rows = await (await conn.execute(sql.INSERT_WITH_REFERENCIAS, batch)).fetchall()
         inserted = sorted((row[1], row[2]) for row in rows if row[0])
         stored = {row[2]: (row[1], *row[3:]) for row in rows if not row[0]}
     else:
-        inserted = sorted(await (await conn.execute(sql.INSERT, columns)).fetchall())
+        inserted = sorted(await (await conn.execute(sql.INSERT, batch)).fetchall())
     # What the statement offered to the insert: each referencia's first order
     # unless stored, and every order without one.
     candidates, seen = [], set()
