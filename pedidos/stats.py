@@ -1,10 +1,11 @@
 """Running figures of the server, cheap enough to keep on the hot path.
 
-Plain integers and a bucketed histogram, counted as things happen: the
-connection adds each ack's latency, the server each refused connection, and
-the event bus everything else. Nothing here formats or exports: the panel
-(pedidos/panel/) reads these at scrape time. Stdlib only, so the server
-keeps them whether or not the panel's libraries are installed.
+Plain integers and bucketed histograms, counted as things happen: the
+connection adds each ack's latency, the storage each group commit's time,
+the server each refused connection, and the event bus everything else.
+Nothing here formats or exports: the panel (pedidos/panel/) reads these at
+scrape time. Stdlib only, so the server keeps them whether or not the
+panel's libraries are installed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from pedidos.events import CANCELLED, FAILED, FINISHED, RECEIVED, WORKER_DIED, E
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Upper bounds of the orders stored per commit answer (group commit batches).
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+# Upper bounds (seconds) of one group commit of new orders: from a tenth of a
+# millisecond (an fsync on fast storage) to the seconds of a struggling disk
+# or database (PostgreSQL's intake gives up on a batch after 10 s).
+COMMIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 FINAL_ESTADO = {FINISHED: "listo", CANCELLED: "cancelado", FAILED: "fallido"}
 
 
@@ -55,6 +60,7 @@ class Stats:
         self.refused_connections = 0
         self.ack = Histogram(ACK_BUCKETS)
         self.batch = Histogram(BATCH_BUCKETS)
+        self.commit = Histogram(COMMIT_BUCKETS)  # observed by the storage, once per group commit
 
     def subscribe(self, bus: EventBus) -> None:
         bus.subscribe(self._on_event)

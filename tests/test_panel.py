@@ -101,8 +101,31 @@ def test_metrics_match_estadisticas(tmp_path):
         assert sample(families, "pedidos_ack_segundos", "pedidos_ack_segundos_bucket", le="+Inf") == 5
         assert 0 < sample(families, "pedidos_ack_segundos", "pedidos_ack_segundos_sum") < 5
         assert sample(families, "pedidos_lote_pedidos", "pedidos_lote_pedidos_sum") == 5
+        # One order at a time, each waiting for its ack: five group commits of one.
+        assert families["pedidos_commit_segundos"].type == "histogram"
+        assert sample(families, "pedidos_commit_segundos", "pedidos_commit_segundos_count") == 5
+        assert 0 < sample(families, "pedidos_commit_segundos", "pedidos_commit_segundos_sum") < 5
         for name in ("pedidos_worker_reinicios", "pedidos_conexiones_rechazadas", "pedidos_uptime_segundos"):
             assert name in families
+
+
+def test_metrics_on_postgresql_count_each_commit(pg_url, tmp_path):
+    with running_server(tmp_path, "--work-time", "0", "--workers", "1", "--panel", "0", db=pg_url) as srv:
+        url = panel_url(srv)
+        with LineClient("127.0.0.1", srv.port) as client:
+            ids = [client.ask(ORDER)["id"] for _ in range(3)]
+            for order_id in ids:
+                assert client.ask({"accion": "esperar", "id": order_id, "timeout": 30})["ok"]
+            stats = client.ask({"accion": "estadisticas"})
+            status, _, body = get(url, "/metrics")
+    assert status == 200
+    families = metric_families(body.decode())
+    assert sample(families, "pedidos_recibidos", "pedidos_recibidos_total") == 3
+    for estado, count in stats["estados"].items():
+        assert sample(families, "pedidos_estado", estado=estado) == count
+    assert sample(families, "pedidos_commit_segundos", "pedidos_commit_segundos_count") == 3
+    assert 0 < sample(families, "pedidos_commit_segundos", "pedidos_commit_segundos_sum") < 3
+    assert sample(families, "pedidos_commit_segundos", "pedidos_commit_segundos_bucket", le="+Inf") == 3
 
 
 def test_stream_pushes_changes_coalesced(tmp_path):
@@ -168,6 +191,23 @@ def test_tokens_guard_the_data(tmp_path):
         assert status == 200 and b"Token de administrador" in body
     assert ADMIN_TOKEN not in srv.log and "wrong-token-xyz" not in srv.log
     assert "panel: failed authentication from 127.0.0.1" in srv.log
+
+
+def test_panel_beyond_loopback_without_tokens_is_warned_about(tmp_path):
+    # Every interface only for as long as the server takes to start: it stops at once.
+    with running_server(tmp_path, "--work-time", "0", "--panel", "0", "--panel-host", "0.0.0.0") as srv:
+        assert panel_url(srv).startswith("http://0.0.0.0:")
+    warned = [line for line in srv.lines if "panel listening beyond this machine" in line]
+    assert len(warned) == 1 and "WARNING" in warned[0] and "--token-file" in warned[0], srv.log
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(f"{ADMIN_TOKEN} admin\n")
+    args = ("--work-time", "0", "--panel", "0", "--panel-host", "0.0.0.0", "--token-file", str(tokens))
+    with running_server(tmp_path, *args) as srv:
+        panel_url(srv)
+    assert "panel listening beyond" not in srv.log
+    with running_server(tmp_path, "--work-time", "0", "--panel", "0") as srv:
+        panel_url(srv)
+    assert "panel listening beyond" not in srv.log
 
 
 def test_bad_input_on_the_panel_port_never_stops_the_order_port(tmp_path):
@@ -309,8 +349,90 @@ def test_live_follows_the_bus_by_counts_not_by_orders():
         assert picture["workers"][0] == {"worker": 1, "pedido": None}
         assert picture["workers"][1]["pedido"] == 600  # FAILED alone does not free a live worker
         assert picture["conexiones"] == 3 and picture["workers_vivos"] == 2
+        assert picture["nodos"] is None  # alone on its database: no nodes to show
         assert stats.received == 1000 and stats.finished == {"listo": 500, "cancelado": 2, "fallido": 1}
         assert viewer.take().startswith(b"event: panel\ndata: {")
         assert viewer.take() == b""  # nothing new until the ticker offers a picture
+
+    asyncio.run(scenario())
+
+
+def test_live_reads_a_shared_database_every_second():
+    """On PostgreSQL the other nodes publish nothing on this node's bus: while a
+    page is open, the counts, the latest orders and the nodes with their busy
+    workers are read every second, and this node's row has its figures of now."""
+    import asyncio
+
+    from pedidos.events import EventBus
+    from pedidos.panel.live import Live, LiveSource
+    from pedidos.stats import Stats
+
+    database = {"pendiente": 4, "en proceso": 3, "listo": 0, "cancelado": 0, "fallido": 0}
+    reads = {"latest": 0}
+    nodes = [
+        {"nodo": "a", "workers": 9, "conexiones": 9, "en proceso": 1, "visto": "2026-12-03T04:00:00+00:00"},
+        {"nodo": "b", "workers": 2, "conexiones": 1, "en proceso": 2, "visto": "2026-12-03T04:00:00+00:00"},
+    ]
+    in_process = [
+        {"id": 5, "nodo": "b", "worker": 2, "fecha_inicio": "2026-12-03T04:00:01+00:00"},
+        {"id": 6, "nodo": "b", "worker": 2, "fecha_inicio": "2026-12-03T04:00:01+00:00"},
+        {"id": 7, "nodo": "a", "worker": 1, "fecha_inicio": "2026-12-03T04:00:02+00:00"},
+    ]
+
+    async def counts():
+        return dict(database)
+
+    async def latest(n):
+        reads["latest"] += 1
+        return []
+
+    async def live_nodes():
+        return [dict(node) for node in nodes]
+
+    async def listing(estado, cliente, desde_id, limite):
+        assert (estado, cliente, desde_id) == ("en proceso", None, 0)
+        return in_process[:limite]
+
+    async def next_picture(viewer, until, deadline):
+        while True:
+            await asyncio.wait_for(viewer.wake.wait(), max(0.01, deadline - time.monotonic()))
+            picture = json.loads(viewer.take().split(b"data: ", 1)[1])
+            if until(picture):
+                return picture
+
+    async def scenario():
+        bus = EventBus()
+        figures = {"workers": 1, "conexiones": 0, "nodo": "a"}
+        source = LiveSource(
+            bus, Stats(), counts, latest, lambda: figures, workers=1, live_nodes=live_nodes, listing=listing
+        )
+        live = Live(source)
+        viewer = live.join()
+        live.start()
+        try:
+            picture = await next_picture(viewer, lambda p: p["nodos"], time.monotonic() + 3)
+            assert picture["estados"] == database
+            a, b = picture["nodos"]
+            assert a["nodo"] == "a" and a["este"] and (a["workers"], a["conexiones"]) == (1, 0)
+            assert a["trabajando"] == [
+                {"worker": 1, "pedido": 7, "mas": 0, "desde": "2026-12-03T04:00:02+00:00"}
+            ]
+            assert b["nodo"] == "b" and not b["este"] and (b["workers"], b["conexiones"]) == (2, 1)
+            assert b["trabajando"] == [
+                {"worker": 2, "pedido": 5, "mas": 1, "desde": "2026-12-03T04:00:01+00:00"}
+            ]
+            # Another node finishes orders and a third one joins: seen within a second or two.
+            database.update({"en proceso": 0, "listo": 3})
+            nodes.append(dict(nodes[1], nodo="c"))
+            latest_reads = reads["latest"]
+            picture = await next_picture(
+                viewer,
+                lambda p: p["estados"]["listo"] == 3 and len(p["nodos"]) == 3,
+                time.monotonic() + 2.5,
+            )
+            assert picture["estados"] == database
+            assert reads["latest"] > latest_reads  # the latest orders too, though no event came
+        finally:
+            await live.stop()
 
     asyncio.run(scenario())

@@ -123,6 +123,7 @@ def test_page_follows_orders_live(tmp_path, page):
         expect(page.locator("#conexiones")).to_have_text("0")
         wait_for(lambda: chart_peak(page) > 0.1, timeout=5)
         assert page.evaluate("window.sinRecarga") is True  # all of it without a reload
+        expect(page.locator("#nodos")).to_be_hidden()  # one server on SQLite: no nodes
         # A phone: nothing wider than the screen.
         page.set_viewport_size({"width": 390, "height": 844})
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
@@ -176,6 +177,40 @@ def test_page_asks_for_an_admin_token_once(tmp_path, page):
         expect(page.locator("#conexion")).to_have_text("en vivo")
         expect(page.locator("#acceso")).to_be_hidden()
     assert ADMIN_TOKEN not in srv.log
+
+
+def test_page_lists_every_node_on_postgresql(pg_url, tmp_path, page):
+    from playwright.sync_api import expect
+
+    # One worker a node, each order taking seconds: both workers are seen holding one.
+    args = ("--work-time", "4", "--workers", "1", "--lease", "2")
+    with (
+        running_server(tmp_path, *args, "--nodo", "nodo-a", "--panel", "0", db=pg_url) as a,
+        running_server(tmp_path, *args, "--nodo", "nodo-b", db=pg_url) as b,
+    ):
+        page.goto(panel_url(a))
+        expect(page.locator("#conexion")).to_have_text("en vivo")
+        nodos = page.locator("#tabla-nodos")
+        expect(page.locator("#nodos")).to_be_visible()
+        expect(page.locator("#nodos-vivos")).to_have_text("2 vivos")
+        expect(nodos.locator('tr.nodo[data-nodo="nodo-a"] td').first).to_have_text("nodo-a (este)")
+        expect(nodos.locator('tr.nodo[data-nodo="nodo-b"] td').first).to_have_text("nodo-b")
+        with LineClient("127.0.0.1", b.port) as client:
+            ids = [client.ask(order(n))["id"] for n in range(4)]
+            for nodo in ("nodo-a", "nodo-b"):
+                row = nodos.locator(f'tr.nodo[data-nodo="{nodo}"] td')
+                expect(row.nth(1)).to_have_text("1")  # workers
+                expect(row.nth(3)).to_have_text("1", timeout=10_000)  # en proceso
+                held = nodos.locator(f'tr.worker-nodo[data-nodo="{nodo}"][data-worker="1"]')
+                expect(held).to_contain_text("#")
+                assert int(held.locator("td.pedido").inner_text().split()[0].lstrip("#")) in ids
+            # The whole service's counts and orders, though they all came in on B.
+            expect(page.locator("#n-en-proceso")).to_have_text("2", timeout=3_000)
+            expect(page.locator("#n-pendiente")).to_have_text("2", timeout=3_000)
+            expect(page.locator('#ultimos .estado[data-estado="en proceso"]')).to_have_count(2, timeout=3_000)
+            # Node B's connection, counted on B and shown on A's page.
+            expect(nodos.locator('tr.nodo[data-nodo="nodo-b"] td').nth(2)).to_have_text("1")
+            expect(nodos.locator('tr.nodo[data-nodo="nodo-a"] td').nth(2)).to_have_text("0")
 
 
 class SteadyLoad:

@@ -165,6 +165,20 @@ def held_by(url: str, nodo: str) -> list[int]:
     ]
 
 
+def sent_until_held(url: str, on_a: LineClient, most: int = 10) -> list[int]:
+    """Send orders to node A until A holds one `en proceso`: the other nodes
+    hear of each new order too and may claim it first, so one order alone
+    might never be A's. Returns what A holds."""
+    for n in range(most):
+        assert on_a.ask(order(n))["ok"]
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            if held := held_by(url, "A"):
+                return held
+            time.sleep(0.02)
+    raise AssertionError(f"node A held none of {most} orders sent to it")
+
+
 def test_a_killed_nodes_orders_finish_elsewhere_within_lease_plus_2_s(pg_url, tmp_path):
     with nodes(pg_url, tmp_path, "ABC", "--work-time", "1") as (a, b, c):
         with client(a) as on_a:
@@ -196,9 +210,7 @@ def test_a_node_stopped_with_sigterm_hands_its_orders_back_without_counting_an_a
     args = ("--work-time", "1.5", "--shutdown-timeout", "0.3")
     with nodes(pg_url, tmp_path, "AB", *args) as (a, b):
         with client(a) as on_a:
-            for n in range(2):
-                assert on_a.ask(order(n))["ok"]
-        ids = wait_for(lambda: held_by(pg_url, "A"), timeout=5)
+            ids = sent_until_held(pg_url, on_a)
         assert a.stop() == 0
         assert held_by(pg_url, "A") == []  # handed back at once, not left to the lease
         with client(b) as on_b:
@@ -210,9 +222,7 @@ def test_a_node_stopped_with_sigterm_hands_its_orders_back_without_counting_an_a
 def test_a_paused_node_declared_dead_cannot_overwrite_the_newer_state(pg_url, tmp_path):
     with nodes(pg_url, tmp_path, "AB", "--work-time", "3", "--workers", "1") as (a, b):
         with client(a) as on_a:
-            for n in range(2):
-                assert on_a.ask(order(n))["ok"]
-        order_id = wait_for(lambda: held_by(pg_url, "A"), timeout=5)[0]  # type: ignore[index]
+            order_id = sent_until_held(pg_url, on_a)[0]
         os.kill(a.pid, signal.SIGSTOP)  # the server stops; its worker runs on
         try:
             # Declared dead, taken by B: from then on, A's worker's finish is refused.

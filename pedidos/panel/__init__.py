@@ -2,7 +2,8 @@
 
 `web` is the HTTP side (aiohttp: the page's files, the event stream, tokens,
 `/metrics`), `live` turns the event bus into what the page shows (coalesced
-snapshots, a few a second at most), `metrics` exposes the server's figures
+snapshots, a few a second at most), `nodes` reads the service's nodes on a
+shared PostgreSQL database, `metrics` exposes the server's figures
 (pedidos/stats.py) through a prometheus-client collector, and `static/` is
 the page itself (HTML, CSS, JavaScript; nothing from another host).
 
@@ -11,7 +12,7 @@ The libraries are an optional extra (`pip install 'pedidos[panel]'`). Without
 `panel_missing`), and it imports nothing beyond the stdlib; the server imports
 `web` inside its startup, only with `--panel`. The panel may import the
 events, the stats, the protocol's vocabulary and nothing else of the server:
-what it reads of the server (counts, latest orders, live figures, tokens) is
+what it reads of the server (counts, latest orders, nodes, live figures, tokens) is
 handed to it as a `PanelSource`, so a change of storage does not reach it.
 """
 

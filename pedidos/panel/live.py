@@ -9,6 +9,9 @@ every open page; a page that reads slowly simply skips to the newest one.
 
 The counts per `estado` follow the events and are read again from the
 database every `RESYNC_S` while somebody watches, so that they cannot drift.
+On a shared PostgreSQL database this node's events are only its own share of
+the service, so there the counts, the latest orders and the nodes
+(nodes.py) are read every second instead.
 Stdlib only: the HTTP side is in web.py.
 """
 
@@ -36,6 +39,7 @@ from pedidos.events import (
     Event,
     EventBus,
 )
+from pedidos.panel.nodes import Listing, LiveNodes, Nodes
 from pedidos.protocol.validation import ESTADOS
 from pedidos.stats import Stats
 
@@ -68,8 +72,10 @@ class LiveSource:
     stats: Stats
     counts: Callable[[], Awaitable[dict[str, int]]]  # the whole service's count per estado
     latest: Callable[[int], Awaitable[list[dict[str, Any]]]]  # the newest N orders, newest first
-    figures: Callable[[], dict[str, Any]]  # {"workers": alive, "conexiones": open}
+    figures: Callable[[], dict[str, Any]]  # {"workers": alive, "conexiones": open[, "nodo": name]}
     workers: int  # how many worker processes the server runs (numbered 1..N)
+    live_nodes: LiveNodes | None = None  # the storage's: the live nodes, None alone (SQLite)
+    listing: Listing | None = None  # the storage's list_orders, for each node's busy workers
 
 
 class Viewer:
@@ -104,6 +110,7 @@ class Live:
         self._dirty = True
         self._latest: list[dict[str, Any]] = []
         self.series: deque[tuple[int, int, int]] = deque(maxlen=SERIES_SECONDS)
+        self._nodes = Nodes(source.live_nodes, source.listing)
         self._task: asyncio.Task[None] | None = None
         source.bus.subscribe(self._on_event)
 
@@ -151,6 +158,7 @@ class Live:
         stats = self._source.stats
         last = (stats.received, sum(stats.finished.values()))
         next_at = loop.time()
+        resync_ticks = (1 if self._nodes.shared else RESYNC_S) * TICKS_PER_SECOND
         for tick in itertools.count(1):
             next_at += TICK_S
             delay = next_at - loop.time()
@@ -165,8 +173,11 @@ class Live:
             if not self.viewers:
                 continue
             try:
-                if not self._synced or (second and tick % (RESYNC_S * TICKS_PER_SECOND) == 0):
+                if not self._synced or (second and tick % resync_ticks == 0):
                     await self._resync()
+                if self._nodes.shared and (second or not self._nodes.fetched):
+                    await self._nodes.refresh()
+                    self._dirty = True  # other nodes' orders: no event of theirs reaches this bus
                 if self._dirty:
                     self._dirty = False  # before the read: what happens during it marks it again
                     await self._refresh_latest()
@@ -192,7 +203,9 @@ class Live:
     # --- the picture ----------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        return {e: self._base[e] + self._moved[e] - self._moved_at_base[e] for e in ESTADOS}
+        # Never below zero: on a shared database, this node's worker may start
+        # an order another node received before the next read counts it.
+        return {e: max(0, self._base[e] + self._moved[e] - self._moved_at_base[e]) for e in ESTADOS}
 
     def picture(self, full: bool) -> bytes:
         """One SSE message with everything the page shows (the whole chart when `full`)."""
@@ -227,6 +240,7 @@ class Live:
             "recibidos_total": stats.received,
             "terminados_total": sum(stats.finished.values()),
             "workers": workers,
+            "nodos": self._nodes.view(figures),
             "ultimos": self._latest,
             "serie": list(itertools.islice(self.series, skip, None)),
             "completa": full,

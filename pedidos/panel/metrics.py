@@ -64,6 +64,11 @@ class PedidosCollector(Collector):
             "pedidos_ack_segundos", "Seconds from the last byte of an order to its ack.", stats.ack
         )
         yield _histogram("pedidos_lote_pedidos", "Orders stored per commit (group commit).", stats.batch)
+        yield _histogram(
+            "pedidos_commit_segundos",
+            "Seconds per group commit of new orders (one transaction).",
+            stats.commit,
+        )
         yield CounterMetricFamily(
             "pedidos_worker_reinicios", "Worker processes that died and were replaced.", stats.worker_restarts
         )

@@ -103,6 +103,7 @@ class Server:
                 config.db,
                 ack=order_ack,
                 on_stored=lambda ids: bus.publish(Event(RECEIVED, ids)),
+                on_commit=stats.commit.observe,
                 log_level=config.log_level,
                 log_format=config.log_format,
                 cluster=self._cluster(bus, sockets[0].getsockname()[1]),
@@ -178,6 +179,9 @@ class Server:
             latest=lambda n: storage.list_orders(None, None, 0, n, orden="desc"),
             figures=self._live_figures,
             workers=self.config.workers,
+            # On a shared database, the service's nodes (none to show on SQLite).
+            live_nodes=storage.live_nodes if self.nodo is not None else None,
+            listing=storage.list_orders,
             tokens=state.tokens,
             throttle=state.throttle,
         )

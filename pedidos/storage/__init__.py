@@ -72,12 +72,15 @@ def open_storage(
     *,
     ack: Ack = plain_receipt,
     on_stored: Callable[[tuple[int, ...]], None] | None = None,
+    on_commit: Callable[[float], None] | None = None,
     log_level: int = logging.INFO,
     log_format: str = "text",
     cluster: Cluster | None = None,
 ) -> Storage:
     """The backend that `db` (the `--db` value) names, not started yet: a
-    PostgreSQL URL, or else the path of a SQLite file. Raises `StorageError`."""
+    PostgreSQL URL, or else the path of a SQLite file. Raises `StorageError`.
+    `on_stored(ids)` hears of new orders committed, `on_commit(seconds)` of
+    each group commit's time."""
     if is_postgres(db):
         try:
             from pedidos.storage.postgres.backend import PostgresStorage
@@ -89,6 +92,7 @@ def open_storage(
             cluster.nodo,
             ack=ack,
             on_stored=on_stored,
+            on_commit=on_commit,
             lease=cluster.lease,
             hints=cluster.hints,
             on_new=cluster.on_new,
@@ -98,7 +102,9 @@ def open_storage(
         )
     from pedidos.storage.sqlite.backend import SqliteStorage
 
-    return SqliteStorage(db, ack=ack, on_stored=on_stored, log_level=log_level, log_format=log_format)
+    return SqliteStorage(
+        db, ack=ack, on_stored=on_stored, on_commit=on_commit, log_level=log_level, log_format=log_format
+    )
 
 
 def read_all_orders(db: str, page: int = 1000) -> list[dict[str, Any]]:

@@ -154,6 +154,7 @@ function mostrar(d) {
   $("recibidos-total").textContent = numero(d.recibidos_total);
   document.title = `pedidos · ${numero(d.estados.pendiente)} pendientes`;
   dibujarWorkers(d.workers);
+  dibujarNodos(d.nodos);
   dibujarUltimos(d.ultimos);
   if (d.completa) serie.clear();
   for (const [t, r, f] of d.serie) serie.set(t, [r, f]);
@@ -173,6 +174,34 @@ function dibujarWorkers(workers) {
     } else {
       celda(fila, `#${w.pedido}` + (w.mas ? ` (+${numero(w.mas)})` : ""), "pedido");
       celda(fila, `${hora(w.desde)} · hace ${duracion(w.hace_s)}`);
+    }
+  }
+}
+
+// On a shared PostgreSQL database: every live node, and what its busy workers hold.
+function dibujarNodos(nodos) {
+  $("nodos").hidden = !nodos;
+  if (!nodos) return;
+  $("nodos-vivos").textContent = nodos.length === 1 ? "1 vivo" : `${nodos.length} vivos`;
+  const cuerpo = $("tabla-nodos").tBodies[0];
+  cuerpo.textContent = "";
+  for (const n of nodos) {
+    const fila = cuerpo.insertRow();
+    fila.className = "nodo";
+    fila.dataset.nodo = n.nodo;
+    celda(fila, n.este ? `${n.nodo} (este)` : n.nodo).title = n.nodo;
+    celda(fila, numero(n.workers));
+    celda(fila, numero(n.conexiones));
+    celda(fila, numero(n["en proceso"]));
+    celda(fila, hora(n.visto));
+    for (const w of n.trabajando || []) {
+      const sub = cuerpo.insertRow();
+      sub.className = "worker-nodo";
+      sub.dataset.nodo = n.nodo;
+      sub.dataset.worker = w.worker;
+      celda(sub, `worker ${w.worker}`);
+      const pedido = `#${w.pedido}` + (w.mas ? ` (+${numero(w.mas)})` : "");
+      celda(sub, pedido + (w.desde ? ` · desde ${hora(w.desde)}` : ""), "pedido").colSpan = 4;
     }
   }
 }

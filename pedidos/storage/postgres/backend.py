@@ -60,6 +60,7 @@ class PostgresStorage:
         *,
         ack: Ack = plain_receipt,
         on_stored: Callable[[tuple[int, ...]], None] | None = None,
+        on_commit: Callable[[float], None] | None = None,
         lease: float = DEFAULT_LEASE_S,
         hints: bool = True,
         on_done: Callable[[tuple[int, ...] | None], None] = lambda ids: None,
@@ -67,7 +68,8 @@ class PostgresStorage:
         on_handed_back: Callable[[list[tuple[int, str]]], None] = lambda moved: None,
         figures: Callable[[], tuple[int, int]] = lambda: (0, 0),
     ) -> None:
-        """`on_stored(ids)`: new orders committed here; `on_new()`: maybe new
+        """`on_stored(ids)`: new orders committed here; `on_commit(seconds)`:
+        each batch's commit time; `on_new()`: maybe new
         orders elsewhere; `on_done(ids)`: orders reached a final state
         elsewhere (None: maybe any); `on_handed_back`: orders of dead nodes
         put back; `figures()`: (workers, connections) of this node."""
@@ -81,6 +83,7 @@ class PostgresStorage:
         self._intake_links = [Link(self._info, self.health, _session) for _ in range(LANES)]
         hint_new = self._hint_new if hints else None
         self.intake = Intake(self._intake_links, ack, on_stored, _unavailable, hint_new)
+        self.intake.on_commit = on_commit
         self._hinting: asyncio.Task[None] | None = None
         self._hint_again = False
         self._on_done = on_done

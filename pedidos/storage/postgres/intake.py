@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -80,6 +81,7 @@ class Intake:
         self._flying: set[asyncio.Task[None]] = set()
         self._senders: set[Callable[[], None] | None] = set()  # with an order in flight
         self._refs: set[str] = set()  # referencias in flight
+        self.on_commit: Callable[[float], None] | None = None  # seconds per batch committed
 
     def submit(
         self, order: Any, owner: str | None, notify: Callable[[], None] | None = None
@@ -178,6 +180,7 @@ class Intake:
         async def store(conn: psycopg.AsyncConnection[Any]) -> list[Receipt]:
             return await insert_orders(conn, [e.order for e in batch], [e.owner for e in batch])
 
+        started = time.perf_counter()
         try:
             results = await link.run(store, STORE_TIMEOUT_S)
             new_ids = [r.id for r in results if not r.duplicado]
@@ -196,6 +199,8 @@ class Intake:
                 raise
             logger.exception("could not store %d orders", len(batch))
             return
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
         ack = self._ack
         for entry, result in zip(batch, results, strict=True):
             if not entry.future.done():

@@ -101,12 +101,14 @@ class SqliteStorage:
         *,
         ack: Ack = plain_receipt,
         on_stored: Callable[[tuple[int, ...]], None] | None = None,
+        on_commit: Callable[[float], None] | None = None,
         log_level: int = logging.INFO,
         log_format: str = "text",
     ) -> None:
         self.path = path
         self._ack = ack
         self._on_stored = on_stored
+        self._on_commit = on_commit
         self._log_level = log_level
         self._log_format = log_format
         self._file_lock: int | None = None
@@ -136,7 +138,14 @@ class SqliteStorage:
         await self._read.open()
         loop = asyncio.get_running_loop()
         self._writer = Writer(
-            self.path, self._lock, loop, self._ack, self._on_stored, self._log_level, self._log_format
+            self.path,
+            self._lock,
+            loop,
+            self._ack,
+            self._on_stored,
+            self._log_level,
+            self._log_format,
+            on_commit=self._on_commit,
         )
         # The hot path: the service's `submit` reaches the batcher in one call.
         self.submit = self._writer.intake.submit  # type: ignore[method-assign]

@@ -22,7 +22,7 @@ from typing import Any
 from pedidos.storage.base import Ack
 from pedidos.storage.intake import Answer, Batch, Intake
 from pedidos.storage.sqlite.lock import WRITER, WriteLock
-from pedidos.storage.sqlite.writer_process import Request, writer_main
+from pedidos.storage.sqlite.writer_process import Reply, Request, writer_main
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +41,17 @@ class Writer:
         on_stored: Callable[[tuple[int, ...]], None] | None,
         log_level: int = logging.INFO,
         log_format: str = "text",
+        on_commit: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_commit(seconds)`: each group commit of new orders, with the
+        time its transaction took in the writer process."""
         self._db_path = db_path
         self._lock = lock
         self._ack = ack
         self._log_level = log_level
         self._log_format = log_format
         self._loop = loop
+        self.on_commit = on_commit
         self._ctx = multiprocessing.get_context("spawn")
         self.intake = Intake(loop, self._send, on_stored)
         # The hot path: a new order goes from the service straight to the batcher.
@@ -161,14 +165,22 @@ class _Answers(asyncio.Protocol):
         buf = self._buf
         buf += data
         answers: list[Answer] = []
+        commits: list[float] = []
         while len(buf) >= _HEADER.size:
             (size,) = _HEADER.unpack_from(buf)
             if len(buf) < _HEADER.size + size:
                 break
-            answers += pickle.loads(buf[_HEADER.size : _HEADER.size + size])
+            reply: Reply = pickle.loads(buf[_HEADER.size : _HEADER.size + size])
             del buf[: _HEADER.size + size]
+            answers += reply.answers
+            if reply.commit_s is not None:
+                commits.append(reply.commit_s)
         if answers:
             self._writer.intake.answered(answers)
+        on_commit = self._writer.on_commit
+        if on_commit is not None:
+            for seconds in commits:
+                on_commit(seconds)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._writer._lost()

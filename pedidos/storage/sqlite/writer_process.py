@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
@@ -38,6 +39,15 @@ class Request(NamedTuple):
 
     orders: list[Order]
     calls: list[Call]  # (Store method, args): its other writes, run first
+
+
+class Reply(NamedTuple):
+    """The answers to the batches of one group commit, in the order they came."""
+
+    answers: list[Answer]
+    # Seconds the orders' transaction took (for the panel's commit-time
+    # histogram); None when it stored no orders.
+    commit_s: float | None
 
 
 def writer_main(
@@ -74,20 +84,23 @@ def writer_main(
         store.close()
 
 
-def write(store: Store, batches: list[Request], ack: Ack) -> list[Answer]:
+def write(store: Store, batches: list[Request], ack: Ack) -> Reply:
     """Run the calls, then store the orders of all batches in one transaction."""
     calls = [[_call(store, fn, args) for fn, args in batch_calls] for _, batch_calls in batches]
     orders = [order for batch_orders, _ in batches for order in batch_orders]
     acks: list[Any] = []
     stored: list[Receipt] = []
     error: BaseException | None = None
+    commit_s: float | None = None
     if orders:
+        started = time.perf_counter()
         try:
             stored = store.insert_orders(*_columns(orders))
         except Exception as exc:
             logger.error("could not store %d orders: %s", len(orders), exc)
             error = _portable(exc)
         else:
+            commit_s = time.perf_counter() - started
             acks = list(map(ack, stored))
     answers: list[Answer] = []
     start = 0
@@ -99,7 +112,7 @@ def write(store: Store, batches: list[Request], ack: Ack) -> list[Answer]:
             ids = tuple(s.id for s in stored[start:end] if not s.duplicado)
             answers.append(Answer(acks[start:end], ids, None, batch_calls))
         start = end
-    return answers
+    return Reply(answers, commit_s)
 
 
 def _columns(orders: list[Order]) -> tuple[list[NewOrder], list[str | None]]:
