@@ -1,9 +1,8 @@
 """The PostgreSQL backend behind the storage interface.
 
-Connections per node on the server's side, each re-established after it
-breaks: `intake.LANES` for intake (group commits, one batch in flight on
-each), one for everything else (reads, commands, leases), one listening for
-hints. Worker processes open their own.
+Three connections per node on the server's side, each re-established after it
+breaks: one for intake (group commits), one for everything else (reads,
+commands, leases), one listening for hints. Worker processes open their own.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from pedidos.domain import ESTADOS, Estado, NewOrder
 from pedidos.storage.base import Ack, Claim, Recovery, StorageError, StorageUnavailable, plain_receipt
 from pedidos.storage.listing import Dialect, listing_query
 from pedidos.storage.postgres import sql
-from pedidos.storage.postgres.intake import LANES, Intake
+from pedidos.storage.postgres.intake import Intake
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, conninfo, hint, one_line, shown
 from pedidos.storage.postgres.listen import Listener
 from pedidos.storage.postgres.nodes import NameTaken, Nodes
@@ -80,9 +79,9 @@ class PostgresStorage:
         self._info = conninfo(url)
         self.health = Health()
         self._main = Link(self._info, self.health, _session)
-        self._intake_links = [Link(self._info, self.health, _session) for _ in range(LANES)]
+        self._intake_link = Link(self._info, self.health, _session)
         hint_new = self._hint_new if hints else None
-        self.intake = Intake(self._intake_links, ack, on_stored, _unavailable, hint_new)
+        self.intake = Intake(self._intake_link, ack, on_stored, _unavailable, hint_new)
         self.intake.on_commit = on_commit
         self._hinting: asyncio.Task[None] | None = None
         self._hint_again = False
@@ -101,8 +100,7 @@ class PostgresStorage:
         node's: those are reaped once their lease runs out)."""
         try:
             await self._main.open()
-            for link in self._intake_links:
-                await link.open()
+            await self._intake_link.open()
             async with self._main.use() as conn:
                 await migrate(conn)
             if not recover:  # a tool looking at the database: not a node
@@ -140,8 +138,7 @@ class PostgresStorage:
         await self._close()
 
     async def _close(self) -> None:
-        for link in self._intake_links:
-            await link.close()
+        await self._intake_link.close()
         await self._main.close()
 
     def submit(

@@ -1,28 +1,22 @@
-"""New orders into PostgreSQL: group commits on the event loop, a few in flight.
+"""New orders into PostgreSQL: a group commit on the event loop.
 
-Orders submitted during one pass of the event loop form a batch. A batch is
-one multi-row `INSERT ... ON CONFLICT (referencia) DO NOTHING RETURNING`, a
-transaction of its own (autocommit) with `synchronous_commit = on`: a future
-resolves only after that commit, one round trip after the batch left. A
-`referencia` already stored is read in the same statement (and one that
-another transaction inserts meanwhile, after the insert waited for it): the
-same content is a retry (`duplicado`), different content or another owner's
-order is `taken` (refused with `referencia_en_uso`).
+Orders submitted during one pass of the event loop form a batch; while one
+batch commits, the next one gathers. A batch is one multi-row
+`INSERT ... ON CONFLICT (referencia) DO NOTHING RETURNING`, a transaction of its
+own (autocommit) with `synchronous_commit = on`: a future resolves only after
+that commit, one round trip after the batch left. A `referencia` already
+stored is read in the same statement (and one that another transaction
+inserts meanwhile, after the insert waited for it): the same content is a
+retry (`duplicado`), different content or another owner's order is `taken`
+(refused with `referencia_en_uso`).
 
-Up to `LANES` batches are in flight at once, each on a connection of its own:
-while one waits for its commit, the next one is already on its way (with one
-batch in flight the event loop idled half the time). Two rules keep what a
-single batch in flight gave for free:
-
-- The ids of one client connection's orders increase in the order it sent
-  them: an order waits while an earlier order of its connection (its
-  `notify`) is in flight, so the next batch draws its ids only after that
-  one drew and committed. Request/response clients, which wait for each ack,
-  never wait here.
-- No two batches in flight hold the same `referencia`: the later order
-  waits for the earlier one's commit and then finds it stored, exactly as
-  one batch after the other would (and two of this node's transactions
-  never wait on each other's rows).
+One batch is in flight at a time: the next one draws its ids only after the
+last one drew and committed, so the ids of one connection's orders increase
+in the order it sent them, and a referencia in two batches is settled as one
+batch after the other. (Two batches in flight on two connections, with those
+two rules kept by holding an order back while an earlier order of its
+connection or its referencia flies, was measured: no faster than one, since
+smaller batches cost more per order; see docs/scaling.md.)
 
 After a batch with new orders, `hint()` asks for a NOTIFY to idle nodes; the
 backend sends it off this path, outside the insert's transaction (see
@@ -35,7 +29,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import psycopg
@@ -47,7 +41,6 @@ from pedidos.storage.postgres.link import DatabaseUnavailable, Link, one_line
 
 logger = logging.getLogger(__name__)
 
-LANES = 2  # batches in flight at once, each on a connection of its own
 MAX_BATCH = 5000  # orders per transaction at most; more wait for the next one
 STORE_TIMEOUT_S = 10.0  # a batch not committed by then is refused, and its connection replaced
 
@@ -56,31 +49,27 @@ class _Entry(NamedTuple):
     order: Any  # NewOrder: (cliente, productos, direccion, referencia)
     owner: str | None
     future: asyncio.Future[Any]
-    notify: Callable[[], None] | None  # also names the sender: its orders keep their order
+    notify: Callable[[], None] | None
 
 
 class Intake:
     def __init__(
         self,
-        links: Sequence[Link],
+        link: Link,
         ack: Ack,
         on_stored: Callable[[tuple[int, ...]], None] | None,
         refuse: Callable[[BaseException], BaseException],
         hint: Callable[[], None] | None = None,
     ) -> None:
-        """One lane per link; a future resolves to `ack(receipt)`; one that
-        fails gets `refuse(exc)`; `hint()` after a batch with new orders (to
-        tell the other nodes)."""
-        self._free = list(links)  # lanes with no batch in flight
+        """A future resolves to `ack(receipt)`; one that fails gets `refuse(exc)`;
+        `hint()` after a batch with new orders (to tell the other nodes)."""
+        self._link = link
         self._ack = ack
         self._on_stored = on_stored
         self._refuse = refuse
         self._hint = hint
         self._queue: list[_Entry] = []
-        self._scheduled = False
-        self._flying: set[asyncio.Task[None]] = set()
-        self._senders: set[Callable[[], None] | None] = set()  # with an order in flight
-        self._refs: set[str] = set()  # referencias in flight
+        self._flusher: asyncio.Task[None] | None = None
         self.on_commit: Callable[[float], None] | None = None  # seconds per batch committed
 
     def submit(
@@ -89,100 +78,36 @@ class Intake:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append(_Entry(order, owner, future, notify))
-        if not self._scheduled:
-            # From the loop's next pass: whatever else arrives in this pass
-            # joins the same batch.
-            self._scheduled = True
-            loop.call_soon(self._dispatch)
+        if self._flusher is None:
+            # Started from the loop's next pass: whatever else arrives in this
+            # pass joins the same batch.
+            self._flusher = loop.create_task(self._flush())
         return future
 
     async def drain(self) -> None:
         """Until every order submitted so far has its answer."""
-        while self._queue or self._flying:
-            if self._flying:
-                await asyncio.wait(set(self._flying))
-            else:  # a dispatch is due at the next pass
-                await asyncio.sleep(0)
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
 
-    def _dispatch(self) -> None:
-        """Send batches while there are free lanes and orders free to go."""
-        self._scheduled = False
-        loop = asyncio.get_running_loop()
-        while self._queue and self._free:
-            link = self._lane()
-            if link is None:
-                return
-            batch = self._take()
-            if not batch:
-                return
-            self._free.remove(link)
-            senders = {e.notify for e in batch}
-            refs = {e.order[3] for e in batch if e.order[3] is not None}
-            self._senders |= senders
-            self._refs |= refs
-            self._flying.add(loop.create_task(self._carry(link, batch, senders, refs)))
-
-    def _lane(self) -> Link | None:
-        """A free lane with a live connection; while the database is away (no
-        lane connected) any free one, whose batch is refused at once; None to
-        wait for a busy lane that is still connected."""
-        for link in self._free:
-            if link.connected:
-                return link
-        if self._flying:
-            return None
-        return self._free[0]
-
-    def _take(self) -> list[_Entry]:
-        """The next batch, in queue order, leaving in the queue the orders that
-        must wait (see the module's docstring) and every later order of their
-        sender or referencia."""
-        batch: list[_Entry] = []
-        rest: list[_Entry] = []
-        senders, refs = set(self._senders), set(self._refs)  # those that wait
-        for entry in self._queue:
-            ref = entry.order[3]
-            if len(batch) >= MAX_BATCH:
-                rest.append(entry)
-            elif entry.notify in senders or (ref is not None and ref in refs):
-                rest.append(entry)
-                senders.add(entry.notify)
-                if ref is not None:
-                    refs.add(ref)
-            else:
-                batch.append(entry)
-        self._queue = rest
-        return batch
-
-    async def _carry(
-        self,
-        link: Link,
-        batch: list[_Entry],
-        senders: set[Callable[[], None] | None],
-        refs: set[str],
-    ) -> None:
+    async def _flush(self) -> None:
         try:
-            live = [e for e in batch if not e.future.done()]  # a cancelled one's client left
-            if live:
-                await self._store(link, live)
-            for callback in senders:
-                if callback is not None:
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                live = [e for e in batch if not e.future.done()]  # a cancelled one's client left
+                if live:
+                    await self._store(live)
+                for callback in {e.notify for e in batch if e.notify is not None}:
                     callback()
         finally:
-            self._senders -= senders
-            self._refs -= refs
-            self._free.append(link)
-            self._flying.discard(asyncio.current_task())  # type: ignore[arg-type]
-            if self._queue:
-                self._dispatch()
+            self._flusher = None
 
-    async def _store(self, link: Link, batch: list[_Entry]) -> None:
+    async def _store(self, batch: list[_Entry]) -> None:
         async def store(conn: psycopg.AsyncConnection[Any]) -> list[Receipt]:
             return await insert_orders(conn, [e.order for e in batch], [e.owner for e in batch])
 
         started = time.perf_counter()
         try:
-            results = await link.run(store, STORE_TIMEOUT_S)
+            results = await self._link.run(store, STORE_TIMEOUT_S)
             new_ids = [r.id for r in results if not r.duplicado]
         except DatabaseUnavailable as exc:
             # The commit's outcome may be unknown: no ack either way. A retry

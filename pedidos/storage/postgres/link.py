@@ -119,11 +119,6 @@ class Link:
         self._closed = False
         self._lock = asyncio.Lock()
 
-    @property
-    def connected(self) -> bool:
-        """Whether the connection is there (not whether it still works)."""
-        return self._conn is not None and not self._conn.closed
-
     async def open(self) -> None:
         """Connect now; errors propagate (a node cannot start without its database)."""
         self._conn = await self._connect()
