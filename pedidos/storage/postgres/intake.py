@@ -4,11 +4,19 @@ Orders submitted during one pass of the event loop form a batch; while one
 batch commits, the next one gathers. A batch is one multi-row
 `INSERT ... ON CONFLICT (referencia) DO NOTHING RETURNING`, a transaction of its
 own (autocommit) with `synchronous_commit = on`: a future resolves only after
-that commit, one round trip after the batch left. A
-`referencia` already stored is looked up in the same transaction (the insert
-waited for any transaction inserting it elsewhere): the same content is a
+that commit, one round trip after the batch left. A `referencia` already
+stored is read in the same statement (and one that another transaction
+inserts meanwhile, after the insert waited for it): the same content is a
 retry (`duplicado`), different content or another owner's order is `taken`
 (refused with `referencia_en_uso`).
+
+One batch is in flight at a time: the next one draws its ids only after the
+last one drew and committed, so the ids of one connection's orders increase
+in the order it sent them, and a referencia in two batches is settled as one
+batch after the other. (Two batches in flight on two connections, with those
+two rules kept by holding an order back while an earlier order of its
+connection or its referencia flies, was measured: no faster than one, since
+smaller batches cost more per order; see docs/scaling.md.)
 
 After a batch with new orders, `hint()` asks for a NOTIFY to idle nodes; the
 backend sends it off this path, outside the insert's transaction (see
@@ -18,13 +26,13 @@ backend sends it off this path, outside the insert's transaction (see
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from pedidos.domain import Estado, Receipt
 from pedidos.storage.base import Ack
@@ -139,15 +147,31 @@ async def insert_orders(
     conn: psycopg.AsyncConnection[Any], orders: list[Any], owners: list[str | None]
 ) -> list[Receipt]:
     """Store `orders`: a `Receipt` for each. The connection is in autocommit
-    mode: the INSERT, the one write, is a transaction of its own, committed
-    (and flushed: synchronous_commit is on) when it returns; the reads around
-    it need no transaction.
+    mode: the one statement, the INSERT, is a transaction of its own,
+    committed (and flushed: synchronous_commit is on) when it returns.
 
-    Referencias already stored are looked up first, so that only a real race
-    (another node inserting the same one now) reaches ON CONFLICT: a
-    conflicting row still draws an id, and ids are best without gaps."""
+    Referencias already stored are read in that same statement and not
+    inserted again, so that only a real race (another transaction inserting
+    the same one now) reaches ON CONFLICT: a conflicting row still draws an
+    id, and ids are best without gaps. The race's winner is read afterwards."""
     refs = [order[3] for order in orders]
-    stored = await _by_referencia(conn, {r for r in refs if r is not None})
+    batch = (
+        json.dumps(
+            [
+                {"c": cliente, "p": list(items), "d": direccion, "r": ref, "o": owner}
+                for (cliente, items, direccion, ref), owner in zip(orders, owners, strict=True)
+            ]
+        ),
+    )
+    stored: dict[str, tuple[Any, ...]] = {}
+    if any(ref is not None for ref in refs):
+        rows = await (await conn.execute(sql.INSERT_WITH_REFERENCIAS, batch)).fetchall()
+        inserted = sorted((row[1], row[2]) for row in rows if row[0])
+        stored = {row[2]: (row[1], *row[3:]) for row in rows if not row[0]}
+    else:
+        inserted = sorted(await (await conn.execute(sql.INSERT, batch)).fetchall())
+    # What the statement offered to the insert: each referencia's first order
+    # unless stored, and every order without one.
     candidates, seen = [], set()
     for i, ref in enumerate(refs):
         if ref is None or (ref not in stored and ref not in seen):
@@ -155,26 +179,19 @@ async def insert_orders(
             if ref is not None:
                 seen.add(ref)
     results: list[Receipt | None] = [None] * len(orders)
-    if candidates:
-        columns: tuple[list[Any], ...] = ([], [], [], [], [])
-        for i in candidates:
-            cliente, items, direccion, ref = orders[i]
-            for column, value in zip(
-                columns, (cliente, Jsonb(list(items)), direccion, ref, owners[i]), strict=True
-            ):
-                column.append(value)
-        cur = await conn.execute(sql.INSERT, columns)
-        inserted = sorted(await cur.fetchall())
-        new_refs = {ref for _, ref in inserted if ref is not None}
-        # The insert draws ids in input order: the sorted ids returned belong,
-        # in order, to the candidates it stored (all but the race's losers).
-        went_in = [i for i in candidates if refs[i] is None or refs[i] in new_refs]
-        if len(went_in) != len(inserted):
-            raise RuntimeError(f"inserted {len(inserted)} rows for {len(went_in)} orders")
-        for i, (order_id, _) in zip(went_in, inserted, strict=True):
-            results[i] = Receipt(order_id, Estado.PENDIENTE.value, False)
+    new_refs = {ref for _, ref in inserted if ref is not None}
+    # The insert draws ids in input order: the sorted ids returned belong,
+    # in order, to the candidates it stored (all but the race's losers).
+    went_in = [i for i in candidates if refs[i] is None or refs[i] in new_refs]
+    if len(went_in) != len(inserted):
+        raise RuntimeError(f"inserted {len(inserted)} rows for {len(went_in)} orders")
+    for i, (order_id, _) in zip(went_in, inserted, strict=True):
+        results[i] = Receipt(order_id, Estado.PENDIENTE.value, False)
+        if refs[i] is not None:  # for its repeats in this batch
+            cliente, items, direccion, _ = orders[i]
+            stored[refs[i]] = (order_id, Estado.PENDIENTE.value, cliente, list(items), direccion, owners[i])
     missing = {refs[i] for i, r in enumerate(results) if r is None} - stored.keys()
-    if missing:  # stored by this batch, or by another node just now
+    if missing:  # stored by another transaction just now
         stored.update(await _by_referencia(conn, missing))
     for i, result in enumerate(results):
         if result is None:
@@ -186,7 +203,5 @@ async def insert_orders(
 
 
 async def _by_referencia(conn: psycopg.AsyncConnection[Any], refs: set[str]) -> dict[str, tuple[Any, ...]]:
-    if not refs:
-        return {}
     cur = await conn.execute(sql.BY_REFERENCIA, (list(refs),))
     return {row[0]: row[1:] for row in await cur.fetchall()}

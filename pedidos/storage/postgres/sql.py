@@ -71,16 +71,49 @@ COLUMNS = (
 
 # --- intake -------------------------------------------------------------------------
 
-# Rows in input order (ORDINALITY), so that identity values are drawn in that
-# order too: the ids RETURNED, sorted, belong to the inserted orders in order.
-INSERT = """
+# A batch arrives as one JSON document, an array of {"c": cliente, "p":
+# productos, "d": direccion, "r": referencia, "o": propietario}: one
+# json.dumps costs the node less than half the CPU of five arrays adapted value
+# by value. Rows are taken in input order (ORDINALITY), so that identity
+# values are drawn in that order too: the ids RETURNED, sorted, belong to
+# the inserted orders in order.
+_BATCH = """ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (c text, p jsonb, d text, r text, o text))
+         WITH ORDINALITY AS t(c, p, d, r, o, n)"""
+INSERT = f"""
 INSERT INTO pedidos (cliente, productos, direccion, referencia, propietario, estado, fecha_recibido)
 SELECT c, p, d, r, o, 'pendiente', statement_timestamp()
-FROM unnest(%s::text[], %s::jsonb[], %s::text[], %s::text[], %s::text[])
-     WITH ORDINALITY AS t(c, p, d, r, o, n)
+FROM {_BATCH}
 ORDER BY n
 ON CONFLICT (referencia) DO NOTHING
 RETURNING id, referencia
+"""
+# A batch carrying referencias, in one statement (one round trip): the rows
+# already stored with them (`stored`, read in the statement's snapshot) and
+# the insert of the rest, each referencia's first order only, so that a
+# referencia already stored draws no id. Inserted rows come back as
+# (true, id, referencia), stored ones as (false, id, referencia, estado,
+# cliente, productos, direccion, propietario). A row another transaction
+# committed after the snapshot is met by ON CONFLICT alone: the caller looks
+# it up with BY_REFERENCIA.
+INSERT_WITH_REFERENCIAS = f"""
+WITH input AS (
+    SELECT c, p, d, r, o, n, row_number() OVER (PARTITION BY r ORDER BY n) AS k
+    FROM {_BATCH}
+), stored AS (
+    SELECT id, referencia, estado, cliente, productos, direccion, propietario
+    FROM pedidos WHERE referencia IN (SELECT r FROM input)
+), inserted AS (
+    INSERT INTO pedidos (cliente, productos, direccion, referencia, propietario, estado, fecha_recibido)
+    SELECT c, p, d, r, o, 'pendiente', statement_timestamp()
+    FROM input
+    WHERE r IS NULL OR (k = 1 AND r NOT IN (SELECT referencia FROM stored))
+    ORDER BY n
+    ON CONFLICT (referencia) DO NOTHING
+    RETURNING id, referencia
+)
+SELECT true, id, referencia, NULL, NULL, NULL::jsonb, NULL, NULL FROM inserted
+UNION ALL
+SELECT false, id, referencia, estado, cliente, productos, direccion, propietario FROM stored
 """
 BY_REFERENCIA = (
     "SELECT referencia, id, estado, cliente, productos, direccion, propietario "
