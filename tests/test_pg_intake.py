@@ -134,3 +134,32 @@ def test_text_comes_back_exactly_as_sent_through_the_batch_document(pg_url):
     assert got[1]["referencia"] == tricky and got[0]["referencia"] is None
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT DISTINCT propietario FROM pedidos").fetchall() == [("dueño ñ",)]
+
+
+def test_an_order_with_a_nul_character_is_refused_and_the_others_of_its_batch_are_stored(pg_url):
+    """PostgreSQL's text cannot hold NUL: were it let through, the whole batch's
+    INSERT would fail, and every client's order in it with it."""
+    from pedidos.protocol.replies import RequestError
+    from pedidos.protocol.validation import parse_request
+
+    good = [{"cliente": f"C{n}", "productos": ["pan"], "direccion": "Calle 1"} for n in range(5)]
+    bad = {"cliente": "Ana\x00", "productos": ["pan"], "direccion": "Calle 1"}
+
+    async def main() -> list[int]:
+        storage = await started(pg_url)
+        try:
+            futures = []
+            for value in (*good[:2], bad, *good[2:]):  # submitted together: one batch
+                try:
+                    futures.append(storage.submit(parse_request(value), None, sender()))
+                except RequestError as refusal:
+                    assert "'cliente'" in refusal.mensaje
+            done = await asyncio.wait_for(asyncio.gather(*futures), DEADLINE_S)
+            return [receipt.id for receipt in done]
+        finally:
+            await storage.stop()
+
+    ids = run(main())
+    assert len(ids) == 5
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pedidos").fetchone() == (5,)

@@ -145,6 +145,23 @@ def test_each_producto_must_be_non_empty_text(item):
     refused_order(order(productos=["pan", item]), "producto 2 de 'productos'")
 
 
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"cliente": "Ana\x00"}, "'cliente'"),
+        ({"direccion": "\x00Calle 1"}, "'direccion'"),
+        ({"referencia": "r-\x00-1"}, "'referencia'"),
+        ({"productos": ["pan", "ag\x00ua"]}, "producto 2 de 'productos'"),
+    ],
+)
+def test_a_nul_character_in_any_text_is_refused_by_field(changes, named):
+    # Valid JSON, but PostgreSQL's text cannot hold it: refused before storage,
+    # by both the quick and the careful check.
+    refused_order(order(**changes), named)
+    assert "nulo" in refused(order(**changes)).mensaje
+    assert parse_request(order(cliente="Ana \\u0000")).cliente == "Ana \\u0000"  # the six characters are fine
+
+
 @pytest.mark.parametrize("field", ["dirección", "Cliente", "producto", "id", "estado", "", "extra"])
 def test_unknown_order_field_is_refused_by_name(field):
     refused_order(order(**{field: "x"}), f"'{field}'")

@@ -27,6 +27,10 @@ __all__ = ["COMMANDS", "ESTADOS", "MAX_ID", "MAX_TOKEN_CHARS", "Command", "parse
 
 ORDER_FIELDS = ("cliente", "productos", "direccion", "referencia")
 _ORDER_FIELD_SET = frozenset(ORDER_FIELDS)
+# Valid JSON (`"\u0000"`), but no text a person means, and PostgreSQL's text
+# cannot hold it: refused here, with the field named, so it cannot fail a whole
+# group commit of other clients' orders in the storage.
+NUL = "\x00"
 
 
 def parse_request(value: Any) -> NewOrder | Command:
@@ -95,8 +99,10 @@ def plain_order(value: dict[str, Any]) -> NewOrder | None:
         return None
     if referencia is not None:
         referencia = referencia.strip()
-        if not 0 < len(referencia) <= REFERENCIA_MAX:
+        if not 0 < len(referencia) <= REFERENCIA_MAX or NUL in referencia:
             return None
+    if NUL in cliente or NUL in direccion or NUL in "".join(items):
+        return None
     return NewOrder(cliente, items, direccion, referencia)
 
 
@@ -137,4 +143,6 @@ def _trimmed(raw: Any, what: str, limit: int) -> str:
             PEDIDO_INVALIDO,
             f"{what} tiene {len(text)} caracteres; el máximo es {limit}.",
         )
+    if NUL in text:
+        raise RequestError(PEDIDO_INVALIDO, f"{what} contiene el carácter nulo (\\u0000), que no se admite.")
     return text
