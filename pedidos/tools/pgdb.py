@@ -83,21 +83,20 @@ def limit_rows(url: str, seconds: float, pg: PgCpu) -> dict[str, dict[str, Any]]
     """The database's own limit: the node's intake statement (`sql.INSERT`) from
     one client and no server, `batch` rows per commit (`synchronous_commit` on),
     for `seconds` each. Rows/s, this client's CPU per row, PostgreSQL's."""
-    from psycopg.types.json import Jsonb
-
     from pedidos.storage.postgres import sql
+    from pedidos.storage.postgres.intake import batch_document
 
     empty(url)
     rows = {}
     with connect(url) as conn:
         conn.execute("SET synchronous_commit = on")
         for batch in LIMIT_BATCHES:
-            products = [Jsonb(["pan", "agua"])] * batch
-            columns = (["Banco de pruebas"] * batch, products, ["Av. Siempre Viva 742"] * batch)
-            params = (*columns, [None] * batch, [None] * batch)
+            orders = [("Banco de pruebas", ("pan", "agua"), "Av. Siempre Viva 742", None)] * batch
             stored, began, pg_before = 0, time.perf_counter(), pg()
             cpu_before = time.process_time()
             while time.perf_counter() - began < seconds:
+                # The document is built anew each time, as the node builds each batch's.
+                params = (batch_document(orders, [None] * batch),)
                 stored += len(conn.execute(sql.INSERT, params).fetchall())
             took = time.perf_counter() - began
             client, pg_after = time.process_time() - cpu_before, pg()

@@ -143,6 +143,17 @@ class Intake:
                 entry.future.set_exception(refused)
 
 
+def batch_document(orders: list[Any], owners: list[str | None]) -> str:
+    """The one parameter of `sql.INSERT`: the batch as one JSON document, which
+    costs the client a third of what five arrays adapted value by value did."""
+    return json.dumps(
+        [
+            {"c": cliente, "p": list(items), "d": direccion, "r": ref, "o": owner}
+            for (cliente, items, direccion, ref), owner in zip(orders, owners, strict=True)
+        ]
+    )
+
+
 async def insert_orders(
     conn: psycopg.AsyncConnection[Any], orders: list[Any], owners: list[str | None]
 ) -> list[Receipt]:
@@ -155,14 +166,7 @@ async def insert_orders(
     the same one now) reaches ON CONFLICT: a conflicting row still draws an
     id, and ids are best without gaps. The race's winner is read afterwards."""
     refs = [order[3] for order in orders]
-    batch = (
-        json.dumps(
-            [
-                {"c": cliente, "p": list(items), "d": direccion, "r": ref, "o": owner}
-                for (cliente, items, direccion, ref), owner in zip(orders, owners, strict=True)
-            ]
-        ),
-    )
+    batch = (batch_document(orders, owners),)
     stored: dict[str, tuple[Any, ...]] = {}
     if any(ref is not None for ref in refs):
         rows = await (await conn.execute(sql.INSERT_WITH_REFERENCIAS, batch)).fetchall()
