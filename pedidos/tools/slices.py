@@ -3,10 +3,11 @@ into N equal slices, with the orders acknowledged and finished in each.
 
 A probe (`estadisticas`, and on PostgreSQL the table's `pg_stat_user_tables`
 row) runs at every slice boundary, from the `during` hook of `drive`; each
-slice's rates come from the counts at its two ends over the time between the
-two probes as they actually ran (a slow probe stretches its slices; it never
-skews their rates). The row keeps every slice for `--json` and sums them up as
-first slice, last slice, last/first, min and max, so that decay shows at once.
+slice's rates are the counts at its two ends over the time between the two
+probes as they actually ran (halfway through each), so a late probe moves a
+boundary rather than inflating a rate. The row keeps every slice for `--json`
+and sums them up as first slice, last slice, last/first, min and max, so that
+decay shows at once.
 """
 
 from __future__ import annotations
