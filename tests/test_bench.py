@@ -265,3 +265,68 @@ def test_postgresql_cpu_is_read_from_the_local_postmaster_and_is_na_for_a_remote
     args = build_parser().parse_args([])
     shown = table({"intake_rr": {"rate": 10.0, "p50_ms": 1.0, "p99_ms": 2.0, "us_node": 50.0}}, args)
     assert "CPU/order: nodes 50 µs, PostgreSQL n/a" in shown
+
+
+def _sliced(document: dict, slices: int, seconds: float) -> dict:
+    """The end-to-end row of `--slices`: every slice in the run, in order, covering
+    the window, with its rates; the summary made of them."""
+    row = document["runs"][0]["rows"]["e2e"]
+    pieces = row["slices"]
+    assert len(pieces) == slices == row["slices_n"]
+    # Each probe runs once its boundary has come (a busy machine only makes it later).
+    assert pieces[0]["from_s"] >= 0 and pieces[-1]["to_s"] < seconds + 5, pieces
+    for k, piece in enumerate(pieces):
+        assert piece["from_s"] < piece["to_s"] and piece["to_s"] >= (k + 1) * seconds / slices - 0.001, pieces
+    assert [p["to_s"] for p in pieces[:-1]] == [p["from_s"] for p in pieces[1:]], pieces
+    for key in ("listo", "acks"):
+        rates = [p[f"{key}_per_s"] for p in pieces]
+        assert min(rates) >= 0 and (sum(rates) > 0 or key == "listo"), (key, pieces)  # workers may starve
+        assert (row[f"slice_{key}_first"], row[f"slice_{key}_last"]) == (rates[0], rates[-1])
+        assert (row[f"slice_{key}_min"], row[f"slice_{key}_max"]) == (min(rates), max(rates))
+    return row
+
+
+def test_slices_show_the_end_to_end_rates_of_each_part_of_the_window(tmp_path):
+    marker = f"bench-{uuid.uuid4()}"
+    out = tmp_path / "bench.json"
+    bench = _bench(marker, *TINY, "--seconds", "0.6", "--only", "e2e", "--slices", "3", "--json", str(out))
+    try:
+        stdout, stderr = bench.communicate(timeout=120)
+    finally:
+        bench.kill()
+        _assert_nothing_left(marker)
+    assert bench.returncode == 0, stderr  # no baseline, so no generator ceiling
+    row = _sliced(json.loads(out.read_text()), 3, 0.6)
+    assert "n_dead_tup" not in row  # SQLite: no dead tuples to count
+    assert "| pedidos end to end, steadiness | 3 slices of 0.2 s " in stdout, stdout
+    assert "listo/s: first slice " in stdout and "; acks/s: first slice " in stdout
+
+
+def test_slices_on_postgresql_add_the_tables_dead_tuples(pg_url, tmp_path):
+    marker = f"bench-{uuid.uuid4()}"
+    out = tmp_path / "bench.json"
+    args = [*TINY, "--seconds", "0.6", "--db", pg_url, "--nodos", "2", "--only", "e2e", "--slices", "2"]
+    bench = _bench(marker, *args, "--json", str(out))
+    try:
+        stdout, stderr = bench.communicate(timeout=120)
+    finally:
+        bench.kill()
+        _assert_nothing_left(marker)
+    assert bench.returncode == 0, stderr
+    row = _sliced(json.loads(out.read_text()), 2, 0.6)
+    # Read at each slice's end; statistics lag up to a second behind, so only their presence is sure.
+    for piece in row["slices"]:
+        assert {"n_live_tup", "n_dead_tup", "autovacuum_count"} <= set(piece) and piece["n_dead_tup"] >= 0
+    assert row["n_dead_tup"] == row["slices"][-1]["n_dead_tup"] and row["autovacuums"] >= 0
+    assert " dead / " in stdout and " autovacuum runs in the window" in stdout, stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "named"), [(["--slices", "0"], "--slices"), (["--only", "intake", "--slices", "2"], "--slices")]
+)
+def test_slices_that_would_slice_nothing_are_refused(args, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(args)
+    assert exit_info.value.code == 2
+    assert f"argument {named}" in capsys.readouterr().err
+    assert parse_args(["--only", "e2e", "--slices", "2"]).slices == 2 and parse_args([]).slices is None

@@ -9,9 +9,12 @@ what one Python process can move over a socket on this machine.
 
     python3 -m pedidos.bench [--seconds 5] [--connections 50] [--workers 2] [--runs 3] [--json FILE]
     python3 -m pedidos.bench --db postgresql://... [--nodos N] [--only intake,e2e,notify,failover,esperar]
+    python3 -m pedidos.bench [--db postgresql://...] --only e2e --seconds 600 --slices 10
 
 With `--db`, intake and end to end run over N nodes of one PostgreSQL database
 (`pedidos.tools.pgnodes`), beside the database's own limit from a bare script.
+With `--slices N`, end to end also reports its rates in N equal slices of the
+window, to show whether throughput holds (`pedidos.tools.slices`).
 
 Loopback only. Every process it starts is stopped before it returns, on error
 and on Ctrl-C too. Figures over several runs are medians.
@@ -104,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=seconds, default=2.0, metavar="S", help=lease)
     samples = "with --db: orders of the cross-node esperar scenario (default 20)"
     p.add_argument("--samples", type=count, default=20, metavar="K", help=samples)
+    sliced = "end to end: cut the window into N equal slices, rates of each (steadiness; default off)"
+    p.add_argument("--slices", type=count, default=None, metavar="N", help=sliced)
     p.add_argument("--runs", type=count, default=1, help="runs; figures are medians (default 1)")
     p.add_argument("--json", metavar="FILE", help="write every run, the medians and the configuration here")
     p.add_argument("--pipeline-conns", type=count, default=4, help="pipelined connections (default 4)")
@@ -140,6 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.nodos = args.nodos or 1
     if args.only is None:
         args.only = [g for g in GROUPS if args.db or g not in PG_GROUPS]
+    if args.slices is not None and "e2e" not in args.only:
+        parser.error("argument --slices: only end to end is sliced: add e2e to --only")
     return args
 
 

@@ -10,16 +10,16 @@ in `pedidos.tools.pgtiming`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import string
 import sys
 from pathlib import Path
 from typing import Any
 
-from pedidos.domain import Estado
-from pedidos.tools import pgdb
+from pedidos.tools import pgdb, slices
 from pedidos.tools.procs import Child, machine_busy, stats, tree_cpu
 from pedidos.tools.report import Row
-from pedidos.tools.scenarios import e2e_figures, measure, row_of, sleep_until
+from pedidos.tools.scenarios import e2e_figures, measure, row_of
 
 
 class Nodes:
@@ -78,10 +78,11 @@ class Nodes:
         self.stop()
 
 
-def node_window(nodes: Nodes, pg: pgdb.PgCpu, probe: Any = None) -> Any:
+def node_window(nodes: Nodes, pg: pgdb.PgCpu, probe: Any = None, parts: int = 1) -> Any:
     """A `during` hook for `drive`: CPU over the window of the nodes (each one's
     whole process tree: server, workers), of PostgreSQL (None when not local),
-    of the load and of the rest of the machine; `probe()` at both ends."""
+    of the load and of the rest of the machine; `probe()` at both ends and at
+    the boundaries of `parts` equal slices (`pedidos.tools.slices`)."""
     roots = [child.pid for child in nodes.children]
 
     def snapshot(load: list[int]) -> dict[str, float | None]:
@@ -89,16 +90,13 @@ def node_window(nodes: Nodes, pg: pgdb.PgCpu, probe: Any = None) -> Any:
         return snap
 
     def during(start: float, end: float, pids: list[int]) -> dict[str, Any]:
-        sleep_until(start)
-        before, first = snapshot(pids), probe() if probe else None
-        sleep_until(end)
-        after, last = snapshot(pids), probe() if probe else None
+        before, after, samples = slices.run_window(start, end, parts, lambda: snapshot(pids), probe)
         used = {k: None if after[k] is None else after[k] - before[k] for k in before}  # type: ignore[operator]
         seconds = end - start
         other = used["busy"] - sum(v for k, v in used.items() if k != "busy" and v)  # type: ignore[operator]
         cpu = {k: round(100 * v / seconds) for k, v in used.items() if k != "busy" and v is not None}
         cpu["other"] = max(0, round(100 * other / seconds))
-        return {"cpu": cpu, "cpu_s": used, "probe": (first, last), "end": end}
+        return {"cpu": cpu, "cpu_s": used, "samples": samples, "start": start, "end": end}
 
     return during
 
@@ -127,8 +125,12 @@ def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
     pg = pgdb.PgCpu(args.db)
     with Nodes(args, tmp, "e2e", names(args.nodos), "0") as nodes:
         port = nodes.port[0]  # estadisticas counts the whole service on any node
-        listo = lambda: stats(port)["estados"][Estado.LISTO]  # noqa: E731
-        result = measure(args, nodes, False, during=node_window(nodes, pg, listo))
+        with contextlib.ExitStack() as stack:
+            probe = lambda: slices.counts(stats(port))  # noqa: E731
+            if args.slices:  # and the table's dead tuples, over a connection of the bench's own
+                conn = stack.enter_context(pgdb.connect(args.db))
+                probe = lambda: {**slices.counts(stats(port)), **slices.table_stats(conn)}  # noqa: E731
+            result = measure(args, nodes, False, during=node_window(nodes, pg, probe, args.slices or 1))
         rows["e2e"] = e2e_figures(args, port, result, nodes=args.nodos, **_per_order(result))
 
 

@@ -6,6 +6,8 @@ import argparse
 import statistics
 from typing import Any
 
+from pedidos.tools import slices
+
 CPU_PARTS = ("loop", "threads", "writer", "workers", "load", "other")
 NODE_CPU_PARTS = ("nodes", "pg", "load", "other")
 HEADROOM_LIMIT = 0.05  # one more load process may raise a baseline by less than this
@@ -91,6 +93,7 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
         ("dblimit_1", "PostgreSQL bare script, 1 row per commit", "1 client, no server"),
         ("dblimit_100", "PostgreSQL bare script, 100 rows per commit", "1 client, no server"),
         ("e2e", f"pedidos end to end, {args.workers} workers", rr + ", work time 0"),
+        ("e2e_slices", "pedidos end to end, steadiness", ""),
         ("notify", "pedidos intake, NOTIFY vs --sin-notify", rr + ", 1 node each"),
         ("failover", "failover, kill -9 of a node", f"--lease {args.lease:g}, work time 1 s"),
         ("esperar", "esperar on another node", "2 nodes, 1 worker each, work time 0.2 s"),
@@ -101,7 +104,11 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
     lines = [(*head, "+1 load process", "CPU % " + "/".join(CPU_PARTS))]
     for name, label, load in scenarios:
         r = rows.get(name)
-        if r is not None:
+        if name == "e2e_slices" and "slices_n" in rows.get("e2e", {}):  # the same row, a line of its own
+            r = rows["e2e"]
+            seconds = f"{r['slice_s']:,.1f} s"
+            lines.append((label, f"{r['slices_n']:.0f} slices of {seconds}", slices.describe(r), *[""] * 7))
+        elif r is not None:
             ratios = tuple(_n(r.get(f"vs_{base}"), 2) for base in BASELINES)
             cpu = "/".join(_n(r.get(f"cpu_{k}")) for k in CPU_PARTS) if "cpu_loop" in r else ""
             if "cpu_nodes" in r:  # many nodes of one PostgreSQL: their trees, and PostgreSQL's

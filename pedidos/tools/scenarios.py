@@ -18,7 +18,7 @@ from typing import Any
 from pedidos.domain import Estado
 from pedidos.panel import panel_missing
 from pedidos.server import rapido
-from pedidos.tools import pgdb, redis
+from pedidos.tools import pgdb, redis, slices
 from pedidos.tools.load import BenchError, drive
 from pedidos.tools.panelwatch import PanelWatcher, panel_url
 from pedidos.tools.procs import Child, ask, cpu_share, cpu_snapshot, peak_rss_mb, stats, wait_quiet
@@ -29,20 +29,16 @@ LINE = (json.dumps(ORDER, ensure_ascii=False) + "\n").encode()
 BUSY_WARNING = 30  # % of a core used by other programs during a window
 
 
-def sleep_until(wall: float) -> None:
-    time.sleep(max(0.0, wall - time.time()))
-
-
-def window(child: Child, probe: Any = None) -> Any:
-    """A `during` hook for `drive`: CPU shares over the window, and `probe()` at both ends."""
+def window(child: Child, probe: Any = None, parts: int = 1) -> Any:
+    """A `during` hook for `drive`: CPU shares over the window, and `probe()` at
+    both ends and at the boundaries of `parts` equal slices (`pedidos.tools.slices`)."""
     writer = child.writer_pid()
 
     def during(start: float, end: float, pids: list[int]) -> dict[str, Any]:
-        sleep_until(start)
-        before, first = cpu_snapshot(child.pid, pids, writer), probe() if probe else None
-        sleep_until(end)
-        after, last = cpu_snapshot(child.pid, pids, writer), probe() if probe else None
-        return {"cpu": cpu_share(before, after, end - start), "probe": (first, last), "end": end}
+        snapshot = lambda: cpu_snapshot(child.pid, pids, writer)  # noqa: E731
+        before, after, samples = slices.run_window(start, end, parts, snapshot, probe)
+        cpu = cpu_share(before, after, end - start)
+        return {"cpu": cpu, "samples": samples, "start": start, "end": end}
 
     return during
 
@@ -192,8 +188,8 @@ def panel_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None
 def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
     child = _server(args, tmp, "e2e", "0")
     try:
-        listo = lambda: stats(child.port)["estados"][Estado.LISTO]  # noqa: E731
-        result = measure(args, child, False, during=window(child, listo))
+        probe = lambda: slices.counts(stats(child.port))  # noqa: E731
+        result = measure(args, child, False, during=window(child, probe, args.slices or 1))
         rows["e2e"] = e2e_figures(args, child.port, result)
     finally:
         child.stop()
@@ -201,8 +197,12 @@ def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
 
 def e2e_figures(args: argparse.Namespace, port: int, result: dict[str, Any], **extra: Any) -> Row:
     """The end-to-end row: listo/s over the window (from `estadisticas` at both
-    ends), and how long the backlog took to drain once the load stopped."""
-    first, last = result["during"]["probe"]
+    ends), how long the backlog took to drain once the load stopped, and with
+    `--slices` the figures of each slice."""
+    during = result["during"]
+    first, last = during["samples"][0][1]["listo"], during["samples"][-1][1]["listo"]
+    if args.slices:
+        extra.update(slices.figures(during["samples"], during["start"]))
     deadline = time.monotonic() + max(60.0, 20 * args.seconds)
     while True:
         figures = stats(port)
@@ -210,7 +210,7 @@ def e2e_figures(args: argparse.Namespace, port: int, result: dict[str, Any], **e
         if not backlog or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    drain = time.time() - result["during"]["end"]
+    drain = time.time() - during["end"]
     return row_of(result, listo_rate=(last - first) / args.seconds, drain_s=drain, left=backlog, **extra)
 
 
