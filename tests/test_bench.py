@@ -177,45 +177,28 @@ def test_a_baseline_raised_by_one_more_load_process_fails_the_run():
     assert ceilings({"echo_streams_rr": {"rate": 1.0, "headroom": -0.2}}) == []
 
 
-@pytest.mark.parametrize("generator", ["c", "python"])
-def test_both_generators_count_every_reply_of_an_echo(generator, tmp_path):
+def _drive_echo(tmp_path, ports, line: bytes, generator: str, **kw):
+    """`drive` against a Protocol echo: `ports(echo_port)` says where to connect."""
     echo = Child(["-m", "pedidos.tools.echo", "protocol"], tmp_path / "echo.log")
     try:
-        result = drive(
-            echo.port,
-            b"x" * 90 + b"\n",
-            conns=4,
-            depth=3,
-            limit=50,
-            seconds=30,
-            greeting=False,
-            engine=generator,
-            procs=2,
-        )
+        return drive(ports(echo.port), line, seconds=30, greeting=False, engine=generator, procs=2, **kw)
     finally:
         echo.stop()
+
+
+@pytest.mark.parametrize("generator", ["c", "python"])
+def test_both_generators_count_every_reply_of_an_echo(generator, tmp_path):
+    line = b"x" * 90 + b"\n"
+    result = _drive_echo(tmp_path, lambda port: port, line, generator, conns=4, depth=3, limit=50)
     assert (result["count"], result["lost"], result["unanswered"], result["requests"]) == (200, 0, 0, 200)
 
 
 @pytest.mark.parametrize("generator", ["c", "python"])
 def test_a_list_of_ports_spreads_the_connections_evenly_over_them(generator, tmp_path):
-    echo = Child(["-m", "pedidos.tools.echo", "protocol"], tmp_path / "echo.log")
     with socket.socket() as closed:  # a port nothing listens on: its share fails to connect
         closed.bind(("127.0.0.1", 0))
         dead = closed.getsockname()[1]
-    try:
-        result = drive(
-            [echo.port, dead],
-            b"x\n",
-            conns=5,
-            limit=4,
-            seconds=30,
-            greeting=False,
-            engine=generator,
-            procs=2,
-        )
-    finally:
-        echo.stop()
+    result = _drive_echo(tmp_path, lambda port: [port, dead], b"x\n", generator, conns=5, limit=4)
     assert (result["connected"], result["connect_failed"]) == (3, 2)
     assert (result["count"], result["lost"], result["unanswered"]) == (12, 0, 0)
 

@@ -76,27 +76,26 @@ def _estado(name: str, raw: Any) -> str:
     return raw
 
 
-def _text(name: str, raw: Any) -> str:
-    # Trimmed before counting, as the stored value was: any `cliente` an order
-    # may carry is a filter `listar` takes.
+def _trimmed(name: str, raw: Any, limit: int) -> str:
+    # Trimmed before counting, as stored values were: any value an order may
+    # carry can be looked up or filtered on.
     text = raw.strip() if isinstance(raw, str) else ""
-    if not 1 <= len(text) <= CLIENTE_MAX:
+    if not 1 <= len(text) <= limit:
         raise RequestError(
             MENSAJE_INVALIDO,
-            f"'{name}' debe ser un texto de 1 a {CLIENTE_MAX} caracteres después de quitar los espacios.",
+            f"'{name}' debe ser un texto de 1 a {limit} caracteres después de quitar los espacios.",
         )
     return text
+
+
+def _text(name: str, raw: Any) -> str:
+    """A `cliente` filter: the rule of an order's `cliente`."""
+    return _trimmed(name, raw, CLIENTE_MAX)
 
 
 def _referencia(name: str, raw: Any) -> str:
-    # The same rule as an order's `referencia`, so any stored key can be looked up.
-    text = raw.strip() if isinstance(raw, str) else ""
-    if not 1 <= len(text) <= REFERENCIA_MAX:
-        raise RequestError(
-            MENSAJE_INVALIDO,
-            f"'{name}' debe ser un texto de 1 a {REFERENCIA_MAX} caracteres después de quitar los espacios.",
-        )
-    return text
+    """The rule of an order's `referencia`, so any stored key can be looked up."""
+    return _trimmed(name, raw, REFERENCIA_MAX)
 
 
 def _orden(name: str, raw: Any) -> str:

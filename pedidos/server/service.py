@@ -157,29 +157,21 @@ class OrderService:
         return {"ok": True, "pedidos": orders}
 
     async def _cancelar(self, id: int, owner: str | None) -> Reply:
-        order, cancelled = await self._storage.cancel(id, owner)
-        if order is None:
-            raise RequestError(NO_ENCONTRADO, f"No existe el pedido {id}.")
-        if not cancelled:
-            raise RequestError(
-                NO_CANCELABLE,
-                f"El pedido {id} está '{order['estado']}'; solo se cancela un pedido pendiente.",
-                pedido=order,
-            )
-        self._bus.publish(Event(CANCELLED, (id,)))
-        return {"ok": True, "pedido": order}
+        changed = await self._storage.cancel(id, owner)
+        return self._changed(id, changed, NO_CANCELABLE, "solo se cancela un pedido pendiente", CANCELLED)
 
     async def _reintentar(self, id: int, owner: str | None) -> Reply:
-        order, retried = await self._storage.retry(id, owner)
+        changed = await self._storage.retry(id, owner)
+        return self._changed(id, changed, NO_REINTENTABLE, "solo se reintenta un pedido fallido", REQUEUED)
+
+    def _changed(self, id: int, changed: tuple[Any, bool], refused: str, rule: str, kind: str) -> Reply:
+        """The reply to a state change the storage made (or refused, by `rule`)."""
+        order, done = changed
         if order is None:
             raise RequestError(NO_ENCONTRADO, f"No existe el pedido {id}.")
-        if not retried:
-            raise RequestError(
-                NO_REINTENTABLE,
-                f"El pedido {id} está '{order['estado']}'; solo se reintenta un pedido fallido.",
-                pedido=order,
-            )
-        self._bus.publish(Event(REQUEUED, (id,)))
+        if not done:
+            raise RequestError(refused, f"El pedido {id} está '{order['estado']}'; {rule}.", pedido=order)
+        self._bus.publish(Event(kind, (id,)))
         return {"ok": True, "pedido": order}
 
     async def _estadisticas(self, owner: str | None) -> Reply:
