@@ -211,12 +211,15 @@ class Outcome:
 
     def take(self, line: int, reply: dict[str, Any], from_server: bool = True) -> None:
         self.done += 1
-        self.answered += from_server
         if reply.get("ok"):
             self.accepted += 1
             self.duplicates += bool(reply.get("duplicado"))
         else:
             self.refused.append((line, str(reply.get("error")), str(reply.get("mensaje"))))
+        # Counted last: a Ctrl-C between the two counts must leave the order
+        # unconfirmed (said maybe stored), never answered but not accepted
+        # (stored, yet reported as neither).
+        self.answered += from_server
 
     @property
     def unconfirmed(self) -> int:
