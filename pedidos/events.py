@@ -21,6 +21,7 @@ CANCELLED = "cancelled"  # `cancelado`
 FAILED = "failed"  # `fallido`: too many interrupted attempts, or the task's last retry failed
 RETRYING = "retrying"  # a task failed: `pendiente` again, taken no sooner than `at`
 REQUEUED = "requeued"  # back to `pendiente` after their worker was gone
+RETRIED = "retried"  # `fallido` back to `pendiente`: `reintentar`
 ELSEWHERE = "elsewhere"  # another node changed them (no ids: maybe any): look again
 WORKER_STARTED = "worker_started"
 WORKER_DIED = "worker_died"

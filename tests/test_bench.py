@@ -206,7 +206,7 @@ def test_a_list_of_ports_spreads_the_connections_evenly_over_them(generator, tmp
 def test_nodes_of_one_postgresql_database_measure_every_node_scenario_and_leave_nothing(pg_url, tmp_path):
     marker = f"bench-{uuid.uuid4()}"
     out = tmp_path / "bench.json"
-    only = "intake,e2e,notify,failover,esperar"
+    only = "intake,e2e,sqlite,notify,failover,esperar"
     # Windows a little longer than TINY's: a busy machine can stall a node for a few tenths.
     args = [*TINY, "--seconds", "0.5", "--db", pg_url, "--nodos", "2", "--only", only, "--samples", "3"]
     args += ["--json", str(out)]
@@ -231,6 +231,11 @@ def test_nodes_of_one_postgresql_database_measure_every_node_scenario_and_leave_
         assert median[f"dblimit_{batch}"]["rate"] > 0 and median[f"dblimit_{batch}"]["pg_us"] >= 0
     notify = median["notify"]
     assert notify["rate"] > 0 and notify["sin_rate"] > 0 and notify["ratio"] > 0
+    assert 0 <= notify["spread"] < 2  # how far apart one node's two windows came
+    versus = median["sqlite"]  # one node against a server on a SQLite file, in turns
+    assert versus["rate"] > 0 and versus["sqlite_rate"] > 0 and versus["bad"] == 0 and versus["lost"] == 0
+    assert versus["ratio"] == pytest.approx(versus["rate"] / versus["sqlite_rate"], rel=0.5)
+    assert versus["us_node"] > 0 and versus["sqlite_us"] > 0
     failover = median["failover"]
     assert failover["nodes"] == 2 and failover["handed_back"] >= 1 and failover["took_s"] > 0
     assert median["esperar"]["samples"] == 3 and median["esperar"]["p50_ms"] > 0

@@ -78,6 +78,9 @@ def stream_messages(url: str, token: str | None = None, timeout: float = 10.0):
 def test_metrics_match_estadisticas(tmp_path):
     with running_server(tmp_path, "--work-time", "0.3", "--workers", "1", "--panel", "0") as srv:
         url = panel_url(srv)
+        # A first scrape reads the counts from the database; the next ones, within
+        # a few seconds, take them as the server's events moved them since.
+        assert get(url, "/metrics")[0] == 200
         with LineClient("127.0.0.1", srv.port) as client:
             ids = [client.ask(ORDER)["id"] for _ in range(5)]
             assert client.ask({"accion": "cancelar", "id": ids[-1]})["ok"]
@@ -311,7 +314,18 @@ def test_live_follows_the_bus_by_counts_not_by_orders():
     order shows from its STARTED to its FINISHED, and a picture is plain JSON."""
     import asyncio
 
-    from pedidos.events import CANCELLED, FAILED, FINISHED, RECEIVED, REQUEUED, STARTED, Event, EventBus
+    from pedidos.events import (
+        CANCELLED,
+        FAILED,
+        FINISHED,
+        RECEIVED,
+        REQUEUED,
+        RETRIED,
+        RETRYING,
+        STARTED,
+        Event,
+        EventBus,
+    )
     from pedidos.panel.live import Live, LiveSource
     from pedidos.stats import Stats
 
@@ -319,7 +333,10 @@ def test_live_follows_the_bus_by_counts_not_by_orders():
         bus, stats = EventBus(), Stats()
         stats.subscribe(bus)
 
+        reads = []
+
         async def counts():
+            reads.append(time.monotonic())
             return {"pendiente": 0, "en proceso": 0, "listo": 7, "cancelado": 0, "fallido": 0}
 
         async def latest(n):
@@ -337,6 +354,11 @@ def test_live_follows_the_bus_by_counts_not_by_orders():
         bus.publish(Event(REQUEUED, (600,), worker=2))
         bus.publish(Event(STARTED, (600,), worker=2))
         bus.publish(Event(FAILED, (600,), worker=2))
+        bus.publish(Event(STARTED, (700, 701), worker=1))
+        bus.publish(Event(RETRYING, (700,), worker=1))  # a task failed: pendiente again, later
+        bus.publish(Event(FAILED, (701,), worker=1))
+        bus.publish(Event(RETRIED, (701,)))  # reintentar: fallido back to pendiente
+        bus.publish(Event(FINISHED, (), worker=1))
         assert live.counts() == {
             "pendiente": 497,
             "en proceso": 0,
@@ -344,13 +366,15 @@ def test_live_follows_the_bus_by_counts_not_by_orders():
             "cancelado": 2,
             "fallido": 1,
         }
+        # /metrics takes these, read from the database only every RESYNC_S.
+        assert await live.current_counts() == live.counts() and len(reads) == 1
         picture = json.loads(live.picture(full=False).split(b"data: ", 1)[1])
         assert picture["estados"] == live.counts() and picture["en_cola"] == 497
         assert picture["workers"][0] == {"worker": 1, "pedido": None}
         assert picture["workers"][1]["pedido"] == 600  # FAILED alone does not free a live worker
         assert picture["conexiones"] == 3 and picture["workers_vivos"] == 2
         assert picture["nodos"] is None  # alone on its database: no nodes to show
-        assert stats.received == 1000 and stats.finished == {"listo": 500, "cancelado": 2, "fallido": 1}
+        assert stats.received == 1000 and stats.finished == {"listo": 500, "cancelado": 2, "fallido": 2}
         assert viewer.take().startswith(b"event: panel\ndata: {")
         assert viewer.take() == b""  # nothing new until the ticker offers a picture
 

@@ -8,7 +8,9 @@ or the chart's second is up. That snapshot is encoded once and handed to
 every open page; a page that reads slowly simply skips to the newest one.
 
 The counts per `estado` follow the events and are read again from the
-database every `RESYNC_S` while somebody watches, so that they cannot drift.
+database every `RESYNC_S` while somebody watches or scrapes /metrics, so that
+they cannot drift for long (a scrape a second would otherwise count the whole
+table every second).
 On a shared PostgreSQL database this node's events are only its own share of
 the service, so there the counts, the latest orders and the nodes
 (nodes.py) are read every second instead.
@@ -34,6 +36,8 @@ from pedidos.events import (
     FINISHED,
     RECEIVED,
     REQUEUED,
+    RETRIED,
+    RETRYING,
     STARTED,
     WORKER_DIED,
     Event,
@@ -59,7 +63,9 @@ MOVES: dict[str, tuple[str | None, str]] = {
     FINISHED: ("en proceso", "listo"),
     CANCELLED: ("pendiente", "cancelado"),
     FAILED: ("en proceso", "fallido"),
+    RETRYING: ("en proceso", "pendiente"),
     REQUEUED: ("en proceso", "pendiente"),
+    RETRIED: ("fallido", "pendiente"),
 }
 LATEST_FIELDS = ("id", "cliente", "estado", "worker", "fecha_recibido", "fecha_inicio", "fecha_fin")
 
@@ -106,6 +112,7 @@ class Live:
         self._moved = dict.fromkeys(ESTADOS, 0)
         self._moved_at_base = dict(self._moved)
         self._synced = False
+        self._synced_at = 0.0
         self._working: dict[int, tuple[int, int, str | None, float]] = {}  # worker -> first id, n, since
         self._dirty = True
         self._latest: list[dict[str, Any]] = []
@@ -195,6 +202,18 @@ class Live:
         self._base = {estado: counts.get(estado, 0) for estado in ESTADOS}
         self._moved_at_base = moved_before
         self._synced = True
+        self._synced_at = time.monotonic()
+
+    async def current_counts(self) -> dict[str, int]:
+        """The counts for a scrape of /metrics. Alone on its database, this
+        server's own: read from the database at most `RESYNC_S` ago and moved by
+        every event since. On a shared database, read now: other nodes' orders
+        move them too, and every node must report the same."""
+        if self._nodes.shared:
+            return await self._source.counts()
+        if not self._synced or time.monotonic() - self._synced_at >= RESYNC_S:
+            await self._resync()
+        return self.counts()
 
     async def _refresh_latest(self) -> None:
         rows = await self._source.latest(LATEST)

@@ -3,8 +3,10 @@
 The server counts with plain integers (pedidos/stats.py); this collector turns
 them into metric families only when Prometheus asks, in a registry of its
 own (no process or GC collectors, and nothing shared between servers in one
-process). The counts per `estado` are read from the database for each scrape,
-so that they are the whole service's and match `estadisticas`.
+process). The counts per `estado` are the panel's (live.py): on SQLite read
+from the database every few seconds and moved by the server's events between
+reads, so that a scrape a second does not count the whole table each time; on
+a shared PostgreSQL database read for each scrape, the whole service's.
 """
 
 from __future__ import annotations

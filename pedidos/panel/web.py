@@ -151,7 +151,7 @@ class Panel:
         refused = await self._refusal(request)
         if refused is not None:
             return refused
-        counts = await self._source.counts()
+        counts = await self._live.current_counts()
         body = self._collector.render(self._registry, counts, self._source.figures(), len(self._live.viewers))
         return web.Response(
             body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"}

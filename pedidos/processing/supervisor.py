@@ -13,6 +13,7 @@ from pedidos.events import (
     FINISHED,
     RECEIVED,
     REQUEUED,
+    RETRIED,
     RETRYING,
     STARTED,
     WORKER_DIED,
@@ -130,7 +131,7 @@ class Processing:
         self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
 
     def _on_event(self, event: Event) -> None:
-        if event.kind in (RECEIVED, REQUEUED) and not self._stopping:
+        if event.kind in (RECEIVED, REQUEUED, RETRIED) and not self._stopping:
             self.dispatcher.add(event.ids)
 
     def _on_messages(self, reports: list[Report]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pedidos.domain import FINAL_ESTADOS, Estado, NewOrder
-from pedidos.events import CANCELLED, ELSEWHERE, FINAL, REQUEUED, Event, EventBus
+from pedidos.events import CANCELLED, ELSEWHERE, FINAL, RETRIED, Event, EventBus
 from pedidos.protocol.replies import (
     ERROR_INTERNO,
     NO_AUTORIZADO,
@@ -162,7 +162,7 @@ class OrderService:
 
     async def _reintentar(self, id: int, owner: str | None) -> Reply:
         changed = await self._storage.retry(id, owner)
-        return self._changed(id, changed, NO_REINTENTABLE, "solo se reintenta un pedido fallido", REQUEUED)
+        return self._changed(id, changed, NO_REINTENTABLE, "solo se reintenta un pedido fallido", RETRIED)
 
     def _changed(self, id: int, changed: tuple[Any, bool], refused: str, rule: str, kind: str) -> Reply:
         """The reply to a state change the storage made (or refused, by `rule`)."""

@@ -8,7 +8,7 @@ matching echo figure is what counts: it says how close the server comes to
 what one Python process can move over a socket on this machine.
 
     python3 -m pedidos.bench [--seconds 5] [--connections 50] [--workers 2] [--runs 3] [--json FILE]
-    python3 -m pedidos.bench --db postgresql://... [--nodos N] [--only intake,e2e,notify,failover,esperar]
+    python3 -m pedidos.bench --db postgresql://... [--nodos N] [--only intake,e2e,sqlite,notify,...]
     python3 -m pedidos.bench [--db postgresql://...] --only e2e --seconds 600 --slices 10
 
 With `--db`, intake and end to end run over N nodes of one PostgreSQL database
@@ -35,15 +35,28 @@ from pedidos.tools import cload, pgnodes, pgtiming, scenarios
 from pedidos.tools.load import BenchError
 from pedidos.tools.report import BASELINES, HEADROOM_LIMIT, Row, ceilings, medians, table
 
-GROUPS = ("echo", "redis", "intake", "panel", "e2e", "notify", "failover", "esperar", "many", "worktime")
-PG_GROUPS = ("notify", "failover", "esperar")  # many nodes of one PostgreSQL: only with --db
+GROUPS = (
+    "echo",
+    "redis",
+    "intake",
+    "panel",
+    "e2e",
+    "sqlite",
+    "notify",
+    "failover",
+    "esperar",
+    "many",
+    "worktime",
+)
+PG_GROUPS = ("sqlite", "notify", "failover", "esperar")  # many nodes of one PostgreSQL: only with --db
 MAX_NODES = 26  # named A to Z
 
 
 def _steps(args: argparse.Namespace) -> dict[str, Any]:
     steps = {"echo": scenarios.echo_rows, "redis": scenarios.redis_rows, "panel": scenarios.panel_row}
     steps.update(many=scenarios.many_row, worktime=scenarios.worktime_row)
-    steps.update(notify=pgnodes.notify_row, failover=pgtiming.failover_row, esperar=pgtiming.esperar_row)
+    steps.update(sqlite=pgnodes.sqlite_row, notify=pgnodes.notify_row)
+    steps.update(failover=pgtiming.failover_row, esperar=pgtiming.esperar_row)
     nodes = bool(args.db)  # intake and end to end over the nodes of the database
     steps["intake"] = pgnodes.intake_rows if nodes else scenarios.intake_rows
     steps["e2e"] = pgnodes.e2e_row if nodes else scenarios.e2e_row

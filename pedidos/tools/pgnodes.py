@@ -19,7 +19,7 @@ from typing import Any
 from pedidos.tools import pgdb, slices
 from pedidos.tools.procs import Child, machine_busy, stats, tree_cpu
 from pedidos.tools.report import Row
-from pedidos.tools.scenarios import e2e_figures, measure, row_of
+from pedidos.tools.scenarios import _server, e2e_figures, in_turns, measure, row_of
 
 
 class Nodes:
@@ -136,22 +136,49 @@ def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
 
 def notify_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
     """Request/response intake on node N (NOTIFY hints) and node S (`--sin-notify`),
-    side by side on one database, measured in turn N, S, S, N so that a machine
-    getting busier or quieter weighs on both alike."""
+    side by side on one database, measured in turn (`in_turns`)."""
     pg = pgdb.PgCpu(args.db)
     with Nodes(args, tmp, "notify", "NS", "1", extra={"S": ["--sin-notify"]}) as nodes:
         hints, polls = nodes.children
-        turns = [
-            measure(args, child, False, during=node_window(nodes, pg))
-            for child in (hints, polls, polls, hints)
-        ]
-    rate = (turns[0]["rate"] + turns[3]["rate"]) / 2
-    sin_rate = (turns[1]["rate"] + turns[2]["rate"]) / 2
+        turns, figures = in_turns(
+            lambda: measure(args, hints, False, during=node_window(nodes, pg)),
+            lambda: measure(args, polls, False, during=node_window(nodes, pg)),
+        )
     pg_us = [_per_order(t)["us_pg"] for t in turns]
-    row = row_of(turns[0], rate=rate, sin_rate=sin_rate, ratio=rate / sin_rate if sin_rate else 0.0)
+    row = row_of(turns[0], rate=figures["rate"], sin_rate=figures["other_rate"], ratio=figures["ratio"])
+    row["spread"] = figures["spread"]
     if None not in pg_us:
         row.update(us_pg=(pg_us[0] + pg_us[3]) / 2, sin_us_pg=(pg_us[1] + pg_us[2]) / 2)
     rows["notify"] = row
+
+
+def sqlite_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
+    """Request/response intake on one node of the database and on one server on a
+    SQLite file, side by side, measured in turn (`in_turns`): the two backends'
+    ratio from the same minutes of the same machine, with the CPU each order
+    costs the node's event loop and the SQLite server's."""
+    pg = pgdb.PgCpu(args.db)
+    server = _server(args, tmp, "versus-sqlite", "1", sqlite=True)
+    try:
+        with Nodes(args, tmp, "versus", "A", "1") as nodes:
+            turns, figures = in_turns(
+                lambda: measure(args, nodes, False, during=node_window(nodes, pg)),
+                lambda: measure(args, server, False),
+            )
+    finally:
+        server.stop()
+    node_us = [_per_order(t)["us_node"] for t in (turns[0], turns[3])]
+    sqlite_us = [_sqlite_us(t) for t in (turns[1], turns[2])]
+    row = row_of(turns[0], rate=figures["rate"], sqlite_rate=figures["other_rate"], ratio=figures["ratio"])
+    row.update(spread=figures["spread"], us_node=sum(node_us) / 2, sqlite_us=sum(sqlite_us) / 2)
+    rows["sqlite"] = row
+
+
+def _sqlite_us(result: dict[str, Any]) -> float:
+    """µs of CPU per acknowledged order of a SQLite server: its whole tree."""
+    cpu, rate = result["during"]["cpu"], result["rate"]
+    used = sum(cpu[k] for k in ("loop", "threads", "writer", "workers"))
+    return used * 1e4 / rate if rate else 0.0
 
 
 def names(count: int) -> str:

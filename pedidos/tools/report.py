@@ -47,7 +47,12 @@ def _result(name: str, r: Row) -> str:
         return f"{_n(r['rate'])} rows/s; CPU/row: client {_us(r, 'client_us')}, PostgreSQL {_us(r, 'pg_us')}"
     if name == "notify":
         pg = f"; PostgreSQL {_us(r, 'us_pg')}/order, {_us(r, 'sin_us_pg')} without" if "us_pg" in r else ""
-        return f"{_n(r['rate'])} acks/s, {_n(r['sin_rate'])} with --sin-notify: **{r['ratio']:.2f}**{pg}"
+        sin = f"{_n(r['sin_rate'])} with --sin-notify"
+        return f"{_n(r['rate'])} acks/s, {sin}: **{r['ratio']:.2f}**{pg}{_spread(r)}"
+    if name == "sqlite":
+        cpu = f"; CPU/order: node {_us(r, 'us_node')}, SQLite server {_us(r, 'sqlite_us')}"
+        sqlite = f"{_n(r['sqlite_rate'])} on SQLite"
+        return f"{_n(r['rate'])} acks/s, {sqlite}: **{r['ratio']:.2f}**{cpu}{_spread(r)}"
     if name == "failover":
         back = f"{_n(r['handed_back'])} handed back"
         return f"**{r['took_s']:.2f} s** to the last handed-back order `listo` ({back})"
@@ -59,11 +64,16 @@ def _result(name: str, r: Row) -> str:
     if name == "intake_panel_rr":
         plain = f"{_n(r['rate'])} acks/s, {_n(r['plain_rate'])} without: {r['vs_plain']:.3f}"
         loop = f"loop {r['loop_us']:.0f} µs/ack, {r['plain_loop_us']:.0f} without"
-        return f"{plain}; {loop}; {_n(r['scrapes'])} scrapes, {_n(r['panel_messages'])} pictures"
+        return f"{plain}; {loop}; {_n(r['scrapes'])} scrapes, {_n(r['panel_messages'])} pictures{_spread(r)}"
     if name == "worktime":
         return f"{r['rate']:.1f} listo/s = {r['ratio']:.2f} of N/T = {r['expected']:g}/s"
     unit = "acks" if name.startswith("intake") else "replies"
     return f"{_n(r['rate'])} {unit}/s" + _per_order(r)
+
+
+def _spread(r: Row) -> str:
+    """How far apart one server's two windows of a side-by-side pair came."""
+    return f"; windows of one server {100 * r['spread']:.0f}% apart" if "spread" in r else ""
 
 
 def _headroom(r: Row) -> str:
@@ -94,6 +104,7 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
         ("dblimit_100", "PostgreSQL bare script, 100 rows per commit", "1 client, no server"),
         ("e2e", f"pedidos end to end, {args.workers} workers", rr + ", work time 0"),
         ("e2e_slices", "pedidos end to end, steadiness", ""),
+        ("sqlite", "pedidos intake, PostgreSQL vs SQLite", rr + ", 1 node, 1 SQLite server"),
         ("notify", "pedidos intake, NOTIFY vs --sin-notify", rr + ", 1 node each"),
         ("failover", "failover, kill -9 of a node", f"--lease {args.lease:g}, work time 1 s"),
         ("esperar", "esperar on another node", "2 nodes, 1 worker each, work time 0.2 s"),

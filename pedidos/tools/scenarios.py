@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +88,13 @@ def _server(
     max_conns: int = 10_000,
     *extra: str,
     uvloop: bool = False,
+    sqlite: bool = False,
 ) -> Child:
     """A server on the standard library's event loop, as a bare install runs it,
-    unless `uvloop` (the rapido extra, measured in rows of its own)."""
+    unless `uvloop` (the rapido extra, measured in rows of its own); on `--db`,
+    unless `sqlite` (a file of its own)."""
     db = str(tmp / f"{name}.db")
-    if args.db:  # a shared database: each scenario starts from an empty table
+    if args.db and not sqlite:  # a shared database: each scenario starts from an empty table
         db = args.db
         pgdb.empty(db)
     argv = ["-m", "pedidos", "--host", "127.0.0.1", "--port", "0", "--db", db, *extra]
@@ -152,10 +155,23 @@ def intake_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> No
             child.stop()
 
 
+def in_turns(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[list[Any], Row]:
+    """Two measurements taken in turn, first, second, second, first, so that a
+    machine getting busier or quieter weighs on both alike: the four results, and
+    the two mean rates, their ratio, and the spread (how far apart the two windows
+    of one same server came, the larger of the two: a ratio nearer 1 than that
+    is within this run's noise)."""
+    turns = [first(), second(), second(), first()]
+    pairs = ((turns[0]["rate"], turns[3]["rate"]), (turns[1]["rate"], turns[2]["rate"]))
+    rate, other = ((a + b) / 2 for a, b in pairs)
+    spread = max(abs(a - b) / ((a + b) / 2) if a + b else 0.0 for a, b in pairs)
+    ratio = rate / other if other else 0.0
+    return turns, {"rate": rate, "other_rate": other, "ratio": ratio, "spread": spread}
+
+
 def panel_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
     """Intake as in `intake_rr` on two servers side by side, one with a page open on its
-    panel and /metrics scraped every second, measured in turn (plain, panel, panel,
-    plain) so that a machine getting busier or quieter weighs on both alike."""
+    panel and /metrics scraped every second, measured in turn (`in_turns`)."""
     missing = panel_missing()
     if missing:
         print(f"  skipping the panel scenario: {missing}", file=sys.stderr)
@@ -165,23 +181,24 @@ def panel_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None
         panel = _server(args, tmp, "panel", "1", 10_000, "--panel", "0")
         try:
             with PanelWatcher(panel_url(panel.log)) as watcher:
-                results = [measure(args, child, False) for child in (plain, panel, panel, plain)]
+                turns, figures = in_turns(
+                    lambda: measure(args, panel, False), lambda: measure(args, plain, False)
+                )
         finally:
             panel.stop()
     finally:
         plain.stop()
     # The rates move with whatever else the machine runs; the event loop's CPU time
     # per ack much less so: both say what the panel costs.
-    loop_us = [r["during"]["cpu"]["loop"] * 1e4 / r["rate"] if r["rate"] else 0.0 for r in results]
-    plain_rate = (results[0]["rate"] + results[3]["rate"]) / 2
-    row = row_of(results[1], panel_messages=watcher.messages, scrapes=watcher.scrapes)
-    row["rate"] = (results[1]["rate"] + results[2]["rate"]) / 2
+    loop_us = [t["during"]["cpu"]["loop"] * 1e4 / t["rate"] if t["rate"] else 0.0 for t in turns]
     rows["intake_panel_rr"] = {
-        **row,
-        "plain_rate": plain_rate,
-        "vs_plain": row["rate"] / plain_rate,
-        "loop_us": (loop_us[1] + loop_us[2]) / 2,
-        "plain_loop_us": (loop_us[0] + loop_us[3]) / 2,
+        **row_of(turns[0], panel_messages=watcher.messages, scrapes=watcher.scrapes),
+        "rate": figures["rate"],
+        "plain_rate": figures["other_rate"],
+        "vs_plain": figures["ratio"],
+        "spread": figures["spread"],
+        "loop_us": (loop_us[0] + loop_us[3]) / 2,
+        "plain_loop_us": (loop_us[1] + loop_us[2]) / 2,
     }
 
 
