@@ -167,13 +167,16 @@ async def insert_orders(
     id, and ids are best without gaps. The race's winner is read afterwards."""
     refs = [order[3] for order in orders]
     batch = (batch_document(orders, owners),)
-    stored: dict[str, tuple[Any, ...]] = {}
-    if any(ref is not None for ref in refs):
-        rows = await (await conn.execute(sql.INSERT_WITH_REFERENCIAS, batch)).fetchall()
-        inserted = sorted((row[1], row[2]) for row in rows if row[0])
-        stored = {row[2]: (row[1], *row[3:]) for row in rows if not row[0]}
-    else:
-        inserted = sorted(await (await conn.execute(sql.INSERT, batch)).fetchall())
+    if all(ref is None for ref in refs):
+        row = await (await conn.execute(sql.INSERT, batch)).fetchone()
+        ids = row[0] if row is not None and row[0] is not None else []
+        if len(ids) != len(orders):
+            raise RuntimeError(f"inserted {len(ids)} rows for {len(orders)} orders")
+        pendiente = Estado.PENDIENTE.value
+        return [Receipt(order_id, pendiente, False) for order_id in ids]
+    rows = await (await conn.execute(sql.INSERT_WITH_REFERENCIAS, batch)).fetchall()
+    inserted = sorted((row[1], row[2]) for row in rows if row[0])
+    stored: dict[str, tuple[Any, ...]] = {row[2]: (row[1], *row[3:]) for row in rows if not row[0]}
     # What the statement offered to the insert: each referencia's first order
     # unless stored, and every order without one.
     candidates, seen = [], set()

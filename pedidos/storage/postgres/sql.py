@@ -80,13 +80,18 @@ COLUMNS = (
 _BATCH = """ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (c text, p jsonb, d text, r text, o text))
          WITH ORDINALITY AS t(c, p, d, r, o, n)"""
 INSERT = f"""
-INSERT INTO pedidos (cliente, productos, direccion, referencia, propietario, estado, fecha_recibido)
-SELECT c, p, d, r, o, 'pendiente', statement_timestamp()
-FROM {_BATCH}
-ORDER BY n
-ON CONFLICT (referencia) DO NOTHING
-RETURNING id, referencia
+WITH inserted AS (
+    INSERT INTO pedidos (cliente, productos, direccion, referencia, propietario, estado, fecha_recibido)
+    SELECT c, p, d, r, o, 'pendiente', statement_timestamp()
+    FROM {_BATCH}
+    ORDER BY n
+    RETURNING id
+)
+SELECT array_agg(id ORDER BY id) FROM inserted
 """
+# (A batch without referencias cannot conflict. Its ids come back as one
+# array, already sorted: one value for the driver to load instead of a row per
+# order.)
 # A batch carrying referencias, in one statement (one round trip): the rows
 # already stored with them (`stored`, read in the statement's snapshot) and
 # the insert of the rest, each referencia's first order only, so that a
