@@ -4,7 +4,6 @@ speed lives in the benchmark's own output (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import assert_nothing_left, marked_processes
 
 from pedidos.tools.bench import GROUPS, PG_GROUPS, build_parser, parse_args
 from pedidos.tools.load import drive
@@ -43,17 +43,6 @@ ROWS = {
 }
 
 
-def _marked(marker: str) -> dict[int, str]:
-    """Processes that inherited the marker from the benchmark: pid -> command line."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if marker.encode() in (entry / "environ").read_bytes():
-                    found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-    return found
-
-
 def _bench(marker: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pedidos.bench", *args],
@@ -65,17 +54,6 @@ def _bench(marker: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def _assert_nothing_left(marker: str) -> None:
-    deadline = time.monotonic() + 15
-    while _marked(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = _marked(marker)
-    for pid in left:  # do not leave them running for the next test
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes left behind: {left}"
-
-
 def test_tiny_run_measures_every_scenario_and_leaves_nothing(tmp_path):
     marker = f"bench-{uuid.uuid4()}"
     out = tmp_path / "bench.json"
@@ -84,7 +62,7 @@ def test_tiny_run_measures_every_scenario_and_leaves_nothing(tmp_path):
         stdout, stderr = bench.communicate(timeout=300)
     finally:
         bench.kill()
-        _assert_nothing_left(marker)
+        assert_nothing_left(marker)
     # On a busy machine a baseline can rise with one more load process; the benchmark
     # then says so and exits 1. Either way every row is measured and reported.
     bound = "the load generator was the ceiling" in stderr
@@ -116,19 +94,19 @@ def test_ctrl_c_stops_the_servers_and_the_load(tmp_path):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            running = " ".join(_marked(marker).values())
+            running = " ".join(marked_processes(marker).values())
             if "-m pedidos " in running and running.count("spawn_main") >= 4:  # 2 workers, 2 load
                 break
             time.sleep(0.1)
         else:
-            raise AssertionError(f"the benchmark did not start its load: {_marked(marker)}")
+            raise AssertionError(f"the benchmark did not start its load: {marked_processes(marker)}")
         bench.send_signal(signal.SIGINT)
         _, stderr = bench.communicate(timeout=60)
         assert bench.returncode == 130, stderr
         assert "interrupted" in stderr
     finally:
         bench.kill()
-        _assert_nothing_left(marker)
+        assert_nothing_left(marker)
 
 
 @pytest.mark.parametrize(
@@ -215,7 +193,7 @@ def test_nodes_of_one_postgresql_database_measure_every_node_scenario_and_leave_
         stdout, stderr = bench.communicate(timeout=300)
     finally:
         bench.kill()
-        _assert_nothing_left(marker)
+        assert_nothing_left(marker)
     assert bench.returncode == 0, stderr  # no baseline here, so no generator ceiling either
     assert "50 conns" not in stdout and "5 conns, 2 nodes" in stdout, stdout
     median = json.loads(out.read_text())["median"]
@@ -282,7 +260,7 @@ def test_slices_show_the_end_to_end_rates_of_each_part_of_the_window(tmp_path):
         stdout, stderr = bench.communicate(timeout=120)
     finally:
         bench.kill()
-        _assert_nothing_left(marker)
+        assert_nothing_left(marker)
     assert bench.returncode == 0, stderr  # no baseline, so no generator ceiling
     row = _sliced(json.loads(out.read_text()), 3, 0.6)
     assert "n_dead_tup" not in row  # SQLite: no dead tuples to count
@@ -299,7 +277,7 @@ def test_slices_on_postgresql_add_the_tables_dead_tuples(pg_url, tmp_path):
         stdout, stderr = bench.communicate(timeout=120)
     finally:
         bench.kill()
-        _assert_nothing_left(marker)
+        assert_nothing_left(marker)
     assert bench.returncode == 0, stderr
     row = _sliced(json.loads(out.read_text()), 2, 0.6)
     # Read at each slice's end; statistics lag up to a second behind, so only their presence is sure.

@@ -248,7 +248,7 @@ class Soak:
             print(f"soak: {problem}", file=sys.stderr)
         print(f"soak: killed {self.kills} times", file=sys.stderr)
         print(f"acknowledged {len(self.acked)}, lost {len(lost)}, duplicated {duplicated}, stuck {stuck}")
-        return 0 if not (lost or duplicated or stuck or unexplained) else 1
+        return 0 if not (lost or duplicated or stuck or self.problems) else 1
 
 
 def main(argv: list[str] | None = None, nodes_soak: type[Soak] | None = None) -> int:

@@ -69,6 +69,18 @@ COLUMNS = (
     "fecha_inicio, fecha_fin, worker, intentos, fallos, resultado, error, reintentar_despues, nodo"
 )
 
+# Whether everything SCHEMA and MIGRATE make is there (the last column MIGRATE
+# adds stands for the rest), read from the catalogs without locking a table.
+SCHEMA_CURRENT = """
+SELECT to_regclass('nodos') IS NOT NULL
+   AND to_regclass('pedidos_pendientes') IS NOT NULL
+   AND to_regclass('pedidos_en_proceso') IS NOT NULL
+   AND to_regclass('pedidos_cliente') IS NOT NULL
+   AND EXISTS (SELECT 1 FROM pg_attribute
+               WHERE attrelid = to_regclass('pedidos') AND attname = 'reintentar_despues'
+                 AND NOT attisdropped)
+"""
+
 # --- intake -------------------------------------------------------------------------
 
 # A batch arrives as one JSON document, an array of {"c": cliente, "p":
