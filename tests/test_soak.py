@@ -47,7 +47,7 @@ def test_a_short_soak_on_two_nodes_loses_nothing_and_fails_on_a_problem(pg_url, 
     # Seed 36's chaos runs the restart command first, 3.3 s in ("true" stands for
     # a restart: tests/test_pg_nodes.py restarts a real PostgreSQL under load).
     got, stdout, stderr = soak(
-        36, "--db", pg_url, "--nodos", "2", "--minutes", "0.15", "--reiniciar-pg", restart
+        36, "--db", pg_url, "--nodos", "2", "--minutes", "0.1", "--reiniciar-pg", restart
     )
     assert AUDIT.search(stdout), (stdout, stderr)
     assert got == code, stderr

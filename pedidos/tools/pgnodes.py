@@ -19,7 +19,7 @@ from typing import Any
 from pedidos.tools import pgdb, slices
 from pedidos.tools.procs import Child, machine_busy, stats, tree_cpu
 from pedidos.tools.report import Row
-from pedidos.tools.scenarios import _server, e2e_figures, in_turns, measure, row_of
+from pedidos.tools.scenarios import e2e_figures, in_turns, measure, row_of, start_server
 
 
 class Nodes:
@@ -158,7 +158,7 @@ def sqlite_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> Non
     ratio from the same minutes of the same machine, with the CPU each order
     costs the node's event loop and the SQLite server's."""
     pg = pgdb.PgCpu(args.db)
-    server = _server(args, tmp, "versus-sqlite", "1", sqlite=True)
+    server = start_server(args, tmp, "versus-sqlite", "1", sqlite=True)
     try:
         with Nodes(args, tmp, "versus", "A", "1") as nodes:
             turns, figures = in_turns(

@@ -80,7 +80,7 @@ def row_of(result: dict[str, Any], **extra: Any) -> Row:
     return {**row, **{f"cpu_{k}": v for k, v in cpu.items()}, **extra}
 
 
-def _server(
+def start_server(
     args: argparse.Namespace,
     tmp: Path,
     name: str,
@@ -144,7 +144,7 @@ def intake_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> No
     # rapido extra is installed, the same on uvloop, in rows of its own.
     loops = [("intake", False)] + ([("intake_uv", True)] if rapido.installed() else [])
     for name, uvloop in loops:
-        child = _server(args, tmp, name, "1", uvloop=uvloop)
+        child = start_server(args, tmp, name, "1", uvloop=uvloop)
         try:
             expected = f"loop {rapido.UVLOOP if uvloop else rapido.ASYNCIO}"
             if expected not in child.log.read_text("utf-8", "replace"):  # never a row under the wrong name
@@ -176,9 +176,9 @@ def panel_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None
     if missing:
         print(f"  skipping the panel scenario: {missing}", file=sys.stderr)
         return
-    plain = _server(args, tmp, "plain", "1")
+    plain = start_server(args, tmp, "plain", "1")
     try:
-        panel = _server(args, tmp, "panel", "1", 10_000, "--panel", "0")
+        panel = start_server(args, tmp, "panel", "1", 10_000, "--panel", "0")
         try:
             with PanelWatcher(panel_url(panel.log)) as watcher:
                 turns, figures = in_turns(
@@ -203,7 +203,7 @@ def panel_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None
 
 
 def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
-    child = _server(args, tmp, "e2e", "0")
+    child = start_server(args, tmp, "e2e", "0")
     try:
         probe = lambda: slices.counts(stats(child.port))  # noqa: E731
         result = measure(args, child, False, during=window(child, probe, args.slices or 1))
@@ -232,7 +232,7 @@ def e2e_figures(args: argparse.Namespace, port: int, result: dict[str, Any], **e
 
 
 def many_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
-    child = _server(args, tmp, "many", "1", max_conns=max(10_000, args.many + 100))
+    child = start_server(args, tmp, "many", "1", max_conns=max(10_000, args.many + 100))
     try:
         quiet(args)
         options = {"procs": args.load_procs, "engine": args.generator}
@@ -248,7 +248,7 @@ def many_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
 
 def worktime_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
     t = args.work_time_check
-    child = _server(args, tmp, "worktime", f"{t:g}")
+    child = start_server(args, tmp, "worktime", f"{t:g}")
     try:
         expected = args.workers / t
         total = math.ceil(expected * (args.seconds + 3))  # never lets the workers run dry
