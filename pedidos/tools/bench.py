@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-time-check", type=seconds, default=0.05, metavar="T", help=work)
     gen = "load generator: c (built with the machine's cc; python where there is none) or python (default c)"
     p.add_argument("--generator", choices=("c", "python"), default="c", help=gen)
-    procs = "load generator processes (default 1 for c, 2 for python)"
+    procs = "load generator processes (default 2)"
     p.add_argument("--load-procs", type=count, default=None, help=procs)
     only = f"comma-separated subset of {','.join(GROUPS)} (default all; {','.join(PG_GROUPS)} need --db)"
     p.add_argument("--only", type=_groups, default=None, help=only)
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {exc}; using the Python load generator", file=sys.stderr)
             args.generator = "python"
     if args.load_procs is None:
-        args.load_procs = 1 if args.generator == "c" else 2
+        args.load_procs = 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: every child is stopped
     runs = []
     try:

@@ -19,7 +19,7 @@ from typing import Any
 from pedidos.tools import pgdb, slices
 from pedidos.tools.procs import Child, machine_busy, stats, tree_cpu
 from pedidos.tools.report import Row
-from pedidos.tools.scenarios import e2e_figures, in_turns, measure, row_of, start_server
+from pedidos.tools.scenarios import e2e_figures, in_turns, measure, row_of, start_server, warm_up
 
 
 class Nodes:
@@ -161,6 +161,8 @@ def sqlite_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> Non
     server = start_server(args, tmp, "versus-sqlite", "1", sqlite=True)
     try:
         with Nodes(args, tmp, "versus", "A", "1") as nodes:
+            warm_up(nodes)
+            warm_up(server)
             turns, figures = in_turns(
                 lambda: measure(args, nodes, False, during=node_window(nodes, pg)),
                 lambda: measure(args, server, False),
