@@ -28,7 +28,8 @@ from pedidos.tools.report import Row
 ORDER = {"cliente": "Banco de pruebas", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}
 LINE = (json.dumps(ORDER, ensure_ascii=False) + "\n").encode()
 BUSY_WARNING = 30  # % of a core used by other programs during a window
-WARM_UP_S = 0.5
+WARM_UP_S = 1.0
+WARM_UP_CONNS = 50
 
 
 def warm_up(child: Any, line: bytes = LINE, greeting: bool = True) -> None:
@@ -38,8 +39,10 @@ def warm_up(child: Any, line: bytes = LINE, greeting: bool = True) -> None:
     one load process or three; why is not known, and a server of ours did not
     show it), so a baseline's first window measured it cold and the headroom
     check's second window warm: "one more load process" seemed to double it.
-    Every server measured gets the same warm-up, so that no row is taken cold."""
-    drive(child.port, line, conns=2, seconds=WARM_UP_S, procs=1, greeting=greeting, check=False)
+    Every server measured gets the same warm-up, in the measured request/response
+    shape (two connections for half a second left a streams echo cold once),
+    so that no row is taken cold."""
+    drive(child.port, line, conns=WARM_UP_CONNS, seconds=WARM_UP_S, procs=1, greeting=greeting, check=False)
 
 
 def window(child: Child, probe: Any = None, parts: int = 1) -> Any:
