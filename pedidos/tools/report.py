@@ -47,12 +47,10 @@ def _result(name: str, r: Row) -> str:
         return f"{_n(r['rate'])} rows/s; CPU/row: client {_us(r, 'client_us')}, PostgreSQL {_us(r, 'pg_us')}"
     if name == "notify":
         pg = f"; PostgreSQL {_us(r, 'us_pg')}/order, {_us(r, 'sin_us_pg')} without" if "us_pg" in r else ""
-        sin = f"{_n(r['sin_rate'])} with --sin-notify"
-        return f"{_n(r['rate'])} acks/s, {sin}: **{r['ratio']:.2f}**{pg}{_spread(r)}"
+        return _side_by_side(r, f"{_n(r['sin_rate'])} with --sin-notify", pg)
     if name == "sqlite":
         cpu = f"; CPU/order: node {_us(r, 'us_node')}, SQLite server {_us(r, 'sqlite_us')}"
-        sqlite = f"{_n(r['sqlite_rate'])} on SQLite"
-        return f"{_n(r['rate'])} acks/s, {sqlite}: **{r['ratio']:.2f}**{cpu}{_spread(r)}"
+        return _side_by_side(r, f"{_n(r['sqlite_rate'])} on SQLite", cpu)
     if name == "failover":
         back = f"{_n(r['handed_back'])} handed back"
         return f"**{r['took_s']:.2f} s** to the last handed-back order `listo` ({back})"
@@ -69,6 +67,11 @@ def _result(name: str, r: Row) -> str:
         return f"{r['rate']:.1f} listo/s = {r['ratio']:.2f} of N/T = {r['expected']:g}/s"
     unit = "acks" if name.startswith("intake") else "replies"
     return f"{_n(r['rate'])} {unit}/s" + _per_order(r)
+
+
+def _side_by_side(r: Row, other: str, extra: str) -> str:
+    """A row of two servers measured in turn: both rates, the ratio, the spread."""
+    return f"{_n(r['rate'])} acks/s, {other}: **{r['ratio']:.2f}**{extra}{_spread(r)}"
 
 
 def _spread(r: Row) -> str:
