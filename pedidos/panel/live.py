@@ -111,8 +111,7 @@ class Live:
         self._base = dict.fromkeys(ESTADOS, 0)
         self._moved = dict.fromkeys(ESTADOS, 0)
         self._moved_at_base = dict(self._moved)
-        self._synced = False
-        self._synced_at = 0.0
+        self._synced_at: float | None = None  # when the counts were last read
         self._working: dict[int, tuple[int, int, str | None, float]] = {}  # worker -> first id, n, since
         self._dirty = True
         self._latest: list[dict[str, Any]] = []
@@ -180,7 +179,7 @@ class Live:
             if not self.viewers:
                 continue
             try:
-                if not self._synced or (second and tick % resync_ticks == 0):
+                if self._synced_at is None or (second and tick % resync_ticks == 0):
                     await self._resync()
                 if self._nodes.shared and (second or not self._nodes.fetched):
                     await self._nodes.refresh()
@@ -201,7 +200,6 @@ class Live:
         counts = await self._source.counts()
         self._base = {estado: counts.get(estado, 0) for estado in ESTADOS}
         self._moved_at_base = moved_before
-        self._synced = True
         self._synced_at = time.monotonic()
 
     async def current_counts(self) -> dict[str, int]:
@@ -211,7 +209,7 @@ class Live:
         move them too, and every node must report the same."""
         if self._nodes.shared:
             return await self._source.counts()
-        if not self._synced or time.monotonic() - self._synced_at >= RESYNC_S:
+        if self._synced_at is None or time.monotonic() - self._synced_at >= RESYNC_S:
             await self._resync()
         return self.counts()
 

@@ -104,10 +104,12 @@ def start_server(
     *extra: str,
     uvloop: bool = False,
     sqlite: bool = False,
+    warm: bool = True,
 ) -> Child:
     """A server on the standard library's event loop, as a bare install runs it,
     unless `uvloop` (the rapido extra, measured in rows of its own); on `--db`,
-    unless `sqlite` (a file of its own)."""
+    unless `sqlite` (a file of its own); warmed up (`warm_up`) unless `warm` is
+    false (a scenario whose count of orders the warm-up would change)."""
     db = str(tmp / f"{name}.db")
     if args.db and not sqlite:  # a shared database: each scenario starts from an empty table
         db = args.db
@@ -119,6 +121,12 @@ def start_server(
     child = Child(argv, tmp / f"{name}.log", ready_text=" ready: ")
     if args.verbose:
         print(f"  {name}: server pid {child.pid}, port {child.port}", file=sys.stderr)
+    if warm:
+        try:
+            warm_up(child)
+        except BaseException:
+            child.stop()
+            raise
     return child
 
 
@@ -165,7 +173,6 @@ def intake_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> No
             expected = f"loop {rapido.UVLOOP if uvloop else rapido.ASYNCIO}"
             if expected not in child.log.read_text("utf-8", "replace"):  # never a row under the wrong name
                 raise BenchError(f"the {name} server did not say {expected!r}: {child.tail()}")
-            warm_up(child)
             rows[f"{name}_rr"] = row_of(measure(args, child, False))
             rows[f"{name}_pipe"] = row_of(measure(args, child, True))
         finally:
@@ -197,8 +204,6 @@ def panel_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None
     try:
         panel = start_server(args, tmp, "panel", "1", 10_000, "--panel", "0")
         try:
-            warm_up(panel)
-            warm_up(plain)
             with PanelWatcher(panel_url(panel.log)) as watcher:
                 turns, figures = in_turns(
                     lambda: measure(args, panel, False), lambda: measure(args, plain, False)
@@ -224,7 +229,6 @@ def panel_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None
 def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
     child = start_server(args, tmp, "e2e", "0")
     try:
-        warm_up(child)
         probe = lambda: slices.counts(stats(child.port))  # noqa: E731
         result = measure(args, child, False, during=window(child, probe, args.slices or 1))
         rows["e2e"] = e2e_figures(args, child.port, result)
@@ -252,7 +256,7 @@ def e2e_figures(args: argparse.Namespace, port: int, result: dict[str, Any], **e
 
 
 def many_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
-    child = start_server(args, tmp, "many", "1", max_conns=max(10_000, args.many + 100))
+    child = start_server(args, tmp, "many", "1", max_conns=max(10_000, args.many + 100), warm=False)
     try:
         quiet(args)
         options = {"procs": args.load_procs, "engine": args.generator}
@@ -268,7 +272,7 @@ def many_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
 
 def worktime_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
     t = args.work_time_check
-    child = start_server(args, tmp, "worktime", f"{t:g}")
+    child = start_server(args, tmp, "worktime", f"{t:g}", warm=False)
     try:
         expected = args.workers / t
         total = math.ceil(expected * (args.seconds + 3))  # never lets the workers run dry

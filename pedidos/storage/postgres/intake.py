@@ -168,8 +168,8 @@ async def insert_orders(
     refs = [order[3] for order in orders]
     batch = (batch_document(orders, owners),)
     if all(ref is None for ref in refs):
-        row = await (await conn.execute(sql.INSERT, batch)).fetchone()
-        ids = row[0] if row is not None and row[0] is not None else []
+        row = await (await conn.execute(sql.INSERT, batch)).fetchone()  # an aggregate: one row
+        ids = (row[0] or []) if row is not None else []
         if len(ids) != len(orders):
             raise RuntimeError(f"inserted {len(ids)} rows for {len(orders)} orders")
         pendiente = Estado.PENDIENTE.value
