@@ -46,6 +46,13 @@ ENV_PREFIX = "PEDIDOS_"
 for _name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
     del os.environ[_name]
 
+# Nor what the caller's shell did to Ctrl-C: a shell without job control starts
+# a command sent to the background (`pytest &`, nohup, some CI runners) with
+# SIGINT ignored, every process it starts inherits that, and the tests of
+# Ctrl-C (client, benchmark) would wait for an interruption that never comes.
+# A handled signal is reset to its default in the processes started from here.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 # Which event loop the servers the tests start use (issue 15). The suite runs on the
 # standard library (`--sin-rapido`), the path of a bare Python; `pytest --servidor-rapido`

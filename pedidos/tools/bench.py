@@ -106,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m pedidos.bench", description=__doc__.split("\n\n")[0])
     seconds, count = _positive(float), _positive(int)
     p.add_argument("--seconds", type=seconds, default=5.0, help="measured seconds per scenario (default 5)")
-    p.add_argument("--warm", type=float, default=1.0, help="warm-up seconds before each window (default 1)")
+    p.add_argument(
+        "--warm",
+        type=float,
+        default=1.0,
+        help="untimed seconds before each window, and of each server's warm-up as it starts (default 1)",
+    )
     p.add_argument("--connections", type=count, default=50, help="req/resp connections (default 50)")
     p.add_argument("--workers", type=count, default=2, help="server worker processes (default 2)")
     p.add_argument(

@@ -161,7 +161,7 @@ def sqlite_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> Non
     server = start_server(args, tmp, "versus-sqlite", "1", sqlite=True)
     try:
         with Nodes(args, tmp, "versus", "A", "1") as nodes:
-            warm_up(nodes)  # the SQLite server was, as it started
+            warm_up(args, nodes)  # the SQLite server was, as it started
             turns, figures = in_turns(
                 lambda: measure(args, nodes, False, during=node_window(nodes, pg)),
                 lambda: measure(args, server, False),

@@ -28,11 +28,10 @@ from pedidos.tools.report import Row
 ORDER = {"cliente": "Banco de pruebas", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}
 LINE = (json.dumps(ORDER, ensure_ascii=False) + "\n").encode()
 BUSY_WARNING = 30  # % of a core used by other programs during a window
-WARM_UP_S = 1.0
 WARM_UP_CONNS = 50
 
 
-def warm_up(child: Any, line: bytes = LINE, greeting: bool = True) -> None:
+def warm_up(args: argparse.Namespace, child: Any, line: bytes = LINE, greeting: bool = True) -> None:
     """A short untimed load on a server just started, before its first window.
     A fresh echo served its first connections at a third of its later rate for
     as long as they lasted (31k against 95k replies/s in the next window, with
@@ -41,8 +40,11 @@ def warm_up(child: Any, line: bytes = LINE, greeting: bool = True) -> None:
     check's second window warm: "one more load process" seemed to double it.
     Every server measured gets the same warm-up, in the measured request/response
     shape (two connections for half a second left a streams echo cold once),
-    so that no row is taken cold."""
-    drive(child.port, line, conns=WARM_UP_CONNS, seconds=WARM_UP_S, procs=1, greeting=greeting, check=False)
+    so that no row is taken cold. It lasts `--warm` seconds, as the untimed
+    start of each window does (1 by default; the tests' tiny runs shorten both)."""
+    if args.warm > 0:
+        conns, seconds = WARM_UP_CONNS, args.warm
+        drive(child.port, line, conns=conns, seconds=seconds, procs=1, greeting=greeting, check=False)
 
 
 def window(child: Child, probe: Any = None, parts: int = 1) -> Any:
@@ -123,7 +125,7 @@ def start_server(
         print(f"  {name}: server pid {child.pid}, port {child.port}", file=sys.stderr)
     if warm:
         try:
-            warm_up(child)
+            warm_up(args, child)
         except BaseException:
             child.stop()
             raise
@@ -133,7 +135,7 @@ def start_server(
 def _baseline(args: argparse.Namespace, child: Child, name: str, rows: dict[str, Row], line: bytes) -> None:
     """A baseline's two rows, each measured again with one more load process: if
     that raises its rate, the generator, not the baseline, was the ceiling."""
-    warm_up(child, line, greeting=False)
+    warm_up(args, child, line, greeting=False)
     for kind, pipelined in (("rr", False), ("pipe", True)):
         result = measure(args, child, pipelined, line, greeting=False, check=False)
         more = measure(args, child, pipelined, line, greeting=False, check=False, procs=args.load_procs + 1)
