@@ -15,8 +15,8 @@ import pytest
 from conftest import TASK_KEYS
 
 from pedidos.domain import NewOrder
-from pedidos.storage.sqlite.backend import SqliteOpener
 from pedidos.storage.sqlite.lock import WriteLock
+from pedidos.storage.sqlite.opener import SqliteOpener
 from pedidos.storage.sqlite.store import Store, now
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")

@@ -9,7 +9,6 @@ the worker's own event loop, created the first time one is needed.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import json
@@ -17,9 +16,12 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pedidos.domain import MAX_ERROR_CHARS, MAX_RESULT_BYTES
+
+if TYPE_CHECKING:
+    import asyncio
 
 Task = Callable[[dict[str, Any]], Any]
 
@@ -67,6 +69,10 @@ class TaskRunner:
         value = self._task(order)
         if inspect.isawaitable(value):
             if self._loop is None:
+                # Imported here: only an async task needs an event loop, and
+                # asyncio is most of what a worker process would import.
+                import asyncio
+
                 self._loop = asyncio.new_event_loop()
             value = self._loop.run_until_complete(value)
         return value

@@ -12,7 +12,6 @@ the standard library; never the server, processing or the wire.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,6 +110,7 @@ def read_all_orders(db: str, page: int = 1000) -> list[dict[str, Any]]:
     """Every stored order, oldest first, read through the interface and
     handing nothing back: for tools that audit a database a server left.
     Blocking (it runs its own event loop)."""
+    import asyncio  # here: a worker process imports this package and runs no loop
 
     async def read() -> list[dict[str, Any]]:
         storage = open_storage(db)

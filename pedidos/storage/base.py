@@ -21,11 +21,13 @@ returns them in every order it reads, after `intentos`, in that order:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from pedidos.domain import Estado, NewOrder, Receipt
+
+if TYPE_CHECKING:  # the worker and writer processes import this without an event loop
+    import asyncio
 
 __all__ = ["Receipt"]  # part of this interface; defined with the domain
 

@@ -13,12 +13,14 @@ kept the whole batch out.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pedidos.domain import NewOrder
+
+if TYPE_CHECKING:  # the writer process imports this (its messages' shapes) and runs no loop
+    import asyncio
 
 # A new order as a batch carries it: (cliente, productos, direccion, referencia, owner).
 Order = tuple[str, tuple[str, ...], str, "str | None", "str | None"]

@@ -17,37 +17,19 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from pedidos.domain import Estado, NewOrder
 from pedidos.storage.base import Ack, Claim, Recovery, StorageError, plain_receipt
 from pedidos.storage.sqlite.files import database_error, lock_database
 from pedidos.storage.sqlite.lock import WriteLock
+from pedidos.storage.sqlite.opener import SqliteOpener
 from pedidos.storage.sqlite.store import Store
 from pedidos.storage.sqlite.writer import STOP_TIMEOUT_S, Writer
 
 logger = logging.getLogger(__name__)
 
 READER_THREADS = 2
-
-
-@dataclass(frozen=True)
-class SqliteOpener:
-    """Opens a worker's connection, in the worker process (pickled to it at spawn)."""
-
-    path: str
-    lock: WriteLock
-
-    def __call__(self, worker: int, server_pid: int) -> Store:
-        # A worker's state changes commit without their own fsync (NORMAL): the
-        # WAL is one sequential file, so the writer's next FULL commit makes
-        # them durable too. Power lost before that can only turn the last
-        # `listo` back into `en proceso`, which the next start hands back and
-        # redoes; it never loses an acknowledged order. Meanwhile the workers
-        # hold the write lock for microseconds instead of an fsync, and intake
-        # does not wait for them.
-        return Store(self.path, self.lock.held_by(worker, server_pid), synchronous="NORMAL")
 
 
 class Reader:
