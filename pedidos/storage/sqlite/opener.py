@@ -2,8 +2,9 @@
 
 A module of its own, apart from the backend: it is pickled to every worker at
 spawn, and unpickling it imports this module there. The backend's module would
-bring the event loop, the writer and the reader threads into each worker,
-which use none of them (and a worker then starts in about half the time).
+bring asyncio (and ssl with it), the writer and the reader threads into each
+worker, which uses none of them: without them a worker imports in about a
+quarter less time and holds about 5 MB less.
 """
 
 from __future__ import annotations
