@@ -19,8 +19,8 @@ from conftest import assert_nothing_left, marked_processes
 
 from pedidos.tools.bench import GROUPS, PG_GROUPS, build_parser, parse_args
 from pedidos.tools.load import drive
-from pedidos.tools.procs import Child
-from pedidos.tools.report import ceilings, table
+from pedidos.tools.procs import TICK, Child, machine_times
+from pedidos.tools.report import CPU_PARTS, ceilings, table
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--seconds", "0.3", "--warm", "0.1", "--connections", "5", "--pipeline-conns", "2", "--depth", "5"]
@@ -81,6 +81,9 @@ def test_tiny_run_measures_every_scenario_and_leaves_nothing(tmp_path):
             assert median[f"intake_uv_{kind}"][f"vs_{base}"] > 0
             assert median[f"{base}_{kind}"]["headroom"] > -1  # measured again with one more load process
     assert median["e2e"]["left"] == 0  # the backlog drained
+    # CPU shares of every part, the host's steal among them, in the JSON and the table.
+    assert "CPU % loop/threads/writer/workers/load/other/steal" in stdout
+    assert all(median["intake_rr"][f"cpu_{part}"] >= 0 for part in CPU_PARTS)
     many = median["many"]
     assert (many["acked"], many["refused"], many["connect_failed"], many["lost"]) == (200, 0, 0, 0)
     assert many["rss_mb"] > 0
@@ -145,6 +148,14 @@ def test_node_options_without_a_postgresql_database_are_refused(args, named, cap
     assert f"argument {named}" in capsys.readouterr().err
 
 
+def test_time_the_host_stole_is_counted_apart_from_other_programs(tmp_path):
+    # /proc/stat's first line, in clock ticks: user nice system idle iowait irq softirq steal ...
+    stat = tmp_path / "stat"
+    stat.write_text(f"cpu  {3 * TICK} {TICK} {2 * TICK} 900 5 0 {4 * TICK} {7 * TICK} 0 0\ncpu0 1 2 3\n")
+    # Busy: user, nice, system, irq (softirq is mostly the benchmark's own loopback traffic).
+    assert machine_times(str(stat)) == (6.0, 7.0)
+
+
 def test_a_baseline_raised_by_one_more_load_process_fails_the_run():
     rows = {
         "echo_streams_rr": {"rate": 100.0, "headroom": 0.04},
@@ -204,6 +215,7 @@ def test_nodes_of_one_postgresql_database_measure_every_node_scenario_and_leave_
         # The session's cluster runs here: its postmaster's tree is measured too (a
         # tiny window may see no clock tick of it, but never "n/a", a missing figure).
         assert row["nodes"] == 2 and row["us_node"] > 0 and row["us_pg"] >= 0, (name, row)
+        assert row["cpu_steal"] >= 0 and row["cpu_other"] >= 0, (name, row)
     assert median["e2e"]["left"] == 0  # every order acknowledged reached listo
     for batch in (1, 100):
         assert median[f"dblimit_{batch}"]["rate"] > 0 and median[f"dblimit_{batch}"]["pg_us"] >= 0

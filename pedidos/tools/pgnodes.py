@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pedidos.tools import pgdb, slices
-from pedidos.tools.procs import Child, machine_busy, stats, tree_cpu
+from pedidos.tools.procs import Child, machine_times, stats, tree_cpu
 from pedidos.tools.report import Row
 from pedidos.tools.scenarios import e2e_figures, in_turns, measure, row_of, start_server, warm_up
 
@@ -86,14 +86,15 @@ def node_window(nodes: Nodes, pg: pgdb.PgCpu, probe: Any = None, parts: int = 1)
     roots = [child.pid for child in nodes.children]
 
     def snapshot(load: list[int]) -> dict[str, float | None]:
-        snap = {"nodes": tree_cpu(roots), "pg": pg(), "load": tree_cpu(load), "busy": machine_busy()}
-        return snap
+        busy, stolen = machine_times()
+        return {"nodes": tree_cpu(roots), "pg": pg(), "load": tree_cpu(load), "busy": busy, "steal": stolen}
 
     def during(start: float, end: float, pids: list[int]) -> dict[str, Any]:
         before, after, samples = slices.run_window(start, end, parts, lambda: snapshot(pids), probe)
         used = {k: None if after[k] is None else after[k] - before[k] for k in before}  # type: ignore[operator]
         seconds = end - start
-        other = used["busy"] - sum(v for k, v in used.items() if k != "busy" and v)  # type: ignore[operator]
+        measured = [v for k, v in used.items() if k not in ("busy", "steal") and v]
+        other = used["busy"] - sum(measured)  # type: ignore[operator,arg-type]
         cpu = {k: round(100 * v / seconds) for k, v in used.items() if k != "busy" and v is not None}
         cpu["other"] = max(0, round(100 * other / seconds))
         return {"cpu": cpu, "cpu_s": used, "samples": samples, "start": start, "end": end}

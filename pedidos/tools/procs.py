@@ -183,12 +183,20 @@ def _cpu(stat_path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-def machine_busy() -> float:
-    """CPU seconds the whole machine has been busy, stolen time included. Not
-    softirq time: that is mostly the loopback traffic of the benchmark itself."""
-    with open("/proc/stat") as stat:
+def machine_times(stat_path: str = "/proc/stat") -> tuple[float, float]:
+    """CPU seconds so far of the whole machine: busy (not softirq time, mostly
+    the loopback traffic of the benchmark itself), and stolen: time the
+    hypervisor gave another guest while this one had work to run."""
+    with open(stat_path) as stat:
         user, nice, system, _idle, _iowait, irq, _softirq, steal = map(int, stat.readline().split()[1:9])
-    return (user + nice + system + irq + steal) / TICK
+    return (user + nice + system + irq) / TICK, steal / TICK
+
+
+def machine_busy() -> float:
+    """CPU seconds the machine has been busy or stolen from: either leaves
+    less of it to a measurement."""
+    busy, stolen = machine_times()
+    return busy + stolen
 
 
 def wait_quiet(limit_s: float, threshold: float = 0.25, sample_s: float = 1.0) -> float:
@@ -206,11 +214,11 @@ def wait_quiet(limit_s: float, threshold: float = 0.25, sample_s: float = 1.0) -
 def cpu_snapshot(server: int | None, load: list[int], writer: int | None = None) -> dict[str, float]:
     """CPU seconds so far: the server's event loop thread, its other threads
     (readers, pool monitor, queue feeders), its writer process, its other
-    children (workers), the load processes, and everything else on the
-    machine (other programs, steal)."""
+    children (workers), the load processes, everything else on the machine
+    (other programs), and the time the host stole from this machine."""
     snap = {"loop": 0.0, "threads": 0.0, "writer": 0.0, "workers": 0.0}
     snap["load"] = sum(_cpu(f"/proc/{p}/stat") for p in load)
-    snap["other"] = machine_busy()
+    snap["other"], stolen = machine_times()
     if server is not None:
         with contextlib.suppress(OSError):
             for task in os.listdir(f"/proc/{server}/task"):
@@ -219,6 +227,7 @@ def cpu_snapshot(server: int | None, load: list[int], writer: int | None = None)
         for pid in children(server):
             snap["writer" if pid == writer else "workers"] += _cpu(f"/proc/{pid}/stat")
     snap["other"] -= sum(value for key, value in snap.items() if key != "other")
+    snap["steal"] = stolen
     return snap
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from pedidos.tools import slices
 
-CPU_PARTS = ("loop", "threads", "writer", "workers", "load", "other")
-NODE_CPU_PARTS = ("nodes", "pg", "load", "other")
+CPU_PARTS = ("loop", "threads", "writer", "workers", "load", "other", "steal")
+NODE_CPU_PARTS = ("nodes", "pg", "load", "other", "steal")
 HEADROOM_LIMIT = 0.05  # one more load process may raise a baseline by less than this
 Row = dict[str, Any]
 BASELINES = ("echo_streams", "echo_protocol", "redis")
