@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pedidos"
 # layer: the pedidos layers its modules must never import
 FORBIDDEN = {
     "pedidos.domain": ("pedidos",),  # the standard library only
+    "pedidos.background": ("pedidos",),
     "pedidos.protocol": ("pedidos.server", "pedidos.processing", "pedidos.storage", "pedidos.client"),
     "pedidos.storage": ("pedidos.server", "pedidos.processing", "pedidos.protocol", "pedidos.client"),
     "pedidos.processing": ("pedidos.server", "pedidos.protocol", "pedidos.client", "pedidos.storage.sqlite"),

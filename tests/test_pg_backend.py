@@ -137,7 +137,7 @@ def test_a_dead_node_is_reaped_once_even_by_two_nodes_at_once_and_cannot_claim(p
         ids = [r.id for r in await asyncio.gather(*(dead.submit(order(n), None) for n in range(4)))]
         store = dead.worker_opener()(1, os.getpid())
         claim = await asyncio.to_thread(store.claim, ids[:3], 1)
-        dead.nodes._task.cancel()  # it stops renewing: as if paused
+        await dead.nodes._renewal.stop()  # it stops renewing: as if paused
         b = await started(pg_url, "b", lease=0.3)
         c = await started(pg_url, "c", lease=0.3)
         b.health._since = c.health._since = time.monotonic() - 10  # up long enough to reap
@@ -175,7 +175,7 @@ def test_a_taken_name_refuses_a_second_live_node_and_start_recovers_only_its_own
             await started(pg_url, "b")
         # `a` dies (no hand back) and starts again at once, same host: its
         # old row belongs to a dead pid of this host, so it is taken over.
-        a.nodes._task.cancel()
+        await a.nodes._renewal.stop()
         await a._close()
         await asyncio.to_thread(rows_exec, pg_url, "UPDATE nodos SET pid = 999999 WHERE nodo = 'a'")
         again = PostgresStorage(pg_url, "a")

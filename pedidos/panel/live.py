@@ -20,7 +20,6 @@ Stdlib only: the HTTP side is in web.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -30,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pedidos.background import Background
 from pedidos.events import (
     CANCELLED,
     FAILED,
@@ -117,7 +117,7 @@ class Live:
         self._latest: list[dict[str, Any]] = []
         self.series: deque[tuple[int, int, int]] = deque(maxlen=SERIES_SECONDS)
         self._nodes = Nodes(source.live_nodes, source.listing)
-        self._task: asyncio.Task[None] | None = None
+        self._ticker = Background(self._run)
         source.bus.subscribe(self._on_event)
 
     # --- the bus: O(1) per event ---------------------------------------------------
@@ -141,13 +141,10 @@ class Live:
     # --- the ticker ---------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._ticker.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._ticker.stop()
 
     def join(self) -> Viewer:
         viewer = Viewer()

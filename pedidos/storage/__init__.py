@@ -6,8 +6,9 @@ below picks the backend from `--db`; `intake` is group commit's gathering
 half, which any backend can reuse. `sqlite/` is the default backend, with
 its writer process and its write lock, which nothing outside it knows of.
 Every backend keeps the table of the contract (section 7) and the promise that
-an order is durable before its acknowledgement. Imports only the domain and
-the standard library; never the server, processing or the wire.
+an order is durable before its acknowledgement. Imports only the domain,
+`pedidos.background` and the standard library; never the server, processing
+or the wire.
 """
 
 from __future__ import annotations

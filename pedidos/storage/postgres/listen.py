@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from pedidos.background import Background
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import BACKOFF_FIRST_S, BACKOFF_MAX_S, one_line
 
@@ -38,18 +39,14 @@ class Listener:
         self._info = info
         self._on_new = on_new
         self._on_done = on_done
-        self._task: asyncio.Task[None] | None = None
+        self._listener = Background(self._run)
         self.connected = asyncio.Event()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._listener.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._listener.stop()
 
     async def _run(self) -> None:
         delay = BACKOFF_FIRST_S

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from pedidos.background import Background
 from pedidos.domain import MAX_ATTEMPTS
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link
@@ -60,7 +61,7 @@ class Nodes:
         self._health = health
         self._figures = figures
         self._on_handed_back = on_handed_back
-        self._task: asyncio.Task[None] | None = None
+        self._renewal = Background(self._run)
         self._registered = True
 
     async def register(self) -> None:
@@ -109,14 +110,11 @@ class Nodes:
         ]
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._renewal.start()
 
     async def stop(self) -> None:
         """Stop renewing and give the name up (after the orders were handed back)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._renewal.stop()
         with contextlib.suppress(DatabaseUnavailable):
             async with self._link.use() as conn:
                 await conn.execute(sql.LEAVE, (self.nodo, self.token))
