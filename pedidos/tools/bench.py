@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = "load generator: c (built with the machine's cc; python where there is none) or python (default c)"
     p.add_argument("--generator", choices=("c", "python"), default="c", help=gen)
     procs = "load generator processes (default 2)"
-    p.add_argument("--load-procs", type=count, default=None, help=procs)
+    p.add_argument("--load-procs", type=count, default=2, help=procs)
     only = f"comma-separated subset of {','.join(GROUPS)} (default all; {','.join(PG_GROUPS)} need --db)"
     p.add_argument("--only", type=_groups, default=None, help=only)
     quiet = "before each scenario, wait up to S s for other programs to leave the CPUs idle (default 0)"
@@ -176,8 +176,6 @@ def main(argv: list[str] | None = None) -> int:
         except cload.LoadgenUnavailable as exc:
             print(f"bench: {exc}; using the Python load generator", file=sys.stderr)
             args.generator = "python"
-    if args.load_procs is None:
-        args.load_procs = 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: every child is stopped
     runs = []
     try:

@@ -28,6 +28,7 @@ from pedidos.tools.report import Row
 ORDER = {"cliente": "Banco de pruebas", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}
 LINE = (json.dumps(ORDER, ensure_ascii=False) + "\n").encode()
 BUSY_WARNING = 30  # % of a core used by other programs, or stolen by the host, during a window
+BUSY_PARTS = {"other": "other programs used", "steal": "the host stole from this machine"}
 WARM_UP_CONNS = 50
 
 
@@ -72,16 +73,9 @@ def measure(args: argparse.Namespace, child: Any, pipelined: bool, line: bytes =
     result = drive(child.port, line, **{**shape, "during": during, **options, **kw})
     warn(result, child)
     cpu = result["during"]["cpu"]
-    if cpu["other"] > BUSY_WARNING:
-        print(
-            f"  warning: other programs used {cpu['other']}% of a core meanwhile; figures low",
-            file=sys.stderr,
-        )
-    if cpu["steal"] > BUSY_WARNING:
-        print(
-            f"  warning: the host stole {cpu['steal']}% of a core from this machine; figures low",
-            file=sys.stderr,
-        )
+    for part, who in BUSY_PARTS.items():
+        if cpu[part] > BUSY_WARNING:
+            print(f"  warning: {who} {cpu[part]}% of a core meanwhile; figures low", file=sys.stderr)
     return result
 
 
