@@ -521,9 +521,13 @@ def test_writer_killed_under_load_is_replaced_and_loses_no_acknowledged_order(tm
             load.wait_acked(load.acked() + 300, srv)
             load.finish()
         assert "hang" not in load.endings and "closed" not in load.endings, load.endings
-        # Orders in the dead writer's hands got an error, never an ack.
+        # Orders in the dead writer's hands got an error, never an ack; and
+        # not "it had no effect": it may have committed them before dying.
         assert all(r["error"] == "error_interno" for r in load.refusals), load.refusals[:3]
+        assert all("no se sabe si la petición tuvo efecto" in r["mensaje"] for r in load.refusals)
         assert any("the writer process died" in line for line in srv.lines), srv.log
+        # One line for the event, not one per request it took with it.
+        assert not [line for line in srv.lines if "request from" in line], srv.log
         acks = dict(load.acks)
         final = wait_all(srv.port, sorted(acks))
         assert srv.stop() == 0

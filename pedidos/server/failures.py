@@ -3,8 +3,9 @@
 A request's future that was cancelled, or raised, becomes one error reply
 here, so the connection writes it like any other answer and the event loop
 never sees the exception. An unavailable database is the client's cue to try
-again later (`servidor_ocupado`); anything else is logged and answered as
-`error_interno`, and it changed nothing.
+again later (`servidor_ocupado`); a write whose outcome was lost with the
+process doing it is `error_interno` saying just that, since it may be stored;
+anything else is logged and answered as `error_interno`, and it changed nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from typing import Any
 
 from pedidos.protocol.replies import ERROR_INTERNO, SERVIDOR_OCUPADO, RequestError, encode_line, error_reply
-from pedidos.storage.base import StorageUnavailable
+from pedidos.storage.base import OutcomeUnknown, StorageUnavailable
 
 # Logged as the connection's event, under the logger it always had: log
 # filters and collectors select on that name.
@@ -37,5 +38,11 @@ def reply_of(future: asyncio.Future[Any], peer: str) -> dict | bytes:
         return error.reply()
     if isinstance(error, StorageUnavailable):  # logged once by the backend, not per order
         return error_reply(SERVIDOR_OCUPADO, "La base de datos no responde ahora; pruebe más tarde.")
+    if isinstance(error, OutcomeUnknown):  # logged once by the backend, not per request
+        return error_reply(
+            ERROR_INTERNO,
+            "Error interno del servidor: no se sabe si la petición tuvo efecto. Compruébelo "
+            "(consultar, listar) antes de repetirla; un pedido con referencia se puede reenviar sin riesgo.",
+        )
     logger.error("request from %s failed: %r", peer, error)
     return error_reply(ERROR_INTERNO, "Error interno del servidor; la petición no tuvo efecto.")

@@ -43,6 +43,11 @@ class StorageUnavailable(StorageError):
     `servidor_ocupado` and commands with `error_interno` until it is back."""
 
 
+class OutcomeUnknown(StorageError):
+    """The process doing the write died before it answered: the write may or
+    may not be committed. Never an ack; the client is told it cannot know."""
+
+
 class ServerGone(Exception):
     """Raised in a worker process when its server died: the worker exits."""
 

@@ -120,9 +120,10 @@ class Intake:
         if new_ids and self._on_stored is not None:
             self._on_stored(tuple(new_ids))
 
-    def fail_in_flight(self, error: BaseException, unsent: bool = False) -> None:
+    def fail_in_flight(self, error: BaseException, unsent: bool = False) -> int:
         """Fail every batch sent and not answered (and with `unsent`, the one
-        never sent): none of their orders gets an ack."""
+        never sent): none of their orders gets an ack. Returns how many
+        requests that failed."""
         batches = [*self._in_flight, self._batch] if unsent else [*self._in_flight]
         self._in_flight.clear()
         notify: set[Callable[[], None]] = set()
@@ -132,6 +133,7 @@ class Intake:
             notify |= batch.notify
         for callback in notify:
             callback()
+        return sum(len(batch.futures) + len(batch.call_futures) for batch in batches)
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

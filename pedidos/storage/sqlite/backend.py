@@ -182,12 +182,16 @@ class SqliteStorage:
         return await self._read(Store.pending_ids, from_id, limit)  # type: ignore[misc]
 
     async def hand_back(self, worker: int, crashed: bool) -> list[tuple[int, Estado]]:
-        self._lock.release_of(worker)  # type: ignore[union-attr]  # it is dead: if it held it
+        await self._release_of(worker)  # it is dead: if it held the lock
         return await self._writer.run(Store.release, worker, crashed)  # type: ignore[union-attr]
 
     async def fail(self, claim: Claim, error: str, retry_at: str | None) -> list[tuple[int, Estado]]:
-        self._lock.release_of(claim.worker)  # type: ignore[union-attr]  # it was killed: if it held it
+        await self._release_of(claim.worker)  # it was killed: if it held the lock
         return await self._writer.run(Store.fail, claim, error, retry_at)  # type: ignore[union-attr]
+
+    async def _release_of(self, process: int) -> None:
+        assert self._lock is not None, "start() first"
+        await asyncio.get_running_loop().run_in_executor(None, self._lock.release_of, process)
 
     async def live_nodes(self) -> None:
         return None

@@ -2,9 +2,14 @@
 
 SQLite lets one connection write at a time; left to itself, a second writer
 sleeps and retries (the busy handler). The server's writer process and its
-workers instead queue on one `multiprocessing.Lock`, and record who holds it:
-a process killed while holding it would block every writer forever, so the
-backend releases it when it learns of that death.
+workers instead queue on one `multiprocessing.Lock` (the contract names it),
+and record who holds it: a process killed while holding it would block every
+writer forever, so the backend releases it when it learns of that death.
+
+Taking the lock and recording the holder are two steps, and so are clearing
+the record and releasing: a process killed between them leaves the lock held
+with no holder recorded. `release_of` tells that apart from a live holder by
+waiting a moment for the lock (see there).
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from pedidos.storage.base import ServerGone
 logger = logging.getLogger(__name__)
 
 PARENT_CHECK_S = 0.5  # how often a process waiting for the lock checks its server
+# How long `release_of` waits for a lock held with no holder recorded before it
+# concludes that the dead process held it. A live process records itself within
+# microseconds of taking the lock (or releases it within microseconds of
+# clearing the record): a lock held that long with no holder has none alive.
+UNRECORDED_S = 0.5
 WRITER = -1  # holder number of the writer process (workers are 1..N)
 
 
@@ -36,11 +46,24 @@ class WriteLock:
         return OwnedLock(self.lock, self.holder, owner, server_pid)
 
     def release_of(self, owner: int) -> None:
-        """Free the lock if `owner` died holding it."""
+        """Free the lock if `owner`, now dead, held it. Blocks for up to
+        `UNRECORDED_S`: call it off the event loop."""
+        who = "the writer" if owner == WRITER else f"worker {owner}"
         if self.holder.value == owner:
-            who = "the writer" if owner == WRITER else f"worker {owner}"
             logger.warning("%s died holding the database lock; releasing it", who)
             self.holder.value = 0
+            self.lock.release()
+            return
+        if self.holder.value != 0:
+            return  # a live process holds it
+        # No holder recorded: the lock is free, or a live process is between
+        # its two steps for a moment, or `owner` died between them. Only in
+        # the last case does it stay taken with no holder.
+        if self.lock.acquire(timeout=UNRECORDED_S):
+            self.lock.release()
+            return
+        if self.holder.value == 0:
+            logger.warning("%s died while taking or giving back the database lock; releasing it", who)
             self.lock.release()
 
 

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from pedidos.storage.base import Ack
+from pedidos.storage.base import Ack, OutcomeUnknown
 from pedidos.storage.intake import Answer, Batch, Intake
 from pedidos.storage.sqlite.lock import WRITER, WriteLock
 from pedidos.storage.sqlite.writer_process import Reply, Request, writer_main
@@ -138,13 +138,19 @@ class Writer:
         self._pipe = None
         if self._stopping:
             return
-        self.intake.fail_in_flight(RuntimeError("the writer process died"))
+        lost = self.intake.fail_in_flight(OutcomeUnknown("the writer process died"))
+        if lost:
+            logger.error(
+                "the writer process died with %d requests in hand: they are answered that "
+                "their outcome is unknown (committed or not)",
+                lost,
+            )
         self._restarting = self._loop.create_task(self._restart())
 
     async def _restart(self) -> None:
         await self._loop.run_in_executor(None, self._process.join)
         logger.error("the writer process died (exit code %s); starting a new one", self._process.exitcode)
-        self._lock.release_of(WRITER)  # if it died holding it
+        await self._loop.run_in_executor(None, self._lock.release_of, WRITER)  # if it died holding it
         await asyncio.sleep(RESTART_DELAY_S)
         if self._stopping:
             return

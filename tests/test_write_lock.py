@@ -1,0 +1,81 @@
+"""The write lock the SQLite writer and workers share (storage/sqlite/lock.py):
+freed when the process that held it dies, however far it got.
+
+Each case runs a real spawned process that takes the lock and dies by
+`os._exit` at one point of taking or giving it back."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+
+import pytest
+
+from pedidos.storage.sqlite.lock import UNRECORDED_S, WriteLock
+
+WORKER = 3
+
+
+def _die(lock: WriteLock, where: str) -> None:
+    owned = lock.held_by(WORKER)
+    if where == "before recording":  # took it, killed before writing down who holds it
+        lock.lock.acquire()
+    elif where == "holding":
+        owned.__enter__()
+    elif where == "after clearing":  # wrote down it holds nothing, killed before releasing
+        owned.__enter__()
+        lock.holder.value = 0
+    os._exit(0)
+
+
+def _run(target, *args) -> None:
+    process = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    process.start()
+    process.join(30)
+    assert process.exitcode == 0
+
+
+@pytest.mark.parametrize("where", ["before recording", "holding", "after clearing"])
+def test_a_dead_holder_s_lock_is_freed_wherever_it_died(where):
+    lock = WriteLock()
+    _run(_die, lock, where)
+    assert not lock.lock.acquire(block=False), "the dead process should hold it now"
+    lock.release_of(WORKER)
+    assert lock.lock.acquire(timeout=5), "release_of left the lock taken"
+    lock.lock.release()
+
+
+def test_a_free_lock_stays_free_and_whole():
+    lock = WriteLock()
+    lock.release_of(WORKER)  # nothing held: must not release a free lock (ValueError) nor keep it
+    with lock.held_by(1):
+        assert lock.holder.value == 1
+    assert lock.lock.acquire(block=False)
+    lock.lock.release()
+
+
+def _hold(lock: WriteLock, owner: int, taken, done) -> None:
+    with lock.held_by(owner):
+        taken.set()
+        done.wait(30)
+
+
+def test_a_live_holder_keeps_the_lock_when_another_process_dies():
+    ctx = multiprocessing.get_context("spawn")
+    lock = WriteLock()
+    taken, done = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(lock, 1, taken, done))
+    holder.start()
+    try:
+        assert taken.wait(30)
+        started = time.monotonic()
+        lock.release_of(WORKER)  # worker 3 died; worker 1 holds the lock, recorded
+        assert time.monotonic() - started < UNRECORDED_S  # no wait: a holder is recorded
+        assert not lock.lock.acquire(block=False), "worker 1's lock was taken from it"
+    finally:
+        done.set()
+        holder.join(30)
+    assert holder.exitcode == 0
+    assert lock.lock.acquire(timeout=5)
+    lock.lock.release()
