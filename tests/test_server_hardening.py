@@ -37,6 +37,7 @@ from test_faults import Load, _without_file_permission_override
 
 from pedidos import __version__
 from pedidos.server.cli import build_parser, main
+from pedidos.server.server import SAME_STOP_S
 
 ORDER = {"cliente": "Cliente Secreto", "productos": ["pan"], "direccion": "Calle Oculta 1"}
 EXIT_DEADLINE = 30.0  # a server that must refuse to start; past this it started
@@ -231,8 +232,11 @@ def test_a_second_signal_stops_at_once_and_the_next_start_takes_the_order_up(tmp
         with LineClient("127.0.0.1", srv.port) as c:
             order_id = c.ask(ORDER)["id"]
         wait_for(lambda: states(srv)[order_id][0] == "en proceso", timeout=20)
+        first = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: "waiting for 1 worker to finish its orders (up to 60 s)" in srv.log, timeout=10)
+        # Later than the window in which a second signal is the same stop asked twice.
+        wait_for(lambda: time.monotonic() - first > SAME_STOP_S, timeout=SAME_STOP_S + 1)
         started = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         try:
@@ -250,6 +254,26 @@ def test_a_second_signal_stops_at_once_and_the_next_start_takes_the_order_up(tmp
         pedido = c.ask({"accion": "esperar", "id": order_id, "timeout": 20})["pedido"]
         assert "1 order was in process when the server last stopped" in again.log, again.log
     assert (pedido["estado"], pedido["intentos"]) == ("listo", 1)
+
+
+def test_two_signals_at_once_are_one_graceful_stop(tmp_path):
+    # What `timeout` does (the server, then its process group), and `kill PID;
+    # kill -- -PGID`: the workers must still finish the orders in hand.
+    args = ("--workers", "1", "--work-time", "2", "--shutdown-timeout", "60")
+    with running_server(tmp_path, *args) as srv:
+        with LineClient("127.0.0.1", srv.port) as c:
+            order_id = c.ask(ORDER)["id"]
+        wait_for(lambda: states(srv)[order_id][0] == "en proceso", timeout=20)
+        first = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        # The second once the first is being handled (two signals still pending
+        # at once would reach the server as one), within the window.
+        wait_for(lambda: "shutting down" in srv.log, timeout=10, interval=0.001)
+        assert time.monotonic() - first < SAME_STOP_S, "the first signal took the whole window to act on"
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.stop() == 0
+        assert "without waiting" not in srv.log and "killed" not in srv.log, srv.log
+    assert states(srv)[order_id][0] == "listo"
 
 
 # --- 5. the port taken on one address ------------------------------------------------------------

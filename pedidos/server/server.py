@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +39,12 @@ from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
 
+# A second stop signal stops at once, without waiting for the workers; one that
+# comes within this time of the first is the same request sent twice: `timeout`
+# signals the server and then its whole process group, and `kill` of the server
+# followed by `kill -- -PGID` does the same, microseconds apart.
+SAME_STOP_S = 1.0
+
 __all__ = ["Server", "ServerConfig", "StartupError"]
 
 FORCED_WRITER_STOP_S = 2.0  # after a second signal: the database's last commit, at most
@@ -52,6 +59,7 @@ class Server:
         self.state: ServerState | None = None  # what connections share, once started
         self._exit = asyncio.Event()
         self._force_exit = False
+        self._exit_asked = 0.0  # when the stop was first asked for (time.monotonic)
         self._forced = asyncio.Event()
         self._listeners: list[Listener] = []
         self._storage: Storage | None = None
@@ -70,11 +78,16 @@ class Server:
             await self.shutdown()
 
     def request_exit(self) -> None:
+        now = time.monotonic()
         if self._exit.is_set():
+            if now - self._exit_asked < SAME_STOP_S:
+                return  # the same stop, asked twice (see SAME_STOP_S)
             self._force_exit = True
             self._forced.set()
             if self.state is not None:
                 self.state.drained.set()
+        else:
+            self._exit_asked = now
         self._exit.set()
 
     # --- start ------------------------------------------------------------------
