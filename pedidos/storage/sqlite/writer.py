@@ -23,6 +23,7 @@ from pedidos.storage.base import Ack, OutcomeUnknown
 from pedidos.storage.intake import Answer, Batch, Intake
 from pedidos.storage.sqlite.lock import WRITER, WriteLock
 from pedidos.storage.sqlite.writer_process import Reply, Request, writer_main
+from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +142,9 @@ class Writer:
         lost = self.intake.fail_in_flight(OutcomeUnknown("the writer process died"))
         if lost:
             logger.error(
-                "the writer process died with %d requests in hand: they are answered that "
+                "the writer process died with %s in hand: they are answered that "
                 "their outcome is unknown (committed or not)",
-                lost,
+                count(lost, "request"),
             )
         self._restarting = self._loop.create_task(self._restart())
 
