@@ -6,6 +6,7 @@ the log, and clear start errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -15,6 +16,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -221,6 +223,67 @@ def test_the_systemd_unit_in_the_docs_fits_the_server():
     assert unit["WorkingDirectory"].startswith("/")
     db = start[start.index("--db") + 1] if "--db" in start else defaults.db
     assert db.startswith("/") or unit["WorkingDirectory"]
+
+
+def test_a_stop_while_a_client_keeps_sending_still_delivers_every_ack(tmp_path):
+    # The client floods orders without reading its replies, so acks pile up
+    # on the server's side; the stop comes then, and only then the client
+    # reads. Every order the server stored must reach the client as an ack:
+    # closing with the flood unread would reset the connection and throw
+    # away the acks still on their way.
+    with running_server(tmp_path, "--work-time", "0") as srv:
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        replies = sock.makefile("rb")
+        replies.readline()  # the greeting
+        acked: set[int] = set()
+        ended: list[str] = []
+
+        def flood() -> None:
+            line = (json.dumps(ORDER) + "\n").encode()
+            try:
+                while not ended:
+                    sock.sendall(line * 50)
+            except OSError:
+                pass
+
+        def read() -> None:
+            try:
+                while line := replies.readline():
+                    reply = json.loads(line)
+                    if reply.get("ok"):
+                        acked.add(reply["id"])
+                ended.append("eof")
+            except OSError as exc:
+                ended.append(repr(exc))
+
+        sender, reader = threading.Thread(target=flood), threading.Thread(target=read)
+        sender.start()
+        try:
+            # Backpressure: the server stops reading once its replies back up.
+            wait_for(lambda: _count(srv.db) >= 1000, timeout=30)
+            srv.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: "to be answered" in srv.log, timeout=30)
+            reader.start()
+            assert srv.stop() == 0
+            wait_for(lambda: ended, timeout=30)
+        finally:
+            ended.append("done")
+            with contextlib.suppress(OSError):  # already reset, on a failure
+                sock.shutdown(socket.SHUT_RDWR)
+            sender.join(30)
+            if reader.is_alive() or reader.ident is not None:
+                reader.join(30)
+            sock.close()
+    assert ended[0] == "eof", ended
+    stored = set(stored_orders(srv.db))
+    assert acked <= stored
+    assert not stored - acked, f"{len(stored - acked)} stored orders never acknowledged"
+
+
+def _count(db: Path) -> int:
+    """Orders stored so far, read beside the running server."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return conn.execute("SELECT count(*) FROM pedidos").fetchone()[0]
 
 
 # --- 3. a second signal -----------------------------------------------------------------------

@@ -36,6 +36,12 @@ from pedidos.server.state import ServerState
 logger = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 1000
+# Closing a socket with input left unread makes the kernel send a reset, and a
+# reset throws away the replies still on their way to the client. A connection
+# closed by the server while the client may still be sending (a stop, an
+# oversized request) half-closes instead: its replies, then end of output; what
+# the client still sends is dropped, until it closes or for this long at most.
+LINGER_S = 2.0
 Slot = Union[dict, "asyncio.Future[dict]"]
 
 
@@ -57,6 +63,8 @@ class Connection(asyncio.BufferedProtocol):
         # small parsed values rather than tasks, until the line has room.
         self._parked: deque[Any] = deque()
         self._transport: asyncio.Transport | None = None
+        self._eof_received = False
+        self._linger: asyncio.TimerHandle | None = None
         self._read_paused = False
         self._write_paused = False
         self._closing = False
@@ -128,6 +136,9 @@ class Connection(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         # The client finished sending; answer what it sent, then close. TLS
         # cannot half-close, so there the transport closes at once.
+        self._eof_received = True
+        if self._linger is not None:
+            return False  # our side was already done: close
         self.close_when_answered()
         return self._transport is not None and self._transport.get_extra_info("sslcontext") is None
 
@@ -135,6 +146,8 @@ class Connection(asyncio.BufferedProtocol):
         self._closing = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
         for slot in self._line:
             if isinstance(slot, asyncio.Task):
                 slot.cancel()
@@ -239,8 +252,18 @@ class Connection(asyncio.BufferedProtocol):
             self._close_now()
 
     def _close_now(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._linger is not None:
+            return
+        if self._eof_received or not transport.can_write_eof():
+            transport.close()
+            return
+        # The client may still be sending: half-close and drop its input (see LINGER_S).
+        transport.write_eof()
+        self._linger = self._loop.call_later(LINGER_S, transport.close)
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
 
     def abort(self) -> None:
         if self._transport is not None:
