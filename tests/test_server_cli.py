@@ -102,6 +102,16 @@ def test_bad_flags_exit_2_with_a_usage_line(argv, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("flag", [["--nodo", "a"], ["--lease", "3"], ["--lease", "5"], ["--sin-notify"]])
+def test_postgresql_flags_on_a_sqlite_file_exit_2(flag, tmp_path, capsys):
+    # Ignored without a word, they would let an operator believe them in effect.
+    with pytest.raises(SystemExit) as info:
+        main(["--db", str(tmp_path / "p.db"), *flag])
+    assert info.value.code == 2
+    assert f"{flag[0]} only applies with a PostgreSQL --db" in capsys.readouterr().err
+    assert not (tmp_path / "p.db").exists()
+
+
 @pytest.mark.parametrize("argv", [["--idle-timeout", "-1"], ["--shutdown-timeout", "-5"]])
 def test_negative_timeouts_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:

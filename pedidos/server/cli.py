@@ -24,6 +24,7 @@ DB_ENV_VAR = "PEDIDOS_DB"  # the default for --db
 
 
 DEFAULT_WORK_TIME = (1.0, 3.0)
+DEFAULT_LEASE = 5.0
 
 
 def parse_work_time(text: str) -> tuple[float, float]:
@@ -131,9 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lease",
         type=_positive_seconds,
-        default=5.0,
+        default=DEFAULT_LEASE,
         metavar="S",
-        help="on PostgreSQL: a node silent this long is declared dead and its orders taken over (default 5)",
+        help="on PostgreSQL: a node silent this long is declared dead and its orders taken over "
+        f"(default {DEFAULT_LEASE:g})",
     )
     parser.add_argument(
         "--sin-notify",
@@ -255,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and args.tarea is None:
             parser.error(f"{flag} only applies with --tarea")
     # argparse leaves the default object itself when the flag is not given.
+    shared = (("--nodo", args.nodo is not None), ("--lease", args.lease is not DEFAULT_LEASE))
+    for flag, given in (*shared, ("--sin-notify", args.sin_notify)):
+        if given and not is_postgres(args.db):
+            parser.error(f"{flag} only applies with a PostgreSQL --db (postgresql://...), not a SQLite file")
     if args.tarea is not None and args.work_time is not DEFAULT_WORK_TIME:
         parser.error("--work-time is the simulated work; with --tarea the task is the work")
     if args.panel is not None:
