@@ -458,6 +458,13 @@ def test_start_with_a_missing_folder_says_so_in_one_line(tmp_path):
     assert not db.parent.exists()
 
 
+def test_start_with_a_folder_for_a_database_says_so_in_one_line(tmp_path):
+    db = tmp_path / "datos"
+    db.mkdir()
+    assert_one_clear_line(start_failure(tmp_path, db), db, "it is a folder")
+    assert list(tmp_path.iterdir()) == [db] and not any(db.iterdir())  # nothing created
+
+
 def test_start_with_a_read_only_database_says_so_in_one_line(tmp_path):
     db = tmp_path / "p.db"
     foreign_database(db)

@@ -29,6 +29,11 @@ def lock_database(path: str) -> int:
             f"cannot use the database {path}: the folder {folder} does not exist; "
             "create it, or give --db a file in an existing folder"
         )
+    if os.path.isdir(path):
+        raise StorageError(
+            f"cannot use the database {path}: it is a folder; give --db a file, "
+            f"such as {os.path.join(path, 'pedidos.db')}"
+        )
     lock_path = path + LOCK_SUFFIX
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
