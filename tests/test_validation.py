@@ -6,6 +6,7 @@ Values are refused, never clamped, and every refusal names the field at fault.
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import pytest
@@ -271,7 +272,21 @@ def test_accion_that_is_not_a_string_is_mensaje_invalido(accion):
 def test_accion_that_names_no_command_is_accion_desconocida(accion):
     error = refused({"accion": accion, "id": 1})
     assert error.code == ACCION_DESCONOCIDA
-    assert repr(accion) in error.mensaje
+    assert json.dumps(accion) in error.mensaje  # as the client wrote it
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [(True, "no true."), ("5", 'no "5".'), (1.5, "no 1.5."), ([1], "no [1].")],
+)
+def test_a_refused_value_is_shown_as_the_client_wrote_it(value, written):
+    error = refused({"accion": "consultar", "id": value})
+    assert error.mensaje.endswith(written), error.mensaje
+
+
+def test_an_id_out_of_range_is_told_the_range():
+    error = refused({"accion": "consultar", "id": 2**63})
+    assert f"entre 1 y {2**63 - 1}, no {2**63}." in error.mensaje, error.mensaje
 
 
 def test_accion_decides_before_order_fields():

@@ -6,6 +6,7 @@ Values are refused, never clamped. validation.py tells a command from an order.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,14 +39,16 @@ _REQUIRED = object()
 
 def _id(name: str, raw: Any) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_ID:
-        raise RequestError(MENSAJE_INVALIDO, f"'{name}' debe ser un entero positivo, no {shown(raw)}.")
+        raise RequestError(
+            MENSAJE_INVALIDO, f"'{name}' debe ser un entero entre 1 y {MAX_ID}, no {shown(raw)}."
+        )
     return raw
 
 
 def _from_id(name: str, raw: Any) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_ID:
         raise RequestError(
-            MENSAJE_INVALIDO, f"'{name}' debe ser un entero mayor o igual a 0, no {shown(raw)}."
+            MENSAJE_INVALIDO, f"'{name}' debe ser un entero entre 0 y {MAX_ID}, no {shown(raw)}."
         )
     return raw
 
@@ -188,6 +191,7 @@ def json_type(value: Any) -> str:
 
 
 def shown(value: Any) -> str:
-    """A value as the client wrote it, cut short: error replies stay small."""
-    text = repr(value)
+    """A value as the client wrote it (JSON: `true`, `"5"`, `null`), cut
+    short: error replies stay small."""
+    text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 60 else text[:57] + "..."
