@@ -351,8 +351,11 @@ def test_live_follows_the_bus_by_counts_not_by_orders():
 
         source = LiveSource(bus, stats, counts, latest, lambda: {"workers": 2, "conexiones": 3}, workers=2)
         live = Live(source)
-        viewer = live.join()
-        await live._resync()
+        viewer = await live.join()  # the first viewer: the counts are read now
+        offered = viewer.take()
+        assert offered.startswith(b"event: panel\ndata: {")
+        # Never a picture of zeros first: the database's counts.
+        assert json.loads(offered.split(b"data: ", 1)[1])["estados"]["listo"] == 7
         bus.publish(Event(RECEIVED, tuple(range(8, 1008))))
         bus.publish(Event(STARTED, tuple(range(8, 508)), worker=1, at="2026-12-03T00:00:00+00:00"))
         bus.publish(Event(STARTED, (600,), worker=2, at="2026-12-03T00:00:01+00:00"))
@@ -382,7 +385,6 @@ def test_live_follows_the_bus_by_counts_not_by_orders():
         assert picture["conexiones"] == 3 and picture["workers_vivos"] == 2
         assert picture["nodos"] is None  # alone on its database: no nodes to show
         assert stats.received == 1000 and stats.finished == {"listo": 500, "cancelado": 2, "fallido": 2}
-        assert viewer.take().startswith(b"event: panel\ndata: {")
         assert viewer.take() == b""  # nothing new until the ticker offers a picture
 
     asyncio.run(scenario())
@@ -438,7 +440,7 @@ def test_live_reads_a_shared_database_every_second():
             bus, Stats(), counts, latest, lambda: figures, workers=1, live_nodes=live_nodes, listing=listing
         )
         live = Live(source)
-        viewer = live.join()
+        viewer = await live.join()
         live.start()
         try:
             picture = await next_picture(viewer, lambda p: p["nodos"], time.monotonic() + 3)

@@ -146,8 +146,15 @@ class Live:
     async def stop(self) -> None:
         await self._ticker.stop()
 
-    def join(self) -> Viewer:
+    async def join(self) -> Viewer:
         viewer = Viewer()
+        if self._synced_at is None:
+            # Nobody watched before: the counts were never read, and a first
+            # picture of zeros would flash on the page until the next tick.
+            try:
+                await self._resync()
+            except Exception as exc:
+                logger.warning("panel could not read the database: %s", exc)
         self.viewers.add(viewer)
         viewer.offer(self.picture(full=True))
         self._dirty = True  # its table is fetched at the next tick

@@ -133,7 +133,7 @@ class Panel:
             }
         )
         await response.prepare(request)
-        viewer = self._live.join()
+        viewer = await self._live.join()
         try:
             await response.write(b"retry: 1000\n\n")
             while not self._closing:
