@@ -33,6 +33,11 @@ ESTADOS = tuple(e.value for e in Estado)  # the words, in the contract's order
 FINAL_ESTADOS = frozenset({Estado.LISTO.value, Estado.CANCELADO.value, Estado.FALLIDO.value})
 
 MAX_ATTEMPTS = 3  # attempts interrupted by a crash before an order is `fallido`
+# The `error` of an order made `fallido` by crashes: no exception to record, but
+# the order must say why it was given up on.
+CRASH_ERROR = (
+    f"Interrumpido: el worker que lo hacía (o su servidor) terminó sin terminarlo {MAX_ATTEMPTS} veces."
+)
 DEFAULT_RETRIES = 3  # `--reintentos`: retries of a task that failed, before `fallido`
 MAX_RESULT_BYTES = 64 * 1024  # a task's `resultado`, as UTF-8 JSON
 MAX_ERROR_CHARS = 1000  # an `error` is cut to this: one line for a person, not a dump

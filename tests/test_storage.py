@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import ORDER_KEYS, TASK_KEYS, StorageHarness
 
-from pedidos.domain import ESTADOS, MAX_ATTEMPTS, Estado, NewOrder, Receipt
+from pedidos.domain import CRASH_ERROR, ESTADOS, MAX_ATTEMPTS, Estado, NewOrder, Receipt
 from pedidos.storage import open_storage
 from pedidos.storage.base import Recovery, StorageError
 
@@ -242,11 +242,13 @@ def test_crashed_attempts_count_and_the_last_is_fallido(h):
         assert order["intentos"] == attempt
         assert order["estado"] == "pendiente"
         assert order["worker"] is None and order["fecha_inicio"] is None
+        assert order["error"] is None  # a crash records no exception
     assert MAX_ATTEMPTS == 3
     h.worker(2).claim([1], 2)
     assert h.hand_back(2, True) == [(1, "fallido")]
     order = h.get(1)
     assert order["estado"] == "fallido" and order["intentos"] == 3
+    assert order["error"] == CRASH_ERROR  # a fallido order says why
     assert worker.claim([1], 1).ids == ()  # never taken again
 
 
@@ -258,6 +260,7 @@ def test_graceful_hand_back_does_not_count(h):
         assert h.hand_back(1, False) == [(1, "pendiente")]
     order = h.get(1)
     assert order["estado"] == "pendiente" and order["intentos"] == 0
+    assert order["error"] is None  # a graceful stop is no failure
 
 
 def test_graceful_hand_back_after_crashes_keeps_the_count(h):

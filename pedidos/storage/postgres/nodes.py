@@ -21,12 +21,15 @@ from collections.abc import Callable
 from typing import Any
 
 from pedidos.background import Background
-from pedidos.domain import MAX_ATTEMPTS
+from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link
 from pedidos.storage.postgres.rows import iso
 
 logger = logging.getLogger(__name__)
+
+# The parameters of handing back, besides whose orders (sql._HAND_BACK_SET).
+_HAND_BACK = {"max": MAX_ATTEMPTS, "crash": CRASH_ERROR}
 
 RENEW_S = 1.0
 # Leases are checked four times as often as they are renewed: a dead node's
@@ -97,7 +100,7 @@ class Nodes:
     async def hand_back(self, worker: int | None, crashed: bool) -> list[tuple[int, str]]:
         """This node's orders in process (of `worker`, or all) back to `pendiente`;
         a crash counts an attempt, the last one makes the order `fallido`."""
-        params = {"nodo": self.nodo, "worker": worker, "cuenta": int(crashed), "max": MAX_ATTEMPTS}
+        params = {**_HAND_BACK, "nodo": self.nodo, "worker": worker, "cuenta": int(crashed)}
         async with self._link.use() as conn:
             return sorted(await (await conn.execute(sql.HAND_BACK, params)).fetchall())
 
@@ -160,7 +163,7 @@ class Nodes:
         if self._health.up_for() < self.lease:
             return
         async with self._link.use() as conn:
-            reap = {**self._params(), "cuenta": 1, "max": MAX_ATTEMPTS}
+            reap = {**self._params(), **_HAND_BACK, "cuenta": 1}
             rows = await (await conn.execute(sql.REAP, reap)).fetchall()
         dead = [nodo for nodo, order_id, _ in rows if order_id is None]
         moved = [(order_id, estado) for _, order_id, estado in rows if order_id is not None]

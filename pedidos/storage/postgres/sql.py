@@ -227,7 +227,7 @@ RETURNING p.id, p.estado
 
 # What handing back does to a row; %(cuenta)s is 1 when the attempt ended by
 # a crash (it counts), 0 at a graceful stop. The last counted attempt makes
-# the order `fallido`, keeping who held it; failures of the task (`fallos`)
+# the order `fallido`, keeping who held it, with %(crash)s as its `error`; failures of the task (`fallos`)
 # have their own limit, so only `intentos - fallos` counts toward this one.
 _LAST = "p.intentos + %(cuenta)s - p.fallos >= %(max)s"
 _HAND_BACK_SET = f"""
@@ -235,7 +235,8 @@ _HAND_BACK_SET = f"""
     estado = CASE WHEN {_LAST} THEN 'fallido' ELSE 'pendiente' END,
     nodo = CASE WHEN {_LAST} THEN p.nodo END,
     worker = CASE WHEN {_LAST} THEN p.worker END,
-    fecha_inicio = CASE WHEN {_LAST} THEN p.fecha_inicio END
+    fecha_inicio = CASE WHEN {_LAST} THEN p.fecha_inicio END,
+    error = CASE WHEN {_LAST} THEN %(crash)s ELSE p.error END
 """
 # This node's orders in process: of one worker, or (worker NULL) of all.
 HAND_BACK = f"""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from pedidos.domain import MAX_ATTEMPTS, Estado
+from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS, Estado
 from pedidos.storage.base import Claim, Finished
 from pedidos.storage.sqlite.rows import due, now, parts
 
@@ -115,8 +115,8 @@ class Attempts:
                 intentos += 1 if count_attempt else 0
                 if intentos - fallos >= MAX_ATTEMPTS:
                     db.execute(
-                        "UPDATE pedidos SET estado = ?, intentos = ? WHERE id = ?",
-                        (FALLIDO, intentos, order_id),
+                        "UPDATE pedidos SET estado = ?, intentos = ?, error = ? WHERE id = ?",
+                        (FALLIDO, intentos, CRASH_ERROR, order_id),
                     )
                     changed.append((order_id, Estado.FALLIDO))
                 else:
