@@ -70,7 +70,7 @@ def referencia_en_uso(referencia: str | None) -> RequestError:
     return RequestError(
         REFERENCIA_EN_USO,
         f"La referencia '{referencia}' ya está en uso por otro pedido; use otra referencia "
-        "(reenviar el mismo pedido, con los mismos datos, sí es seguro).",
+        "(reenviar un pedido propio con los mismos datos sí es seguro).",
     )
 
 
