@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,6 +165,21 @@ def test_an_idle_connection_gets_tiempo_agotado_then_the_close(idle_srv):
         assert notice["conexion_cerrada"] is True
         assert c.file.read() == b""  # then the close, nothing more
     assert count_cliente(idle_srv, "Ocioso") == 0
+
+
+def test_waiting_for_a_reply_is_not_idleness(tmp_path):
+    args = ("--work-time", "60", "--workers", "1", "--idle-timeout", "1", "--shutdown-timeout", "1")
+    with running_server(tmp_path, *args) as srv:
+        with LineClient("127.0.0.1", srv.port) as c:
+            order_id = c.ask(line(ORDER))["id"]
+            waited = c.ask({"accion": "esperar", "id": order_id, "timeout": 2.5})
+            answered = time.monotonic()
+            assert waited["error"] == "tiempo_agotado" and "conexion_cerrada" not in waited, waited
+            # The idle clock starts again at that reply, not at the request 2.5 s before it.
+            notice = c.read()
+            assert notice.get("conexion_cerrada") is True, notice
+            assert time.monotonic() - answered >= 0.9
+        assert srv.stop() == 0
 
 
 def idle_closes(server: ServerProcess) -> int:

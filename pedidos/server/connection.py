@@ -224,6 +224,9 @@ class Connection(asyncio.BufferedProtocol):
             out.append(head if isinstance(head, bytes) else encode_line(head))
         if out:
             self._write(b"".join(out))
+            # Idleness counts from the last reply too: a client that waited for
+            # one (a long `esperar`) has been busy, not idle.
+            self._last_activity = self._loop.time()
         self._take_parked()
         if not self._line and not self._parked:
             if self._closing:
