@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -289,14 +290,21 @@ def _count(db: Path) -> int:
 # --- 3. a second signal -----------------------------------------------------------------------
 
 
-def test_a_second_signal_stops_at_once_and_the_next_start_takes_the_order_up(tmp_path):
-    args = ("--workers", "1", "--work-time", "20", "--shutdown-timeout", "60")
+@contextlib.contextmanager
+def _stopping_with_an_order_in_process(tmp_path: Path, work_time: str) -> Iterator[tuple]:
+    """A server with one worker busy on an order, just sent SIGTERM: (server, order id, when)."""
+    args = ("--workers", "1", "--work-time", work_time, "--shutdown-timeout", "60")
     with running_server(tmp_path, *args) as srv:
         with LineClient("127.0.0.1", srv.port) as c:
             order_id = c.ask(ORDER)["id"]
         wait_for(lambda: states(srv)[order_id][0] == "en proceso", timeout=20)
         first = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
+        yield srv, order_id, first
+
+
+def test_a_second_signal_stops_at_once_and_the_next_start_takes_the_order_up(tmp_path):
+    with _stopping_with_an_order_in_process(tmp_path, "20") as (srv, order_id, first):
         wait_for(lambda: "waiting for 1 worker to finish its orders (up to 60 s)" in srv.log, timeout=10)
         # Later than the window in which a second signal is the same stop asked twice.
         wait_for(lambda: time.monotonic() - first > SAME_STOP_S, timeout=SAME_STOP_S + 1)
@@ -322,13 +330,7 @@ def test_a_second_signal_stops_at_once_and_the_next_start_takes_the_order_up(tmp
 def test_two_signals_at_once_are_one_graceful_stop(tmp_path):
     # What `timeout` does (the server, then its process group), and `kill PID;
     # kill -- -PGID`: the workers must still finish the orders in hand.
-    args = ("--workers", "1", "--work-time", "2", "--shutdown-timeout", "60")
-    with running_server(tmp_path, *args) as srv:
-        with LineClient("127.0.0.1", srv.port) as c:
-            order_id = c.ask(ORDER)["id"]
-        wait_for(lambda: states(srv)[order_id][0] == "en proceso", timeout=20)
-        first = time.monotonic()
-        srv.proc.send_signal(signal.SIGTERM)
+    with _stopping_with_an_order_in_process(tmp_path, "2") as (srv, order_id, first):
         # The second once the first is being handled (two signals still pending
         # at once would reach the server as one), within the window.
         wait_for(lambda: "shutting down" in srv.log, timeout=10, interval=0.001)
