@@ -281,6 +281,36 @@ def test_a_stop_while_a_client_keeps_sending_still_delivers_every_ack(tmp_path):
     assert not stored - acked, f"{len(stored - acked)} stored orders never acknowledged"
 
 
+def test_a_client_still_sending_at_a_stop_is_closed_cleanly(tmp_path):
+    # White space between requests keeps a connection busy without replies.
+    # At the stop the server stops reading it, then half-closes and drops what
+    # keeps coming: its idle timer must not write into that half-closed stream.
+    with (
+        running_server(tmp_path, "--work-time", "0", "--idle-timeout", "1") as srv,
+        LineClient("127.0.0.1", srv.port) as c,
+    ):
+        assert c.ask(ORDER)["ok"]
+        sending = threading.Event()
+        sending.set()
+
+        def spaces() -> None:
+            with contextlib.suppress(OSError):
+                while sending.is_set():
+                    c.send(b" " * 100)
+                    sending.wait(0.01)  # between sends, not a wait for a condition
+
+        sender = threading.Thread(target=spaces)
+        sender.start()
+        try:
+            srv.proc.send_signal(signal.SIGTERM)
+            assert c.file.read() == b""  # the end of the stream, nothing more
+            assert srv.stop() == 0
+        finally:
+            sending.clear()
+            sender.join(30)
+    assert "Traceback" not in srv.log and "Exception in callback" not in srv.log, srv.log
+
+
 def _count(db: Path) -> int:
     """Orders stored so far, read beside the running server."""
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 from pedidos.storage.sqlite.lock import UNRECORDED_S, WriteLock
 
@@ -79,3 +81,52 @@ def test_a_live_holder_keeps_the_lock_when_another_process_dies():
     assert holder.exitcode == 0
     assert lock.lock.acquire(timeout=5)
     lock.lock.release()
+
+
+def test_two_deaths_looked_at_together_free_the_lock_once():
+    # Two workers dying at once: their release_of calls run in two threads.
+    lock = WriteLock()
+    _run(_die, lock, "before recording")
+    errors: list[BaseException] = []
+
+    def look(owner: int) -> None:
+        try:
+            lock.release_of(owner)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=look, args=(owner,)) for owner in (WORKER, WORKER + 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert lock.lock.acquire(timeout=5), "the lock stayed taken"
+    assert not lock.lock.acquire(block=False)  # one lock, not a semaphore released twice
+    lock.lock.release()
+
+
+def _take_turns(lock: WriteLock, owner: int, until) -> None:
+    while not until.is_set():
+        with lock.held_by(owner):
+            time.sleep(0.001)
+
+
+def test_live_holders_taking_turns_keep_the_lock_whole():
+    # The lock busy with live holders all the time release_of waits: it must
+    # see them, and release nothing (which would break one of them).
+    ctx = multiprocessing.get_context("spawn")
+    lock = WriteLock()
+    until = ctx.Event()
+    holders = [ctx.Process(target=_take_turns, args=(lock, n, until)) for n in (1, 2)]
+    for holder in holders:
+        holder.start()
+    try:
+        wait_for(lambda: lock.holds.value >= 100, timeout=30)  # both under way
+        for _ in range(5):
+            lock.release_of(WORKER)
+    finally:
+        until.set()
+        for holder in holders:
+            holder.join(30)
+    assert [holder.exitcode for holder in holders] == [0, 0]  # no ValueError in either

@@ -30,18 +30,13 @@ from pedidos.protocol.replies import (
 from pedidos.protocol.telnet import TelnetReply
 from pedidos.protocol.validation import Command, parse_request
 from pedidos.server.auth import Principal, answer_token
+from pedidos.server.closing import Linger, unread
 from pedidos.server.failures import SERVER_FULL, reply_of
 from pedidos.server.state import ServerState
 
 logger = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 1000
-# Closing a socket with input left unread makes the kernel send a reset, and a
-# reset throws away the replies still on their way to the client. A connection
-# closed by the server while the client may still be sending (a stop, an
-# oversized request) half-closes instead: its replies, then end of output; what
-# the client still sends is dropped, until it closes or for this long at most.
-LINGER_S = 2.0
 Slot = Union[dict, "asyncio.Future[dict]"]
 
 
@@ -64,7 +59,7 @@ class Connection(asyncio.BufferedProtocol):
         self._parked: deque[Any] = deque()
         self._transport: asyncio.Transport | None = None
         self._eof_received = False
-        self._linger: asyncio.TimerHandle | None = None
+        self._linger: Linger | None = None  # half-closed, waiting for the client (closing.py)
         self._read_paused = False
         self._write_paused = False
         self._closing = False
@@ -237,7 +232,7 @@ class Connection(asyncio.BufferedProtocol):
             self._maybe_resume_reading()
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        if self._transport is not None and not self._transport.is_closing() and self._linger is None:
             self._transport.write(data)
 
     # --- closing, idleness, flow control ----------------------------------------
@@ -258,15 +253,14 @@ class Connection(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is None or transport.is_closing() or self._linger is not None:
             return
-        if self._eof_received or not transport.can_write_eof():
+        if self._eof_received or not transport.can_write_eof() or not unread(transport):
             transport.close()
             return
-        # The client may still be sending: half-close and drop its input (see LINGER_S).
-        transport.write_eof()
-        self._linger = self._loop.call_later(LINGER_S, transport.close)
-        if self._read_paused:
-            self._read_paused = False
-            transport.resume_reading()
+        # The client is still sending: closing now would reset the connection (closing.py).
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._read_paused = False  # Linger reads, to drop what comes
+        self._linger = Linger(self._loop, transport)
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -294,6 +288,8 @@ class Connection(asyncio.BufferedProtocol):
             self._idle_timer = self._loop.call_later(delay, self._check_idle)
 
     def _check_idle(self) -> None:
+        if self._closing:
+            return  # closing already: nothing more is written
         timeout = self._state.config.idle_timeout
         idle_for = self._loop.time() - self._last_activity
         if self._line:  # waiting for its own replies is not idleness

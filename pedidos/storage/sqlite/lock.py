@@ -14,9 +14,11 @@ waiting a moment for the lock (see there).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import threading
 from typing import Any
 
 from pedidos.storage.base import ServerGone
@@ -33,46 +35,69 @@ WRITER = -1  # holder number of the writer process (workers are 1..N)
 
 
 class WriteLock:
-    """The lock and its holder's number, shared by spawned processes (pass
-    it in a `Process`'s arguments)."""
+    """The lock, its holder's number and a count of holds, shared by spawned
+    processes (pass it in a `Process`'s arguments)."""
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.lock = ctx.Lock()
         self.holder = ctx.Value("i", 0, lock=False)
+        # Bumped by each holder once it has recorded itself (under the lock,
+        # so never two at once): a hold that began while `release_of` waited.
+        self.holds = ctx.Value("Q", 0, lock=False)
 
     def held_by(self, owner: int, server_pid: int | None = None) -> OwnedLock:
         """The context manager that process `owner` takes the lock with."""
-        return OwnedLock(self.lock, self.holder, owner, server_pid)
+        return OwnedLock(self.lock, self.holder, self.holds, owner, server_pid)
 
     def release_of(self, owner: int) -> None:
         """Free the lock if `owner`, now dead, held it. Blocks for up to
-        `UNRECORDED_S`: call it off the event loop."""
+        about `UNRECORDED_S`: call it off the event loop."""
+        with _RECOVERING:  # two deaths at once: one look at a time
+            self._release_of(owner)
+
+    def _release_of(self, owner: int) -> None:
         who = "the writer" if owner == WRITER else f"worker {owner}"
         if self.holder.value == owner:
             logger.warning("%s died holding the database lock; releasing it", who)
             self.holder.value = 0
-            self.lock.release()
+            self._release()
             return
         if self.holder.value != 0:
             return  # a live process holds it
         # No holder recorded: the lock is free, or a live process is between
         # its two steps for a moment, or `owner` died between them. Only in
-        # the last case does it stay taken with no holder.
+        # the last case does it stay taken, with no hold recorded, all along.
+        holds = self.holds.value
         if self.lock.acquire(timeout=UNRECORDED_S):
-            self.lock.release()
+            self._release()
             return
-        if self.holder.value == 0:
-            logger.warning("%s died while taking or giving back the database lock; releasing it", who)
+        if self.holder.value != 0 or self.holds.value != holds:
+            return  # live processes held it meanwhile
+        # A live holder between clearing its record and releasing would let
+        # go within microseconds: a last short wait tells it from a dead one.
+        if self.lock.acquire(timeout=0.05):
+            self._release()
+            return
+        logger.warning("%s died while taking or giving back the database lock; releasing it", who)
+        self._release()
+
+    def _release(self) -> None:
+        with contextlib.suppress(ValueError):  # freed meanwhile by its holder: nothing to do
             self.lock.release()
+
+
+# `release_of` runs in the server process only, in executor threads.
+_RECOVERING = threading.Lock()
 
 
 class OwnedLock:
     """The shared database write lock, recording who holds it."""
 
-    def __init__(self, lock: Any, holder: Any, owner: int, server_pid: int | None = None) -> None:
+    def __init__(self, lock: Any, holder: Any, holds: Any, owner: int, server_pid: int | None = None) -> None:
         self._lock = lock
         self._holder = holder
+        self._holds = holds
         self._owner = owner
         self._server_pid = server_pid
 
@@ -83,6 +108,7 @@ class OwnedLock:
             if self._server_pid is not None and os.getppid() != self._server_pid:
                 raise ServerGone
         self._holder.value = self._owner
+        self._holds.value += 1
 
     def __exit__(self, *exc: object) -> None:
         self._holder.value = 0

@@ -120,6 +120,8 @@ class Writer:
                 self._process.kill()
         if self._process is not None:
             await self._loop.run_in_executor(None, self._process.join)
+        # Sent and never answered (the writer was killed, or died): maybe committed.
+        self.intake.fail_in_flight(OutcomeUnknown("the writer stopped without answering"))
         self.intake.fail_in_flight(RuntimeError("the server stopped"), unsent=True)
 
     def _send(self, batch: Batch) -> bool:
@@ -151,7 +153,10 @@ class Writer:
     async def _restart(self) -> None:
         await self._loop.run_in_executor(None, self._process.join)
         logger.error("the writer process died (exit code %s); starting a new one", self._process.exitcode)
-        await self._loop.run_in_executor(None, self._lock.release_of, WRITER)  # if it died holding it
+        try:
+            await self._loop.run_in_executor(None, self._lock.release_of, WRITER)  # if it died holding it
+        except Exception:  # a new writer must start whatever happened here
+            logger.exception("could not free the database lock the writer may have held")
         await asyncio.sleep(RESTART_DELAY_S)
         if self._stopping:
             return
