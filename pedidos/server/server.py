@@ -39,15 +39,15 @@ from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["Server", "ServerConfig", "StartupError"]
+
+FORCED_WRITER_STOP_S = 2.0  # after a second signal: the database's last commit, at most
 # A second stop signal stops at once, without waiting for the workers; one that
 # comes within this time of the first is the same request sent twice: `timeout`
 # signals the server and then its whole process group, and `kill` of the server
 # followed by `kill -- -PGID` does the same, microseconds apart.
 SAME_STOP_S = 1.0
 
-__all__ = ["Server", "ServerConfig", "StartupError"]
-
-FORCED_WRITER_STOP_S = 2.0  # after a second signal: the database's last commit, at most
 ACTIVITY = {RECEIVED: "acknowledged", STARTED: "started", FINISHED: "finished"}
 
 

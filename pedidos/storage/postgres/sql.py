@@ -227,8 +227,9 @@ RETURNING p.id, p.estado
 
 # What handing back does to a row; %(cuenta)s is 1 when the attempt ended by
 # a crash (it counts), 0 at a graceful stop. The last counted attempt makes
-# the order `fallido`, keeping who held it, with %(crash)s as its `error`; failures of the task (`fallos`)
-# have their own limit, so only `intentos - fallos` counts toward this one.
+# the order `fallido`, keeping who held it, with %(crash)s as its `error`;
+# failures of the task (`fallos`) have their own limit, so only
+# `intentos - fallos` counts toward this one.
 _LAST = "p.intentos + %(cuenta)s - p.fallos >= %(max)s"
 _HAND_BACK_SET = f"""
     intentos = p.intentos + %(cuenta)s,
