@@ -272,7 +272,7 @@ def test_a_stop_while_a_client_keeps_sending_still_delivers_every_ack(tmp_path):
             with contextlib.suppress(OSError):  # already reset, on a failure
                 sock.shutdown(socket.SHUT_RDWR)
             sender.join(30)
-            if reader.is_alive() or reader.ident is not None:
+            if reader.ident is not None:  # started
                 reader.join(30)
             sock.close()
     assert ended[0] == "eof", ended
@@ -312,7 +312,7 @@ def test_a_client_still_sending_at_a_stop_is_closed_cleanly(tmp_path):
 
 
 def _count(db: Path) -> int:
-    """Orders stored so far, read beside the running server."""
+    """Orders stored so far, read from the file beside the running server."""
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         return conn.execute("SELECT count(*) FROM pedidos").fetchone()[0]
 
