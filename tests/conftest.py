@@ -274,6 +274,13 @@ class LineClient:
         self.close()
 
 
+def esperando(port: int) -> int:
+    """How many `esperar` requests the server on `port` holds open now: a test
+    waits on this to know its `esperar` was read, not merely sent."""
+    with LineClient("127.0.0.1", port) as c:
+        return c.ask({"accion": "estadisticas"})["esperando"]
+
+
 @pytest.fixture
 def connect(server: ServerProcess) -> Iterator[Callable[..., LineClient]]:
     clients: list[LineClient] = []

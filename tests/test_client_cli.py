@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLIENTE, ROOT, LineClient, ServerProcess, listed, running_server, wait_for
+from conftest import CLIENTE, ROOT, LineClient, ServerProcess, esperando, listed, running_server, wait_for
 
 from pedidos import __version__
 from pedidos.client.blocking import Client, Refused
@@ -167,6 +167,7 @@ def test_estadisticas(quick_server, capsys):
         "En cola: ",
         "Workers vivos: 2",
         "Conexiones abiertas: ",
+        "Esperas en curso: ",
     ):
         assert line in out
 
@@ -491,6 +492,7 @@ def test_esperar_cut_short_by_a_stop_names_the_order_and_exits_3(tmp_path: Path,
         line.send({"accion": "esperar", "id": first, "timeout": 600})
         term = terminal("--port", srv.port, "--consultar", second, "--esperar")
         term.expect(f"Pedido {second}: pendiente")
+        wait_for(lambda: esperando(srv.port) == 2)  # both read: the stop, not a race, ends them
         assert srv.stop() == 0
         reply = line.read()
     assert (reply["error"], reply["apagando"], reply["pedido"]["id"]) == ("tiempo_agotado", True, first)
@@ -500,6 +502,21 @@ def test_esperar_cut_short_by_a_stop_names_the_order_and_exits_3(tmp_path: Path,
         f"cliente.py: el servidor se detuvo mientras se esperaba el pedido {second}, que sigue 'pendiente'; "
         f"cuando vuelva a estar en marcha, --consultar {second} --esperar lo sigue"
     ) in term.screen.replace("\r\n", "")
+    assert "Traceback" not in term.screen
+
+
+def test_esperar_cut_short_by_a_lost_connection_says_how_to_follow_the_order_again(tmp_path: Path, terminal):
+    with running_server(tmp_path, "--workers", "1", "--work-time", "60") as srv:
+        with Client("127.0.0.1", srv.port) as client:
+            client.submit(unique(), ["pan"], "Calle 1")  # the worker's
+            order_id = client.submit(unique(), ["pan"], "Calle 1").id
+        term = terminal("--port", srv.port, "--consultar", order_id, "--esperar")
+        term.expect(f"Pedido {order_id}: pendiente")
+        srv.kill()
+        assert term.finish() == 3
+    assert term.screen.replace("\r\n", "").endswith(
+        f"; el pedido {order_id} sigue su curso (--consultar {order_id} --esperar lo sigue)"
+    ), term.screen
     assert "Traceback" not in term.screen
 
 

@@ -493,6 +493,7 @@ def test_estadisticas_shape(shared):
     assert all(isinstance(n, int) and n >= 0 for n in stats["estados"].values())
     assert stats["workers"] == 2
     assert stats["conexiones"] >= 2
+    assert isinstance(stats["esperando"], int) and stats["esperando"] >= 0
     assert stats["en_cola"] == stats["estados"]["pendiente"]
     assert isinstance(stats["uptime_s"], (int, float)) and stats["uptime_s"] >= 0
 

@@ -31,6 +31,7 @@ from conftest import (
     SERVIDOR,
     LineClient,
     ServerProcess,
+    esperando,
     orders_of,
     running_server,
     stored_orders,
@@ -402,7 +403,11 @@ def test_few_file_descriptors_cap_connections_keep_the_log_small_and_stop_prompt
                     socks.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
                 except OSError:
                     break
-            time.sleep(1.0)  # let the server take them in (or choke on them)
+            # Each one is taken in and answered: greeted, or refused as full.
+            first_lines = [json.loads(sock.makefile("rb").readline()) for sock in socks]
+            greeted = sum(1 for line in first_lines if line["ok"])
+            full = sum(1 for line in first_lines if line.get("error") == "servidor_ocupado")
+            assert greeted + full == len(socks) and full > 0 and greeted > 0, (greeted, full, len(socks))
             ack = first.ask(ORDER)
             assert ack["ok"], (ack, server.log)
             done = first.ask({"accion": "esperar", "id": ack["id"], "timeout": 10})
@@ -465,7 +470,7 @@ def test_esperar_cut_short_by_a_stop_says_the_server_is_stopping(tmp_path):
         order_id = c.ask(ORDER)["id"]
         wait_for(lambda: states(srv)[order_id][0] == "en proceso", timeout=20)
         c.send({"accion": "esperar", "id": order_id, "timeout": 60})
-        time.sleep(0.3)  # the esperar is read and waiting (nothing else can answer it)
+        wait_for(lambda: esperando(srv.port) == 1)  # read and waiting: only the stop can answer it
         srv.proc.send_signal(signal.SIGTERM)
         reply = c.read()
     assert reply["ok"] is False and reply["error"] == "tiempo_agotado", reply

@@ -61,6 +61,7 @@ class Stats(TypedDict, total=False):
     estados: dict[str, int]
     workers: int
     conexiones: int
+    esperando: int
     en_cola: int
     uptime_s: float
     nodos: list[dict[str, Any]]  # on a shared database: the live servers (section 9)

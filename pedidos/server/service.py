@@ -181,6 +181,8 @@ class OrderService:
             "ok": True,
             "estados": counts,
             **figures,
+            # Requests, not clients: one client may wait on many orders.
+            "esperando": sum(len(waiters) for waiters in self._waiters.values()),
             "en_cola": counts[Estado.PENDIENTE.value],
             "uptime_s": round(time.monotonic() - self._started, 3),
         }

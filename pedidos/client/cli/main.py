@@ -116,8 +116,10 @@ def _send_order(client: Client, order: dict[str, Any], args: Any) -> int:
 
 
 def _follow(client: Client, order_id: int, as_json: bool) -> None:
+    seen = False
     try:
         for order in client.follow(order_id):
+            seen = True
             if as_json:
                 _emit({"ok": True, "pedido": order.as_dict()}, flush=True)
             else:
@@ -127,6 +129,12 @@ def _follow(client: Client, order_id: int, as_json: bool) -> None:
         raise Stop(EXIT_INTERRUPTED, why) from None
     except ServerStopping as exc:
         again = f"cuando vuelva a estar en marcha, --consultar {order_id} --esperar lo sigue"
+        raise Stop(EXIT_UNREACHABLE, f"{exc}; {again}") from None
+    except ConnectionProblem as exc:
+        if not seen:
+            raise
+        # The order exists and goes on: only the waiting broke, so say how to resume it.
+        again = f"el pedido {order_id} sigue su curso (--consultar {order_id} --esperar lo sigue)"
         raise Stop(EXIT_UNREACHABLE, f"{exc}; {again}") from None
 
 

@@ -190,6 +190,7 @@ def stats_lines(stats: Stats) -> list[str]:
         f"En cola: {count(stats.get('en_cola', 0))}",
         f"Workers vivos: {stats.get('workers', 0)}",
         f"Conexiones abiertas: {stats.get('conexiones', 0)}",
+        f"Esperas en curso: {stats.get('esperando', 0)}",
         f"En marcha desde hace: {seconds(stats.get('uptime_s'))}",
     ]
     nodos = stats.get("nodos")
