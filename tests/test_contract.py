@@ -31,6 +31,7 @@ from conftest import (
     LineClient,
     ServerProcess,
     database_held,
+    listed,
     running_server,
     storage_of,
     stored_orders,
@@ -298,6 +299,16 @@ def test_client_that_half_closes_after_sending_gets_its_replies(shared):
         assert c.read()["estado"] == "pendiente"
         assert c.read()["ok"] is True
         assert at_eof(c)
+
+
+def test_a_request_cut_short_by_the_clients_end_gets_json_invalido_and_stores_nothing(shared):
+    cliente = unique("cut")
+    with client(shared) as c:
+        c.send(json.dumps(order(cliente=cliente))[:-1])  # all but its closing brace
+        c.sock.shutdown(socket.SHUT_WR)
+        assert_error(c.read(), "json_invalido", "terminó a mitad de una petición")
+        assert at_eof(c)
+    assert listed(shared.port, cliente=cliente) == []
 
 
 def test_pretty_printed_order_pasted_with_crlf(shared):

@@ -168,6 +168,26 @@ def test_number_at_end_of_input_waits_for_its_end():
     assert decoder.feed(b"\n") == [123]
 
 
+@pytest.mark.parametrize(
+    ("data", "at_end"),
+    [
+        (b"", []),
+        (b"  \r\n ", []),
+        (json.dumps(ORDER).encode(), []),  # nothing was left waiting
+        (b"12", [12]),  # the end of the input ends the number
+        (b'{"a": 1}{"cliente": "A",', [e(JSON_INVALIDO)]),
+        (b"[[[", [e(JSON_INVALIDO)]),
+        (b'{"cliente": "Jos\xc3', [e(JSON_INVALIDO)]),  # cut inside a character
+        (b"}\n", []),  # the error came at once; nothing was left
+    ],
+)
+def test_the_end_of_the_input_answers_what_was_left_waiting(data, at_end):
+    decoder = Decoder()
+    decoder.feed(data)
+    assert norm(decoder.finish()) == at_end
+    assert not decoder.partial and decoder.finish() == []
+
+
 # --- invalid input ---------------------------------------------------------
 
 

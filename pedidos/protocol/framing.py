@@ -93,6 +93,17 @@ class Decoder:
                 out.append(piece)
         return out
 
+    def finish(self) -> list[Any]:
+        """At the end of the input: what `feed` kept waiting for more. A request
+        cut short gets its error, so that the client learns why nothing came."""
+        if self.closed or not self._buf:
+            return []
+        out = self.feed(b"\n")  # ends a value that ended with the input, a number ("7")
+        if self._buf:
+            out.append(_invalid("la entrada terminó a mitad de una petición"))
+            self._start(b"")
+        return out
+
     def _feed_data(self, data: bytes, out: list[Any]) -> None:
         if self._skipping:
             newline = data.find(b"\n")

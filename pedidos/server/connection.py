@@ -134,6 +134,9 @@ class Connection(asyncio.BufferedProtocol):
         self._eof_received = True
         if self._linger is not None:
             return False  # our side was already done: close
+        if not self._closing:  # (a stop drops what it has not read yet)
+            self._parked.extend(self._decoder.finish())
+            self._take_parked()
         self.close_when_answered()
         return self._transport is not None and self._transport.get_extra_info("sslcontext") is None
 
