@@ -626,13 +626,13 @@ def test_two_hundred_concurrent_clients_on_both_families(shared):
 
 
 def test_states_timeouts_cancel_shutdown_and_restart(tmp_path):
-    """One worker, one second an order: watch an order go en proceso -> listo,
+    """One worker, two seconds an order: watch an order go en proceso -> listo,
     time out waiting, cancel, then stop with work in hand and start again."""
     db = tmp_path / "pedidos.db"
-    with running_server(tmp_path, "--workers", "1", "--work-time", "1") as srv:
+    with running_server(tmp_path, "--workers", "1", "--work-time", "2") as srv:
         with client(srv) as c:
             a, b, cc = (c.ask(order())["id"] for _ in range(3))
-            # cc waits behind a and b: at least two seconds
+            # cc waits behind a and b: at least four seconds
             late = assert_error(c.ask({"accion": "esperar", "id": cc, "timeout": 0.2}), "tiempo_agotado")
             assert late["pedido"]["id"] == cc and late["pedido"]["estado"] == "pendiente"
             assert_order(late["pedido"])
@@ -642,7 +642,7 @@ def test_states_timeouts_cancel_shutdown_and_restart(tmp_path):
                 return pedido if pedido["estado"] != "pendiente" else None
 
             seen = wait_for(a_started, timeout=30)
-            assert seen["estado"] == "en proceso", seen  # the order takes a second: seen in process
+            assert seen["estado"] == "en proceso", seen  # the order takes 2 s: seen in process
             assert seen["worker"] == 1 and TIMESTAMP.match(seen["fecha_inicio"])
             assert seen["fecha_fin"] is None
 

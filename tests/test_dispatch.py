@@ -51,9 +51,9 @@ def test_the_next_chunk_gathers_what_arrives_meanwhile():
     async def scenario() -> None:
         orders = Orders()
         loop = asyncio.get_running_loop()
+        first_at = loop.time()  # at most when the first chunk went: the gathering counts from it
         orders.new(1)
         await until(lambda: orders.sent == [(1,)])  # an idle worker gets work at once
-        first_at = loop.time()
         orders.done((1,))
         for order_id in (2, 3, 4):
             orders.new(order_id)

@@ -294,7 +294,10 @@ def test_workers_exit_when_the_server_dies_while_they_start(tmp_path):
 
 
 def test_workers_exit_when_the_server_dies_holding_the_write_lock(tmp_path):
-    server = ServerProcess(["--port", "0", "--workers", "1", "--work-time", "1"], tmp_path / "p.db", tmp_path)
+    # The order takes 3 s: time enough for the writer to take the write lock
+    # for the next one first, and to wait for it (BUSY_TIMEOUT_S) until the
+    # worker, done, waits for it too.
+    server = ServerProcess(["--port", "0", "--workers", "1", "--work-time", "3"], tmp_path / "p.db", tmp_path)
     children: list[int] = []
     blocker = None
     try:
@@ -328,16 +331,16 @@ def test_workers_exit_when_the_server_dies_holding_the_write_lock(tmp_path):
 
 
 def test_worker_killed_mid_order_hands_it_back_and_is_replaced(tmp_path):
-    with running_server(tmp_path, "--workers", "2", "--work-time", "1.5") as srv:
+    with running_server(tmp_path, "--workers", "2", "--work-time", "2.5") as srv:
+        assert stats(srv.port)["workers"] == 2
         with LineClient("127.0.0.1", srv.port) as client:
             victim = client.ask(order("víctima"))["id"]
         pedido = wait_for(lambda: in_process(srv.port, victim))
         number = pedido["worker"]
         old_pid = worker_pid(srv, number)
         assert old_pid in workers_alive(srv)
-        assert stats(srv.port)["workers"] == 2
 
-        os.kill(old_pid, signal.SIGKILL)
+        os.kill(old_pid, signal.SIGKILL)  # mid-order: it has 2.5 s to go
         # The server notices at once (it waits on every worker's sentinel) and
         # hands the order back as an interrupted attempt.
         wait_for(lambda: any(f"worker {number} died" in line for line in srv.lines), timeout=3)

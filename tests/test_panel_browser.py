@@ -182,8 +182,9 @@ def test_page_asks_for_an_admin_token_once(tmp_path, page):
 def test_page_lists_every_node_on_postgresql(pg_url, tmp_path, page):
     from playwright.sync_api import expect
 
-    # One worker a node, each order taking seconds: both workers are seen holding one.
-    args = ("--work-time", "4", "--workers", "1", "--lease", "2")
+    # One worker a node, each order outlasting the test: both workers are seen
+    # holding one, and the counts stay put while the page is read.
+    args = ("--work-time", "60", "--workers", "1", "--lease", "2", "--shutdown-timeout", "1")
     with (
         running_server(tmp_path, *args, "--nodo", "nodo-a", "--panel", "0", db=pg_url) as a,
         running_server(tmp_path, *args, "--nodo", "nodo-b", db=pg_url) as b,

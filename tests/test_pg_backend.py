@@ -138,10 +138,15 @@ def test_a_dead_node_is_reaped_once_even_by_two_nodes_at_once_and_cannot_claim(p
         store = dead.worker_opener()(1, os.getpid())
         claim = await asyncio.to_thread(store.claim, ids[:3], 1)
         await dead.nodes._renewal.stop()  # it stops renewing: as if paused
-        b = await started(pg_url, "b", lease=0.3)
-        c = await started(pg_url, "c", lease=0.3)
+        b = await started(pg_url, "b")  # the default lease: alive throughout
+        c = await started(pg_url, "c")
         b.health._since = c.health._since = time.monotonic() - 10  # up long enough to reap
-        await asyncio.sleep(0.5)
+        # Until the dead node's lease ran out (or b or c, ticking on their own, reaped it).
+        alive = "SELECT count(*) FROM nodos WHERE nodo = 'dead' AND vence >= clock_timestamp()"
+        deadline = time.monotonic() + 10
+        while rows(pg_url, alive) != [(0,)]:
+            assert time.monotonic() < deadline, "the dead node's lease never ran out"
+            await asyncio.sleep(0.05)
         await asyncio.gather(b.nodes.tick(), c.nodes.tick())
         late = await asyncio.to_thread(store.claim, ids[3:], 1)
         stale = await asyncio.to_thread(store.finish, claim)
