@@ -94,6 +94,35 @@ def test_a_cliente_token_sees_only_its_own_orders(token_server):
     }
 
 
+def test_a_pipelined_autenticar_changes_only_what_comes_after_it(token_server):
+    a = token_server()
+    assert a.ask({"accion": "autenticar", "token": "cliente-aaaa-1"})["rol"] == "cliente"
+    mine = a.ask(ORDER)["id"]
+    b = token_server()
+    assert b.ask({"accion": "autenticar", "token": "cliente-bbbb-1"})["rol"] == "cliente"
+    # One send: B's requests, then a switch to A's token, then A's own request.
+    batch = [
+        {"accion": "consultar", "id": mine},
+        {"accion": "cancelar", "id": mine},
+        {"accion": "listar"},
+        {"accion": "autenticar", "token": "admin-secret-1"},
+        {"accion": "consultar", "id": mine},
+    ]
+    b.sock.sendall(b"".join(json.dumps(request).encode() for request in batch))
+    replies = [json.loads(b.file.readline()) for _ in batch]
+    refused = ["no_encontrado", "no_encontrado", "no_autorizado"]
+    assert [r.get("error") for r in replies] == [*refused, None, None]
+    assert replies[4]["pedido"]["estado"] != "cancelado"
+
+
+def test_a_wrong_token_leaves_the_connection_with_none(token_server):
+    s = token_server()
+    assert s.ask({"accion": "autenticar", "token": "admin-secret-1"})["rol"] == "admin"
+    assert s.ask({"accion": "autenticar", "token": "admin-secret-x"})["error"] == "no_autorizado"
+    for request in ({"accion": "listar"}, ORDER):
+        assert s.ask(request)["error"] == "no_autorizado"
+
+
 def test_a_wrong_token_is_refused_without_saying_why(token_server):
     s = token_server()
     replies = [

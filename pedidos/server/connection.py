@@ -181,20 +181,25 @@ class Connection(asyncio.BufferedProtocol):
             return self._last_order
         if wants_auth:
             return self._authenticate(request.args["token"])
-        return self._loop.create_task(self._command(request, self._last_order))
+        # Who asks is who the connection was when the request arrived: an
+        # `autenticar` pipelined after it must not change what it may see.
+        return self._loop.create_task(self._command(request, self._last_order, self._principal))
 
-    async def _command(self, command: Command, after: asyncio.Future[Any] | None) -> dict:
+    async def _command(
+        self, command: Command, after: asyncio.Future[Any] | None, principal: Principal | None
+    ) -> dict:
         # A command sees the orders sent before it on this connection.
         if after is not None and not after.done():
             await asyncio.wait([after])
-        return await self._service.command(command, self._principal)
+        return await self._service.command(command, principal)
 
     def _authenticate(self, token: str) -> Slot:
         principal, reply = answer_token(
             self._tokens, self._state.throttle, self._loop, self._host, self.peer, token
         )
-        if principal is not None:
-            self._principal = principal
+        # A wrong token leaves the connection with none, not with the one
+        # before it: what follows was meant for someone else.
+        self._principal = principal
         return reply
 
     def _enqueue(self, slot: Slot) -> None:
