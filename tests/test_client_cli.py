@@ -26,12 +26,12 @@ import pytest
 from conftest import CLIENTE, ROOT, LineClient, ServerProcess, esperando, listed, running_server, wait_for
 
 from pedidos import __version__
-from pedidos.client.blocking import Client
+from pedidos.client.blocking import Client, Order
 from pedidos.client.cli.args import EXAMPLES, build_parser
-from pedidos.client.cli.bulk import read_entries
+from pedidos.client.cli.bulk import Outcome, read_entries
 from pedidos.client.cli.main import main
-from pedidos.client.cli.resume import auto_referencias
-from pedidos.client.cli.show import count
+from pedidos.client.cli.resume import auto_referencias, interruption_lines
+from pedidos.client.cli.show import count, state_line
 
 _names = itertools.count(1)
 
@@ -147,11 +147,10 @@ def test_listar_is_an_aligned_table_and_pages_past_the_server_limit(quick_server
         assert row[header.index("estado") :].startswith("listo")
         assert re.match(r"\d\d:\d\d:\d\d", row[header.index("fin") :])
         assert row.endswith(" s") and len(row) == len(rows[0])
-    assert footer == f"(límite de 1020 alcanzado; puede haber más: --desde-id {ids[1019]})"
-    code, out, _ = run(
-        capsys, "--port", quick_server.port, "--listar", "--cliente", name, "--desde-id", ids[-2]
-    )
-    assert [int(row.split()[0]) for row in out.splitlines()[1:]] == [ids[-1]]
+    more = f"--port {quick_server.port} --listar --cliente {name} --limite 1020 --desde-id {ids[1019]}"
+    assert footer == f"(límite de 1020 alcanzado; puede haber más: python3 cliente.py {more})"
+    code, out, _ = run(capsys, *more.split())  # the rest, with the same filters
+    assert [int(row.split()[0]) for row in out.splitlines()[1:]] == ids[1020:]
     code, out, _ = run(
         capsys, "--port", quick_server.port, "--listar", "--cliente", name, "--estado", "pendiente"
     )
@@ -199,6 +198,9 @@ def test_cancelar(slow_server, capsys):
     assert (code, out) == (0, f"Pedido {receipts[-1].id} cancelado.\n")
     code, _, err = run(capsys, "--port", slow_server.port, "--cancelar", receipts[-1].id)
     assert code == 1 and "rechazado (no_cancelable)" in one_line_reason(err)
+    code, out, err = run(capsys, "--port", slow_server.port, "--consultar", receipts[-1].id, "--esperar")
+    assert code == 4 and out.startswith(f"Pedido {receipts[-1].id}: cancelado")
+    assert one_line_reason(err) == f"cliente.py: el pedido {receipts[-1].id} terminó 'cancelado', no 'listo'"
 
 
 # --- many orders ---------------------------------------------------------------------------
@@ -224,6 +226,8 @@ def test_archivo_json_lines_sends_all_and_reports_refused_lines(quick_server, ca
     assert "    línea 17: pedido_invalido: 'productos' debe tener entre 1 y 100 productos; tiene 0.\n" in out
     assert "    línea 42: json_invalido: no es JSON válido (columna 29)\n" in out
     assert "    línea 100: mensaje_invalido: lleva 'accion'" in out
+    # One line has no referencia: the corrected file sent again would store that one twice.
+    assert "Corrija las líneas rechazadas en un archivo aparte y envíe solo ese" in out
     with Client("127.0.0.1", quick_server.port) as client:
         assert len(client.list(cliente=name, limite=1000)) == 497
     # Every line but the pretty-printed one carries a referencia: sending again adds one order.
@@ -231,6 +235,35 @@ def test_archivo_json_lines_sends_all_and_reports_refused_lines(quick_server, ca
     assert code == 1 and "  aceptados:  497 (496 ya estaban: no se duplicaron)\n" in out
     with Client("127.0.0.1", quick_server.port) as client:
         assert len(client.list(cliente=name, limite=1000)) == 498
+
+
+def test_desde_linea_sends_only_the_orders_from_that_line_with_the_same_auto_keys(
+    quick_server, capsys, tmp_path
+):
+    name = unique()
+    path = tmp_path / "lote.jsonl"
+    order = {"productos": ["pan"], "direccion": "d"}
+    path.write_text("".join(json.dumps({"cliente": f"{name}-{n}", **order}) + "\n" for n in range(1, 6)))
+    code, out, _ = run(capsys, "--port", quick_server.port, "--archivo", path, "--desde-linea", 4)
+    assert code == 0 and out.startswith(f"2 pedidos de {path} desde la línea 4 en ")
+    stored = [o for o in listed(quick_server.port) if o["cliente"].startswith(name)]
+    assert sorted(o["cliente"] for o in stored) == [f"{name}-4", f"{name}-5"]
+    # With --referencias-auto the keys are the whole file's: the rest later, none twice.
+    argv = ("--port", quick_server.port, "--archivo", path, "--referencias-auto")
+    code, out, _ = run(capsys, *argv, "--desde-linea", 2)
+    assert code == 0 and "  aceptados:  4\n" in out
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "  aceptados:  5 (4 ya estaban: no se duplicaron)\n" in out
+
+
+def test_the_advice_after_a_cut_names_the_command_for_what_was_not_sent():
+    entries = read_entries(b'{"cliente": "a", "productos": ["p"], "direccion": "d"}\n' * 6)
+    outcome = Outcome(len(entries))
+    outcome.sent, outcome.done, outcome.answered, outcome.accepted = 4, 2, 2, 2  # 2 unconfirmed, 2 unsent
+    again = "python3 cliente.py --archivo 'a b.jsonl' --desde-linea 2 --port 9000"
+    lines = interruption_lines(outcome, entries, "a b.jsonl", again)
+    assert lines[-1] == "Lo no enviado: python3 cliente.py --archivo 'a b.jsonl' --port 9000 --desde-linea 5"
+    assert "compruebe con --listar los sin confirmar" in lines[-2]
 
 
 def test_archivo_array_from_stdin_with_json_replies(quick_server, capsys):
@@ -290,6 +323,8 @@ def test_archivo_that_cannot_be_read_exits_2_and_sends_nothing(
         ([], "sin terminal, indique el pedido con --cliente, --productos y --direccion"),
         (["--consultar", "-3"], "opción --consultar: '-3' no es un número de pedido"),
         (["--nada"], "opciones desconocidas: --nada"),
+        (["--listar", "--desde-linea", "3"], "--desde-linea solo sirve con --archivo"),
+        (["--archivo", "-", "--desde-linea", "0"], "'0' no es un número de línea (1 o más)"),
     ],
 )
 def test_usage_errors_exit_2_in_spanish(capsys, argv, message):
@@ -303,7 +338,7 @@ def test_help_lists_every_option_with_an_example(capsys):
     assert code == 0 and "uso: cliente.py" in out and "opciones:" in out
     assert "usage" not in out and "show this help" not in out and "show program" not in out
     options = [s for action in build_parser()._actions for s in action.option_strings if s.startswith("--")]
-    assert len(options) == 27  # with tasks: --consultar-referencia and --reintentar
+    assert len(options) == 28  # with tasks: --consultar-referencia and --reintentar; --desde-linea
     for option in options:
         assert option in out and (option == "--help" or option in EXAMPLES), option
 
@@ -530,6 +565,28 @@ def test_progress_bar_on_a_terminal_and_summary_on_stdout(quick_server, terminal
 
 
 # --- what a person reads ------------------------------------------------------------------------
+
+
+def test_an_order_waiting_for_a_retry_says_the_error_the_time_and_the_tries_so_far():
+    order = Order.from_reply(
+        {
+            "id": 7,
+            "cliente": "Ana",
+            "productos": ["pan"],
+            "direccion": "d",
+            "estado": "pendiente",
+            "fecha_recibido": "2026-12-03T00:18:14.000000+00:00",
+            "intentos": 2,
+            "fallos": 2,
+            "error": "ValueError: no vendemos eso",
+            "reintentar_despues": "2026-12-03T00:18:18.000000+00:00",
+        }
+    )
+    at = order.retry_at.astimezone().strftime("%H:%M:%S")  # type: ignore[union-attr]
+    assert state_line(order) == (
+        f"Pedido 7: pendiente; la tarea falló (ValueError: no vendemos eso), se reintenta a las {at}"
+        " (2 intentos hasta ahora)."
+    )
 
 
 @pytest.mark.parametrize(

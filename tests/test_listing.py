@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shlex
 import time
 from pathlib import Path
 
@@ -152,8 +153,10 @@ def test_cliente_listar_contiene_recientes_pages_past_the_server_limit(quick_ser
     out = capsys.readouterr().out
     header, *rows, footer = out.splitlines()
     assert code == 0 and [int(row.split()[0]) for row in rows] == stored[::-1][:1005]
-    assert footer == f"(límite de 1005 alcanzado; puede haber más: --recientes --desde-id {stored[5]})"
-    code = main([str(a) for a in [*base, "--recientes", "--desde-id", stored[5]]])
+    more = footer.split("puede haber más: python3 cliente.py ", 1)[1].rstrip(")")
+    then = ["--recientes", "--limite", "1005", "--desde-id", str(stored[5])]
+    assert shlex.split(more) == [*map(str, base), *then]
+    code = main(shlex.split(more))  # the rest, with the same filters
     rows = capsys.readouterr().out.splitlines()[1:]
     assert code == 0 and [int(row.split()[0]) for row in rows] == stored[4::-1]
     code = main([str(a) for a in [*base, "--limite", 2]])

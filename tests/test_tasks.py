@@ -225,6 +225,15 @@ def test_reintentar_refuses_pending_and_cancelled_orders(client):
 def test_cliente_reintentar_on_the_command_line(srv, client, state):
     order_id = submit(client, "arreglable")
     assert final(client, order_id)["estado"] == "fallido"
+    followed = subprocess.run(
+        [sys.executable, str(CLIENTE), "--port", str(srv.port), "--consultar", str(order_id), "--esperar"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    # Not 0: `cliente.py ... --esperar && imprimir_albaran` must stop there.
+    assert followed.returncode == 4, followed.stderr
+    assert followed.stderr == f"cliente.py: el pedido {order_id} terminó 'fallido', no 'listo'\n"
     (state / f"arreglado-{order_id}").touch()
     run = subprocess.run(
         [sys.executable, str(CLIENTE), "--port", str(srv.port), "--reintentar", str(order_id), "--esperar"],

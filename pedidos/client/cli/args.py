@@ -33,6 +33,7 @@ ejemplos:
   python3 cliente.py --cliente Ana --productos pan --direccion "Calle 1" --referencia A-1 --esperar
   python3 cliente.py --archivo ejemplos/pedidos.jsonl   un pedido JSON por línea, o una lista JSON
   python3 cliente.py --archivo ejemplos/pedidos.jsonl --referencias-auto   reenviarlo no duplica
+  python3 cliente.py --archivo ejemplos/pedidos.jsonl --desde-linea 3   solo desde la línea 3
   cat ejemplos/*.jsonl | python3 cliente.py --archivo - --json > respuestas.jsonl
   python3 cliente.py --consultar 17 --esperar   sigue el pedido 17 hasta que termine
   python3 cliente.py --cancelar 18
@@ -154,6 +155,13 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         help="con --archivo: da a cada pedido sin 'referencia' una hecha del contenido del archivo y "
         "su línea, así que reenviar el mismo archivo (tras una interrupción) nunca duplica",
     )
+    many.add_argument(
+        "--desde-linea",
+        type=number(int, 1, None, "un número de línea (1 o más)"),
+        metavar="N",
+        help="con --archivo: envía solo los pedidos que empiezan en la línea N o después (lo que "
+        "quedó sin enviar de un envío cortado)",
+    )
     ask = parser.add_argument_group("consultas")
     ask.add_argument("--consultar", type=order_id, metavar="ID", help="muestra el pedido ID")
     ask.add_argument(
@@ -255,8 +263,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_termin
     stray = [name for name, given in listing.items() if given]
     if args.mode != LIST and stray:
         parser.error(f"{', '.join(stray)} solo sirve con --listar")
-    if args.referencias_auto and args.mode != FILE:
-        parser.error("--referencias-auto solo sirve con --archivo")
+    for name, given in (("--referencias-auto", args.referencias_auto), ("--desde-linea", args.desde_linea)):
+        if given and args.mode != FILE:
+            parser.error(f"{name} solo sirve con --archivo")
     if args.cafile is not None and not args.tls:
         parser.error("--cafile solo sirve con --tls")
     missing = [f for f in ("cliente", "productos", "direccion") if getattr(args, f) is None]
@@ -269,3 +278,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_termin
         if len(missing) < 3:
             parser.error(f"al pedido le falta {', '.join('--' + f for f in missing)}")
         parser.error("sin terminal, indique el pedido con --cliente, --productos y --direccion" + hint)
+
+
+def again_with(command: str, option: str, value: object) -> str:
+    """`command`, a command line as typed, with `option` set to `value` (any
+    value it had before dropped): what to run next, to copy and paste."""
+    return re.sub(rf" {option}(=| )\S+", "", command) + f" {option} {value}"

@@ -23,14 +23,16 @@ from pedidos.client.blocking import Client, ConnectionProblem, Order, Refused, S
 from pedidos.client.cli import args as cli
 from pedidos.client.cli.ask import ask_order, prompter
 from pedidos.client.cli.bulk import BadInput, Outcome, Progress, read_entries, send_entries, summary_lines
-from pedidos.client.cli.resume import auto_referencias, interruption_lines
+from pedidos.client.cli.resume import all_keyed, auto_referencias, interruption_lines, refused_hint
 from pedidos.client.cli.show import count, order_lines, plural, receipt_line, state_line, stats_lines, table
 from pedidos.client.cli.show import summary_lines as order_summary
 from pedidos.client.problems import reason
 from pedidos.client.records import list_request, order_of, receipt_of, stats_of
+from pedidos.domain import Estado
 from pedidos.protocol.replies import NO_AUTORIZADO
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_NOT_LISTO = 4  # --esperar saw the order end `fallido` or `cancelado`: `cmd && next` must not go on
 PAGE = 1000  # the most orders the server lists in one reply
 
 
@@ -116,10 +118,10 @@ def _send_order(client: Client, order: dict[str, Any], args: Any) -> int:
 
 
 def _follow(client: Client, order_id: int, as_json: bool) -> None:
-    seen = False
+    seen: Order | None = None
     try:
         for order in client.follow(order_id):
-            seen = True
+            seen = order
             if as_json:
                 _emit({"ok": True, "pedido": order.as_dict()}, flush=True)
             else:
@@ -131,11 +133,13 @@ def _follow(client: Client, order_id: int, as_json: bool) -> None:
         again = f"cuando vuelva a estar en marcha, --consultar {order_id} --esperar lo sigue"
         raise Stop(EXIT_UNREACHABLE, f"{exc}; {again}") from None
     except ConnectionProblem as exc:
-        if not seen:
+        if seen is None:
             raise
         # The order exists and goes on: only the waiting broke, so say how to resume it.
         again = f"el pedido {order_id} sigue su curso (--consultar {order_id} --esperar lo sigue)"
         raise Stop(EXIT_UNREACHABLE, f"{exc}; {again}") from None
+    if seen is not None and seen.estado != Estado.LISTO:
+        raise Stop(EXIT_NOT_LISTO, f"el pedido {order_id} terminó '{seen.estado}', no 'listo'")
 
 
 def _order_from(args: Any, stdin: TextIO) -> dict[str, Any]:
@@ -211,7 +215,7 @@ def _list(client: Client, args: Any) -> int:
         return EXIT_OK
     print("\n".join(table(orders)))
     if len(orders) == args.limite:
-        more = f"{'--recientes ' if args.recientes else ''}--desde-id {orders[-1].id}"
+        more = cli.again_with(args.again, "--desde-id", orders[-1].id)
         print(f"(límite de {count(args.limite)} alcanzado; puede haber más: {more})")
     return EXIT_OK
 
@@ -234,8 +238,12 @@ def _send_file(args: Any, stdin: TextIO) -> int:
             with open(args.archivo, "rb") as file:
                 data = file.read()
         entries = read_entries(data)
+        own_keys = all_keyed(entries)
         if args.referencias_auto:
-            entries = auto_referencias(entries, data)
+            entries = auto_referencias(entries, data)  # from the whole file: the same keys
+        if args.desde_linea is not None:
+            entries = [e for e in entries if e.line >= args.desde_linea]
+            source += f" desde la línea {args.desde_linea}"
     except OSError as exc:
         raise Stop(EXIT_USAGE, f"no se puede leer {source}: {reason(exc)}") from None
     except BadInput as exc:
@@ -246,11 +254,12 @@ def _send_file(args: Any, stdin: TextIO) -> int:
     outcome = Outcome(len(entries))
     progress = Progress(len(entries), sys.stderr)
     report = sys.stderr if args.json else sys.stdout
-    again = args.again + (" (con la misma entrada)" if args.archivo == "-" else "")
+    note = " (con la misma entrada)" if args.archivo == "-" else ""
 
     def cut_short() -> None:
         progress.close()
-        print("\n".join(interruption_lines(outcome, entries, source, again)), file=report, flush=True)
+        lines = interruption_lines(outcome, entries, source, args.again, note)
+        print("\n".join(lines), file=report, flush=True)
 
     try:
         with _client(args) as client:
@@ -267,6 +276,7 @@ def _send_file(args: Any, stdin: TextIO) -> int:
         progress.close()
     print("\n".join(summary_lines(outcome, source)), file=report)
     if outcome.refused:
+        print(refused_hint(own_keys), file=report)
         n = len(outcome.refused)
         detailed = "detallado" if n == 1 else "detallados"
         raise Stop(

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
+from pedidos.client.cli.args import again_with
 from pedidos.client.cli.bulk import Entry, Outcome
 from pedidos.client.cli.show import count, plural
 
@@ -51,9 +52,11 @@ def all_keyed(entries: Sequence[Entry]) -> bool:
     )
 
 
-def interruption_lines(outcome: Outcome, entries: Sequence[Entry], source: str, again: str) -> list[str]:
+def interruption_lines(
+    outcome: Outcome, entries: Sequence[Entry], source: str, again: str, note: str = ""
+) -> list[str]:
     """What a cut-short run stored, what it may have stored, and how to finish.
-    `again` is the command that sends the same file again."""
+    `again` is the command that sends the same file again; `note` follows it."""
     # Replies come in order: the first orders not answered are the ones in flight.
     pending = [e for e in entries[outcome.done :] if e.problem is None]
     unsure, unsent = pending[: outcome.unconfirmed], pending[outcome.unconfirmed :]
@@ -73,7 +76,7 @@ def interruption_lines(outcome: Outcome, entries: Sequence[Entry], source: str, 
     if not unsure and not unsent:
         return lines
     if all_keyed(entries):
-        lines.append(f"Para terminar sin duplicar nada, repita la misma orden: {again}")
+        lines.append(f"Para terminar sin duplicar nada, repita la misma orden: {again}{note}")
     else:
         # Without keys, resending what was stored stores it again: say where each part starts.
         lines.append(
@@ -82,7 +85,24 @@ def interruption_lines(outcome: Outcome, entries: Sequence[Entry], source: str, 
             + (" y compruebe con --listar los sin confirmar" if unsure else "")
             + ". Con --referencias-auto desde el primer envío, repetir la orden nunca duplica."
         )
+        if unsent:
+            lines.append(f"Lo no enviado: {again_with(again, '--desde-linea', unsent[0].line)}{note}")
     return lines
+
+
+def refused_hint(own_keys: bool) -> str:
+    """How to send refused lines once fixed without storing the others again.
+    `own_keys`: every order in the file has its own `referencia` (not made by
+    --referencias-auto, whose keys change with any edit of the file)."""
+    if own_keys:
+        return (
+            "Corregidas las líneas rechazadas, reenviar el archivo no duplica: "
+            "cada pedido lleva su 'referencia'."
+        )
+    return (
+        "Corrija las líneas rechazadas en un archivo aparte y envíe solo ese: reenviar este archivo "
+        "corregido guardaría otra vez los pedidos ya aceptados."
+    )
 
 
 def _already(duplicates: int) -> str:

@@ -64,7 +64,7 @@ def state_line(order: Order) -> str:
     if order.estado == Estado.PENDIENTE and order.reintentar_despues:
         return (
             f"{head}; la tarea falló ({order.error or NONE}), se reintenta a las"
-            f" {clock(order.retry_at)} ({plural(order.intentos, 'intento', 'intentos')} sin terminar)."
+            f" {clock(order.retry_at)} ({plural(order.intentos, 'intento', 'intentos')} hasta ahora)."
         )
     if order.estado == Estado.PENDIENTE:
         tries = plural(order.intentos, "intento interrumpido", "intentos interrumpidos")
