@@ -121,6 +121,11 @@ def test_a_wrong_token_leaves_the_connection_with_none(token_server):
     assert s.ask({"accion": "autenticar", "token": "admin-secret-x"})["error"] == "no_autorizado"
     for request in ({"accion": "listar"}, ORDER):
         assert s.ask(request)["error"] == "no_autorizado"
+    # A token that is not even well formed, or missing, is as wrong as a wrong one.
+    for malformed in ({"accion": "autenticar", "token": ""}, {"accion": "autenticar"}):
+        assert s.ask({"accion": "autenticar", "token": "admin-secret-1"})["rol"] == "admin"
+        assert s.ask(malformed)["error"] == "mensaje_invalido"
+        assert s.ask({"accion": "listar"})["error"] == "no_autorizado"
 
 
 def test_a_wrong_token_is_refused_without_saying_why(token_server):

@@ -98,11 +98,14 @@ class Decoder:
         cut short gets its error, so that the client learns why nothing came."""
         if self.closed or not self._buf:
             return []
-        out = self.feed(b"\n")  # ends a value that ended with the input, a number ("7")
-        if self._buf:
-            out.append(_invalid("la entrada terminó a mitad de una petición"))
-            self._start(b"")
-        return out
+        rest = bytes(self._buf)
+        self._start(b"")
+        try:
+            # Complete only if it is a number that ended with the input ("7"):
+            # anything else complete was taken as soon as it closed.
+            return [_json.decode(rest.decode("utf-8"))]
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return [_invalid("la entrada terminó a mitad de una petición")]
 
     def _feed_data(self, data: bytes, out: list[Any]) -> None:
         if self._skipping:

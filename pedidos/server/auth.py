@@ -193,7 +193,7 @@ def answer_token(
     token: str,
 ) -> tuple[Principal | None, Answer]:
     """The reply to `autenticar` from `host`, and who the token makes the
-    connection (None: it stays as it was)."""
+    connection (None: nobody, on a server with tokens; anybody, without)."""
     if tokens is None:
         return None, {"ok": True, "rol": ADMIN, "mensaje": "Este servidor no pide token."}
     principal = tokens.authenticate(token)

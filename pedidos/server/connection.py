@@ -134,7 +134,7 @@ class Connection(asyncio.BufferedProtocol):
         self._eof_received = True
         if self._linger is not None:
             return False  # our side was already done: close
-        if not self._closing:  # (a stop drops what it has not read yet)
+        if not self._closing:  # closing already (a stop, an idle close): nothing more is answered
             self._parked.extend(self._decoder.finish())
             self._take_parked()
         self.close_when_answered()
@@ -174,6 +174,8 @@ class Connection(asyncio.BufferedProtocol):
         try:
             request = parse_request(value)
         except RequestError as refused:
+            if wants_auth:
+                self._principal = None  # a malformed token is a wrong one (_authenticate)
             return refused.reply()
         if isinstance(request, NewOrder):
             self._last_order = self._service.submit(request, self._principal, self._on_ready)

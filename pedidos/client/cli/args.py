@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pedidos import __version__
 from pedidos.client.access import ENV_VAR
@@ -49,7 +51,8 @@ ejemplos:
 El token también puede venir de la variable de entorno PEDIDOS_TOKEN, que el servidor no lee.
 
 estado de salida: 0 bien; 1 el servidor rechazó la petición (o el token); 2 error de uso;
-3 el servidor no responde, no se puede conectar o falla TLS; 130 interrumpido (Ctrl-C).
+3 el servidor no responde, no se puede conectar o falla TLS; 4 con --esperar, el pedido
+terminó fallido o cancelado; 130 interrumpido (Ctrl-C).
 """
 
 
@@ -280,7 +283,24 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_termin
         parser.error("sin terminal, indique el pedido con --cliente, --productos y --direccion" + hint)
 
 
-def again_with(command: str, option: str, value: object) -> str:
-    """`command`, a command line as typed, with `option` set to `value` (any
-    value it had before dropped): what to run next, to copy and paste."""
-    return re.sub(rf" {option}(=| )\S+", "", command) + f" {option} {value}"
+@dataclass(frozen=True)
+class Typed:
+    """A command line as the user typed it, to print what to run next."""
+
+    prog: str  # "python3 cliente.py", or the console script
+    argv: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return " ".join([self.prog, shlex.join(self.argv)]) if self.argv else self.prog
+
+    def with_option(self, option: str, value: object) -> Typed:
+        """The same command with `option` set to `value`, whatever it was."""
+        kept: list[str] = []
+        args = iter(self.argv)
+        for arg in args:
+            if arg == option:
+                next(args, None)  # and its value
+            elif not arg.startswith(option + "="):
+                kept.append(arg)
+        # Last, so that it wins even over an abbreviation argparse accepted.
+        return Typed(self.prog, (*kept, option, str(value)))

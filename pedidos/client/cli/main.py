@@ -1,8 +1,9 @@
 """`python3 cliente.py`: send orders, one or thousands, and follow or query them.
 
 Exit status: 0 success; 1 the server refused the request; 2 a usage error;
-3 the server could not be reached or stopped answering; 130 interrupted
-(Ctrl-C). Every failure says why in one line on stderr, never with a traceback.
+3 the server could not be reached or stopped answering; 4 the order followed
+with --esperar ended fallido or cancelado; 130 interrupted (Ctrl-C). Every
+failure says why in one line on stderr, never with a traceback.
 The options are in `args`, what is shown to a person in `show`, `--archivo`
 in `bulk` (and how a cut-short run goes on in `resume`), the questions for an
 order at the terminal in `ask`.
@@ -15,6 +16,7 @@ import json
 import os
 import shlex
 import sys
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     if prog == cli.SCRIPT:
         script = sys.argv[0] if argv is None and sys.argv[0].endswith(cli.SCRIPT) else cli.SCRIPT
         typed = f"python3 {shlex.quote(script)}"
-    args.again = " ".join([typed, shlex.join(sys.argv[1:] if argv is None else argv)])
+    args.again = cli.Typed(typed, tuple(sys.argv[1:] if argv is None else argv))
     try:
         return _run(args, stdin)
     except Refused as exc:
@@ -113,11 +115,13 @@ def _send_order(client: Client, order: dict[str, Any], args: Any) -> int:
     else:
         print(receipt_line(receipt_of(reply)), flush=True)
     if args.esperar:
-        _follow(client, reply["id"], args.json)
+        _follow(client, reply["id"], args.json, known=True)
     return EXIT_OK
 
 
-def _follow(client: Client, order_id: int, as_json: bool) -> None:
+def _follow(client: Client, order_id: int, as_json: bool, known: bool = False) -> None:
+    """Print the order at each change until it is final. `known`: the server
+    has just answered for it (sent, found, retried), so it surely exists."""
     seen: Order | None = None
     try:
         for order in client.follow(order_id):
@@ -133,8 +137,8 @@ def _follow(client: Client, order_id: int, as_json: bool) -> None:
         again = f"cuando vuelva a estar en marcha, --consultar {order_id} --esperar lo sigue"
         raise Stop(EXIT_UNREACHABLE, f"{exc}; {again}") from None
     except ConnectionProblem as exc:
-        if seen is None:
-            raise
+        if seen is None and not known:
+            raise  # maybe no such order: nothing to resume
         # The order exists and goes on: only the waiting broke, so say how to resume it.
         again = f"el pedido {order_id} sigue su curso (--consultar {order_id} --esperar lo sigue)"
         raise Stop(EXIT_UNREACHABLE, f"{exc}; {again}") from None
@@ -173,7 +177,7 @@ def _show_order(client: Client, args: Any, referencia: str | None = None) -> int
     key = {"id": args.consultar} if referencia is None else {"referencia": referencia}
     reply = client.call({"accion": "consultar", **key})
     if args.esperar:  # found by its key: follow it by its number
-        _follow(client, order_of(reply).id, args.json)
+        _follow(client, order_of(reply).id, args.json, known=True)
         return EXIT_OK
     _out(args, reply, lambda: order_lines(order_of(reply)))
     return EXIT_OK
@@ -182,7 +186,7 @@ def _show_order(client: Client, args: Any, referencia: str | None = None) -> int
 def _retry(client: Client, args: Any) -> int:
     reply = client.call({"accion": "reintentar", "id": args.reintentar})
     if args.esperar:
-        _follow(client, args.reintentar, args.json)
+        _follow(client, args.reintentar, args.json, known=True)
         return EXIT_OK
     _out(args, reply, lambda: [f"Pedido {args.reintentar} de nuevo pendiente, con todos sus intentos."])
     return EXIT_OK
@@ -215,7 +219,7 @@ def _list(client: Client, args: Any) -> int:
         return EXIT_OK
     print("\n".join(table(orders)))
     if len(orders) == args.limite:
-        more = cli.again_with(args.again, "--desde-id", orders[-1].id)
+        more = args.again.with_option("--desde-id", orders[-1].id)
         print(f"(límite de {count(args.limite)} alcanzado; puede haber más: {more})")
     return EXIT_OK
 
@@ -238,7 +242,7 @@ def _send_file(args: Any, stdin: TextIO) -> int:
             with open(args.archivo, "rb") as file:
                 data = file.read()
         entries = read_entries(data)
-        own_keys = all_keyed(entries)
+        plain = entries  # before --referencias-auto: the keys of the file's own
         if args.referencias_auto:
             entries = auto_referencias(entries, data)  # from the whole file: the same keys
         if args.desde_linea is not None:
@@ -276,7 +280,11 @@ def _send_file(args: Any, stdin: TextIO) -> int:
         progress.close()
     print("\n".join(summary_lines(outcome, source)), file=report)
     if outcome.refused:
-        print(refused_hint(own_keys), file=report)
+        # Only the orders stored matter: those refused changed nothing (a line
+        # that holds several orders, a JSON array's, counts as stored).
+        per_line = Counter(e.line for e in plain)
+        refused = {line for line, _, _ in outcome.refused if per_line[line] == 1}
+        print(refused_hint(all_keyed([e for e in plain if e.line not in refused])), file=report)
         n = len(outcome.refused)
         detailed = "detallado" if n == 1 else "detallados"
         raise Stop(

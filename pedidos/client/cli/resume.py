@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
-from pedidos.client.cli.args import again_with
+from pedidos.client.cli.args import Typed
 from pedidos.client.cli.bulk import Entry, Outcome
 from pedidos.client.cli.show import count, plural
 
@@ -53,7 +53,7 @@ def all_keyed(entries: Sequence[Entry]) -> bool:
 
 
 def interruption_lines(
-    outcome: Outcome, entries: Sequence[Entry], source: str, again: str, note: str = ""
+    outcome: Outcome, entries: Sequence[Entry], source: str, again: Typed, note: str = ""
 ) -> list[str]:
     """What a cut-short run stored, what it may have stored, and how to finish.
     `again` is the command that sends the same file again; `note` follows it."""
@@ -85,8 +85,10 @@ def interruption_lines(
             + (" y compruebe con --listar los sin confirmar" if unsure else "")
             + ". Con --referencias-auto desde el primer envío, repetir la orden nunca duplica."
         )
-        if unsent:
-            lines.append(f"Lo no enviado: {again_with(again, '--desde-linea', unsent[0].line)}{note}")
+        answered_or_unsure = entries[: outcome.done + outcome.unconfirmed]
+        if unsent and all(e.line < unsent[0].line for e in answered_or_unsure):
+            # (Not when the line is shared with orders sent: a JSON array on one line.)
+            lines.append(f"Lo no enviado: {again.with_option('--desde-linea', unsent[0].line)}{note}")
     return lines
 
 
