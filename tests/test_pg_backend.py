@@ -245,8 +245,9 @@ def test_while_postgresql_is_down_orders_are_refused_then_taken_again(pg_cluster
             await asyncio.to_thread(pg_cluster.halt)
             with pytest.raises(DatabaseUnavailable):
                 await storage.submit(order(2), None)
-            with pytest.raises(DatabaseUnavailable):
+            with pytest.raises(DatabaseUnavailable) as refused:
                 await storage.submit(order(3), None)  # refused at once now
+            assert refused.value.maybe_done is False  # never sent: surely not stored
             with pytest.raises(DatabaseUnavailable):
                 await storage.get(first.id)
             await asyncio.to_thread(pg_cluster.boot)

@@ -96,3 +96,39 @@ def test_without_notify_esperar_across_nodes_answers_by_polling(pg_url, tmp_path
             if srv.proc.poll() is None:
                 srv.stop()
             srv.kill()
+
+
+def test_an_order_whose_connection_breaks_mid_insert_is_told_it_may_be_stored(pg_url, tmp_path):
+    import psycopg
+
+    order = {
+        "cliente": "Ana",
+        "productos": ["pan"],
+        "direccion": "Calle 1",
+        "referencia": f"corte-{time.time_ns()}",
+    }
+    waiting = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query LIKE '%INSERT%'"
+    )
+    with (
+        running_server(tmp_path, "--work-time", "0", db=pg_url) as srv,
+        LineClient("127.0.0.1", srv.port) as c,
+    ):
+        with psycopg.connect(pg_url, autocommit=True) as admin, psycopg.connect(pg_url) as blocker:
+            blocker.execute("LOCK TABLE pedidos IN EXCLUSIVE MODE")  # the node's INSERT waits for it
+            c.send(order)
+            pid = wait_for(lambda: admin.execute(waiting).fetchall())[0][0]  # type: ignore[index]
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))  # as a connection lost mid-commit
+            reply = c.read()
+            blocker.rollback()
+        assert reply["ok"] is False and reply["error"] == "servidor_ocupado", reply
+        # Not just "try later": the order may be stored, and a referencia makes a retry safe.
+        assert "no se sabe si la petición tuvo efecto" in reply["mensaje"], reply
+        assert "referencia" in reply["mensaje"], reply
+
+        def stored() -> dict | None:
+            again = c.ask(order)
+            return again if again["ok"] else None  # refused while the node reconnects
+
+        assert wait_for(stored, timeout=15)["estado"] == "pendiente"  # type: ignore[index]

@@ -3,7 +3,8 @@
 A request's future that was cancelled, or raised, becomes one error reply
 here, so the connection writes it like any other answer and the event loop
 never sees the exception. An unavailable database is the client's cue to try
-again later (`servidor_ocupado`); a write whose outcome was lost with the
+again later (`servidor_ocupado`), unless it went away during the write: then
+the reply says the order may be stored. A write whose outcome was lost with the
 process doing it is `error_interno` saying just that, since it may be stored;
 anything else is logged and answered as `error_interno`, and it changed nothing.
 """
@@ -21,6 +22,12 @@ from pedidos.storage.base import OutcomeUnknown, StorageUnavailable
 # filters and collectors select on that name.
 logger = logging.getLogger("pedidos.server.connection")
 
+UNKNOWN_OUTCOME = (
+    "no se sabe si la petición tuvo efecto. Compruébelo (consultar, listar) antes de repetirla; "
+    "un pedido con referencia se puede reenviar sin riesgo."
+)
+MAYBE_STORED = f"La base de datos dejó de responder mientras guardaba: {UNKNOWN_OUTCOME}"
+
 # Sent before closing a connection accepted beyond the server's limit.
 SERVER_FULL = encode_line(
     error_reply(SERVIDOR_OCUPADO, "El servidor no acepta más conexiones ahora; pruebe más tarde.")
@@ -37,12 +44,12 @@ def reply_of(future: asyncio.Future[Any], peer: str) -> dict | bytes:
     if isinstance(error, RequestError):
         return error.reply()
     if isinstance(error, StorageUnavailable):  # logged once by the backend, not per order
+        if error.maybe_done:
+            # Still `servidor_ocupado` (the contract's code for a database that
+            # went away), but "try later" alone would invite a duplicate.
+            return error_reply(SERVIDOR_OCUPADO, MAYBE_STORED)
         return error_reply(SERVIDOR_OCUPADO, "La base de datos no responde ahora; pruebe más tarde.")
     if isinstance(error, OutcomeUnknown):  # logged once by the backend, not per request
-        return error_reply(
-            ERROR_INTERNO,
-            "Error interno del servidor: no se sabe si la petición tuvo efecto. Compruébelo "
-            "(consultar, listar) antes de repetirla; un pedido con referencia se puede reenviar sin riesgo.",
-        )
+        return error_reply(ERROR_INTERNO, f"Error interno del servidor: {UNKNOWN_OUTCOME}")
     logger.error("request from %s failed: %r", peer, error)
     return error_reply(ERROR_INTERNO, "Error interno del servidor; la petición no tuvo efecto.")

@@ -28,12 +28,14 @@ from pedidos.protocol.replies import (
 )
 from pedidos.protocol.validation import Command
 from pedidos.server.auth import Principal
+from pedidos.server.failures import UNKNOWN_OUTCOME
 from pedidos.storage.base import Storage, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
 ADMIN_ONLY = frozenset({"listar", "estadisticas", "reintentar"})
+WRITES = frozenset({"cancelar", "reintentar"})  # the commands that change an order
 
 
 class OrderService:
@@ -77,8 +79,11 @@ class OrderService:
             )
         try:
             return await self._handlers[command.accion](owner=_owner(principal), **command.args)
-        except StorageUnavailable:
+        except StorageUnavailable as exc:
             # Logged once by the backend when the database went away.
+            if exc.maybe_done and command.accion in WRITES:
+                why = f"La base de datos dejó de responder: {UNKNOWN_OUTCOME}"
+                raise RequestError(ERROR_INTERNO, why) from None
             raise RequestError(
                 ERROR_INTERNO, "La base de datos no responde ahora; la petición no tuvo efecto."
             ) from None

@@ -39,8 +39,14 @@ class StorageError(Exception):
 
 class StorageUnavailable(StorageError):
     """The database cannot be reached for now (a shared database restarting,
-    say); nothing was changed. The server refuses new orders with
-    `servidor_ocupado` and commands with `error_interno` until it is back."""
+    say). The server refuses new orders with `servidor_ocupado` and commands
+    with `error_interno` until it is back. `maybe_done`: the connection broke
+    while the write was on its way, so it may have been committed; otherwise
+    nothing was changed."""
+
+    def __init__(self, message: str, maybe_done: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_done = maybe_done
 
 
 class OutcomeUnknown(StorageError):

@@ -110,8 +110,8 @@ class Intake:
             results = await self._link.run(store, STORE_TIMEOUT_S)
             new_ids = [r.id for r in results if not r.duplicado]
         except DatabaseUnavailable as exc:
-            # The commit's outcome may be unknown: no ack either way. A retry
-            # with the same referencia is safe.
+            # No ack either way; `exc.maybe_done` says whether the commit's
+            # outcome is unknown, and the reply says so (server/failures.py).
             self._fail(batch, exc)
             return
         except psycopg.Error as exc:

@@ -39,7 +39,8 @@ DEFAULTS = {
 
 
 class DatabaseUnavailable(StorageUnavailable):
-    """PostgreSQL cannot be reached now; nothing was changed or acknowledged."""
+    """PostgreSQL cannot be reached now; nothing was acknowledged, and nothing
+    changed unless `maybe_done` (the connection broke during the statement)."""
 
 
 def conninfo(url: str) -> str:
@@ -147,7 +148,9 @@ class Link:
             except psycopg.OperationalError as exc:
                 if conn.broken or conn.closed:
                     self._lost(exc)
-                    raise DatabaseUnavailable(one_line(exc)) from exc
+                    # The statement may have reached the database and its
+                    # commit with it: only the answer is known to be lost.
+                    raise DatabaseUnavailable(one_line(exc), maybe_done=True) from exc
                 raise
 
     async def run(
@@ -161,7 +164,7 @@ class Link:
             try:
                 return await asyncio.wait_for(work(conn), timeout)
             except asyncio.TimeoutError:
-                exc = DatabaseUnavailable(f"no answer from PostgreSQL within {timeout:g} s")
+                exc = DatabaseUnavailable(f"no answer from PostgreSQL within {timeout:g} s", maybe_done=True)
                 self._lost(exc)
                 raise exc from None
 
