@@ -223,32 +223,21 @@ def test_reintentar_refuses_pending_and_cancelled_orders(client):
 
 
 def test_cliente_reintentar_on_the_command_line(srv, client, state):
+    def cliente(*argv: object) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(CLIENTE), "--port", str(srv.port), *map(str, argv)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
     order_id = submit(client, "arreglable")
     assert final(client, order_id)["estado"] == "fallido"
-    followed = subprocess.run(
-        [sys.executable, str(CLIENTE), "--port", str(srv.port), "--consultar", str(order_id), "--esperar"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    followed = cliente("--consultar", order_id, "--esperar")
     # Not 0: `cliente.py ... --esperar && imprimir_albaran` must stop there.
     assert followed.returncode == 4, followed.stderr
     assert followed.stderr == f"cliente.py: el pedido {order_id} terminó 'fallido', no 'listo'\n"
     (state / f"arreglado-{order_id}").touch()
-    run = subprocess.run(
-        [sys.executable, str(CLIENTE), "--port", str(srv.port), "--reintentar", str(order_id), "--esperar"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    run = cliente("--reintentar", order_id, "--esperar")
     assert run.returncode == 0, run.stderr
     assert f"Pedido {order_id}: listo" in run.stdout and 'Resultado: "pagado"' in run.stdout
-    refused = subprocess.run(
-        [sys.executable, str(CLIENTE), "--port", str(srv.port), "--reintentar", str(order_id)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    refused = cliente("--reintentar", order_id)
     assert refused.returncode == 1 and "no_reintentable" in refused.stderr
 
 
