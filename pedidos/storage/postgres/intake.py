@@ -119,7 +119,8 @@ class Intake:
             self._fail(batch, exc)
             return
         except BaseException as exc:
-            self._fail(batch, DatabaseUnavailable("the server is stopping"))
+            # Cancelled by a stop, or a bug: either may come after the commit.
+            self._fail(batch, DatabaseUnavailable("the server is stopping", maybe_done=True))
             if not isinstance(exc, Exception):
                 raise
             logger.exception("could not store %d orders", len(batch))
