@@ -272,6 +272,24 @@ def test_while_postgresql_is_down_orders_are_refused_then_taken_again(pg_cluster
     assert later.id > first.id and got["id"] == first.id
 
 
+def test_an_idle_node_takes_its_first_order_after_a_restart_of_postgresql(pg_cluster):
+    async def main():
+        storage = await started(pg_cluster.url(), "a")
+        try:
+            await storage.submit(order(1), None)
+            await asyncio.to_thread(pg_cluster.halt)  # while the node is idle: it notices nothing
+            await asyncio.to_thread(pg_cluster.boot)
+            # The first order after the restart: its connection, closed by the
+            # restart, is replaced before the INSERT goes out, not refused.
+            after = await storage.submit(order(2), None)
+            return after, await storage.get(after.id)
+        finally:
+            await storage.stop()
+
+    after, got = run(main())
+    assert after.estado == "pendiente" and got["id"] == after.id
+
+
 def test_new_order_hints_are_spaced_out_not_one_per_batch(pg_url):
     """Orders committed one batch after another: the first is hinted at once,
     the rest share hints at most one per HINT_GAP_S (a NOTIFY transaction per

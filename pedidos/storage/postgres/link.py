@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 1.0
+REPLACE_S = 2.0  # a request waits at most this for a connection to replace one found closed
 # libpq settings a node wants unless the URL says otherwise: give up on a
 # silent server in seconds, not minutes, and notice a dead peer (no RST).
 DEFAULTS = {
@@ -70,6 +72,17 @@ def hint(channel: str, payload: str = "") -> pgsql.Composed:
     return pgsql.SQL("BEGIN; SET LOCAL synchronous_commit TO off; NOTIFY {}, {}; COMMIT").format(
         pgsql.Identifier(channel), pgsql.Literal(payload)
     )
+
+
+def _closed_while_idle(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection has something to read: the server's farewell
+    and EOF (a restart, `pg_terminate_backend`), or rarely a parameter change,
+    which costs a needless reconnection. One `select` per use."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
 
 
 def one_line(exc: BaseException) -> str:
@@ -140,6 +153,8 @@ class Link:
         `DatabaseUnavailable` and starts the reconnection."""
         async with self._lock:
             conn = self._conn
+            if conn is not None and not conn.closed and _closed_while_idle(conn):
+                conn = await self._replace(conn)
             if conn is None or conn.closed:
                 self._start_reconnecting()
                 raise DatabaseUnavailable("PostgreSQL is unreachable")
@@ -167,6 +182,19 @@ class Link:
                 exc = DatabaseUnavailable(f"no answer from PostgreSQL within {timeout:g} s", maybe_done=True)
                 self._lost(exc)
                 raise exc from None
+
+    async def _replace(self, conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncConnection[Any] | None:
+        """A fresh connection for one the server closed while it sat idle (a
+        restart): nothing was sent on it, so the statement may go on the new
+        one, and an idle node's first order after a restart is not refused."""
+        with contextlib.suppress(Exception):
+            conn.pgconn.finish()
+        self._conn = None
+        try:
+            self._conn = await asyncio.wait_for(self._connect(), REPLACE_S)
+        except (psycopg.OperationalError, OSError, asyncio.TimeoutError) as exc:
+            self._health.failed(exc)
+        return self._conn
 
     def _lost(self, exc: BaseException) -> None:
         self._health.failed(exc)
