@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -345,3 +346,28 @@ def test_a_node_starting_on_a_current_schema_locks_no_table(pg_url):
         "SELECT count(*) FROM pg_attribute WHERE attrelid = 'pedidos'::regclass "
         "AND attname = 'reintentar_despues' AND NOT attisdropped",
     ) == [(1,)]
+
+
+def test_a_zombie_pid_is_no_live_node():
+    # A node killed a moment ago lingers as a zombie until reaped: its name
+    # must be free for the node started again in its place.
+    import subprocess
+    import sys
+
+    from conftest import wait_for
+
+    from pedidos.storage.postgres.nodes import _running
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # not reaped until wait()
+    try:
+
+        def zombie() -> bool:
+            stat = Path(f"/proc/{child.pid}/stat").read_text()
+            return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+        wait_for(zombie)
+        assert _running(child.pid) is False
+        assert _running(os.getpid()) is True
+    finally:
+        child.wait()
+    assert _running(child.pid) is False

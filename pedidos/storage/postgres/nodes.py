@@ -200,4 +200,10 @@ def _running(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A node killed a moment ago may linger as a zombie until its parent
+    # reaps it: signal 0 still reaches it, yet it runs nothing.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc here: trust the signal
