@@ -209,6 +209,9 @@ def test_page_lists_every_node_on_postgresql(pg_url, tmp_path, page):
             expect(page.locator("#n-en-proceso")).to_have_text("2", timeout=3_000)
             expect(page.locator("#n-pendiente")).to_have_text("2", timeout=3_000)
             expect(page.locator('#ultimos .estado[data-estado="en proceso"]')).to_have_count(2, timeout=3_000)
+            # Each one's worker with its node: "1" alone would not say which.
+            for nodo in ("nodo-a", "nodo-b"):
+                expect(page.locator("#ultimos td", has_text=f"1 · {nodo}")).to_have_count(1)
             # Node B's connection, counted on B and shown on A's page.
             expect(nodos.locator('tr.nodo[data-nodo="nodo-b"] td').nth(2)).to_have_text("1")
             expect(nodos.locator('tr.nodo[data-nodo="nodo-a"] td').nth(2)).to_have_text("0")

@@ -67,7 +67,8 @@ MOVES: dict[str, tuple[str | None, str]] = {
     REQUEUED: ("en proceso", "pendiente"),
     RETRIED: ("fallido", "pendiente"),
 }
-LATEST_FIELDS = ("id", "cliente", "estado", "worker", "fecha_recibido", "fecha_inicio", "fecha_fin")
+# `nodo`: on a shared database, "worker 1" says nothing without its node (null on SQLite).
+LATEST_FIELDS = ("id", "cliente", "estado", "worker", "nodo", "fecha_recibido", "fecha_inicio", "fecha_fin")
 
 
 @dataclass

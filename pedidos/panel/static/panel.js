@@ -217,7 +217,8 @@ function dibujarUltimos(pedidos) {
     celda(fila, String(p.id));
     celda(fila, p.cliente, "cliente").title = p.cliente;
     insignia(celda(fila, ""), p.estado);
-    celda(fila, p.worker === null ? "" : String(p.worker));
+    // On a shared database "1" alone is ambiguous: the node goes with it.
+    celda(fila, p.worker === null ? "" : String(p.worker) + (p.nodo ? " · " + p.nodo : ""));
     celda(fila, hora(p.fecha_recibido));
     celda(fila, hora(p.fecha_fin));
   }
