@@ -371,3 +371,32 @@ def test_a_zombie_pid_is_no_live_node():
     finally:
         child.wait()
     assert _running(child.pid) is False
+
+
+def test_a_connection_past_descriptor_1024_is_checked_like_any_other():
+    # A node serving many clients opens its database connections on high
+    # descriptors after a reconnection; select() would refuse them, and every
+    # use would then look like a closed connection.
+    import fcntl
+    import resource
+    import socket
+
+    from pedidos.storage.postgres.link import _closed_while_idle
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 2048), hard), hard))
+    ours, theirs = socket.socketpair()
+    high = fcntl.fcntl(ours.fileno(), fcntl.F_DUPFD, 1500)
+    try:
+
+        class Conn:
+            def fileno(self) -> int:
+                return high
+
+        assert _closed_while_idle(Conn()) is False  # type: ignore[arg-type]
+        theirs.close()  # the server's end goes away
+        assert _closed_while_idle(Conn()) is True  # type: ignore[arg-type]
+    finally:
+        os.close(high)
+        ours.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

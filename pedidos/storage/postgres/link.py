@@ -77,12 +77,14 @@ def hint(channel: str, payload: str = "") -> pgsql.Composed:
 def _closed_while_idle(conn: psycopg.AsyncConnection[Any]) -> bool:
     """Whether an idle connection has something to read: the server's farewell
     and EOF (a restart, `pg_terminate_backend`), or rarely a parameter change,
-    which costs a needless reconnection. One `select` per use."""
+    which costs a needless reconnection. One `poll` per use (not `select`,
+    which refuses descriptors past 1024: a node with many clients has them)."""
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError, psycopg.Error):
         return True
-    return bool(readable)
 
 
 def one_line(exc: BaseException) -> str:
