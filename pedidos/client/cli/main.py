@@ -16,7 +16,6 @@ import json
 import os
 import shlex
 import sys
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -25,7 +24,7 @@ from pedidos.client.blocking import Client, ConnectionProblem, Order, Refused, S
 from pedidos.client.cli import args as cli
 from pedidos.client.cli.ask import ask_order, prompter
 from pedidos.client.cli.bulk import BadInput, Outcome, Progress, read_entries, send_entries, summary_lines
-from pedidos.client.cli.resume import all_keyed, auto_referencias, interruption_lines, refused_hint
+from pedidos.client.cli.resume import auto_referencias, interruption_lines, refused_hint
 from pedidos.client.cli.show import count, order_lines, plural, receipt_line, state_line, stats_lines, table
 from pedidos.client.cli.show import summary_lines as order_summary
 from pedidos.client.problems import reason
@@ -280,11 +279,7 @@ def _send_file(args: Any, stdin: TextIO) -> int:
         progress.close()
     print("\n".join(summary_lines(outcome, source)), file=report)
     if outcome.refused:
-        # Only the orders stored matter: those refused changed nothing (a line
-        # that holds several orders, a JSON array's, counts as stored).
-        per_line = Counter(e.line for e in plain)
-        refused = {line for line, _, _ in outcome.refused if per_line[line] == 1}
-        print(refused_hint(all_keyed([e for e in plain if e.line not in refused])), file=report)
+        print(refused_hint(plain, outcome), file=report)
         n = len(outcome.refused)
         detailed = "detallado" if n == 1 else "detallados"
         raise Stop(

@@ -92,11 +92,15 @@ def interruption_lines(
     return lines
 
 
-def refused_hint(own_keys: bool) -> str:
+def refused_hint(plain: Sequence[Entry], outcome: Outcome) -> str:
     """How to send refused lines once fixed without storing the others again.
-    `own_keys`: every order in the file has its own `referencia` (not made by
-    --referencias-auto, whose keys change with any edit of the file)."""
-    if own_keys:
+    `plain`: the file's entries with their own keys only (not those made by
+    --referencias-auto, which change with any edit of the file)."""
+    # Only the orders stored matter: those refused changed nothing (a line
+    # that holds several orders, a JSON array's, counts as stored).
+    per_line = Counter(e.line for e in plain)
+    refused = {line for line, _, _ in outcome.refused if per_line[line] == 1}
+    if all_keyed([e for e in plain if e.line not in refused]):
         return (
             "Corregidas las líneas rechazadas, reenviar el archivo no duplica: "
             "cada pedido lleva su 'referencia'."
