@@ -4,9 +4,10 @@ Exit status: 0 success; 1 the server refused the request; 2 a usage error;
 3 the server could not be reached or stopped answering; 4 the order followed
 with --esperar ended fallido or cancelado; 130 interrupted (Ctrl-C). Every
 failure says why in one line on stderr, never with a traceback.
-The options are in `args`, what is shown to a person in `show`, `--archivo`
-in `bulk` (and how a cut-short run goes on in `resume`), the questions for an
-order at the terminal in `ask`.
+The statuses are in `exits`, the options in `args`, what is shown to a person
+in `show`, `--archivo` in `sendfile` (reading and sending in `bulk`, how a
+cut-short run goes on in `resume`), the questions for an order at the
+terminal in `ask`.
 """
 
 from __future__ import annotations
@@ -23,27 +24,23 @@ from pedidos.client.access import chosen_token
 from pedidos.client.blocking import Client, ConnectionProblem, Order, Refused, ServerStopping
 from pedidos.client.cli import args as cli
 from pedidos.client.cli.ask import ask_order, prompter
-from pedidos.client.cli.bulk import BadInput, Outcome, Progress, read_entries, send_entries, summary_lines
-from pedidos.client.cli.resume import auto_referencias, interruption_lines, refused_hint
-from pedidos.client.cli.show import count, order_lines, plural, receipt_line, state_line, stats_lines, table
+from pedidos.client.cli.exits import (
+    EXIT_INTERRUPTED,
+    EXIT_NOT_LISTO,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Stop,
+)
+from pedidos.client.cli.sendfile import send_file
+from pedidos.client.cli.show import count, order_lines, receipt_line, state_line, stats_lines, table
 from pedidos.client.cli.show import summary_lines as order_summary
-from pedidos.client.problems import reason
 from pedidos.client.records import list_request, order_of, receipt_of, stats_of
 from pedidos.domain import Estado
 from pedidos.protocol.replies import NO_AUTORIZADO
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_NOT_LISTO = 4  # --esperar saw the order end `fallido` or `cancelado`: `cmd && next` must not go on
 PAGE = 1000  # the most orders the server lists in one reply
-
-
-class Stop(Exception):
-    """Ends the run early with an exit status and the one line that says why."""
-
-    def __init__(self, status: int, why: str) -> None:
-        super().__init__(why)
-        self.status = status
-        self.why = why
 
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
@@ -82,7 +79,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
 
 def _run(args: Any, stdin: TextIO) -> int:
     if args.mode == cli.FILE:
-        return _send_file(args, stdin)
+        return send_file(args, stdin, lambda: _client(args), _emit)
     order = _order_from(args, stdin) if args.mode == cli.ORDER else {}
     with _client(args) as client:
         if args.mode == cli.ORDER:
@@ -226,65 +223,6 @@ def _list(client: Client, args: Any) -> int:
 def _stats(client: Client, args: Any) -> int:
     reply = client.call({"accion": "estadisticas"})
     _out(args, reply, lambda: stats_lines(stats_of(reply)))
-    return EXIT_OK
-
-
-# --- many orders ---------------------------------------------------------------------
-
-
-def _send_file(args: Any, stdin: TextIO) -> int:
-    source = "la entrada estándar" if args.archivo == "-" else args.archivo
-    try:
-        if args.archivo == "-":
-            data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
-        else:
-            with open(args.archivo, "rb") as file:
-                data = file.read()
-        entries = read_entries(data)
-        plain = entries  # before --referencias-auto: the keys of the file's own
-        if args.referencias_auto:
-            entries = auto_referencias(entries, data)  # from the whole file: the same keys
-        if args.desde_linea is not None:
-            entries = [e for e in entries if e.line >= args.desde_linea]
-            source += f" desde la línea {args.desde_linea}"
-    except OSError as exc:
-        raise Stop(EXIT_USAGE, f"no se puede leer {source}: {reason(exc)}") from None
-    except BadInput as exc:
-        raise Stop(EXIT_USAGE, f"{source}: {exc}") from None
-    if not entries:
-        print(f"No hay pedidos en {source}.")
-        return EXIT_OK
-    outcome = Outcome(len(entries))
-    progress = Progress(len(entries), sys.stderr)
-    report = sys.stderr if args.json else sys.stdout
-    note = " (con la misma entrada)" if args.archivo == "-" else ""
-
-    def cut_short() -> None:
-        progress.close()
-        lines = interruption_lines(outcome, entries, source, args.again, note)
-        print("\n".join(lines), file=report, flush=True)
-
-    try:
-        with _client(args) as client:
-            send_entries(client, entries, outcome, progress, _emit if args.json else None)
-    except ConnectionProblem as exc:
-        if not outcome.sent:
-            raise
-        cut_short()
-        raise ConnectionProblem(f"{exc}; {outcome.so_far()}") from None
-    except KeyboardInterrupt:
-        cut_short()
-        raise Stop(EXIT_INTERRUPTED, f"interrumpido; {outcome.so_far()}") from None
-    finally:
-        progress.close()
-    print("\n".join(summary_lines(outcome, source)), file=report)
-    if outcome.refused:
-        print(refused_hint(plain, outcome), file=report)
-        n = len(outcome.refused)
-        detailed = "detallado" if n == 1 else "detallados"
-        raise Stop(
-            EXIT_REFUSED, f"{plural(n, 'pedido rechazado', 'pedidos rechazados')}, {detailed} en el resumen"
-        )
     return EXIT_OK
 
 
