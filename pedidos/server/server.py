@@ -10,7 +10,6 @@ their orders are taken up by the next start, as after a crash.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 import socket
@@ -19,12 +18,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pedidos.domain import Estado, show_address
-from pedidos.events import ELSEWHERE, FAILED, FINISHED, RECEIVED, REQUEUED, STARTED, Event, EventBus
+from pedidos.events import ELSEWHERE, FAILED, RECEIVED, REQUEUED, Event, EventBus
 from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.supervisor import Processing
 from pedidos.processing.worker import WorkerConfig
 from pedidos.protocol.replies import order_ack
-from pedidos.server import rapido
+from pedidos.server.announce import announce_ready, log_activity, log_recovery
 from pedidos.server.auth import FailureThrottle, TokenBook, TokenFileError, load_tokens
 from pedidos.server.config import ServerConfig
 from pedidos.server.connection import Connection
@@ -33,8 +32,8 @@ from pedidos.server.preflight import StartupError, bind_sockets, tls_context
 from pedidos.server.service import OrderService
 from pedidos.server.state import ServerState
 from pedidos.stats import Stats
-from pedidos.storage import Cluster, is_postgres, open_storage, shown_db
-from pedidos.storage.base import Recovery, Storage, StorageError
+from pedidos.storage import Cluster, is_postgres, open_storage
+from pedidos.storage.base import Storage, StorageError
 from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
@@ -47,8 +46,6 @@ FORCED_WRITER_STOP_S = 2.0  # after a second signal: the database's last commit,
 # signals the server and then its whole process group, and `kill` of the server
 # followed by `kill -- -PGID` does the same, microseconds apart.
 SAME_STOP_S = 1.0
-
-ACTIVITY = {RECEIVED: "acknowledged", STARTED: "started", FINISHED: "finished"}
 
 
 class Server:
@@ -111,7 +108,7 @@ class Server:
             stats = Stats()  # subscribed first: it counts every event from the start
             stats.subscribe(bus)
             if logger.isEnabledFor(logging.DEBUG):
-                bus.subscribe(_log_activity)
+                bus.subscribe(log_activity)
             # The protocol layer writes the acks; the backend only calls it.
             self._storage = open_storage(
                 config.db,
@@ -123,7 +120,7 @@ class Server:
                 cluster=self._cluster(bus, sockets[0].getsockname()[1]),
             )
             try:
-                _log_recovery(await self._storage.start())
+                log_recovery(await self._storage.start())
             except StorageError as exc:
                 raise StartupError(str(exc)) from None
             max_connections = connection_budget(config.max_connections, config.workers)
@@ -162,24 +159,7 @@ class Server:
             host, port = sock.getsockname()[:2]
             self.addresses.append((host, port))
             logger.info("listening on %s", show_address(host, port))
-        exposed = [host for host, _ in self.addresses if not ipaddress.ip_address(host).is_loopback]
-        if exposed and self.tokens is None:
-            logger.warning(
-                "listening beyond this machine (%s) with no access token: anyone who can reach it "
-                "can read every order; see --token-file",
-                ", ".join(exposed),
-            )
-        logger.info(
-            # Ends with key=value fields for programs (tests, tools): where to connect.
-            "ready: %s, database %s, %s, %s, %s, %s; addresses=%s",
-            count(config.workers, "worker"),
-            shown_db(config.db),
-            _work(config),
-            rapido.describe(asyncio.get_running_loop()),
-            "TLS" if tls is not None else "plain TCP",
-            count(len(self.tokens), "access token") if self.tokens is not None else "no access tokens",
-            ",".join(show_address(host, port) for host, port in self.addresses),
-        )
+        announce_ready(config, self.addresses, tls is not None, self.tokens)
         self.started.set()
 
     async def _start_panel(self, bus: EventBus, state: ServerState) -> None:
@@ -307,39 +287,3 @@ class Server:
             await task
         finally:
             forced.cancel()
-
-
-def _work(config: ServerConfig) -> str:
-    """What a worker does with an order, for the ready line."""
-    if config.task is None:
-        return "work time " + "-".join(f"{t:g}" for t in sorted(set(config.work_time))) + " s"
-    limit = f", limit {config.task_limit:g} s" if config.task_limit else ""
-    return f"task {config.task} ({config.retries} retries{limit})"
-
-
-def _log_recovery(recovery: Recovery) -> None:
-    """What the last run left `en proceso` was taken up at the start."""
-    released = len(recovery.requeued) + len(recovery.failed)
-    if released:
-        logger.warning(
-            "%s in process when the server last stopped; %d back to pending, %d failed",
-            count(released, "order was", "orders were"),
-            len(recovery.requeued),
-            len(recovery.failed),
-        )
-
-
-def _log_activity(event: Event) -> None:
-    """At DEBUG: one line per order acknowledged, started, finished; ids only."""
-    what = ACTIVITY.get(event.kind)
-    if what is None:
-        return
-    by = f" by worker {event.worker}" if event.worker is not None else ""
-    for order_id in event.ids:
-        logger.debug(
-            "order %d %s%s",
-            order_id,
-            what,
-            by,
-            extra={"event": f"order_{what}", "id": order_id, "worker": event.worker},
-        )
