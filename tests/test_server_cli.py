@@ -11,7 +11,8 @@ import pytest
 from conftest import SERVIDOR
 
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
-from pedidos.server.cli import build_parser, main, parse_work_time
+from pedidos.server.cli import build_parser, main
+from pedidos.server.optvalues import parse_work_time
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,13 @@ import os
 import sys
 
 from pedidos import __version__
-from pedidos.domain import DEFAULT_RETRIES, MAX_SECONDS
-from pedidos.logsetup import FORMATS, LEVELS, TEXT, configure_logging
+from pedidos.domain import DEFAULT_RETRIES
+from pedidos.logsetup import FORMATS, TEXT, configure_logging
 from pedidos.panel import panel_missing
 from pedidos.processing.retry import DEFAULT_BACKOFF_S
 from pedidos.processing.task import TaskError, load_task
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
+from pedidos.server import optvalues as value
 from pedidos.server import rapido
 from pedidos.server.server import Server, ServerConfig, StartupError
 from pedidos.storage import POSTGRES_INSTALL, is_postgres, postgres_driver_missing
@@ -25,72 +26,6 @@ DB_ENV_VAR = "PEDIDOS_DB"  # the default for --db
 
 DEFAULT_WORK_TIME = (1.0, 3.0)
 DEFAULT_LEASE = 5.0
-
-
-def parse_work_time(text: str) -> tuple[float, float]:
-    """`S` or `MIN-MAX` seconds, as `--work-time` takes them."""
-    low, dash, high = text.partition("-")
-    try:
-        bounds = (float(low), float(high if dash else low))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a time in seconds: {text!r} (use S or MIN-MAX)") from None
-    if not 0 <= bounds[0] <= bounds[1] or bounds[1] > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(
-            f"work time must be 0 <= MIN <= MAX <= {MAX_SECONDS:g}, not {text!r}"
-        )
-    return bounds
-
-
-def _whole_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _whole_number(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _whole_number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _whole_number(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
-    return value
-
-
-def _log_level(text: str) -> str:
-    level = text.upper()
-    if level not in LEVELS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LEVELS)} (any case)")
-    return level
 
 
 def program_name() -> str:
@@ -115,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "i.e. 127.0.0.1 and ::1; '::' means every interface of both families)",
     )
     parser.add_argument(
-        "--port", type=_port, default=8888, help="TCP port; 0 picks a free one (default 8888)"
+        "--port", type=value.port, default=8888, help="TCP port; 0 picks a free one (default 8888)"
     )
-    parser.add_argument("--workers", type=_positive_int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--workers", type=value.positive_int, default=2, help="worker processes (default 2)")
     parser.add_argument(
         "--db",
         default=os.environ.get(DB_ENV_VAR) or "pedidos.db",
@@ -131,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--lease",
-        type=_positive_seconds,
+        type=value.positive_seconds,
         default=DEFAULT_LEASE,
         metavar="S",
         help="on PostgreSQL: a node silent this long is declared dead and its orders taken over "
@@ -144,32 +79,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--work-time",
-        type=parse_work_time,
+        type=value.parse_work_time,
         default=DEFAULT_WORK_TIME,
         metavar="S|MIN-MAX",
         help="simulated seconds of work per order, fixed or random in a range (default 1-3; 0 for none)",
     )
     parser.add_argument(
         "--max-request-bytes",
-        type=_positive_int,
+        type=value.positive_int,
         default=DEFAULT_MAX_REQUEST_BYTES,
         help=f"largest request accepted (default {DEFAULT_MAX_REQUEST_BYTES})",
     )
     parser.add_argument(
         "--max-connections",
-        type=_positive_int,
+        type=value.positive_int,
         default=10_000,
         help="open connections at most (default 10000)",
     )
     parser.add_argument(
         "--idle-timeout",
-        type=_seconds,
+        type=value.seconds,
         default=300.0,
         help="close a connection silent this many seconds (default 300; 0: never)",
     )
     parser.add_argument(
         "--shutdown-timeout",
-        type=_seconds,
+        type=value.seconds,
         default=30.0,
         help="seconds to wait for replies and workers when stopping (default 30)",
     )
@@ -193,25 +128,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tasks.add_argument(
         "--reintentos",
-        type=_non_negative_int,
+        type=value.non_negative_int,
         metavar="N",
         help=f"with --tarea: retries of an order whose task failed, before it is 'fallido' "
         f"(default {DEFAULT_RETRIES}; waits grow exponentially, with jitter)",
     )
     tasks.add_argument(
         "--limite-tarea",
-        type=_positive_seconds,
+        type=value.positive_seconds,
         metavar="S",
         help="with --tarea: a call running longer is stopped (its worker process is replaced) "
         "and counts as a failed attempt (default: no limit)",
     )
     # The first retry's wait; tests shorten it. Not in --help: the default suits real work.
     tasks.add_argument(
-        "--reintento-base", type=_positive_seconds, default=DEFAULT_BACKOFF_S, help=argparse.SUPPRESS
+        "--reintento-base", type=value.positive_seconds, default=DEFAULT_BACKOFF_S, help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--panel",
-        type=_port,
+        type=value.port,
         metavar="PORT",
         help="serve a live page and Prometheus /metrics over HTTP on this port (0 picks a free one); "
         "needs pip install 'pedidos[panel]'",
@@ -230,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        type=_log_level,
+        type=value.log_level,
         default="INFO",
         metavar="LEVEL",
         help="DEBUG (adds a line per connection and per order: its id, never its contents), "
@@ -253,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"servidor.py: error: a PostgreSQL database needs its driver: {POSTGRES_INSTALL}\n")
     if args.tls_key is not None and args.tls_cert is None:
         parser.error("--tls-key needs --tls-cert")  # a usage error: exit 2
-    for flag, value in (("--reintentos", args.reintentos), ("--limite-tarea", args.limite_tarea)):
-        if value is not None and args.tarea is None:
+    for flag, given in (("--reintentos", args.reintentos), ("--limite-tarea", args.limite_tarea)):
+        if given is not None and args.tarea is None:
             parser.error(f"{flag} only applies with --tarea")
     # argparse leaves the default object itself when the flag is not given.
     shared = (("--nodo", args.nodo is not None), ("--lease", args.lease is not DEFAULT_LEASE))

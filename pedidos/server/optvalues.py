@@ -1,0 +1,75 @@
+"""What each of the server's options accepts: argparse types whose messages say
+what was wrong with the value and what would be right."""
+
+from __future__ import annotations
+
+import argparse
+
+from pedidos.domain import MAX_SECONDS
+from pedidos.logsetup import LEVELS
+
+
+def parse_work_time(text: str) -> tuple[float, float]:
+    """`S` or `MIN-MAX` seconds, as `--work-time` takes them."""
+    low, dash, high = text.partition("-")
+    try:
+        bounds = (float(low), float(high if dash else low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time in seconds: {text!r} (use S or MIN-MAX)") from None
+    if not 0 <= bounds[0] <= bounds[1] or bounds[1] > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"work time must be 0 <= MIN <= MAX <= {MAX_SECONDS:g}, not {text!r}"
+        )
+    return bounds
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    value = seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
+def port(text: str) -> int:
+    value = whole_number(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value
+
+
+def log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LEVELS)} (any case)")
+    return level
