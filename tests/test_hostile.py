@@ -514,3 +514,42 @@ def test_clients_that_never_read_cost_little_memory_each(srv):
     assert sent < 32 * MIB * clients
     # One read (256 KiB of small requests, parked) and a write buffer: a few MiB each.
     assert grown_kib < 12 * 1024 * clients, f"server RSS grew {grown_kib / 1024:.0f} MiB for {clients}"
+
+
+def test_pipelined_listings_a_client_never_reads_start_no_more_work(srv, still_serving):
+    # Big replies: each `listar` below answers with every order in the file,
+    # these 40 of ~12 KiB included. Hundreds of them fit in one read; were they
+    # all begun at once, the server would hold every reply (the write buffer,
+    # then the line), hundreds of MiB, for a client that reads none of them.
+    big = {**GOOD, "cliente": "Grande", "productos": [f"{i:03d}" + "x" * 196 for i in range(60)]}
+    with LineClient("127.0.0.1", srv.port) as client:
+        client.send(b"".join(line(big) for _ in range(40)))
+        for _ in range(40):
+            ack = client.read()
+            assert ack["ok"], ack
+    still_serving.stored = 40
+    asks = 200
+    baseline = peak = rss_kib(srv.pid)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with sock:
+        sock.connect(("127.0.0.1", srv.port))
+        sock.sendall(line({"accion": "listar", "limite": 1000}) * asks)
+        # Until the server's memory has stood still for a second (it is done
+        # with what it will do for a client that does not read), 20 s at most.
+        last, still_since, deadline = peak, time.monotonic(), time.monotonic() + 20
+        while time.monotonic() - still_since < 1.0 and time.monotonic() < deadline:
+            now = rss_kib(srv.pid)
+            peak = max(peak, now)
+            if abs(now - last) > 1024:
+                last, still_since = now, time.monotonic()
+            time.sleep(0.05)
+        grown = (peak - baseline) / 1024
+        assert grown < 40, f"server RSS grew {grown:.0f} MiB for one client that reads nothing"
+        # Reading again, the client gets every reply, in order.
+        sock.settimeout(30)
+        replies = sock.makefile("rb")
+        assert json.loads(replies.readline())["ok"]  # the greeting
+        for _ in range(asks):
+            reply = json.loads(replies.readline())
+            assert reply["ok"] and len(reply["pedidos"]) >= 40

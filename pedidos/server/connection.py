@@ -6,7 +6,9 @@ and the line is written out as its head becomes ready.
 
 Backpressure: a client that sends many requests without reading the replies
 stops being read once `MAX_IN_FLIGHT` are waiting or the transport's write
-buffer is full, instead of buffering without bound.
+buffer is full, instead of buffering without bound. Requests already read but
+not yet begun wait, parsed, until the line has room and the client reads again:
+no new work starts for a client that is not reading what it asked for.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ from pedidos.server.state import ServerState
 logger = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 1000
+# Commands (every request but a new order) in the line at once. An order's
+# reply is a few bytes; a command's may be a `listar` page of a thousand
+# orders, and one read can hold thousands of them: the line's memory is this
+# many replies. Pipelined orders, which do need depth, are not bounded by it.
+MAX_COMMANDS_IN_FLIGHT = 16
 Slot = Union[dict, "asyncio.Future[dict]"]
 
 
@@ -57,6 +64,7 @@ class Connection(asyncio.BufferedProtocol):
         # Requests decoded from one read beyond MAX_IN_FLIGHT wait here, as
         # small parsed values rather than tasks, until the line has room.
         self._parked: deque[Any] = deque()
+        self._commands = 0  # commands in the line (MAX_COMMANDS_IN_FLIGHT)
         self._transport: asyncio.Transport | None = None
         self._eof_received = False
         self._linger: Linger | None = None  # half-closed, waiting for the client (closing.py)
@@ -119,13 +127,19 @@ class Connection(asyncio.BufferedProtocol):
             self.close_when_answered()
 
     def _take_parked(self) -> None:
-        while self._parked and len(self._line) < MAX_IN_FLIGHT:
-            item = self._parked.popleft()
+        parked, line = self._parked, self._line
+        while (
+            parked
+            and len(line) < MAX_IN_FLIGHT
+            and self._commands < MAX_COMMANDS_IN_FLIGHT
+            and not self._write_paused
+        ):
+            item = parked.popleft()
             if isinstance(item, RequestError):
                 self._enqueue(item.reply())
             else:
                 self._enqueue(self._handle(item))
-        if self._parked or len(self._line) >= MAX_IN_FLIGHT:
+        if parked or len(line) >= MAX_IN_FLIGHT:
             self._pause_reading()
 
     def eof_received(self) -> bool:
@@ -151,6 +165,7 @@ class Connection(asyncio.BufferedProtocol):
                 slot.cancel()
         self._line.clear()
         self._parked.clear()
+        self._commands = 0
         self._acks.clear()
         self._state.forget(self)
 
@@ -160,7 +175,11 @@ class Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._maybe_resume_reading()
+        self._take_parked()
+        if self._closing and not self._line and not self._parked:
+            self._close_now()
+        else:
+            self._maybe_resume_reading()
 
     # --- requests --------------------------------------------------------------
 
@@ -185,6 +204,7 @@ class Connection(asyncio.BufferedProtocol):
             return self._authenticate(request.args["token"])
         # Who asks is who the connection was when the request arrived: an
         # `autenticar` pipelined after it must not change what it may see.
+        self._commands += 1
         return self._loop.create_task(self._command(request, self._last_order, self._principal))
 
     async def _command(
@@ -224,6 +244,8 @@ class Connection(asyncio.BufferedProtocol):
                 if acks and acks[0][0] is head:
                     written = written or time.monotonic()
                     self._stats.ack.observe(written - acks.popleft()[1])
+                elif isinstance(head, asyncio.Task):  # a command's (an order's is a plain future)
+                    self._commands -= 1
                 head = reply_of(head, self.peer)
             self._line.popleft()
             out.append(head if isinstance(head, bytes) else encode_line(head))
