@@ -160,6 +160,34 @@ def test_a_second_server_on_the_same_database_exits_1_and_changes_nothing(tmp_pa
         assert c.ask({"accion": "esperar", "id": ids[0], "timeout": 20})["pedido"]["estado"] == "listo"
 
 
+def test_a_second_server_by_another_name_or_without_the_lock_file_is_refused(tmp_path):
+    args = ("--workers", "1", "--work-time", "60", "--shutdown-timeout", "0.2")
+    with running_server(tmp_path, *args) as first, LineClient("127.0.0.1", first.port) as c:
+        order_id = c.ask(ORDER)["id"]
+        wait_for(lambda: states(first)[order_id][0] == "en proceso", timeout=20)
+        alias = tmp_path / "otro-nombre.db"
+        alias.symlink_to(first.db)
+        code, lines = refused_start(tmp_path, db=alias)
+        one_error_line(code, lines, f"pid {first.pid}", "in use by another server")
+        # The lock file deleted by hand, as stale: the file itself is still held.
+        (first.db.parent / "pedidos.db.lock").unlink()
+        code, lines = refused_start(tmp_path, db=first.db)
+        one_error_line(code, lines, "in use by another server")
+        assert states(first) == {order_id: ("en proceso", 0)}  # not handed back: no crash
+
+
+def test_a_database_deleted_under_the_server_is_no_longer_acknowledged(tmp_path):
+    with running_server(tmp_path, "--workers", "1", "--work-time", "0") as server:
+        with LineClient("127.0.0.1", server.port) as c:
+            assert c.ask(ORDER)["ok"]
+            server.db.unlink()  # as a mistaken clean-up would
+            refused = c.ask(ORDER)
+            assert refused["ok"] is False and refused["error"] == "servidor_ocupado", refused
+            assert c.ask(ORDER) == refused  # and every one after it, till a restart
+        wait_for(lambda: "deleted or replaced while the server ran" in server.log)
+        assert server.log.count("deleted or replaced while the server ran") == 1, server.log
+
+
 # --- 2. SIGTERM to the whole process group ----------------------------------------------------
 
 

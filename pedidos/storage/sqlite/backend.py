@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import Any
 
 from pedidos.domain import Estado, NewOrder
 from pedidos.storage.base import Ack, Claim, Recovery, StorageError, plain_receipt
-from pedidos.storage.sqlite.files import database_error, lock_database
+from pedidos.storage.sqlite.files import DatabaseLock, database_error, lock_database
 from pedidos.storage.sqlite.lock import WriteLock
 from pedidos.storage.sqlite.opener import SqliteOpener
 from pedidos.storage.sqlite.store import Store
@@ -93,7 +92,7 @@ class SqliteStorage:
         self._on_commit = on_commit
         self._log_level = log_level
         self._log_format = log_format
-        self._file_lock: int | None = None
+        self._file_lock: DatabaseLock | None = None
         self._lock: WriteLock | None = None
         self._writer: Writer | None = None
         self._read: Reader | None = None
@@ -121,6 +120,7 @@ class SqliteStorage:
         loop = asyncio.get_running_loop()
         self._writer = Writer(
             self.path,
+            self._file_lock.file,
             self._lock,
             loop,
             self._ack,
@@ -143,7 +143,7 @@ class SqliteStorage:
         if self._read is not None:
             self._read.close()
         if self._file_lock is not None:
-            os.close(self._file_lock)  # releases the database for the next start
+            self._file_lock.release()  # releases the database for the next start
             self._file_lock = None
 
     def submit(

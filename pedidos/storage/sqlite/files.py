@@ -10,6 +10,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+from typing import NamedTuple
 
 from pedidos.storage.base import StorageError
 
@@ -18,11 +19,26 @@ logger = logging.getLogger(__name__)
 LOCK_SUFFIX = ".lock"
 
 
-def lock_database(path: str) -> int:
-    """Make the database this process's alone: an exclusive `flock` on a lock
-    file beside it, holding this pid. Returns the descriptor to keep open for
-    the server's life; the kernel releases the lock when the process ends,
-    however it ends. Workers and the writer are spawned without it."""
+class DatabaseLock(NamedTuple):
+    """What `lock_database` holds for the server's life."""
+
+    fds: tuple[int, ...]  # the lock file's and the database file's descriptors
+    file: tuple[int, int]  # the database file held: (st_dev, st_ino), see `same_file`
+
+    def release(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+def lock_database(path: str) -> DatabaseLock:
+    """Make the database this process's alone: an exclusive `flock` on the
+    database file itself and on a lock file beside it that holds this pid (for
+    the message a second server gets). The file itself, because it is the same
+    inode whatever name reaches it (a symlink) and a lock file may be deleted
+    by hand as stale; the lock file is named after the real path, so that the
+    pid is found by any name too. The kernel releases the locks when the
+    process ends, however it ends. Workers and the writer are spawned without
+    them. (SQLite locks with `fcntl`, which does not meet `flock` on Linux.)"""
     folder = _folder(path)
     if not os.path.isdir(folder):
         raise StorageError(
@@ -34,33 +50,59 @@ def lock_database(path: str) -> int:
             f"cannot use the database {path}: it is a folder; give --db a file, "
             f"such as {os.path.join(path, 'pedidos.db')}"
         )
-    lock_path = path + LOCK_SUFFIX
+    real = os.path.realpath(path)
+    lock_path = real + LOCK_SUFFIX
+    fd = _open_to_lock(path, lock_path, os.O_RDWR)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise StorageError(_read_only_folder(path)) from None
-        raise StorageError(f"cannot create the lock file {lock_path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        # Read-only is enough to lock it; whether it can be written is SQLite's to say.
+        db_fd = _open_to_lock(path, real, os.O_RDONLY)
+    except StorageError:
         os.close(fd)
-        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-            raise StorageError(
-                f"the database {path} is in use by another server (pid {holder}, see {lock_path}); "
-                "stop that server first, or give this one another --db"
-            ) from None
-        raise StorageError(f"cannot lock {lock_path}: {exc.strerror}") from None
+        raise
+    for held in (db_fd, fd):
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            os.close(db_fd)
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise StorageError(
+                    f"the database {path} is in use by another server (pid {holder}, see {lock_path}); "
+                    "stop that server first, or give this one another --db"
+                ) from None
+            raise StorageError(f"cannot lock {lock_path}: {exc.strerror}") from None
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     except OSError as exc:  # a full disk, say
         os.close(fd)
+        os.close(db_fd)
         raise StorageError(
             f"cannot use the database {path}: cannot write the lock file {lock_path}: {exc.strerror}"
         ) from None
-    return fd
+    held_file = os.fstat(db_fd)
+    return DatabaseLock((fd, db_fd), (held_file.st_dev, held_file.st_ino))
+
+
+def same_file(path: str, file: tuple[int, int]) -> bool:
+    """Whether `path` still names the database file the server holds. A file
+    deleted or replaced while the server runs still takes its commits, on an
+    inode no one will find again: nothing written there may be acknowledged."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == file
+
+
+def _open_to_lock(path: str, target: str, mode: int) -> int:
+    try:
+        return os.open(target, mode | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StorageError(_read_only_folder(path)) from None
+        raise StorageError(f"cannot create {target}: {exc.strerror}") from None
 
 
 def database_error(path: str, exc: sqlite3.Error) -> str:

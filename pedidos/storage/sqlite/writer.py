@@ -36,6 +36,7 @@ class Writer:
     def __init__(
         self,
         db_path: str,
+        db_file: tuple[int, int],
         lock: WriteLock,
         loop: asyncio.AbstractEventLoop,
         ack: Ack,
@@ -47,6 +48,7 @@ class Writer:
         """`on_commit(seconds)`: each group commit of new orders, with the
         time its transaction took in the writer process."""
         self._db_path = db_path
+        self._db_file = db_file  # the file the server holds (files.DatabaseLock)
         self._lock = lock
         self._ack = ack
         self._log_level = log_level
@@ -71,6 +73,7 @@ class Writer:
             target=writer_main,
             args=(
                 self._db_path,
+                self._db_file,
                 os.getpid(),
                 requests_r,
                 answers_w,

@@ -26,8 +26,9 @@ from typing import Any, NamedTuple
 from pedidos.domain import NewOrder
 from pedidos.logsetup import configure_logging
 from pedidos.stopsignals import leave_stop_to_the_server
-from pedidos.storage.base import Ack, Receipt, ServerGone
+from pedidos.storage.base import Ack, Receipt, ServerGone, StorageUnavailable
 from pedidos.storage.intake import Answer, Call, Order
+from pedidos.storage.sqlite.files import same_file
 from pedidos.storage.sqlite.lock import WRITER, WriteLock
 from pedidos.storage.sqlite.store import Store
 
@@ -52,6 +53,7 @@ class Reply(NamedTuple):
 
 def writer_main(
     db_path: str,
+    db_file: tuple[int, int],
     server_pid: int,
     requests: Connection,
     answers: Connection,
@@ -65,7 +67,9 @@ def writer_main(
     # nothing it already sent is left unanswered (stopsignals.py).
     leave_stop_to_the_server()
     configure_logging(log_level, log_format, "writer")
-    store = Store(db_path, lock.held_by(WRITER, server_pid))
+    # Opening a path that no longer names the server's file would create an
+    # empty database there; from then on every batch is refused instead.
+    store = Store(db_path, lock.held_by(WRITER, server_pid)) if _still_there(db_path, db_file) else None
     try:
         ended = False
         while not ended:
@@ -76,12 +80,42 @@ def writer_main(
                     batches.append(pickle.loads(requests.recv_bytes()))
             except EOFError:
                 ended = True  # the server is stopping (or gone): answer what came
-            if batches:
-                answers.send_bytes(pickle.dumps(write(store, batches, ack), pickle.HIGHEST_PROTOCOL))
+            if not batches:
+                continue
+            reply = write(store, batches, ack) if store is not None else None
+            # Checked after the commit, before any ack leaves: what was just
+            # committed to a file no longer at its path is as good as lost.
+            if store is not None and not _still_there(db_path, db_file):
+                store.close()
+                store = None
+            if store is None:
+                reply = _refused(batches, StorageUnavailable(FILE_GONE))
+            answers.send_bytes(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
     except (BrokenPipeError, ServerGone):
         logger.warning("the server is gone; exiting")
     finally:
-        store.close()
+        if store is not None:
+            store.close()
+
+
+FILE_GONE = "the database file was deleted or replaced while the server ran"
+
+
+def _still_there(db_path: str, db_file: tuple[int, int]) -> bool:
+    if same_file(db_path, db_file):
+        return True
+    logger.error(
+        "the database file %s was deleted or replaced while the server ran: nothing more is "
+        "acknowledged (new orders get servidor_ocupado); put the file back from a backup if it "
+        "was deleted by mistake, then restart the server",
+        db_path,
+    )
+    return False
+
+
+def _refused(batches: list[Request], error: BaseException) -> Reply:
+    """Every batch answered with `error`: its orders and its other writes."""
+    return Reply([Answer(None, (), error, [(None, error) for _ in calls]) for _, calls in batches], None)
 
 
 def write(store: Store, batches: list[Request], ack: Ack) -> Reply:
