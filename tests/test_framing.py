@@ -493,6 +493,15 @@ def test_other_telnet_commands_inside_a_request_are_taken_out_and_it_goes_on():
     assert both_ways(data) == [WONT_TIMING_MARK, {"cliente": "A", "productos": ["pan"], "x": 1}]
 
 
+def test_a_stray_0xff_0xfa_is_not_a_subnegotiation_that_swallows_the_rest():
+    # Telnet's subnegotiations are a few bytes: past MAX_SUBNEGOTIATION it was data.
+    order = b'{"b": 2, "pad": "' + b"x" * 300 + b'"}\n'
+    data = b'{"cliente": "Mar\xff\xfaa"}\n' + order + order
+    assert both_ways(data) == [e(), {"b": 2, "pad": "x" * 300}, {"b": 2, "pad": "x" * 300}]
+    # and one that never ends is answered, as data that is no JSON
+    assert both_ways(b"\xff\xfa" + b"y" * 2000) == [e()]
+
+
 def test_iac_iac_is_a_data_byte_0xff_and_not_utf8():
     assert both_ways(b'{"cliente": "\xff\xff"}\n{"b": 2}\n') == [e(), {"b": 2}]
     assert both_ways(b'\xff\xff\n{"b": 2}\n') == [e(), {"b": 2}]
@@ -517,6 +526,7 @@ CORPUS = [
     b'{"cliente": "A",\xff\xf4\xff\xfd\x06{"b": 2}\r\n',
     b"garbage\xff\xf4\xff\xfb\x01[1]\n",
     b'\xff\xfa\x18\x00xt\xff\xff\xf0\xff\xf0{"sb": 1}\n',  # IAC IAC inside SB does not end it
+    b'["\xff\xfa' + b"z\xff\xff" * 90 + b'"]\n{"after": 1}\n',  # an SB too long: data after all
     b'{"cliente": "A",\xff\xf1\xff\xfd\x06 "b": ["\xff\xff"]}\xff\xf4[2]\xff\x22\n[3]\xff\xfe\x01{}',
     b"NaN\n[Infinity]\n-Infinity\ntrue false null nul\n[true]",
     b"[" * 70 + b"\n" + b"[" * 10 + b"]" * 10 + b"\n",

@@ -16,7 +16,11 @@ What each command does here:
   what telnet waits for (RFC 860 allows WONT TIMING-MARK; telnet stops hiding
   output on either WILL or WONT).
 - DONT, WONT, subnegotiation (IAC SB ... IAC SE) and the other commands: read
-  and dropped.
+  and dropped. A subnegotiation longer than `MAX_SUBNEGOTIATION` is none:
+  telnet subnegotiates only options both sides agreed to, this server agrees
+  to none, and telnet's own take a few bytes. It was a stray 0xFF 0xFA in the
+  data, and what followed it is data again (left alone, it would swallow the
+  rest of the connection, requests and the size limit included).
 - IAC IAC is telnet's way to send a data byte 0xFF: it goes on to the JSON
   layer as that byte, which is not UTF-8 (`json_invalido`), as is 0xFF
   followed by a byte that is not a command.
@@ -34,6 +38,7 @@ IAC = 0xFF
 SE, NOP, DM, BRK, IP, AO, AYT, EC, EL, GA, SB = range(240, 251)
 WILL, WONT, DO, DONT = range(251, 255)
 TIMING_MARK = 6
+MAX_SUBNEGOTIATION = 256
 ABANDON_COMMANDS = frozenset({IP, AO, BRK})
 
 _IAC_BYTE = b"\xff"
@@ -64,6 +69,7 @@ class Telnet:
     def __init__(self) -> None:
         self._state = _DATA
         self._verb = 0
+        self._sub = bytearray()  # a subnegotiation's bytes so far, to give back if it is none
         # True when no command is half read: a chunk with no IAC is then all
         # data. An attribute, not a property: it is read for every chunk.
         self.idle = True
@@ -95,6 +101,7 @@ class Telnet:
                     self._state, self._verb = _OPTION, command
                 elif command == SB:
                     self._state = _SUB
+                    self._sub[:] = b"\xff\xfa"
                 elif command in ABANDON_COMMANDS:
                     out.append(ABANDON)
             elif state == _OPTION:
@@ -107,11 +114,23 @@ class Telnet:
                     out.append(TelnetReply(bytes((IAC, DONT, option))))
             elif state == _SUB:
                 iac = data.find(_IAC_BYTE, pos)
-                if iac < 0:
+                end = n if iac < 0 else iac
+                self._sub += data[pos:end]
+                if len(self._sub) > MAX_SUBNEGOTIATION:  # none after all: data
+                    out.append(bytes(self._sub))
+                    self._sub.clear()
+                    self._state, pos = _DATA, end
+                elif iac < 0:
                     break
-                self._state, pos = _SUB_IAC, iac + 1
+                else:
+                    self._state, pos = _SUB_IAC, iac + 1
             else:  # _SUB_IAC: IAC SE ends it; IAC IAC is a 0xFF of its data
-                self._state = _DATA if data[pos] == SE else _SUB
+                if data[pos] == SE:
+                    self._state = _DATA
+                    self._sub.clear()
+                else:
+                    self._state = _SUB
+                    self._sub += bytes((IAC, data[pos]))
                 pos += 1
         self.idle = self._state == _DATA
         return out
