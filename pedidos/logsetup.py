@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime, timezone
 
 TEXT = "text"
@@ -52,3 +53,28 @@ def configure_logging(level: int, fmt: str = TEXT, name: str | None = None) -> N
         who = name or "%(name)s"
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {who}: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+
+
+class Repeating:
+    """An error that comes once per request or batch while its cause lasts (a
+    full disk, a locked database): logged the first time, then at most once
+    every `every` seconds with how many were left out. A thousand identical
+    lines a second tell the operator nothing the first did, and on a full disk
+    they make it worse."""
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self._logger = logger
+        self._every = every
+        self._next = 0.0
+        self._left_out = 0
+
+    def error(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._left_out += 1
+            return
+        if self._left_out:
+            msg += f" ({self._left_out} more like it since the last such line)"
+            self._left_out = 0
+        self._next = now + self._every
+        self._logger.error(msg, *args)

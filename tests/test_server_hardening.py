@@ -39,7 +39,7 @@ from conftest import (
 )
 from test_faults import Load, _without_file_permission_override
 
-from pedidos import __version__
+from pedidos import __version__, logsetup
 from pedidos.server.cli import build_parser, main
 from pedidos.server.server import SAME_STOP_S
 
@@ -674,3 +674,18 @@ def test_log_lines_count_in_singular_and_plural(tmp_path):
         pass
     ready = next(line for line in srv.lines if " ready: " in line)
     assert "ready: 2 workers," in ready
+
+
+def test_an_error_that_repeats_per_request_is_logged_once_per_interval(caplog, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(logsetup.time, "monotonic", lambda: clock[0])
+    repeating = logsetup.Repeating(logging.getLogger("pedidos.test"), every=10)
+    with caplog.at_level(logging.ERROR, logger="pedidos.test"):
+        for _ in range(500):  # a full disk: every request of a second fails alike
+            repeating.error("could not store %d orders: %s", 3, "disk full")
+        clock[0] += 10
+        repeating.error("could not store %d orders: %s", 1, "disk full")
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not store 3 orders: disk full",
+        "could not store 1 orders: disk full (499 more like it since the last such line)",
+    ]

@@ -15,12 +15,14 @@ import asyncio
 import logging
 from typing import Any
 
+from pedidos.logsetup import Repeating
 from pedidos.protocol.replies import ERROR_INTERNO, SERVIDOR_OCUPADO, RequestError, encode_line, error_reply
 from pedidos.storage.base import OutcomeUnknown, StorageUnavailable
 
 # Logged as the connection's event, under the logger it always had: log
 # filters and collectors select on that name.
 logger = logging.getLogger("pedidos.server.connection")
+failed = Repeating(logger)  # a broken database fails every request alike
 
 UNKNOWN_OUTCOME = (
     "no se sabe si la petición tuvo efecto. Compruébelo (consultar, listar) antes de repetirla; "
@@ -51,5 +53,5 @@ def reply_of(future: asyncio.Future[Any], peer: str) -> dict | bytes:
         return error_reply(SERVIDOR_OCUPADO, "La base de datos no responde ahora; pruebe más tarde.")
     if isinstance(error, OutcomeUnknown):  # logged once by the backend, not per request
         return error_reply(ERROR_INTERNO, f"Error interno del servidor: {UNKNOWN_OUTCOME}")
-    logger.error("request from %s failed: %r", peer, error)
+    failed.error("request from %s failed: %r", peer, error)
     return error_reply(ERROR_INTERNO, "Error interno del servidor; la petición no tuvo efecto.")

@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from pedidos.domain import NewOrder
-from pedidos.logsetup import configure_logging
+from pedidos.logsetup import Repeating, configure_logging
 from pedidos.stopsignals import leave_stop_to_the_server
 from pedidos.storage.base import Ack, Receipt, ServerGone, StorageUnavailable
 from pedidos.storage.intake import Answer, Call, Order
@@ -33,6 +33,7 @@ from pedidos.storage.sqlite.lock import WRITER, WriteLock
 from pedidos.storage.sqlite.store import Store
 
 logger = logging.getLogger(__name__)
+failed = Repeating(logger)  # a full disk fails every batch alike
 
 
 class Request(NamedTuple):
@@ -131,7 +132,7 @@ def write(store: Store, batches: list[Request], ack: Ack) -> Reply:
         try:
             stored = store.insert_orders(*_columns(orders))
         except Exception as exc:
-            logger.error("could not store %d orders: %s", len(orders), exc)
+            failed.error("could not store %d orders: %s", len(orders), exc)
             error = _portable(exc)
         else:
             commit_s = time.perf_counter() - started
@@ -162,7 +163,7 @@ def _call(store: Store, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[
     try:
         return fn(store, *args), None
     except Exception as exc:
-        logger.error("database write failed: %s", exc)
+        failed.error("database write failed: %s", exc)
         return None, _portable(exc)
 
 
