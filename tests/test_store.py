@@ -1,9 +1,12 @@
 """The SQLite backend's own `Store` against a real file: what is particular to
-SQLite (the table's declared types, WAL, synchronous, the write lock).
+SQLite (the table's declared types, WAL, synchronous, the write lock, the
+hand-off of batches to its writer).
 What every backend promises is in test_storage.py."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import re
 import sqlite3
@@ -15,6 +18,8 @@ import pytest
 from conftest import TASK_KEYS
 
 from pedidos.domain import NewOrder
+from pedidos.storage.base import OutcomeUnknown
+from pedidos.storage.intake import Intake
 from pedidos.storage.sqlite.lock import WriteLock
 from pedidos.storage.sqlite.opener import SqliteOpener
 from pedidos.storage.sqlite.store import Store, now
@@ -246,3 +251,21 @@ def test_concurrent_writers_with_a_shared_lock(db):
         t.join()
     assert errors == []
     assert raw(db, "SELECT COUNT(*), COUNT(DISTINCT id) FROM pedidos") == [(160, 160)]
+
+
+def test_requests_failed_for_a_client_that_left_leave_no_traceback_in_the_log():
+    # A writer that never answered, then a stop: the orders' futures fail with
+    # no one left to read them; asyncio must not log them when they are freed.
+    unhandled: list[dict] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+        intake = Intake(loop, send=lambda batch: True, on_stored=None)
+        intake.submit(NewOrder("Ana", ["pan"], "Calle 1", None))
+        await asyncio.sleep(0)  # the batch goes to the (silent) writer
+        assert intake.fail_in_flight(OutcomeUnknown("the writer stopped without answering")) == 1
+        gc.collect()
+
+    asyncio.run(scenario())
+    assert unhandled == []

@@ -141,5 +141,9 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         return
     if error is not None:
         future.set_exception(error)
+        # Marked as seen: the backend has logged the failure, and a future
+        # whose connection is gone (a stop, a client that left) is read by no
+        # one; asyncio would log it again, with a traceback, when it is freed.
+        future.exception()
     else:
         future.set_result(result)
