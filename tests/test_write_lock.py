@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sqlite3
 import threading
 import time
 
 import pytest
 from conftest import wait_for
 
-from pedidos.storage.sqlite.lock import UNRECORDED_S, WriteLock
+from pedidos.storage.sqlite.lock import UNRECORDED_S, WRITER, WriteLock
 
 WORKER = 3
 
@@ -130,3 +131,23 @@ def test_live_holders_taking_turns_keep_the_lock_whole():
         for holder in holders:
             holder.join(30)
     assert [holder.exitcode for holder in holders] == [0, 0]  # no ValueError in either
+
+
+def test_the_writer_gives_up_on_a_lock_a_live_worker_does_not_let_go():
+    # A worker stopped (SIGSTOP) while it holds the lock is alive: no death
+    # frees it. The writer, whose clients wait, refuses its batch after its
+    # patience instead of leaving every order unanswered.
+    lock = WriteLock()
+    stopped = lock.held_by(WORKER)
+    stopped.__enter__()
+    try:
+        started = time.monotonic()
+        why = f"worker {WORKER} has held the server's write lock"
+        refused = pytest.raises(sqlite3.OperationalError, match=why)
+        with refused, lock.held_by(WRITER, patience=1.0):
+            pass
+        assert time.monotonic() - started >= 1.0
+    finally:
+        stopped.__exit__()
+    with lock.held_by(WRITER, patience=1.0):  # let go: the writer goes on
+        assert lock.holder.value == WRITER

@@ -18,7 +18,9 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import sqlite3
 import threading
+import time
 from typing import Any
 
 from pedidos.storage.base import ServerGone
@@ -46,9 +48,10 @@ class WriteLock:
         # so never two at once): a hold that began while `release_of` waited.
         self.holds = ctx.Value("Q", 0, lock=False)
 
-    def held_by(self, owner: int, server_pid: int | None = None) -> OwnedLock:
-        """The context manager that process `owner` takes the lock with."""
-        return OwnedLock(self.lock, self.holder, self.holds, owner, server_pid)
+    def held_by(self, owner: int, server_pid: int | None = None, patience: float | None = None) -> OwnedLock:
+        """The context manager that process `owner` takes the lock with; with
+        `patience`, it gives up after that many seconds (see OwnedLock)."""
+        return OwnedLock(self.lock, self.holder, self.holds, owner, server_pid, patience)
 
     def release_of(self, owner: int) -> None:
         """Free the lock if `owner`, now dead, held it. Blocks for up to
@@ -57,7 +60,7 @@ class WriteLock:
             self._release_of(owner)
 
     def _release_of(self, owner: int) -> None:
-        who = "the writer" if owner == WRITER else f"worker {owner}"
+        who = _who(owner)
         if self.holder.value == owner:
             logger.warning("%s died holding the database lock; releasing it", who)
             self.holder.value = 0
@@ -91,22 +94,48 @@ class WriteLock:
 _RECOVERING = threading.Lock()
 
 
-class OwnedLock:
-    """The shared database write lock, recording who holds it."""
+def _who(owner: int) -> str:
+    return "the writer" if owner == WRITER else f"worker {owner}"
 
-    def __init__(self, lock: Any, holder: Any, holds: Any, owner: int, server_pid: int | None = None) -> None:
+
+class OwnedLock:
+    """The shared database write lock, recording who holds it.
+
+    `patience`: the writer's, whose clients wait for its commits, gives up
+    after that long, as SQLite's busy timeout does for a lock held outside the
+    server: a live holder that does not let go (a worker stopped with SIGSTOP,
+    frozen in a debugger) would otherwise leave every new order unanswered,
+    with nothing in the log. Workers wait as long as it takes."""
+
+    def __init__(
+        self,
+        lock: Any,
+        holder: Any,
+        holds: Any,
+        owner: int,
+        server_pid: int | None = None,
+        patience: float | None = None,
+    ) -> None:
         self._lock = lock
         self._holder = holder
         self._holds = holds
         self._owner = owner
         self._server_pid = server_pid
+        self._patience = patience
 
     def __enter__(self) -> None:
         # A worker waits in slices: if its server dies holding the lock, no
         # one will release it, and the worker must notice and exit.
+        started = time.monotonic()
         while not self._lock.acquire(timeout=PARENT_CHECK_S):
             if self._server_pid is not None and os.getppid() != self._server_pid:
                 raise ServerGone
+            if self._patience is not None and time.monotonic() - started >= self._patience:
+                holder = self._holder.value
+                by = _who(holder) if holder else "a process of the server"
+                raise sqlite3.OperationalError(
+                    f"database is locked: {by} has held the server's write lock for over {self._patience:g} s"
+                )
         self._holder.value = self._owner
         self._holds.value += 1
 

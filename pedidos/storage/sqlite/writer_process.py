@@ -30,7 +30,7 @@ from pedidos.storage.base import Ack, Receipt, ServerGone, StorageUnavailable
 from pedidos.storage.intake import Answer, Call, Order
 from pedidos.storage.sqlite.files import same_file
 from pedidos.storage.sqlite.lock import WRITER, WriteLock
-from pedidos.storage.sqlite.store import Store
+from pedidos.storage.sqlite.store import BUSY_TIMEOUT_MS, Store
 
 logger = logging.getLogger(__name__)
 failed = Repeating(logger)  # a full disk fails every batch alike
@@ -70,7 +70,8 @@ def writer_main(
     configure_logging(log_level, log_format, "writer")
     # Opening a path that no longer names the server's file would create an
     # empty database there; from then on every batch is refused instead.
-    store = Store(db_path, lock.held_by(WRITER, server_pid)) if _still_there(db_path, db_file) else None
+    held = lock.held_by(WRITER, server_pid, patience=BUSY_TIMEOUT_MS / 1000)
+    store = Store(db_path, held) if _still_there(db_path, db_file) else None
     try:
         ended = False
         while not ended:
