@@ -17,6 +17,7 @@ import os
 import resource
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -45,6 +46,7 @@ from conftest import (
 )
 
 from pedidos.domain import FINAL_ESTADOS
+from pedidos.storage.sqlite import files
 
 BUSY_TIMEOUT_S = 5.0  # the server's SQLite busy timeout (storage/sqlite/store.py BUSY_TIMEOUT_MS)
 # Where a test waits the busy timeout out, a shorter one: the same path, sooner.
@@ -480,7 +482,9 @@ def test_start_with_a_database_locked_by_another_program_says_so_in_one_line(tmp
     db = tmp_path / "p.db"
     foreign_database(db)
     with database_held(db):
-        assert_one_clear_line(start_failure(tmp_path, db, env=SHORT_BUSY), db, "database is locked")
+        result = start_failure(tmp_path, db, env=SHORT_BUSY)
+        assert_one_clear_line(result, db, "another program holds a write transaction on it")
+        assert "end it and start again" in result.stdout
 
 
 def test_start_on_a_full_disk_says_so_in_one_line(tmp_path):
@@ -490,6 +494,17 @@ def test_start_on_a_full_disk_says_so_in_one_line(tmp_path):
     db = tmp_path / "p.db"
     result = start_failure(tmp_path, db, no_room)
     assert_one_clear_line(result, db, "cannot use the database")
+
+
+def test_a_write_error_on_a_full_disk_is_called_a_full_disk(tmp_path, monkeypatch):
+    # SQLite often reports a write to a full disk as an "I/O error".
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda _folder: usage(10**9, 10**9, 0))
+    why = files.database_error(str(tmp_path / "p.db"), sqlite3.OperationalError("disk I/O error"))
+    assert f"the disk holding {tmp_path} is full; free some space" in why
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda _folder: usage(10**9, 10**6, 10**8))
+    why = files.database_error(str(tmp_path / "p.db"), sqlite3.OperationalError("disk I/O error"))
+    assert why.endswith(": disk I/O error")  # room to spare: the error as SQLite gives it
 
 
 def test_start_with_a_file_that_is_not_a_database_says_so_in_one_line(tmp_path):

@@ -9,6 +9,7 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
 from typing import NamedTuple
 
@@ -17,6 +18,7 @@ from pedidos.storage.base import StorageError
 logger = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
+FULL_BELOW = 1024 * 1024  # free bytes under which a write error is the disk's being full
 
 
 class DatabaseLock(NamedTuple):
@@ -116,6 +118,23 @@ def database_error(path: str, exc: sqlite3.Error) -> str:
                 f"the server, or give another --db (SQLite: {text})"
             )
         return f"cannot write the database {path} or the files beside it: {text}; check their permissions"
+    if "locked" in text:
+        return (
+            f"cannot use the database {path}: another program holds a write transaction on it (an "
+            f"open sqlite3 shell, a script); end it and start again (SQLite: {text})"
+        )
+    if "full" in text or "I/O" in text:
+        folder = _folder(path)
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            free = None
+        if free is not None and free < FULL_BELOW:
+            # SQLite often calls a failed write to a full disk an "I/O error".
+            return (
+                f"cannot use the database {path}: the disk holding {folder} is full; "
+                f"free some space and start again (SQLite: {text})"
+            )
     return f"cannot use the database {path}: {text}"
 
 
