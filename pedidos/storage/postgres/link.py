@@ -188,15 +188,27 @@ class Link:
     async def _replace(self, conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncConnection[Any] | None:
         """A fresh connection for one the server closed while it sat idle (a
         restart): nothing was sent on it, so the statement may go on the new
-        one, and an idle node's first order after a restart is not refused."""
+        one, and an idle node's first order after a restart is not refused.
+        Tried again for up to `REPLACE_S`: a database just restarted refuses
+        connections for a moment while it recovers ("the database system is
+        starting up")."""
         with contextlib.suppress(Exception):
             conn.pgconn.finish()
         self._conn = None
-        try:
-            self._conn = await asyncio.wait_for(self._connect(), REPLACE_S)
-        except (psycopg.OperationalError, OSError, asyncio.TimeoutError) as exc:
-            self._health.failed(exc)
-        return self._conn
+        deadline = time.monotonic() + REPLACE_S
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                self._conn = await asyncio.wait_for(self._connect(), max(deadline - time.monotonic(), 0.05))
+            except (psycopg.OperationalError, OSError, asyncio.TimeoutError) as exc:
+                if time.monotonic() + delay >= deadline:
+                    self._health.failed(exc)
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            self._health.ok()
+            return self._conn
 
     def _lost(self, exc: BaseException) -> None:
         self._health.failed(exc)
