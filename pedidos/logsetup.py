@@ -58,23 +58,28 @@ def configure_logging(level: int, fmt: str = TEXT, name: str | None = None) -> N
 class Repeating:
     """An error that comes once per request or batch while its cause lasts (a
     full disk, a locked database): logged the first time, then at most once
-    every `every` seconds with how many were left out. A thousand identical
-    lines a second tell the operator nothing the first did, and on a full disk
-    they make it worse."""
+    every `every` seconds per kind, with how many were left out since. A
+    thousand identical lines a second tell the operator nothing the first did,
+    and on a full disk they make it worse. Kinds are told apart by `key` (by
+    default the message): a new error is never hidden behind an old one."""
 
     def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
         self._logger = logger
         self._every = every
-        self._next = 0.0
-        self._left_out = 0
+        self._kinds: dict[object, list[float]] = {}  # key -> [next line due, left out since]
 
-    def error(self, msg: str, *args: object) -> None:
+    def error(self, msg: str, *args: object, key: object = None) -> None:
         now = time.monotonic()
-        if now < self._next:
-            self._left_out += 1
+        kind = self._kinds.setdefault(msg if key is None else key, [0.0, 0])
+        if now < kind[0]:
+            kind[1] += 1
             return
-        if self._left_out:
-            msg += f" ({self._left_out} more like it since the last such line)"
-            self._left_out = 0
-        self._next = now + self._every
+        if kind[1]:
+            msg += f" ({int(kind[1])} more like it since the last such line)"
+        kind[:] = [now + self._every, 0]
+        if len(self._kinds) > MAX_KINDS:  # kinds keyed by text: keep the recent ones
+            self._kinds = {k: v for k, v in self._kinds.items() if v[0] > now}
         self._logger.error(msg, *args)
+
+
+MAX_KINDS = 100

@@ -502,6 +502,15 @@ def test_a_stray_0xff_0xfa_is_not_a_subnegotiation_that_swallows_the_rest():
     assert both_ways(b"\xff\xfa" + b"y" * 2000) == [e()]
 
 
+def test_a_stray_0xff_0xfa_ends_at_the_newline_and_at_the_end_of_the_input():
+    short = b'{"cliente": "Mar\xff\xfaa"}\n{"b": 2}\n'
+    assert both_ways(short) == [e(), {"b": 2}]  # answered as soon as its line ends
+    assert both_ways(b'{"cliente": "Mar\xff\xfa\xff\n{"b": 2}\n') == [e(), {"b": 2}]
+    decoder = Decoder()
+    assert decoder.feed(b'\xff\xfa{"b": 2}') == []  # still possibly a subnegotiation...
+    assert norm(decoder.finish()) == [e()]  # ...till the input ends: then data, and answered
+
+
 def test_iac_iac_is_a_data_byte_0xff_and_not_utf8():
     assert both_ways(b'{"cliente": "\xff\xff"}\n{"b": 2}\n') == [e(), {"b": 2}]
     assert both_ways(b'\xff\xff\n{"b": 2}\n') == [e(), {"b": 2}]
@@ -527,6 +536,7 @@ CORPUS = [
     b"garbage\xff\xf4\xff\xfb\x01[1]\n",
     b'\xff\xfa\x18\x00xt\xff\xff\xf0\xff\xf0{"sb": 1}\n',  # IAC IAC inside SB does not end it
     b'["\xff\xfa' + b"z\xff\xff" * 90 + b'"]\n{"after": 1}\n',  # an SB too long: data after all
+    b'{"c": "\xff\xfa\x01"}\n{"d": 1}\n\xff\xfa\xff\n[5]\n',  # an SB a newline ends: data after all
     b'{"cliente": "A",\xff\xf1\xff\xfd\x06 "b": ["\xff\xff"]}\xff\xf4[2]\xff\x22\n[3]\xff\xfe\x01{}',
     b"NaN\n[Infinity]\n-Infinity\ntrue false null nul\n[true]",
     b"[" * 70 + b"\n" + b"[" * 10 + b"]" * 10 + b"\n",

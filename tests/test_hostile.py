@@ -516,18 +516,22 @@ def test_clients_that_never_read_cost_little_memory_each(srv):
     assert grown_kib < 12 * 1024 * clients, f"server RSS grew {grown_kib / 1024:.0f} MiB for {clients}"
 
 
-def test_pipelined_listings_a_client_never_reads_start_no_more_work(srv, still_serving):
-    # Big replies: each `listar` below answers with every order in the file,
-    # these 40 of ~12 KiB included. Hundreds of them fit in one read; were they
-    # all begun at once, the server would hold every reply (the write buffer,
-    # then the line), hundreds of MiB, for a client that reads none of them.
+def store_big_orders(server: ServerProcess, expect: Expect) -> None:
+    """40 orders of ~12 KiB: each `listar` of the whole file is then half a MiB or more."""
     big = {**GOOD, "cliente": "Grande", "productos": [f"{i:03d}" + "x" * 196 for i in range(60)]}
-    with LineClient("127.0.0.1", srv.port) as client:
+    with LineClient("127.0.0.1", server.port) as client:
         client.send(b"".join(line(big) for _ in range(40)))
         for _ in range(40):
             ack = client.read()
             assert ack["ok"], ack
-    still_serving.stored = 40
+    expect.stored += 40
+
+
+def test_pipelined_listings_a_client_never_reads_start_no_more_work(srv, still_serving):
+    # Hundreds of `listar` fit in one read; were they all begun at once, the
+    # server would hold every reply (the write buffer, then the line), hundreds
+    # of MiB, for a client that reads none of them.
+    store_big_orders(srv, still_serving)
     asks = 200
     baseline = peak = rss_kib(srv.pid)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -553,3 +557,23 @@ def test_pipelined_listings_a_client_never_reads_start_no_more_work(srv, still_s
         for _ in range(asks):
             reply = json.loads(replies.readline())
             assert reply["ok"] and len(reply["pedidos"]) >= 40
+
+
+def test_requests_left_unbegun_by_an_idle_close_are_never_begun(srv, still_serving):
+    # Behind the listings that fill its write buffer, the client's orders wait
+    # unbegun; it reads nothing till the server closes it as idle, and is told
+    # so: they must not be stored once it reads at last (it would resend them).
+    store_big_orders(srv, still_serving)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with sock:
+        sock.connect(("127.0.0.1", srv.port))
+        parked = {**GOOD, "cliente": "Aparcado"}
+        sock.sendall(line({"accion": "listar", "limite": 1000}) * 30 + line(parked) * 50)
+        me = f"127.0.0.1:{sock.getsockname()[1]}"
+        wait_for(lambda: f"closing {me}: idle" in srv.log, timeout=IDLE_TIMEOUT * 10)
+        sock.settimeout(30)
+        replies = [json.loads(reply) for reply in sock.makefile("rb")]
+    assert replies[-1]["error"] == "tiempo_agotado", replies[-1]
+    assert not [r for r in replies if r.get("estado") == "pendiente"]  # no order acknowledged
+    assert listed(srv.port, cliente="Aparcado") == []  # nor stored

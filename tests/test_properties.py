@@ -90,7 +90,11 @@ telnet_options = st.builds(
 neutral_telnet = st.one_of(
     st.sampled_from([b"\xff\xf1", b"\xff\xf2", b"\xff\xf6", b"\xff\xf9", b"\xff\xf0"]),
     telnet_options,
-    st.binary(max_size=12).map(lambda body: b"\xff\xfa" + body.replace(b"\xff", b"\xff\xff") + b"\xff\xf0"),
+    # A subnegotiation a newline reaches before its end is data (telnet.py):
+    # this server agrees to no option, so no real one carries a newline here.
+    st.binary(max_size=12).map(
+        lambda body: b"\xff\xfa" + body.replace(b"\xff", b"\xff\xff").replace(b"\n", b"") + b"\xff\xf0"
+    ),
 )
 telnet_commands = st.one_of(
     neutral_telnet, st.sampled_from([b"\xff\xf4", b"\xff\xf5", b"\xff\xf3", b"\xff\xff"])

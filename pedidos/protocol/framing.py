@@ -96,16 +96,20 @@ class Decoder:
     def finish(self) -> list[Any]:
         """At the end of the input: what `feed` kept waiting for more. A request
         cut short gets its error, so that the client learns why nothing came."""
+        out: list[Any] = []
+        stray = self._telnet.flush()  # a subnegotiation never ended: it was data
+        if stray and not self.closed:
+            self._feed_data(stray, out)
         if self.closed or not self._buf:
-            return []
+            return out
         rest = bytes(self._buf)
         self._start(b"")
         try:
             # Complete only if it is a number that ended with the input ("7"):
             # anything else complete was taken as soon as it closed.
-            return [_json.decode(rest.decode("utf-8"))]
+            return [*out, _json.decode(rest.decode("utf-8"))]
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            return [_invalid("la entrada terminó a mitad de una petición")]
+            return [*out, _invalid("la entrada terminó a mitad de una petición")]
 
     def _feed_data(self, data: bytes, out: list[Any]) -> None:
         if self._skipping:

@@ -16,11 +16,12 @@ What each command does here:
   what telnet waits for (RFC 860 allows WONT TIMING-MARK; telnet stops hiding
   output on either WILL or WONT).
 - DONT, WONT, subnegotiation (IAC SB ... IAC SE) and the other commands: read
-  and dropped. A subnegotiation longer than `MAX_SUBNEGOTIATION` is none:
-  telnet subnegotiates only options both sides agreed to, this server agrees
-  to none, and telnet's own take a few bytes. It was a stray 0xFF 0xFA in the
-  data, and what followed it is data again (left alone, it would swallow the
-  rest of the connection, requests and the size limit included).
+  and dropped. A subnegotiation longer than `MAX_SUBNEGOTIATION`, or one that
+  a newline or the end of the input reaches first, is none: telnet
+  subnegotiates only options both sides agreed to, this server agrees to none,
+  and telnet's own take a few bytes. It was a stray 0xFF 0xFA in the data, and
+  what followed it is data again (left alone, it would swallow the rest of the
+  connection, requests and the size limit included).
 - IAC IAC is telnet's way to send a data byte 0xFF: it goes on to the JSON
   layer as that byte, which is not UTF-8 (`json_invalido`), as is 0xFF
   followed by a byte that is not a command.
@@ -115,11 +116,11 @@ class Telnet:
             elif state == _SUB:
                 iac = data.find(_IAC_BYTE, pos)
                 end = n if iac < 0 else iac
-                self._sub += data[pos:end]
-                if len(self._sub) > MAX_SUBNEGOTIATION:  # none after all: data
-                    out.append(bytes(self._sub))
-                    self._sub.clear()
-                    self._state, pos = _DATA, end
+                newline = data.find(b"\n", pos, end)
+                self._sub += data[pos : end if newline < 0 else newline]
+                if newline >= 0 or len(self._sub) > MAX_SUBNEGOTIATION:  # none after all: data
+                    out.append(self.flush())
+                    self._state, pos = _DATA, end if newline < 0 else newline
                 elif iac < 0:
                     break
                 else:
@@ -128,9 +129,22 @@ class Telnet:
                 if data[pos] == SE:
                     self._state = _DATA
                     self._sub.clear()
+                elif data[pos] == 0x0A:  # a newline: it was data (see MAX_SUBNEGOTIATION)
+                    out.append(self.flush())
+                    continue
                 else:
                     self._state = _SUB
                     self._sub += bytes((IAC, data[pos]))
                 pos += 1
         self.idle = self._state == _DATA
         return out
+
+    def flush(self) -> bytes:
+        """The bytes of a subnegotiation under way, given back as data (it was
+        none), and plain data from here on."""
+        data = bytes(self._sub) + (_IAC_BYTE if self._state == _SUB_IAC else b"")
+        self._sub.clear()
+        if self._state in (_SUB, _SUB_IAC):
+            self._state = _DATA
+            self.idle = True
+        return data

@@ -175,6 +175,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._linger is not None:
+            return  # closed already (idle, a stop): what is parked is never begun
         self._take_parked()
         if self._closing and not self._line and not self._parked:
             self._close_now()
@@ -332,6 +335,9 @@ class Connection(asyncio.BufferedProtocol):
             # "Connection closed by foreign host".
             self._write(encode_line(idle_notice(timeout)))
             self._closing = True
+            # Requests it sent and never read the way to: none was begun, and
+            # none will be (the notice told it the connection is closed).
+            self._parked.clear()
             self._close_now()
         else:
             self._arm_idle_timer(timeout - idle_for)

@@ -53,5 +53,5 @@ def reply_of(future: asyncio.Future[Any], peer: str) -> dict | bytes:
         return error_reply(SERVIDOR_OCUPADO, "La base de datos no responde ahora; pruebe más tarde.")
     if isinstance(error, OutcomeUnknown):  # logged once by the backend, not per request
         return error_reply(ERROR_INTERNO, f"Error interno del servidor: {UNKNOWN_OUTCOME}")
-    failed.error("request from %s failed: %r", peer, error)
+    failed.error("request from %s failed: %r", peer, error, key=(type(error), str(error)))
     return error_reply(ERROR_INTERNO, "Error interno del servidor; la petición no tuvo efecto.")

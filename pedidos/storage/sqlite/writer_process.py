@@ -84,14 +84,17 @@ def writer_main(
                 ended = True  # the server is stopping (or gone): answer what came
             if not batches:
                 continue
-            reply = write(store, batches, ack) if store is not None else None
-            # Checked after the commit, before any ack leaves: what was just
-            # committed to a file no longer at its path is as good as lost.
-            if store is not None and not _still_there(db_path, db_file):
-                store.close()
-                store = None
             if store is None:
                 reply = _refused(batches, StorageUnavailable(FILE_GONE))
+            else:
+                reply = write(store, batches, ack)
+                # Checked after the commit, before any ack leaves: what was just
+                # committed to a file no longer at its path is as good as lost,
+                # unless the file is put back (moved, not deleted): maybe done.
+                if not _still_there(db_path, db_file):
+                    store.close()
+                    store = None
+                    reply = _refused(batches, StorageUnavailable(FILE_GONE, maybe_done=True))
             answers.send_bytes(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
     except (BrokenPipeError, ServerGone):
         logger.warning("the server is gone; exiting")
@@ -133,7 +136,7 @@ def write(store: Store, batches: list[Request], ack: Ack) -> Reply:
         try:
             stored = store.insert_orders(*_columns(orders))
         except Exception as exc:
-            failed.error("could not store %d orders: %s", len(orders), exc)
+            failed.error("could not store %d orders: %s", len(orders), exc, key=str(exc))
             error = _portable(exc)
         else:
             commit_s = time.perf_counter() - started
@@ -164,7 +167,7 @@ def _call(store: Store, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[
     try:
         return fn(store, *args), None
     except Exception as exc:
-        failed.error("database write failed: %s", exc)
+        failed.error("database write failed: %s", exc, key=str(exc))
         return None, _portable(exc)
 
 
