@@ -335,8 +335,8 @@ class Connection(asyncio.BufferedProtocol):
             # "Connection closed by foreign host".
             self._write(encode_line(idle_notice(timeout)))
             self._closing = True
-            # Requests it sent and never read the way to: none was begun, and
-            # none will be (the notice told it the connection is closed).
+            # What it sent that still waits unbegun, behind replies it has not
+            # read, never begins: the notice tells it the connection is closed.
             self._parked.clear()
             self._close_now()
         else:
