@@ -577,3 +577,14 @@ def test_requests_left_unbegun_by_an_idle_close_are_never_begun(srv, still_servi
     assert replies[-1]["error"] == "tiempo_agotado", replies[-1]
     assert not [r for r in replies if r.get("estado") == "pendiente"]  # no order acknowledged
     assert listed(srv.port, cliente="Aparcado") == []  # nor stored
+
+
+def test_a_field_given_twice_is_refused_and_changes_nothing(srv, still_serving):
+    with LineClient("127.0.0.1", srv.port) as client:
+        ack = client.ask(GOOD)
+        still_serving.stored = 1
+        twice = client.ask(f'{{"accion": "consultar", "id": {ack["id"]}, "accion": "cancelar"}}'.encode())
+        assert twice["error"] == "mensaje_invalido" and "'accion'" in twice["mensaje"], twice
+        order = client.ask(b'{"cliente": "A", "productos": ["p"], "direccion": "d", "cliente": "B"}')
+        assert order["error"] == "pedido_invalido" and "'cliente'" in order["mensaje"], order
+        assert client.ask({"accion": "consultar", "id": ack["id"]})["pedido"]["estado"] != "cancelado"

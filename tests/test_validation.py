@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pedidos.protocol.framing import Decoder
 from pedidos.protocol.replies import ACCION_DESCONOCIDA, MENSAJE_INVALIDO, PEDIDO_INVALIDO, RequestError
 from pedidos.protocol.validation import (
     ESTADOS,
@@ -59,6 +60,50 @@ def refused_command(value: Any, field: str) -> None:
 
 
 # --- what kind of request --------------------------------------------------------
+
+
+def decoded(text: str) -> Any:
+    (value,) = Decoder().feed(text.encode("utf-8"))
+    return value
+
+
+# A colon in a text and an object inside each take the closer look; the
+# decoder's slow path (the request cut in two) checks too.
+@pytest.mark.parametrize(
+    ("text", "field", "check"),
+    [
+        ('{"accion": "consultar", "id": 1, "accion": "cancelar"}', "accion", refused_command),
+        ('{"accion": "esperar", "id": 1, "timeout": 1, "id": 2}', "id", refused_command),
+        ('{"cliente": "A", "productos": ["p"], "direccion": "d", "cliente": "B"}', "cliente", refused_order),
+        (
+            '{"cliente": "A:B", "productos": ["p"], "direccion": "d", "direccion": "e"}',
+            "direccion",
+            refused_order,
+        ),
+        (
+            '{"cliente": "A", "productos": [{"x": 1}], "direccion": "d", "cliente": "B"}',
+            "cliente",
+            refused_order,
+        ),
+        (
+            '{"cliente": "A", "productos": ["p"],\n "direccion": "d", "cliente": "A"}',
+            "cliente",
+            refused_order,
+        ),
+    ],
+)
+def test_a_field_given_twice_is_refused_naming_it(text, field, check):
+    check(decoded(text), field)
+    slow = Decoder()
+    assert slow.feed(text[:10].encode()) == []
+    (value,) = slow.feed(text[10:].encode())
+    check(value, field)
+
+
+def test_the_same_key_in_different_objects_or_colons_in_texts_are_fine():
+    assert parse_request(decoded('{"cliente": "A: 1", "productos": ["p:q"], "direccion": "d:"}')) == NewOrder(
+        "A: 1", ("p:q",), "d:", None
+    )
 
 
 @pytest.mark.parametrize("value", [[], [ORDER], "pedido", 17, 1.5, True, None])

@@ -54,6 +54,47 @@ _json = json.JSONDecoder(parse_int=_checked_int, parse_float=_checked_float, par
 _decode = _json.raw_decode
 
 
+class RepeatedKeys(dict):
+    """An object in which a key came more than once. JSON keeps the last and
+    drops the others without a word: `{"accion": "consultar", "id": 1,
+    "accion": "cancelar"}` would cancel, though a person (or a proxy) reading
+    the first key sees a question. Validation refuses it, naming the key."""
+
+    repeated = ""
+
+
+def _note_repeats(pairs: list[tuple[str, Any]]) -> dict:
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    seen: set[str] = set()
+    marked = RepeatedKeys(value)
+    for key, _ in pairs:
+        if key in seen:
+            marked.repeated = key
+            break
+        seen.add(key)
+    return marked
+
+
+_json_pairs = json.JSONDecoder(
+    parse_int=_checked_int,
+    parse_float=_checked_float,
+    parse_constant=_refuse_constant,
+    object_pairs_hook=_note_repeats,
+)
+
+
+def _checked_keys(value: Any, text: str, pos: int, end: int) -> Any:
+    """`value`, marked `RepeatedKeys` if a key of it came twice. Every key has
+    its colon, so an object with as many colons as keys has none twice: only
+    the others (a colon inside a text, an object inside) are decoded again,
+    with a hook that sees every key; the common order costs one count."""
+    if type(value) is dict and text.count(":", pos, end) != len(value):
+        return _json_pairs.raw_decode(text, pos)[0]
+    return value
+
+
 class Decoder:
     """Turns the bytes of one connection into requests, in order."""
 
@@ -165,7 +206,7 @@ class Decoder:
             ):
                 # Maybe too large or too deep, or a lone surrogate: the careful path decides.
                 break
-            out.append(value)
+            out.append(_checked_keys(value, text, pos, end))
             pos = end
         return text[pos:].encode("utf-8") + tail
 
@@ -200,7 +241,7 @@ class Decoder:
         except ValueError:
             out.append(_invalid("valor que no es JSON estándar"))
             return self._drop_line(end - 1)
-        out.append(value)
+        out.append(_checked_keys(value, text, 0, len(text)))
         return bytes(buf[end:])
 
     def _drop_line(self, index: int) -> bytes | None:

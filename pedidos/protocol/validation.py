@@ -20,6 +20,7 @@ from pedidos.domain import (
     NewOrder,
 )
 from pedidos.protocol.commands import COMMANDS, Command, json_type, parse_command
+from pedidos.protocol.framing import RepeatedKeys
 from pedidos.protocol.replies import MENSAJE_INVALIDO, PEDIDO_INVALIDO, RequestError
 
 # Defined in commands.py and domain.py; requests, and the tests, find them here too.
@@ -39,6 +40,11 @@ def parse_request(value: Any) -> NewOrder | Command:
         raise RequestError(
             MENSAJE_INVALIDO,
             f"Se esperaba un objeto JSON ({{...}}), no {json_type(value)}.",
+        )
+    if type(value) is RepeatedKeys:
+        raise RequestError(
+            MENSAJE_INVALIDO if "accion" in value else PEDIDO_INVALIDO,
+            f"El campo '{value.repeated}' aparece más de una vez; cada campo va una sola vez.",
         )
     if "accion" in value:
         return parse_command(value)
