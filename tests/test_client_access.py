@@ -184,6 +184,25 @@ def test_tls_blocking_and_asyncio_with_the_certificate(tls_server, certificate):
     assert asyncio.run(scenario()) == ["listo", "cliente"]
 
 
+def test_async_tasks_that_come_while_it_connects_wait_for_the_token(tls_server, certificate):
+    # Tasks arriving one after another while the first one connects: none may
+    # write on the connection before its `autenticar` is answered.
+    async def scenario() -> list[object]:
+        client = AsyncClient("::1", tls_server.port, token=ANA, tls=True, cafile=str(certificate[0]))
+
+        async def later(n: int) -> object:
+            await asyncio.sleep(n * 0.0005)
+            return await client.submit(unique("race"), ["pan"], "Calle 1")
+
+        try:
+            return await asyncio.gather(*(later(n) for n in range(60)), return_exceptions=True)
+        finally:
+            await client.close()
+
+    results = asyncio.run(scenario())
+    assert [r for r in results if isinstance(r, BaseException)] == []
+
+
 @pytest.mark.parametrize(
     ("server", "settings", "words"),
     [

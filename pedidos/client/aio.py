@@ -23,7 +23,6 @@ from pedidos.client.access import auth_request, authenticated, no_greeting, tls_
 from pedidos.client.commands import Commands, Following, Plan
 from pedidos.client.problems import (
     ConnectionProblem,
-    PedidosError,
     bare_host,
     reason,
     unreachable,
@@ -76,12 +75,15 @@ class AsyncClient(Commands):
             except BaseException:
                 sock.close()
                 raise
-            self._wire = await self._open(sock, context, host)
+            wire = await self._open(sock, context, host)
             try:
-                await self._greet(self._wire)
-            except PedidosError:
-                await self.close()
+                await self._greet(wire)
+            except BaseException:
+                wire.close()
                 raise
+            # Only now is it the connection: a task that found it before the
+            # token was accepted would write ahead of `autenticar`.
+            self._wire = wire
             return
         raise unreachable(host, self.port, failures)
 
