@@ -58,6 +58,12 @@ def test_referencia_makes_a_retry_safe(quick_server):
     [
         (lambda c: c.submit("   ", ["pan"], "Calle 1"), "pedido_invalido", "cliente"),
         (lambda c: c.submit("Ana", [], "Calle 1"), "pedido_invalido", "productos"),
+        # a text is no list of products: never sent as ["p", "a", "n"]
+        (lambda c: c.submit("Ana", "pan", "Calle 1"), "pedido_invalido", "productos"),
+        (lambda c: c.submit("Ana", {"pan": 1}, "Calle 1"), "pedido_invalido", "productos"),
+        (lambda c: c.submit("Ana", None, "Calle 1"), "pedido_invalido", "productos"),
+        # the server closes the connection after this one: the next call connects again
+        (lambda c: c.submit("B" * 70_000, ["pan"], "Calle 1"), "demasiado_grande", "límite"),
         (lambda c: c.get(10**12), "no_encontrado", "10000"),
         (lambda c: c.cancel(10**12), "no_encontrado", "10000"),
         (lambda c: c.list(limite=1001), "mensaje_invalido", "limite"),
@@ -281,3 +287,13 @@ def test_async_a_caller_that_gives_up_does_not_disturb_the_others(slow_server):
             assert (await client.get(receipt.id)).estado == "listo"
 
     asyncio.run(main())
+
+
+def test_async_client_connects_again_after_a_request_over_the_size_limit(quick_server):
+    async def scenario() -> tuple[str, int]:
+        async with AsyncClient("127.0.0.1", quick_server.port) as client:
+            with pytest.raises(Refused) as caught:
+                await client.submit("B" * 70_000, ["pan"], "Calle 1")
+            return caught.value.code, (await client.stats())["workers"]
+
+    assert asyncio.run(scenario()) == ("demasiado_grande", 2)

@@ -237,6 +237,26 @@ def test_archivo_json_lines_sends_all_and_reports_refused_lines(quick_server, ca
         assert len(client.list(cliente=name, limite=1000)) == 498
 
 
+def test_archivo_an_order_over_the_size_limit_is_one_refused_line_and_the_rest_go(
+    quick_server, capsys, tmp_path
+):
+    # The server closes the connection after `demasiado_grande`, reading
+    # nothing behind it: the lines after it go again on a new connection.
+    name = unique()
+    lines = [json.dumps({"cliente": name, "productos": ["pan"], "direccion": f"d{n}"}) for n in range(300)]
+    lines[1] = json.dumps({"cliente": "x" * 70_000, "productos": ["pan"], "direccion": "d"})
+    path = tmp_path / "grande.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    code, out, err = run(capsys, "--port", quick_server.port, "--archivo", path)
+    assert code == 1, err
+    assert "  aceptados:  299\n  rechazados: 1\n" in out
+    assert "    línea 2: demasiado_grande: " in out
+    with Client("127.0.0.1", quick_server.port) as client:
+        assert sorted(o.direccion for o in client.list(cliente=name, limite=1000)) == sorted(
+            f"d{n}" for n in range(300) if n != 1
+        )
+
+
 def test_desde_linea_sends_only_the_orders_from_that_line_with_the_same_auto_keys(
     quick_server, capsys, tmp_path
 ):

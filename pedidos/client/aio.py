@@ -30,6 +30,7 @@ from pedidos.client.problems import (
 )
 from pedidos.client.records import DEFAULT_WINDOW, Refused, check_greeting, encode, receipt_or_refusal
 from pedidos.client.wire import Wire
+from pedidos.protocol.replies import DEMASIADO_GRANDE
 
 Reply = dict[str, Any]
 
@@ -144,7 +145,10 @@ class AsyncClient(Commands):
         future = wire.expect(self.timeout if timeout is None else timeout)
         wire.write(encode(request))
         await wire.drain()
-        return await future
+        reply = await future
+        if reply.get("error") == DEMASIADO_GRANDE and self._wire is wire:
+            await self.close()  # the server closes after it: the next call connects again
+        return reply
 
     async def pipeline(
         self, requests: Iterable[Any] | AsyncIterable[Any], window: int = DEFAULT_WINDOW

@@ -56,6 +56,7 @@ from pedidos.client.records import (
     parse_reply,
     receipt_or_refusal,
 )
+from pedidos.protocol.replies import DEMASIADO_GRANDE
 
 __all__ = [
     "DEFAULT_PORT",
@@ -149,7 +150,10 @@ class Client(Commands):
         """Send one request and return the server's reply, `ok` or not. `timeout`:
         how long the reply may take (default: the client's timeout)."""
         self.send(encode(request))
-        return self._read(self.timeout if timeout is None else timeout)
+        reply = self._read(self.timeout if timeout is None else timeout)
+        if reply.get("error") == DEMASIADO_GRANDE:
+            self.close()  # the server closes after it: the next call connects again
+        return reply
 
     def send(self, data: bytes) -> None:
         if self._sock is None:

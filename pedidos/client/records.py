@@ -158,7 +158,10 @@ class Receipt:
 def order_request(
     cliente: str, productos: Sequence[str], direccion: str, referencia: str | None = None
 ) -> dict[str, Any]:
-    request: dict[str, Any] = {"cliente": cliente, "productos": list(productos), "direccion": direccion}
+    # Any sequence goes as a list; a text, a mapping or None as it is, for the
+    # server to refuse naming `productos`: list("pan") would store ["p", "a", "n"].
+    items = productos if productos is None or isinstance(productos, (str, bytes, dict)) else list(productos)
+    request: dict[str, Any] = {"cliente": cliente, "productos": items, "direccion": direccion}
     if referencia is not None:
         request["referencia"] = referencia
     return request

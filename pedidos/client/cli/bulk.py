@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from pedidos.client.blocking import Client
 from pedidos.client.cli.show import count, plural, seconds
-from pedidos.protocol.replies import JSON_INVALIDO, MENSAJE_INVALIDO, error_reply
+from pedidos.protocol.replies import DEMASIADO_GRANDE, JSON_INVALIDO, MENSAJE_INVALIDO, error_reply
 
 # A pretty-printed order is read on until it closes, but no further than the
 # server would take in one request.
@@ -242,24 +242,51 @@ def send_entries(
 ) -> None:
     """Send every order, pipelined; record each reply (or local refusal) in
     `outcome`, in the order of the input."""
+    start: int | None = 0
+    while start is not None:
+        start = _send_from(client, entries, start, outcome, progress, emit)
+    outcome.elapsed = time.monotonic() - outcome.started
+    progress.update(outcome.done, force=True)
+
+
+def _send_from(
+    client: Client,
+    entries: list[Entry],
+    start: int,
+    outcome: Outcome,
+    progress: Progress,
+    emit: Callable[[dict[str, Any]], None] | None,
+) -> int | None:
+    """Send `entries[start:]` on one connection. Returns where to go on from
+    after an order the server refused as too large, None once all are done:
+    the server closes the connection after `demasiado_grande`, having read
+    nothing behind it, so the orders sent after it are sent again on a new one."""
+    sent = 0
 
     def orders() -> Iterator[Any]:
-        for entry in entries:
+        nonlocal sent
+        for entry in entries[start:]:
             if entry.problem is None:
                 outcome.sent += 1  # counted as it leaves: a Ctrl-C may come before its reply
+                sent += 1
                 yield entry.order
 
+    answered = 0
     replies = client.pipeline(orders())
     with contextlib.closing(replies):
-        for entry in entries:
+        for index in range(start, len(entries)):
+            entry = entries[index]
             local = entry.problem is not None
             reply = error_reply(*entry.problem) if entry.problem else next(replies)
+            answered += not local
             outcome.take(entry.line, reply, from_server=not local)
             if emit is not None:
                 emit(reply)
             progress.update(outcome.done)
-    outcome.elapsed = time.monotonic() - outcome.started
-    progress.update(outcome.done, force=True)
+            if not local and reply.get("error") == DEMASIADO_GRANDE:
+                outcome.sent -= sent - answered  # never read by the server: not sent after all
+                return index + 1 if index + 1 < len(entries) else None
+    return None
 
 
 def summary_lines(outcome: Outcome, source: str) -> list[str]:
