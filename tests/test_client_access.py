@@ -41,7 +41,16 @@ def no_token_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    where = tmp_path_factory.mktemp("cert")
+    return self_signed(tmp_path_factory.mktemp("cert"))
+
+
+@pytest.fixture(scope="module")
+def other_certificate(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A certificate for the same names that is not the server's."""
+    return str(self_signed(tmp_path_factory.mktemp("other"))[0])
+
+
+def self_signed(where: Path) -> tuple[Path, Path]:
     cert, key = where / "cert.pem", where / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
@@ -209,11 +218,14 @@ def test_async_tasks_that_come_while_it_connects_wait_for_the_token(tls_server, 
         ("tls_server", {"tls": True}, "el certificado del servidor no es de confianza"),
         ("token_server", {"tls": True}, "TLS"),
         ("tls_server", {"tls": True, "cafile": "/nonexistent/ca.pem"}, "no existe"),
+        ("tls_server", {"tls": True, "cafile": "other_certificate"}, "no lo firma el certificado de"),
         ("tls_server", {"timeout": 1}, "--tls"),  # plain client: the TLS server never greets
     ],
 )
 def test_tls_failures_are_connection_problems(request, server, settings, words):
     port = request.getfixturevalue(server).port
+    if settings.get("cafile") == "other_certificate":
+        settings = {**settings, "cafile": request.getfixturevalue("other_certificate")}
 
     async def attempt() -> str:
         try:

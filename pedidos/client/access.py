@@ -42,14 +42,14 @@ class Access:
             raise ValueError("cafile is used only with tls=True")
         self.token = chosen_token(token)
         self.tls = tls or context is not None
-        self._cafile = cafile
+        self.cafile = cafile
         self._context = context
 
     def context(self) -> ssl.SSLContext | None:
         """The context to wrap the connection in, or None for plain TCP. Made at
         the first connection, so that an unreadable `cafile` is a ConnectionProblem."""
         if self.tls and self._context is None:
-            self._context = default_context(self._cafile)
+            self._context = default_context(self.cafile)
         return self._context
 
 
@@ -72,13 +72,15 @@ def default_context(cafile: str | None) -> ssl.SSLContext:
     return made
 
 
-def wrap(sock: socket.socket, context: ssl.SSLContext, host: str, timeout: float) -> ssl.SSLSocket:
+def wrap(
+    sock: socket.socket, context: ssl.SSLContext, host: str, timeout: float, cafile: str | None = None
+) -> ssl.SSLSocket:
     """The blocking handshake, bounded by the socket's timeout; closes `sock` if it fails."""
     try:
         return context.wrap_socket(sock, server_hostname=host)
     except OSError as exc:
         sock.close()
-        raise tls_failure(exc, host, timeout) from None
+        raise tls_failure(exc, host, timeout, cafile) from None
 
 
 # OpenSSL's verification codes (X509_V_ERR_*) said in Spanish; others keep OpenSSL's words.
@@ -90,13 +92,18 @@ _UNTRUSTED = {
     20: "lo firma una autoridad desconocida (indíquela con --cafile)",
     21: "lo firma una autoridad desconocida (indíquela con --cafile)",
 }
+_UNTRUSTED_SIGNER = frozenset({18, 19, 20, 21})  # the signer is not among those trusted
 
 
-def tls_failure(exc: BaseException, host: str, timeout: float) -> ConnectionProblem:
+def tls_failure(
+    exc: BaseException, host: str, timeout: float, cafile: str | None = None
+) -> ConnectionProblem:
     """Why the TLS handshake with `host` failed, for the one line a person reads."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = exc.verify_code
-        if code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH; 64 is its IP address twin
+        if code in _UNTRUSTED_SIGNER and cafile is not None:
+            why = f"no lo firma el certificado de {cafile} (¿es el del servidor o el de su autoridad?)"
+        elif code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH; 64 is its IP address twin
             why = f"no es válido para {host!r}"
         elif code == 64:
             why = f"no es válido para la dirección {host}"

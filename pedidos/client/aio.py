@@ -104,7 +104,7 @@ class AsyncClient(Commands):
             )
         except OSError as exc:  # the handshake's timeout too (ConnectionAbortedError)
             sock.close()
-            raise tls_failure(exc, host, self.timeout) from None
+            raise tls_failure(exc, host, self.timeout, self.access.cafile) from None
         except BaseException:
             sock.close()
             raise

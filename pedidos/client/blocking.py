@@ -116,7 +116,7 @@ class Client(Commands):
                 failures.append((address[0], reason(exc)))
                 continue
             if context is not None:  # a failure is final: every address has the same certificate
-                sock = wrap(sock, context, host, self.timeout)
+                sock = wrap(sock, context, host, self.timeout, self.access.cafile)
             self._sock = sock
             try:
                 self._greet()
