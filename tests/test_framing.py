@@ -511,6 +511,12 @@ def test_a_stray_0xff_0xfa_ends_at_the_newline_and_at_the_end_of_the_input():
     assert norm(decoder.finish()) == [e()]  # ...till the input ends: then data, and answered
 
 
+def test_telnets_cr_nul_is_a_cr():
+    # `printf '...\\r\\n' | telnet` sends CR NUL LF: one request, no error after it.
+    assert both_ways(b'{"a": 1}\r\x00\n{"b": 2}\r\x00') == [{"a": 1}, {"b": 2}]
+    assert chunked([b'{"a": 1}\r', b"\x00\x00\n"]) == whole(b'{"a": 1}\r\x00\x00\n') == [{"a": 1}, e()]
+
+
 def test_iac_iac_is_a_data_byte_0xff_and_not_utf8():
     assert both_ways(b'{"cliente": "\xff\xff"}\n{"b": 2}\n') == [e(), {"b": 2}]
     assert both_ways(b'\xff\xff\n{"b": 2}\n') == [e(), {"b": 2}]
@@ -543,6 +549,7 @@ CORPUS = [
     b"9" * 150 + b"\n" + b"9" * 50 + b" ",
     b'{"t": "a\tb"}\n{"u": "\\u00"}\n{"ok": 1}',
     b"\xef\xbb\xbf{}\n\x00\n{}",
+    b'{"a": 1}\r\x00\n\r\x00\x00[2]\r\r\x00\n',  # telnet's CR NUL, and a NUL that is not one
 ]
 
 

@@ -131,6 +131,31 @@ def test_real_telnet_shows_replies_after_ctrl_c(srv, tmp_path):
         subprocess.run([*tmux, "kill-server"], capture_output=True)
 
 
+@pytest.mark.skipif(not shutil.which("telnet"), reason="needs telnet")
+def test_real_telnet_fed_crlf_text_gets_one_reply_per_request(srv):
+    """`printf '...\\r\\n' | telnet`: telnet sends each CR as CR NUL, which is no
+    request of its own (it was answered json_invalido)."""
+    telnet = subprocess.Popen(
+        ["telnet", "127.0.0.1", str(srv.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    deadline = threading.Timer(15, telnet.kill)  # no reply in time: the reading below ends
+    deadline.start()
+    try:
+        assert telnet.stdin is not None and telnet.stdout is not None
+        telnet.stdin.write(b'{"accion": "consultar", "id": 1099511627776}\r\n{"accion": "bailar"}\r\n')
+        telnet.stdin.flush()
+        seen = b""
+        while b"accion_desconocida" not in seen:  # the second reply: everything before it came
+            chunk = telnet.stdout.read1(4096)
+            assert chunk, seen
+            seen += chunk
+        assert b"no_encontrado" in seen and b"json_invalido" not in seen, seen
+    finally:
+        deadline.cancel()
+        telnet.kill()
+        telnet.wait(10)
+
+
 # --- 14: a long line cut by the terminal -------------------------------------------------------------
 
 

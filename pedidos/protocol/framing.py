@@ -14,7 +14,8 @@ one that can never be JSON, and it knows the byte where the value ends.
 
 Telnet commands are taken out first (`telnet.Telnet`): they are never JSON,
 Ctrl-C at a telnet prompt drops the partial request, and an option request
-gets its refusal back as a `TelnetReply` among the results.
+gets its refusal back as a `TelnetReply` among the results; telnet's CR NUL
+is a CR.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class Decoder:
         # across chunks, so the outcome never depends on how the input was cut.
         self._skipping = False
         self._telnet = Telnet()
+        self._after_cr = False  # the last chunk ended with CR: a NUL first in the next goes
 
     @property
     def partial(self) -> bool:
@@ -117,8 +119,15 @@ class Decoder:
         """Requests completed by `data`: JSON values, or RequestError for bad
         input; and a TelnetReply for each telnet option request, to send back."""
         out: list[Any] = []
-        if self.closed:
+        if self.closed or not data:
             return out
+        # Telnet sends a CR not followed by LF as CR NUL (RFC 854): a line of
+        # text with CRLF ends, from `telnet`, in CR NUL LF. The NUL is no data.
+        if self._after_cr and data[:1] == b"\x00":
+            data = data[1:]
+        self._after_cr = data[-1:] == b"\r"
+        if b"\r\x00" in data:
+            data = data.replace(b"\r\x00", b"\r")
         if self._telnet.idle and b"\xff" not in data:  # no telnet command: all of it is data
             self._feed_data(data, out)
             return out
