@@ -1,3 +1,3 @@
 """pedidos: a concurrent order service (asyncio server, worker processes, SQLite)."""
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
