@@ -123,9 +123,9 @@ class Decoder:
             return out
         # Telnet sends a CR not followed by LF as CR NUL (RFC 854): a line of
         # text with CRLF ends, from `telnet`, in CR NUL LF. The NUL is no data.
-        if self._after_cr and data[:1] == b"\x00":
+        if self._after_cr and data[0] == 0:
             data = data[1:]
-        self._after_cr = data[-1:] == b"\r"
+        self._after_cr = data[-1] == 13 if data else False  # 13: CR
         if b"\r\x00" in data:
             data = data.replace(b"\r\x00", b"\r")
         if self._telnet.idle and b"\xff" not in data:  # no telnet command: all of it is data
@@ -215,7 +215,10 @@ class Decoder:
             ):
                 # Maybe too large or too deep, or a lone surrogate: the careful path decides.
                 break
-            out.append(_checked_keys(value, text, pos, end))
+            # `_checked_keys`, inlined: the one count is all the common order pays.
+            if type(value) is dict and text.count(":", pos, end) != len(value):
+                value = _json_pairs.raw_decode(text, pos)[0]
+            out.append(value)
             pos = end
         return text[pos:].encode("utf-8") + tail
 
