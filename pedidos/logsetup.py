@@ -55,6 +55,9 @@ def configure_logging(level: int, fmt: str = TEXT, name: str | None = None) -> N
     logging.basicConfig(level=level, handlers=[handler])
 
 
+MAX_KINDS = 100  # kinds of repeating error remembered at once (Repeating)
+
+
 class Repeating:
     """An error that comes once per request or batch while its cause lasts (a
     full disk, a locked database): logged the first time, then at most once
@@ -66,20 +69,18 @@ class Repeating:
     def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
         self._logger = logger
         self._every = every
-        self._kinds: dict[object, list[float]] = {}  # key -> [next line due, left out since]
+        self._kinds: dict[object, tuple[float, int]] = {}  # key -> (next line due, left out since)
 
     def error(self, msg: str, *args: object, key: object = None) -> None:
         now = time.monotonic()
-        kind = self._kinds.setdefault(msg if key is None else key, [0.0, 0])
-        if now < kind[0]:
-            kind[1] += 1
+        kind = msg if key is None else key
+        due, left_out = self._kinds.get(kind, (0.0, 0))
+        if now < due:
+            self._kinds[kind] = (due, left_out + 1)
             return
-        if kind[1]:
-            msg += f" ({int(kind[1])} more like it since the last such line)"
-        kind[:] = [now + self._every, 0]
-        if len(self._kinds) > MAX_KINDS:  # kinds keyed by text: keep the recent ones
+        if left_out:
+            msg += f" ({left_out} more like it since the last such line)"
+        if len(self._kinds) >= MAX_KINDS:  # kinds keyed by text: keep the recent ones
             self._kinds = {k: v for k, v in self._kinds.items() if v[0] > now}
+        self._kinds[kind] = (now + self._every, 0)
         self._logger.error(msg, *args)
-
-
-MAX_KINDS = 100

@@ -61,28 +61,29 @@ def lock_database(path: str) -> DatabaseLock:
     except StorageError:
         os.close(fd)
         raise
-    for held in (db_fd, fd):
-        try:
-            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            os.close(db_fd)
-            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                raise StorageError(
-                    f"the database {path} is in use by another server (pid {holder}, see {lock_path}); "
-                    "stop that server first, or give this one another --db"
-                ) from None
-            raise StorageError(f"cannot lock {lock_path}: {exc.strerror}") from None
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    except OSError as exc:  # a full disk, say
+        for held in (db_fd, fd):
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise StorageError(
+                        f"the database {path} is in use by another server (pid {holder}, see {lock_path}); "
+                        "stop that server first, or give this one another --db"
+                    ) from None
+                raise StorageError(f"cannot lock {lock_path}: {exc.strerror}") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError as exc:  # a full disk, say
+            raise StorageError(
+                f"cannot use the database {path}: cannot write the lock file {lock_path}: {exc.strerror}"
+            ) from None
+    except BaseException:
         os.close(fd)
         os.close(db_fd)
-        raise StorageError(
-            f"cannot use the database {path}: cannot write the lock file {lock_path}: {exc.strerror}"
-        ) from None
+        raise
     held_file = os.fstat(db_fd)
     return DatabaseLock((fd, db_fd), (held_file.st_dev, held_file.st_ino))
 

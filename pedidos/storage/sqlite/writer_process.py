@@ -34,6 +34,7 @@ from pedidos.storage.sqlite.store import BUSY_TIMEOUT_MS, Store
 
 logger = logging.getLogger(__name__)
 failed = Repeating(logger)  # a full disk fails every batch alike
+FILE_GONE = "the database file was deleted or replaced while the server ran"
 
 
 class Request(NamedTuple):
@@ -101,9 +102,6 @@ def writer_main(
     finally:
         if store is not None:
             store.close()
-
-
-FILE_GONE = "the database file was deleted or replaced while the server ran"
 
 
 def _still_there(db_path: str, db_file: tuple[int, int]) -> bool:
