@@ -1,16 +1,12 @@
 """`cliente.py --archivo`: every order of a file sent pipelined, with progress and a summary.
 
-A file is JSON Lines (one order a line; an order pretty-printed over several
-lines also works) or one JSON array. Each order keeps the line it starts on,
-so that a refusal can say where to look. A line that is not JSON is refused
-here and the rest still go; an array that is not valid JSON sends nothing.
+The file is read into entries by entries.py; this sends them, counts each
+reply against the line it came from, and sums the run up.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -18,143 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from pedidos.client.blocking import Client
+from pedidos.client.cli.entries import Entry
 from pedidos.client.cli.show import count, plural, seconds
-from pedidos.protocol.replies import DEMASIADO_GRANDE, JSON_INVALIDO, MENSAJE_INVALIDO, error_reply
+from pedidos.protocol.replies import DEMASIADO_GRANDE, error_reply
 
-# A pretty-printed order is read on until it closes, but no further than the
-# server would take in one request.
-MAX_ORDER_CHARS = 64 * 1024
 SHOWN_REFUSALS = 20
-
-
-class BadInput(Exception):
-    """The input as a whole cannot be read: nothing is sent."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    line: int
-    order: Any = None
-    problem: tuple[str, str] | None = None  # (code, sentence): refused before sending
-
-
-def read_entries(data: bytes) -> list[Entry]:
-    text, not_utf8 = _decode(data)
-    start = re.match(r"\s*", text)
-    assert start is not None
-    if text.startswith("[", start.end()):
-        entries = _array_entries(text, start.end())
-    else:
-        entries = list(_line_entries(text))
-    if not_utf8:
-        entries += [Entry(n, problem=(JSON_INVALIDO, "la línea no es texto UTF-8")) for n in not_utf8]
-        entries.sort(key=lambda e: e.line)
-    return [_only_orders(e) for e in entries]
-
-
-def _decode(data: bytes) -> tuple[str, list[int]]:
-    """The text, and the numbers of the lines that are not UTF-8 (blanked)."""
-    try:
-        return data.decode("utf-8-sig"), []
-    except UnicodeDecodeError:
-        pass
-    lines, bad = [], []
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        try:
-            lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
-        except UnicodeDecodeError:
-            lines.append("")
-            bad.append(number)
-    return "\n".join(lines), bad
-
-
-def _line_entries(text: str) -> Iterator[Entry]:
-    lines = text.split("\n")
-    i = 0
-    while i < len(lines):
-        first, chunk = i, lines[i]
-        i += 1
-        if not chunk.strip():
-            continue
-        while True:
-            try:
-                yield Entry(first + 1, json.loads(chunk))
-                break
-            except json.JSONDecodeError as exc:
-                incomplete = exc.pos >= len(chunk.rstrip())
-                if incomplete and i < len(lines) and len(chunk) < MAX_ORDER_CHARS:
-                    chunk += "\n" + lines[i]
-                    i += 1
-                    continue
-                if chunk.count("\n"):
-                    # Lines joined in the hope of one order were not one: each
-                    # of the following lines gets its own chance.
-                    exc = _first_line_error(lines[first])
-                    i = first + 1
-                yield Entry(first + 1, problem=(JSON_INVALIDO, f"no es JSON válido ({_where(exc)})"))
-                break
-
-
-def _first_line_error(line: str) -> json.JSONDecodeError:
-    try:
-        json.loads(line)
-    except json.JSONDecodeError as exc:
-        return exc
-    raise AssertionError("a line that parses alone was not joined")  # pragma: no cover
-
-
-def _where(exc: json.JSONDecodeError) -> str:
-    if exc.pos >= len(exc.doc.rstrip()):
-        return "el pedido no termina"
-    return f"columna {exc.colno}"
-
-
-def _array_entries(text: str, start: int) -> list[Entry]:
-    decoder = json.JSONDecoder()
-    space = re.compile(r"\s*")
-
-    def skip(pos: int) -> int:
-        found = space.match(text, pos)
-        assert found is not None
-        return found.end()
-
-    def fail(pos: int, what: str) -> BadInput:
-        line = text.count("\n", 0, pos) + 1
-        column = pos - text.rfind("\n", 0, pos)
-        return BadInput(f"la lista JSON no es válida: {what} (línea {line}, columna {column})")
-
-    entries: list[Entry] = []
-    line, counted = 1, 0
-    pos = skip(start + 1)
-    if text.startswith("]", pos):
-        pos += 1
-    else:
-        while True:
-            line += text.count("\n", counted, pos)
-            counted = pos
-            try:
-                value, pos = decoder.raw_decode(text, pos)
-            except json.JSONDecodeError as exc:
-                raise fail(exc.pos, "se esperaba un valor") from None
-            entries.append(Entry(line, value))
-            pos = skip(pos)
-            if text.startswith(",", pos):
-                pos = skip(pos + 1)
-            elif text.startswith("]", pos):
-                pos += 1
-                break
-            else:
-                raise fail(pos, "se esperaba ',' o ']'" if pos < len(text) else "falta el ']' final")
-    if skip(pos) < len(text):
-        raise fail(skip(pos), "hay texto después del ']' final")
-    return entries
-
-
-def _only_orders(entry: Entry) -> Entry:
-    if isinstance(entry.order, dict) and "accion" in entry.order:
-        why = "lleva 'accion': es un comando, y --archivo solo envía pedidos"
-        return Entry(entry.line, problem=(MENSAJE_INVALIDO, why))
-    return entry
 
 
 class Progress:

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from pedidos.client.blocking import Client, ConnectionProblem
-from pedidos.client.cli.bulk import BadInput, Outcome, Progress, read_entries, send_entries, summary_lines
+from pedidos.client.cli.bulk import Outcome, Progress, send_entries, summary_lines
+from pedidos.client.cli.entries import BadInput, read_entries
 from pedidos.client.cli.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Stop
 from pedidos.client.cli.resume import auto_referencias, interruption_lines, refused_hint
 from pedidos.client.cli.show import plural
