@@ -8,6 +8,7 @@ import asyncio
 import io
 import itertools
 import json
+import logging
 import ssl
 import subprocess
 import sys
@@ -210,6 +211,42 @@ def test_async_tasks_that_come_while_it_connects_wait_for_the_token(tls_server, 
 
     results = asyncio.run(scenario())
     assert [r for r in results if isinstance(r, BaseException)] == []
+
+
+def test_async_tasks_writing_as_a_tls_server_stops_get_connection_problems_and_no_warnings(
+    tmp_path: Path, certificate, caplog: pytest.LogCaptureFixture
+):
+    # A server's stop closes the connection in an orderly way (its notice, TLS's
+    # close_notify). Tasks that wrote in the moment between its end of the
+    # connection and the connection's loss had their requests dropped by asyncio,
+    # which over TLS logged "SSL connection is closed" for each past the fifth.
+    cert, key = certificate
+    with running_server(tmp_path, "--work-time", "0", "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
+
+        async def scenario() -> tuple[int, list[BaseException]]:
+            client = AsyncClient("127.0.0.1", srv.port, tls=True, cafile=str(cert), timeout=10)
+            acks = 0
+
+            async def keep_ordering() -> None:
+                nonlocal acks
+                while True:
+                    await client.submit(unique("stop"), ["pan"], "Calle 1")
+                    acks += 1
+
+            tasks = [asyncio.ensure_future(keep_ordering()) for _ in range(20)]
+            deadline = time.monotonic() + 20
+            while acks < 200 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await asyncio.get_running_loop().run_in_executor(None, srv.stop)
+            outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+            await client.close()
+            return acks, [o for o in outcomes if isinstance(o, BaseException)]
+
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            acks, failures = asyncio.run(scenario())
+    assert acks >= 200
+    assert len(failures) == 20 and all(isinstance(f, ConnectionProblem) for f in failures), failures
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ class Wire(asyncio.Protocol):
         self._pending: deque[tuple[asyncio.Future[Reply], float]] = deque()
         self._buf = bytearray()
         self._timer: asyncio.TimerHandle | None = None
+        self._outgoing: list[bytes] = []  # written this turn of the loop, not yet sent
         self._writable = asyncio.Event()
         self._writable.set()
         self.problem: ConnectionProblem | None = None
@@ -47,7 +48,23 @@ class Wire(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         assert self._transport is not None
-        self._transport.write(data)
+        if self._transport.is_closing():
+            # Closed by either end but not yet lost: asyncio would drop the
+            # bytes (and, over TLS, log a warning for each): fail the line now.
+            self._fail(closed())
+            raise self.problem  # type: ignore[misc]
+        # What the tasks write in one turn of the loop leaves in one write: a
+        # socket that broke is then written to once before the loss is known,
+        # not once per task (asyncio logs a warning for every write past the
+        # fifth to a lost connection), and many small requests cost one send.
+        if not self._outgoing:
+            self._loop.call_soon(self._flush)
+        self._outgoing.append(data)
+
+    def _flush(self) -> None:
+        data, self._outgoing = b"".join(self._outgoing), []
+        if self.problem is None and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
 
     async def drain(self) -> None:
         await self._writable.wait()
@@ -88,6 +105,11 @@ class Wire(asyncio.Protocol):
             self._arm(self._pending[0][1])
         elif self._timer is not None:
             self._timer.cancel()
+
+    def eof_received(self) -> None:
+        # The server closed its side: nothing more will be answered. Said now,
+        # not at connection_lost, so that no request is written in between.
+        self._fail(closed())
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is None:
