@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,24 @@ def no_json(pedido: dict[str, Any]) -> Any:
     return {"productos": set(pedido["productos"])}
 
 
+class StrRoto(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("ni el mensaje")
+
+
+def _raises(exc: BaseException) -> Any:
+    def task(pedido: dict[str, Any]) -> Any:
+        _calls(pedido)
+        raise exc
+
+    return task
+
+
+def sale(pedido: dict[str, Any]) -> Any:
+    _calls(pedido)
+    sys.exit(3)  # a script turned task
+
+
 def arreglable(pedido: dict[str, Any]) -> Any:
     """Fails until the file `arreglado-ID` exists: an outage fixed by hand."""
     _calls(pedido)
@@ -84,6 +103,10 @@ BEHAVIOURS = {
     "grande": demasiado_grande,
     "no-json": no_json,
     "arreglable": arreglable,
+    "sale": sale,
+    "interrumpe": _raises(KeyboardInterrupt()),
+    "cancelada": _raises(asyncio.CancelledError()),
+    "str-roto": _raises(StrRoto()),
 }
 
 

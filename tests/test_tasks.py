@@ -181,6 +181,33 @@ def test_a_task_that_kills_its_process_counts_crashes_until_fallido(srv, client,
 
 
 @pytest.mark.parametrize(
+    "cliente, error",
+    [
+        ("sale", "SystemExit: 3"),
+        ("interrumpe", "KeyboardInterrupt"),
+        ("cancelada", "CancelledError"),
+        ("str-roto", "StrRoto: (el texto de la excepción no se pudo obtener)"),
+    ],
+)
+def test_a_task_raising_beyond_exception_fails_its_attempt_and_keeps_its_worker(
+    srv, client, state, cliente, error
+):
+    """sys.exit() in a script turned task, a stray KeyboardInterrupt or
+    CancelledError, an exception whose str() raises: each is the task's own
+    failure, retried and then `fallido` with its error, not a worker crash
+    (which would end `fallido` saying only "Interrumpido")."""
+    logged = len(srv.log)
+    order_id = submit(client, cliente)
+    done = final(client, order_id)
+    assert done["estado"] == "fallido" and done["error"] == error
+    assert done["fallos"] == done["intentos"] == RETRIES + 1
+    made = calls(state, order_id)
+    assert len(made) == RETRIES + 1
+    assert all(_alive(call["pid"]) for call in made)  # no worker died for it
+    assert "died" not in srv.log[logged:]
+
+
+@pytest.mark.parametrize(
     "cliente, words",
     [("grande", ["ResultError", "65538 bytes", "65536"]), ("no-json", ["ResultError", "JSON", "set"])],
 )

@@ -111,6 +111,9 @@ def encode_result(value: Any) -> str:
 def describe(exc: BaseException) -> str:
     """An exception as the order's `error`: its type and message, never a
     traceback (that goes to the server's log), cut to a readable length."""
-    message = str(exc)
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not take the worker down with it
+        message = "(el texto de la excepción no se pudo obtener)"
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"

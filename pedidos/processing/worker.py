@@ -160,7 +160,11 @@ def _run_tasks(
         except ResultError as exc:
             error = f"{type(exc).__name__}: {exc}"
             logger.warning("order %d: %s", order_id, error)
-        except Exception as exc:
+        except BaseException as exc:
+            # The worker ignores the stop signals (stopsignals.py), so a
+            # SystemExit, KeyboardInterrupt or CancelledError here was raised
+            # by the task's own code (`sys.exit(1)` in a script turned task):
+            # a failed attempt with its error, not a dead worker.
             error = describe(exc)
             logger.exception("order %d: the task failed", order_id)
         else:
