@@ -345,6 +345,22 @@ def test_a_stop_while_a_task_hangs_hands_the_order_back(tmp_path):
     assert done.estado == "listo" and done.intentos == 0 and done.fallos == 0
 
 
+def test_a_long_call_holds_up_no_other_order(tmp_path):
+    """With no --limite-tarea a call may take for ever; the other worker must
+    still do every other order, none of them left waiting behind that call."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "2", "--shutdown-timeout", "0.5"]
+    with (
+        running_server(tmp_path, *args, env=task_env(tmp_path)) as server,
+        Client("127.0.0.1", server.port, timeout=30) as c,
+    ):
+        hanging = c.submit("cuelga-una-vez", ["pan"], "Calle 1").id
+        wait_for(lambda: calls(tmp_path, hanging), timeout=10)
+        others = [c.submit("devuelve", ["pan"], "Calle 1").id for _ in range(4)]
+        for order_id in others:
+            assert c.wait(order_id, timeout=10).estado == "listo", order_id
+        assert c.get(hanging).estado == "en proceso"
+
+
 def test_get_takes_an_id_or_a_referencia_and_the_async_client_has_both(srv, client):
     for args, kwargs in [((), {}), ((1,), {"referencia": "x"})]:
         with pytest.raises(ValueError, match="exactly one"):
