@@ -90,9 +90,13 @@ class Dispatcher:
         self._known.difference_update(ids)
 
     def sweep(self) -> None:
-        """Look in the database again when nothing is in hand: catches pending
-        orders that reached the table some other way."""
-        if not self._known and self._scan_from is None:
+        """Look in the database again when a worker has nothing to do: catches
+        pending orders that reached the table some other way (another node took
+        them in). Not only when nothing at all is in hand: a worker on a long
+        or hung call would keep its order in hand, and this node from ever
+        seeing the others' orders while its other workers idle."""
+        idle = any(not chunks for chunks in self._outstanding.values())
+        if self._scan_from is None and not self._backlog and (not self._known or idle):
             self._scan_from = 0
         # Also restarts a scan whose read failed (a database away for a while)
         # when nothing else happens that would.
