@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,16 @@ def cuelga_una_vez(pedido: dict[str, Any]) -> Any:
     if _calls(pedido) == 1:
         time.sleep(3600)
     return {"pid": os.getpid()}
+
+
+def hijo_cuelga(pedido: dict[str, Any]) -> Any:
+    """The first call starts a program that would run for an hour and hangs
+    waiting for it; the program's pid goes to ID.hijo."""
+    if _calls(pedido) == 1:
+        child = subprocess.Popen(["sleep", "3600"])
+        (Path(os.environ["PEDIDOS_PRUEBA_DIR"]) / f"{pedido['id']}.hijo").write_text(str(child.pid))
+        child.wait()
+    return "hecho"
 
 
 def se_mata(pedido: dict[str, Any]) -> Any:
@@ -99,6 +110,7 @@ BEHAVIOURS = {
     "falla-dos-veces": falla_dos_veces,
     "siempre-falla": siempre_falla,
     "cuelga-una-vez": cuelga_una_vez,
+    "hijo-cuelga": hijo_cuelga,
     "se-mata": se_mata,
     "grande": demasiado_grande,
     "no-json": no_json,

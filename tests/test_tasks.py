@@ -167,6 +167,14 @@ def test_a_hanging_call_is_stopped_at_the_limit_and_its_worker_replaced(srv, cli
     assert "ran over the task time limit" in srv.log
 
 
+def test_a_call_stopped_at_the_limit_takes_the_programs_it_started_with_it(client, state):
+    order_id = submit(client, "hijo-cuelga")
+    done = final(client, order_id, timeout=30)
+    assert done["estado"] == "listo" and done["error"].startswith("TiempoAgotado:")
+    program = int((state / f"{order_id}.hijo").read_text())
+    wait_for(lambda: not _alive(program), timeout=5)
+
+
 def test_a_task_that_kills_its_process_counts_crashes_until_fallido(srv, client, state):
     order_id = submit(client, "se-mata")
     done = final(client, order_id, timeout=40)
