@@ -369,6 +369,25 @@ def test_a_long_call_holds_up_no_other_order(tmp_path):
         assert c.get(hanging).estado == "en proceso"
 
 
+def test_a_hung_call_does_not_keep_its_worker_alive_once_the_server_is_killed(tmp_path):
+    """kill -9 of the server with a call hanging: nobody is left to stop it at
+    --limite-tarea, so its worker ends itself then, instead of running on for
+    ever (the next start redoes the order)."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "1", "--limite-tarea", str(LIMIT_S)]
+    with running_server(tmp_path, *args, env=task_env(tmp_path)) as server:
+        with Client("127.0.0.1", server.port, timeout=30) as c:
+            order_id = c.submit("cuelga-una-vez", ["pan"], "Calle 1").id
+        wait_for(lambda: calls(tmp_path, order_id), timeout=10)
+        worker = calls(tmp_path, order_id)[0]["pid"]
+        server.proc.kill()  # the server alone, as `kill -9 PID` does
+        server.proc.wait()
+        try:
+            wait_for(lambda: not _alive(worker), timeout=LIMIT_S + 5)
+        finally:
+            if _alive(worker):
+                os.kill(worker, signal.SIGKILL)
+
+
 def test_get_takes_an_id_or_a_referencia_and_the_async_client_has_both(srv, client):
     for args, kwargs in [((), {}), ((1,), {"referencia": "x"})]:
         with pytest.raises(ValueError, match="exactly one"):

@@ -12,17 +12,16 @@ hands what it saw to the event loop in one call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from pedidos.processing.proctree import kill_tree
 from pedidos.processing.worker import Report, WorkerConfig, worker_main
 
 logger = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ class WorkerPool:
         and handled as any other."""
         slot = self.slots.get(number)
         if slot is not None and not slot.gone:
-            _kill_tree(slot.process)
+            kill_tree(slot.process.pid)
 
     def send(self, number: int, chunk: tuple[int, ...]) -> None:
         self.slots[number].tasks.put(chunk)
@@ -139,7 +138,7 @@ class WorkerPool:
             if slot.process.is_alive():
                 if not self._kill_now.is_set():
                     logger.warning("worker %d did not stop in time; killing it", slot.number)
-                _kill_tree(slot.process)
+                kill_tree(slot.process.pid)
                 slot.process.join()
                 killed.append(slot.number)
         for slot in slots:
@@ -185,46 +184,6 @@ class WorkerPool:
             self._on_messages(messages)
         for number, exitcode in deaths:
             self._on_death(number, exitcode)
-
-
-def _kill_tree(process: Any) -> None:
-    """SIGKILL a worker and every process its task started: a call stopped
-    over --limite-tarea (or at a stop) must not leave the program it ran
-    (a converter, a `curl`, a shell) running on, orphaned, at every retry.
-    The tree is read first: once the worker is dead its children are
-    someone else's."""
-    below = descendants(process.pid)
-    process.kill()
-    for pid in below:
-        with contextlib.suppress(OSError):  # gone meanwhile
-            os.kill(pid, signal.SIGKILL)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, read from /proc (none where there is no /proc)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as file:
-                stat = file.read()
-        except OSError:
-            continue  # gone meanwhile
-        # The name, in parentheses, may hold spaces: the parent pid is the
-        # second field after its closing one.
-        parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _drain(conn: Connection) -> list[Report]:
