@@ -424,7 +424,14 @@ def test_a_retry_waiting_across_a_restart_is_taken_when_due(tmp_path):
     assert second["t"] >= moment(waiting.reintentar_despues) - 0.005
 
 
-@pytest.mark.parametrize("value", [{"nota": "a\x00b"}, ["\ud800"]])
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("value", [{"nota": "a\x00b"}, ["\ud800"], _nested(100_000)])
 def test_a_result_no_backend_can_store_is_a_clear_failure(value):
     from pedidos.processing.task import ResultError, encode_result
 

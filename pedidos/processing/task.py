@@ -90,7 +90,7 @@ def encode_result(value: Any) -> str:
     """The task's return value as the JSON text of `resultado`, or ResultError."""
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ResultError(f"el resultado de la tarea no se puede guardar como JSON ({exc})") from None
     # Every backend must be able to store it: PostgreSQL's jsonb holds no NUL
     # character and no database takes half a surrogate pair. Refused here, the
