@@ -153,6 +153,25 @@ def test_always_raising_ends_fallido_after_the_retries_with_its_error(srv, clien
     assert "intentos:   3 (3 fallos de la tarea)" in shown.stdout
 
 
+def test_a_failure_repeated_logs_a_line_each_time_and_its_traceback_once(tmp_path):
+    """The service a task calls is down: every order fails alike. Each failure
+    gets its line (order and error); the traceback comes once, not per attempt."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "1", "--reintentos", str(RETRIES)]
+    args += ["--reintento-base", str(BASE_S)]
+    with (
+        running_server(tmp_path, *args, env=task_env(tmp_path)) as server,
+        Client("127.0.0.1", server.port, timeout=30) as c,
+    ):
+        orders = [c.submit("siempre-falla", ["pan"], "Calle 1").id for _ in range(3)]
+        for order_id in orders:
+            assert c.wait(order_id, timeout=20).estado == "fallido"
+        for order_id in orders:
+            lines = [line for line in server.lines if f"order {order_id}: the task failed" in line]
+            assert len(lines) == RETRIES + 1, lines
+            assert all("RuntimeError: sin stock de pan" in line for line in lines)
+        assert server.log.count("Traceback") == 1, server.log
+
+
 def test_a_hanging_call_is_stopped_at_the_limit_and_its_worker_replaced(srv, client, state):
     order_id = submit(client, "cuelga-una-vez")
     done = final(client, order_id, timeout=30)

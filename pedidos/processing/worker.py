@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from pedidos.domain import Estado
-from pedidos.logsetup import configure_logging
+from pedidos.logsetup import MAX_KINDS, configure_logging
 from pedidos.processing.proctree import descendants
 from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.task import ResultError, TaskError, TaskRunner, describe, encode_result, load_task
@@ -34,6 +34,7 @@ from pedidos.storage.base import Claim, ServerGone, WorkerOpener, WorkerStore
 logger = logging.getLogger(__name__)
 
 PARENT_CHECK_S = 0.5  # how often an idle worker checks that the server is alive
+TRACEBACK_EVERY_S = 10.0  # a failure's traceback at most this often per kind (see TaskFailures)
 RETRY_S = 1.0
 CLAIMED = "claimed"  # the kinds of Report
 DONE = "done"
@@ -59,6 +60,32 @@ class Report(NamedTuple):
     chunk: tuple[int, ...]  # the ids the server sent
     taken: tuple[int, ...]  # those this worker claimed (CLAIMED), made `listo` (DONE), failed (FAILED)
     at: str | None  # fecha_inicio or fecha_fin as recorded; FAILED: reintentar_despues
+
+
+class TaskFailures:
+    """The log of failed calls: a line for each, with the order and its error,
+    but the traceback only the first time a kind of failure (its type and the
+    line that raised it) comes up in TRACEBACK_EVERY_S. When the service a task
+    calls is down every order fails alike, and a traceback per attempt would
+    bury the rest of the log under thousands of copies of the first."""
+
+    def __init__(self) -> None:
+        self._due: dict[tuple[str, str, int | None], float] = {}
+
+    def log(self, order_id: int, exc: BaseException, error: str) -> None:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else ("", None)
+        kind = (type(exc).__qualname__, *where)
+        now = time.monotonic()
+        if now < self._due.get(kind, 0.0):
+            logger.error("order %d: the task failed: %s (traceback logged before)", order_id, error)
+            return
+        if len(self._due) >= MAX_KINDS:  # keep the kinds still being held back
+            self._due = {k: due for k, due in self._due.items() if due > now}
+        self._due[kind] = now + TRACEBACK_EVERY_S
+        logger.error("order %d: the task failed: %s", order_id, error, exc_info=exc)
 
 
 class OrphanWatch(threading.Thread):
@@ -211,7 +238,7 @@ def _run_tasks(
             # by the task's own code (`sys.exit(1)` in a script turned task):
             # a failed attempt with its error, not a dead worker.
             error = describe(exc)
-            logger.exception("order %d: the task failed", order_id)
+            _FAILURES.log(order_id, exc, error)
         else:
             if watch is not None:
                 watch.call_started = None
@@ -227,6 +254,9 @@ def _run_tasks(
         if changed:
             events.send(Report(FAILED, claim.worker, chunk, (order_id,), retry_at))
     return tuple(finished), finished_at
+
+
+_FAILURES = TaskFailures()  # one per worker process
 
 
 def _record(server_pid: int, write: Callable[..., Any], *args: Any) -> Any:
