@@ -334,6 +334,32 @@ def test_a_task_that_cannot_be_imported_stops_the_start_with_one_line(tmp_path, 
 
 
 @pytest.mark.parametrize(
+    "source, words",
+    [
+        ("import os\nos._exit(0)\n", ["importing --tarea", "status 0"]),
+        ("import ctypes\nctypes.string_at(0)\n", ["importing --tarea", "SIGSEGV"]),
+    ],
+)
+def test_a_task_module_that_ends_its_process_at_import_stops_the_start_with_one_line(tmp_path, source, words):
+    """Not a silent exit 0 (a supervisor's clean stop) or a bare segfault."""
+    (tmp_path / "mata_al_importar.py").write_text(source)
+    run = subprocess.run(
+        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), "--port", "0"]
+        + ["--tarea", "mata_al_importar:f"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={**os.environ, **task_env(tmp_path)},
+    )
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert all(word in lines[0] for word in words), lines
+    assert not (tmp_path / "p.db").exists()
+
+
+@pytest.mark.parametrize(
     "args, words",
     [
         (["--limite-tarea", "1"], "--limite-tarea only applies with --tarea"),

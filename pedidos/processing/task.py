@@ -58,6 +58,52 @@ def load_task(spec: str) -> Task:
     return target
 
 
+def check_task(spec: str) -> None:
+    """Load the task in a process of its own, once, before anything starts:
+    TaskError if that fails. Not in the server's process: a module may end
+    its process at import (`os._exit(0)`, a crash in a C extension), and the
+    server would vanish without a word, exit 0, which a supervisor takes for
+    a clean stop; nor need the server carry what the module imports."""
+    import multiprocessing  # here: only a start with --tarea needs it
+
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_check_in_child, args=(spec, sender), name="pedidos-task-check")
+    process.start()
+    sender.close()
+    try:
+        problem = receiver.recv()
+    except EOFError:  # it ended before it could say
+        process.join()
+        code = process.exitcode
+        how = f"by signal {_signal_name(-code)}" if code is not None and code < 0 else f"with status {code}"
+        raise TaskError(f"importing --tarea {spec} ended its process {how}") from None
+    finally:
+        receiver.close()
+    process.join()
+    if problem is not None:
+        raise TaskError(problem)
+
+
+def _check_in_child(spec: str, report: Any) -> None:
+    try:
+        load_task(spec)
+    except TaskError as exc:
+        report.send(str(exc))
+    else:
+        report.send(None)
+    report.close()
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
 class TaskRunner:
     """Calls the task in a worker process, sync or async."""
 
