@@ -17,11 +17,18 @@ def kill_tree(pid: int) -> None:
     """SIGKILL process `pid` and every process below it. The tree is read
     first: once `pid` is dead its children belong to someone else."""
     below = descendants(pid)
-    with contextlib.suppress(OSError):  # gone meanwhile
-        os.kill(pid, signal.SIGKILL)
-    for child in below:
-        with contextlib.suppress(OSError):
-            os.kill(child, signal.SIGKILL)
+    _kill([pid, *below])
+
+
+def kill_descendants(pid: int) -> None:
+    """SIGKILL every process below `pid` (a worker ending itself)."""
+    _kill(descendants(pid))
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):  # gone meanwhile
+            os.kill(pid, signal.SIGKILL)
 
 
 def descendants(pid: int) -> list[int]:

@@ -10,12 +10,10 @@ opens its own connection to the database.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from typing import Any, NamedTuple
 
 from pedidos.domain import Estado
 from pedidos.logsetup import MAX_KINDS, configure_logging
-from pedidos.processing.proctree import descendants
+from pedidos.processing.proctree import kill_descendants
 from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.task import ResultError, TaskError, TaskRunner, describe, encode_result, load_task
 from pedidos.stopsignals import leave_stop_to_the_server
@@ -96,9 +94,8 @@ class OrphanWatch(threading.Thread):
     server's death by itself; a call that ends in time is recorded as usual
     (the next start redoes the order if not)."""
 
-    def __init__(self, number: int, server_pid: int, limit_s: float) -> None:
+    def __init__(self, server_pid: int, limit_s: float) -> None:
         super().__init__(name="pedidos-orphan-watch", daemon=True)
-        self._number = number
         self._server_pid = server_pid
         self._limit_s = limit_s
         self.call_started: float | None = None  # time.monotonic() when the call in hand began
@@ -114,9 +111,7 @@ class OrphanWatch(threading.Thread):
                     "the server is gone and this worker's call ran over the task time limit (%g s); exiting",
                     self._limit_s,
                 )
-                for child in descendants(os.getpid()):
-                    with contextlib.suppress(OSError):
-                        os.kill(child, signal.SIGKILL)
+                kill_descendants(os.getpid())
                 os._exit(1)
 
 
@@ -148,7 +143,7 @@ def worker_main(
             time.sleep(RETRY_S)
             return
         if config.task_limit_s:
-            watch = OrphanWatch(number, server_pid, config.task_limit_s)
+            watch = OrphanWatch(server_pid, config.task_limit_s)
             watch.start()
     store = config.open_store(number, server_pid)
     try:
