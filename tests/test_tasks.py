@@ -359,6 +359,13 @@ def test_a_task_module_that_ends_its_process_at_import_stops_the_start_with_one_
     assert not (tmp_path / "p.db").exists()
 
 
+def test_a_slow_import_at_start_is_said_in_the_log(tmp_path):
+    (tmp_path / "lenta.py").write_text("import time\ntime.sleep(1.5)\n\ndef f(pedido):\n    return 1\n")
+    with running_server(tmp_path, "--tarea", "lenta:f", "--workers", "1", env=task_env(tmp_path)) as server:
+        first = server.lines[0]
+    assert "importing the task lenta:f (--tarea) is taking a while" in first, server.log
+
+
 @pytest.mark.parametrize(
     "args, words",
     [

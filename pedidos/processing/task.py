@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import logging
 import os
 import re
 import sys
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     import asyncio
 
 Task = Callable[[dict[str, Any]], Any]
+logger = logging.getLogger(__name__)
+SLOW_IMPORT_S = 1.0  # an import at start longer than this is logged
 
 
 class TaskError(Exception):
@@ -71,6 +74,9 @@ def check_task(spec: str) -> None:
     process = context.Process(target=_check_in_child, args=(spec, sender), name="pedidos-task-check")
     process.start()
     sender.close()
+    if not receiver.poll(SLOW_IMPORT_S):
+        # Nothing else is logged until it ends: say why the start waits.
+        logger.info("importing the task %s (--tarea) is taking a while; waiting for it", spec)
     try:
         problem = receiver.recv()
     except EOFError:  # it ended before it could say
