@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,16 @@ def cuelga_una_vez(pedido: dict[str, Any]) -> Any:
     return {"pid": os.getpid()}
 
 
+def hijo_cuelga(pedido: dict[str, Any]) -> Any:
+    """The first call starts a program that would run for an hour and hangs
+    waiting for it; the program's pid goes to ID.hijo."""
+    if _calls(pedido) == 1:
+        child = subprocess.Popen(["sleep", "3600"])
+        (Path(os.environ["PEDIDOS_PRUEBA_DIR"]) / f"{pedido['id']}.hijo").write_text(str(child.pid))
+        child.wait()
+    return "hecho"
+
+
 def se_mata(pedido: dict[str, Any]) -> Any:
     _calls(pedido)
     os._exit(7)
@@ -65,6 +77,24 @@ def demasiado_grande(pedido: dict[str, Any]) -> Any:
 
 def no_json(pedido: dict[str, Any]) -> Any:
     return {"productos": set(pedido["productos"])}
+
+
+class StrRoto(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("ni el mensaje")
+
+
+def _raises(exc: BaseException) -> Any:
+    def task(pedido: dict[str, Any]) -> Any:
+        _calls(pedido)
+        raise exc
+
+    return task
+
+
+def sale(pedido: dict[str, Any]) -> Any:
+    _calls(pedido)
+    sys.exit(3)  # a script turned task
 
 
 def arreglable(pedido: dict[str, Any]) -> Any:
@@ -80,10 +110,15 @@ BEHAVIOURS = {
     "falla-dos-veces": falla_dos_veces,
     "siempre-falla": siempre_falla,
     "cuelga-una-vez": cuelga_una_vez,
+    "hijo-cuelga": hijo_cuelga,
     "se-mata": se_mata,
     "grande": demasiado_grande,
     "no-json": no_json,
     "arreglable": arreglable,
+    "sale": sale,
+    "interrumpe": _raises(KeyboardInterrupt()),
+    "cancelada": _raises(asyncio.CancelledError()),
+    "str-roto": _raises(StrRoto()),
 }
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import psycopg
-from conftest import ServerProcess
-from test_tasks import BASE_S, RETRIES, task_env
+from conftest import ServerProcess, wait_for
+from test_tasks import BASE_S, RETRIES, calls, task_env
 
 from pedidos.client import Client
 from pedidos.storage.postgres.backend import PostgresStorage
@@ -45,6 +45,37 @@ def test_tasks_fail_retry_and_finish_across_two_nodes(pg_url, tmp_path):
             assert done["estado"] == "listo" and done["resultado"] == "pagado", done
             refused = b.request({"accion": "reintentar", "id": fixable})
             assert refused["ok"] is False and refused["error"] == "no_reintentable", refused
+    finally:
+        for node in nodes:
+            if node.proc.poll() is None:
+                node.stop()
+            node.kill()
+
+
+def test_a_node_with_a_call_hanging_still_takes_the_other_nodes_orders(pg_url, tmp_path):
+    """B's worker 1 hangs on a call (no --limite-tarea) and its worker 2 idles;
+    A's only worker hangs too. An order that A takes in must be done by B's idle
+    worker, though B's dispatcher has an order in hand."""
+    state = tmp_path / "estado"
+    state.mkdir()
+    args = ["--port", "0", "--tarea", "tareas_prueba:segun_cliente", "--shutdown-timeout", "0.5"]
+    env = task_env(state)
+    a = ServerProcess([*args, "--nodo", "A", "--workers", "1"], pg_url, tmp_path, env)  # type: ignore[arg-type]
+    nodes = [a]
+    try:
+        a.wait_ready()
+        with Client("127.0.0.1", a.port, timeout=30) as client:
+            on_a = client.submit("cuelga-una-vez", ["pan"], "Calle 1").id
+            wait_for(lambda: calls(state, on_a), timeout=10)  # A's one worker is now stuck
+            b = ServerProcess([*args, "--nodo", "B", "--workers", "2"], pg_url, tmp_path, env)  # type: ignore[arg-type]
+            nodes.append(b)
+            b.wait_ready()
+            on_b = client.submit("cuelga-una-vez", ["pan"], "Calle 1").id
+            wait_for(lambda: calls(state, on_b), timeout=10)
+            assert client.get(on_b).nodo == "B"  # so B has a call in hand, and one worker free
+            late = client.submit("devuelve", ["pan"], "Calle 1").id
+            done = client.wait(late, timeout=15)
+            assert done.estado == "listo" and done.nodo == "B"
     finally:
         for node in nodes:
             if node.proc.poll() is None:

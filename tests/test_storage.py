@@ -454,6 +454,18 @@ def test_a_failed_attempt_waits_for_its_retry_time(h):
     assert worker.fail(claim, "stale", None) == []  # the old claim holds nothing now
 
 
+def test_cancelling_an_order_waiting_for_its_retry_clears_the_wait(h):
+    """A cancelled order waits for no try: `reintentar_despues` is null, as
+    the docs say of every order not waiting for one."""
+    h.submit(new("A"))
+    worker = h.worker(1)
+    worker.fail(worker.claim([1], 1), "ConnectionError: caído", later(60))
+    order, cancelled = h.cancel(1)
+    assert cancelled is True and order["estado"] == "cancelado"
+    assert order["reintentar_despues"] is None and h.get(1)["reintentar_despues"] is None
+    assert order["error"] == "ConnectionError: caído"  # why it had been failing stays
+
+
 def test_a_retry_that_is_due_is_taken_and_the_wait_cleared(h):
     h.submit(new("A"))
     worker = h.worker(1)

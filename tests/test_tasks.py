@@ -153,6 +153,25 @@ def test_always_raising_ends_fallido_after_the_retries_with_its_error(srv, clien
     assert "intentos:   3 (3 fallos de la tarea)" in shown.stdout
 
 
+def test_a_failure_repeated_logs_a_line_each_time_and_its_traceback_once(tmp_path):
+    """The service a task calls is down: every order fails alike. Each failure
+    gets its line (order and error); the traceback comes once, not per attempt."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "1", "--reintentos", str(RETRIES)]
+    args += ["--reintento-base", str(BASE_S)]
+    with (
+        running_server(tmp_path, *args, env=task_env(tmp_path)) as server,
+        Client("127.0.0.1", server.port, timeout=30) as c,
+    ):
+        orders = [c.submit("siempre-falla", ["pan"], "Calle 1").id for _ in range(3)]
+        for order_id in orders:
+            assert c.wait(order_id, timeout=20).estado == "fallido"
+        for order_id in orders:
+            lines = [line for line in server.lines if f"order {order_id}: the task failed" in line]
+            assert len(lines) == RETRIES + 1, lines
+            assert all("RuntimeError: sin stock de pan" in line for line in lines)
+        assert server.log.count("Traceback") == 1, server.log
+
+
 def test_a_hanging_call_is_stopped_at_the_limit_and_its_worker_replaced(srv, client, state):
     order_id = submit(client, "cuelga-una-vez")
     done = final(client, order_id, timeout=30)
@@ -167,6 +186,14 @@ def test_a_hanging_call_is_stopped_at_the_limit_and_its_worker_replaced(srv, cli
     assert "ran over the task time limit" in srv.log
 
 
+def test_a_call_stopped_at_the_limit_takes_the_programs_it_started_with_it(client, state):
+    order_id = submit(client, "hijo-cuelga")
+    done = final(client, order_id, timeout=30)
+    assert done["estado"] == "listo" and done["error"].startswith("TiempoAgotado:")
+    program = int((state / f"{order_id}.hijo").read_text())
+    wait_for(lambda: not _alive(program), timeout=5)
+
+
 def test_a_task_that_kills_its_process_counts_crashes_until_fallido(srv, client, state):
     order_id = submit(client, "se-mata")
     done = final(client, order_id, timeout=40)
@@ -178,6 +205,33 @@ def test_a_task_that_kills_its_process_counts_crashes_until_fallido(srv, client,
     assert not any(_alive(pid) for pid in pids)
     # Its workers were replaced: the server still works.
     assert final(client, submit(client, "devuelve"))["estado"] == "listo"
+
+
+@pytest.mark.parametrize(
+    "cliente, error",
+    [
+        ("sale", "SystemExit: 3"),
+        ("interrumpe", "KeyboardInterrupt"),
+        ("cancelada", "CancelledError"),
+        ("str-roto", "StrRoto: (el texto de la excepción no se pudo obtener)"),
+    ],
+)
+def test_a_task_raising_beyond_exception_fails_its_attempt_and_keeps_its_worker(
+    srv, client, state, cliente, error
+):
+    """sys.exit() in a script turned task, a stray KeyboardInterrupt or
+    CancelledError, an exception whose str() raises: each is the task's own
+    failure, retried and then `fallido` with its error, not a worker crash
+    (which would end `fallido` saying only "Interrumpido")."""
+    logged = len(srv.log)
+    order_id = submit(client, cliente)
+    done = final(client, order_id)
+    assert done["estado"] == "fallido" and done["error"] == error
+    assert done["fallos"] == done["intentos"] == RETRIES + 1
+    made = calls(state, order_id)
+    assert len(made) == RETRIES + 1
+    assert all(_alive(call["pid"]) for call in made)  # no worker died for it
+    assert "died" not in srv.log[logged:]
 
 
 @pytest.mark.parametrize(
@@ -280,6 +334,39 @@ def test_a_task_that_cannot_be_imported_stops_the_start_with_one_line(tmp_path, 
 
 
 @pytest.mark.parametrize(
+    "source, words",
+    [
+        ("import os\nos._exit(0)\n", ["importing --tarea", "status 0"]),
+        ("import ctypes\nctypes.string_at(0)\n", ["importing --tarea", "SIGSEGV"]),
+    ],
+)
+def test_a_task_module_that_ends_its_process_at_import_stops_the_start_with_one_line(tmp_path, source, words):
+    """Not a silent exit 0 (a supervisor's clean stop) or a bare segfault."""
+    (tmp_path / "mata_al_importar.py").write_text(source)
+    run = subprocess.run(
+        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), "--port", "0"]
+        + ["--tarea", "mata_al_importar:f"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={**os.environ, **task_env(tmp_path)},
+    )
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert all(word in lines[0] for word in words), lines
+    assert not (tmp_path / "p.db").exists()
+
+
+def test_a_slow_import_at_start_is_said_in_the_log(tmp_path):
+    (tmp_path / "lenta.py").write_text("import time\ntime.sleep(1.5)\n\ndef f(pedido):\n    return 1\n")
+    with running_server(tmp_path, "--tarea", "lenta:f", "--workers", "1", env=task_env(tmp_path)) as server:
+        first = server.lines[0]
+    assert "importing the task lenta:f (--tarea) is taking a while" in first, server.log
+
+
+@pytest.mark.parametrize(
     "args, words",
     [
         (["--limite-tarea", "1"], "--limite-tarea only applies with --tarea"),
@@ -318,6 +405,41 @@ def test_a_stop_while_a_task_hangs_hands_the_order_back(tmp_path):
     assert done.estado == "listo" and done.intentos == 0 and done.fallos == 0
 
 
+def test_a_long_call_holds_up_no_other_order(tmp_path):
+    """With no --limite-tarea a call may take for ever; the other worker must
+    still do every other order, none of them left waiting behind that call."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "2", "--shutdown-timeout", "0.5"]
+    with (
+        running_server(tmp_path, *args, env=task_env(tmp_path)) as server,
+        Client("127.0.0.1", server.port, timeout=30) as c,
+    ):
+        hanging = c.submit("cuelga-una-vez", ["pan"], "Calle 1").id
+        wait_for(lambda: calls(tmp_path, hanging), timeout=10)
+        others = [c.submit("devuelve", ["pan"], "Calle 1").id for _ in range(4)]
+        for order_id in others:
+            assert c.wait(order_id, timeout=10).estado == "listo", order_id
+        assert c.get(hanging).estado == "en proceso"
+
+
+def test_a_hung_call_does_not_keep_its_worker_alive_once_the_server_is_killed(tmp_path):
+    """kill -9 of the server with a call hanging: nobody is left to stop it at
+    --limite-tarea, so its worker ends itself then, instead of running on for
+    ever (the next start redoes the order)."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "1", "--limite-tarea", str(LIMIT_S)]
+    with running_server(tmp_path, *args, env=task_env(tmp_path)) as server:
+        with Client("127.0.0.1", server.port, timeout=30) as c:
+            order_id = c.submit("cuelga-una-vez", ["pan"], "Calle 1").id
+        wait_for(lambda: calls(tmp_path, order_id), timeout=10)
+        worker = calls(tmp_path, order_id)[0]["pid"]
+        server.proc.kill()  # the server alone, as `kill -9 PID` does
+        server.proc.wait()
+        try:
+            wait_for(lambda: not _alive(worker), timeout=LIMIT_S + 5)
+        finally:
+            if _alive(worker):
+                os.kill(worker, signal.SIGKILL)
+
+
 def test_get_takes_an_id_or_a_referencia_and_the_async_client_has_both(srv, client):
     for args, kwargs in [((), {}), ((1,), {"referencia": "x"})]:
         with pytest.raises(ValueError, match="exactly one"):
@@ -354,7 +476,14 @@ def test_a_retry_waiting_across_a_restart_is_taken_when_due(tmp_path):
     assert second["t"] >= moment(waiting.reintentar_despues) - 0.005
 
 
-@pytest.mark.parametrize("value", [{"nota": "a\x00b"}, ["\ud800"]])
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("value", [{"nota": "a\x00b"}, ["\ud800"], _nested(100_000)])
 def test_a_result_no_backend_can_store_is_a_clear_failure(value):
     from pedidos.processing.task import ResultError, encode_result
 

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 logger = logging.getLogger(__name__)
 
 ReadPending = Callable[[int, int], Awaitable[list[int]]]
+IDLE_SCAN_S = 1.0  # a worker idles while others hold orders: look in the database this often at most
 
 
 class Dispatcher:
@@ -50,6 +51,7 @@ class Dispatcher:
         self._gather_s = gather_s
         self._last_sent: dict[int, float] = {}
         self._wake: asyncio.TimerHandle | None = None
+        self._idle_scan_at = 0.0  # loop time of the next scan allowed with orders in hand
 
     def worker_ready(self, number: int) -> None:
         self._outstanding.setdefault(number, deque())
@@ -90,10 +92,20 @@ class Dispatcher:
         self._known.difference_update(ids)
 
     def sweep(self) -> None:
-        """Look in the database again when nothing is in hand: catches pending
-        orders that reached the table some other way."""
-        if not self._known and self._scan_from is None:
-            self._scan_from = 0
+        """Look in the database again when a worker has nothing to do: catches
+        pending orders that reached the table some other way (another node took
+        them in). Not only when nothing at all is in hand: a worker on a long
+        or hung call would keep its order in hand, and this node from ever
+        seeing the others' orders while its other workers idle."""
+        if self._scan_from is None and not self._backlog:
+            now = asyncio.get_running_loop().time()
+            if not self._known:
+                self._scan_from = 0
+            elif now >= self._idle_scan_at and any(not chunks for chunks in self._outstanding.values()):
+                # At most every IDLE_SCAN_S: on PostgreSQL every other node's
+                # new orders call this, and between two chunks a worker looks idle.
+                self._idle_scan_at = now + IDLE_SCAN_S
+                self._scan_from = 0
         # Also restarts a scan whose read failed (a database away for a while)
         # when nothing else happens that would.
         self.pump()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from pedidos.processing.proctree import kill_tree
 from pedidos.processing.worker import Report, WorkerConfig, worker_main
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class WorkerPool:
         and handled as any other."""
         slot = self.slots.get(number)
         if slot is not None and not slot.gone:
-            slot.process.kill()
+            kill_tree(slot.process.pid)
 
     def send(self, number: int, chunk: tuple[int, ...]) -> None:
         self.slots[number].tasks.put(chunk)
@@ -137,7 +138,7 @@ class WorkerPool:
             if slot.process.is_alive():
                 if not self._kill_now.is_set():
                     logger.warning("worker %d did not stop in time; killing it", slot.number)
-                slot.process.kill()
+                kill_tree(slot.process.pid)
                 slot.process.join()
                 killed.append(slot.number)
         for slot in slots:

@@ -58,16 +58,20 @@ class Processing:
         self._stopping = False
         self._killing = False
         self.pool = WorkerPool(workers, config, self._loop, self._on_messages, self._on_death)
-        # Orders that take time go one at a time, with the next one already
+        # Simulated work goes one order at a time, with the next one already
         # queued so that no worker idles. Orders that take no time go in
         # chunks of whatever piled up while the worker did its last one: like
         # group commit, the busier the server, the fewer commits per order.
+        # A task's call may take any time (or hang until --limite-tarea, or
+        # for ever without it): an order queued behind it would wait as long
+        # while other workers idle, so a task's worker gets its next order
+        # only once it is free (a millisecond's round trip, nothing next to a call).
         instant = config.task is None and config.work_time[1] == 0
         self.dispatcher = Dispatcher(
             self.pool.send,
             storage.pending_ids,
             max_chunk=BATCH_CHUNK if instant else 1,
-            per_worker=1 if instant else 2,
+            per_worker=1 if instant or config.task is not None else 2,
             gather_s=GATHER_S if instant else 0.0,
         )
         self._sweeper: asyncio.TimerHandle | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import logging
 import os
 import re
 import sys
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     import asyncio
 
 Task = Callable[[dict[str, Any]], Any]
+logger = logging.getLogger(__name__)
+SLOW_IMPORT_S = 1.0  # an import at start longer than this is logged
 
 
 class TaskError(Exception):
@@ -58,6 +61,55 @@ def load_task(spec: str) -> Task:
     return target
 
 
+def check_task(spec: str) -> None:
+    """Load the task in a process of its own, once, before anything starts:
+    TaskError if that fails. Not in the server's process: a module may end
+    its process at import (`os._exit(0)`, a crash in a C extension), and the
+    server would vanish without a word, exit 0, which a supervisor takes for
+    a clean stop; nor need the server carry what the module imports."""
+    import multiprocessing  # here: only a start with --tarea needs it
+
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_check_in_child, args=(spec, sender), name="pedidos-task-check")
+    process.start()
+    sender.close()
+    if not receiver.poll(SLOW_IMPORT_S):
+        # Nothing else is logged until it ends: say why the start waits.
+        logger.info("importing the task %s (--tarea) is taking a while; waiting for it", spec)
+    try:
+        problem = receiver.recv()
+    except EOFError:  # it ended before it could say
+        process.join()
+        code = process.exitcode
+        how = f"by signal {_signal_name(-code)}" if code is not None and code < 0 else f"with status {code}"
+        raise TaskError(f"importing --tarea {spec} ended its process {how}") from None
+    finally:
+        receiver.close()
+    process.join()
+    if problem is not None:
+        raise TaskError(problem)
+
+
+def _check_in_child(spec: str, report: Any) -> None:
+    try:
+        load_task(spec)
+    except TaskError as exc:
+        report.send(str(exc))
+    else:
+        report.send(None)
+    report.close()
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
 class TaskRunner:
     """Calls the task in a worker process, sync or async."""
 
@@ -90,7 +142,7 @@ def encode_result(value: Any) -> str:
     """The task's return value as the JSON text of `resultado`, or ResultError."""
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ResultError(f"el resultado de la tarea no se puede guardar como JSON ({exc})") from None
     # Every backend must be able to store it: PostgreSQL's jsonb holds no NUL
     # character and no database takes half a surrogate pair. Refused here, the
@@ -111,6 +163,9 @@ def encode_result(value: Any) -> str:
 def describe(exc: BaseException) -> str:
     """An exception as the order's `error`: its type and message, never a
     traceback (that goes to the server's log), cut to a readable length."""
-    message = str(exc)
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not take the worker down with it
+        message = "(el texto de la excepción no se pudo obtener)"
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"

@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from pedidos.domain import Estado
-from pedidos.logsetup import configure_logging
+from pedidos.logsetup import MAX_KINDS, configure_logging
+from pedidos.processing.proctree import kill_descendants
 from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.task import ResultError, TaskError, TaskRunner, describe, encode_result, load_task
 from pedidos.stopsignals import leave_stop_to_the_server
@@ -30,6 +32,7 @@ from pedidos.storage.base import Claim, ServerGone, WorkerOpener, WorkerStore
 logger = logging.getLogger(__name__)
 
 PARENT_CHECK_S = 0.5  # how often an idle worker checks that the server is alive
+TRACEBACK_EVERY_S = 10.0  # a failure's traceback at most this often per kind (see TaskFailures)
 RETRY_S = 1.0
 CLAIMED = "claimed"  # the kinds of Report
 DONE = "done"
@@ -44,6 +47,7 @@ class WorkerConfig:
     log_format: str = "text"
     task: str | None = None  # `--tarea MODULO:FUNCION`; None: the simulated work
     retry: RetryPolicy = RetryPolicy()
+    task_limit_s: float | None = None  # `--limite-tarea`: see OrphanWatch
 
 
 class Report(NamedTuple):
@@ -54,6 +58,61 @@ class Report(NamedTuple):
     chunk: tuple[int, ...]  # the ids the server sent
     taken: tuple[int, ...]  # those this worker claimed (CLAIMED), made `listo` (DONE), failed (FAILED)
     at: str | None  # fecha_inicio or fecha_fin as recorded; FAILED: reintentar_despues
+
+
+class TaskFailures:
+    """The log of failed calls: a line for each, with the order and its error,
+    but the traceback only the first time a kind of failure (its type and the
+    line that raised it) comes up in TRACEBACK_EVERY_S. When the service a task
+    calls is down every order fails alike, and a traceback per attempt would
+    bury the rest of the log under thousands of copies of the first."""
+
+    def __init__(self) -> None:
+        self._due: dict[tuple[str, str, int | None], float] = {}
+
+    def log(self, order_id: int, exc: BaseException, error: str) -> None:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else ("", None)
+        kind = (type(exc).__qualname__, *where)
+        now = time.monotonic()
+        if now < self._due.get(kind, 0.0):
+            logger.error("order %d: the task failed: %s (traceback logged before)", order_id, error)
+            return
+        if len(self._due) >= MAX_KINDS:  # keep the kinds still being held back
+            self._due = {k: due for k, due in self._due.items() if due > now}
+        self._due[kind] = now + TRACEBACK_EVERY_S
+        logger.error("order %d: the task failed: %s", order_id, error, exc_info=exc)
+
+
+class OrphanWatch(threading.Thread):
+    """Ends a worker whose server is gone (kill -9, a crash) once the call in
+    hand runs past --limite-tarea, with the programs it started: the server
+    that would have stopped that call is not there any more, and the call,
+    hung, would keep the worker alive for ever. An idle worker notices the
+    server's death by itself; a call that ends in time is recorded as usual
+    (the next start redoes the order if not)."""
+
+    def __init__(self, server_pid: int, limit_s: float) -> None:
+        super().__init__(name="pedidos-orphan-watch", daemon=True)
+        self._server_pid = server_pid
+        self._limit_s = limit_s
+        self.call_started: float | None = None  # time.monotonic() when the call in hand began
+
+    def run(self) -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            started = self.call_started
+            if os.getppid() == self._server_pid or started is None:
+                continue
+            if time.monotonic() - started > self._limit_s:
+                logger.warning(
+                    "the server is gone and this worker's call ran over the task time limit (%g s); exiting",
+                    self._limit_s,
+                )
+                kill_descendants(os.getpid())
+                os._exit(1)
 
 
 def worker_main(
@@ -73,6 +132,7 @@ def worker_main(
     # A spawned process starts with no logging set up; it logs like its server.
     configure_logging(config.log_level, config.log_format, f"worker {number}")
     runner = None
+    watch = None
     if config.task is not None:
         try:
             runner = TaskRunner(load_task(config.task))
@@ -82,6 +142,9 @@ def worker_main(
             logger.error("%s", exc)
             time.sleep(RETRY_S)
             return
+        if config.task_limit_s:
+            watch = OrphanWatch(server_pid, config.task_limit_s)
+            watch.start()
     store = config.open_store(number, server_pid)
     try:
         while not stop.is_set():
@@ -94,7 +157,7 @@ def worker_main(
                 continue
             if chunk is None:
                 continue  # a wake-up: `stop` tells whether to go on
-            _process(number, chunk, config, store, events, server_pid, runner)
+            _process(number, chunk, config, store, events, server_pid, runner, watch)
     except (BrokenPipeError, EOFError, ServerGone):
         logger.warning("the server is gone; exiting")
     finally:
@@ -111,6 +174,7 @@ def _process(
     events: Connection,
     server_pid: int,
     runner: TaskRunner | None = None,
+    watch: OrphanWatch | None = None,
 ) -> None:
     try:
         claim = store.claim(chunk, number)
@@ -124,7 +188,7 @@ def _process(
         return
     events.send(Report(CLAIMED, number, chunk, claim.ids, claim.at))
     if runner is not None:
-        finished, finished_at = _run_tasks(claim, config, store, events, server_pid, runner, chunk)
+        finished, finished_at = _run_tasks(claim, config, store, events, server_pid, runner, chunk, watch)
         events.send(Report(DONE, number, chunk, finished, finished_at))
         return
     low, high = config.work_time
@@ -145,6 +209,7 @@ def _run_tasks(
     server_pid: int,
     runner: TaskRunner,
     chunk: tuple[int, ...],
+    watch: OrphanWatch | None = None,
 ) -> tuple[tuple[int, ...], str | None]:
     """Call the task on each claimed order; record each outcome as it comes."""
     finished: list[int] = []
@@ -155,25 +220,38 @@ def _run_tasks(
         if order is None or order["estado"] != Estado.EN_PROCESO:
             continue  # taken away since (the server gave up on this worker)
         fallos = order["fallos"]  # read first: the task may change its dict
+        if watch is not None:
+            watch.call_started = time.monotonic()
         try:
             text = encode_result(runner(order))
         except ResultError as exc:
             error = f"{type(exc).__name__}: {exc}"
             logger.warning("order %d: %s", order_id, error)
-        except Exception as exc:
+        except BaseException as exc:
+            # The worker ignores the stop signals (stopsignals.py), so a
+            # SystemExit, KeyboardInterrupt or CancelledError here was raised
+            # by the task's own code (`sys.exit(1)` in a script turned task):
+            # a failed attempt with its error, not a dead worker.
             error = describe(exc)
-            logger.exception("order %d: the task failed", order_id)
+            _FAILURES.log(order_id, exc, error)
         else:
+            if watch is not None:
+                watch.call_started = None
             done = _record(server_pid, store.finish, one, {order_id: text})
             if done is not None and done.ids:
                 finished.append(order_id)
                 finished_at = done.at
             continue
+        if watch is not None:
+            watch.call_started = None
         retry_at = config.retry.retry_at(fallos + 1)
         changed = _record(server_pid, store.fail, one, error, retry_at)
         if changed:
             events.send(Report(FAILED, claim.worker, chunk, (order_id,), retry_at))
     return tuple(finished), finished_at
+
+
+_FAILURES = TaskFailures()  # one per worker process
 
 
 def _record(server_pid: int, write: Callable[..., Any], *args: Any) -> Any:

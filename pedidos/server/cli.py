@@ -12,7 +12,7 @@ from pedidos.domain import DEFAULT_RETRIES
 from pedidos.logsetup import FORMATS, TEXT, configure_logging
 from pedidos.panel import panel_missing
 from pedidos.processing.retry import DEFAULT_BACKOFF_S
-from pedidos.processing.task import TaskError, load_task
+from pedidos.processing.task import TaskError, check_task
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.server import optvalues as value
 from pedidos.server import rapido
@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level, args.log_format)
     if args.tarea is not None:
         try:
-            # Here, in the server, before any worker starts: a typo is one
-            # line and exit 2, never a loop of workers dying at their start.
-            load_task(args.tarea)
+            # Before any worker starts: a typo is one line and exit 2, never
+            # a loop of workers dying at their start.
+            check_task(args.tarea)
         except TaskError as exc:
             logger.error("%s", exc)
             return 2

@@ -133,6 +133,7 @@ class Server:
                     config.log_format,
                     task=config.task,
                     retry=RetryPolicy(config.retries, config.backoff),
+                    task_limit_s=config.task_limit,
                 ),
                 bus,
                 self._storage,

@@ -149,9 +149,13 @@ _DUE = "(reintentar_despues IS NULL OR reintentar_despues <= clock_timestamp())"
 PENDING_IDS = (
     f"SELECT id FROM pedidos WHERE estado = 'pendiente' AND {_DUE} AND id >= %s ORDER BY id LIMIT %s"
 )
-CANCEL = f"UPDATE pedidos SET estado = 'cancelado' WHERE id = %s AND estado = 'pendiente' RETURNING {COLUMNS}"
+# A cancelled order waits for no retry: its `reintentar_despues` is cleared.
+CANCEL = (
+    "UPDATE pedidos SET estado = 'cancelado', reintentar_despues = NULL "
+    f"WHERE id = %s AND estado = 'pendiente' RETURNING {COLUMNS}"
+)
 CANCEL_OWNED = (
-    "UPDATE pedidos SET estado = 'cancelado' "
+    "UPDATE pedidos SET estado = 'cancelado', reintentar_despues = NULL "
     f"WHERE id = %s AND estado = 'pendiente' AND propietario = %s RETURNING {COLUMNS}"
 )
 # `reintentar`: a `fallido` order back to `pendiente` with a fresh set of

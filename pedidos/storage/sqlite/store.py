@@ -184,8 +184,12 @@ class Store(Attempts):
             order = self._get(db, order_id, owner)
             if order is None or order["estado"] != PENDIENTE:
                 return order, False
-            db.execute("UPDATE pedidos SET estado = ? WHERE id = ?", (Estado.CANCELADO.value, order_id))
+            db.execute(
+                "UPDATE pedidos SET estado = ?, reintentar_despues = NULL WHERE id = ?",
+                (Estado.CANCELADO.value, order_id),
+            )
             order["estado"] = Estado.CANCELADO.value
+            order["reintentar_despues"] = None  # no try to wait for any more
             return order, True
 
     # --- reads ---------------------------------------------------------------
