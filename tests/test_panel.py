@@ -112,6 +112,23 @@ def test_metrics_match_estadisticas(tmp_path):
             assert name in families
 
 
+def test_ack_histogram_counts_only_new_orders_stored(tmp_path):
+    # A duplicado retry and a referencia_en_uso refusal are no new order: the
+    # histogram's _count stays equal to pedidos_recibidos_total.
+    with running_server(tmp_path, "--work-time", "0", "--panel", "0") as srv:
+        url = panel_url(srv)
+        with LineClient("127.0.0.1", srv.port) as client:
+            for n in range(3):
+                assert client.ask(dict(ORDER, referencia=f"r-{n}"))["estado"] == "pendiente"
+            assert client.ask(dict(ORDER, referencia="r-0"))["duplicado"] is True
+            assert client.ask(dict(ORDER, cliente="Otro", referencia="r-1"))["error"] == "referencia_en_uso"
+            assert client.ask({"cliente": "", "productos": ["pan"], "direccion": "x"})["ok"] is False
+        families = metric_families(get(url, "/metrics")[2].decode())
+        assert sample(families, "pedidos_recibidos", "pedidos_recibidos_total") == 3
+        assert sample(families, "pedidos_ack_segundos", "pedidos_ack_segundos_count") == 3
+        assert sample(families, "pedidos_ack_segundos", "pedidos_ack_segundos_bucket", le="+Inf") == 3
+
+
 def test_metrics_on_postgresql_count_each_commit(pg_url, tmp_path):
     with running_server(tmp_path, "--work-time", "0", "--workers", "1", "--panel", "0", db=pg_url) as srv:
         url = panel_url(srv)
