@@ -4,10 +4,12 @@ test_panel_browser.py."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import time
 import urllib.parse
 
 import pytest
-from conftest import ROOT, LineClient, panel_url, running_server
+from conftest import ROOT, LineClient, panel_url, running_server, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 ORDER = {"cliente": "Ana", "productos": ["pan"], "direccion": "Calle 1"}
@@ -266,6 +268,47 @@ def test_bad_input_on_the_panel_port_never_stops_the_order_port(tmp_path):
                 sock.close()
     # Refused requests are answered, not logged with a traceback each.
     assert "Traceback" not in srv.log, srv.log
+
+
+def test_connections_held_open_on_the_panel_leave_descriptors_for_the_order_port(tmp_path):
+    # More half-sent requests than the server has descriptors: the panel holds
+    # its share (MAX_CONNECTIONS), the rest wait in the backlog; orders go on.
+    from pedidos.panel import MAX_CONNECTIONS
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))  # the server inherits it
+    try:
+        args = ("--work-time", "0", "--workers", "1", "--max-connections", "100", "--panel", "0")
+        with contextlib.ExitStack() as stack:
+            srv = stack.enter_context(running_server(tmp_path, *args))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            url = panel_url(srv)
+            host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+            fds = f"/proc/{srv.proc.pid}/fd"
+            before = len(os.listdir(fds))
+            slow = []
+            for _ in range(600):
+                try:
+                    sock = stack.enter_context(socket.create_connection((host, port), timeout=5))
+                    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                except OSError:
+                    break
+                slow.append(sock)
+            assert len(slow) > MAX_CONNECTIONS
+            with LineClient("127.0.0.1", srv.port) as client:
+                reply = client.ask(ORDER)
+                assert reply["ok"] and reply["estado"] == "pendiente", (reply, srv.log)
+            wait_for(lambda: "accepting more as they close" in srv.log, 10)
+            # (a few more: the order's connection closing, the database's readers)
+            assert len(os.listdir(fds)) <= before + MAX_CONNECTIONS + 8
+            for sock in slow:
+                sock.close()
+            assert wait_for(lambda: get(url, "/metrics")[0] == 200, 10)
+            assert len(os.listdir(fds)) <= before + 10
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert "Traceback" not in srv.log, srv.log
+    assert srv.log.count("accepting more as they close") == 1, srv.log
 
 
 def _raw(host: str, port: int, data: bytes) -> bytes:

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pedidos.panel.live import Live, LiveSource
 from pedidos.panel.metrics import make_registry
+from pedidos.panel.site import CappedSite
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 MAX_LINE = 8190  # request line and each header, as aiohttp's defaults; stated so they stay
 MAX_BODY = 64 * 1024  # the panel takes no uploads
 SHUTDOWN_S = 2.0
+KEEPALIVE_S = 75.0  # an idle keep-alive connection holds a slot (site.py) this long at most
 # Nothing from another host, no framing by another site, no guessing of types.
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
@@ -84,9 +86,10 @@ class Panel:
             shutdown_timeout=SHUTDOWN_S,
             max_line_size=MAX_LINE,
             max_field_size=MAX_LINE,
+            keepalive_timeout=KEEPALIVE_S,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = CappedSite(self._runner, host, port)
         try:
             await site.start()
         except OSError as exc:
