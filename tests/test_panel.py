@@ -187,6 +187,29 @@ def _send_orders(port: int, total: int) -> None:
                 assert client.read()["ok"]
 
 
+def test_a_worker_whose_order_failed_is_shown_free(tmp_path):
+    # A task that raises: the order ends `fallido` and nothing of the chunk is
+    # listo; the worker must not stay shown on that order for ever.
+    state = tmp_path / "calls"
+    state.mkdir()
+    env = {"PYTHONPATH": str(ROOT / "tests"), "PEDIDOS_PRUEBA_DIR": str(state)}
+    args = ("--workers", "1", "--tarea", "tareas_prueba:segun_cliente", "--reintentos", "0", "--panel", "0")
+    with running_server(tmp_path, *args, env=env) as srv:
+        conn, response, messages = stream_messages(panel_url(srv))
+        try:
+            with LineClient("127.0.0.1", srv.port) as client:
+                order_id = client.ask(dict(ORDER, cliente="siempre-falla"))["id"]
+                done = client.ask({"accion": "esperar", "id": order_id, "timeout": 30})
+                assert done["pedido"]["estado"] == "fallido", done
+            deadline = time.monotonic() + 10
+            for message in messages:
+                if message["estados"]["fallido"] == 1 and message["workers"][0]["pedido"] is None:
+                    break
+                assert time.monotonic() < deadline, f"worker still shown busy: {message['workers']}"
+        finally:
+            conn.close()
+
+
 def test_tokens_guard_the_data(tmp_path):
     tokens = tmp_path / "tokens.txt"
     tokens.write_text(f"{ADMIN_TOKEN} admin\n{CLIENTE_TOKEN} cliente\n")

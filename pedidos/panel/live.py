@@ -40,6 +40,7 @@ from pedidos.events import (
     RETRYING,
     STARTED,
     WORKER_DIED,
+    WORKER_IDLE,
     Event,
     EventBus,
 )
@@ -131,12 +132,13 @@ class Live:
                 self._moved[move[0]] -= n
             self._moved[move[1]] += n
             self._dirty = True
-        # A worker does one chunk at a time, in order: its next STARTED or its
-        # FINISHED ends what it was doing.
+        # A worker does one chunk at a time, in order: its next STARTED, its
+        # FINISHED or, when nothing of the chunk ended listo, its WORKER_IDLE
+        # ends what it was doing.
         if event.worker is not None:
             if event.kind == STARTED and event.ids:
                 self._working[event.worker] = (event.ids[0], len(event.ids), event.at, time.monotonic())
-            elif event.kind in (FINISHED, WORKER_DIED):
+            elif event.kind in (FINISHED, WORKER_DIED, WORKER_IDLE):
                 self._working.pop(event.worker, None)
 
     # --- the ticker ---------------------------------------------------------------
