@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -332,6 +333,27 @@ def test_connections_held_open_on_the_panel_leave_descriptors_for_the_order_port
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert "Traceback" not in srv.log, srv.log
     assert srv.log.count("accepting more as they close") == 1, srv.log
+
+
+def test_a_stream_request_reset_at_once_logs_nothing(tmp_path):
+    # A client that asks for /eventos and resets the connection before the
+    # answer: nothing to log (it was a traceback per request), nothing left open.
+    with running_server(tmp_path, "--work-time", "0", "--panel", "0") as srv:
+        url = panel_url(srv)
+        host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+        for _ in range(20):
+            sock = socket.create_connection((host, port), timeout=5)
+            sock.sendall(b"GET /eventos HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+        def pages() -> float:
+            return sample(metric_families(get(url, "/metrics")[2].decode()), "pedidos_panel_paginas")
+
+        wait_for(lambda: pages() == 0, 10)
+        with LineClient("127.0.0.1", srv.port) as client:
+            assert client.ask(ORDER)["ok"]
+    assert "Traceback" not in srv.log, srv.log
 
 
 def _raw(host: str, port: int, data: bytes) -> bytes:

@@ -135,9 +135,12 @@ class Panel:
                 "X-Accel-Buffering": "no",
             }
         )
-        await response.prepare(request)
-        viewer = await self._live.join()
+        viewer = None
         try:
+            # Inside the try: a client that sent its request and left at once
+            # (a reset) makes the headers' write fail, once per such request.
+            await response.prepare(request)
+            viewer = await self._live.join()
             await response.write(b"retry: 1000\n\n")
             while not self._closing:
                 await viewer.wake.wait()
@@ -147,7 +150,8 @@ class Panel:
         except ConnectionError:
             pass  # the page went away
         finally:
-            self._live.leave(viewer)
+            if viewer is not None:
+                self._live.leave(viewer)
         return response
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
