@@ -211,6 +211,39 @@ def test_a_worker_whose_order_failed_is_shown_free(tmp_path):
             conn.close()
 
 
+def test_the_first_picture_has_the_latest_orders(tmp_path):
+    # Orders sent while no page was open: a page that opens shows them at once,
+    # not an empty table until the next tick.
+    with running_server(tmp_path, "--work-time", "0", "--panel", "0") as srv:
+        url = panel_url(srv)
+        with LineClient("127.0.0.1", srv.port) as client:
+            ids = [client.ask(ORDER)["id"] for _ in range(3)]
+        for _ in range(2):  # the first page ever, and one after it closed
+            conn, _, messages = stream_messages(url)
+            try:
+                first = next(messages)
+                assert first["completa"] and [row["id"] for row in first["ultimos"]] == ids[::-1], first
+            finally:
+                conn.close()
+            with LineClient("127.0.0.1", srv.port) as client:
+                ids.append(client.ask(ORDER)["id"])
+
+
+def test_the_first_picture_on_postgresql_has_the_nodes(pg_url, tmp_path):
+    args = ("--work-time", "0", "--workers", "1", "--panel", "0", "--nodo", "tienda-1")
+    with running_server(tmp_path, *args, db=pg_url) as srv:
+        with LineClient("127.0.0.1", srv.port) as client:
+            order_id = client.ask(ORDER)["id"]
+        conn, _, messages = stream_messages(panel_url(srv))
+        try:
+            first = next(messages)
+        finally:
+            conn.close()
+    assert [node["nodo"] for node in first["nodos"]] == ["tienda-1"], first
+    assert [row["id"] for row in first["ultimos"]] == [order_id], first
+    assert sum(first["estados"].values()) == 1, first
+
+
 def test_tokens_guard_the_data(tmp_path):
     tokens = tmp_path / "tokens.txt"
     tokens.write_text(f"{ADMIN_TOKEN} admin\n{CLIENTE_TOKEN} cliente\n")

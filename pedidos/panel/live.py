@@ -151,16 +151,20 @@ class Live:
 
     async def join(self) -> Viewer:
         viewer = Viewer()
-        if self._synced_at is None:
-            # Nobody watched before: the counts were never read, and a first
-            # picture of zeros would flash on the page until the next tick.
-            try:
+        # The first picture is what the page shows until the next tick: read
+        # what nobody kept up to date while no page was open (the latest
+        # orders; on a shared database the counts and the nodes too), or an
+        # empty table, a hidden Nodos section or an hour-old figure flashes.
+        try:
+            if self._synced_at is None or self._nodes.shared:
                 await self._resync()
-            except Exception as exc:
-                logger.warning("panel could not read the database: %s", exc)
+            await self._refresh_latest()
+            if self._nodes.shared:
+                await self._nodes.refresh()
+        except Exception as exc:
+            logger.warning("panel could not read the database: %s", exc)
         self.viewers.add(viewer)
         viewer.offer(self.picture(full=True))
-        self._dirty = True  # its table is fetched at the next tick
         return viewer
 
     def leave(self, viewer: Viewer) -> None:
