@@ -389,6 +389,25 @@ def test_a_stream_request_reset_at_once_logs_nothing(tmp_path):
     assert "Traceback" not in srv.log, srv.log
 
 
+def test_head_of_the_stream_is_headers_only(tmp_path):
+    # `curl -I` or a health check on /eventos: the headers, an end, no page counted.
+    with running_server(tmp_path, "--work-time", "0", "--panel", "0") as srv:
+        url = panel_url(srv)
+        host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        try:
+            conn.request("HEAD", "/eventos")
+            response = conn.getresponse()
+            assert response.status == 200
+            assert response.getheader("Content-Type").startswith("text/event-stream")
+            response.read()
+            conn.request("GET", "/metrics")  # the same connection: the HEAD ended
+            families = metric_families(conn.getresponse().read().decode())
+        finally:
+            conn.close()
+        assert sample(families, "pedidos_panel_paginas") == 0
+
+
 def _raw(host: str, port: int, data: bytes) -> bytes:
     """Send `data` raw, half-close, and read what the panel answers until it closes."""
     with socket.create_connection((host, port), timeout=10) as sock:

@@ -128,13 +128,16 @@ class Panel:
         refused = await self._refusal(request)
         if refused is not None:
             return refused
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-store",
-                "X-Accel-Buffering": "no",
-            }
-        )
+        headers = {
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+        if request.method == "HEAD":
+            # The headers alone: aiohttp would stream the body to a HEAD too,
+            # for ever, and count a page that is none.
+            return web.Response(headers=headers)
+        response = web.StreamResponse(headers=headers)
         viewer = None
         try:
             # Inside the try: a client that sent its request and left at once
