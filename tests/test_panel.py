@@ -151,6 +151,35 @@ def test_metrics_on_postgresql_count_each_commit(pg_url, tmp_path):
     assert sample(families, "pedidos_commit_segundos", "pedidos_commit_segundos_bucket", le="+Inf") == 3
 
 
+def test_metrics_while_postgresql_is_down(pg_cluster, tmp_path):
+    # The scrape that matters most: the server's own figures, not a 500 and a
+    # traceback; the counts per estado, unknown, left out until it is back.
+    args = ("--work-time", "0", "--workers", "1", "--panel", "0")
+    with running_server(tmp_path, *args, db=pg_cluster.url()) as srv:
+        url = panel_url(srv)
+        with LineClient("127.0.0.1", srv.port) as client:
+            order_id = client.ask(ORDER)["id"]
+            assert client.ask({"accion": "esperar", "id": order_id, "timeout": 30})["ok"]
+        pg_cluster.halt()
+        try:
+            status, _, body = get(url, "/metrics")
+            assert status == 200, body
+            families = metric_families(body.decode())
+            assert sample(families, "pedidos_recibidos", "pedidos_recibidos_total") == 1
+            assert sample(families, "pedidos_workers") == 1
+            assert "pedidos_estado" not in families and "pedidos_en_cola" not in families
+        finally:
+            pg_cluster.boot()
+
+        def counted() -> dict | None:
+            families = metric_families(get(url, "/metrics")[2].decode())
+            return families if "pedidos_estado" in families else None
+
+        assert sample(wait_for(counted, 20), "pedidos_estado", estado="listo") == 1
+    assert "Traceback" not in srv.log, srv.log
+    assert "/metrics without pedidos_estado" in srv.log
+
+
 def test_stream_pushes_changes_coalesced(tmp_path):
     with running_server(tmp_path, "--work-time", "0", "--panel", "0") as srv:
         conn, response, messages = stream_messages(panel_url(srv))

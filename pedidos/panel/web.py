@@ -161,7 +161,13 @@ class Panel:
         refused = await self._refusal(request)
         if refused is not None:
             return refused
-        counts = await self._live.current_counts()
+        try:
+            counts: dict[str, int] | None = await self._live.current_counts()
+        except Exception as exc:
+            # The database is down: the server's own figures are what the
+            # operator needs now; the counts per estado are unknown, so absent.
+            logger.warning("/metrics without pedidos_estado: the database could not be read: %s", exc)
+            counts = None
         body = self._collector.render(self._registry, counts, self._source.figures(), len(self._live.viewers))
         return web.Response(
             body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"}
