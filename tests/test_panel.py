@@ -160,8 +160,16 @@ def test_metrics_while_postgresql_is_down(pg_cluster, tmp_path):
         with LineClient("127.0.0.1", srv.port) as client:
             order_id = client.ask(ORDER)["id"]
             assert client.ask({"accion": "esperar", "id": order_id, "timeout": 30})["ok"]
+        conn, _, messages = stream_messages(url)
         pg_cluster.halt()
         try:
+            # A page open through the outage: a picture a second, the database
+            # unreadable for each, and one log line for them all (per 10 s).
+            next(messages)
+            wait_for(lambda: "panel could not read the database" in srv.log, 10)
+            for _ in range(4):
+                next(messages)
+            assert srv.log.count("panel could not read the database") == 1, srv.log
             status, _, body = get(url, "/metrics")
             assert status == 200, body
             families = metric_families(body.decode())
@@ -169,6 +177,7 @@ def test_metrics_while_postgresql_is_down(pg_cluster, tmp_path):
             assert sample(families, "pedidos_workers") == 1
             assert "pedidos_estado" not in families and "pedidos_en_cola" not in families
         finally:
+            conn.close()
             pg_cluster.boot()
 
         def counted() -> dict | None:

@@ -44,11 +44,15 @@ from pedidos.events import (
     Event,
     EventBus,
 )
+from pedidos.logsetup import Repeating
 from pedidos.panel.nodes import Listing, LiveNodes, Nodes
 from pedidos.protocol.validation import ESTADOS
 from pedidos.stats import Stats
 
 logger = logging.getLogger(__name__)
+# A database that is down fails every read, a second apart while a page is
+# open: said once per 10 s (with how many were left out), not 3600 times an hour.
+unreadable = Repeating(logger)
 
 TICK_S = 0.25  # at most four pictures a second reach a page
 TICKS_PER_SECOND = 4
@@ -162,7 +166,7 @@ class Live:
             if self._nodes.shared:
                 await self._nodes.refresh()
         except Exception as exc:
-            logger.warning("panel could not read the database: %s", exc)
+            unreadable.warning("panel could not read the database: %s", exc, key=type(exc))
         self.viewers.add(viewer)
         viewer.offer(self.picture(full=True))
         return viewer
@@ -201,7 +205,7 @@ class Live:
                 elif not second:
                     continue
             except Exception as exc:  # the database is busy or gone: show what we have
-                logger.warning("panel could not read the database: %s", exc)
+                unreadable.warning("panel could not read the database: %s", exc, key=type(exc))
             payload = self.picture(full=False)
             for viewer in self.viewers:
                 viewer.offer(payload)

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from pedidos.panel.live import Live, LiveSource
+from pedidos.panel.live import Live, LiveSource, unreadable
 from pedidos.panel.metrics import make_registry
 from pedidos.panel.site import CappedSite
 
@@ -166,7 +166,7 @@ class Panel:
         except Exception as exc:
             # The database is down: the server's own figures are what the
             # operator needs now; the counts per estado are unknown, so absent.
-            logger.warning("/metrics without pedidos_estado: the database could not be read: %s", exc)
+            unreadable.warning("/metrics without pedidos_estado: the database could not be read: %s", exc)
             counts = None
         body = self._collector.render(self._registry, counts, self._source.figures(), len(self._live.viewers))
         return web.Response(
