@@ -25,6 +25,7 @@ RETRIED = "retried"  # `fallido` back to `pendiente`: `reintentar`
 ELSEWHERE = "elsewhere"  # another node changed them (no ids: maybe any): look again
 WORKER_STARTED = "worker_started"
 WORKER_DIED = "worker_died"
+WORKER_IDLE = "worker_idle"  # a worker ended its chunk with none `listo` (each failed or was taken away)
 
 FINAL = frozenset({FINISHED, CANCELLED, FAILED})
 

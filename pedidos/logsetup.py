@@ -72,6 +72,12 @@ class Repeating:
         self._kinds: dict[object, tuple[float, int]] = {}  # key -> (next line due, left out since)
 
     def error(self, msg: str, *args: object, key: object = None) -> None:
+        self._log(logging.ERROR, msg, args, key)
+
+    def warning(self, msg: str, *args: object, key: object = None) -> None:
+        self._log(logging.WARNING, msg, args, key)
+
+    def _log(self, level: int, msg: str, args: tuple[object, ...], key: object) -> None:
         now = time.monotonic()
         kind = msg if key is None else key
         due, left_out = self._kinds.get(kind, (0.0, 0))
@@ -83,4 +89,4 @@ class Repeating:
         if len(self._kinds) >= MAX_KINDS:  # kinds keyed by text: keep the recent ones
             self._kinds = {k: v for k, v in self._kinds.items() if v[0] > now}
         self._kinds[kind] = (now + self._every, 0)
-        self._logger.error(msg, *args)
+        self._logger.log(level, msg, *args)

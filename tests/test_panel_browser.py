@@ -129,6 +129,22 @@ def test_page_follows_orders_live(tmp_path, page):
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
+def test_on_a_phone_a_long_name_leaves_the_state_in_sight(tmp_path, page):
+    from playwright.sync_api import expect
+
+    args = ("--work-time", "30", "--shutdown-timeout", "1", "--workers", "1", "--panel", "0")
+    with running_server(tmp_path, *args) as srv:
+        with LineClient("127.0.0.1", srv.port) as client:
+            order_id = client.ask(dict(order(0), cliente="Juan Pérez de la Cruz y Montoya " * 3))["id"]
+        page.set_viewport_size({"width": 375, "height": 800})
+        page.goto(panel_url(srv))
+        state = page.locator(f'#ultimos tr[data-id="{order_id}"] .estado')
+        expect(state).to_have_text("en proceso", timeout=10_000)
+        box, seen = state.bounding_box(), page.locator("#ultimos").locator("xpath=..").bounding_box()
+        assert box is not None and seen is not None
+        assert box["x"] + box["width"] <= seen["x"] + seen["width"], (box, seen)  # not cut off
+
+
 def test_page_recovers_after_a_server_restart(tmp_path, page):
     from playwright.sync_api import expect
 

@@ -19,6 +19,9 @@ handed to it as a `PanelSource`, so a change of storage does not reach it.
 from __future__ import annotations
 
 INSTALL_HINT = "pip install 'pedidos[panel]'"
+# Connections the panel holds open at most (pages, their files, scrapers): its
+# descriptors are reserved apart from the order port's (server/listener.py).
+MAX_CONNECTIONS = 256
 
 
 def panel_missing() -> str | None:

@@ -40,14 +40,19 @@ from pedidos.events import (
     RETRYING,
     STARTED,
     WORKER_DIED,
+    WORKER_IDLE,
     Event,
     EventBus,
 )
+from pedidos.logsetup import Repeating
 from pedidos.panel.nodes import Listing, LiveNodes, Nodes
 from pedidos.protocol.validation import ESTADOS
 from pedidos.stats import Stats
 
 logger = logging.getLogger(__name__)
+# A database that is down fails every read, a second apart while a page is
+# open: said once per 10 s (with how many were left out), not 3600 times an hour.
+unreadable = Repeating(logger)
 
 TICK_S = 0.25  # at most four pictures a second reach a page
 TICKS_PER_SECOND = 4
@@ -131,12 +136,13 @@ class Live:
                 self._moved[move[0]] -= n
             self._moved[move[1]] += n
             self._dirty = True
-        # A worker does one chunk at a time, in order: its next STARTED or its
-        # FINISHED ends what it was doing.
+        # A worker does one chunk at a time, in order: its next STARTED, its
+        # FINISHED or, when nothing of the chunk ended listo, its WORKER_IDLE
+        # ends what it was doing.
         if event.worker is not None:
             if event.kind == STARTED and event.ids:
                 self._working[event.worker] = (event.ids[0], len(event.ids), event.at, time.monotonic())
-            elif event.kind in (FINISHED, WORKER_DIED):
+            elif event.kind in (FINISHED, WORKER_DIED, WORKER_IDLE):
                 self._working.pop(event.worker, None)
 
     # --- the ticker ---------------------------------------------------------------
@@ -149,16 +155,20 @@ class Live:
 
     async def join(self) -> Viewer:
         viewer = Viewer()
-        if self._synced_at is None:
-            # Nobody watched before: the counts were never read, and a first
-            # picture of zeros would flash on the page until the next tick.
-            try:
+        # The first picture is what the page shows until the next tick: read
+        # what nobody kept up to date while no page was open (the latest
+        # orders; on a shared database the counts and the nodes too), or an
+        # empty table, a hidden Nodos section or an hour-old figure flashes.
+        try:
+            if self._synced_at is None or self._nodes.shared:
                 await self._resync()
-            except Exception as exc:
-                logger.warning("panel could not read the database: %s", exc)
+            await self._refresh_latest()
+            if self._nodes.shared:
+                await self._nodes.refresh()
+        except Exception as exc:
+            unreadable.warning("panel could not read the database: %s", exc, key=type(exc))
         self.viewers.add(viewer)
         viewer.offer(self.picture(full=True))
-        self._dirty = True  # its table is fetched at the next tick
         return viewer
 
     def leave(self, viewer: Viewer) -> None:
@@ -195,7 +205,7 @@ class Live:
                 elif not second:
                     continue
             except Exception as exc:  # the database is busy or gone: show what we have
-                logger.warning("panel could not read the database: %s", exc)
+                unreadable.warning("panel could not read the database: %s", exc, key=type(exc))
             payload = self.picture(full=False)
             for viewer in self.viewers:
                 viewer.offer(payload)

@@ -24,14 +24,19 @@ from pedidos.stats import Histogram, Stats
 class PedidosCollector(Collector):
     def __init__(self, stats: Stats) -> None:
         self._stats = stats
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, int] | None = {}
         self._figures: dict[str, Any] = {}
         self._viewers = 0
 
     def render(
-        self, registry: CollectorRegistry, counts: dict[str, int], figures: dict[str, Any], viewers: int
+        self,
+        registry: CollectorRegistry,
+        counts: dict[str, int] | None,
+        figures: dict[str, Any],
+        viewers: int,
     ) -> bytes:
-        """The exposition text, with the figures just read (collect() cannot await)."""
+        """The exposition text, with the figures just read (collect() cannot await);
+        `counts` None: the database could not be read, and the counts are left out."""
         self._counts, self._figures, self._viewers = counts, figures, viewers
         return generate_latest(registry)
 
@@ -51,13 +56,14 @@ class PedidosCollector(Collector):
         for estado, n in stats.finished.items():
             finished.add_metric([estado], n)
         yield finished
-        by_state = GaugeMetricFamily(
-            "pedidos_estado", "Orders in each state in the whole service (database).", labels=["estado"]
-        )
-        for estado, n in self._counts.items():
-            by_state.add_metric([estado], n)
-        yield by_state
-        yield GaugeMetricFamily("pedidos_en_cola", "Orders pendiente.", self._counts.get("pendiente", 0))
+        if self._counts is not None:
+            by_state = GaugeMetricFamily(
+                "pedidos_estado", "Orders in each state in the whole service (database).", labels=["estado"]
+            )
+            for estado, n in self._counts.items():
+                by_state.add_metric([estado], n)
+            yield by_state
+            yield GaugeMetricFamily("pedidos_en_cola", "Orders pendiente.", self._counts.get("pendiente", 0))
         yield GaugeMetricFamily("pedidos_workers", "Worker processes alive.", self._figures.get("workers", 0))
         yield GaugeMetricFamily(
             "pedidos_conexiones", "Open client connections on this node.", self._figures.get("conexiones", 0)

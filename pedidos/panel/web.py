@@ -24,8 +24,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from pedidos.panel.live import Live, LiveSource
+from pedidos.panel.live import Live, LiveSource, unreadable
 from pedidos.panel.metrics import make_registry
+from pedidos.panel.site import CappedSite
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 MAX_LINE = 8190  # request line and each header, as aiohttp's defaults; stated so they stay
 MAX_BODY = 64 * 1024  # the panel takes no uploads
 SHUTDOWN_S = 2.0
+KEEPALIVE_S = 75.0  # an idle keep-alive connection holds a slot (site.py) this long at most
 # Nothing from another host, no framing by another site, no guessing of types.
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
@@ -84,9 +86,10 @@ class Panel:
             shutdown_timeout=SHUTDOWN_S,
             max_line_size=MAX_LINE,
             max_field_size=MAX_LINE,
+            keepalive_timeout=KEEPALIVE_S,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = CappedSite(self._runner, host, port)
         try:
             await site.start()
         except OSError as exc:
@@ -125,16 +128,22 @@ class Panel:
         refused = await self._refusal(request)
         if refused is not None:
             return refused
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-store",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await response.prepare(request)
-        viewer = await self._live.join()
+        headers = {
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+        if request.method == "HEAD":
+            # The headers alone: aiohttp would stream the body to a HEAD too,
+            # for ever, and count a page that is none.
+            return web.Response(headers=headers)
+        response = web.StreamResponse(headers=headers)
+        viewer = None
         try:
+            # Inside the try: a client that sent its request and left at once
+            # (a reset) makes the headers' write fail, once per such request.
+            await response.prepare(request)
+            viewer = await self._live.join()
             await response.write(b"retry: 1000\n\n")
             while not self._closing:
                 await viewer.wake.wait()
@@ -144,14 +153,21 @@ class Panel:
         except ConnectionError:
             pass  # the page went away
         finally:
-            self._live.leave(viewer)
+            if viewer is not None:
+                self._live.leave(viewer)
         return response
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         refused = await self._refusal(request)
         if refused is not None:
             return refused
-        counts = await self._live.current_counts()
+        try:
+            counts: dict[str, int] | None = await self._live.current_counts()
+        except Exception as exc:
+            # The database is down: the server's own figures are what the
+            # operator needs now; the counts per estado are unknown, so absent.
+            unreadable.warning("/metrics without pedidos_estado: the database could not be read: %s", exc)
+            counts = None
         body = self._collector.render(self._registry, counts, self._source.figures(), len(self._live.viewers))
         return web.Response(
             body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"}

@@ -17,6 +17,7 @@ from pedidos.events import (
     RETRYING,
     STARTED,
     WORKER_DIED,
+    WORKER_IDLE,
     WORKER_STARTED,
     Event,
     EventBus,
@@ -154,6 +155,8 @@ class Processing:
                 self.dispatcher.finished(report.worker, report.chunk)
                 if report.taken:
                     self._bus.publish(Event(FINISHED, report.taken, report.worker, report.at))
+                else:  # nothing listo, yet the worker is free: the panel must hear it
+                    self._bus.publish(Event(WORKER_IDLE, (), report.worker))
 
     def _on_death(self, number: int, exitcode: int | None) -> None:
         if self._stopping:

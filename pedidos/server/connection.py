@@ -28,6 +28,7 @@ from pedidos.protocol.replies import (
     error_reply,
     greeting,
     idle_notice,
+    is_new_order_ack,
 )
 from pedidos.protocol.telnet import TelnetReply
 from pedidos.protocol.validation import Command, parse_request
@@ -245,11 +246,17 @@ class Connection(asyncio.BufferedProtocol):
                 if not head.done():
                     break
                 if acks and acks[0][0] is head:
-                    written = written or time.monotonic()
-                    self._stats.ack.observe(written - acks.popleft()[1])
-                elif isinstance(head, asyncio.Task):  # a command's (an order's is a plain future)
-                    self._commands -= 1
-                head = reply_of(head, self.peer)
+                    arrived = acks.popleft()[1]
+                    head = reply_of(head, self.peer)
+                    # A duplicado or a refused order is no new order: counted,
+                    # `_count` would drift from pedidos_recibidos_total.
+                    if is_new_order_ack(head):
+                        written = written or time.monotonic()
+                        self._stats.ack.observe(written - arrived)
+                else:
+                    if isinstance(head, asyncio.Task):  # a command's (an order's is a plain future)
+                        self._commands -= 1
+                    head = reply_of(head, self.peer)
             self._line.popleft()
             out.append(head if isinstance(head, bytes) else encode_line(head))
         if out:

@@ -33,10 +33,11 @@ RESERVED_FDS = 64
 RESERVED_FDS_PER_WORKER = 8
 
 
-def connection_budget(max_connections: int, workers: int) -> int:
+def connection_budget(max_connections: int, workers: int, panel: int = 0) -> int:
     """`max_connections`, or less when the descriptor limit (`ulimit -n`) cannot
-    hold that many. Raises the soft limit towards the hard one first."""
-    reserved = RESERVED_FDS + RESERVED_FDS_PER_WORKER * workers
+    hold that many besides `panel` connections of the panel. Raises the soft
+    limit towards the hard one first."""
+    reserved = RESERVED_FDS + RESERVED_FDS_PER_WORKER * workers + panel
     needed = max_connections + reserved
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
@@ -52,7 +53,7 @@ def connection_budget(max_connections: int, workers: int) -> int:
     capped = max(1, soft - reserved)
     logger.warning(
         "--max-connections %d does not fit in %d file descriptors (ulimit -n; %d kept for the "
-        "database, workers and pipes): at most %d connections",
+        "database, workers, pipes and panel): at most %d connections",
         max_connections,
         soft,
         reserved,

@@ -19,6 +19,7 @@ from typing import Any
 
 from pedidos.domain import Estado, show_address
 from pedidos.events import ELSEWHERE, FAILED, RECEIVED, REQUEUED, Event, EventBus
+from pedidos.panel import MAX_CONNECTIONS as PANEL_CONNECTIONS  # stdlib only, unlike the panel itself
 from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.supervisor import Processing
 from pedidos.processing.worker import WorkerConfig
@@ -123,7 +124,8 @@ class Server:
                 log_recovery(await self._storage.start())
             except StorageError as exc:
                 raise StartupError(str(exc)) from None
-            max_connections = connection_budget(config.max_connections, config.workers)
+            panel = PANEL_CONNECTIONS if config.panel_port is not None else 0
+            max_connections = connection_budget(config.max_connections, config.workers, panel)
             self._processing = Processing(
                 config.workers,
                 WorkerConfig(
