@@ -359,6 +359,24 @@ def test_a_task_module_that_ends_its_process_at_import_stops_the_start_with_one_
     assert not (tmp_path / "p.db").exists()
 
 
+def test_a_task_module_that_starts_a_thread_at_import_does_not_hold_up_the_start(tmp_path):
+    # The import check's process waited at its exit for the module's thread,
+    # for ever: the server never got to listen, and said nothing.
+    (tmp_path / "con_hilo.py").write_text(
+        "import threading\n"
+        "threading.Thread(target=threading.Event().wait, daemon=False).start()\n\n"
+        "def f(pedido):\n    return pedido['id']\n"
+    )
+    args = ("--tarea", "con_hilo:f", "--workers", "1", "--shutdown-timeout", "1")
+    with (
+        running_server(tmp_path, *args, env=task_env(tmp_path)) as server,
+        Client("127.0.0.1", server.port, timeout=30) as client,
+    ):
+        order_id = submit(client, "Ana")
+        done = final(client, order_id)
+    assert done["estado"] == "listo" and done["resultado"] == order_id, done
+
+
 def test_a_slow_import_at_start_is_said_in_the_log(tmp_path):
     (tmp_path / "lenta.py").write_text("import time\ntime.sleep(1.5)\n\ndef f(pedido):\n    return 1\n")
     with running_server(tmp_path, "--tarea", "lenta:f", "--workers", "1", env=task_env(tmp_path)) as server:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 Task = Callable[[dict[str, Any]], Any]
 logger = logging.getLogger(__name__)
 SLOW_IMPORT_S = 1.0  # an import at start longer than this is logged
+CHECK_EXIT_S = 5.0  # how long the import check's process may take to end once it answered
 
 
 class TaskError(Exception):
@@ -86,7 +87,12 @@ def check_task(spec: str) -> None:
         raise TaskError(f"importing --tarea {spec} ended its process {how}") from None
     finally:
         receiver.close()
-    process.join()
+    # The child ends itself at once (below); should it not, its answer is all
+    # that was wanted from it.
+    process.join(CHECK_EXIT_S)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
     if problem is not None:
         raise TaskError(problem)
 
@@ -99,6 +105,11 @@ def _check_in_child(spec: str, report: Any) -> None:
     else:
         report.send(None)
     report.close()
+    # Not a normal exit: that would wait for any thread the module started at
+    # import (a client's keep-alive loop, say), for ever, and the start with it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _signal_name(number: int) -> str:
