@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from pedidos.processing.proctree import kill_tree
+from pedidos.processing.proctree import handle, kill_tree
 from pedidos.processing.worker import Report, WorkerConfig, worker_main
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class WorkerSlot:
     process: Any  # multiprocessing.Process
     tasks: Any  # multiprocessing.Queue
     events: Connection
+    pidfd: int | None = None  # proctree.handle: signals reach this process or none
     gone: bool = field(default=False)
 
     @property
@@ -88,7 +89,7 @@ class WorkerPool:
         )
         process.start()
         sender.close()
-        slot = WorkerSlot(number, process, tasks, receiver)
+        slot = WorkerSlot(number, process, tasks, receiver, handle(process.pid))
         with self._slots_guard:
             old = self.slots.get(number)
             self.slots[number] = slot
@@ -106,7 +107,7 @@ class WorkerPool:
         and handled as any other."""
         slot = self.slots.get(number)
         if slot is not None and not slot.gone:
-            kill_tree(slot.process.pid)
+            kill_tree(slot.process.pid, slot.pidfd)
 
     def send(self, number: int, chunk: tuple[int, ...]) -> None:
         self.slots[number].tasks.put(chunk)
@@ -138,7 +139,7 @@ class WorkerPool:
             if slot.process.is_alive():
                 if not self._kill_now.is_set():
                     logger.warning("worker %d did not stop in time; killing it", slot.number)
-                kill_tree(slot.process.pid)
+                kill_tree(slot.process.pid, slot.pidfd)
                 slot.process.join()
                 killed.append(slot.number)
         for slot in slots:
@@ -199,3 +200,7 @@ def _drain(conn: Connection) -> list[Report]:
 def _close(slot: WorkerSlot) -> None:
     slot.events.close()
     slot.tasks.close()
+    slot.gone = True  # a later kill() must not fall back to a pid that may be another's
+    if slot.pidfd is not None:
+        os.close(slot.pidfd)
+        slot.pidfd = None
