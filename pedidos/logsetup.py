@@ -56,6 +56,7 @@ def configure_logging(level: int, fmt: str = TEXT, name: str | None = None) -> N
 
 
 MAX_KINDS = 100  # kinds of repeating error remembered at once (Repeating)
+REPEAT_S = 10.0  # an error that repeats is logged at most this often per kind
 
 
 class Repeating:
@@ -66,7 +67,7 @@ class Repeating:
     and on a full disk they make it worse. Kinds are told apart by `key` (by
     default the message): a new error is never hidden behind an old one."""
 
-    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+    def __init__(self, logger: logging.Logger, every: float = REPEAT_S) -> None:
         self._logger = logger
         self._every = every
         self._kinds: dict[object, tuple[float, int]] = {}  # key -> (next line due, left out since)

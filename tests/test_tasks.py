@@ -191,7 +191,11 @@ def test_a_call_stopped_at_the_limit_takes_the_programs_it_started_with_it(clien
     done = final(client, order_id, timeout=30)
     assert done["estado"] == "listo" and done["error"].startswith("TiempoAgotado:")
     program = int((state / f"{order_id}.hijo").read_text())
-    wait_for(lambda: not _alive(program), timeout=5)
+    try:
+        wait_for(lambda: not _alive(program), timeout=5)
+    finally:  # a failure here must not leave the program running for an hour
+        if _alive(program):
+            os.kill(program, signal.SIGKILL)
 
 
 def test_a_task_that_kills_its_process_counts_crashes_until_fallido(srv, client, state):

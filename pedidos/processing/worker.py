@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from pedidos.domain import Estado
-from pedidos.logsetup import MAX_KINDS, configure_logging
+from pedidos.logsetup import MAX_KINDS, REPEAT_S, configure_logging
 from pedidos.processing.proctree import kill_descendants
 from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.task import ResultError, TaskError, TaskRunner, describe, encode_result, load_task
@@ -32,7 +32,6 @@ from pedidos.storage.base import Claim, ServerGone, WorkerOpener, WorkerStore
 logger = logging.getLogger(__name__)
 
 PARENT_CHECK_S = 0.5  # how often an idle worker checks that the server is alive
-TRACEBACK_EVERY_S = 10.0  # a failure's traceback at most this often per kind (see TaskFailures)
 RETRY_S = 1.0
 CLAIMED = "claimed"  # the kinds of Report
 DONE = "done"
@@ -63,7 +62,7 @@ class Report(NamedTuple):
 class TaskFailures:
     """The log of failed calls: a line for each, with the order and its error,
     but the traceback only the first time a kind of failure (its type and the
-    line that raised it) comes up in TRACEBACK_EVERY_S. When the service a task
+    line that raised it) comes up in REPEAT_S. When the service a task
     calls is down every order fails alike, and a traceback per attempt would
     bury the rest of the log under thousands of copies of the first."""
 
@@ -82,7 +81,7 @@ class TaskFailures:
             return
         if len(self._due) >= MAX_KINDS:  # keep the kinds still being held back
             self._due = {k: due for k, due in self._due.items() if due > now}
-        self._due[kind] = now + TRACEBACK_EVERY_S
+        self._due[kind] = now + REPEAT_S
         logger.error("order %d: the task failed: %s", order_id, error, exc_info=exc)
 
 

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.protocol.replies import JSON_INVALIDO, MENSAJE_INVALIDO
 
 # A pretty-printed order is read on until it closes, but no further than the
-# server would take in one request.
-MAX_ORDER_CHARS = 64 * 1024
+# server would take in one request (by default).
+MAX_ORDER_CHARS = DEFAULT_MAX_REQUEST_BYTES
 
 
 class BadInput(Exception):
