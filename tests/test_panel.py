@@ -176,6 +176,7 @@ def test_metrics_while_postgresql_is_down(pg_cluster, tmp_path):
             assert sample(families, "pedidos_recibidos", "pedidos_recibidos_total") == 1
             assert sample(families, "pedidos_workers") == 1
             assert "pedidos_estado" not in families and "pedidos_en_cola" not in families
+            assert sample(families, "pedidos_base_legible") == 0
         finally:
             conn.close()
             pg_cluster.boot()
@@ -184,7 +185,9 @@ def test_metrics_while_postgresql_is_down(pg_cluster, tmp_path):
             families = metric_families(get(url, "/metrics")[2].decode())
             return families if "pedidos_estado" in families else None
 
-        assert sample(wait_for(counted, 20), "pedidos_estado", estado="listo") == 1
+        families = wait_for(counted, 20)
+        assert sample(families, "pedidos_estado", estado="listo") == 1
+        assert sample(families, "pedidos_base_legible") == 1
     assert "Traceback" not in srv.log, srv.log
     assert "/metrics without pedidos_estado" in srv.log
 

@@ -64,6 +64,13 @@ class PedidosCollector(Collector):
                 by_state.add_metric([estado], n)
             yield by_state
             yield GaugeMetricFamily("pedidos_en_cola", "Orders pendiente.", self._counts.get("pendiente", 0))
+        # Says whether the two above are absent because the database could not
+        # be read, which a scraper cannot tell from a server that exports none.
+        yield GaugeMetricFamily(
+            "pedidos_base_legible",
+            "1 if this scrape read the database (pedidos_estado and pedidos_en_cola present), 0 if not.",
+            int(self._counts is not None),
+        )
         yield GaugeMetricFamily("pedidos_workers", "Worker processes alive.", self._figures.get("workers", 0))
         yield GaugeMetricFamily(
             "pedidos_conexiones", "Open client connections on this node.", self._figures.get("conexiones", 0)
