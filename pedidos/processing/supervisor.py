@@ -66,7 +66,7 @@ class Processing:
         # A task's call may take any time (or hang until --limite-tarea, or
         # for ever without it): an order queued behind it would wait as long
         # while other workers idle, so a task's worker gets its next order
-        # only once it is free (a millisecond's round trip, nothing next to a call).
+        # only once it is free (a round trip through the server between two calls).
         instant = config.task is None and config.work_time[1] == 0
         self.dispatcher = Dispatcher(
             self.pool.send,

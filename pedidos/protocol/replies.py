@@ -81,19 +81,12 @@ def order_ack(receipt: Receipt) -> dict[str, Any] | bytes:
     order_id, estado, duplicado, taken, referencia = receipt
     if taken:
         return referencia_en_uso(referencia).reply()
-    if estado == _PENDIENTE and not duplicado:  # the only reply given as bytes (is_new_order_ack)
+    if estado == _PENDIENTE and not duplicado:  # the only bytes reply: the ack histogram counts these
         return _NEW_ORDER_ACK % order_id
     reply: dict[str, Any] = {"ok": True, "id": order_id, "estado": estado}
     if duplicado:
         reply["duplicado"] = True
     return reply
-
-
-def is_new_order_ack(reply: Any) -> bool:
-    """Whether `reply` (what order_ack gave) acknowledges a newly stored order:
-    not a `duplicado` retry, not a refusal. Only these count as received, so
-    only their latency goes into the ack histogram."""
-    return type(reply) is bytes
 
 
 def greeting(token_needed: bool = False) -> dict[str, Any]:

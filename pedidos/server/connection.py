@@ -28,7 +28,6 @@ from pedidos.protocol.replies import (
     error_reply,
     greeting,
     idle_notice,
-    is_new_order_ack,
 )
 from pedidos.protocol.telnet import TelnetReply
 from pedidos.protocol.validation import Command, parse_request
@@ -248,9 +247,10 @@ class Connection(asyncio.BufferedProtocol):
                 if acks and acks[0][0] is head:
                     arrived = acks.popleft()[1]
                     head = reply_of(head, self.peer)
-                    # A duplicado or a refused order is no new order: counted,
-                    # `_count` would drift from pedidos_recibidos_total.
-                    if is_new_order_ack(head):
+                    # Only a new order's ack is bytes (replies.order_ack): a
+                    # duplicado or a refused order, counted, would make `_count`
+                    # drift from pedidos_recibidos_total. Inline: once per ack.
+                    if type(head) is bytes:
                         written = written or time.monotonic()
                         self._stats.ack.observe(written - arrived)
                 else:
