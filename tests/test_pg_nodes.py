@@ -239,6 +239,31 @@ def test_a_paused_node_declared_dead_cannot_overwrite_the_newer_state(pg_url, tm
     assert done["ok"] and done["pedido"]["nodo"] == "B" and done["pedido"]["intentos"] == 1, done
 
 
+def test_a_one_second_lease_is_renewed_before_it_runs_out(pg_url, tmp_path):
+    # A node renewing once a second kept a 1 s lease only until the next
+    # renewal was a few milliseconds late: under load it was declared dead
+    # several times a second, its orders handed back with an attempt counted.
+    seen: list[tuple[datetime, datetime]] = []
+
+    def renewals() -> int:
+        (row,) = db(pg_url, "SELECT visto, vence FROM nodos WHERE nodo = 'A'") or [None]
+        if row is not None and row not in seen:
+            seen.append(row)
+        return len(seen)
+
+    with nodes(pg_url, tmp_path, "AB", "--work-time", "0", "--lease", "1") as (a, b):
+        wait_for(lambda: renewals() >= 6, timeout=15, interval=0.01)
+        logs = a.log + b.log
+    # Each renewal came while the lease before it still held.
+    lapses = [
+        (before[1], after[0])
+        for before, after in zip(seen[:-1], seen[1:], strict=True)
+        if after[0] >= before[1]
+    ]
+    assert lapses == [], lapses
+    assert "declared dead" not in logs, logs
+
+
 def test_postgresql_stopped_under_load_then_started_loses_nothing_acknowledged(pg_cluster, tmp_path):
     url = pg_cluster.url()
     acked: dict[str, int] = {}

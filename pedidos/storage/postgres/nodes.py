@@ -32,12 +32,22 @@ logger = logging.getLogger(__name__)
 _HAND_BACK = {"max": MAX_ATTEMPTS, "crash": CRASH_ERROR}
 
 RENEW_S = 1.0
+# A lease is renewed at least this many times while it holds: renewing once
+# per lease lost a 1 s lease whenever a renewal came a few milliseconds late,
+# and the node was declared dead while it worked (its orders handed back, an
+# attempt counted, each processed twice).
+RENEWALS_PER_LEASE = 3
 # Leases are checked four times as often as they are renewed: a dead node's
-# orders move at most a quarter of a second after its lease runs out, which
+# orders move at most a quarter of a renewal after its lease runs out, which
 # keeps failover (lease + this + one order's work) well inside lease + 2 s even
 # on a busy machine. The check is one statement that finds nothing when every
 # node is alive: cheap enough to run four times a second on every node.
-CHECK_S = RENEW_S / 4
+CHECKS_PER_RENEWAL = 4
+
+
+def renewal_interval(lease: float) -> float:
+    """Seconds between two renewals of a `lease`-second lease."""
+    return min(RENEW_S, lease / RENEWALS_PER_LEASE)
 
 
 class NameTaken(Exception):
@@ -125,10 +135,12 @@ class Nodes:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         renewed_at = loop.time()
+        renew_s = renewal_interval(self.lease)
+        check_s = renew_s / CHECKS_PER_RENEWAL
         while True:
-            await asyncio.sleep(CHECK_S)
+            await asyncio.sleep(check_s)
             try:
-                if loop.time() - renewed_at >= RENEW_S - CHECK_S / 2:
+                if loop.time() - renewed_at >= renew_s - check_s / 2:
                     await self.renew()
                     renewed_at = loop.time()
                 await self.reap()
