@@ -10,6 +10,7 @@ from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
 from conftest import SERVIDOR, LineClient, ServerProcess, running_server, wait_for
+from stallproxy import StallProxy
 
 from pedidos.server.cli import build_parser
 
@@ -132,3 +133,36 @@ def test_an_order_whose_connection_breaks_mid_insert_is_told_it_may_be_stored(pg
             return again if again["ok"] else None  # refused while the node reconnects
 
         assert wait_for(stored, timeout=15)["estado"] == "pendiente"  # type: ignore[index]
+
+
+def test_a_node_whose_database_connection_stalls_answers_its_clients(pg_url, tmp_path):
+    # The path to PostgreSQL goes silent (no RST): the node's statements had no
+    # limit but intake's, so commands and lease renewals waited for ever and a
+    # client's `estadisticas` got no answer at all.
+    from pedidos.storage.postgres.link import COMMAND_TIMEOUT_S
+
+    parts = urlsplit(pg_url)
+    proxy = StallProxy(parts.port)  # type: ignore[arg-type]
+    via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    order = {"cliente": "Ana", "productos": ["pan"], "direccion": "Calle 1"}
+    try:
+        with (
+            running_server(tmp_path, "--work-time", "0", db=via_proxy) as srv,
+            LineClient("127.0.0.1", srv.port, timeout=COMMAND_TIMEOUT_S + 15) as c,
+        ):
+            placed = c.ask(order)
+            assert placed["ok"], placed
+            proxy.stall()
+            try:
+                asked = time.monotonic()
+                reply = c.ask({"accion": "consultar", "id": placed["id"]})
+                assert reply["ok"] is False and reply["error"] == "error_interno", reply
+                assert time.monotonic() - asked < COMMAND_TIMEOUT_S + 5
+                assert c.ask(order)["error"] == "servidor_ocupado"
+                wait_for(lambda: "no answer from PostgreSQL within" in srv.log, timeout=5)
+            finally:
+                proxy.resume()  # so that the server can stop, whatever happened
+            back = wait_for(lambda: c.ask({"accion": "consultar", "id": placed["id"]})["ok"], timeout=20)
+            assert back
+    finally:
+        proxy.stop()

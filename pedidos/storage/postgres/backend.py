@@ -107,7 +107,7 @@ class PostgresStorage:
         try:
             await self._main.open()
             await self._intake_link.open()
-            async with self._main.use() as conn:
+            async with self._main.use(timeout=None) as conn:  # DDL on a big table takes its time
                 await migrate(conn)
             if not recover:  # a tool looking at the database: not a node
                 return Recovery()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import select
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -28,6 +30,11 @@ logger = logging.getLogger(__name__)
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 1.0
 REPLACE_S = 2.0  # a request waits at most this for a connection to replace one found closed
+# A statement unanswered this long gives its connection up: a half-open
+# socket, or a stalled middlebox that takes the bytes and forwards nothing,
+# must cost a few seconds of refusals, never a node whose commands (and lease
+# renewals) wait for TCP to give up, minutes away, or for ever.
+COMMAND_TIMEOUT_S = 10.0
 # libpq settings a node wants unless the URL says otherwise: give up on a
 # silent server in seconds, not minutes, and notice a dead peer (no RST).
 DEFAULTS = {
@@ -85,6 +92,20 @@ def _closed_while_idle(conn: psycopg.AsyncConnection[Any]) -> bool:
         return bool(poller.poll(0))
     except (OSError, ValueError, psycopg.Error):
         return True
+
+
+def _cut(conn: psycopg.AsyncConnection[Any], expired: list[bool]) -> None:
+    """End a connection that stopped answering. Its socket is shut down, not
+    closed: the read waiting on the descriptor sees EOF and psycopg fails the
+    statement with `OperationalError` at once. (Cancelling the awaiting task
+    instead makes psycopg send a cancel request and wait for the query, 10 s
+    more through the same stalled path.)"""
+    expired.append(True)
+    with (
+        contextlib.suppress(OSError, ValueError, psycopg.Error),
+        socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock,
+    ):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def one_line(exc: BaseException) -> str:
@@ -150,9 +171,13 @@ class Link:
         return conn
 
     @contextlib.asynccontextmanager
-    async def use(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def use(
+        self, timeout: float | None = COMMAND_TIMEOUT_S
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """The connection, one user at a time; a lost connection becomes
-        `DatabaseUnavailable` and starts the reconnection."""
+        `DatabaseUnavailable` and starts the reconnection. Past `timeout`
+        seconds (None: no limit, for the schema's DDL) the connection is cut,
+        so that the statement waiting on it fails at once."""
         async with self._lock:
             conn = self._conn
             if conn is not None and not conn.closed and _closed_while_idle(conn):
@@ -160,30 +185,32 @@ class Link:
             if conn is None or conn.closed:
                 self._start_reconnecting()
                 raise DatabaseUnavailable("PostgreSQL is unreachable")
+            expired: list[bool] = []
+            deadline = None
+            if timeout is not None:
+                deadline = asyncio.get_running_loop().call_later(timeout, _cut, conn, expired)
             try:
                 yield conn
             except psycopg.OperationalError as exc:
                 if conn.broken or conn.closed:
-                    self._lost(exc)
+                    why = f"no answer from PostgreSQL within {timeout:g} s" if expired else one_line(exc)
                     # The statement may have reached the database and its
                     # commit with it: only the answer is known to be lost.
-                    raise DatabaseUnavailable(one_line(exc), maybe_done=True) from exc
+                    lost = DatabaseUnavailable(why, maybe_done=True)
+                    self._lost(lost)
+                    raise lost from exc
                 raise
+            finally:
+                if deadline is not None:
+                    deadline.cancel()
 
     async def run(
         self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]], timeout: float
     ) -> Any:
-        """`await work(conn)` within `timeout` seconds. Past it the connection
-        is given up (its state is unknown once its query is cancelled) and a
-        new one opened: a connection that hangs (a half-open socket, say) must
-        cost a few seconds of refusals, never a node that stops answering."""
-        async with self.use() as conn:
-            try:
-                return await asyncio.wait_for(work(conn), timeout)
-            except asyncio.TimeoutError:
-                exc = DatabaseUnavailable(f"no answer from PostgreSQL within {timeout:g} s", maybe_done=True)
-                self._lost(exc)
-                raise exc from None
+        """`await work(conn)` within `timeout` seconds, else `DatabaseUnavailable`
+        and a new connection (see `use`)."""
+        async with self.use(timeout) as conn:
+            return await work(conn)
 
     async def _replace(self, conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncConnection[Any] | None:
         """A fresh connection for one the server closed while it sat idle (a
