@@ -400,3 +400,32 @@ def test_a_connection_past_descriptor_1024_is_checked_like_any_other():
         os.close(high)
         ours.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_finish_whose_connection_breaks_after_its_commit_is_a_finish(pg_url):
+    # The connection broke after FINISH committed, at the hint that follows
+    # (PostgreSQL restarted at that moment): the worker took its own finish for
+    # a failure, wrote it again, found nothing `en proceso` and logged that the
+    # orders "were taken away from this worker", which nobody had done.
+    async def main():
+        storage = await started(pg_url)
+        try:
+            ids = [r.id for r in await asyncio.gather(*(storage.submit(order(n), None) for n in range(2)))]
+            store = storage.worker_opener()(1, os.getpid())
+            claim = await asyncio.to_thread(store.claim, ids, 1)
+            hint_done = store._hint_done
+
+            def cut_then_hint(conn, done):
+                rows_exec(pg_url, f"SELECT pg_terminate_backend({conn.info.backend_pid})")
+                hint_done(conn, done)
+
+            store._hint_done = cut_then_hint
+            finished = await asyncio.to_thread(store.finish, claim)
+            store.close()
+            return ids, finished, [await storage.get(i) for i in ids]
+        finally:
+            await storage.stop()
+
+    ids, finished, orders = run(main())
+    assert finished.ids == tuple(ids) and ISO.match(finished.at), finished
+    assert [o["estado"] for o in orders] == ["listo", "listo"]

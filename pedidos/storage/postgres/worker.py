@@ -99,11 +99,11 @@ class PgWorkerStore:
         conn = self._connection()
         try:
             rows = conn.execute(sql.FINISH, (held, [self._tokens[i] for i in held], results)).fetchall()
-            done = tuple(sorted(r[0] for r in rows))
-            self._hint_done(conn, done)
         except psycopg.OperationalError as exc:
             self.close()
             raise DatabaseUnavailable(one_line(exc)) from None
+        done = tuple(sorted(r[0] for r in rows))
+        self._hint_after_commit(done)
         for order_id in held:
             del self._tokens[order_id]
         if len(done) < len(claim.ids):
@@ -126,10 +126,10 @@ class PgWorkerStore:
         }
         try:
             rows = conn.execute(sql.FAIL, params).fetchall()
-            self._hint_done(conn, tuple(sorted(i for i, estado in rows if estado == Estado.FALLIDO)))
         except psycopg.OperationalError as exc:
             self.close()
             raise DatabaseUnavailable(one_line(exc)) from None
+        self._hint_after_commit(tuple(sorted(i for i, estado in rows if estado == Estado.FALLIDO)))
         for order_id in held:
             del self._tokens[order_id]
         return sorted((i, Estado(estado)) for i, estado in rows)
@@ -145,6 +145,18 @@ class PgWorkerStore:
             self.close()
             raise DatabaseUnavailable(one_line(exc)) from None
         return order(row) if row else None
+
+    def _hint_after_commit(self, done: tuple[int, ...]) -> None:
+        """The hint for what a statement just committed. Its loss costs the
+        waiters latency only (they poll): the outcome is recorded, and a
+        failure here must not make the worker write it again (a second FINISH
+        finds nothing `en proceso` and looks like a claim taken away)."""
+        try:
+            if self._conn is not None:
+                self._hint_done(self._conn, done)
+        except psycopg.Error as exc:
+            self.close()
+            logger.debug("could not send a hint: %s", one_line(exc))
 
     def _hint_done(self, conn: psycopg.Connection[Any], done: tuple[int, ...]) -> None:
         """NOTIFY the nodes waiting on these ids (now final)."""
