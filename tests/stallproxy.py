@@ -1,7 +1,8 @@
 """A TCP proxy on loopback that can stall: it keeps taking bytes from both
 sides and forwards none, as a middlebox whose far side went silent does (no
-RST, no FIN: the sender's kernel sees its data acknowledged). Each connection
-is two threads; `stop()` ends them all."""
+RST, no FIN: the sender's kernel sees its data acknowledged). It can also cut:
+every connection closed, and new ones closed at once (`refused` counts them),
+until `resume()`. Each connection is two threads; `stop()` ends them all."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class StallProxy:
         self._flowing = threading.Event()
         self._flowing.set()
         self._stopped = threading.Event()
+        self._cutting = False
+        self.refused = 0
         self._sockets: list[socket.socket] = []
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
@@ -27,7 +30,14 @@ class StallProxy:
     def stall(self) -> None:
         self._flowing.clear()
 
+    def cut(self) -> None:
+        self._cutting = True
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def resume(self) -> None:
+        self._cutting = False
         self._flowing.set()
 
     def _accept(self) -> None:
@@ -36,6 +46,10 @@ class StallProxy:
                 near, _ = self._listener.accept()
             except OSError:
                 return
+            if self._cutting:
+                near.close()
+                self.refused += 1
+                continue
             self._flowing.wait()  # a new connection gets no further than the handshake
             try:
                 far = socket.create_connection(self.target)

@@ -166,3 +166,40 @@ def test_a_node_whose_database_connection_stalls_answers_its_clients(pg_url, tmp
             assert back
     finally:
         proxy.stop()
+
+
+def test_a_worker_cut_from_the_database_logs_its_retries_once(pg_url, tmp_path):
+    # A worker that could not record its outcome logged it again every second
+    # while PostgreSQL was away: a line a second per worker, for the whole outage.
+    parts = urlsplit(pg_url)
+    proxy = StallProxy(parts.port)  # type: ignore[arg-type]
+    via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    order = {"cliente": "Ana", "productos": ["pan"], "direccion": "Calle 1"}
+    try:
+        with (
+            running_server(tmp_path, "--work-time", "1", "--workers", "1", db=via_proxy) as srv,
+            LineClient("127.0.0.1", srv.port) as c,
+        ):
+            placed = c.ask(order)
+            wait_for(
+                lambda: c.ask({"accion": "consultar", "id": placed["id"]})["pedido"]["estado"] == "en proceso"
+            )
+            proxy.cut()
+            try:
+                wait_for(lambda: "could not record an outcome" in srv.log, timeout=10)
+                retried_from = proxy.refused
+                # The worker tries again once a second: several tries.
+                wait_for(lambda: proxy.refused >= retried_from + 12, timeout=20)
+            finally:
+                proxy.resume()
+
+            def waited() -> dict | None:
+                reply = c.ask({"accion": "esperar", "id": placed["id"], "timeout": 20})
+                return reply if reply["ok"] else None  # error_interno until the node reconnects
+
+            done = wait_for(waited, timeout=30)
+            log = srv.log
+        assert done["ok"] and done["pedido"]["estado"] == "listo", done
+        assert log.count("could not record an outcome") == 1, log
+    finally:
+        proxy.stop()

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from pedidos.domain import Estado
-from pedidos.logsetup import MAX_KINDS, REPEAT_S, configure_logging
+from pedidos.logsetup import MAX_KINDS, REPEAT_S, Repeating, configure_logging
 from pedidos.processing.proctree import kill_descendants
 from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.task import ResultError, TaskError, TaskRunner, describe, encode_result, load_task
@@ -30,6 +30,9 @@ from pedidos.stopsignals import leave_stop_to_the_server
 from pedidos.storage.base import Claim, ServerGone, WorkerOpener, WorkerStore
 
 logger = logging.getLogger(__name__)
+# The database away: a worker retries once a second; its log says so once per
+# REPEAT_S (with the count left out), not once per try for the whole outage.
+_UNREACHABLE = Repeating(logger)
 
 PARENT_CHECK_S = 0.5  # how often an idle worker checks that the server is alive
 RETRY_S = 1.0
@@ -181,7 +184,7 @@ def _process(
         raise
     except Exception as exc:
         # Nothing was taken: the server puts the chunk back in its backlog.
-        logger.error("could not claim orders: %s", exc)
+        _UNREACHABLE.error("could not claim orders: %s", exc)
         events.send(Report(DONE, number, chunk, (), None))
         time.sleep(RETRY_S)
         return
@@ -263,7 +266,7 @@ def _record(server_pid: int, write: Callable[..., Any], *args: Any) -> Any:
         except ServerGone:
             raise
         except Exception as exc:
-            logger.error("could not record an outcome, retrying: %s", exc)
+            _UNREACHABLE.error("could not record an outcome, retrying: %s", exc)
             if os.getppid() != server_pid:
                 return None
             time.sleep(RETRY_S)
