@@ -273,6 +273,27 @@ def test_workers_exit_when_their_idle_server_is_killed(tmp_path):
         kill_pids(children)
 
 
+def test_a_worker_mid_order_ends_as_soon_as_its_server_is_killed(tmp_path):
+    # Mid-order with 30 s of work to go: the worker must not finish it while a
+    # restarted server hands the same order to a worker of its own (orphan.py).
+    server = ServerProcess(
+        ["--port", "0", "--workers", "1", "--work-time", "30"], tmp_path / "p.db", tmp_path
+    )
+    children: list[int] = []
+    try:
+        server.wait_ready()
+        children = server.worker_pids()
+        with LineClient("127.0.0.1", server.port) as client:
+            busy = client.ask(order("ocupado"))["id"]
+        wait_for(lambda: in_process(server.port, busy))
+        os.kill(server.pid, signal.SIGKILL)
+        server.proc.wait(10)
+        wait_for(lambda: not any(_alive(pid) for pid in children), timeout=2)
+    finally:
+        server.kill()
+        kill_pids(children)
+
+
 def test_workers_exit_when_the_server_dies_while_they_start(tmp_path):
     server = ServerProcess(["--port", "0", "--workers", "1", "--work-time", "0"], tmp_path / "p.db", tmp_path)
     children: list[int] = []

@@ -443,23 +443,34 @@ def test_a_long_call_holds_up_no_other_order(tmp_path):
         assert c.get(hanging).estado == "en proceso"
 
 
-def test_a_hung_call_does_not_keep_its_worker_alive_once_the_server_is_killed(tmp_path):
-    """kill -9 of the server with a call hanging: nobody is left to stop it at
-    --limite-tarea, so its worker ends itself then, instead of running on for
-    ever (the next start redoes the order)."""
-    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "1", "--limite-tarea", str(LIMIT_S)]
-    with running_server(tmp_path, *args, env=task_env(tmp_path)) as server:
+def test_a_call_does_not_outlive_its_server_and_a_restart_runs_it_alone(tmp_path):
+    """kill -9 of the server alone (`kill -9 PID`, not its group) mid-call: its
+    worker ends at once, with the program its call started, instead of running
+    on (for an hour here, and no --limite-tarea to stop it) while the restarted
+    server hands the order back and runs it again: one worker at a time."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "1"]
+    db = tmp_path / "p.db"
+    with running_server(tmp_path, *args, db=db, env=task_env(tmp_path)) as server:
         with Client("127.0.0.1", server.port, timeout=30) as c:
-            order_id = c.submit("cuelga-una-vez", ["pan"], "Calle 1").id
-        wait_for(lambda: calls(tmp_path, order_id), timeout=10)
+            order_id = c.submit("hijo-cuelga", ["pan"], "Calle 1").id
+        wait_for(lambda: (tmp_path / f"{order_id}.hijo").exists(), timeout=10)
         worker = calls(tmp_path, order_id)[0]["pid"]
-        server.proc.kill()  # the server alone, as `kill -9 PID` does
+        program = int((tmp_path / f"{order_id}.hijo").read_text())
+        server.proc.kill()
         server.proc.wait()
         try:
-            wait_for(lambda: not _alive(worker), timeout=LIMIT_S + 5)
+            wait_for(lambda: not _alive(worker) and not _alive(program), timeout=3)
+            assert "the server is gone; this worker ends" in server.log
         finally:
-            if _alive(worker):
-                os.kill(worker, signal.SIGKILL)
+            for pid in (worker, program):
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+    with running_server(tmp_path, *args, db=db, env=task_env(tmp_path)) as again:
+        with Client("127.0.0.1", again.port, timeout=30) as c:
+            done = c.wait(order_id, timeout=20)
+        assert done.estado == "listo" and done.resultado == "hecho" and done.intentos == 1, done
+        first, second = calls(tmp_path, order_id)
+        assert second["pid"] != worker, (first, second)
 
 
 def test_get_takes_an_id_or_a_referencia_and_the_async_client_has_both(srv, client):

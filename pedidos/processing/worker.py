@@ -14,7 +14,6 @@ import logging
 import os
 import queue
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any, NamedTuple
 
 from pedidos.domain import Estado
 from pedidos.logsetup import MAX_KINDS, REPEAT_S, Repeating, configure_logging
-from pedidos.processing.proctree import kill_descendants
+from pedidos.processing.orphan import PARENT_CHECK_S, end_with_server
 from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.task import ResultError, TaskError, TaskRunner, describe, encode_result, load_task
 from pedidos.stopsignals import leave_stop_to_the_server
@@ -34,7 +33,6 @@ logger = logging.getLogger(__name__)
 # REPEAT_S (with the count left out), not once per try for the whole outage.
 _UNREACHABLE = Repeating(logger)
 
-PARENT_CHECK_S = 0.5  # how often an idle worker checks that the server is alive
 RETRY_S = 1.0
 CLAIMED = "claimed"  # the kinds of Report
 DONE = "done"
@@ -49,7 +47,6 @@ class WorkerConfig:
     log_format: str = "text"
     task: str | None = None  # `--tarea MODULO:FUNCION`; None: the simulated work
     retry: RetryPolicy = RetryPolicy()
-    task_limit_s: float | None = None  # `--limite-tarea`: see OrphanWatch
 
 
 class Report(NamedTuple):
@@ -88,35 +85,6 @@ class TaskFailures:
         logger.error("order %d: the task failed: %s", order_id, error, exc_info=exc)
 
 
-class OrphanWatch(threading.Thread):
-    """Ends a worker whose server is gone (kill -9, a crash) once the call in
-    hand runs past --limite-tarea, with the programs it started: the server
-    that would have stopped that call is not there any more, and the call,
-    hung, would keep the worker alive for ever. An idle worker notices the
-    server's death by itself; a call that ends in time is recorded as usual
-    (the next start redoes the order if not)."""
-
-    def __init__(self, server_pid: int, limit_s: float) -> None:
-        super().__init__(name="pedidos-orphan-watch", daemon=True)
-        self._server_pid = server_pid
-        self._limit_s = limit_s
-        self.call_started: float | None = None  # time.monotonic() when the call in hand began
-
-    def run(self) -> None:
-        while True:
-            time.sleep(PARENT_CHECK_S)
-            started = self.call_started
-            if os.getppid() == self._server_pid or started is None:
-                continue
-            if time.monotonic() - started > self._limit_s:
-                logger.warning(
-                    "the server is gone and this worker's call ran over the task time limit (%g s); exiting",
-                    self._limit_s,
-                )
-                kill_descendants(os.getpid())
-                os._exit(1)
-
-
 def worker_main(
     number: int,
     server_pid: int,
@@ -131,10 +99,10 @@ def worker_main(
     at its start would get init's pid if the server had already died."""
     # The server decides when workers stop (stopsignals.py).
     leave_stop_to_the_server()
+    end_with_server(server_pid)  # orphan.py: no call outlives its server
     # A spawned process starts with no logging set up; it logs like its server.
     configure_logging(config.log_level, config.log_format, f"worker {number}")
     runner = None
-    watch = None
     if config.task is not None:
         try:
             runner = TaskRunner(load_task(config.task))
@@ -144,9 +112,6 @@ def worker_main(
             logger.error("%s", exc)
             time.sleep(RETRY_S)
             return
-        if config.task_limit_s:
-            watch = OrphanWatch(server_pid, config.task_limit_s)
-            watch.start()
     store = config.open_store(number, server_pid)
     try:
         while not stop.is_set():
@@ -159,7 +124,7 @@ def worker_main(
                 continue
             if chunk is None:
                 continue  # a wake-up: `stop` tells whether to go on
-            _process(number, chunk, config, store, events, server_pid, runner, watch)
+            _process(number, chunk, config, store, events, server_pid, runner)
     except (BrokenPipeError, EOFError, ServerGone):
         logger.warning("the server is gone; exiting")
     finally:
@@ -176,7 +141,6 @@ def _process(
     events: Connection,
     server_pid: int,
     runner: TaskRunner | None = None,
-    watch: OrphanWatch | None = None,
 ) -> None:
     try:
         claim = store.claim(chunk, number)
@@ -190,7 +154,7 @@ def _process(
         return
     events.send(Report(CLAIMED, number, chunk, claim.ids, claim.at))
     if runner is not None:
-        finished, finished_at = _run_tasks(claim, config, store, events, server_pid, runner, chunk, watch)
+        finished, finished_at = _run_tasks(claim, config, store, events, server_pid, runner, chunk)
         events.send(Report(DONE, number, chunk, finished, finished_at))
         return
     low, high = config.work_time
@@ -211,7 +175,6 @@ def _run_tasks(
     server_pid: int,
     runner: TaskRunner,
     chunk: tuple[int, ...],
-    watch: OrphanWatch | None = None,
 ) -> tuple[tuple[int, ...], str | None]:
     """Call the task on each claimed order; record each outcome as it comes."""
     finished: list[int] = []
@@ -222,8 +185,6 @@ def _run_tasks(
         if order is None or order["estado"] != Estado.EN_PROCESO:
             continue  # taken away since (the server gave up on this worker)
         fallos = order["fallos"]  # read first: the task may change its dict
-        if watch is not None:
-            watch.call_started = time.monotonic()
         try:
             text = encode_result(runner(order))
         except ResultError as exc:
@@ -237,15 +198,11 @@ def _run_tasks(
             error = describe(exc)
             _FAILURES.log(order_id, exc, error)
         else:
-            if watch is not None:
-                watch.call_started = None
             done = _record(server_pid, store.finish, one, {order_id: text})
             if done is not None and done.ids:
                 finished.append(order_id)
                 finished_at = done.at
             continue
-        if watch is not None:
-            watch.call_started = None
         retry_at = config.retry.retry_at(fallos + 1)
         changed = _record(server_pid, store.fail, one, error, retry_at)
         if changed:

@@ -135,7 +135,6 @@ class Server:
                     config.log_format,
                     task=config.task,
                     retry=RetryPolicy(config.retries, config.backoff),
-                    task_limit_s=config.task_limit,
                 ),
                 bus,
                 self._storage,

@@ -1,0 +1,71 @@
+"""A worker whose server died ends at once, with the programs its call started.
+
+A server killed with `kill -9` (or crashed) leaves its workers behind. One
+that is waiting for work notices by itself and exits; one in the middle of a
+call or of the simulated work used to run it to the end. Meanwhile a
+restarted server (or another node, on PostgreSQL) hands the same order back
+and a worker of its own starts it: one order, two workers at once, against
+"each order is processed by one worker at a time". The orphan's late
+writes were refused, but its side effects (a mail sent twice, a program run
+twice) were not. So it ends as soon as its server is gone: the work in hand
+is an interrupted attempt, which the next start redoes, as after a crash.
+
+On Linux the kernel tells the worker the moment its server dies
+(`PR_SET_PDEATHSIG`), long before any new server can have started; elsewhere
+a thread looks every `PARENT_CHECK_S`. The signal also comes when the thread
+of the server that started the worker ends while the server lives on, so the
+handler checks that the server is really gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from pedidos.processing.proctree import kill_descendants
+
+logger = logging.getLogger(__name__)
+
+PARENT_CHECK_S = 0.5  # how often a worker without the kernel's notice checks that the server is alive
+ORPHAN_SIGNAL = signal.SIGUSR2  # the kernel's notice; unused by the server and its workers otherwise
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def end_with_server(server_pid: int) -> None:
+    """In a worker, first thing after its signal set-up: end this process the
+    moment `server_pid` is gone (if it is gone already, now)."""
+
+    def on_notice(_signum: int, _frame: Any) -> None:
+        if os.getppid() != server_pid:
+            _end()
+
+    signal.signal(ORPHAN_SIGNAL, on_notice)
+    if not _ask_the_kernel():
+        threading.Thread(target=_watch, args=(server_pid,), name="pedidos-orphan-watch", daemon=True).start()
+    if os.getppid() != server_pid:  # it died before the notice was asked for
+        _end()
+
+
+def _ask_the_kernel() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(ORPHAN_SIGNAL), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux: no prctl
+        return False
+
+
+def _watch(server_pid: int) -> None:
+    while os.getppid() == server_pid:
+        time.sleep(PARENT_CHECK_S)
+    _end()
+
+
+def _end() -> None:
+    logger.warning("the server is gone; this worker ends, with any program its call started")
+    kill_descendants(os.getpid())
+    os._exit(1)
