@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_nothing_left, marked_processes
 
+from pedidos.tools import scenarios
 from pedidos.tools.bench import GROUPS, PG_GROUPS, build_parser, parse_args
 from pedidos.tools.load import drive
 from pedidos.tools.procs import TICK, Child, machine_times
@@ -80,6 +81,7 @@ def test_tiny_run_measures_every_scenario_and_leaves_nothing(tmp_path):
             assert median[f"intake_{kind}"][f"vs_{base}"] > 0
             assert median[f"intake_uv_{kind}"][f"vs_{base}"] > 0
             assert median[f"{base}_{kind}"]["headroom"] > -1  # measured again with one more load process
+            assert median[f"{base}_{kind}"]["spread"] >= 0  # between two windows of the usual load
     assert median["e2e"]["left"] == 0  # the backlog drained
     # CPU shares of every part, the host's steal among them, in the JSON and the table.
     assert "CPU % loop/threads/writer/workers/load/other/steal" in stdout
@@ -164,6 +166,32 @@ def test_a_baseline_raised_by_one_more_load_process_fails_the_run():
     }
     assert ceilings(rows) == ["redis_pipe: +5% with one more load process"]
     assert ceilings({"echo_streams_rr": {"rate": 1.0, "headroom": -0.2}}) == []
+
+
+def test_one_more_load_process_is_compared_with_the_windows_either_side_of_it(monkeypatch):
+    # Three windows: the usual load, one more process, the usual load again. The
+    # baseline is the mean of its two usual windows, and how far apart they came
+    # is shown next to the verdict: a drift no longer reads as headroom.
+    rates = iter([100.0, 99.0, 80.0, 200.0, 230.0, 220.0])
+    calls = []
+
+    def fake_measure(args, child, pipelined, line, **kw):
+        calls.append((pipelined, kw.get("procs")))
+        return {"rate": next(rates), "p50_ms": 1.0, "p99_ms": 2.0, "bad": 0, "lost": 0}
+
+    monkeypatch.setattr(scenarios, "measure", fake_measure)
+    monkeypatch.setattr(scenarios, "warm_up", lambda *a, **kw: None)
+    args = build_parser().parse_args(["--load-procs", "2"])
+    rows: dict = {}
+    scenarios._baseline(args, None, "echo_streams", rows, b"x\n")
+    assert calls == [(False, None), (False, 3), (False, None), (True, None), (True, 3), (True, None)]
+    rr, pipe = rows["echo_streams_rr"], rows["echo_streams_pipe"]
+    assert rr["rate"] == 90.0 and rr["headroom"] == pytest.approx(99 / 90 - 1)
+    assert rr["spread"] == pytest.approx(20 / 90)
+    assert pipe["rate"] == 210.0 and pipe["headroom"] == pytest.approx(230 / 210 - 1)
+    assert [c.split(":")[0] for c in ceilings(rows)] == ["echo_streams_rr", "echo_streams_pipe"]
+    shown = table(rows, args)
+    assert "+10% GENERATOR-BOUND (22% apart)" in shown and "+10% GENERATOR-BOUND (10% apart)" in shown
 
 
 def _drive_echo(tmp_path, ports, line: bytes, generator: str, **kw):

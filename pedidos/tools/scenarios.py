@@ -137,12 +137,31 @@ def start_server(
 
 def _baseline(args: argparse.Namespace, child: Child, name: str, rows: dict[str, Row], line: bytes) -> None:
     """A baseline's two rows, each measured again with one more load process: if
-    that raises its rate, the generator, not the baseline, was the ceiling."""
+    that raises its rate, the generator, not the baseline, was the ceiling.
+
+    The window with one more process is bracketed by two with the usual count,
+    and compared with their mean: on a shared VM two 5-s windows of one echo came
+    up to 30 % apart, in either direction, so a single before/after pair said
+    "generator-bound" or "one more process slows it" at random. Bracketing cancels
+    a drift across the three windows; the row shows how far apart its own two
+    windows came (`spread`), which is the resolution of that check in that run."""
     warm_up(args, child, line, greeting=False)
     for kind, pipelined in (("rr", False), ("pipe", True)):
-        result = measure(args, child, pipelined, line, greeting=False, check=False)
-        more = measure(args, child, pipelined, line, greeting=False, check=False, procs=args.load_procs + 1)
-        rows[f"{name}_{kind}"] = row_of(result, headroom=more["rate"] / result["rate"] - 1)
+        usual = lambda **kw: measure(args, child, pipelined, line, greeting=False, check=False, **kw)  # noqa: E731
+        first = usual()
+        more = usual(procs=args.load_procs + 1)
+        second = usual()
+        row = mean_row(row_of(first), row_of(second))
+        rows[f"{name}_{kind}"] = {
+            **row,
+            "headroom": more["rate"] / row["rate"] - 1,
+            "spread": abs(first["rate"] - second["rate"]) / row["rate"],
+        }
+
+
+def mean_row(a: Row, b: Row) -> Row:
+    """Two windows of one baseline as one row: the mean of every figure."""
+    return {k: (a[k] + b[k]) / 2 for k in a}
 
 
 def echo_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
