@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         except TaskError as exc:
             logger.error("%s", exc)
             return 2
+        except KeyboardInterrupt:  # a stop (contract: exit 0) before anything started
+            logger.info("interrupted while importing the task; nothing was started")
+            return 0
     config = ServerConfig(
         hosts=args.host or ["localhost"],
         port=args.port,
