@@ -7,6 +7,10 @@ if __name__ == "__main__":
     # Imported here, not above: the server's worker and writer processes are
     # started with `spawn`, which runs this file again in each of them (as
     # `__mp_main__`), and none of them needs the server's modules.
-    from pedidos.server.cli import main
-
+    try:
+        from pedidos.server.cli import main
+    except KeyboardInterrupt:
+        # Ctrl-C while Python was still importing: nothing started, a clean stop.
+        print("servidor.py: interrupted before it started", file=sys.stderr)
+        sys.exit(0)
     sys.exit(main())

@@ -542,6 +542,29 @@ def test_interactive_ctrl_c_and_end_of_input_send_nothing(quick_server, terminal
     )
 
 
+def test_interactive_questions_stay_on_the_terminal_when_stdout_is_redirected(quick_server, terminal):
+    # `cliente.py > recibo.txt`: the questions went into the file with the answer, and the
+    # person at the terminal typed into a blank screen
+    name = unique()
+    term = terminal("--port", quick_server.port, "--referencia", name, stdout_to_pipe=True)
+    term.expect("Cliente (hasta 200 caracteres): ")
+    term.type(f"{name}\r")
+    term.expect("Productos, separados por comas")
+    term.type("pan\r")
+    term.expect("Dirección (hasta 500 caracteres): ")
+    term.type("Calle 1\r")
+    assert term.finish() == 0
+    assert term.proc.stdout is not None
+    out = term.proc.stdout.read().decode()
+    assert "Cliente (" not in out and "Dirección (" not in out
+    assert out.startswith(f"Pedido a enviar:\n  cliente:   {name}\n") and "Pedido recibido: número " in out
+    term = terminal("--port", quick_server.port, "--cliente", "Ana", stdout_to_pipe=True)
+    term.expect("Productos, separados por comas")
+    term.type("\x04")  # Ctrl-D: the reason on a line of its own, not after the question
+    assert term.finish() == 2
+    assert re.search(r"caracteres\): \r?\ncliente\.py: pedido no enviado", term.screen), term.screen
+
+
 def test_ctrl_c_while_following_an_order(tmp_path: Path, terminal):
     # One worker busy for a minute: the order followed stays pendiente throughout.
     args = ("--workers", "1", "--work-time", "60", "--shutdown-timeout", "1")

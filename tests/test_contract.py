@@ -230,6 +230,19 @@ def test_host_any_is_v6_only_wildcard_and_v4_wildcard(tmp_path):
                 assert c.ask(order())["ok"] is True
 
 
+@pytest.mark.parametrize("hosts", [("::", "127.0.0.1"), ("localhost", "0.0.0.0", "::")])
+def test_an_address_a_wildcard_covers_is_not_bound_twice(tmp_path, hosts):
+    # 0.0.0.0 already takes 127.0.0.1 (and [::] takes ::1): binding both failed the start with
+    # "already in use by another program", the other program being this server itself
+    args = [arg for host in hosts for arg in ("--host", host)]
+    with running_server(tmp_path, *args, "--work-time", "0") as srv:
+        assert listeners(srv.port) == {("v6", "::"), ("v4", "0.0.0.0")}
+        assert any("127.0.0.1 is covered by 0.0.0.0" in line for line in srv.lines), srv.log
+        for host in ("127.0.0.1", "::1"):
+            with client(srv, host) as c:
+                assert c.ask(order())["ok"] is True
+
+
 def test_connection_stays_open_for_many_requests(shared):
     with client(shared) as c:
         for _ in range(20):

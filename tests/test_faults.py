@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -515,6 +516,32 @@ def test_start_on_a_full_disk_says_so_in_one_line(tmp_path):
     db = tmp_path / "p.db"
     result = start_failure(tmp_path, db, no_room)
     assert_one_clear_line(result, db, "cannot use the database")
+
+
+def test_more_workers_than_file_descriptors_says_so_in_one_line(tmp_path):
+    # `--workers 40` under `ulimit -n 64`: the start ended in a traceback
+    # ("OSError: [Errno 24] Too many open files" from multiprocessing)
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    result = subprocess.run(
+        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), *SERVER_MODE, "--port", "0"]
+        + ["--workers", "40", "--work-time", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+        preexec_fn=few_descriptors,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout
+    errors = [line for line in result.stdout.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stdout
+    assert "--workers" in errors[0] and "ulimit -n is 64" in errors[0], errors[0]
+    started = [int(pid) for pid in re.findall(r"started \(pid (\d+)\)", result.stdout)]
+    assert started  # it got some way before running out
+    wait_for(lambda: not any(_alive(pid) for pid in started))
 
 
 def test_a_write_error_on_a_full_disk_is_called_a_full_disk(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SERVIDOR
+from conftest import SERVIDOR, clean_environ
 
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.server.cli import build_parser, main
@@ -138,3 +138,28 @@ def test_real_command_line_usage_error_and_help(tmp_path):
     assert shown.returncode == 0
     for flag in ("--host", "--port", "--workers", "--db", "--work-time"):
         assert flag in shown.stdout
+
+
+def test_empty_db_is_a_usage_error_that_touches_nothing(tmp_path):
+    # `--db "$DB"` with DB unset: the empty path named the working directory, the start
+    # failed with "cannot create <cwd>: Is a directory" and left <cwd>.lock beside it
+    cwd = tmp_path / "tienda"
+    cwd.mkdir()
+    bad = subprocess.run(
+        [sys.executable, str(SERVIDOR), "--port", "0", "--db", ""],
+        cwd=cwd,
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2, bad.stderr
+    assert "--db" in bad.stderr and "empty" in bad.stderr
+    assert "Traceback" not in bad.stderr + bad.stdout
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tienda"]
+    assert not any(cwd.iterdir())
+
+
+def test_blank_pedidos_db_means_the_default(monkeypatch):
+    monkeypatch.setenv("PEDIDOS_DB", "  ")
+    assert build_parser().parse_args([]).db == "pedidos.db"

@@ -388,6 +388,36 @@ def test_a_slow_import_at_start_is_said_in_the_log(tmp_path):
     assert "importing the task lenta:f (--tarea) is taking a while" in first, server.log
 
 
+def test_ctrl_c_during_a_slow_import_at_start_is_a_clean_stop(tmp_path):
+    # Ctrl-C at the terminal (the whole process group) while the start waited for the
+    # import: a traceback from the server and another from the import's process, exit -2
+    (tmp_path / "lenta.py").write_text("import time\ntime.sleep(60)\n\ndef f(pedido):\n    return 1\n")
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), "--port", "0", "--tarea", "lenta:f"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # logged a second into the import
+        assert "is taking a while" in first, first
+        group = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+        group = [pid for pid in group if _alive(pid) and os.getpgid(pid) == proc.pid]
+        assert len(group) >= 2  # the server, the import's process (and multiprocessing's tracker)
+        os.killpg(proc.pid, signal.SIGINT)
+        out = first + proc.stdout.read()
+        assert proc.wait(30) == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in out and "nothing was started" in out, out
+    wait_for(lambda: not any(_alive(pid) for pid in group))
+
+
 @pytest.mark.parametrize(
     "args, words",
     [

@@ -85,6 +85,10 @@ def check_task(spec: str) -> None:
         code = process.exitcode
         how = f"by signal {_signal_name(-code)}" if code is not None and code < 0 else f"with status {code}"
         raise TaskError(f"importing --tarea {spec} ended its process {how}") from None
+    except BaseException:  # Ctrl-C while a slow import runs: the import is of no use any more
+        process.kill()
+        process.join()
+        raise
     finally:
         receiver.close()
     # The child ends itself at once (below); should it not, its answer is all
@@ -98,6 +102,10 @@ def check_task(spec: str) -> None:
 
 
 def _check_in_child(spec: str, report: Any) -> None:
+    import signal
+
+    # Ctrl-C at the terminal reaches the whole group: the server decides, and ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         load_task(spec)
     except TaskError as exc:

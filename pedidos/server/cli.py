@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=value.positive_int, default=2, help="worker processes (default 2)")
     parser.add_argument(
         "--db",
-        default=os.environ.get(DB_ENV_VAR) or "pedidos.db",
+        default=os.environ.get(DB_ENV_VAR, "").strip() or "pedidos.db",
+        type=value.database,
         help="a SQLite file, or a postgresql:// URL to share one database among many servers "
         f"(default: ${DB_ENV_VAR}, else pedidos.db)",
     )
@@ -213,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         except TaskError as exc:
             logger.error("%s", exc)
             return 2
+        except KeyboardInterrupt:  # a stop (contract: exit 0) before anything started
+            logger.info("interrupted while importing the task; nothing was started")
+            return 0
     config = ServerConfig(
         hosts=args.host or ["localhost"],
         port=args.port,

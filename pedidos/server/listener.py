@@ -62,6 +62,18 @@ def connection_budget(max_connections: int, workers: int, panel: int = 0) -> int
     return capped
 
 
+def startup_shortage(exc: BaseException, workers: int) -> str | None:
+    """The one line for an operator whose start ran out of file descriptors
+    (too many --workers for `ulimit -n`), or None for any other failure."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.EMFILE, errno.ENFILE):
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return (
+        f"out of file descriptors while starting {workers} workers (ulimit -n is {soft}): "
+        "raise the limit (ulimit -n; LimitNOFILE= under systemd) or give fewer --workers"
+    )
+
+
 class Listener:
     """Accepts on one listening socket; each connection gets a protocol from `factory`."""
 

@@ -68,6 +68,14 @@ def port(text: str) -> int:
     return value
 
 
+def database(text: str) -> str:
+    """A SQLite file or a PostgreSQL URL; an empty one (`--db "$DB"` with DB unset)
+    would name the working directory, and leave a stray lock file beside it."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a SQLite file (pedidos.db) or a postgresql:// URL")
+    return text
+
+
 def log_level(text: str) -> str:
     level = text.upper()
     if level not in LEVELS:

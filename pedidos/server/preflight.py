@@ -59,44 +59,67 @@ def bind_sockets(hosts: list[str], port: int) -> list[socket.socket]:
     """One listening socket per address; an IPv6 socket is v6-only, so the
     families never share one. An address or family this machine lacks is
     logged and skipped; any other failure, or nothing to listen on, stops the start."""
+    pairs = planned_addresses(hosts, port)
     for _ in range(FREE_PORT_TRIES if port == 0 else 1):
         try:
-            return _bind_all(hosts, port)
+            return _bind_all(pairs, port)
         except _PortTaken:
             continue  # --port 0: the port picked on the first address was taken on another
     raise StartupError("cannot find a port free on every address; give --port")
 
 
-def _bind_all(hosts: list[str], port: int) -> list[socket.socket]:
+# The address that takes every address of its family: with it bound, another
+# address of that family on the same port is in use by this very server.
+WILDCARDS = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+
+
+def planned_addresses(hosts: list[str], port: int) -> list[tuple[int, str]]:
+    """(family, address) pairs to bind, each once. An address of a family whose
+    wildcard is also named (`--host :: --host 127.0.0.1`) is left out, and logged:
+    the wildcard already listens on it, and binding it too would fail as if
+    another program held the port."""
+    pairs: list[tuple[int, str]] = []
+    for host in hosts:
+        for pair in listen_addresses(host, port):
+            if pair not in pairs:
+                pairs.append(pair)
+    covered = {family for family, address in pairs if WILDCARDS.get(family) == address}
+    kept = []
+    for family, address in pairs:
+        if family in covered and address != WILDCARDS[family]:
+            logger.info("%s is covered by %s: listening there", _shown(address), _shown(WILDCARDS[family]))
+            continue
+        kept.append((family, address))
+    return kept
+
+
+def _bind_all(pairs: list[tuple[int, str]], port: int) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     skipped = []
     picked = port == 0
     try:
-        for host in hosts:
-            for family, address in listen_addresses(host, port):
-                if any(s.family == family and s.getsockname()[0] == address for s in sockets):
+        for family, address in pairs:
+            try:
+                sock = _listen(family, address, port)
+            except OSError as exc:
+                shown = _shown(address)
+                reason = exc.strerror or str(exc)
+                if exc.errno in MISSING_ON_THIS_MACHINE:
+                    logger.warning(
+                        "cannot listen on %s:%d: %s (no such address or family on this machine); "
+                        "going on without it",
+                        shown,
+                        port,
+                        reason,
+                    )
+                    skipped.append(f"{shown}: {reason}")
                     continue
-                try:
-                    sock = _listen(family, address, port)
-                except OSError as exc:
-                    shown = _shown(address)
-                    reason = exc.strerror or str(exc)
-                    if exc.errno in MISSING_ON_THIS_MACHINE:
-                        logger.warning(
-                            "cannot listen on %s:%d: %s (no such address or family on this machine); "
-                            "going on without it",
-                            shown,
-                            port,
-                            reason,
-                        )
-                        skipped.append(f"{shown}: {reason}")
-                        continue
-                    if exc.errno == errno.EADDRINUSE and picked and sockets:
-                        raise _PortTaken from None
-                    raise StartupError(f"cannot listen on {shown}:{port}: {_advice(exc)}") from None
-                if port == 0:  # the other addresses take the same free port
-                    port = sock.getsockname()[1]
-                sockets.append(sock)
+                if exc.errno == errno.EADDRINUSE and picked and sockets:
+                    raise _PortTaken from None
+                raise StartupError(f"cannot listen on {shown}:{port}: {_advice(exc)}") from None
+            if port == 0:  # the other addresses take the same free port
+                port = sock.getsockname()[1]
+            sockets.append(sock)
     except BaseException:
         for sock in sockets:
             sock.close()

@@ -28,7 +28,7 @@ from pedidos.server.announce import announce_ready, log_activity, log_recovery
 from pedidos.server.auth import FailureThrottle, TokenBook, TokenFileError, load_tokens
 from pedidos.server.config import ServerConfig
 from pedidos.server.connection import Connection
-from pedidos.server.listener import Listener, connection_budget
+from pedidos.server.listener import Listener, connection_budget, startup_shortage
 from pedidos.server.preflight import StartupError, bind_sockets, tls_context
 from pedidos.server.service import OrderService
 from pedidos.server.state import ServerState
@@ -151,10 +151,12 @@ class Server:
                 listener = Listener(loop, sock, lambda: Connection(state), tls)
                 listener.start()
                 self._listeners.append(listener)
-        except BaseException:
+        except BaseException as exc:
             for sock in sockets:
                 sock.close()
             await self.shutdown(quiet=True)
+            if (shortage := startup_shortage(exc, config.workers)) is not None:
+                raise StartupError(shortage) from None
             raise
         state.accepting = True
         for sock in sockets:

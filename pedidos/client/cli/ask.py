@@ -48,6 +48,15 @@ def ask_order(ask: Callable[[str], str], order: dict[str, Any]) -> dict[str, Any
 
 
 def prompter(stdin: TextIO) -> Callable[[str], str]:
+    if stdin is sys.stdin and not is_terminal(sys.stdout):
+        # `cliente.py > recibo.txt`: input() would write the questions into the
+        # file; they are for the person at the terminal, as the complaints are.
+        def ask_on_stderr(prompt: str) -> str:
+            sys.stderr.write(prompt)
+            sys.stderr.flush()
+            return input()
+
+        return ask_on_stderr
     if stdin is sys.stdin:
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (arrow keys and history for input())
@@ -62,3 +71,10 @@ def prompter(stdin: TextIO) -> Callable[[str], str]:
         return line.rstrip("\r\n")
 
     return ask
+
+
+def is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False

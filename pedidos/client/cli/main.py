@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from pedidos.client.access import chosen_token
 from pedidos.client.blocking import Client, ConnectionProblem, Order, Refused, ServerStopping
 from pedidos.client.cli import args as cli
-from pedidos.client.cli.ask import ask_order, prompter
+from pedidos.client.cli.ask import ask_order, is_terminal, prompter
 from pedidos.client.cli.exits import (
     EXIT_INTERRUPTED,
     EXIT_NOT_LISTO,
@@ -46,7 +46,7 @@ PAGE = 1000  # the most orders the server lists in one reply
 def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     stdin = stdin or sys.stdin
     prog = cli.program_name(from_command_line=argv is None)
-    args = cli.parse(argv, _is_terminal(stdin), prog)
+    args = cli.parse(argv, is_terminal(stdin), prog)
     # The command as typed, for a run cut short to say how to go on.
     typed = prog
     if prog == cli.SCRIPT:
@@ -152,8 +152,11 @@ def _order_from(args: Any, stdin: TextIO) -> dict[str, Any]:
         try:
             ask_order(prompter(stdin), order)
         except EOFError:
-            if _is_terminal(sys.stdout):  # Ctrl-D leaves the cursor after the question
+            # Ctrl-D leaves the cursor after the question, on stdout or (stdout redirected) stderr.
+            if is_terminal(sys.stdout):
                 print(flush=True)
+            elif is_terminal(sys.stderr):
+                print(file=sys.stderr, flush=True)
             raise Stop(EXIT_USAGE, "pedido no enviado (se acabó la entrada)") from None
         except KeyboardInterrupt:
             raise Stop(EXIT_INTERRUPTED, "interrumpido; pedido no enviado") from None
@@ -245,16 +248,9 @@ def _fail(prog: str, status: int, why: str) -> int:
     with contextlib.suppress(OSError):
         sys.stdout.flush()
     # A terminal echoes Ctrl-C as "^C" where the cursor was, mid-line.
-    start = "\n" if status == EXIT_INTERRUPTED and _is_terminal(sys.stderr) else ""
+    start = "\n" if status == EXIT_INTERRUPTED and is_terminal(sys.stderr) else ""
     print(f"{start}{prog}: {why}", file=sys.stderr, flush=True)
     return status
-
-
-def _is_terminal(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError, OSError):
-        return False
 
 
 if __name__ == "__main__":
