@@ -40,7 +40,7 @@ COMMAND_TIMEOUT_S = 10.0
 # keepalives for an idle connection, `tcp_user_timeout` (ms; Linux) for one
 # whose statement the path stopped carrying. The latter is the only deadline
 # of a worker's statements (COMMAND_TIMEOUT_S is the event loop's): without it
-# a worker's finish over a dead path waited for TCP's own retries, 15 minutes.
+# a worker's finish over a dead path waited for TCP's own retries (~15 minutes).
 DEFAULTS = {
     "connect_timeout": "5",
     "application_name": "pedidos",
