@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 
 from pedidos.storage.base import Recovery, StorageError
 from pedidos.storage.postgres.backend import HINT_GAP_S, PostgresStorage
-from pedidos.storage.postgres.link import DatabaseUnavailable, shown
+from pedidos.storage.postgres.link import COMMAND_TIMEOUT_S, DatabaseUnavailable, shown
 from pedidos.storage.postgres.sql import NEW_CHANNEL
+from pedidos.storage.postgres.worker import PgWorkerStore
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 
@@ -429,3 +431,17 @@ def test_a_finish_whose_connection_breaks_after_its_commit_is_a_finish(pg_url):
     ids, finished, orders = run(main())
     assert finished.ids == tuple(ids) and ISO.match(finished.at), finished
     assert [o["estado"] for o in orders] == ["listo", "listo"]
+
+
+def test_every_connection_of_a_node_gives_up_on_a_silent_path(pg_url):
+    # Keepalives notice an idle connection whose peer vanished; a statement
+    # whose bytes the path stopped carrying needs TCP_USER_TIMEOUT, on the
+    # workers' connections too (their statements have no other deadline).
+    store = PgWorkerStore(pg_url, "A", "token")
+    try:
+        fd = store._connection().pgconn.socket
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == COMMAND_TIMEOUT_S * 1000
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    finally:
+        store.close()

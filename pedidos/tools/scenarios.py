@@ -8,6 +8,7 @@ with the load generator (`pedidos.tools.load`), stops it, and adds its rows.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -147,7 +148,7 @@ def _baseline(args: argparse.Namespace, child: Child, name: str, rows: dict[str,
     windows came (`spread`), which is the resolution of that check in that run."""
     warm_up(args, child, line, greeting=False)
     for kind, pipelined in (("rr", False), ("pipe", True)):
-        usual = lambda **kw: measure(args, child, pipelined, line, greeting=False, check=False, **kw)  # noqa: E731
+        usual = functools.partial(measure, args, child, pipelined, line, greeting=False, check=False)
         first = usual()
         more = usual(procs=args.load_procs + 1)
         second = usual()

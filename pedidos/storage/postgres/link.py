@@ -36,7 +36,11 @@ REPLACE_S = 2.0  # a request waits at most this for a connection to replace one 
 # renewals) wait for TCP to give up, minutes away, or for ever.
 COMMAND_TIMEOUT_S = 10.0
 # libpq settings a node wants unless the URL says otherwise: give up on a
-# silent server in seconds, not minutes, and notice a dead peer (no RST).
+# silent server in seconds, not minutes, and notice a dead peer (no RST):
+# keepalives for an idle connection, `tcp_user_timeout` (ms; Linux) for one
+# whose statement the path stopped carrying. The latter is the only deadline
+# of a worker's statements (COMMAND_TIMEOUT_S is the event loop's): without it
+# a worker's finish over a dead path waited for TCP's own retries (~15 minutes).
 DEFAULTS = {
     "connect_timeout": "5",
     "application_name": "pedidos",
@@ -44,6 +48,7 @@ DEFAULTS = {
     "keepalives_idle": "10",
     "keepalives_interval": "5",
     "keepalives_count": "3",
+    "tcp_user_timeout": str(int(COMMAND_TIMEOUT_S * 1000)),
 }
 
 
