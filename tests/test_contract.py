@@ -39,6 +39,7 @@ from conftest import (
 )
 
 from pedidos.domain import NewOrder
+from pedidos.server.preflight import listen_addresses
 
 ESTADOS = {"pendiente", "en proceso", "listo", "cancelado", "fallido"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
@@ -215,6 +216,12 @@ def test_default_localhost_is_two_sockets_one_per_family(shared):
     assert any(line.endswith(f"listening on [::1]:{port}") for line in shared.lines)
     # the kernel's view: an IPv4 socket on 127.0.0.1 and an IPv6 socket on ::1, nothing wider
     assert listeners(port) == {("v4", "127.0.0.1"), ("v6", "::1")}
+
+
+@pytest.mark.parametrize("name", ["LOCALHOST", "localhost.", "LocalHost"])
+def test_localhost_however_written_is_both_families(name):
+    # getaddrinfo("LOCALHOST") gives ::1 alone on some machines, 127.0.0.1 alone on others
+    assert listen_addresses(name, 8888) == [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
 
 
 def test_host_any_is_v6_only_wildcard_and_v4_wildcard(tmp_path):

@@ -35,7 +35,7 @@ class StartupError(Exception):
 
 def listen_addresses(host: str, port: int) -> list[tuple[int, str]]:
     """(family, address) pairs that `--host` names."""
-    if host == "localhost":
+    if host.lower().rstrip(".") == "localhost":  # names are case-blind; a final dot is the root
         return [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
     if host in ("::", "[::]"):
         return [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
