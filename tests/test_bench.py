@@ -286,7 +286,10 @@ def _sliced(document: dict, slices: int, seconds: float) -> dict:
     assert [p["to_s"] for p in pieces[:-1]] == [p["from_s"] for p in pieces[1:]], pieces
     for key in ("listo", "acks"):
         rates = [p[f"{key}_per_s"] for p in pieces]
-        assert min(rates) >= 0 and (sum(rates) > 0 or key == "listo"), (key, pieces)  # workers may starve
+        # Workers may starve; and on a machine busy enough to run the first probe only after
+        # the load's window (0.7 s late once, under the whole suite), no slice has its acks.
+        late = pieces[0]["from_s"] >= seconds
+        assert min(rates) >= 0 and (sum(rates) > 0 or key == "listo" or late), (key, pieces)
         assert (row[f"slice_{key}_first"], row[f"slice_{key}_last"]) == (rates[0], rates[-1])
         assert (row[f"slice_{key}_min"], row[f"slice_{key}_max"]) == (min(rates), max(rates))
     return row

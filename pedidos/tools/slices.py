@@ -58,6 +58,8 @@ def run_window(
     """The body of a `during` hook: `snapshot()` (CPU) and `probe()` at `start`,
     `probe()` at each of the `parts` - 1 inner slice boundaries, `snapshot()` and
     `probe()` at `end`. Returns both snapshots and the samples, `parts` + 1 of them."""
+    if probe is not None:
+        probe()  # once before the window: a first query's set-up must not move its first boundary
     sleep_until(start)
     before, samples = snapshot(), [sample(probe)]
     for k in range(1, parts):
