@@ -66,6 +66,15 @@ def hijo_cuelga(pedido: dict[str, Any]) -> Any:
     return "hecho"
 
 
+def sistema_cuelga(pedido: dict[str, Any]) -> Any:
+    """As hijo_cuelga, through os.system: C code that waits for the program and
+    retries on EINTR, so a Python signal handler does not run until it returns."""
+    if _calls(pedido) == 1:
+        where = Path(os.environ["PEDIDOS_PRUEBA_DIR"]) / f"{pedido['id']}.hijo"
+        os.system(f"echo $$ > {where}.tmp && mv {where}.tmp {where} && exec sleep 3600")
+    return "hecho"
+
+
 def se_mata(pedido: dict[str, Any]) -> Any:
     _calls(pedido)
     os._exit(7)
@@ -111,6 +120,7 @@ BEHAVIOURS = {
     "siempre-falla": siempre_falla,
     "cuelga-una-vez": cuelga_una_vez,
     "hijo-cuelga": hijo_cuelga,
+    "sistema-cuelga": sistema_cuelga,
     "se-mata": se_mata,
     "grande": demasiado_grande,
     "no-json": no_json,

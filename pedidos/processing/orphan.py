@@ -11,10 +11,13 @@ twice) were not. So it ends as soon as its server is gone: the work in hand
 is an interrupted attempt, which the next start redoes, as after a crash.
 
 On Linux the kernel tells the worker the moment its server dies
-(`PR_SET_PDEATHSIG`), long before any new server can have started; elsewhere
-a thread looks every `PARENT_CHECK_S`. The signal also comes when the thread
-of the server that started the worker ends while the server lives on, so the
-handler checks that the server is really gone.
+(`PR_SET_PDEATHSIG`), long before any new server can have started. The
+signal also comes when the thread of the server that started the worker ends
+while the server lives on, so the handler checks that the server is really
+gone. A Python handler runs only once the main thread is back in the
+interpreter, and a call inside C code that retries on EINTR (`os.system`, a
+database driver's query) may not be back for long: a thread looks every
+`PARENT_CHECK_S` too, on every system, and is all there is off Linux.
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ def end_with_server(server_pid: int) -> None:
             _end()
 
     signal.signal(ORPHAN_SIGNAL, on_notice)
-    if not _ask_the_kernel():
-        threading.Thread(target=_watch, args=(server_pid,), name="pedidos-orphan-watch", daemon=True).start()
+    _ask_the_kernel()
+    threading.Thread(target=_watch, args=(server_pid,), name="pedidos-orphan-watch", daemon=True).start()
     if os.getppid() != server_pid:  # it died before the notice was asked for
         _end()
 
@@ -66,6 +69,10 @@ def _watch(server_pid: int) -> None:
 
 
 def _end() -> None:
-    logger.warning("the server is gone; this worker ends, with any program its call started")
-    kill_descendants(os.getpid())
-    os._exit(1)
+    # The programs first and the exit whatever happens: a log write may block
+    # (nobody reads stderr any more) or fail (re-entered from the handler).
+    try:
+        kill_descendants(os.getpid())
+        logger.warning("the server is gone; this worker ends, and the programs its call started have")
+    finally:
+        os._exit(1)

@@ -75,10 +75,10 @@ def check_task(spec: str) -> None:
     process = context.Process(target=_check_in_child, args=(spec, sender), name="pedidos-task-check")
     process.start()
     sender.close()
-    if not receiver.poll(SLOW_IMPORT_S):
-        # Nothing else is logged until it ends: say why the start waits.
-        logger.info("importing the task %s (--tarea) is taking a while; waiting for it", spec)
     try:
+        if not receiver.poll(SLOW_IMPORT_S):
+            # Nothing else is logged until it ends: say why the start waits.
+            logger.info("importing the task %s (--tarea) is taking a while; waiting for it", spec)
         problem = receiver.recv()
     except EOFError:  # it ended before it could say
         process.join()

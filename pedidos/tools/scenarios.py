@@ -161,8 +161,9 @@ def _baseline(args: argparse.Namespace, child: Child, name: str, rows: dict[str,
 
 
 def mean_row(a: Row, b: Row) -> Row:
-    """Two windows of one baseline as one row: the mean of every figure."""
-    return {k: (a[k] + b[k]) / 2 for k in a}
+    """Two windows of one baseline as one row: the mean of every figure, but
+    the failures of both (a bad reply in either is one too many)."""
+    return {k: a[k] + b[k] if k in ("bad", "lost") else (a[k] + b[k]) / 2 for k in a}
 
 
 def echo_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
