@@ -166,7 +166,11 @@ def test_a_failure_repeated_logs_a_line_each_time_and_its_traceback_once(tmp_pat
         for order_id in orders:
             assert c.wait(order_id, timeout=20).estado == "fallido"
         for order_id in orders:
-            lines = [line for line in server.lines if f"order {order_id}: the task failed" in line]
+            said = f"order {order_id}: the task failed"
+            # The worker's last line reaches the server's log pipe around when the order
+            # turns fallido, and this test reads that pipe from a thread of its own.
+            wait_for(lambda s=said: sum(s in line for line in server.lines) >= RETRIES + 1, timeout=5)
+            lines = [line for line in server.lines if said in line]
             assert len(lines) == RETRIES + 1, lines
             assert all("RuntimeError: sin stock de pan" in line for line in lines)
         assert server.log.count("Traceback") == 1, server.log
