@@ -523,7 +523,8 @@ def test_a_call_does_not_outlive_its_server_and_a_restart_runs_it_alone(tmp_path
         server.proc.wait()
         try:
             wait_for(lambda: not _alive(worker) and not _alive(program), timeout=3)
-            assert "the server is gone; this worker" in server.log
+            # Said once its programs are gone; read from the log pipe by a thread of the test.
+            wait_for(lambda: "the server is gone; this worker" in server.log, timeout=5)
         finally:
             for pid in (worker, program):
                 if _alive(pid):
