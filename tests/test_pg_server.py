@@ -135,15 +135,20 @@ def test_an_order_whose_connection_breaks_mid_insert_is_told_it_may_be_stored(pg
         assert wait_for(stored, timeout=15)["estado"] == "pendiente"  # type: ignore[index]
 
 
+def _behind_a_proxy(pg_url: str) -> tuple[StallProxy, str]:
+    """A proxy of ours between the node and PostgreSQL, and the URL through it."""
+    parts = urlsplit(pg_url)
+    proxy = StallProxy(parts.port)  # type: ignore[arg-type]
+    return proxy, urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+
+
 def test_a_node_whose_database_connection_stalls_answers_its_clients(pg_url, tmp_path):
     # The path to PostgreSQL goes silent (no RST): the node's statements had no
     # limit but intake's, so commands and lease renewals waited for ever and a
     # client's `estadisticas` got no answer at all.
     from pedidos.storage.postgres.link import COMMAND_TIMEOUT_S
 
-    parts = urlsplit(pg_url)
-    proxy = StallProxy(parts.port)  # type: ignore[arg-type]
-    via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    proxy, via_proxy = _behind_a_proxy(pg_url)
     order = {"cliente": "Ana", "productos": ["pan"], "direccion": "Calle 1"}
     try:
         with (
@@ -171,9 +176,7 @@ def test_a_node_whose_database_connection_stalls_answers_its_clients(pg_url, tmp
 def test_a_worker_cut_from_the_database_logs_its_retries_once(pg_url, tmp_path):
     # A worker that could not record its outcome logged it again every second
     # while PostgreSQL was away: a line a second per worker, for the whole outage.
-    parts = urlsplit(pg_url)
-    proxy = StallProxy(parts.port)  # type: ignore[arg-type]
-    via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    proxy, via_proxy = _behind_a_proxy(pg_url)
     order = {"cliente": "Ana", "productos": ["pan"], "direccion": "Calle 1"}
     try:
         with (
