@@ -34,7 +34,7 @@ from pedidos.processing.proctree import kill_descendants
 
 logger = logging.getLogger(__name__)
 
-PARENT_CHECK_S = 0.5  # how often a worker without the kernel's notice checks that the server is alive
+PARENT_CHECK_S = 0.5  # how often a worker looks whether its server is alive (besides the kernel's notice)
 ORPHAN_SIGNAL = signal.SIGUSR2  # the kernel's notice; unused by the server and its workers otherwise
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
