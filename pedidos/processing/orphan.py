@@ -22,6 +22,7 @@ database driver's query) may not be back for long: a thread looks every
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -54,12 +55,10 @@ def end_with_server(server_pid: int) -> None:
         _end()
 
 
-def _ask_the_kernel() -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_PDEATHSIG, int(ORPHAN_SIGNAL), 0, 0, 0) == 0
-    except (OSError, AttributeError):  # not Linux: no prctl
-        return False
+def _ask_the_kernel() -> None:
+    """Linux: the notice at the server's death. Elsewhere (no prctl) the thread alone."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(ORPHAN_SIGNAL), 0, 0, 0)
 
 
 def _watch(server_pid: int) -> None:
