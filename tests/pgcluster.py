@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 START_TIMEOUT_S = 30
 DB_PREFIX = "pedidos_test_"
@@ -168,6 +168,13 @@ def with_dbname(url: str, dbname: str) -> str:
     the server tells its backend by the scheme)."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
+
+
+def with_options(url: str, options: str) -> str:
+    """The URL with libpq's `options` (server settings for its sessions: `-c name=value`)."""
+    parts = urlsplit(url)
+    query = "&".join(filter(None, [parts.query, urlencode({"options": options}, quote_via=quote)]))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 class Databases:

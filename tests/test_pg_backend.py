@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import socket
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgcluster import with_options
 
 from pedidos.storage.base import Recovery, StorageError
 from pedidos.storage.postgres.backend import HINT_GAP_S, PostgresStorage
-from pedidos.storage.postgres.link import COMMAND_TIMEOUT_S, DatabaseUnavailable, shown
+from pedidos.storage.postgres.link import COMMAND_TIMEOUT_S, DatabaseUnavailable, StatementCancelled, shown
 from pedidos.storage.postgres.sql import NEW_CHANNEL
 from pedidos.storage.postgres.worker import PgWorkerStore
 
@@ -445,3 +447,78 @@ def test_every_connection_of_a_node_gives_up_on_a_silent_path(pg_url):
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     finally:
         store.close()
+
+
+def test_postgresql_cancels_a_slow_statement_before_the_node_gives_its_connection_up(pg_url):
+    # A statement past COMMAND_TIMEOUT_S (a listing over millions of rows, a
+    # wait for another program's lock) cost the node its connection: new orders
+    # were refused until it had reconnected. PostgreSQL now cancels it first,
+    # unless the URL asks for a shorter limit.
+    async def limits(url: str) -> list[str]:
+        storage = await started(url)
+        try:
+            shown = []
+            for link in (storage._main, storage._intake_link, storage._lease_link):
+                async with link.use() as conn:
+                    shown.append((await (await conn.execute("SHOW statement_timeout")).fetchone())[0])
+            return shown
+        finally:
+            await storage.stop()
+
+    assert run(limits(pg_url)) == ["9s"] * 3
+    assert run(limits(with_options(pg_url, "-c statement_timeout=1500"))) == ["1500ms"] * 3
+    assert run(limits(with_options(pg_url, "-c statement_timeout=1min"))) == ["9s"] * 3
+
+    async def slow() -> tuple[bool, tuple]:
+        storage = await started(with_options(pg_url, "-c statement_timeout=200"))
+        try:
+            with pytest.raises(StatementCancelled) as cancelled:
+                async with storage._main.use() as conn:
+                    await conn.execute("SELECT pg_sleep(5)")
+            assert not cancelled.value.maybe_done
+            up = storage.health.up
+            async with storage._main.use() as conn:  # the same connection, still fine
+                again = await (await conn.execute("SELECT 1")).fetchone()
+            return up, again
+        finally:
+            await storage.stop()
+
+    assert run(slow()) == (True, (1,))
+
+
+def test_a_finish_whose_answer_was_lost_is_counted_done_when_it_is_tried_again(pg_url, caplog):
+    # FINISH committed and the connection broke before its answer came: the
+    # worker wrote it again, found nothing `en proceso` and logged that the
+    # orders "were taken away from this worker; its result is dropped", when
+    # its own first try had recorded them.
+    class AnswerLost:
+        def __init__(self, conn: psycopg.Connection) -> None:
+            self.conn = conn
+
+        def execute(self, query, params=None):
+            self.conn.execute(query, params)  # autocommit: committed here
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    async def main():
+        storage = await started(pg_url)
+        try:
+            ids = [r.id for r in await asyncio.gather(*(storage.submit(order(n), None) for n in range(2)))]
+            store = storage.worker_opener()(1, os.getpid())
+            claim = await asyncio.to_thread(store.claim, ids, 1)
+            real = store._connection
+            store._connection = lambda: AnswerLost(real())
+            with pytest.raises(DatabaseUnavailable):
+                await asyncio.to_thread(store.finish, claim, {ids[0]: '"uno"'})
+            store._connection = real
+            finished = await asyncio.to_thread(store.finish, claim, {ids[0]: '"otro"'})
+            store.close()
+            return ids, finished, [await storage.get(i) for i in ids]
+        finally:
+            await storage.stop()
+
+    with caplog.at_level(logging.WARNING):
+        ids, finished, orders = run(main())
+    assert finished.ids == tuple(ids), finished
+    assert [o["estado"] for o in orders] == ["listo", "listo"]
+    assert orders[0]["resultado"] == "uno" and finished.at == orders[0]["fecha_fin"], (finished, orders)
+    assert "taken away" not in caplog.text, caplog.text

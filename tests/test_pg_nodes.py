@@ -264,6 +264,33 @@ def test_a_one_second_lease_is_renewed_before_it_runs_out(pg_url, tmp_path):
     assert "declared dead" not in logs, logs
 
 
+def test_a_command_waiting_on_the_database_does_not_cost_its_node_the_lease(pg_url, tmp_path):
+    # The lease renewals shared one connection with the commands and the reaps:
+    # a statement waiting on `pedidos` (a lock here, which holds up the reaps
+    # too; a listing over millions of rows elsewhere) held them up, and past
+    # the lease the other nodes declared a working node dead and ran its orders
+    # again.
+    with (
+        nodes(pg_url, tmp_path, "AB", "--work-time", "0", "--lease", "1") as (a, b),
+        client(a) as on_a,
+    ):
+        placed = on_a.ask(order(1))
+        with psycopg.connect(pg_url, autocommit=True) as admin, psycopg.connect(pg_url) as blocker:
+            blocker.execute("LOCK TABLE pedidos IN ACCESS EXCLUSIVE MODE")  # reads wait too
+            on_a.send({"accion": "consultar", "id": placed["id"]})
+            waiting = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT%'"
+            wait_for(lambda: admin.execute(waiting).fetchall())  # the command waits for the lock
+            (since,) = admin.execute("SELECT clock_timestamp()").fetchone()  # type: ignore[misc]
+            # A's lease goes on being renewed while its command waits: three leases' worth.
+            renewed = "SELECT visto > %s + interval '3 seconds' FROM nodos WHERE nodo = 'A'"
+            wait_for(lambda: admin.execute(renewed, (since,)).fetchone() == (True,), timeout=6)
+            blocker.rollback()
+        reply = on_a.read()
+        assert reply["ok"] and reply["pedido"]["id"] == placed["id"], reply
+        logs = a.log + b.log
+    assert "declared dead" not in logs, logs
+
+
 def test_postgresql_stopped_under_load_then_started_loses_nothing_acknowledged(pg_cluster, tmp_path):
     url = pg_cluster.url()
     acked: dict[str, int] = {}

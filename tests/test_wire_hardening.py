@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -103,7 +102,6 @@ def test_iac_iac_is_a_0xff_data_byte_one_error_for_the_line(srv):
         assert c.read()["error"] == "no_encontrado"  # nothing else came of that line
 
 
-@pytest.mark.skipif(not (shutil.which("telnet") and shutil.which("tmux")), reason="needs telnet and tmux")
 def test_real_telnet_shows_replies_after_ctrl_c(srv, tmp_path):
     """The real program in a terminal (tmux): type half an order, Ctrl-C, then a
     command; its reply must show. Before the fix telnet stayed blind."""
@@ -131,7 +129,6 @@ def test_real_telnet_shows_replies_after_ctrl_c(srv, tmp_path):
         subprocess.run([*tmux, "kill-server"], capture_output=True)
 
 
-@pytest.mark.skipif(not shutil.which("telnet"), reason="needs telnet")
 def test_real_telnet_fed_crlf_text_gets_one_reply_per_request(srv):
     """`printf '...\\r\\n' | telnet`: telnet sends each CR as CR NUL, which is no
     request of its own (it was answered json_invalido)."""

@@ -1,8 +1,16 @@
 """The PostgreSQL backend behind the storage interface.
 
-Three connections per node on the server's side, each re-established after it
-breaks: one for intake (group commits), one for everything else (reads,
-commands, leases), one listening for hints. Worker processes open their own.
+Four connections per node on the server's side, each re-established after it
+breaks: one for intake (group commits), one for renewing the lease, one for
+everything else (reads, commands, reaping dead nodes, hints), one listening
+for hints. Worker processes open their own.
+
+The renewals have a connection of their own, and touch nothing but `nodos`,
+because a connection serves one statement at a time: a command or a reap
+waiting on `pedidos` (a listing over millions of rows, a lock another program
+holds, a migration's ALTER TABLE) held up the renewals queued behind it, and
+past the lease the other nodes declared a working node dead and ran its orders
+a second time; a lock on `pedidos` longer than the lease did that to every node.
 """
 
 from __future__ import annotations
@@ -20,7 +28,16 @@ from pedidos.storage.base import Ack, Claim, Recovery, StorageError, StorageUnav
 from pedidos.storage.listing import Dialect, listing_query
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.intake import Intake
-from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, conninfo, hint, one_line, shown
+from pedidos.storage.postgres.link import (
+    DatabaseUnavailable,
+    Health,
+    Link,
+    conninfo,
+    hint,
+    one_line,
+    session,
+    shown,
+)
 from pedidos.storage.postgres.listen import Listener
 from pedidos.storage.postgres.nodes import NameTaken, Nodes
 from pedidos.storage.postgres.rows import order, storable_text
@@ -40,11 +57,6 @@ POLL_WITHOUT_HINTS_S = 0.25
 # about a third more CPU per order (38 against 26 µs). An idle node hears of
 # new work at most this much later; the first hint after a quiet spell goes at once.
 HINT_GAP_S = 0.01
-
-
-async def _session(conn: psycopg.AsyncConnection[Any]) -> None:
-    # Explicit: a database or role default of `off` would ack before the flush.
-    await conn.execute("SET synchronous_commit = on")
 
 
 def _unavailable(exc: BaseException) -> BaseException:
@@ -84,8 +96,9 @@ class PostgresStorage:
         self.poll_s = POLL_S if hints else POLL_WITHOUT_HINTS_S
         self._info = conninfo(url)
         self.health = Health()
-        self._main = Link(self._info, self.health, _session)
-        self._intake_link = Link(self._info, self.health, _session)
+        self._main = Link(self._info, self.health, session)
+        self._intake_link = Link(self._info, self.health, session)
+        self._lease_link = Link(self._info, self.health, session)
         hint_new = self._hint_new if hints else None
         self.intake = Intake(self._intake_link, ack, on_stored, _unavailable, hint_new)
         self.intake.on_commit = on_commit
@@ -93,7 +106,7 @@ class PostgresStorage:
         self._hint_again = False
         self._on_done = on_done
         self._on_handed_back = on_handed_back
-        self.nodes = Nodes(self._main, self.health, nodo, lease, figures, self._handed_back)
+        self.nodes = Nodes(self._main, self._lease_link, self.health, nodo, lease, figures, self._handed_back)
         self.listener = Listener(self._info, on_new, on_done) if hints else None
 
     @property
@@ -107,6 +120,7 @@ class PostgresStorage:
         try:
             await self._main.open()
             await self._intake_link.open()
+            await self._lease_link.open()
             async with self._main.use(timeout=None) as conn:  # DDL on a big table takes its time
                 await migrate(conn)
             if not recover:  # a tool looking at the database: not a node
@@ -145,6 +159,7 @@ class PostgresStorage:
 
     async def _close(self) -> None:
         await self._intake_link.close()
+        await self._lease_link.close()
         await self._main.close()
 
     def submit(

@@ -20,12 +20,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
+from psycopg import errors
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pedidos.logsetup import Repeating
 from pedidos.storage.base import StorageUnavailable
 
 logger = logging.getLogger(__name__)
+cancelled = Repeating(logger)  # a slow statement is often slow for every request alike
 
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 1.0
@@ -35,6 +38,13 @@ REPLACE_S = 2.0  # a request waits at most this for a connection to replace one 
 # must cost a few seconds of refusals, never a node whose commands (and lease
 # renewals) wait for TCP to give up, minutes away, or for ever.
 COMMAND_TIMEOUT_S = 10.0
+# The node's own connections ask PostgreSQL to cancel a statement past this
+# (`statement_timeout`, unless the URL asks for less): a slow statement (a
+# listing over millions of rows, a wait for a lock another program holds) is
+# then rolled back and answered with an error before COMMAND_TIMEOUT_S cuts the
+# connection, and the node goes on taking orders instead of refusing them until
+# it has reconnected. The schema's DDL is exempt (schema.py).
+STATEMENT_TIMEOUT_S = COMMAND_TIMEOUT_S - 1
 # libpq settings a node wants unless the URL says otherwise: give up on a
 # silent server in seconds, not minutes, and notice a dead peer (no RST):
 # keepalives for an idle connection, `tcp_user_timeout` (ms; Linux) for one
@@ -55,6 +65,25 @@ DEFAULTS = {
 class DatabaseUnavailable(StorageUnavailable):
     """PostgreSQL cannot be reached now; nothing was acknowledged, and nothing
     changed unless `maybe_done` (the connection broke during the statement)."""
+
+
+class StatementCancelled(DatabaseUnavailable):
+    """PostgreSQL cancelled the statement (past `statement_timeout`, or an
+    operator's `pg_cancel_backend`): its transaction was rolled back, nothing
+    changed, and the connection is fine."""
+
+
+async def session(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The settings of every connection of a node's event loop. Explicit
+    `synchronous_commit`: a database or role default of `off` would ack before
+    the flush. `statement_timeout`: see STATEMENT_TIMEOUT_S."""
+    await conn.execute(
+        "SELECT set_config('synchronous_commit', 'on', false),"
+        " (SELECT set_config('statement_timeout', %(limit)s, false)"
+        "  WHERE current_setting('statement_timeout')::interval NOT BETWEEN interval '1 ms'"
+        "  AND %(limit)s::interval)",
+        {"limit": f"{int(STATEMENT_TIMEOUT_S * 1000)}ms"},
+    )
 
 
 def conninfo(url: str) -> str:
@@ -196,6 +225,9 @@ class Link:
                 deadline = asyncio.get_running_loop().call_later(timeout, _cut, conn, expired)
             try:
                 yield conn
+            except errors.QueryCanceled as exc:
+                cancelled.warning("PostgreSQL cancelled a statement: %s", one_line(exc))
+                raise StatementCancelled(one_line(exc)) from exc
             except psycopg.OperationalError as exc:
                 if conn.broken or conn.closed:
                     why = f"no answer from PostgreSQL within {timeout:g} s" if expired else one_line(exc)

@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pedidos.background import Background
@@ -58,23 +58,28 @@ class Nodes:
     def __init__(
         self,
         link: Link,
+        lease_link: Link,
         health: Health,
         nodo: str,
         lease: float,
         figures: Callable[[], tuple[int, int]],
         on_handed_back: Callable[[list[tuple[int, str]]], None],
     ) -> None:
-        """`figures()`: (workers alive, connections) of this node, published
-        with each renewal; `on_handed_back`: orders taken from dead nodes."""
+        """`lease_link`: for the renewals alone (see backend.py); `figures()`:
+        (workers alive, connections) of this node, published with each renewal;
+        `on_handed_back`: orders taken from dead nodes."""
         self.nodo = nodo
         self.lease = lease
         self.token = secrets.token_hex(16)
         self.host = socket.gethostname()
         self._link = link
+        self._lease_link = lease_link
         self._health = health
         self._figures = figures
         self._on_handed_back = on_handed_back
-        self._renewal = Background(self._run)
+        # Two loops: a reap waiting on `pedidos` must not hold up the renewals.
+        self._renewal = Background(self._renew_forever)
+        self._reaping = Background(self._reap_forever)
         self._registered = True
 
     async def register(self) -> None:
@@ -124,26 +129,33 @@ class Nodes:
 
     def start(self) -> None:
         self._renewal.start()
+        self._reaping.start()
 
     async def stop(self) -> None:
         """Stop renewing and give the name up (after the orders were handed back)."""
+        await self._reaping.stop()
         await self._renewal.stop()
         with contextlib.suppress(DatabaseUnavailable):
             async with self._link.use() as conn:
                 await conn.execute(sql.LEAVE, (self.nodo, self.token))
 
-    async def _run(self) -> None:
+    async def _renew_forever(self) -> None:
+        await self._forever(renewal_interval(self.lease), self.renew)
+
+    async def _reap_forever(self) -> None:
+        await self._forever(renewal_interval(self.lease) / CHECKS_PER_RENEWAL, self.reap)
+
+    @staticmethod
+    async def _forever(every: float, step: Callable[[], Awaitable[None]]) -> None:
+        """`step()` every `every` seconds, from one start to the next (a late
+        one is not followed by a burst)."""
         loop = asyncio.get_running_loop()
-        renewed_at = loop.time()
-        renew_s = renewal_interval(self.lease)
-        check_s = renew_s / CHECKS_PER_RENEWAL
+        due = loop.time()
         while True:
-            await asyncio.sleep(check_s)
+            due = max(due + every, loop.time())
+            await asyncio.sleep(due - loop.time())
             try:
-                if loop.time() - renewed_at >= renew_s - check_s / 2:
-                    await self.renew()
-                    renewed_at = loop.time()
-                await self.reap()
+                await step()
             except DatabaseUnavailable:
                 pass  # the link logs it and reconnects
             except Exception:
@@ -165,7 +177,7 @@ class Nodes:
         }
 
     async def renew(self) -> None:
-        async with self._link.use() as conn:
+        async with self._lease_link.use() as conn:
             renewed = await (await conn.execute(sql.RENEW, self._params())).fetchone()
         if renewed is None:
             await self._rejoin()

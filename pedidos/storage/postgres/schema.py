@@ -31,6 +31,8 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> None:
             return
         try:
             async with conn.transaction():
+                # DDL on a big table takes its time: not a slow statement to cancel.
+                await conn.execute("SET LOCAL statement_timeout = 0")
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (sql.SCHEMA_LOCK,))
                 await conn.execute(sql.SCHEMA)
                 await conn.execute(sql.MIGRATE)

@@ -202,6 +202,19 @@ FROM unnest(%s::bigint[], %s::bigint[], %s::jsonb[]) AS c(id, intento, resultado
 WHERE p.id = c.id AND p.intento = c.intento AND p.estado = 'en proceso'
 RETURNING p.id, p.fecha_fin
 """
+# FINISH again after its answer was lost (the connection broke around its
+# commit): the orders it had made `listo` already count as done, with the
+# `fecha_fin` of that commit. Only then: `listo` under this very claim token
+# can only be this worker's own finish, but looking costs every finish a
+# second lookup per order. (The outer query's snapshot is the statement's:
+# it does not see the rows the UPDATE above it changes.)
+FINISH_AGAIN = f"""
+WITH finished AS ({FINISH.strip()})
+SELECT id, fecha_fin FROM finished
+UNION ALL
+SELECT p.id, p.fecha_fin FROM pedidos p, unnest(%s::bigint[], %s::bigint[]) AS c(id, intento)
+WHERE p.id = c.id AND p.intento = c.intento AND p.estado = 'listo'
+"""
 # A failed attempt: `intentos` and `fallos` + 1, `error` recorded; back to
 # `pendiente` until %(retry_at)s, or (retry_at NULL) `fallido`, keeping who
 # held it and since when, as after crashes.

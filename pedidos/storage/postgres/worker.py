@@ -42,6 +42,8 @@ class PgWorkerStore:
         # The claim token (`intento`) of each order this worker holds: what
         # `finish` must still find on the row.
         self._tokens: dict[int, int] = {}
+        # The last finish lost its answer: it may have committed (sql.FINISH_AGAIN).
+        self._finish_unsure = False
         self.hint_done = True  # NOTIFY the ids this worker finishes (off: poll-only mode)
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -97,11 +99,17 @@ class PgWorkerStore:
             return Finished(None, ())
         results = [None if resultados is None else resultados.get(i) for i in held]
         conn = self._connection()
+        tokens = [self._tokens[i] for i in held]
         try:
-            rows = conn.execute(sql.FINISH, (held, [self._tokens[i] for i in held], results)).fetchall()
+            if self._finish_unsure:
+                rows = conn.execute(sql.FINISH_AGAIN, (held, tokens, results, held, tokens)).fetchall()
+            else:
+                rows = conn.execute(sql.FINISH, (held, tokens, results)).fetchall()
         except psycopg.OperationalError as exc:
             self.close()
+            self._finish_unsure = True
             raise DatabaseUnavailable(one_line(exc)) from None
+        self._finish_unsure = False
         done = tuple(sorted(r[0] for r in rows))
         self._hint_after_commit(done)
         for order_id in held:
