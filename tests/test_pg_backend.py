@@ -15,8 +15,10 @@ import pytest
 from pgcluster import with_options
 
 from pedidos.storage.base import Recovery, StorageError
-from pedidos.storage.postgres.backend import HINT_GAP_S, PostgresStorage
-from pedidos.storage.postgres.link import COMMAND_TIMEOUT_S, DatabaseUnavailable, StatementCancelled, shown
+from pedidos.storage.postgres.backend import PostgresStorage
+from pedidos.storage.postgres.hints import HINT_GAP_S
+from pedidos.storage.postgres.link import DatabaseUnavailable, StatementCancelled
+from pedidos.storage.postgres.settings import COMMAND_TIMEOUT_S, shown
 from pedidos.storage.postgres.sql import NEW_CHANNEL
 from pedidos.storage.postgres.worker import PgWorkerStore
 

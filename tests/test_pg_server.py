@@ -169,7 +169,7 @@ def test_a_node_whose_database_connection_stalls_answers_its_clients(pg_url, tmp
     # The path to PostgreSQL goes silent (no RST): the node's statements had no
     # limit but intake's, so commands and lease renewals waited for ever and a
     # client's `estadisticas` got no answer at all.
-    from pedidos.storage.postgres.link import COMMAND_TIMEOUT_S
+    from pedidos.storage.postgres.settings import COMMAND_TIMEOUT_S
 
     proxy, via_proxy = _behind_a_proxy(pg_url)
     order = {"cliente": "Ana", "productos": ["pan"], "direccion": "Calle 1"}

@@ -34,7 +34,7 @@ def shown_db(db: str) -> str:
     if not is_postgres(db):
         return db
     try:
-        from pedidos.storage.postgres.link import shown
+        from pedidos.storage.postgres.settings import shown
     except ImportError:
         return db.split("@")[-1]
     return shown(db)

@@ -27,21 +27,14 @@ from pedidos.domain import ESTADOS, Estado, NewOrder
 from pedidos.storage.base import Ack, Claim, Recovery, StorageError, StorageUnavailable, plain_receipt
 from pedidos.storage.listing import Dialect, listing_query
 from pedidos.storage.postgres import sql
+from pedidos.storage.postgres.hints import Hints, done_hint, hint
 from pedidos.storage.postgres.intake import Intake
-from pedidos.storage.postgres.link import (
-    DatabaseUnavailable,
-    Health,
-    Link,
-    conninfo,
-    hint,
-    one_line,
-    session,
-    shown,
-)
+from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, one_line
 from pedidos.storage.postgres.listen import Listener
 from pedidos.storage.postgres.nodes import NameTaken, Nodes
 from pedidos.storage.postgres.rows import order, storable_text
 from pedidos.storage.postgres.schema import migrate
+from pedidos.storage.postgres.settings import conninfo, session, shown
 from pedidos.storage.postgres.worker import PgOpener
 
 logger = logging.getLogger(__name__)
@@ -51,12 +44,6 @@ DEFAULT_LEASE_S = 5.0
 # at once, this only catches a hint that was lost (or never sent).
 POLL_S = 2.0
 POLL_WITHOUT_HINTS_S = 0.25
-# After a new-orders hint, the next waits this long, and covers every batch
-# committed meanwhile: under request/response load a node commits hundreds of
-# small batches a second, and a NOTIFY transaction for each cost PostgreSQL
-# about a third more CPU per order (38 against 26 µs). An idle node hears of
-# new work at most this much later; the first hint after a quiet spell goes at once.
-HINT_GAP_S = 0.01
 
 
 def _unavailable(exc: BaseException) -> BaseException:
@@ -99,11 +86,10 @@ class PostgresStorage:
         self._main = Link(self._info, self.health, session)
         self._intake_link = Link(self._info, self.health, session)
         self._lease_link = Link(self._info, self.health, session)
-        hint_new = self._hint_new if hints else None
+        self._hints = Hints(self._main)
+        hint_new = self._hints.new_orders if hints else None
         self.intake = Intake(self._intake_link, ack, on_stored, _unavailable, hint_new)
         self.intake.on_commit = on_commit
-        self._hinting: asyncio.Task[None] | None = None
-        self._hint_again = False
         self._on_done = on_done
         self._on_handed_back = on_handed_back
         self.nodes = Nodes(self._main, self._lease_link, self.health, nodo, lease, figures, self._handed_back)
@@ -150,8 +136,7 @@ class PostgresStorage:
             await asyncio.wait_for(self.intake.drain(), timeout)
         except asyncio.TimeoutError:
             logger.error("orders not committed within %g s are refused", timeout)
-        if self._hinting is not None:
-            await self._hinting
+        await self._hints.sent()
         if self.listener is not None:
             await self.listener.stop()
         await self.nodes.stop()
@@ -216,7 +201,7 @@ class PostgresStorage:
                 cur = await conn.execute(sql.CANCEL_OWNED, (order_id, owner))
             row = await cur.fetchone()
             if row is not None and self.hints:
-                await conn.execute(_done_hint((order_id,)))
+                await conn.execute(done_hint((order_id,)))
         if row is not None:
             return order(row), True
         return await self.get(order_id, owner), False
@@ -248,7 +233,8 @@ class PostgresStorage:
 
     async def hand_back(self, worker: int | None, crashed: bool) -> list[tuple[int, str]]:
         moved = await self.nodes.hand_back(worker, crashed)
-        await self._hint_moved(moved)
+        if self.hints:
+            await self._hints.moved(moved)
         return moved
 
     async def fail(self, claim: Claim, error: str, retry_at: str | None) -> list[tuple[int, Estado]]:
@@ -268,7 +254,7 @@ class PostgresStorage:
         if failed and self.hints:
             with contextlib.suppress(DatabaseUnavailable, psycopg.Error):
                 async with self._main.use() as conn:
-                    await conn.execute(_done_hint(failed))
+                    await conn.execute(done_hint(failed))
         return sorted((i, Estado(estado)) for i, estado in rows)
 
     async def live_nodes(self) -> list[dict[str, Any]]:
@@ -280,46 +266,4 @@ class PostgresStorage:
     def _handed_back(self, moved: list[tuple[int, str]]) -> None:
         self._on_handed_back(moved)
         if self.hints:
-            asyncio.get_running_loop().create_task(self._hint_moved(moved))
-
-    def _hint_new(self) -> None:
-        """NOTIFY the other nodes of new orders, off the intake's path: one at
-        a time, at most one per `HINT_GAP_S`, and one more for all the batches
-        committed meanwhile."""
-        if self._hinting is not None:
-            self._hint_again = True
-            return
-        self._hinting = asyncio.get_running_loop().create_task(self._send_new_hints())
-
-    async def _send_new_hints(self) -> None:
-        try:
-            while True:
-                self._hint_again = False
-                try:
-                    async with self._main.use() as conn:
-                        await conn.execute(hint(sql.NEW_CHANNEL))
-                except (DatabaseUnavailable, psycopg.Error) as exc:
-                    logger.debug("could not send a hint: %s", exc)
-                await asyncio.sleep(HINT_GAP_S)
-                if not self._hint_again:
-                    return
-        finally:
-            self._hinting = None
-
-    async def _hint_moved(self, moved: list[tuple[int, str]]) -> None:
-        """Tell the other nodes: orders to take, orders now final."""
-        if not self.hints or not moved:
-            return
-        failed = tuple(i for i, estado in moved if estado == "fallido")
-        try:
-            async with self._main.use() as conn:
-                if len(failed) < len(moved):
-                    await conn.execute(hint(sql.NEW_CHANNEL))
-                if failed:
-                    await conn.execute(_done_hint(failed))
-        except (DatabaseUnavailable, psycopg.Error) as exc:
-            logger.debug("could not send a hint: %s", exc)
-
-
-def _done_hint(ids: tuple[int, ...]) -> Any:
-    return hint(sql.DONE_CHANNEL, ",".join(map(str, ids)) if len(ids) <= sql.MAX_PAYLOAD_IDS else "")
+            asyncio.get_running_loop().create_task(self._hints.moved(moved))

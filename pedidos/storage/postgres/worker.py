@@ -24,8 +24,10 @@ import psycopg
 from pedidos.domain import Estado
 from pedidos.storage.base import Claim, Finished, ServerGone
 from pedidos.storage.postgres import sql
-from pedidos.storage.postgres.link import DatabaseUnavailable, conninfo, hint, one_line
+from pedidos.storage.postgres.hints import hint
+from pedidos.storage.postgres.link import DatabaseUnavailable, one_line
 from pedidos.storage.postgres.rows import iso, order, storable_text
+from pedidos.storage.postgres.settings import conninfo
 
 logger = logging.getLogger(__name__)
 
