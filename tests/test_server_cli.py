@@ -113,6 +113,18 @@ def test_postgresql_flags_on_a_sqlite_file_exit_2(flag, tmp_path, capsys):
     assert not (tmp_path / "p.db").exists()
 
 
+@pytest.mark.parametrize("lease", ["0", "0.1", "0.99", "-1", "nan"])
+def test_a_lease_under_a_second_is_a_usage_error(lease, capsys):
+    # `--lease 0.1` was taken: renewals thirty times a second per node, and
+    # live nodes declared dead at the first hiccup.
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--db", "postgresql://u@h/db", "--lease", lease])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--lease" in err and ("1 second or more" in err or "seconds" in err), err
+    assert build_parser().parse_args(["--lease", "1"]).lease == 1.0
+
+
 @pytest.mark.parametrize("argv", [["--idle-timeout", "-1"], ["--shutdown-timeout", "-5"]])
 def test_negative_timeouts_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:

@@ -8,7 +8,7 @@ import os
 import sys
 
 from pedidos import __version__
-from pedidos.domain import DEFAULT_RETRIES
+from pedidos.domain import DEFAULT_LEASE_S, DEFAULT_RETRIES
 from pedidos.logsetup import FORMATS, TEXT, configure_logging
 from pedidos.panel import panel_missing
 from pedidos.processing.retry import DEFAULT_BACKOFF_S
@@ -25,7 +25,6 @@ DB_ENV_VAR = "PEDIDOS_DB"  # the default for --db
 
 
 DEFAULT_WORK_TIME = (1.0, 3.0)
-DEFAULT_LEASE = 5.0
 
 
 def program_name() -> str:
@@ -67,11 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--lease",
-        type=value.positive_seconds,
-        default=DEFAULT_LEASE,
+        type=value.lease,
+        default=DEFAULT_LEASE_S,
         metavar="S",
         help="on PostgreSQL: a node silent this long is declared dead and its orders taken over "
-        f"(default {DEFAULT_LEASE:g})",
+        f"(default {DEFAULT_LEASE_S:g})",
     )
     parser.add_argument(
         "--sin-notify",
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if given is not None and args.tarea is None:
             parser.error(f"{flag} only applies with --tarea")
     # argparse leaves the default object itself when the flag is not given.
-    shared = (("--nodo", args.nodo is not None), ("--lease", args.lease is not DEFAULT_LEASE))
+    shared = (("--nodo", args.nodo is not None), ("--lease", args.lease is not DEFAULT_LEASE_S))
     for flag, given in (*shared, ("--sin-notify", args.sin_notify)):
         if given and not is_postgres(args.db):
             parser.error(f"{flag} only applies with a PostgreSQL --db (postgresql://...), not a SQLite file")

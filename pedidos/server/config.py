@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from pedidos.domain import DEFAULT_RETRIES
+from pedidos.domain import DEFAULT_LEASE_S, DEFAULT_RETRIES
 from pedidos.processing.retry import DEFAULT_BACKOFF_S
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 
@@ -17,7 +17,7 @@ class ServerConfig:
     workers: int = 2
     db: str = "pedidos.db"  # a SQLite file path or a PostgreSQL URL; storage.open_storage picks
     nodo: str | None = None  # this server's name on a shared database (default HOST:PORT)
-    lease: float = 5.0  # seconds a node may miss renewing before it is declared dead
+    lease: float = DEFAULT_LEASE_S  # seconds a node may miss renewing before it is declared dead
     hints: bool = True  # LISTEN/NOTIFY on a shared database; False: polling only
     work_time: tuple[float, float] = (1.0, 3.0)
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from pedidos.domain import MAX_SECONDS
+from pedidos.domain import MAX_SECONDS, MIN_LEASE_S
 from pedidos.logsetup import LEVELS
 
 
@@ -58,6 +58,15 @@ def positive_seconds(text: str) -> float:
     value = seconds(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
+def lease(text: str) -> float:
+    value = seconds(text)
+    if value < MIN_LEASE_S:
+        raise argparse.ArgumentTypeError(
+            f"must be {MIN_LEASE_S:g} second or more (a shorter lease declares live nodes dead), not {text}"
+        )
     return value
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pedidos.domain import DEFAULT_LEASE_S
 from pedidos.storage.base import Ack, Storage, StorageError, plain_receipt
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -55,7 +56,7 @@ class Cluster:
     section 9 of the contract), and what it hears of their work."""
 
     nodo: str  # this server's name among them, unique among the live ones
-    lease: float = 5.0  # seconds without renewal before a node is declared dead
+    lease: float = DEFAULT_LEASE_S  # seconds without renewal before a node is declared dead
     hints: bool = True  # LISTEN/NOTIFY wake-ups; False: polling only
     # Another node may have received orders: look for pending ones.
     on_new: Callable[[], None] = lambda: None

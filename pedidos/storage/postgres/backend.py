@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from pedidos.domain import ESTADOS, Estado, NewOrder
+from pedidos.domain import DEFAULT_LEASE_S, ESTADOS, Estado, NewOrder
 from pedidos.storage.base import Ack, Claim, Recovery, StorageError, StorageUnavailable, plain_receipt
 from pedidos.storage.listing import Dialect, listing_query
 from pedidos.storage.postgres import sql
@@ -39,7 +39,6 @@ from pedidos.storage.postgres.worker import PgOpener
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LEASE_S = 5.0
 # How often an `esperar` looks at its order again by itself: the hints wake it
 # at once, this only catches a hint that was lost (or never sent).
 POLL_S = 2.0
