@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -451,7 +452,7 @@ def test_every_connection_of_a_node_gives_up_on_a_silent_path(pg_url):
         store.close()
 
 
-def test_postgresql_cancels_a_slow_statement_before_the_node_gives_its_connection_up(pg_url):
+def test_postgresql_cancels_a_slow_statement_before_the_node_gives_its_connection_up(pg_url, monkeypatch):
     # A statement past COMMAND_TIMEOUT_S (a listing over millions of rows, a
     # wait for another program's lock) cost the node its connection: new orders
     # were refused until it had reconnected. PostgreSQL now cancels it first,
@@ -471,12 +472,12 @@ def test_postgresql_cancels_a_slow_statement_before_the_node_gives_its_connectio
     assert run(limits(with_options(pg_url, "-c statement_timeout=1500"))) == ["1500ms"] * 3
     assert run(limits(with_options(pg_url, "-c statement_timeout=1min"))) == ["9s"] * 3
 
-    async def slow() -> tuple[bool, tuple]:
-        storage = await started(with_options(pg_url, "-c statement_timeout=200"))
+    async def slow(statement: str) -> tuple[bool, tuple]:
+        storage = await started(pg_url)
         try:
             with pytest.raises(StatementCancelled) as cancelled:
                 async with storage._main.use() as conn:
-                    await conn.execute("SELECT pg_sleep(5)")
+                    await conn.execute(statement)
             assert not cancelled.value.maybe_done
             up = storage.health.up
             async with storage._main.use() as conn:  # the same connection, still fine
@@ -485,7 +486,13 @@ def test_postgresql_cancels_a_slow_statement_before_the_node_gives_its_connectio
         finally:
             await storage.stop()
 
-    assert run(slow()) == (True, (1,))
+    # The node's own limit, made short: cancelled by PostgreSQL, not cut by the node.
+    monkeypatch.setattr("pedidos.storage.postgres.settings.STATEMENT_TIMEOUT_S", 0.3)
+    assert run(slow("SELECT pg_sleep(5)")) == (True, (1,))
+    # Cancelled inside a transaction of the statement's own text (as a hint's
+    # BEGIN ... COMMIT): the failed transaction is rolled back, not left to
+    # fail every later statement of that connection.
+    assert run(slow("BEGIN; SELECT pg_sleep(5); COMMIT")) == (True, (1,))
 
 
 def test_a_finish_whose_answer_was_lost_is_counted_done_when_it_is_tried_again(pg_url, caplog):
@@ -523,4 +530,53 @@ def test_a_finish_whose_answer_was_lost_is_counted_done_when_it_is_tried_again(p
     assert finished.ids == tuple(ids), finished
     assert [o["estado"] for o in orders] == ["listo", "listo"]
     assert orders[0]["resultado"] == "uno" and finished.at == orders[0]["fecha_fin"], (finished, orders)
+    assert "taken away" not in caplog.text, caplog.text
+
+
+def test_a_lost_finish_that_commits_while_its_retry_waits_is_still_counted_done(pg_url, caplog):
+    # The lost FINISH was still alive on the server, waiting for a row lock
+    # like its retry: it committed `listo` while the retry waited, and a
+    # retry reading `listo` rows in its own snapshot found none of them.
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s"
+
+    async def main():
+        storage = await started(pg_url)
+        blocker = psycopg.connect(pg_url)
+        first = psycopg.connect(pg_url, autocommit=True)
+        try:
+            ids = [r.id for r in await asyncio.gather(*(storage.submit(order(n), None) for n in range(2)))]
+            store = storage.worker_opener()(1, os.getpid())
+            claim = await asyncio.to_thread(store.claim, ids, 1)
+            blocker.execute("SELECT 1 FROM pedidos WHERE id = ANY(%s) FOR UPDATE", (ids,))
+            real = store._connection
+
+            class AnswerLost:  # the statement goes on without its client
+                def execute(self, query, params=None):
+                    threading.Thread(target=first.execute, args=(query, params), daemon=True).start()
+                    raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+            store._connection = lambda: AnswerLost()
+            with pytest.raises(DatabaseUnavailable):
+                store.finish(claim)
+            store._connection = real
+            retry = asyncio.ensure_future(asyncio.to_thread(store.finish, claim))
+            deadline = time.monotonic() + 10
+            while (
+                rows(pg_url, waiting, ("%UPDATE pedidos%",))[0][0] < 2
+            ):  # both FINISHes wait for the blocker
+                assert time.monotonic() < deadline and not retry.done(), "the two never both waited"
+                await asyncio.sleep(0.02)
+            blocker.commit()
+            finished = await retry
+            store.close()
+            return ids, finished, [await storage.get(i) for i in ids]
+        finally:
+            blocker.close()  # whatever happened: nothing waits on it
+            first.close()
+            await storage.stop()
+
+    with caplog.at_level(logging.WARNING):
+        ids, finished, orders = run(main())
+    assert finished.ids == tuple(ids), finished
+    assert [o["estado"] for o in orders] == ["listo", "listo"]
     assert "taken away" not in caplog.text, caplog.text

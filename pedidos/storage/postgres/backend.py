@@ -16,7 +16,6 @@ a second time; a lock on `pedidos` longer than the lease did that to every node.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -199,9 +198,9 @@ class PostgresStorage:
             else:
                 cur = await conn.execute(sql.CANCEL_OWNED, (order_id, owner))
             row = await cur.fetchone()
-            if row is not None and self.hints:
-                await conn.execute(done_hint((order_id,)))
         if row is not None:
+            if self.hints:
+                await self._hints.send(done_hint((order_id,)))
             return order(row), True
         return await self.get(order_id, owner), False
 
@@ -212,9 +211,9 @@ class PostgresStorage:
             else:
                 cur = await conn.execute(sql.RETRY_OWNED, (order_id, owner))
             row = await cur.fetchone()
-            if row is not None and self.hints:
-                await conn.execute(hint(sql.NEW_CHANNEL))
         if row is not None:
+            if self.hints:
+                await self._hints.send(hint(sql.NEW_CHANNEL))
             return order(row), True
         return await self.get(order_id, owner), False
 
@@ -251,9 +250,7 @@ class PostgresStorage:
             rows = await (await conn.execute(sql.FAIL_STOPPED, params)).fetchall()
         failed = tuple(i for i, estado in rows if estado == Estado.FALLIDO.value)
         if failed and self.hints:
-            with contextlib.suppress(DatabaseUnavailable, psycopg.Error):
-                async with self._main.use() as conn:
-                    await conn.execute(done_hint(failed))
+            await self._hints.send(done_hint(failed))
         return sorted((i, Estado(estado)) for i, estado in rows)
 
     async def live_nodes(self) -> list[dict[str, Any]]:

@@ -87,6 +87,15 @@ class Hints:
         except (DatabaseUnavailable, psycopg.Error) as exc:
             logger.debug("could not send a hint: %s", exc)
 
+    async def send(self, statement: pgsql.Composed) -> None:
+        """One hint, after the change it tells of was committed by a statement
+        of its own: a hint that fails must not undo it, nor take its reply."""
+        try:
+            async with self._link.use() as conn:
+                await conn.execute(statement)
+        except (DatabaseUnavailable, psycopg.Error) as exc:
+            logger.debug("could not send a hint: %s", exc)
+
     async def sent(self) -> None:
         """Until the new-orders hint under way, if any, has gone."""
         if self._sending is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors
+from psycopg.pq import TransactionStatus
 
 from pedidos.logsetup import Repeating
 from pedidos.storage.base import StorageUnavailable
@@ -43,7 +44,7 @@ class DatabaseUnavailable(StorageUnavailable):
 class StatementCancelled(DatabaseUnavailable):
     """PostgreSQL cancelled the statement (past `statement_timeout`, or an
     operator's `pg_cancel_backend`): its transaction was rolled back, nothing
-    changed, and the connection is fine."""
+    of that statement changed, and the connection is fine."""
 
 
 def _closed_while_idle(conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -71,6 +72,15 @@ def _cut(conn: psycopg.AsyncConnection[Any], expired: list[bool]) -> None:
         socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock,
     ):
         sock.shutdown(socket.SHUT_RDWR)
+
+
+async def _end_transaction(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Roll back what a failed statement left open. A text that holds its own
+    `BEGIN; ...; COMMIT` (a hint) and fails halfway leaves the session in a
+    failed transaction, and every later statement of the link would fail."""
+    if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        with contextlib.suppress(psycopg.Error):
+            await conn.execute("ROLLBACK")
 
 
 def one_line(exc: BaseException) -> str:
@@ -157,16 +167,18 @@ class Link:
             try:
                 yield conn
             except errors.QueryCanceled as exc:
+                await _end_transaction(conn)
                 cancelled.warning("PostgreSQL cancelled a statement: %s", one_line(exc))
                 raise StatementCancelled(one_line(exc)) from exc
-            except psycopg.OperationalError as exc:
-                if conn.broken or conn.closed:
+            except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
                     why = f"no answer from PostgreSQL within {timeout:g} s" if expired else one_line(exc)
                     # The statement may have reached the database and its
                     # commit with it: only the answer is known to be lost.
                     lost = DatabaseUnavailable(why, maybe_done=True)
                     self._lost(lost)
                     raise lost from exc
+                await _end_transaction(conn)
                 raise
             finally:
                 if deadline is not None:

@@ -141,16 +141,15 @@ FROM unnest(%s::bigint[], %s::bigint[], %s::jsonb[]) AS c(id, intento, resultado
 WHERE p.id = c.id AND p.intento = c.intento AND p.estado = 'en proceso'
 RETURNING p.id, p.fecha_fin
 """
-# FINISH again after its answer was lost (the connection broke around its
-# commit): the orders it had made `listo` already count as done, with the
-# `fecha_fin` of that commit. Only then: `listo` under this very claim token
-# can only be this worker's own finish, but looking costs every finish a
-# second lookup per order. (The outer query's snapshot is the statement's:
-# it does not see the rows the UPDATE above it changes.)
-FINISH_AGAIN = f"""
-WITH finished AS ({FINISH.strip()})
-SELECT id, fecha_fin FROM finished
-UNION ALL
+# After a FINISH whose answer was lost (the connection broke around its
+# commit), and FINISH once more: every order of the claim that is `listo`
+# under this very claim token, each with its own `fecha_fin`. Only then:
+# `listo` under this token can only be this worker's own finish, but asking
+# costs every finish a second statement. A statement of its own, not a CTE
+# beside the FINISH: the first FINISH may still be alive on the server and
+# commit while the second waits for its row locks, and only a later
+# statement's snapshot sees what it wrote.
+FINISHED = """
 SELECT p.id, p.fecha_fin FROM pedidos p, unnest(%s::bigint[], %s::bigint[]) AS c(id, intento)
 WHERE p.id = c.id AND p.intento = c.intento AND p.estado = 'listo'
 """

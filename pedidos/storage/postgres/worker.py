@@ -44,7 +44,7 @@ class PgWorkerStore:
         # The claim token (`intento`) of each order this worker holds: what
         # `finish` must still find on the row.
         self._tokens: dict[int, int] = {}
-        # The last finish lost its answer: it may have committed (sql.FINISH_AGAIN).
+        # The last finish lost its answer: it may have committed (sql.FINISHED).
         self._finish_unsure = False
         self.hint_done = True  # NOTIFY the ids this worker finishes (off: poll-only mode)
 
@@ -103,10 +103,9 @@ class PgWorkerStore:
         conn = self._connection()
         tokens = [self._tokens[i] for i in held]
         try:
+            rows = conn.execute(sql.FINISH, (held, tokens, results)).fetchall()
             if self._finish_unsure:
-                rows = conn.execute(sql.FINISH_AGAIN, (held, tokens, results, held, tokens)).fetchall()
-            else:
-                rows = conn.execute(sql.FINISH, (held, tokens, results)).fetchall()
+                rows = conn.execute(sql.FINISHED, (held, tokens)).fetchall()
         except psycopg.OperationalError as exc:
             self.close()
             self._finish_unsure = True
