@@ -19,7 +19,7 @@ from conftest import assert_nothing_left, marked_processes
 
 from pedidos.tools import scenarios
 from pedidos.tools.bench import GROUPS, PG_GROUPS, build_parser, parse_args
-from pedidos.tools.load import drive
+from pedidos.tools.drive import drive
 from pedidos.tools.procs import TICK, Child, machine_times
 from pedidos.tools.report import CPU_PARTS, ceilings, table
 

@@ -21,7 +21,8 @@ from pedidos.domain import Estado
 from pedidos.panel import panel_missing
 from pedidos.server import rapido
 from pedidos.tools import pgdb, redis, slices
-from pedidos.tools.load import BenchError, drive
+from pedidos.tools.drive import drive
+from pedidos.tools.load import BenchError
 from pedidos.tools.panelwatch import PanelWatcher, panel_url
 from pedidos.tools.procs import Child, ask, cpu_share, cpu_snapshot, peak_rss_mb, stats, wait_quiet
 from pedidos.tools.report import Row
