@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import assert_nothing_left, marked_processes
 
-from pedidos.tools import scenarios
+from pedidos.tools import baselines
 from pedidos.tools.bench import GROUPS, PG_GROUPS, build_parser, parse_args
-from pedidos.tools.load import drive
+from pedidos.tools.drive import drive
 from pedidos.tools.procs import TICK, Child, machine_times
 from pedidos.tools.report import CPU_PARTS, ceilings, table
 
@@ -179,11 +179,11 @@ def test_one_more_load_process_is_compared_with_the_windows_either_side_of_it(mo
         calls.append((pipelined, kw.get("procs")))
         return {"rate": next(rates), "p50_ms": 1.0, "p99_ms": 2.0, "bad": 0, "lost": 0}
 
-    monkeypatch.setattr(scenarios, "measure", fake_measure)
-    monkeypatch.setattr(scenarios, "warm_up", lambda *a, **kw: None)
+    monkeypatch.setattr(baselines, "measure", fake_measure)
+    monkeypatch.setattr(baselines, "warm_up", lambda *a, **kw: None)
     args = build_parser().parse_args(["--load-procs", "2"])
     rows: dict = {}
-    scenarios._baseline(args, None, "echo_streams", rows, b"x\n")
+    baselines._baseline(args, None, "echo_streams", rows, b"x\n")
     assert calls == [(False, None), (False, 3), (False, None), (True, None), (True, 3), (True, None)]
     rr, pipe = rows["echo_streams_rr"], rows["echo_streams_pipe"]
     assert rr["rate"] == 90.0 and rr["headroom"] == pytest.approx(99 / 90 - 1)

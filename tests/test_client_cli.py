@@ -27,9 +27,10 @@ from conftest import CLIENTE, ROOT, LineClient, ServerProcess, esperando, listed
 
 from pedidos import __version__
 from pedidos.client.blocking import Client, Order
-from pedidos.client.cli.args import EXAMPLES, Typed, build_parser
+from pedidos.client.cli.args import EXAMPLES, build_parser
 from pedidos.client.cli.bulk import Outcome
 from pedidos.client.cli.entries import read_entries
+from pedidos.client.cli.invocation import Typed
 from pedidos.client.cli.main import main
 from pedidos.client.cli.resume import auto_referencias, interruption_lines
 from pedidos.client.cli.show import count, state_line

@@ -6,9 +6,9 @@ before serving (sockets bound, the database locked, TLS loaded), `listener`
 accepts connections within the descriptor limit, `config` is what the server
 is told, `state` is all a connection may reach of it (settings, service,
 tokens, the open connections), `connection` turns bytes into requests and
-replies in order (and `closing` ends it without losing replies), `service`
-answers each request through the storage interface, `auth` checks tokens, and
-`cli` is `python3 servidor.py`. It may import every other layer but a storage
-backend's insides (it picks one with `pedidos.storage.open_storage`); nothing
-imports it.
+replies in order (and `closing` ends it: once answered, idle, or at once,
+without losing replies), `service` answers each request through the storage
+interface, `auth` checks tokens, and `cli` is `python3 servidor.py`. It may
+import every other layer but a storage backend's insides (it picks one with
+`pedidos.storage.open_storage`); nothing imports it.
 """

@@ -14,7 +14,6 @@ no new work starts for a client that is not reading what it asked for.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from typing import Any, Union
@@ -27,16 +26,13 @@ from pedidos.protocol.replies import (
     encode_line,
     error_reply,
     greeting,
-    idle_notice,
 )
 from pedidos.protocol.telnet import TelnetReply
 from pedidos.protocol.validation import Command, parse_request
 from pedidos.server.auth import Principal, answer_token
-from pedidos.server.closing import Linger, unread
+from pedidos.server.closing import Closing, Linger
 from pedidos.server.failures import SERVER_FULL, reply_of
 from pedidos.server.state import ServerState
-
-logger = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 1000
 # Commands (every request but a new order) in the line at once. An order's
@@ -54,7 +50,7 @@ Slot = Union[dict, "asyncio.Future[dict]"]
 _RECEIVE_BUFFER = memoryview(bytearray(64 * 1024))
 
 
-class Connection(asyncio.BufferedProtocol):
+class Connection(Closing, asyncio.BufferedProtocol):
     def __init__(self, state: ServerState) -> None:
         self._state = state
         self._service = state.service
@@ -277,36 +273,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._transport is not None and not self._transport.is_closing() and self._linger is None:
             self._transport.write(data)
 
-    # --- closing, idleness, flow control ----------------------------------------
-
-    @property
-    def busy(self) -> bool:
-        """Requests received and not answered yet."""
-        return bool(self._line or self._parked)
-
-    def close_when_answered(self) -> None:
-        """Stop reading; close once every request received so far is answered."""
-        self._closing = True
-        self._pause_reading()
-        if not self._line and not self._parked:
-            self._close_now()
-
-    def _close_now(self) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing() or self._linger is not None:
-            return
-        if self._eof_received or not transport.can_write_eof() or not unread(transport):
-            transport.close()
-            return
-        # The client is still sending: closing now would reset the connection (closing.py).
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._read_paused = False  # Linger reads, to drop what comes
-        self._linger = Linger(self._loop, transport)
-
-    def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
+    # --- flow control (closing and idleness: closing.py) -----------------------
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self._transport is not None and not self._transport.is_closing():
@@ -324,27 +291,3 @@ class Connection(asyncio.BufferedProtocol):
         ):
             self._read_paused = False
             self._transport.resume_reading()
-
-    def _arm_idle_timer(self, delay: float) -> None:
-        if delay > 0:
-            self._idle_timer = self._loop.call_later(delay, self._check_idle)
-
-    def _check_idle(self) -> None:
-        if self._closing:
-            return  # closing already: nothing more is written
-        timeout = self._state.config.idle_timeout
-        idle_for = self._loop.time() - self._last_activity
-        if self._line:  # waiting for its own replies is not idleness
-            self._arm_idle_timer(timeout)
-        elif idle_for >= timeout:
-            logger.info("closing %s: idle for %.0f s", self.peer, idle_for)
-            # Say why before closing: a person at telnet otherwise sees only
-            # "Connection closed by foreign host".
-            self._write(encode_line(idle_notice(timeout)))
-            self._closing = True
-            # What it sent that still waits unbegun, behind replies it has not
-            # read, never begins: the notice tells it the connection is closed.
-            self._parked.clear()
-            self._close_now()
-        else:
-            self._arm_idle_timer(timeout - idle_for)

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pedidos.tools import cload, pgnodes, pgtiming, scenarios
+from pedidos.tools import baselines, cload, pgnodes, pgtiming, scenarios
 from pedidos.tools.load import BenchError
 from pedidos.tools.report import BASELINES, HEADROOM_LIMIT, Row, ceilings, medians, table
 
@@ -53,7 +53,7 @@ MAX_NODES = 26  # named A to Z
 
 
 def _steps(args: argparse.Namespace) -> dict[str, Any]:
-    steps = {"echo": scenarios.echo_rows, "redis": scenarios.redis_rows, "panel": scenarios.panel_row}
+    steps = {"echo": baselines.echo_rows, "redis": baselines.redis_rows, "panel": scenarios.panel_row}
     steps.update(many=scenarios.many_row, worktime=scenarios.worktime_row)
     steps.update(sqlite=pgnodes.sqlite_row, notify=pgnodes.notify_row)
     steps.update(failover=pgtiming.failover_row, esperar=pgtiming.esperar_row)

@@ -22,7 +22,8 @@ from typing import Any
 
 from pedidos.domain import Estado
 from pedidos.tools import pgdb
-from pedidos.tools.load import BenchError, percentile
+from pedidos.tools.drive import percentile
+from pedidos.tools.load import BenchError
 from pedidos.tools.pgnodes import Nodes, names
 from pedidos.tools.procs import ask
 from pedidos.tools.report import Row

@@ -83,7 +83,7 @@ def _headroom(r: Row) -> str:
     """What one more load process did to a baseline: a rise of 5% or more means
     the generator was its ceiling, and the ratios against it flatter the server.
     With it, how far apart the baseline's own two windows came: the check's
-    resolution (scenarios._baseline)."""
+    resolution (baselines._baseline)."""
     if "headroom" not in r:
         return ""
     flag = " GENERATOR-BOUND" if r["headroom"] >= HEADROOM_LIMIT else ""

@@ -8,21 +8,15 @@ person reads is Spanish. A usage error exits 2, argparse's own way.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shlex
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pedidos import __version__
 from pedidos.client.access import ENV_VAR
+from pedidos.client.cli.invocation import SCRIPT
 from pedidos.client.cli.spanish import SpanishParser, argparse_in_spanish, estado_arg, number
 from pedidos.client.records import DEFAULT_PORT, DEFAULT_TIMEOUT
 from pedidos.domain import ESTADOS
-
-SCRIPT = "cliente.py"
-CONSOLE_SCRIPT = "pedidos-cliente"  # pyproject's [project.scripts]
 
 # Each mode of the command line, as `Namespace.mode`.
 ORDER, FILE, GET, CANCEL, LIST, STATS = "pedido", "archivo", "consultar", "cancelar", "listar", "estadisticas"
@@ -54,17 +48,6 @@ estado de salida: 0 bien; 1 el servidor rechazó la petición (o el token); 2 er
 3 el servidor no responde, no se puede conectar o falla TLS; 4 con --esperar, el pedido
 terminó fallido o cancelado; 130 interrumpido (Ctrl-C).
 """
-
-
-def program_name(from_command_line: bool) -> str:
-    """The name the client was run as, for its help and its messages: the console
-    script `pedidos-cliente` or `cliente.py`. A program calling `main(argv)`
-    (and `python -m`, whose name is a module's file) gets `cliente.py`."""
-    if not from_command_line or not sys.argv or not sys.argv[0]:
-        return SCRIPT
-    name = os.path.basename(sys.argv[0])
-    stem = name[:-4] if name.lower().endswith(".exe") else name
-    return stem if stem == CONSOLE_SCRIPT else SCRIPT
 
 
 def _examples(typed: str) -> str:
@@ -281,26 +264,3 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_termin
         if len(missing) < 3:
             parser.error(f"al pedido le falta {', '.join('--' + f for f in missing)}")
         parser.error("sin terminal, indique el pedido con --cliente, --productos y --direccion" + hint)
-
-
-@dataclass(frozen=True)
-class Typed:
-    """A command line as the user typed it, to print what to run next."""
-
-    prog: str  # "python3 cliente.py", or the console script
-    argv: tuple[str, ...]
-
-    def __str__(self) -> str:
-        return " ".join([self.prog, shlex.join(self.argv)]) if self.argv else self.prog
-
-    def with_option(self, option: str, value: object) -> Typed:
-        """The same command with `option` set to `value`, whatever it was."""
-        kept: list[str] = []
-        args = iter(self.argv)
-        for arg in args:
-            if arg == option:
-                next(args, None)  # and its value
-            elif not arg.startswith(option + "="):
-                kept.append(arg)
-        # Last, so that it wins even over an abbreviation argparse accepted.
-        return Typed(self.prog, (*kept, option, str(value)))

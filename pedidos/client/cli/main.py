@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -33,6 +32,7 @@ from pedidos.client.cli.exits import (
     EXIT_USAGE,
     Stop,
 )
+from pedidos.client.cli.invocation import as_typed, program_name
 from pedidos.client.cli.sendfile import send_file
 from pedidos.client.cli.show import count, order_lines, receipt_line, state_line, stats_lines, table
 from pedidos.client.cli.show import summary_lines as order_summary
@@ -45,14 +45,9 @@ PAGE = 1000  # the most orders the server lists in one reply
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     stdin = stdin or sys.stdin
-    prog = cli.program_name(from_command_line=argv is None)
+    prog = program_name(from_command_line=argv is None)
     args = cli.parse(argv, is_terminal(stdin), prog)
-    # The command as typed, for a run cut short to say how to go on.
-    typed = prog
-    if prog == cli.SCRIPT:
-        script = sys.argv[0] if argv is None and sys.argv[0].endswith(cli.SCRIPT) else cli.SCRIPT
-        typed = f"python3 {shlex.quote(script)}"
-    args.again = cli.Typed(typed, tuple(sys.argv[1:] if argv is None else argv))
+    args.again = as_typed(prog, argv)  # for a run cut short to say how to go on
     try:
         return _run(args, stdin)
     except Refused as exc:

@@ -13,9 +13,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
-from pedidos.client.cli.args import Typed
 from pedidos.client.cli.bulk import Outcome
 from pedidos.client.cli.entries import Entry
+from pedidos.client.cli.invocation import Typed
 from pedidos.client.cli.show import count, plural
 
 DIGEST_CHARS = 16  # 64 bits of the file's SHA-256: two different files never meet
