@@ -93,3 +93,28 @@ def test_nothing_is_sent_after_close():
             await until(lambda: len(orders.sent) > 1, timeout=GATHER_S * 2)
 
     asyncio.run(scenario())
+
+
+def test_a_database_that_refuses_every_read_is_logged_once_not_every_try(caplog):
+    # While PostgreSQL cancelled every read (a lock held on `pedidos`), the
+    # dispatcher logged an ERROR line at each of its tries, one every second or two.
+    tries = []
+
+    async def refused(start: int, count: int) -> list[int]:
+        tries.append(start)
+        raise RuntimeError("canceling statement due to statement timeout")
+
+    async def main() -> None:
+        dispatcher = Dispatcher(lambda number, chunk: None, refused, max_chunk=10)
+        dispatcher.worker_ready(1)
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(tries) < 3:
+            assert asyncio.get_running_loop().time() < deadline, tries
+            dispatcher.pump()  # as the supervisor does at each event
+            await asyncio.sleep(0.05)
+        dispatcher.close()
+
+    with caplog.at_level("ERROR", logger="pedidos.processing.dispatch"):
+        asyncio.run(main())
+    lines = [r for r in caplog.records if "could not read pending orders" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 from conftest import CLIENTE, LineClient, ServerProcess, wait_for
+from pgcluster import with_options
 
 LEASE = 2.0
 
@@ -289,6 +290,58 @@ def test_a_command_waiting_on_the_database_does_not_cost_its_node_the_lease(pg_u
         assert reply["ok"] and reply["pedido"]["id"] == placed["id"], reply
         logs = a.log + b.log
     assert "declared dead" not in logs, logs
+
+
+def test_a_lock_on_the_nodes_table_costs_no_node_its_life(pg_url, tmp_path):
+    # Something held every node's renewals up (a lock on `nodos`) past the
+    # lease: when it ended, the first node whose statements went on declared
+    # the others dead, though their renewals came in the same instant.
+    with nodes(pg_url, tmp_path, "AB", "--work-time", "0", "--lease", "1") as (a, b):
+        with psycopg.connect(pg_url, autocommit=True) as admin, psycopg.connect(pg_url) as blocker:
+            blocker.execute("LOCK TABLE nodos IN ACCESS EXCLUSIVE MODE")
+            (since,) = admin.execute("SELECT clock_timestamp()").fetchone()  # type: ignore[misc]
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s"
+            # Both nodes' renewals and reaps wait; then the lock outlasts the lease twice.
+            wait_for(lambda: admin.execute(waiting, ("%nodos%",)).fetchone()[0] >= 4)  # type: ignore[index]
+            wait_for(
+                lambda: admin.execute(
+                    "SELECT clock_timestamp() > %s + interval '2.5 s'", (since,)
+                ).fetchone()[0]
+            )  # type: ignore[index]
+            blocker.rollback()
+        renewed = "SELECT count(*) FROM nodos WHERE visto > %s + interval '2.5 s'"
+        wait_for(lambda: db(pg_url, renewed, (since,))[0][0] == 2, timeout=5)  # both renewed since
+        logs = a.log + b.log
+    assert "declared dead" not in logs, logs
+
+
+def test_a_node_started_while_orders_are_locked_waits_then_starts(pg_url, tmp_path):
+    # Its start hands back what an earlier run left `en proceso`: behind a
+    # lock on `pedidos`, PostgreSQL cancelled that, and the node exited (a
+    # service manager restarting it would loop for as long as the lock lasted),
+    # leaving its row in `nodos` for the others to declare dead.
+    with nodes(pg_url, tmp_path, "A", "--work-time", "0"):
+        pass  # the schema is made
+    quick = with_options(pg_url, "-c statement_timeout=300")
+    args = ["--port", "0", "--nodo", "B", "--lease", "2", "--work-time", "0"]
+    with psycopg.connect(pg_url) as blocker:
+        blocker.execute("LOCK TABLE pedidos IN ACCESS EXCLUSIVE MODE")
+        b = ServerProcess(args, quick, tmp_path)  # type: ignore[arg-type]
+        try:
+            wait_for(
+                lambda: "the start waits for the database" in b.log or b.proc.poll() is not None, timeout=15
+            )
+            assert b.proc.poll() is None, b.log
+            blocker.rollback()
+            b.wait_ready()
+            with client(b) as c:
+                assert c.ask(order(1))["ok"]
+        finally:
+            blocker.rollback()
+            if b.proc.poll() is None:
+                b.stop()
+            b.kill()
+    assert "declared dead" not in b.log, b.log
 
 
 def test_postgresql_stopped_under_load_then_started_loses_nothing_acknowledged(pg_cluster, tmp_path):

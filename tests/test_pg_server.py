@@ -149,13 +149,53 @@ def test_a_statement_past_its_time_is_an_error_reply_and_the_node_keeps_taking_o
         placed = c.ask(order)
         with psycopg.connect(pg_url) as blocker:
             blocker.execute("LOCK TABLE pedidos IN ACCESS EXCLUSIVE MODE")  # reads wait too
-            reply = c.ask({"accion": "consultar", "id": placed["id"]})
+            asked = c.ask({"accion": "consultar", "id": placed["id"]})
+            refused = c.ask(order)
             blocker.rollback()
-        assert reply["ok"] is False and reply["error"] == "error_interno", reply
-        assert "no tuvo efecto" in reply["mensaje"], reply
+        # Told what happened: not "the database does not answer", since it did.
+        assert asked["ok"] is False and asked["error"] == "error_interno", asked
+        assert "ocupada" in asked["mensaje"] and "no tuvo efecto" in asked["mensaje"], asked
+        assert refused["ok"] is False and refused["error"] == "servidor_ocupado", refused
+        assert "ocupada" in refused["mensaje"] and "no se guardó" in refused["mensaje"], refused
         assert c.ask(order)["ok"]  # not refused: the connection was never given up
         wait_for(lambda: "PostgreSQL cancelled a statement: canceling statement due to" in srv.log)
     assert "unreachable" not in srv.log, srv.log
+
+
+def test_a_command_waiting_on_a_lock_holds_up_no_other_command(pg_url, tmp_path):
+    # Every command of a node went through one connection: a `cancelar`
+    # waiting on a row another program had locked (or a listing over
+    # millions of rows) held up every other command, and the node's own reads
+    # of pending orders, until it was answered.
+    import psycopg
+
+    order = {"cliente": "Ana", "productos": ["pan"], "direccion": "Calle 1"}
+    with (
+        running_server(tmp_path, "--work-time", "0", "--workers", "1", db=pg_url) as srv,  # type: ignore[arg-type]
+        LineClient("127.0.0.1", srv.port) as waiting,
+        LineClient("127.0.0.1", srv.port) as other,
+    ):
+        done = other.ask(order)
+        with psycopg.connect(pg_url, autocommit=True) as admin, psycopg.connect(pg_url) as blocker:
+            # Pending, its retry not due: no worker claims it.
+            columns = "cliente, productos, direccion, estado, fecha_recibido, reintentar_despues"
+            values = "'Bea', '[\"pan\"]', 'Calle 2', 'pendiente', now(), now() + interval '1 hour'"
+            insert = f"INSERT INTO pedidos ({columns}) VALUES ({values}) RETURNING id"
+            (locked,) = blocker.execute(insert).fetchone()  # type: ignore[misc]
+            blocker.commit()
+            blocker.execute("SELECT 1 FROM pedidos WHERE id = %s FOR UPDATE", (locked,))
+            waiting.send({"accion": "cancelar", "id": locked})
+            wait_for(
+                lambda: admin.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE%'"
+                ).fetchall()
+            )
+            asked = time.monotonic()
+            reply = other.ask({"accion": "consultar", "id": done["id"]})
+            took = time.monotonic() - asked
+            blocker.rollback()
+        assert reply["ok"] and took < 1.0, (reply, took)
+        assert waiting.read()["pedido"]["estado"] == "cancelado"
 
 
 def _behind_a_proxy(pg_url: str) -> tuple[StallProxy, str]:

@@ -17,7 +17,10 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
+from pedidos.logsetup import Repeating
+
 logger = logging.getLogger(__name__)
+unreadable = Repeating(logger)  # every 2 s for as long as the database refuses
 
 ReadPending = Callable[[int, int], Awaitable[list[int]]]
 IDLE_SCAN_S = 1.0  # a worker idles while others hold orders: look in the database this often at most
@@ -179,7 +182,7 @@ class Dispatcher:
                 self._scan_from = next_from
                 self._feed_workers()
         except Exception as exc:
-            logger.error("could not read pending orders, retrying: %s", exc)
+            unreadable.error("could not read pending orders, retrying: %s", exc, key=type(exc))
             await asyncio.sleep(1.0)
         finally:
             self._refill = None

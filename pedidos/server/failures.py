@@ -17,7 +17,7 @@ from typing import Any
 
 from pedidos.logsetup import Repeating
 from pedidos.protocol.replies import ERROR_INTERNO, SERVIDOR_OCUPADO, RequestError, encode_line, error_reply
-from pedidos.storage.base import OutcomeUnknown, StorageUnavailable
+from pedidos.storage.base import OutcomeUnknown, StorageBusy, StorageUnavailable
 
 # Logged as the connection's event, under the logger it always had: log
 # filters and collectors select on that name.
@@ -29,6 +29,7 @@ UNKNOWN_OUTCOME = (
     "un pedido con referencia se puede reenviar sin riesgo."
 )
 MAYBE_STORED = f"La base de datos dejó de responder mientras guardaba: {UNKNOWN_OUTCOME}"
+BUSY = "La base de datos está ocupada: la operación esperó demasiado y se canceló"
 
 # Sent before closing a connection accepted beyond the server's limit.
 SERVER_FULL = encode_line(
@@ -45,6 +46,8 @@ def reply_of(future: asyncio.Future[Any], peer: str) -> dict | bytes:
         return future.result()
     if isinstance(error, RequestError):
         return error.reply()
+    if isinstance(error, StorageBusy):  # logged by the backend, at most once every 10 s
+        return error_reply(SERVIDOR_OCUPADO, f"{BUSY}; el pedido no se guardó. Pruebe más tarde.")
     if isinstance(error, StorageUnavailable):  # logged once by the backend, not per order
         if error.maybe_done:
             # Still `servidor_ocupado` (the contract's code for a database that

@@ -28,8 +28,8 @@ from pedidos.protocol.replies import (
 )
 from pedidos.protocol.validation import Command
 from pedidos.server.auth import Principal
-from pedidos.server.failures import UNKNOWN_OUTCOME
-from pedidos.storage.base import Storage, StorageUnavailable
+from pedidos.server.failures import BUSY, UNKNOWN_OUTCOME
+from pedidos.storage.base import Storage, StorageBusy, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class OrderService:
             )
         try:
             return await self._handlers[command.accion](owner=_owner(principal), **command.args)
+        except StorageBusy:
+            raise RequestError(ERROR_INTERNO, f"{BUSY}; la petición no tuvo efecto.") from None
         except StorageUnavailable as exc:
             # Logged once by the backend when the database went away.
             if exc.maybe_done and command.accion in WRITES:

@@ -49,6 +49,12 @@ class StorageUnavailable(StorageError):
         self.maybe_done = maybe_done
 
 
+class StorageBusy(StorageUnavailable):
+    """The database answered, but cancelled the statement: it ran past its time
+    limit (waiting for a lock, reading millions of rows). Nothing was changed;
+    the reply says so rather than that the database does not answer."""
+
+
 class OutcomeUnknown(StorageError):
     """The process doing the write died before it answered: the write may or
     may not be committed. Never an ack; the client is told it cannot know."""

@@ -1,21 +1,25 @@
 """The PostgreSQL backend behind the storage interface.
 
-Four connections per node on the server's side, each re-established after it
-breaks: one for intake (group commits), one for renewing the lease, one for
-everything else (reads, commands, reaping dead nodes, hints), one listening
-for hints. Worker processes open their own.
+Six connections per node on the server's side, each re-established after it
+breaks: one for intake (group commits), one for renewing the lease, two for
+clients' commands, one for the node's own work (pending orders, hand-backs,
+reaping dead nodes, hints), one listening for hints. Worker processes open
+their own.
 
-The renewals have a connection of their own, and touch nothing but `nodos`,
-because a connection serves one statement at a time: a command or a reap
-waiting on `pedidos` (a listing over millions of rows, a lock another program
-holds, a migration's ALTER TABLE) held up the renewals queued behind it, and
-past the lease the other nodes declared a working node dead and ran its orders
-a second time; a lock on `pedidos` longer than the lease did that to every node.
+A connection serves one statement at a time, and whatever waits on `pedidos`
+(a listing over millions of rows, a lock another program holds, a migration's
+ALTER TABLE) holds up every statement queued behind it. So the renewals have a
+connection of their own and touch nothing but `nodos`: behind a command or a
+reap, past the lease, the other nodes declared a working node dead and ran its
+orders a second time (a lock longer than the lease did that to every node).
+And clients' commands have theirs: behind a slow listing, a node read no
+pending orders and finished nothing until it was answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +32,14 @@ from pedidos.storage.listing import Dialect, listing_query
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.hints import Hints, done_hint, hint
 from pedidos.storage.postgres.intake import Intake
-from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, one_line
+from pedidos.storage.postgres.link import (
+    DatabaseUnavailable,
+    Health,
+    Link,
+    Links,
+    StatementCancelled,
+    one_line,
+)
 from pedidos.storage.postgres.listen import Listener
 from pedidos.storage.postgres.nodes import NameTaken, Nodes
 from pedidos.storage.postgres.rows import order, storable_text
@@ -37,6 +48,9 @@ from pedidos.storage.postgres.settings import conninfo, session, shown
 from pedidos.storage.postgres.worker import PgOpener
 
 logger = logging.getLogger(__name__)
+
+COMMAND_LINKS = 2  # one slow command leaves the other to every quick one
+RECOVER_AGAIN_S = 1.0
 
 # How often an `esperar` looks at its order again by itself: the hints wake it
 # at once, this only catches a hint that was lost (or never sent).
@@ -82,6 +96,7 @@ class PostgresStorage:
         self._info = conninfo(url)
         self.health = Health()
         self._main = Link(self._info, self.health, session)
+        self._commands = Links([Link(self._info, self.health, session) for _ in range(COMMAND_LINKS)])
         self._intake_link = Link(self._info, self.health, session)
         self._lease_link = Link(self._info, self.health, session)
         self._hints = Hints(self._main)
@@ -105,26 +120,42 @@ class PostgresStorage:
             await self._main.open()
             await self._intake_link.open()
             await self._lease_link.open()
+            await self._commands.open()
             async with self._main.use(timeout=None) as conn:  # DDL on a big table takes its time
                 await migrate(conn)
             if not recover:  # a tool looking at the database: not a node
                 return Recovery()
             await self.nodes.register()
-            recovered = await self.nodes.hand_back(None, crashed=True)
+            # Renewing from here: the recovery below may wait on a lock.
+            self.nodes.start()
+            recovered = await self._recover()
         except NameTaken as exc:
             await self._close()
             raise StorageError(str(exc)) from None
         except (psycopg.Error, OSError, DatabaseUnavailable) as exc:
+            with contextlib.suppress(Exception):  # gives the name up, if it got that far
+                await self.nodes.stop()
             await self._close()
             raise StorageError(f"cannot use the database {self.shown}: {one_line(exc)}") from None
         logger.info("node %s joined the database %s", self.nodo, self.shown)
-        self.nodes.start()
         if self.listener is not None:
             self.listener.start()
         return Recovery(
             tuple(i for i, estado in recovered if estado == Estado.PENDIENTE),
             tuple(i for i, estado in recovered if estado == Estado.FALLIDO),
         )
+
+    async def _recover(self) -> list[tuple[int, str]]:
+        """Hand back what an earlier run of this node left `en proceso`. A lock
+        on `pedidos` (another program's, a migration's) makes PostgreSQL cancel
+        it; the start waits and tries again rather than exit, which a service
+        manager would repeat for as long as the lock lasts."""
+        while True:
+            try:
+                return await self.nodes.hand_back(None, crashed=True)
+            except StatementCancelled as exc:
+                logger.warning("the start waits for the database (%s); trying again", exc)
+                await asyncio.sleep(RECOVER_AGAIN_S)
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Answer what was submitted, give up this node's name, close. (What
@@ -143,6 +174,7 @@ class PostgresStorage:
     async def _close(self) -> None:
         await self._intake_link.close()
         await self._lease_link.close()
+        await self._commands.close()
         await self._main.close()
 
     def submit(
@@ -158,7 +190,7 @@ class PostgresStorage:
         return self.intake.submit(new_order, owner, notify)
 
     async def get(self, order_id: int, owner: str | None = None) -> dict[str, Any] | None:
-        async with self._main.use() as conn:
+        async with self._commands.use() as conn:
             if owner is None:
                 cur = await conn.execute(sql.GET, (order_id,))
             else:
@@ -167,7 +199,7 @@ class PostgresStorage:
         return order(row) if row else None
 
     async def get_by_referencia(self, referencia: str, owner: str | None = None) -> dict[str, Any] | None:
-        async with self._main.use() as conn:
+        async with self._commands.use() as conn:
             if owner is None:
                 cur = await conn.execute(sql.BY_REF, (referencia,))
             else:
@@ -187,12 +219,12 @@ class PostgresStorage:
         query, params = listing_query(
             PG_DIALECT, sql.COLUMNS, estado, cliente, desde_id, limite, contiene, orden
         )
-        async with self._main.use() as conn:
+        async with self._commands.use() as conn:
             rows = await (await conn.execute(query, params)).fetchall()  # type: ignore[arg-type]
         return [order(row) for row in rows]
 
     async def cancel(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
-        async with self._main.use() as conn:
+        async with self._commands.use() as conn:
             if owner is None:
                 cur = await conn.execute(sql.CANCEL, (order_id,))
             else:
@@ -205,7 +237,7 @@ class PostgresStorage:
         return await self.get(order_id, owner), False
 
     async def retry(self, order_id: int, owner: str | None = None) -> tuple[dict[str, Any] | None, bool]:
-        async with self._main.use() as conn:
+        async with self._commands.use() as conn:
             if owner is None:
                 cur = await conn.execute(sql.RETRY, (order_id,))
             else:
@@ -219,7 +251,7 @@ class PostgresStorage:
 
     async def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(ESTADOS, 0)
-        async with self._main.use() as conn:
+        async with self._commands.use() as conn:
             for estado, n in await (await conn.execute(sql.COUNTS)).fetchall():
                 counts[estado] = n
         return counts

@@ -25,7 +25,7 @@ from psycopg import errors
 from psycopg.pq import TransactionStatus
 
 from pedidos.logsetup import Repeating
-from pedidos.storage.base import StorageUnavailable
+from pedidos.storage.base import StorageBusy, StorageUnavailable
 from pedidos.storage.postgres.settings import COMMAND_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class DatabaseUnavailable(StorageUnavailable):
     changed unless `maybe_done` (the connection broke during the statement)."""
 
 
-class StatementCancelled(DatabaseUnavailable):
+class StatementCancelled(DatabaseUnavailable, StorageBusy):
     """PostgreSQL cancelled the statement (past `statement_timeout`, or an
     operator's `pg_cancel_backend`): its transaction was rolled back, nothing
     of that statement changed, and the connection is fine."""
@@ -168,7 +168,11 @@ class Link:
                 yield conn
             except errors.QueryCanceled as exc:
                 await _end_transaction(conn)
-                cancelled.warning("PostgreSQL cancelled a statement: %s", one_line(exc))
+                cancelled.warning(
+                    "PostgreSQL cancelled a statement: %s (a lock held on its rows, or a slow "
+                    "listing?); the request it served was refused and changed nothing",
+                    one_line(exc),
+                )
                 raise StatementCancelled(one_line(exc)) from exc
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
@@ -259,3 +263,34 @@ class Link:
                 with contextlib.suppress(Exception):
                     await self._conn.close()
                 self._conn = None
+
+
+class Links:
+    """A few links taken by whichever has the fewest users: clients' commands,
+    which may be slow (a listing over millions of rows, a wait for a lock), so
+    that one slow command holds up one link, not every command behind it."""
+
+    def __init__(self, links: list[Link]) -> None:
+        self._links = links
+        self._users = [0] * len(links)
+
+    async def open(self) -> None:
+        for link in self._links:
+            await link.open()
+
+    @contextlib.asynccontextmanager
+    async def use(
+        self, timeout: float | None = COMMAND_TIMEOUT_S
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """See `Link.use`."""
+        i = self._users.index(min(self._users))
+        self._users[i] += 1
+        try:
+            async with self._links[i].use(timeout) as conn:
+                yield conn
+        finally:
+            self._users[i] -= 1
+
+    async def close(self) -> None:
+        for link in self._links:
+            await link.close()

@@ -205,12 +205,19 @@ RETURNING p.id, p.estado
 # and what any node that is no longer registered still holds. Safe when two
 # nodes run it at once: the row locks make each order change once (the second
 # skips locked rows, and sees the others no longer `en proceso`).
+# Only while the reaper's own lease holds: when something held every node's
+# renewals up (a lock on `nodos`), each lease ran out alike, and the first
+# node whose statements went on again declared the others dead, though their
+# renewals were on their way in the same instant.
 REAP = f"""
-WITH dead AS (
-    DELETE FROM nodos WHERE vence < clock_timestamp() AND nodo <> %(nodo)s RETURNING nodo
+WITH me AS (
+    SELECT 1 FROM nodos WHERE nodo = %(nodo)s AND token = %(token)s AND vence > clock_timestamp()
+), dead AS (
+    DELETE FROM nodos WHERE vence < clock_timestamp() AND nodo <> %(nodo)s AND EXISTS (SELECT 1 FROM me)
+    RETURNING nodo
 ), orphans AS (
     SELECT p.id, p.nodo AS held_by FROM pedidos p
-    WHERE p.estado = 'en proceso' AND p.nodo <> %(nodo)s
+    WHERE p.estado = 'en proceso' AND p.nodo <> %(nodo)s AND EXISTS (SELECT 1 FROM me)
       AND (p.nodo IN (SELECT nodo FROM dead)
            OR NOT EXISTS (SELECT 1 FROM nodos n WHERE n.nodo = p.nodo))
     FOR UPDATE OF p SKIP LOCKED
