@@ -149,6 +149,8 @@ def test_a_dead_node_is_reaped_once_even_by_two_nodes_at_once_and_cannot_claim(p
         b = await started(pg_url, "b")  # the default lease: alive throughout
         c = await started(pg_url, "c")
         b.health._since = c.health._since = time.monotonic() - 10  # up long enough to reap
+        for node in (b.nodes, c.nodes):  # and renewing on time long enough
+            node._renewed_at, node._on_time_since = time.monotonic(), time.monotonic() - 10
         # Until the dead node's lease ran out (or b or c, ticking on their own, reaped it).
         alive = "SELECT count(*) FROM nodos WHERE nodo = 'dead' AND vence >= clock_timestamp()"
         deadline = time.monotonic() + 10
@@ -493,6 +495,29 @@ def test_postgresql_cancels_a_slow_statement_before_the_node_gives_its_connectio
     # BEGIN ... COMMIT): the failed transaction is rolled back, not left to
     # fail every later statement of that connection.
     assert run(slow("BEGIN; SELECT pg_sleep(5); COMMIT")) == (True, (1,))
+
+    async def left() -> tuple:
+        # A user cancelled inside such a transaction (a client that left while
+        # its hint was sent): the next user of the link must not inherit it.
+        storage = await started(pg_url)
+        try:
+
+            async def hint_like() -> None:
+                async with storage._main.use() as conn:
+                    await conn.execute("BEGIN; SELECT 1; SELECT pg_sleep(2); COMMIT")
+
+            task = asyncio.ensure_future(hint_like())
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with storage._main.use() as conn:
+                return await (await conn.execute("SELECT 1")).fetchone()
+        finally:
+            await storage.stop()
+
+    monkeypatch.undo()  # the node's own 9 s: the cancellation comes first
+    assert run(left()) == (1,)
 
 
 def test_a_finish_whose_answer_was_lost_is_counted_done_when_it_is_tried_again(pg_url, caplog):

@@ -292,25 +292,50 @@ def test_a_command_waiting_on_the_database_does_not_cost_its_node_the_lease(pg_u
     assert "declared dead" not in logs, logs
 
 
+def test_a_node_stopped_while_its_start_waits_for_a_lock_stops_at_once(pg_url, tmp_path):
+    # The stop signal only set a flag the waiting start never looked at: the
+    # node went on waiting for as long as the lock lasted, then started fully
+    # (workers, listeners) only to stop.
+    with nodes(pg_url, tmp_path, "A", "--work-time", "0"):
+        pass  # the schema is made
+    quick = with_options(pg_url, "-c statement_timeout=1000")
+    with psycopg.connect(pg_url) as blocker:
+        blocker.execute("LOCK TABLE pedidos IN ACCESS EXCLUSIVE MODE")
+        b = ServerProcess(["--port", "0", "--nodo", "B", "--work-time", "0"], quick, tmp_path)  # type: ignore[arg-type]
+        try:
+            wait_for(
+                lambda: "the start waits for the database" in b.log or b.proc.poll() is not None, timeout=15
+            )
+            asked = time.monotonic()
+            code = b.stop()
+            took = time.monotonic() - asked
+        finally:
+            blocker.rollback()
+            b.kill()
+    assert code == 0 and took < 5, (code, took, b.log)
+    assert "stopped before the database was ready" in b.log, b.log
+    assert db(pg_url, "SELECT nodo FROM nodos") == [], b.log  # it gave its name up
+
+
 def test_a_lock_on_the_nodes_table_costs_no_node_its_life(pg_url, tmp_path):
     # Something held every node's renewals up (a lock on `nodos`) past the
     # lease: when it ended, the first node whose statements went on declared
     # the others dead, though their renewals came in the same instant.
-    with nodes(pg_url, tmp_path, "AB", "--work-time", "0", "--lease", "1") as (a, b):
+    with nodes(pg_url, tmp_path, "AB", "--work-time", "0") as (a, b):
+        # Both up long enough to be reaping.
+        reaping = "SELECT count(*) FROM nodos WHERE visto > iniciado + make_interval(secs => %s)"
+        wait_for(lambda: db(pg_url, reaping, (LEASE + 1,))[0][0] == 2)
         with psycopg.connect(pg_url, autocommit=True) as admin, psycopg.connect(pg_url) as blocker:
             blocker.execute("LOCK TABLE nodos IN ACCESS EXCLUSIVE MODE")
             (since,) = admin.execute("SELECT clock_timestamp()").fetchone()  # type: ignore[misc]
             waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s"
             # Both nodes' renewals and reaps wait; then the lock outlasts the lease twice.
             wait_for(lambda: admin.execute(waiting, ("%nodos%",)).fetchone()[0] >= 4)  # type: ignore[index]
-            wait_for(
-                lambda: admin.execute(
-                    "SELECT clock_timestamp() > %s + interval '2.5 s'", (since,)
-                ).fetchone()[0]
-            )  # type: ignore[index]
+            outlasted = "SELECT clock_timestamp() > %s + make_interval(secs => %s)"
+            wait_for(lambda: admin.execute(outlasted, (since, 2 * LEASE + 0.5)).fetchone()[0])  # type: ignore[index]
             blocker.rollback()
-        renewed = "SELECT count(*) FROM nodos WHERE visto > %s + interval '2.5 s'"
-        wait_for(lambda: db(pg_url, renewed, (since,))[0][0] == 2, timeout=5)  # both renewed since
+        renewed = "SELECT count(*) FROM nodos WHERE visto > %s + make_interval(secs => %s)"
+        wait_for(lambda: db(pg_url, renewed, (since, 2 * LEASE + 0.5))[0][0] == 2, timeout=5)  # both since
         logs = a.log + b.log
     assert "declared dead" not in logs, logs
 
@@ -322,7 +347,7 @@ def test_a_node_started_while_orders_are_locked_waits_then_starts(pg_url, tmp_pa
     # leaving its row in `nodos` for the others to declare dead.
     with nodes(pg_url, tmp_path, "A", "--work-time", "0"):
         pass  # the schema is made
-    quick = with_options(pg_url, "-c statement_timeout=300")
+    quick = with_options(pg_url, "-c statement_timeout=1000")
     args = ["--port", "0", "--nodo", "B", "--lease", "2", "--work-time", "0"]
     with psycopg.connect(pg_url) as blocker:
         blocker.execute("LOCK TABLE pedidos IN ACCESS EXCLUSIVE MODE")

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pedidos.logsetup import Repeating
 
 logger = logging.getLogger(__name__)
-unreadable = Repeating(logger)  # every 2 s for as long as the database refuses
+unreadable = Repeating(logger)  # tried again every second or two while the database refuses
 
 ReadPending = Callable[[int, int], Awaitable[list[int]]]
 IDLE_SCAN_S = 1.0  # a worker idles while others hold orders: look in the database this often at most

@@ -1,7 +1,8 @@
 """The order server: listeners, connections, what each request does, and its command line.
 
 `server` owns the start and the stop (signals, the order of both, wiring the
-storage backend to processing and the service), `preflight` what must hold
+storage backend to processing and the service; `starting` gives up a
+storage start that waits when a stop signal comes), `preflight` what must hold
 before serving (sockets bound, the database locked, TLS loaded), `listener`
 accepts connections within the descriptor limit, `config` is what the server
 is told, `state` is all a connection may reach of it (settings, service,

@@ -31,6 +31,7 @@ from pedidos.server.connection import Connection
 from pedidos.server.listener import Listener, connection_budget, startup_shortage
 from pedidos.server.preflight import StartupError, bind_sockets, tls_context
 from pedidos.server.service import OrderService
+from pedidos.server.starting import StoppedStarting, start_storage
 from pedidos.server.state import ServerState
 from pedidos.stats import Stats
 from pedidos.storage import Cluster, is_postgres, open_storage
@@ -69,7 +70,11 @@ class Server:
     async def serve(self, install_signal_handlers: bool = True) -> None:
         if install_signal_handlers:
             self._install_signal_handlers()
-        await self.startup()
+        try:
+            await self.startup()
+        except StoppedStarting:
+            logger.info("stopped before the database was ready")
+            return
         try:
             await self._exit.wait()
         finally:
@@ -121,7 +126,7 @@ class Server:
                 cluster=self._cluster(bus, sockets[0].getsockname()[1]),
             )
             try:
-                log_recovery(await self._storage.start())
+                log_recovery(await start_storage(self._storage, self._exit))
             except StorageError as exc:
                 raise StartupError(str(exc)) from None
             panel = PANEL_CONNECTIONS if config.panel_port is not None else 0

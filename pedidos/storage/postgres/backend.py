@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -42,7 +42,7 @@ from pedidos.storage.postgres.link import (
 )
 from pedidos.storage.postgres.listen import Listener
 from pedidos.storage.postgres.nodes import NameTaken, Nodes
-from pedidos.storage.postgres.rows import order, storable_text
+from pedidos.storage.postgres.rows import iso, order, storable_text
 from pedidos.storage.postgres.schema import migrate
 from pedidos.storage.postgres.settings import conninfo, session, shown
 from pedidos.storage.postgres.worker import PgOpener
@@ -50,7 +50,9 @@ from pedidos.storage.postgres.worker import PgOpener
 logger = logging.getLogger(__name__)
 
 COMMAND_LINKS = 2  # one slow command leaves the other to every quick one
-RECOVER_AGAIN_S = 1.0
+START_AGAIN_S = 1.0
+
+T = TypeVar("T")
 
 # How often an `esperar` looks at its order again by itself: the hints wake it
 # at once, this only catches a hint that was lost (or never sent).
@@ -125,10 +127,10 @@ class PostgresStorage:
                 await migrate(conn)
             if not recover:  # a tool looking at the database: not a node
                 return Recovery()
-            await self.nodes.register()
+            await self._while_busy(self.nodes.register)
             # Renewing from here: the recovery below may wait on a lock.
             self.nodes.start()
-            recovered = await self._recover()
+            recovered = await self._while_busy(lambda: self.nodes.hand_back(None, crashed=True))
         except NameTaken as exc:
             await self._close()
             raise StorageError(str(exc)) from None
@@ -145,17 +147,18 @@ class PostgresStorage:
             tuple(i for i, estado in recovered if estado == Estado.FALLIDO),
         )
 
-    async def _recover(self) -> list[tuple[int, str]]:
-        """Hand back what an earlier run of this node left `en proceso`. A lock
-        on `pedidos` (another program's, a migration's) makes PostgreSQL cancel
-        it; the start waits and tries again rather than exit, which a service
-        manager would repeat for as long as the lock lasts."""
+    @staticmethod
+    async def _while_busy(step: Callable[[], Awaitable[T]]) -> T:
+        """`await step()`, again while PostgreSQL cancels it: behind a lock on
+        `pedidos` or `nodos` (another program's, a migration's) the start would
+        end, and a service manager would start it again and again for as long
+        as the lock lasted. (A stop signal meanwhile ends the wait: server.py.)"""
         while True:
             try:
-                return await self.nodes.hand_back(None, crashed=True)
+                return await step()
             except StatementCancelled as exc:
                 logger.warning("the start waits for the database (%s); trying again", exc)
-                await asyncio.sleep(RECOVER_AGAIN_S)
+                await asyncio.sleep(START_AGAIN_S)
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Answer what was submitted, give up this node's name, close. (What
@@ -232,7 +235,7 @@ class PostgresStorage:
             row = await cur.fetchone()
         if row is not None:
             if self.hints:
-                await self._hints.send(done_hint((order_id,)))
+                self._hints.soon(done_hint((order_id,)))
             return order(row), True
         return await self.get(order_id, owner), False
 
@@ -245,7 +248,7 @@ class PostgresStorage:
             row = await cur.fetchone()
         if row is not None:
             if self.hints:
-                await self._hints.send(hint(sql.NEW_CHANNEL))
+                self._hints.soon(hint(sql.NEW_CHANNEL))
             return order(row), True
         return await self.get(order_id, owner), False
 
@@ -286,7 +289,12 @@ class PostgresStorage:
         return sorted((i, Estado(estado)) for i, estado in rows)
 
     async def live_nodes(self) -> list[dict[str, Any]]:
-        return await self.nodes.live()
+        async with self._commands.use() as conn:  # it reads `pedidos` too: it may be slow
+            rows = await (await conn.execute(sql.LIVE_NODES)).fetchall()
+        return [
+            {"nodo": name, "workers": workers, "conexiones": conns, "en proceso": held, "visto": iso(seen)}
+            for name, workers, conns, seen, held in rows
+        ]
 
     def worker_opener(self) -> PgOpener:
         return PgOpener(self.url, self.nodes.nodo, self.nodes.token, self.hints)

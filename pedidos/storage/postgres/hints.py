@@ -49,6 +49,7 @@ class Hints:
         self._link = link
         self._sending: asyncio.Task[None] | None = None
         self._again = False
+        self._soon: set[asyncio.Task[None]] = set()
 
     def new_orders(self) -> None:
         """NOTIFY the other nodes of new orders: one at a time, at most one per
@@ -96,7 +97,16 @@ class Hints:
         except (DatabaseUnavailable, psycopg.Error) as exc:
             logger.debug("could not send a hint: %s", exc)
 
+    def soon(self, statement: pgsql.Composed) -> None:
+        """`send`, without making the caller wait: a reply that the change was
+        made need not wait for the link the node's own work shares."""
+        task = asyncio.get_running_loop().create_task(self.send(statement))
+        self._soon.add(task)
+        task.add_done_callback(self._soon.discard)
+
     async def sent(self) -> None:
-        """Until the new-orders hint under way, if any, has gone."""
+        """Until the hints under way, if any, have gone."""
         if self._sending is not None:
             await self._sending
+        if self._soon:
+            await asyncio.gather(*self._soon)

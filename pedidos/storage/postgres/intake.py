@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import psycopg
+from psycopg import errors
 
 from pedidos.domain import Estado, Receipt
 from pedidos.storage.base import Ack
@@ -200,7 +201,11 @@ async def insert_orders(
             stored[refs[i]] = (order_id, Estado.PENDIENTE.value, cliente, list(items), direccion, owners[i])
     missing = {refs[i] for i, r in enumerate(results) if r is None} - stored.keys()
     if missing:  # stored by another transaction just now
-        stored.update(await _by_referencia(conn, missing))
+        try:
+            stored.update(await _by_referencia(conn, missing))
+        except errors.QueryCanceled as exc:
+            # The insert above is committed: not "nothing was stored".
+            raise DatabaseUnavailable(one_line(exc), maybe_done=True) from exc
     for i, result in enumerate(results):
         if result is None:
             order_id, estado, cliente, items, direccion, owner = stored[refs[i]]

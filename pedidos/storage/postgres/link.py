@@ -75,9 +75,10 @@ def _cut(conn: psycopg.AsyncConnection[Any], expired: list[bool]) -> None:
 
 
 async def _end_transaction(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Roll back what a failed statement left open. A text that holds its own
-    `BEGIN; ...; COMMIT` (a hint) and fails halfway leaves the session in a
-    failed transaction, and every later statement of the link would fail."""
+    """Roll back what a failed or cancelled statement left open. A text that
+    holds its own `BEGIN; ...; COMMIT` (a hint) and stops halfway leaves the
+    session in a transaction, and every later statement of the link would
+    fail (or join it)."""
     if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
         with contextlib.suppress(psycopg.Error):
             await conn.execute("ROLLBACK")
@@ -160,6 +161,9 @@ class Link:
             if conn is None or conn.closed:
                 self._start_reconnecting()
                 raise DatabaseUnavailable("PostgreSQL is unreachable")
+            # A user cancelled inside its own BEGIN ... COMMIT (a client that
+            # left while its hint was sent) left that transaction open.
+            await _end_transaction(conn)
             expired: list[bool] = []
             deadline = None
             if timeout is not None:
@@ -266,13 +270,16 @@ class Link:
 
 
 class Links:
-    """A few links taken by whichever has the fewest users: clients' commands,
-    which may be slow (a listing over millions of rows, a wait for a lock), so
-    that one slow command holds up one link, not every command behind it."""
+    """A few links for clients' commands, which may be slow (a listing over
+    millions of rows, a wait for a lock): each command takes whichever link is
+    free first, so that a slow one holds up its own link, and the quick ones
+    share the others instead of queueing behind it."""
 
     def __init__(self, links: list[Link]) -> None:
         self._links = links
-        self._users = [0] * len(links)
+        self._free: asyncio.Queue[Link] = asyncio.Queue()
+        for link in links:
+            self._free.put_nowait(link)
 
     async def open(self) -> None:
         for link in self._links:
@@ -282,14 +289,13 @@ class Links:
     async def use(
         self, timeout: float | None = COMMAND_TIMEOUT_S
     ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """See `Link.use`."""
-        i = self._users.index(min(self._users))
-        self._users[i] += 1
+        """See `Link.use`; the wait for a free link is not part of `timeout`."""
+        link = await self._free.get()
         try:
-            async with self._links[i].use(timeout) as conn:
+            async with link.use(timeout) as conn:
                 yield conn
         finally:
-            self._users[i] -= 1
+            self._free.put_nowait(link)
 
     async def close(self) -> None:
         for link in self._links:

@@ -3,9 +3,11 @@
 Each node renews its lease every second. Any live node that finds another's
 lease run out declares it dead and hands its `en proceso` orders back (one
 statement, `sql.REAP`, safe when two nodes run it at once). A node reaps only
-once its own connection has been up for a whole lease: after PostgreSQL
-itself was down, every lease has run out, and the first node back must not
-declare the others dead before they have had a chance to renew.
+once its own connection has been up, and its own renewals on time, for a
+whole lease, and a reap that waited on a lock decides nothing: after
+PostgreSQL itself was down, or something held every node's renewals up (a
+lock on `nodos`), every lease has run out, and the first node to go on must
+not declare the others dead before they have had a chance to renew.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,7 +27,6 @@ from pedidos.background import Background
 from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link
-from pedidos.storage.postgres.rows import iso
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ class Nodes:
         self._renewal = Background(self._renew_forever)
         self._reaping = Background(self._reap_forever)
         self._registered = True
+        self._renewed_at: float | None = None  # time.monotonic() of the last renewal
+        self._on_time_since: float | None = None
 
     async def register(self) -> None:
         """Take this node's name, or raise `NameTaken`. A row of a dead process
@@ -118,14 +122,6 @@ class Nodes:
         params = {**_HAND_BACK, "nodo": self.nodo, "worker": worker, "cuenta": int(crashed)}
         async with self._link.use() as conn:
             return sorted(await (await conn.execute(sql.HAND_BACK, params)).fetchall())
-
-    async def live(self) -> list[dict[str, Any]]:
-        async with self._link.use() as conn:
-            rows = await (await conn.execute(sql.LIVE_NODES)).fetchall()
-        return [
-            {"nodo": name, "workers": workers, "conexiones": conns, "en proceso": held, "visto": iso(seen)}
-            for name, workers, conns, seen, held in rows
-        ]
 
     def start(self) -> None:
         self._renewal.start()
@@ -179,15 +175,27 @@ class Nodes:
     async def renew(self) -> None:
         async with self._lease_link.use() as conn:
             renewed = await (await conn.execute(sql.RENEW, self._params())).fetchone()
+        now = time.monotonic()
         if renewed is None:
             await self._rejoin()
+        if renewed is None or self._renewed_at is None or now - self._renewed_at > self.lease / 2:
+            # Held up: what held this node's renewals up (a lock, a pause of
+            # the database) may have held every node's, and their leases ran
+            # out too. It reaps again once it has renewed on time for a lease.
+            self._on_time_since = now
+        self._renewed_at = now
 
     async def reap(self) -> None:
-        """Declare dead the nodes whose lease ran out; hand back what they held."""
+        """Declare dead the nodes whose lease ran out; hand back what they held.
+        Only once the database has been back, and this node's own renewals on
+        time, for a whole lease: the others had as long to renew."""
         if self._health.up_for() < self.lease:
             return
+        if self._on_time_since is None or time.monotonic() - self._on_time_since < self.lease:
+            return
         async with self._link.use() as conn:
-            reap = {**self._params(), **_HAND_BACK, "cuenta": 1}
+            fresh = renewal_interval(self.lease) / 2
+            reap = {**self._params(), **_HAND_BACK, "cuenta": 1, "fresh": fresh}
             rows = await (await conn.execute(sql.REAP, reap)).fetchall()
         dead = [nodo for nodo, order_id, _ in rows if order_id is None]
         moved = [(order_id, estado) for _, order_id, estado in rows if order_id is not None]

@@ -205,15 +205,22 @@ RETURNING p.id, p.estado
 # and what any node that is no longer registered still holds. Safe when two
 # nodes run it at once: the row locks make each order change once (the second
 # skips locked rows, and sees the others no longer `en proceso`).
-# Only while the reaper's own lease holds: when something held every node's
-# renewals up (a lock on `nodos`), each lease ran out alike, and the first
-# node whose statements went on again declared the others dead, though their
-# renewals were on their way in the same instant.
+# Only while the reaper's own lease holds (see also nodes.py), only if this
+# statement did not wait (for a lock on `nodos`) longer than %(fresh)s
+# seconds, and only rows it can lock now. When something held every node's
+# renewals up, each lease ran out alike, and a reap that had waited with them
+# declared the others dead when the lock went, their renewals queued right
+# behind it: a reap that waited decides nothing, the next one does.
 REAP = f"""
 WITH me AS (
     SELECT 1 FROM nodos WHERE nodo = %(nodo)s AND token = %(token)s AND vence > clock_timestamp()
+      AND clock_timestamp() - statement_timestamp() < make_interval(secs => %(fresh)s)
 ), dead AS (
-    DELETE FROM nodos WHERE vence < clock_timestamp() AND nodo <> %(nodo)s AND EXISTS (SELECT 1 FROM me)
+    DELETE FROM nodos WHERE nodo IN (
+        SELECT nodo FROM nodos
+        WHERE vence < clock_timestamp() AND nodo <> %(nodo)s AND EXISTS (SELECT 1 FROM me)
+        FOR UPDATE SKIP LOCKED
+    )
     RETURNING nodo
 ), orphans AS (
     SELECT p.id, p.nodo AS held_by FROM pedidos p
