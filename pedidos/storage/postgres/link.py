@@ -173,8 +173,9 @@ class Link:
             except errors.QueryCanceled as exc:
                 await _end_transaction(conn)
                 cancelled.warning(
-                    "PostgreSQL cancelled a statement: %s (a lock held on its rows, or a slow "
-                    "listing?); the request it served was refused and changed nothing",
+                    "PostgreSQL cancelled a statement: %s (a lock held on the tables or rows it "
+                    "needed, or a slow listing?); it was rolled back, and what it served (a "
+                    "request, or the node's own work) was refused or will be tried again",
                     one_line(exc),
                 )
                 raise StatementCancelled(one_line(exc)) from exc

@@ -85,6 +85,7 @@ class Nodes:
         self._registered = True
         self._renewed_at: float | None = None  # time.monotonic() of the last renewal
         self._on_time_since: float | None = None
+        self._renewing_since: float | None = None  # a renewal under way since
 
     async def register(self) -> None:
         """Take this node's name, or raise `NameTaken`. A row of a dead process
@@ -173,8 +174,12 @@ class Nodes:
         }
 
     async def renew(self) -> None:
-        async with self._lease_link.use() as conn:
-            renewed = await (await conn.execute(sql.RENEW, self._params())).fetchone()
+        self._renewing_since = time.monotonic()
+        try:
+            async with self._lease_link.use() as conn:
+                renewed = await (await conn.execute(sql.RENEW, self._params())).fetchone()
+        finally:
+            self._renewing_since = None
         now = time.monotonic()
         if renewed is None:
             await self._rejoin()
@@ -191,7 +196,13 @@ class Nodes:
         time, for a whole lease: the others had as long to renew."""
         if self._health.up_for() < self.lease:
             return
-        if self._on_time_since is None or time.monotonic() - self._on_time_since < self.lease:
+        now = time.monotonic()
+        if self._renewing_since is not None and now - self._renewing_since > self.lease / 2:
+            # A renewal held up right now counts as late already: the lock
+            # holding it may be gone this instant, with the others' renewals
+            # still on their way behind it.
+            self._on_time_since = now
+        if self._on_time_since is None or now - self._on_time_since < self.lease:
             return
         async with self._link.use() as conn:
             fresh = renewal_interval(self.lease) / 2
