@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from pgcluster import with_options
 
-from pedidos.storage.base import Recovery, StorageError
+from pedidos.storage.base import Claim, Recovery, StorageError
 from pedidos.storage.postgres.backend import PostgresStorage
 from pedidos.storage.postgres.hints import HINT_GAP_S
 from pedidos.storage.postgres.link import DatabaseUnavailable, StatementCancelled
@@ -411,6 +411,13 @@ def test_a_connection_past_descriptor_1024_is_checked_like_any_other():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+async def two_claimed(storage: PostgresStorage) -> tuple[list[int], PgWorkerStore, Claim]:
+    """Two new orders, claimed by a worker store of this node (worker 1)."""
+    ids = [r.id for r in await asyncio.gather(*(storage.submit(order(n), None) for n in range(2)))]
+    store = storage.worker_opener()(1, os.getpid())
+    return ids, store, await asyncio.to_thread(store.claim, ids, 1)
+
+
 def test_a_finish_whose_connection_breaks_after_its_commit_is_a_finish(pg_url):
     # The connection broke after FINISH committed, at the hint that follows
     # (PostgreSQL restarted at that moment): the worker took its own finish for
@@ -419,9 +426,7 @@ def test_a_finish_whose_connection_breaks_after_its_commit_is_a_finish(pg_url):
     async def main():
         storage = await started(pg_url)
         try:
-            ids = [r.id for r in await asyncio.gather(*(storage.submit(order(n), None) for n in range(2)))]
-            store = storage.worker_opener()(1, os.getpid())
-            claim = await asyncio.to_thread(store.claim, ids, 1)
+            ids, store, claim = await two_claimed(storage)
             hint_done = store._hint_done
 
             def cut_then_hint(conn, done):
@@ -536,9 +541,7 @@ def test_a_finish_whose_answer_was_lost_is_counted_done_when_it_is_tried_again(p
     async def main():
         storage = await started(pg_url)
         try:
-            ids = [r.id for r in await asyncio.gather(*(storage.submit(order(n), None) for n in range(2)))]
-            store = storage.worker_opener()(1, os.getpid())
-            claim = await asyncio.to_thread(store.claim, ids, 1)
+            ids, store, claim = await two_claimed(storage)
             real = store._connection
             store._connection = lambda: AnswerLost(real())
             with pytest.raises(DatabaseUnavailable):
@@ -569,9 +572,7 @@ def test_a_lost_finish_that_commits_while_its_retry_waits_is_still_counted_done(
         blocker = psycopg.connect(pg_url)
         first = psycopg.connect(pg_url, autocommit=True)
         try:
-            ids = [r.id for r in await asyncio.gather(*(storage.submit(order(n), None) for n in range(2)))]
-            store = storage.worker_opener()(1, os.getpid())
-            claim = await asyncio.to_thread(store.claim, ids, 1)
+            ids, store, claim = await two_claimed(storage)
             blocker.execute("SELECT 1 FROM pedidos WHERE id = ANY(%s) FOR UPDATE", (ids,))
             real = store._connection
 

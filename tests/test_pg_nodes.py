@@ -294,13 +294,19 @@ def test_a_command_waiting_on_the_database_does_not_cost_its_node_the_lease(pg_u
     assert "declared dead" not in logs, logs
 
 
+def schema_made(url: str, tmp_path: Path) -> str:
+    """The schema made (by a node started and stopped), and the URL of a node
+    whose statements PostgreSQL cancels after 1 s rather than 9."""
+    with nodes(url, tmp_path, "A", "--work-time", "0"):
+        pass
+    return with_options(url, "-c statement_timeout=1000")
+
+
 def test_a_node_stopped_while_its_start_waits_for_a_lock_stops_at_once(pg_url, tmp_path):
     # The stop signal only set a flag the waiting start never looked at: the
     # node went on waiting for as long as the lock lasted, then started fully
     # (workers, listeners) only to stop.
-    with nodes(pg_url, tmp_path, "A", "--work-time", "0"):
-        pass  # the schema is made
-    quick = with_options(pg_url, "-c statement_timeout=1000")
+    quick = schema_made(pg_url, tmp_path)
     with psycopg.connect(pg_url) as blocker:
         blocker.execute("LOCK TABLE pedidos IN ACCESS EXCLUSIVE MODE")
         b = ServerProcess(["--port", "0", "--nodo", "B", "--work-time", "0"], quick, tmp_path)  # type: ignore[arg-type]
@@ -347,9 +353,7 @@ def test_a_node_started_while_orders_are_locked_waits_then_starts(pg_url, tmp_pa
     # lock on `pedidos`, PostgreSQL cancelled that, and the node exited (a
     # service manager restarting it would loop for as long as the lock lasted),
     # leaving its row in `nodos` for the others to declare dead.
-    with nodes(pg_url, tmp_path, "A", "--work-time", "0"):
-        pass  # the schema is made
-    quick = with_options(pg_url, "-c statement_timeout=1000")
+    quick = schema_made(pg_url, tmp_path)
     args = ["--port", "0", "--nodo", "B", "--lease", "2", "--work-time", "0"]
     with psycopg.connect(pg_url) as blocker:
         blocker.execute("LOCK TABLE pedidos IN ACCESS EXCLUSIVE MODE")
