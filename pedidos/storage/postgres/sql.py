@@ -210,11 +210,14 @@ RETURNING p.id, p.estado
 # seconds, and only rows it can lock now. When something held every node's
 # renewals up, each lease ran out alike, and a reap that had waited with them
 # declared the others dead when the lock went, their renewals queued right
-# behind it: a reap that waited decides nothing, the next one does.
+# behind it: a reap that waited decides nothing, the next one does. (Measured
+# from the transaction's start, which is the statement's own in autocommit:
+# `statement_timestamp()` is taken again at Bind and Execute, after the table
+# locks that Parse waited for.)
 REAP = f"""
 WITH me AS (
     SELECT 1 FROM nodos WHERE nodo = %(nodo)s AND token = %(token)s AND vence > clock_timestamp()
-      AND clock_timestamp() - statement_timestamp() < make_interval(secs => %(fresh)s)
+      AND clock_timestamp() - transaction_timestamp() < make_interval(secs => %(fresh)s)
 ), dead AS (
     DELETE FROM nodos WHERE nodo IN (
         SELECT nodo FROM nodos
