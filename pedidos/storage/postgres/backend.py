@@ -235,7 +235,7 @@ class PostgresStorage:
             row = await cur.fetchone()
         if row is not None:
             if self.hints:
-                self._hints.soon(done_hint((order_id,)))
+                self._hints.soon(self._hints.send(done_hint((order_id,))))
             return order(row), True
         return await self.get(order_id, owner), False
 
@@ -248,7 +248,7 @@ class PostgresStorage:
             row = await cur.fetchone()
         if row is not None:
             if self.hints:
-                self._hints.soon(hint(sql.NEW_CHANNEL))
+                self._hints.soon(self._hints.send(hint(sql.NEW_CHANNEL)))
             return order(row), True
         return await self.get(order_id, owner), False
 
@@ -302,4 +302,4 @@ class PostgresStorage:
     def _handed_back(self, moved: list[tuple[int, str]]) -> None:
         self._on_handed_back(moved)
         if self.hints:
-            asyncio.get_running_loop().create_task(self._hints.moved(moved))
+            self._hints.soon(self._hints.moved(moved))

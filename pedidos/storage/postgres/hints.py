@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
@@ -63,11 +65,7 @@ class Hints:
         try:
             while True:
                 self._again = False
-                try:
-                    async with self._link.use() as conn:
-                        await conn.execute(hint(sql.NEW_CHANNEL))
-                except (DatabaseUnavailable, psycopg.Error) as exc:
-                    logger.debug("could not send a hint: %s", exc)
+                await self.send(hint(sql.NEW_CHANNEL))
                 await asyncio.sleep(HINT_GAP_S)
                 if not self._again:
                     return
@@ -79,14 +77,10 @@ class Hints:
         if not moved:
             return
         failed = tuple(i for i, estado in moved if estado == Estado.FALLIDO)
-        try:
-            async with self._link.use() as conn:
-                if len(failed) < len(moved):
-                    await conn.execute(hint(sql.NEW_CHANNEL))
-                if failed:
-                    await conn.execute(done_hint(failed))
-        except (DatabaseUnavailable, psycopg.Error) as exc:
-            logger.debug("could not send a hint: %s", exc)
+        if len(failed) < len(moved):
+            await self.send(hint(sql.NEW_CHANNEL))
+        if failed:
+            await self.send(done_hint(failed))
 
     async def send(self, statement: pgsql.Composed) -> None:
         """One hint, after the change it tells of was committed by a statement
@@ -97,10 +91,11 @@ class Hints:
         except (DatabaseUnavailable, psycopg.Error) as exc:
             logger.debug("could not send a hint: %s", exc)
 
-    def soon(self, statement: pgsql.Composed) -> None:
-        """`send`, without making the caller wait: a reply that the change was
-        made need not wait for the link the node's own work shares."""
-        task = asyncio.get_running_loop().create_task(self.send(statement))
+    def soon(self, hinting: Coroutine[Any, Any, None]) -> None:
+        """Run `hinting` (a `send`, a `moved`) without making the caller wait:
+        a reply that the change was made need not wait for the link the node's
+        own work shares. Kept until done, and awaited by `sent`."""
+        task = asyncio.get_running_loop().create_task(hinting)
         self._soon.add(task)
         task.add_done_callback(self._soon.discard)
 
