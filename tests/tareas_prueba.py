@@ -61,7 +61,10 @@ def hijo_cuelga(pedido: dict[str, Any]) -> Any:
     waiting for it; the program's pid goes to ID.hijo."""
     if _calls(pedido) == 1:
         child = subprocess.Popen(["sleep", "3600"])
-        (Path(os.environ["PEDIDOS_PRUEBA_DIR"]) / f"{pedido['id']}.hijo").write_text(str(child.pid))
+        where = Path(os.environ["PEDIDOS_PRUEBA_DIR"]) / f"{pedido['id']}.hijo"
+        # Written aside and renamed: a test that waits for the file reads it whole.
+        where.with_suffix(".tmp").write_text(str(child.pid))
+        where.with_suffix(".tmp").rename(where)
         child.wait()
     return "hecho"
 

@@ -409,6 +409,67 @@ def test_connections_held_open_on_the_panel_leave_descriptors_for_the_order_port
     assert srv.log.count("accepting more as they close") == 1, srv.log
 
 
+def test_clients_that_never_finish_a_request_are_cut_and_the_panel_serves_again(tmp_path):
+    # A slowloris: more clients than the panel's cap, each holding a request
+    # head open (half sent, or trickled a byte at a time). Without a deadline
+    # they held the panel shut for everyone for as long as they liked.
+    from pedidos.panel import MAX_CONNECTIONS
+    from pedidos.panel.site import HEAD_S
+
+    with running_server(tmp_path, "--work-time", "0", "--panel", "0") as srv, contextlib.ExitStack() as stack:
+        url = panel_url(srv)
+        host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+        # Two well-behaved clients, there before: an open stream, and a
+        # keep-alive connection idle after its request. Neither has a head in
+        # progress, so neither is cut.
+        stream, response, messages = stream_messages(url)
+        stack.callback(stream.close)
+        assert next(messages)["completa"]
+        idle = http.client.HTTPConnection(host, port, timeout=10)
+        stack.callback(idle.close)
+        idle.request("GET", "/metrics")
+        assert idle.getresponse().read()
+        slow = []
+        for _ in range(MAX_CONNECTIONS + 20):
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=5))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow.append(sock)
+        trickler = slow[0]
+        stop = threading.Event()
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.5):
+                    trickler.sendall(b"a")
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        stack.callback(thread.join, 5)
+        stack.callback(stop.set)
+        wait_for(lambda: "accepting more as they close" in srv.log, 10)
+        started = time.monotonic()
+
+        def metrics_answered() -> bool:
+            try:
+                return get(url, "/metrics", timeout=2)[0] == 200
+            except OSError:  # still behind the slow ones
+                return False
+
+        wait_for(metrics_answered, HEAD_S + 15)
+        assert time.monotonic() - started > HEAD_S - 3  # the slow ones were given their time
+        for sock in slow[:30]:  # cut: the panel closed them (the trickler too)
+            sock.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1) == b""
+        with LineClient("127.0.0.1", srv.port) as client:
+            assert client.ask(ORDER)["ok"]
+        # The stream goes on: it shows that order (or its read times out).
+        assert any(message["recibidos_total"] == 1 for message in messages)
+        idle.request("GET", "/metrics")  # the idle connection too
+        assert idle.getresponse().status == 200
+    assert "Traceback" not in srv.log, srv.log
+
+
 def test_a_stream_request_reset_at_once_logs_nothing(tmp_path):
     # A client that asks for /eventos and resets the connection before the
     # answer: nothing to log (it was a traceback per request), nothing left open.

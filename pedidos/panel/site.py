@@ -10,6 +10,14 @@ the cap it stops accepting, and new connections wait in the kernel's backlog,
 holding no descriptor of ours, until one closes. The count is exact: taken at
 accept, given back when the connection ends (asyncio's own server would call
 aiohttp's factory a loop pass later, after the descriptor is spent).
+
+The cap alone would let 256 clients that never finish a request (slowloris:
+a header line every few seconds) shut everyone else out of the panel, and
+aiohttp has no deadline for a request's head. So each connection has
+`HEAD_S` to send a request's head whole, counted from its first byte (from
+the connection's start for the first request); past it the connection is
+closed. A response being streamed (`/eventos`) and an idle keep-alive
+connection run no such clock: aiohttp's keep-alive timeout is the latter's.
 """
 
 from __future__ import annotations
@@ -29,22 +37,54 @@ logger = logging.getLogger(__name__)
 BACKLOG = 128
 ACCEPT_BATCH = 32  # connections taken per readiness event: the order port shares the loop
 PAUSE_S = 0.2  # out of descriptors anyway: how long before accepting again
+HEAD_S = 10.0  # a request's head, first byte to blank line: a browser's takes milliseconds
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class _Counted(asyncio.Protocol):
-    """aiohttp's protocol for one connection, telling the site when it ends."""
+    """aiohttp's protocol for one connection, telling the site when it ends,
+    and closing it when a request's head takes longer than `HEAD_S`."""
 
-    __slots__ = ("_handler", "_site", "_ended")
+    __slots__ = ("_handler", "_site", "_ended", "_transport", "_deadline", "_tail")
 
     def __init__(self, handler: Any, site: CappedSite) -> None:
         self._handler, self._site, self._ended = handler, site, False
+        self._transport: Any = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._tail = b""  # the last bytes of a head not yet ended: its blank line may be cut
 
     def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        self._start_clock()
         self._handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        seen = self._tail + data
+        # A head ends at a blank line (CRLF as every client sends it; LF alone
+        # as the parser also takes it). What follows it begins another request.
+        crlf, lf = seen.rfind(b"\r\n\r\n"), seen.rfind(b"\n\n")
+        end = max(crlf + 4 if crlf >= 0 else 0, lf + 2 if lf >= 0 else 0)
+        if end:
+            self._stop_clock()
+        rest = seen[end:]
+        if rest and self._deadline is None:
+            self._start_clock()
+        self._tail = rest[-3:]
         self._handler.data_received(data)
+
+    def _start_clock(self) -> None:
+        self._stop_clock()
+        self._deadline = asyncio.get_running_loop().call_later(HEAD_S, self._too_slow)
+
+    def _stop_clock(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        # Not logged: under a slowloris that would be a line per connection.
+        self._deadline = None
+        self._transport.abort()
 
     def eof_received(self) -> bool | None:
         return self._handler.eof_received()
@@ -56,6 +96,7 @@ class _Counted(asyncio.Protocol):
         self._handler.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_clock()
         self.end()
         self._handler.connection_lost(exc)
 
