@@ -172,7 +172,7 @@ def test_one_more_load_process_is_compared_with_the_windows_either_side_of_it(mo
     # Three windows: the usual load, one more process, the usual load again. The
     # baseline is the mean of its two usual windows, and how far apart they came
     # is shown next to the verdict: a drift no longer reads as headroom.
-    rates = iter([100.0, 99.0, 80.0, 200.0, 230.0, 220.0])
+    rates = iter([100.0, 102.0, 104.0] + [200.0, 230.0, 202.0] * 3)
     calls = []
 
     def fake_measure(args, child, pipelined, line, **kw):
@@ -184,14 +184,34 @@ def test_one_more_load_process_is_compared_with_the_windows_either_side_of_it(mo
     args = build_parser().parse_args(["--load-procs", "2"])
     rows: dict = {}
     baselines._baseline(args, None, "echo_streams", rows, b"x\n")
-    assert calls == [(False, None), (False, 3), (False, None), (True, None), (True, 3), (True, None)]
+    # The pipelined row rose 14 %: measured in another bracket, and another,
+    # and still over the limit after the last (BRACKETS).
+    assert calls == [(False, None), (False, 3), (False, None)] + [(True, None), (True, 3), (True, None)] * 3
     rr, pipe = rows["echo_streams_rr"], rows["echo_streams_pipe"]
-    assert rr["rate"] == 90.0 and rr["headroom"] == pytest.approx(99 / 90 - 1)
-    assert rr["spread"] == pytest.approx(20 / 90)
-    assert pipe["rate"] == 210.0 and pipe["headroom"] == pytest.approx(230 / 210 - 1)
-    assert [c.split(":")[0] for c in ceilings(rows)] == ["echo_streams_rr", "echo_streams_pipe"]
+    assert rr["rate"] == 102.0 and rr["headroom"] == pytest.approx(0) and rr["brackets"] == 1
+    assert rr["spread"] == pytest.approx(4 / 102)
+    assert pipe["rate"] == 201.0 and pipe["headroom"] == pytest.approx(230 / 201 - 1)
+    assert pipe["brackets"] == 3 and pipe["spread"] == pytest.approx(2 / 201)
+    assert [c.split(":")[0] for c in ceilings(rows)] == ["echo_streams_pipe"]
     shown = table(rows, args)
-    assert "+10% GENERATOR-BOUND (22% apart)" in shown and "+10% GENERATOR-BOUND (10% apart)" in shown
+    assert "+0% (4% apart)" in shown and "+14% GENERATOR-BOUND (3 brackets, 1% apart)" in shown
+
+
+def test_a_noisy_baseline_is_measured_again_and_its_windows_pooled(monkeypatch):
+    # One bracket of a row whose usual windows came 20 % apart says "+10 %":
+    # under its own resolution. Two more brackets, pooled: the rise goes, and
+    # the row's rate is the mean of all six usual windows.
+    rates = iter([90.0, 99.0, 110.0, 100.0, 96.0, 100.0, 100.0, 97.0, 100.0] + [500.0, 490.0, 500.0])
+    window = {"p50_ms": 1.0, "p99_ms": 2.0, "bad": 0, "lost": 1}
+    monkeypatch.setattr(baselines, "measure", lambda *a, **kw: {**window, "rate": next(rates)})
+    monkeypatch.setattr(baselines, "warm_up", lambda *a, **kw: None)
+    rows: dict = {}
+    baselines._baseline(build_parser().parse_args([]), None, "redis", rows, b"x\n")
+    rr = rows["redis_rr"]
+    assert rr["brackets"] == 3 and rr["rate"] == 100.0 and rr["lost"] == 6
+    assert rr["headroom"] == pytest.approx(97.33 / 100 - 1, abs=1e-4) and rr["spread"] == pytest.approx(0.2)
+    assert rows["redis_pipe"]["brackets"] == 1
+    assert ceilings(rows) == []
 
 
 def _drive_echo(tmp_path, ports, line: bytes, generator: str, **kw):

@@ -82,12 +82,14 @@ def _spread(r: Row) -> str:
 def _headroom(r: Row) -> str:
     """What one more load process did to a baseline: a rise of 5% or more means
     the generator was its ceiling, and the ratios against it flatter the server.
-    With it, how far apart the baseline's own two windows came: the check's
-    resolution (baselines._baseline)."""
+    With it, how far apart the baseline's own usual windows came (the check's
+    resolution), and how many brackets it took (baselines._baseline)."""
     if "headroom" not in r:
         return ""
     flag = " GENERATOR-BOUND" if r["headroom"] >= HEADROOM_LIMIT else ""
-    spread = f" ({100 * r['spread']:.0f}% apart)" if "spread" in r else ""
+    brackets = r.get("brackets", 1)
+    times = f"{brackets:g} brackets, " if brackets > 1 else ""  # a median over 2 runs may be 2.5
+    spread = f" ({times}{100 * r['spread']:.0f}% apart)" if "spread" in r else ""
     return f"{100 * r['headroom']:+.0f}%{flag}{spread}"
 
 
@@ -118,7 +120,7 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
         ("worktime", f"pedidos work time {args.work_time_check:g} s", f"{args.workers} workers"),
     )
     head = ("scenario", "load", "result", "p50 ms", "p99 ms", "/ echo streams", "/ echo Protocol", "/ Redis")
-    lines = [(*head, "+1 load process (own 2 windows apart)", "CPU % " + "/".join(CPU_PARTS))]
+    lines = [(*head, "+1 load process (own usual windows apart)", "CPU % " + "/".join(CPU_PARTS))]
     for name, label, load in scenarios:
         r = rows.get(name)
         if name == "e2e_slices" and "slices_n" in rows.get("e2e", {}):  # the same row, a line of its own
