@@ -274,3 +274,33 @@ def test_a_worker_cut_from_the_database_logs_its_retries_once(pg_url, tmp_path):
         assert log.count("could not record an outcome") == 1, log
     finally:
         proxy.stop()
+
+
+def test_a_worker_whose_idle_connection_was_dropped_claims_on_a_new_one(pg_url, tmp_path):
+    # An administrator ends every session (or PostgreSQL restarts) while the
+    # workers wait for orders: their next claim found the dropped connection,
+    # refused the chunk and logged an ERROR about a database that was back.
+    import psycopg
+
+    order = {"cliente": "Ana", "productos": ["pan"], "direccion": "Calle 1"}
+    others = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    with (
+        running_server(tmp_path, "--work-time", "0", "--workers", "1", db=pg_url) as srv,
+        LineClient("127.0.0.1", srv.port) as c,
+    ):
+        first = c.ask(order)
+        assert c.ask({"accion": "esperar", "id": first["id"], "timeout": 10})["pedido"]["estado"] == "listo"
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            assert admin.execute(others).fetchall()  # the node's connections and the worker's
+
+        def placed() -> dict | None:
+            reply = c.ask(order)
+            return reply if reply["ok"] else None  # refused while the node reconnects
+
+        second = wait_for(placed, timeout=15)
+        done = c.ask({"accion": "esperar", "id": second["id"], "timeout": 10})  # type: ignore[index]
+        assert done["ok"] and done["pedido"]["estado"] == "listo", done
+        assert "could not claim orders" not in srv.log, srv.log

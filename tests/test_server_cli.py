@@ -113,6 +113,25 @@ def test_postgresql_flags_on_a_sqlite_file_exit_2(flag, tmp_path, capsys):
     assert not (tmp_path / "p.db").exists()
 
 
+@pytest.mark.parametrize("name", ["", "  "])
+def test_a_blank_node_name_is_a_usage_error(name, capsys):
+    # `--nodo "$NODE"` with NODE unset quietly became HOST:PORT.
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--db", "postgresql://u@h/db", "--nodo", name])
+    assert info.value.code == 2
+    assert "--nodo" in capsys.readouterr().err
+    assert build_parser().parse_args(["--nodo", "tienda-1"]).nodo == "tienda-1"
+
+
+def test_panel_host_without_the_panel_is_a_usage_error(tmp_path, capsys):
+    # Ignored without a word, it would let an operator believe the panel listens there.
+    with pytest.raises(SystemExit) as info:
+        main(["--db", str(tmp_path / "p.db"), "--panel-host", "0.0.0.0"])
+    assert info.value.code == 2
+    assert "--panel-host only applies with --panel" in capsys.readouterr().err
+    assert not (tmp_path / "p.db").exists()
+
+
 @pytest.mark.parametrize("lease", ["0", "0.1", "0.99", "-1", "nan"])
 def test_a_lease_under_a_second_is_a_usage_error(lease, capsys):
     # `--lease 0.1` was taken: renewals thirty times a second per node, and

@@ -212,8 +212,9 @@ def test_the_clients_say_the_server_closed_an_idle_connection(idle_srv):
         ours = "closing {}:{}: idle for".format(*client._sock.getsockname()[:2])  # type: ignore[union-attr]
         wait_for(lambda: ours in idle_srv.log, timeout=15)
         # The notice is not a reply to the next request: a connection problem that says why.
-        with pytest.raises(ConnectionProblem, match="sin actividad"):
+        with pytest.raises(ConnectionProblem, match="sin actividad") as info:
             client.stats()
+        assert str(info.value) == "el servidor cerró la conexión: sin actividad durante 1 s"
         assert client.stats()["workers"] >= 1  # and the next call connects again
 
     async def scenario() -> None:

@@ -209,8 +209,10 @@ def parse_reply(line: bytes) -> dict[str, Any]:
     if not isinstance(reply, dict):
         raise ConnectionProblem(f"respuesta inesperada del servidor: {line[:80]!r}")
     if reply.get(CONEXION_CERRADA) is True:
-        mensaje = str(reply.get("mensaje", ""))
-        raise ConnectionProblem(f"el servidor cerró la conexión: {mensaje[:1].lower()}{mensaje[1:]}")
+        # "Sin actividad durante 300 s; se cierra la conexión." says twice what
+        # ours says: its reason alone follows ours.
+        reason = str(reply.get("mensaje", "")).partition(";")[0].strip().rstrip(".")
+        raise ConnectionProblem(f"el servidor cerró la conexión: {reason[:1].lower()}{reason[1:]}")
     return reply
 
 

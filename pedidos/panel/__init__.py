@@ -22,6 +22,7 @@ INSTALL_HINT = "pip install 'pedidos[panel]'"
 # Connections the panel holds open at most (pages, their files, scrapers): its
 # descriptors are reserved apart from the order port's (server/listener.py).
 MAX_CONNECTIONS = 256
+PANEL_HOST = "127.0.0.1"  # `--panel-host`'s default: the panel shows customers' names
 
 
 def panel_missing() -> str | None:

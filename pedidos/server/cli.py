@@ -10,7 +10,7 @@ import sys
 from pedidos import __version__
 from pedidos.domain import DEFAULT_LEASE_S, DEFAULT_RETRIES
 from pedidos.logsetup import FORMATS, TEXT, configure_logging
-from pedidos.panel import panel_missing
+from pedidos.panel import PANEL_HOST, panel_missing
 from pedidos.processing.retry import DEFAULT_BACKOFF_S
 from pedidos.processing.task import TaskError, check_task
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--nodo",
+        type=value.node_name,
         metavar="NAME",
         help="this server's name among those sharing a PostgreSQL database (default HOST:PORT)",
     )
@@ -153,9 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--panel-host",
-        default="127.0.0.1",
         metavar="HOST",
-        help="address the panel listens on (default 127.0.0.1)",
+        help=f"with --panel: address the panel listens on (default {PANEL_HOST})",
     )
     parser.add_argument(
         "--sin-rapido",
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag, given in (("--reintentos", args.reintentos), ("--limite-tarea", args.limite_tarea)):
         if given is not None and args.tarea is None:
             parser.error(f"{flag} only applies with --tarea")
+    if args.panel_host is not None and args.panel is None:
+        parser.error("--panel-host only applies with --panel PORT")
     # argparse leaves the default object itself when the flag is not given.
     shared = (("--nodo", args.nodo is not None), ("--lease", args.lease is not DEFAULT_LEASE_S))
     for flag, given in (*shared, ("--sin-notify", args.sin_notify)):
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         task_limit=args.limite_tarea,
         backoff=args.reintento_base,
         panel_port=args.panel,
-        panel_host=args.panel_host,
+        panel_host=PANEL_HOST if args.panel_host is None else args.panel_host,
     )
     try:
         rapido.run(Server(config).serve(), accelerated=not args.sin_rapido)

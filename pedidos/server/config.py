@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from pedidos.domain import DEFAULT_LEASE_S, DEFAULT_RETRIES
+from pedidos.panel import PANEL_HOST
 from pedidos.processing.retry import DEFAULT_BACKOFF_S
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 
@@ -34,4 +35,4 @@ class ServerConfig:
     task_limit: float | None = None  # `--limite-tarea` seconds; None: no limit
     backoff: float = DEFAULT_BACKOFF_S  # the first retry's wait (tests make it short)
     panel_port: int | None = None  # `--panel`; None: no panel, nothing of pedidos/panel/web imported
-    panel_host: str = "127.0.0.1"  # `--panel-host`
+    panel_host: str = PANEL_HOST  # `--panel-host`

@@ -85,6 +85,14 @@ def database(text: str) -> str:
     return text
 
 
+def node_name(text: str) -> str:
+    """A node's name: shown in logs, `estadisticas` and every order's `nodo`;
+    a blank one (`--nodo "$NODE"` with NODE unset) would name no one."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give this server a name, or leave --nodo out for HOST:PORT")
+    return text
+
+
 def log_level(text: str) -> str:
     level = text.upper()
     if level not in LEVELS:

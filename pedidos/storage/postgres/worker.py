@@ -60,18 +60,25 @@ class PgWorkerStore:
         return self._conn
 
     def claim(self, ids: Sequence[int], worker: int) -> Claim:
-        conn = self._connection()
-        try:
-            rows = conn.execute(
-                sql.CLAIM, {"ids": list(ids), "worker": worker, "nodo": self._nodo, "token": self._token}
-            ).fetchall()
-        except psycopg.OperationalError as exc:
-            # The claim may have committed all the same: rows `en proceso`
-            # here that no one would ever finish or hand back (this node is
-            # alive). Put them back before taking anything else.
-            self.close()
-            self._unclaim(worker)
-            raise DatabaseUnavailable(one_line(exc)) from None
+        params = {"ids": list(ids), "worker": worker, "nodo": self._nodo, "token": self._token}
+        while True:
+            # A connection kept from an earlier chunk may have been dropped
+            # while idle (PostgreSQL restarted, an administrator's
+            # pg_terminate_backend): that is found only on use, and is no
+            # reason to refuse the chunk. One more try, on a new connection.
+            kept = self._conn is not None and not self._conn.closed and not self._conn.broken
+            conn = self._connection()
+            try:
+                rows = conn.execute(sql.CLAIM, params).fetchall()
+                break
+            except psycopg.OperationalError as exc:
+                # The claim may have committed all the same: rows `en proceso`
+                # here that no one would ever finish or hand back (this node is
+                # alive). Put them back before taking anything else.
+                self.close()
+                self._unclaim(worker)
+                if not kept:
+                    raise DatabaseUnavailable(one_line(exc)) from None
         rows.sort()
         self._tokens.update((order_id, token) for order_id, token, _ in rows)
         return Claim(worker, iso(rows[0][2]) if rows else "", tuple(r[0] for r in rows))
