@@ -606,3 +606,46 @@ def test_a_lost_finish_that_commits_while_its_retry_waits_is_still_counted_done(
     assert finished.ids == tuple(ids), finished
     assert [o["estado"] for o in orders] == ["listo", "listo"]
     assert "taken away" not in caplog.text, caplog.text
+
+
+class _Refusing:
+    """A connection whose every statement fails as a cancelled one does."""
+
+    closed = broken = False
+
+    def __init__(self, log: list[str]) -> None:
+        self._log = log
+
+    def execute(self, *_args: object) -> None:
+        self._log.append("claim")
+        if len(self._log) > 10:  # the loop this test is about: stop it, and fail
+            raise AssertionError(f"claimed again and again: {self._log}")
+        raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_claim_that_keeps_failing_is_tried_once_more_at_most(kept):
+    # One more try is for a connection dropped while idle; a statement that
+    # fails every time (cancelled, a full disk) looped here for ever, each turn
+    # putting back and claiming again, the worker deaf to its stop.
+    store = PgWorkerStore("postgresql://u@127.0.0.1:1/db", "a", "token")
+    log: list[str] = []
+    store._conn = _Refusing(log) if kept else None  # type: ignore[assignment]
+
+    def connection() -> _Refusing:  # as the real one: a new connection when there is none
+        if store._conn is None:
+            store._conn = _Refusing(log)  # type: ignore[assignment]
+        return store._conn  # type: ignore[return-value]
+
+    def unclaim(worker: int) -> None:  # as the real one: it answers, on a connection it keeps
+        connection()
+        log.append("unclaim")
+
+    store._connection = connection  # type: ignore[method-assign]
+    store._unclaim = unclaim  # type: ignore[method-assign]
+    with pytest.raises(DatabaseUnavailable, match="canceling statement"):
+        store.claim([1, 2], 1)
+    assert log == ["claim", "unclaim"] * (2 if kept else 1)

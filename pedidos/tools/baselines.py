@@ -31,31 +31,33 @@ def _baseline(args: argparse.Namespace, child: Child, name: str, rows: dict[str,
 
     One bracket cannot resolve a rise under 5 % in a row whose usual windows
     differ by more (Redis's fsync-bound rows: 6 to 29 % apart, their verdict
-    −26 % to +11 % in three runs of one benchmark): while a row's rise or its
-    spread is at the limit or over, it gets another bracket, up to `BRACKETS`,
-    and its figures pool them all (the rate: every usual window; the rise: every
-    window with one more process against that)."""
+    −26 % to +11 % in three runs of one benchmark). So a row whose first
+    bracket's windows came 5 % or more apart gets `BRACKETS` in all, pooled
+    (the rate: every usual window; the rise: every window with one more process
+    against that; the spread: the brackets' mean). Whether it gets more is
+    decided by that spread alone, never by the rise: measuring again only while
+    the verdict is "bound" would stop at the first "valid" and lean towards it."""
     warm_up(args, child, line, greeting=False)
     for kind, pipelined in (("rr", False), ("pipe", True)):
         usual = functools.partial(measure, args, child, pipelined, line, greeting=False, check=False)
         plain: list[Row] = []
-        more: list[Row] = []
+        more: list[float] = []
+        spreads: list[float] = []
         while True:
-            plain.append(row_of(usual()))
-            more.append(usual(procs=args.load_procs + 1))
-            plain.append(row_of(usual()))
-            row = mean_row(*plain)
-            rates = [window["rate"] for window in plain]
-            checked = {
-                **row,
-                "headroom": sum(window["rate"] for window in more) / len(more) / row["rate"] - 1,
-                "spread": (max(rates) - min(rates)) / row["rate"],
-                "brackets": len(more),
-            }
-            certain = checked["headroom"] < HEADROOM_LIMIT and checked["spread"] < HEADROOM_LIMIT
-            if certain or len(more) == BRACKETS:
+            first = row_of(usual())
+            more.append(usual(procs=args.load_procs + 1)["rate"])
+            second = row_of(usual())
+            plain += [first, second]
+            spreads.append(abs(first["rate"] - second["rate"]) / ((first["rate"] + second["rate"]) / 2))
+            if spreads[0] < HEADROOM_LIMIT or len(more) == BRACKETS:
                 break
-        rows[f"{name}_{kind}"] = checked
+        row = mean_row(*plain)
+        rows[f"{name}_{kind}"] = {
+            **row,
+            "headroom": sum(more) / len(more) / row["rate"] - 1,
+            "spread": sum(spreads) / len(spreads),
+            "brackets": len(more),
+        }
 
 
 def mean_row(*windows: Row) -> Row:

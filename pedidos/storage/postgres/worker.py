@@ -61,12 +61,14 @@ class PgWorkerStore:
 
     def claim(self, ids: Sequence[int], worker: int) -> Claim:
         params = {"ids": list(ids), "worker": worker, "nodo": self._nodo, "token": self._token}
+        # A connection kept from an earlier chunk may have been dropped while
+        # idle (PostgreSQL restarted, an administrator's pg_terminate_backend):
+        # that is found only on use, and is no reason to refuse the chunk. One
+        # more try, on a new connection; never more (a statement that fails
+        # every time would loop here for ever, the worker deaf to its stop).
+        tries = 2 if self._conn is not None and not self._conn.closed and not self._conn.broken else 1
         while True:
-            # A connection kept from an earlier chunk may have been dropped
-            # while idle (PostgreSQL restarted, an administrator's
-            # pg_terminate_backend): that is found only on use, and is no
-            # reason to refuse the chunk. One more try, on a new connection.
-            kept = self._conn is not None and not self._conn.closed and not self._conn.broken
+            tries -= 1
             conn = self._connection()
             try:
                 rows = conn.execute(sql.CLAIM, params).fetchall()
@@ -77,7 +79,7 @@ class PgWorkerStore:
                 # alive). Put them back before taking anything else.
                 self.close()
                 self._unclaim(worker)
-                if not kept:
+                if not tries:
                     raise DatabaseUnavailable(one_line(exc)) from None
         rows.sort()
         self._tokens.update((order_id, token) for order_id, token, _ in rows)
