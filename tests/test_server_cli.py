@@ -123,6 +123,11 @@ def test_a_blank_node_name_is_a_usage_error(name, capsys):
     assert build_parser().parse_args(["--nodo", "tienda-1"]).nodo == "tienda-1"
 
 
+def test_a_node_name_is_trimmed():
+    # Stored trimmed like every value, or " a " and "a" would be two nodes.
+    assert build_parser().parse_args(["--nodo", " tienda 1 "]).nodo == "tienda 1"
+
+
 def test_panel_host_without_the_panel_is_a_usage_error(tmp_path, capsys):
     # Ignored without a word, it would let an operator believe the panel listens there.
     with pytest.raises(SystemExit) as info:

@@ -87,10 +87,12 @@ def database(text: str) -> str:
 
 def node_name(text: str) -> str:
     """A node's name: shown in logs, `estadisticas` and every order's `nodo`;
-    a blank one (`--nodo "$NODE"` with NODE unset) would name no one."""
-    if not text.strip():
+    a blank one (`--nodo "$NODE"` with NODE unset) would name no one. Trimmed,
+    like every value the service stores: `" a "` and `"a"` are one node."""
+    name = text.strip()
+    if not name:
         raise argparse.ArgumentTypeError("empty; give this server a name, or leave --nodo out for HOST:PORT")
-    return text
+    return name
 
 
 def log_level(text: str) -> str:
