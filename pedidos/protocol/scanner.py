@@ -57,8 +57,8 @@ class Scanner:
     def scan(self, buf: bytearray) -> int | None:
         """The end of the complete value, None if more input is needed; raises Invalid."""
         n = self._utf8_limit(buf)
-        # The scan may already be past the first byte of a cut character that
-        # turned out bad: then no value ends before it.
+        # The scan never passes a cut character's first byte (_utf8_limit); the
+        # check keeps a bad one from ending a value should that ever change.
         end = self._scan(buf, n) if n >= self.pos else None
         if end is None and self.bad_utf8 is not None:
             raise Invalid(self.bad_utf8, "bytes que no son UTF-8")
@@ -140,7 +140,8 @@ class Scanner:
                     raise Invalid(self.pos, "se esperaba ',' o el cierre")
 
     def _utf8_limit(self, buf: bytearray) -> int:
-        """How far the bytes are valid UTF-8: the scan stops at the first bad byte."""
+        """How far the bytes are known to be valid UTF-8: the scan stops at the
+        first bad byte, and before a character cut by the end of the input."""
         if self.bad_utf8 is None and self.utf8_pos < len(buf):
             # The decoder holds back the bytes of a character cut by the end of
             # the last chunk; an error's position counts from the first of them.
@@ -150,7 +151,12 @@ class Scanner:
                 self.utf8_pos = len(buf)
             except UnicodeDecodeError as exc:
                 self.bad_utf8 = self.utf8_pos - held + exc.start
-        return len(buf) if self.bad_utf8 is None else self.bad_utf8
+        if self.bad_utf8 is not None:
+            return self.bad_utf8
+        # Not past a cut character's first bytes: the scanner would judge a lead
+        # byte as syntax ("se esperaba un valor") where the whole input, once
+        # the character turns out bad, says "bytes que no son UTF-8".
+        return len(buf) - len(self.utf8.getstate()[0])
 
     def _value_done(self) -> bool:
         """After a value: True if it completed the request."""
