@@ -440,14 +440,16 @@ class FakeServer:
 
     `script`: "silent" accepts and never says a word; "mute" greets, then never
     answers; "hangup" greets, then closes at the first request; "busy" refuses
-    the connection with `servidor_ocupado`, as a full server does.
+    the connection with `servidor_ocupado`, as a full server does; "answer"
+    greets, then answers every request line with `reply`.
     """
 
     GREETING = b'{"ok": true, "servidor": "pedidos", "protocolo": 1, "mensaje": "hola"}\n'
     BUSY = b'{"ok": false, "error": "servidor_ocupado", "mensaje": "El servidor no acepta m\xc3\xa1s."}\n'
 
-    def __init__(self, script: str) -> None:
+    def __init__(self, script: str, reply: bytes = b"") -> None:
         self.script = script
+        self.reply = reply
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
         self.port: int = self.sock.getsockname()[1]
@@ -467,12 +469,20 @@ class FakeServer:
                 if self.script == "busy":
                     conn.sendall(self.BUSY)
                     conn.close()
-                elif self.script in ("mute", "hangup"):
+                elif self.script in ("mute", "hangup", "answer"):
                     conn.sendall(self.GREETING)
+                if self.script == "answer":
+                    self._answer(conn)
                 if self.script == "hangup":
                     conn.settimeout(10)
                     conn.recv(1)
                     conn.close()
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        while data := conn.recv(65536):
+            conn.sendall(self.reply * data.count(b"\n"))
+        conn.close()
 
     def close(self) -> None:
         self._stop.set()
@@ -486,8 +496,8 @@ class FakeServer:
 def fake_server() -> Iterator[Callable[[str], FakeServer]]:
     servers: list[FakeServer] = []
 
-    def _start(script: str) -> FakeServer:
-        servers.append(FakeServer(script))
+    def _start(script: str, reply: bytes = b"") -> FakeServer:
+        servers.append(FakeServer(script, reply))
         return servers[-1]
 
     yield _start

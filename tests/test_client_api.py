@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pedidos.client import UnexpectedReply
 from pedidos.client.blocking import AsyncClient, Client, ConnectionProblem, Order, Receipt, Refused
 
 _names = itertools.count(1)
@@ -297,3 +298,15 @@ def test_async_client_connects_again_after_a_request_over_the_size_limit(quick_s
             return caught.value.code, (await client.stats())["workers"]
 
     assert asyncio.run(scenario()) == ("demasiado_grande", 2)
+
+
+def test_a_reply_not_shaped_as_the_contract_says_raises_unexpected_reply(fake_server):
+    # Was a KeyError from deep in the client; now a ConnectionProblem naming the
+    # field, and the connection is dropped like after any other problem.
+    fake = fake_server("answer", b'{"ok": true, "pedido": {"id": 1, "cliente": 5}}\n')
+    with Client("127.0.0.1", fake.port, timeout=5) as client:
+        with pytest.raises(UnexpectedReply, match="'cliente' no es un texto"):
+            client.get(1)
+        assert not client.connected
+        with pytest.raises(ConnectionProblem, match="'estados' falta"):
+            client.stats()

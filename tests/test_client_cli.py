@@ -409,6 +409,54 @@ def test_unreachable_or_silent_server_exits_3(capsys, fake_server, dead_port):
     assert code == 1 and "rechazado (servidor_ocupado)" in one_line_reason(err)
 
 
+@pytest.mark.parametrize(
+    ("reply", "argv", "why"),
+    [
+        (b'{"ok": true}', ["--consultar", "1"], "'pedido' falta"),
+        (b'{"ok": true}', ["--listar"], "'pedidos' falta"),
+        (b'{"ok": true}', ["--estadisticas"], "'estados' falta"),
+        (
+            b'{"ok": true, "estado": "pendiente"}',
+            ["--cliente", "A", "--productos", "p", "--direccion", "d"],
+            "'id' falta",
+        ),
+        (b'{"ok": true, "pedido": {"id": "7"}}', ["--consultar", "7"], "'id' no es un número entero"),
+        (b'{"ok": true, "pedidos": [1]}', ["--listar"], "'pedidos' no es una lista de objetos"),
+        (b'{"ok": false, "error": 5, "mensaje": null}', ["--consultar", "1"], "'error' no es un texto"),
+        (b'{"ok": "yes"}', ["--consultar", "1"], 'b\'{"ok": "yes"}\''),
+    ],
+)
+def test_a_reply_not_shaped_as_the_contract_says_is_one_line_and_exit_3(
+    capsys, fake_server, reply, argv, why
+):
+    # Was a KeyError's traceback, exit 1 (which says "refused"), or "rechazado (5): None".
+    fake = fake_server("answer", reply + b"\n")
+    code, out, err = run(capsys, "--port", fake.port, *argv)
+    assert (code, out) == (3, "")
+    assert one_line_reason(err) == f"cliente.py: respuesta inesperada del servidor: {why}"
+
+
+def test_what_a_terminal_would_obey_in_a_stored_order_is_shown_escaped(quick_server, capsys):
+    # Any client may store these; an administrator's `--listar` must not have
+    # its screen cleared, its window retitled or a line overwritten by them.
+    cliente = unique("Evil\x1b[2J\x1b]0;pwned\x07")
+    stored = {"cliente": cliente, "productos": ["p\x1b[31mred\u202e"], "direccion": "d\rOVERWRITE"}
+    with LineClient("127.0.0.1", quick_server.port) as conn:
+        order_id = conn.ask(stored)["id"]
+    code, out, _ = run(capsys, "--port", quick_server.port, "--consultar", order_id)
+    assert code == 0
+    assert (
+        "Evil\\x1b[2J\\x1b]0;pwned\\x07" in out and "p\\x1b[31mred\\u202e" in out and "d\\rOVERWRITE" in out
+    )
+    code, out, _ = run(capsys, "--port", quick_server.port, "--listar", "--cliente", cliente)
+    assert code == 0 and "Evil\\x1b[2J" in out
+    for shown in (out, run(capsys, "--port", quick_server.port, "--consultar", order_id)[1]):
+        assert not any(c in shown for c in "\x1b\x07\r\u202e"), shown
+    # A program asking for JSON gets the values as stored.
+    code, out, _ = run(capsys, "--port", quick_server.port, "--consultar", order_id, "--json")
+    assert json.loads(out)["pedido"]["cliente"] == cliente
+
+
 # --- the real script on a terminal -------------------------------------------------------------
 
 

@@ -50,6 +50,7 @@ from pedidos.client.records import (
     Refused,
     ServerStopping,
     Stats,
+    UnexpectedReply,
     check_greeting,
     encode,
     order_request,
@@ -71,6 +72,7 @@ __all__ = [
     "Refused",
     "ServerStopping",
     "Stats",
+    "UnexpectedReply",
     "order_request",
 ]
 
@@ -275,7 +277,8 @@ class Client(Commands):
         plan = Following(order_id, interval, self.timeout)
         yield plan.first(self.get(order_id))
         while not plan.done:
-            if (order := plan.answer(self.request(*plan.step()))) is not None:
+            request, timeout = plan.step()
+            if (order := self._execute(request, plan.answer, timeout)) is not None:
                 yield order
 
     # --- how Commands (commands.py) run here: blocking -------------------------------
@@ -283,9 +286,14 @@ class Client(Commands):
     def _execute(
         self, request: Any, parse: Callable[[dict[str, Any]], Any], timeout: float | None = None
     ) -> Any:
-        return parse(self.request(request, timeout))
+        reply = self.request(request, timeout)
+        try:
+            return parse(reply)
+        except UnexpectedReply as problem:  # not an order server's: like any other problem
+            self._broken(problem)
 
     def _execute_until(self, plan: Plan) -> Any:
-        while (result := plan.answer(self.request(*plan.step()))) is None:
-            pass
-        return result
+        while True:
+            request, timeout = plan.step()
+            if (result := self._execute(request, plan.answer, timeout)) is not None:
+                return result

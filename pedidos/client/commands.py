@@ -29,6 +29,7 @@ from pedidos.client.records import (
     not_stopping,
     order_of,
     order_request,
+    orders_of,
     polled_order,
     receipt_of,
     stats_of,
@@ -102,10 +103,6 @@ def receipt_checked(reply: Reply) -> Receipt:
     return receipt_of(checked(reply))
 
 
-def orders_listed(reply: Reply) -> list[Order]:
-    return [Order.from_reply(item) for item in checked(reply)["pedidos"]]
-
-
 class Commands:
     """The commands, over `_execute` and `_execute_until` (see the module
     docstring). In `AsyncClient` each returns an awaitable of what is shown."""
@@ -173,7 +170,7 @@ class Commands:
         and below `desde_id` (0: from the newest). `cliente` is the exact name,
         `contiene` a part of it, any case."""
         request = list_request(estado, cliente, desde_id, limite, contiene, orden)
-        return self._execute(request, orders_listed)
+        return self._execute(request, orders_of)
 
     def cancel(self, order_id: int) -> Order:
         return self._execute({"accion": "cancelar", "id": order_id}, order_of)

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, TypedDict
 
+from pedidos.client import shapes
 from pedidos.client.problems import ConnectionProblem, PedidosError
+from pedidos.client.shapes import UnexpectedReply
 from pedidos.domain import FINAL_ESTADOS, MAX_SECONDS
 from pedidos.protocol.replies import CONNECTION_CLOSED_FIELD, TIEMPO_AGOTADO
 
@@ -24,7 +26,7 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_WINDOW = 500
 # The server refuses an `esperar` longer than this; longer waits are split.
 MAX_WAIT = MAX_SECONDS
-__all__ = ["FINAL_ESTADOS", "TIEMPO_AGOTADO"]  # re-exported for the two clients
+__all__ = ["FINAL_ESTADOS", "TIEMPO_AGOTADO", "UnexpectedReply"]  # re-exported for the two clients
 # Marks the server's last line before it closes an idle connection: no reply.
 CONEXION_CERRADA = CONNECTION_CLOSED_FIELD
 
@@ -50,7 +52,7 @@ class ServerStopping(ConnectionProblem):
     the order goes on when the server is back; `.order` is the order as it stood."""
 
     def __init__(self, reply: dict[str, Any]) -> None:
-        self.order = Order.from_reply(reply["pedido"])
+        self.order = Order.from_reply(shapes.field(reply, "pedido", dict))
         super().__init__(
             f"el servidor se detuvo mientras se esperaba el pedido {self.order.id}, "
             f"que sigue '{self.order.estado}'"
@@ -89,23 +91,25 @@ class Order:
 
     @classmethod
     def from_reply(cls, data: dict[str, Any]) -> Order:
+        """ORDER as the server sent it, each field checked (shapes.py)."""
+        field, moment = shapes.field, shapes.moment
         return cls(
-            id=data["id"],
-            cliente=data["cliente"],
-            productos=tuple(data["productos"]),
-            direccion=data["direccion"],
-            referencia=data.get("referencia"),
-            estado=data["estado"],
-            fecha_recibido=data["fecha_recibido"],
-            fecha_inicio=data.get("fecha_inicio"),
-            fecha_fin=data.get("fecha_fin"),
-            worker=data.get("worker"),
-            intentos=data.get("intentos", 0),
-            fallos=data.get("fallos", 0),
+            id=field(data, "id", int),
+            cliente=field(data, "cliente", str),
+            productos=tuple(shapes.texts(data, "productos")),
+            direccion=field(data, "direccion", str),
+            referencia=field(data, "referencia", str, optional=True),
+            estado=field(data, "estado", str),
+            fecha_recibido=moment(data, "fecha_recibido"),  # type: ignore[arg-type]
+            fecha_inicio=moment(data, "fecha_inicio", optional=True),
+            fecha_fin=moment(data, "fecha_fin", optional=True),
+            worker=field(data, "worker", int, optional=True),
+            intentos=field(data, "intentos", int, optional=True) or 0,
+            fallos=field(data, "fallos", int, optional=True) or 0,
             resultado=data.get("resultado"),
-            error=data.get("error"),
-            reintentar_despues=data.get("reintentar_despues"),
-            nodo=data.get("nodo"),
+            error=field(data, "error", str, optional=True),
+            reintentar_despues=moment(data, "reintentar_despues", optional=True),
+            nodo=field(data, "nodo", str, optional=True),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -206,13 +210,16 @@ def parse_reply(line: bytes) -> dict[str, Any]:
         reply = json.loads(line)
     except ValueError:
         raise ConnectionProblem(f"respuesta ilegible del servidor: {line[:80]!r}") from None
-    if not isinstance(reply, dict):
-        raise ConnectionProblem(f"respuesta inesperada del servidor: {line[:80]!r}")
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise UnexpectedReply(f"respuesta inesperada del servidor: {line[:80]!r}")
     if reply.get(CONEXION_CERRADA) is True:
         # "Sin actividad durante 300 s; se cierra la conexión." says twice what
         # ours says: its reason alone follows ours.
         reason = str(reply.get("mensaje", "")).partition(";")[0].strip().rstrip(".")
         raise ConnectionProblem(f"el servidor cerró la conexión: {reason[:1].lower()}{reason[1:]}")
+    if not reply["ok"]:  # a refusal names its code and says why (contract, section 3)
+        shapes.field(reply, "error", str)
+        shapes.field(reply, "mensaje", str)
     return reply
 
 
@@ -229,7 +236,9 @@ def check_greeting(reply: dict[str, Any]) -> dict[str, Any]:
 
 
 def receipt_of(reply: dict[str, Any]) -> Receipt:
-    return Receipt(reply["id"], reply["estado"], bool(reply.get("duplicado", False)))
+    return Receipt(
+        shapes.field(reply, "id", int), shapes.field(reply, "estado", str), reply.get("duplicado") is True
+    )
 
 
 def receipt_or_refusal(reply: dict[str, Any]) -> Receipt | Refused:
@@ -237,14 +246,19 @@ def receipt_or_refusal(reply: dict[str, Any]) -> Receipt | Refused:
 
 
 def order_of(reply: dict[str, Any]) -> Order:
-    return Order.from_reply(checked(reply)["pedido"])
+    return Order.from_reply(shapes.field(checked(reply), "pedido", dict))
+
+
+def orders_of(reply: dict[str, Any]) -> list[Order]:
+    """The orders of a `listar` reply."""
+    return [Order.from_reply(item) for item in shapes.objects(checked(reply), "pedidos")]
 
 
 def polled_order(reply: dict[str, Any]) -> Order:
     """The order from an `esperar` reply, final or still on its way."""
     if not reply.get("ok") and reply.get("error") != TIEMPO_AGOTADO:
         raise Refused(reply)
-    return Order.from_reply(not_stopping(reply)["pedido"])
+    return Order.from_reply(shapes.field(not_stopping(reply), "pedido", dict))
 
 
 def not_stopping(reply: dict[str, Any]) -> dict[str, Any]:
@@ -255,4 +269,4 @@ def not_stopping(reply: dict[str, Any]) -> dict[str, Any]:
 
 
 def stats_of(reply: dict[str, Any]) -> Stats:
-    return Stats(**{k: v for k, v in checked(reply).items() if k != "ok"})  # type: ignore[typeddict-item]
+    return Stats(**shapes.stats(checked(reply)))  # type: ignore[typeddict-item]

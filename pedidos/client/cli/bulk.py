@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from pedidos.client.blocking import Client
 from pedidos.client.cli.entries import Entry
-from pedidos.client.cli.show import count, plural, seconds
+from pedidos.client.cli.show import count, plain, plural, seconds
 from pedidos.protocol.replies import DEMASIADO_GRANDE, error_reply
 
 SHOWN_REFUSALS = 20
@@ -165,7 +165,9 @@ def summary_lines(outcome: Outcome, source: str) -> list[str]:
         f"  aceptados:  {count(outcome.accepted)}{duplicates}",
         f"  rechazados: {count(len(outcome.refused))}",
     ]
-    lines += [f"    línea {line}: {code}: {why}" for line, code, why in outcome.refused[:SHOWN_REFUSALS]]
+    lines += [
+        f"    línea {line}: {plain(f'{code}: {why}')}" for line, code, why in outcome.refused[:SHOWN_REFUSALS]
+    ]
     hidden = len(outcome.refused) - SHOWN_REFUSALS
     if hidden > 0:
         lines.append(f"    ... y {count(hidden)} más (--json da la respuesta a cada pedido)")

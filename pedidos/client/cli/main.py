@@ -34,9 +34,9 @@ from pedidos.client.cli.exits import (
 )
 from pedidos.client.cli.invocation import as_typed, program_name
 from pedidos.client.cli.sendfile import send_file
-from pedidos.client.cli.show import count, order_lines, receipt_line, state_line, stats_lines, table
+from pedidos.client.cli.show import count, order_lines, plain, receipt_line, state_line, stats_lines, table
 from pedidos.client.cli.show import summary_lines as order_summary
-from pedidos.client.records import list_request, order_of, receipt_of, stats_of
+from pedidos.client.records import list_request, order_of, orders_of, receipt_of, stats_of
 from pedidos.domain import Estado
 from pedidos.protocol.replies import NO_AUTORIZADO
 
@@ -201,7 +201,7 @@ def _list(client: Client, args: Any) -> int:
         reply = client.call(list_request(args.estado, args.cliente, after, want, args.contiene, orden))
         if args.json:
             _emit(reply)
-        page = [Order.from_reply(item) for item in reply["pedidos"]]
+        page = orders_of(reply)
         orders += page
         if len(page) < want:
             break
@@ -244,7 +244,7 @@ def _fail(prog: str, status: int, why: str) -> int:
         sys.stdout.flush()
     # A terminal echoes Ctrl-C as "^C" where the cursor was, mid-line.
     start = "\n" if status == EXIT_INTERRUPTED and is_terminal(sys.stderr) else ""
-    print(f"{start}{prog}: {why}", file=sys.stderr, flush=True)
+    print(f"{start}{prog}: {plain(why)}", file=sys.stderr, flush=True)  # the server's words too
     return status
 
 

@@ -15,6 +15,20 @@ from pedidos.domain import Estado
 
 NONE = "-"
 
+# What a stored value may carry that a terminal would obey rather than show:
+# C0 and C1 controls (ESC starts the commands that clear a screen, retitle a
+# window, move the cursor; CR overwrites a line) and the bidirectional
+# overrides that make text read other than it is. Any client may store them in
+# an order, so whoever lists it sees them escaped, as Python writes them.
+_ESCAPED = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+_ESCAPED |= {c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]}
+_ESCAPED |= {ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
+
+
+def plain(text: str) -> str:
+    """`text` with what a terminal would obey shown escaped (`\\x1b`, `\\r`)."""
+    return text.translate(_ESCAPED)
+
 
 def count(n: int) -> str:
     """Thousands set apart with a space from five digits on, as the RAE asks:
@@ -54,12 +68,16 @@ def clock(moment: datetime | None) -> str:
 
 def receipt_line(receipt: Receipt) -> str:
     if receipt.duplicado:
-        return f"Pedido ya recibido antes: número {receipt.id}, estado {receipt.estado}."
-    return f"Pedido recibido: número {receipt.id}, estado {receipt.estado}."
+        return plain(f"Pedido ya recibido antes: número {receipt.id}, estado {receipt.estado}.")
+    return plain(f"Pedido recibido: número {receipt.id}, estado {receipt.estado}.")
 
 
 def state_line(order: Order) -> str:
     """One line for each state an order goes through, as `--esperar` shows it."""
+    return plain(_state_line(order))
+
+
+def _state_line(order: Order) -> str:
     head = f"Pedido {order.id}: {order.estado}"
     if order.estado == Estado.PENDIENTE and order.reintentar_despues:
         return (
@@ -113,7 +131,7 @@ def order_lines(order: Order) -> list[str]:
         lines.append(f"  error:      {order.error}")
     if order.resultado is not None:
         lines.append(f"  resultado:  {result_text(order)}")
-    return lines
+    return [plain(line) for line in lines]
 
 
 def result_text(order: Order) -> str:
@@ -126,12 +144,13 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 def summary_lines(cliente: str, productos: Sequence[str], direccion: str) -> list[str]:
-    return [
+    lines = [
         "Pedido a enviar:",
         f"  cliente:   {cliente}",
         f"  productos: {', '.join(productos)}",
         f"  dirección: {direccion}",
     ]
+    return [plain(line) for line in lines]
 
 
 def width(text: str) -> int:
@@ -155,8 +174,8 @@ def table(orders: Sequence[Order], cliente_width: int = 30) -> list[str]:
     rows: list[tuple[str, ...]] = [
         (
             str(o.id),
-            _cut(o.cliente, cliente_width),
-            o.estado,
+            _cut(plain(o.cliente), cliente_width),
+            plain(o.estado),
             date_time(o.received_at),
             clock(o.started_at),
             clock(o.finished_at),
@@ -166,7 +185,7 @@ def table(orders: Sequence[Order], cliente_width: int = 30) -> list[str]:
     ]
     if any(o.nodo for o in orders):  # many servers on one database: which one has it
         header += ("nodo",)
-        rows = [(*row, _cut(o.nodo or NONE, 20)) for row, o in zip(rows, orders, strict=True)]
+        rows = [(*row, _cut(plain(o.nodo or NONE), 20)) for row, o in zip(rows, orders, strict=True)]
     widths = [max(width(row[i]) for row in [header, *rows]) for i in range(len(header))]
     right = {0, 6}  # numbers line up on the right
 
@@ -181,7 +200,7 @@ def table(orders: Sequence[Order], cliente_width: int = 30) -> list[str]:
 
 
 def stats_lines(stats: Stats) -> list[str]:
-    estados = stats.get("estados", {})
+    estados = {plain(name): n for name, n in stats.get("estados", {}).items()}
     label = max((width(name) for name in estados), default=0)
     digits = max((len(count(n)) for n in estados.values()), default=0)
     lines = ["Pedidos por estado:"]
@@ -196,9 +215,9 @@ def stats_lines(stats: Stats) -> list[str]:
     nodos = stats.get("nodos")
     if nodos:
         lines.append(f"Nodos vivos: {len(nodos)}")
-        name = max(width(n["nodo"]) for n in nodos)
+        name = max(width(plain(n["nodo"])) for n in nodos)
         lines += [
-            f"  {n['nodo']}{' ' * (name - width(n['nodo']))}  "
+            f"  {plain(n['nodo'])}{' ' * (name - width(plain(n['nodo'])))}  "
             f"{plural(n['workers'], 'worker', 'workers')}, "
             f"{plural(n['conexiones'], 'conexión', 'conexiones')}, "
             f"{count(n['en proceso'])} en proceso, visto a las {clock(_moment(n['visto']))}"
