@@ -199,3 +199,13 @@ def test_empty_db_is_a_usage_error_that_touches_nothing(tmp_path):
 def test_blank_pedidos_db_means_the_default(monkeypatch):
     monkeypatch.setenv("PEDIDOS_DB", "  ")
     assert build_parser().parse_args([]).db == "pedidos.db"
+
+
+@pytest.mark.parametrize(
+    ("text", "said"), [("nan", "not a number of seconds: 'nan'"), ("-1", "1 second or more")]
+)
+def test_a_lease_out_of_bounds_says_its_own_bound(text, said, capsys):
+    # "nan" and "-1" were told "must be 0 or more seconds", a bound --lease does not have.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--db", "postgresql://u@h/db", "--lease", text])
+    assert said in capsys.readouterr().err

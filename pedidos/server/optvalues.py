@@ -4,6 +4,7 @@ what was wrong with the value and what would be right."""
 from __future__ import annotations
 
 import argparse
+import math
 
 from pedidos.domain import MAX_SECONDS, MIN_LEASE_S
 from pedidos.logsetup import LEVELS
@@ -44,12 +45,20 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def seconds(text: str) -> float:
+def _finite(text: str) -> float:
+    """A number of seconds, of any sign: each option says its own bounds."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value < float("inf"):
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
     return value
 
@@ -62,7 +71,7 @@ def positive_seconds(text: str) -> float:
 
 
 def lease(text: str) -> float:
-    value = seconds(text)
+    value = _finite(text)
     if value < MIN_LEASE_S:
         raise argparse.ArgumentTypeError(
             f"must be {MIN_LEASE_S:g} second or more (a shorter lease declares live nodes dead), not {text}"
