@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -19,19 +20,29 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from conftest import CLIENTE, LineClient, ServerProcess, wait_for
+from conftest import CLIENTE, LineClient, ServerProcess, _alive, wait_for
 from pgcluster import with_options
+from stallproxy import StallProxy
 
 LEASE = 2.0
 
 
 @contextlib.contextmanager
-def nodes(url: str, tmp_path: Path, names: str, *args: str) -> Iterator[list[ServerProcess]]:
-    """One server per letter of `names`, all on database `url`; always stopped."""
+def nodes(
+    url: str, tmp_path: Path, names: str, *args: str, via: dict[str, str] | None = None
+) -> Iterator[list[ServerProcess]]:
+    """One server per letter of `names`, all on database `url` (a node in
+    `via` through the URL given there); always stopped."""
+    via = via or {}
     servers = [
-        ServerProcess(["--port", "0", "--nodo", name, "--lease", str(LEASE), *args], url, tmp_path)  # type: ignore[arg-type]
+        ServerProcess(
+            ["--port", "0", "--nodo", name, "--lease", str(LEASE), *args],
+            via.get(name, url),  # type: ignore[arg-type]
+            tmp_path,
+        )
         for name in names
     ]
     try:
@@ -221,25 +232,58 @@ def test_a_node_stopped_with_sigterm_hands_its_orders_back_without_counting_an_a
         assert reply["ok"] and reply["pedido"]["nodo"] == "B" and reply["pedido"]["intentos"] == 0, reply
 
 
-def test_a_paused_node_declared_dead_cannot_overwrite_the_newer_state(pg_url, tmp_path):
-    # The order outlasts A's lease (2 s) by far: B must take it before A's worker is done.
+def test_a_paused_nodes_worker_stops_before_another_node_takes_its_order(pg_url, tmp_path):
+    # The order outlasts A's lease (2 s) by far. A's worker, its server
+    # paused, ran on while B ran the same order: one order in two workers at
+    # once (a task's side effects twice), its late result merely refused. It
+    # now ends before B can take the order, short of A's lease by a margin.
     with nodes(pg_url, tmp_path, "AB", "--work-time", "6", "--workers", "1") as (a, b):
         with client(a) as on_a:
             order_id = sent_until_held(pg_url, on_a)[0]
-        os.kill(a.pid, signal.SIGSTOP)  # the server stops; its worker runs on
+        (worker_pid,) = (int(pid) for pid in re.findall(r"worker 1 started \(pid (\d+)\)", a.log))
+        os.kill(a.pid, signal.SIGSTOP)  # the server stops; its worker watches the lease itself
         try:
-            # Declared dead, taken by B: from then on, A's worker's finish is refused.
             # (Within the lease plus a few seconds; on a machine running the
             # suite four times over, B's claim once came more than 3 s after.)
-            wait_for(lambda: order_id in held_by(pg_url, "B"), timeout=LEASE + 8)
-            wait_for(lambda: "taken away from this worker" in a.log, timeout=10)
-            assert order_id in held_by(pg_url, "B")  # A's late `listo` changed nothing
+            wait_for(lambda: order_id in held_by(pg_url, "B"), timeout=LEASE + 8, interval=0.01)
+            assert not _alive(worker_pid), "A's worker still ran when B took its order"
         finally:
             os.kill(a.pid, signal.SIGCONT)
         with client(b) as on_b:
             done = on_b.ask({"accion": "esperar", "id": order_id, "timeout": 20})
         wait_for(lambda: "registered again" in a.log, timeout=5)
+        assert "this node's lease ran out" in a.log
+        assert "taken away from this worker" not in a.log  # it never got as far as a late finish
     assert done["ok"] and done["pedido"]["nodo"] == "B" and done["pedido"]["intentos"] == 1, done
+
+
+def test_a_cut_off_nodes_worker_stops_before_another_node_takes_its_order(pg_url, tmp_path):
+    # The path from A to PostgreSQL goes silent: A cannot renew its lease, B
+    # declares it dead and runs its order. A's worker ran on meanwhile (the
+    # same order in two workers at once); it now ends short of A's lease.
+    parts = urlsplit(pg_url)
+    proxy = StallProxy(parts.port)  # type: ignore[arg-type]
+    via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    try:
+        with nodes(pg_url, tmp_path, "AB", "--work-time", "6", "--workers", "1", via={"A": via_proxy}) as (
+            a,
+            b,
+        ):
+            with client(a) as on_a:
+                order_id = sent_until_held(pg_url, on_a)[0]
+            (worker_pid,) = (int(pid) for pid in re.findall(r"worker 1 started \(pid (\d+)\)", a.log))
+            proxy.stall()
+            try:
+                wait_for(lambda: order_id in held_by(pg_url, "B"), timeout=LEASE + 8, interval=0.01)
+                assert not _alive(worker_pid), "A's worker still ran when B took its order"
+                wait_for(lambda: "this node's lease ran out" in a.log, timeout=5)
+            finally:
+                proxy.resume()  # so that A can stop, whatever happened
+            with client(b) as on_b:
+                done = on_b.ask({"accion": "esperar", "id": order_id, "timeout": 20})
+        assert done["ok"] and done["pedido"]["nodo"] == "B" and done["pedido"]["intentos"] == 1, done
+    finally:
+        proxy.stop()
 
 
 def test_a_one_second_lease_is_renewed_before_it_runs_out(pg_url, tmp_path):

@@ -18,6 +18,11 @@ gone. A Python handler runs only once the main thread is back in the
 interpreter, and a call inside C code that retries on EINTR (`os.system`, a
 database driver's query) may not be back for long: a thread looks every
 `PARENT_CHECK_S` too, on every system, and is all there is off Linux.
+
+On a database shared by many nodes the server may also be alive and yet gone
+for the service: paused, or cut off from the database past its lease, while
+another node redoes its orders. A worker holding orders then ends the same way
+(`end_with_lease`; why, in storage/lease.py).
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pedidos.processing.proctree import kill_descendants
+from pedidos.storage.lease import FENCE_CHECK_S, NodeLease
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +53,13 @@ def end_with_server(server_pid: int) -> None:
 
     def on_notice(_signum: int, _frame: Any) -> None:
         if os.getppid() != server_pid:
-            _end()
+            _end(_GONE)
 
     signal.signal(ORPHAN_SIGNAL, on_notice)
     _ask_the_kernel()
     threading.Thread(target=_watch, args=(server_pid,), name="pedidos-orphan-watch", daemon=True).start()
     if os.getppid() != server_pid:  # it died before the notice was asked for
-        _end()
+        _end(_GONE)
 
 
 def _ask_the_kernel() -> None:
@@ -61,17 +68,51 @@ def _ask_the_kernel() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(ORPHAN_SIGNAL), 0, 0, 0)
 
 
+class LeaseWatch:
+    """In a worker of a node on a shared database: ends this process when its
+    node's lease runs out while it is `working()` on an order."""
+
+    def __init__(self, lease: NodeLease) -> None:
+        self._lease = lease
+        self._working = threading.Event()
+        threading.Thread(target=self._watch, name="pedidos-lease-watch", daemon=True).start()
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        if not self._lease.holds():  # not started yet: the watch would come too late
+            _end(_LEASE_LOST)
+        self._working.set()
+        try:
+            yield
+        finally:
+            self._working.clear()
+
+    def _watch(self) -> None:
+        while True:
+            self._working.wait()
+            if not self._lease.holds() and self._working.is_set():
+                _end(_LEASE_LOST)
+            time.sleep(FENCE_CHECK_S)
+
+
 def _watch(server_pid: int) -> None:
     while os.getppid() == server_pid:
         time.sleep(PARENT_CHECK_S)
-    _end()
+    _end(_GONE)
 
 
-def _end() -> None:
+_GONE = "the server is gone; this worker ends, and the programs its call started have"
+_LEASE_LOST = (
+    "this node's lease ran out (its server paused, or cut off from the database), and another node "
+    "redoes its orders: this worker ends, and the programs its call started have"
+)
+
+
+def _end(why: str) -> None:
     # The programs first and the exit whatever happens: a log write may block
     # (nobody reads stderr any more) or fail (re-entered from the handler).
     try:
         kill_descendants(os.getpid())
-        logger.warning("the server is gone; this worker ends, and the programs its call started have")
+        logger.warning("%s", why)
     finally:
         os._exit(1)

@@ -22,6 +22,7 @@ from pedidos.events import (
     Event,
     EventBus,
 )
+from pedidos.logsetup import Repeating
 from pedidos.processing.deadlines import Deadlines
 from pedidos.processing.dispatch import Dispatcher
 from pedidos.processing.pool import WorkerPool
@@ -31,6 +32,9 @@ from pedidos.storage.base import Claim, Storage
 from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
+# The database away: a dead worker's hand-back is retried once a second, and
+# logged once per REPEAT_S (logsetup.py), not once per try for the whole outage.
+_UNREACHABLE = Repeating(logger)
 
 SWEEP_S = 2.0
 BATCH_CHUNK = 1000  # ids per chunk at most when orders take no time
@@ -209,7 +213,7 @@ class Processing:
                     changed = await self._storage.fail(one, error, retry_at)
                     break
                 except Exception as exc:
-                    logger.error("could not record the time limit of order %d: %s", order_id, exc)
+                    _UNREACHABLE.error("could not record the time limit of order %d: %s", order_id, exc)
                     await asyncio.sleep(RETRY_S)
             if changed:
                 self._failed_attempt((order_id,), claim.worker, retry_at)
@@ -225,7 +229,7 @@ class Processing:
                 changed = await self._storage.hand_back(number, crashed=True)
                 break
             except Exception as exc:
-                logger.error("could not hand back the orders of worker %d: %s", number, exc)
+                _UNREACHABLE.error("could not hand back the orders of worker %d: %s", number, exc)
                 await asyncio.sleep(RETRY_S)
         requeued = tuple(i for i, estado in changed if estado == Estado.PENDIENTE)
         failed = tuple(i for i, estado in changed if estado == Estado.FALLIDO)

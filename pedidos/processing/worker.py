@@ -10,6 +10,7 @@ opens its own connection to the database.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple
 
 from pedidos.domain import Estado
 from pedidos.logsetup import MAX_KINDS, REPEAT_S, Repeating, configure_logging
-from pedidos.processing.orphan import PARENT_CHECK_S, end_with_server
+from pedidos.processing.orphan import PARENT_CHECK_S, LeaseWatch, end_with_server
 from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.task import ResultError, TaskError, TaskRunner, describe, encode_result, load_task
 from pedidos.stopsignals import leave_stop_to_the_server
@@ -37,6 +38,9 @@ RETRY_S = 1.0
 CLAIMED = "claimed"  # the kinds of Report
 DONE = "done"
 FAILED = "failed"  # one order's attempt failed: `at` is its retry time, None if now `fallido`
+# On a database shared by many nodes: the watch that ends this worker if its
+# node's lease runs out while it works on an order (set up in worker_main).
+_WATCH: LeaseWatch | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,9 @@ def worker_main(
             time.sleep(RETRY_S)
             return
     store = config.open_store(number, server_pid)
+    if store.lease is not None:
+        global _WATCH
+        _WATCH = LeaseWatch(store.lease)
     try:
         while not stop.is_set():
             try:
@@ -142,6 +149,13 @@ def _process(
     server_pid: int,
     runner: TaskRunner | None = None,
 ) -> None:
+    if store.lease is not None and not store.lease.holds():
+        # Its node's lease is running out: what it took now it would have to
+        # drop at once, an attempt counted for nothing. The server puts the
+        # chunk back; the renewals, once they go through again, let it claim.
+        events.send(Report(DONE, number, chunk, (), None))
+        time.sleep(RETRY_S)
+        return
     try:
         claim = store.claim(chunk, number)
     except ServerGone:
@@ -158,9 +172,10 @@ def _process(
         events.send(Report(DONE, number, chunk, finished, finished_at))
         return
     low, high = config.work_time
-    for _ in claim.ids:
-        if high > 0:
-            time.sleep(random.uniform(low, high))
+    if high > 0 and claim.ids:
+        with _working():
+            for _ in claim.ids:
+                time.sleep(random.uniform(low, high))
     finished_at, finished = None, ()
     if claim.ids:
         finished_at, finished = _record(server_pid, store.finish, claim) or (None, ())
@@ -186,7 +201,9 @@ def _run_tasks(
             continue  # taken away since (the server gave up on this worker)
         fallos = order["fallos"]  # read first: the task may change its dict
         try:
-            text = encode_result(runner(order))
+            with _working():
+                value = runner(order)
+            text = encode_result(value)
         except ResultError as exc:
             error = f"{type(exc).__name__}: {exc}"
             logger.warning("order %d: %s", order_id, error)
@@ -211,6 +228,12 @@ def _run_tasks(
 
 
 _FAILURES = TaskFailures()  # one per worker process
+
+
+def _working() -> contextlib.AbstractContextManager[None]:
+    """Around a call or the simulated work: the part that must not outlive the
+    node's lease. Recording its outcome may (a late write is refused anyway)."""
+    return _WATCH.working() if _WATCH is not None else contextlib.nullcontext()
 
 
 def _record(server_pid: int, write: Callable[..., Any], *args: Any) -> Any:

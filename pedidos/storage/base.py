@@ -29,6 +29,8 @@ from pedidos.domain import Estado, NewOrder, Receipt
 if TYPE_CHECKING:  # the worker and writer processes import this without an event loop
     import asyncio
 
+    from pedidos.storage.lease import NodeLease
+
 __all__ = ["Receipt"]  # part of this interface; defined with the domain
 
 
@@ -97,6 +99,11 @@ def plain_receipt(receipt: Receipt) -> Receipt:
 class WorkerStore(Protocol):
     """A worker process's own connection. Methods block; errors other than
     `ServerGone` mean nothing was changed and the call may be retried."""
+
+    # On a database shared by many nodes: until when this node's claims are
+    # its own (lease.py); a worker holding orders past it ends. None: a
+    # server alone, whose claims hold as long as it lives.
+    lease: NodeLease | None
 
     def claim(self, ids: Sequence[int], worker: int) -> Claim:
         """Take the orders among `ids` that are still `pendiente` and whose

@@ -297,7 +297,7 @@ class PostgresStorage:
         ]
 
     def worker_opener(self) -> PgOpener:
-        return PgOpener(self.url, self.nodes.nodo, self.nodes.token, self.hints)
+        return PgOpener(self.url, self.nodes.nodo, self.nodes.token, self.hints, self.nodes.shared)
 
     def _handed_back(self, moved: list[tuple[int, str]]) -> None:
         self._on_handed_back(moved)

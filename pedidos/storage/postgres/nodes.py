@@ -25,6 +25,7 @@ from typing import Any
 
 from pedidos.background import Background
 from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS
+from pedidos.storage.lease import NodeLease
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link
 
@@ -86,6 +87,7 @@ class Nodes:
         self._renewed_at: float | None = None  # time.monotonic() of the last renewal
         self._on_time_since: float | None = None
         self._renewing_since: float | None = None  # a renewal under way since
+        self.shared = NodeLease(lease)  # until when this node's workers may work (lease.py)
 
     async def register(self) -> None:
         """Take this node's name, or raise `NameTaken`. A row of a dead process
@@ -114,8 +116,12 @@ class Nodes:
             "lease": self.lease,
             "stale_pid": stale_pid,
         }
+        sent = time.monotonic()
         async with self._link.use() as conn:
-            return await (await conn.execute(sql.REGISTER, params)).fetchone() is not None
+            taken = await (await conn.execute(sql.REGISTER, params)).fetchone() is not None
+        if taken:
+            self.shared.renewed(sent)
+        return taken
 
     async def hand_back(self, worker: int | None, crashed: bool) -> list[tuple[int, str]]:
         """This node's orders in process (of `worker`, or all) back to `pendiente`;
@@ -174,14 +180,16 @@ class Nodes:
         }
 
     async def renew(self) -> None:
-        self._renewing_since = time.monotonic()
+        self._renewing_since = sent = time.monotonic()
         try:
             async with self._lease_link.use() as conn:
                 renewed = await (await conn.execute(sql.RENEW, self._params())).fetchone()
         finally:
             self._renewing_since = None
         now = time.monotonic()
-        if renewed is None:
+        if renewed is not None:
+            self.shared.renewed(sent)
+        else:
             await self._rejoin()
         if renewed is None or self._renewed_at is None or now - self._renewed_at > self.lease / 2:
             # Held up: what held this node's renewals up (a lock, a pause of

@@ -23,6 +23,7 @@ import psycopg
 
 from pedidos.domain import Estado
 from pedidos.storage.base import Claim, Finished, ServerGone
+from pedidos.storage.lease import NodeLease
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.hints import hint
 from pedidos.storage.postgres.link import DatabaseUnavailable, one_line
@@ -35,7 +36,10 @@ UNCLAIM_RETRY_S = 0.5
 
 
 class PgWorkerStore:
-    def __init__(self, url: str, nodo: str, token: str, server_pid: int = 0) -> None:
+    def __init__(
+        self, url: str, nodo: str, token: str, server_pid: int = 0, lease: NodeLease | None = None
+    ) -> None:
+        self.lease = lease  # until when the node's claims are its own (lease.py)
         self._server_pid = server_pid
         self._info = conninfo(url)
         self._nodo = nodo
@@ -197,8 +201,9 @@ class PgOpener:
     nodo: str
     token: str
     hint: bool = True
+    lease: NodeLease | None = None  # shared memory: crosses only as a worker is spawned
 
     def __call__(self, worker: int = 0, server_pid: int = 0) -> PgWorkerStore:
-        store = PgWorkerStore(self.url, self.nodo, self.token, server_pid)
+        store = PgWorkerStore(self.url, self.nodo, self.token, server_pid, self.lease)
         store.hint_done = self.hint
         return store

@@ -52,6 +52,8 @@ ROWS_PER_INSERT = 100  # 600 variables: under the 999 of old SQLite builds
 
 
 class Store(Attempts):
+    lease = None  # a server alone: its claims hold as long as it lives (WorkerStore)
+
     def __init__(
         self,
         path: str,
