@@ -25,11 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from pedidos.domain import Estado, NewOrder, Receipt
+from pedidos.storage.lease import NodeLease
 
 if TYPE_CHECKING:  # the worker and writer processes import this without an event loop
     import asyncio
-
-    from pedidos.storage.lease import NodeLease
 
 __all__ = ["Receipt"]  # part of this interface; defined with the domain
 
