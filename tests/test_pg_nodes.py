@@ -286,6 +286,21 @@ def test_a_cut_off_nodes_worker_stops_before_another_node_takes_its_order(pg_url
         proxy.stop()
 
 
+def test_a_worker_stopped_by_a_late_renewal_of_a_node_no_one_reaped_costs_no_attempt(pg_url, tmp_path):
+    # The renewals of a node alone are held up past its workers' margin (a
+    # lock on `nodos` here; a database outage does the same): its worker stops,
+    # as it must not know that no other node will reap. No one did: the order
+    # goes back uncounted, where a crash would have cost it one of its three attempts.
+    with nodes(pg_url, tmp_path, "A", "--work-time", "5", "--workers", "1") as (a,), client(a) as on_a:
+        order_id = sent_until_held(pg_url, on_a)[0]
+        with psycopg.connect(pg_url) as blocker:
+            blocker.execute("LOCK TABLE nodos IN EXCLUSIVE MODE")  # the renewals wait
+            wait_for(lambda: "stopped by its node's lease" in a.log, timeout=LEASE + 5)
+            blocker.rollback()
+        done = on_a.ask({"accion": "esperar", "id": order_id, "timeout": 30})
+    assert done["ok"] and done["pedido"]["estado"] == "listo" and done["pedido"]["intentos"] == 0, done
+
+
 def test_a_one_second_lease_is_renewed_before_it_runs_out(pg_url, tmp_path):
     # A node renewing once a second kept a 1 s lease only until the next
     # renewal was a few milliseconds late: under load it was declared dead

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pedidos.processing.proctree import kill_descendants
-from pedidos.storage.lease import FENCE_CHECK_S, NodeLease
+from pedidos.storage.lease import FENCE_CHECK_S, FENCED_EXIT, NodeLease
 
 logger = logging.getLogger(__name__)
 
@@ -70,28 +70,41 @@ def _ask_the_kernel() -> None:
 
 class LeaseWatch:
     """In a worker of a node on a shared database: ends this process when its
-    node's lease runs out while it is `working()` on an order."""
+    node's lease runs out, or the node registers anew, while it is
+    `working()` on what it claimed (lease.py)."""
 
     def __init__(self, lease: NodeLease) -> None:
-        self._lease = lease
-        self._working = threading.Event()
+        self.lease = lease
+        self._working: int | None = None  # the generation claimed under, while at work
+        # Taken to decide to end and to leave `working()`: a call that has just
+        # returned is not ended on its way to record its result.
+        self._deciding = threading.Lock()
+        self._at_work = threading.Event()
         threading.Thread(target=self._watch, name="pedidos-lease-watch", daemon=True).start()
 
     @contextlib.contextmanager
-    def working(self) -> Iterator[None]:
-        if not self._lease.holds():  # not started yet: the watch would come too late
-            _end(_LEASE_LOST)
-        self._working.set()
+    def working(self, generation: int) -> Iterator[None]:
+        """Around a call or the simulated work on orders claimed under `generation`."""
+        if not self.lease.holds(generation):  # not started yet: the watch would come too late
+            self.lease.fencing()
+            _end(_LEASE_LOST, FENCED_EXIT)
+        self._working = generation
+        self._at_work.set()
         try:
             yield
         finally:
-            self._working.clear()
+            with self._deciding:
+                self._at_work.clear()
+                self._working = None
 
     def _watch(self) -> None:
         while True:
-            self._working.wait()
-            if not self._lease.holds() and self._working.is_set():
-                _end(_LEASE_LOST)
+            self._at_work.wait()
+            with self._deciding:
+                generation = self._working
+                if generation is not None and not self.lease.holds(generation):
+                    self.lease.fencing()
+                    _end(_LEASE_LOST, FENCED_EXIT)
             time.sleep(FENCE_CHECK_S)
 
 
@@ -103,16 +116,16 @@ def _watch(server_pid: int) -> None:
 
 _GONE = "the server is gone; this worker ends, and the programs its call started have"
 _LEASE_LOST = (
-    "this node's lease ran out (its server paused, or cut off from the database), and another node "
-    "redoes its orders: this worker ends, and the programs its call started have"
+    "this node's lease ran out under this worker (its server paused, or cut off from the database), "
+    "and another node may redo its orders: it ends, and the programs its call started have"
 )
 
 
-def _end(why: str) -> None:
+def _end(why: str, status: int = 1) -> None:
     # The programs first and the exit whatever happens: a log write may block
     # (nobody reads stderr any more) or fail (re-entered from the handler).
     try:
         kill_descendants(os.getpid())
         logger.warning("%s", why)
     finally:
-        os._exit(1)
+        os._exit(status)

@@ -29,6 +29,7 @@ from pedidos.processing.pool import WorkerPool
 from pedidos.processing.worker import CLAIMED, DONE, Report, WorkerConfig
 from pedidos.processing.worker import FAILED as FAILED_ATTEMPT
 from pedidos.storage.base import Claim, Storage
+from pedidos.storage.lease import FENCED_EXIT
 from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Processing:
         )
         self._sweeper: asyncio.TimerHandle | None = None
         self._replacing: set[asyncio.Task[None]] = set()
+        self._fences_seen = 0  # workers stopped by the lease, as far as handled (_fenced)
         self._retries: set[asyncio.TimerHandle] = set()  # orders waiting for their retry time
         self._deadlines = None
         if config.task is not None and task_limit_s:
@@ -213,10 +215,25 @@ class Processing:
                     changed = await self._storage.fail(one, error, retry_at)
                     break
                 except Exception as exc:
-                    _UNREACHABLE.error("could not record the time limit of order %d: %s", order_id, exc)
+                    _UNREACHABLE.error(
+                        "could not record the time limit of order %d: %s",
+                        order_id,
+                        exc,
+                        key=("limit", order_id),
+                    )
                     await asyncio.sleep(RETRY_S)
             if changed:
                 self._failed_attempt((order_id,), claim.worker, retry_at)
+
+    def _fenced(self, exitcode: int | None) -> bool:
+        """Whether a worker that ended with `exitcode` was stopped by its node's
+        lease: its status says so and the lease counted one more such end (a
+        task's own os._exit(FENCED_EXIT) does not count there)."""
+        lease = self._storage.lease
+        if exitcode != FENCED_EXIT or lease is None or lease.fenced <= self._fences_seen:
+            return False
+        self._fences_seen += 1
+        return True
 
     async def _replace(self, number: int, exitcode: int | None) -> None:
         """Hand back what the dead worker held, then start its replacement."""
@@ -224,18 +241,24 @@ class Processing:
         overtime = self._deadlines.overtime(number) if self._deadlines is not None else None
         if overtime is not None:
             await self._fail_overtime(overtime)
+        # A worker stopped by its node's lease (lease.py) failed no attempt;
+        # if the node was reaped, the reaper counted one already.
+        fenced = self._fenced(exitcode)
         while True:
             try:
-                changed = await self._storage.hand_back(number, crashed=True)
+                changed = await self._storage.hand_back(number, crashed=not fenced)
                 break
             except Exception as exc:
-                _UNREACHABLE.error("could not hand back the orders of worker %d: %s", number, exc)
+                _UNREACHABLE.error(
+                    "could not hand back the orders of worker %d: %s", number, exc, key=("hand back", number)
+                )
                 await asyncio.sleep(RETRY_S)
         requeued = tuple(i for i, estado in changed if estado == Estado.PENDIENTE)
         failed = tuple(i for i, estado in changed if estado == Estado.FALLIDO)
         logger.warning(
-            "worker %d died (exit code %s); %s handed back, %d failed",
+            "worker %d %s (exit code %s); %s handed back, %d failed",
             number,
+            "stopped by its node's lease" if fenced else "died",
             exitcode,
             count(len(requeued), "order"),
             len(failed),

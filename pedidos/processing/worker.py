@@ -149,10 +149,12 @@ def _process(
     server_pid: int,
     runner: TaskRunner | None = None,
 ) -> None:
-    if store.lease is not None and not store.lease.holds():
+    lease = store.lease
+    generation = lease.generation if lease is not None else 0  # read before the claim
+    if lease is not None and not lease.holds(generation, lease.claim_headroom()):
         # Its node's lease is running out: what it took now it would have to
-        # drop at once, an attempt counted for nothing. The server puts the
-        # chunk back; the renewals, once they go through again, let it claim.
+        # drop at once. The server puts the chunk back; the renewals, once
+        # they go through again, let it claim.
         events.send(Report(DONE, number, chunk, (), None))
         time.sleep(RETRY_S)
         return
@@ -168,12 +170,14 @@ def _process(
         return
     events.send(Report(CLAIMED, number, chunk, claim.ids, claim.at))
     if runner is not None:
-        finished, finished_at = _run_tasks(claim, config, store, events, server_pid, runner, chunk)
+        finished, finished_at = _run_tasks(
+            claim, config, store, events, server_pid, runner, chunk, generation
+        )
         events.send(Report(DONE, number, chunk, finished, finished_at))
         return
     low, high = config.work_time
     if high > 0 and claim.ids:
-        with _working():
+        with _working(generation):
             for _ in claim.ids:
                 time.sleep(random.uniform(low, high))
     finished_at, finished = None, ()
@@ -190,6 +194,7 @@ def _run_tasks(
     server_pid: int,
     runner: TaskRunner,
     chunk: tuple[int, ...],
+    generation: int = 0,
 ) -> tuple[tuple[int, ...], str | None]:
     """Call the task on each claimed order; record each outcome as it comes."""
     finished: list[int] = []
@@ -201,7 +206,7 @@ def _run_tasks(
             continue  # taken away since (the server gave up on this worker)
         fallos = order["fallos"]  # read first: the task may change its dict
         try:
-            with _working():
+            with _working(generation):
                 value = runner(order)
             text = encode_result(value)
         except ResultError as exc:
@@ -230,10 +235,11 @@ def _run_tasks(
 _FAILURES = TaskFailures()  # one per worker process
 
 
-def _working() -> contextlib.AbstractContextManager[None]:
-    """Around a call or the simulated work: the part that must not outlive the
-    node's lease. Recording its outcome may (a late write is refused anyway)."""
-    return _WATCH.working() if _WATCH is not None else contextlib.nullcontext()
+def _working(generation: int) -> contextlib.AbstractContextManager[None]:
+    """Around a call or the simulated work on orders claimed under the node's
+    `generation`: the part that must not outlive the node's lease. Recording
+    its outcome may (a late write is refused anyway)."""
+    return _WATCH.working(generation) if _WATCH is not None else contextlib.nullcontext()
 
 
 def _record(server_pid: int, write: Callable[..., Any], *args: Any) -> Any:

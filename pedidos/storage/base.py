@@ -244,6 +244,10 @@ class Storage(Protocol):
     # changes it, and its own events say when).
     poll_s: float | None
 
+    # On a database shared by many nodes: this node's lease as its workers
+    # see it (lease.py); None for a server alone.
+    lease: NodeLease | None
+
     async def live_nodes(self) -> list[dict[str, Any]] | None:
         """The live servers sharing this database, for `estadisticas`
         (section 9 of the contract); None when this server is alone."""

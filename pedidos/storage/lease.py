@@ -9,14 +9,25 @@ time", and a task's side effects done twice over. The claim itself is safe
 (it checks the lease in the database), and so are the late writes (each
 checks its claim token); the running call is not. So the server publishes in
 shared memory until when its last renewal holds, a margin short of when the
-others may reap it, and a worker holding orders past that moment ends at once
-with the programs its call started, as an orphaned worker does
-(processing/orphan.py): an interrupted attempt, which the other node redoes.
+others may reap it, and a worker working on an order past that moment ends at
+once with the programs its call started, as an orphaned worker does
+(processing/orphan.py), with exit status FENCED_EXIT.
 
-The moment is on CLOCK_MONOTONIC (`time.monotonic()`), one clock for every
-process of a machine, and taken when the renewal was *sent*: the database
-starts the lease later than that, never earlier. A paused server cannot
-publish, and its workers' own watch notices.
+Ending short of the lease means ending sometimes when no one reaped the node
+(a renewal held up past the margin, a node alone through a database outage).
+The server then hands the orders back uncounted: a fenced call is no failed
+attempt. When the node *was* reaped, the reaper counted the attempt already.
+
+The deadline may move on again once the node registers anew, and a worker that
+did not look in time (a task inside one long C call holds the interpreter
+lock its watch needs) would then see a lease that holds. So a registration
+after a lost lease also counts a new `generation`: work claimed under an older
+one ends whatever the deadline says.
+
+The clock is CLOCK_BOOTTIME where there is one (it goes on while the machine
+is suspended, as the database's does; CLOCK_MONOTONIC stops), one clock for
+every process of a machine, read when the renewal was *sent*: the database
+starts the lease later than that, never earlier.
 """
 
 from __future__ import annotations
@@ -24,34 +35,64 @@ from __future__ import annotations
 import multiprocessing
 import time
 
-FENCE_CHECK_S = 0.05  # how often a worker holding orders looks at its node's lease
+FENCE_CHECK_S = 0.05  # how often a worker at work looks at its node's lease
 MAX_MARGIN_S = 1.0
+CLAIM_HEADROOM_S = 0.5  # a worker claims only with this much of the lease left (less for short leases)
+FENCED_EXIT = 75  # a worker's exit status when its node's lease ran out under it (EX_TEMPFAIL)
+
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)  # Linux
+
+
+def now() -> float:
+    """The machine's clock for leases, in seconds."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
 
 
 def margin(lease: float) -> float:
     """How long before the others may reap this node its workers stop: the
-    watch's period and a process's exit, with room to spare. A quarter of
-    the lease at most: a node renews three times per lease (nodes.py), so
-    its workers stop only after at least two renewals in a row failed."""
+    watch's period and a process's exit, with room to spare; a quarter of the
+    lease at most."""
     return min(MAX_MARGIN_S, lease / 4)
 
 
 class NodeLease:
-    """Until when this node's claims are its own. Picklable while a worker
-    process is spawned (it is shared memory), and only then."""
+    """Until when this node's claims are its own, and under which registration.
+    Picklable while a worker process is spawned (it is shared memory), and only then."""
 
     def __init__(self, lease: float) -> None:
         self.lease = lease
+        context = multiprocessing.get_context("spawn")
         # 0: nothing holds before the node's name is taken (registration).
-        self._until = multiprocessing.get_context("spawn").RawValue("d", 0.0)
+        self._until = context.RawValue("d", 0.0)
+        self._generation = context.RawValue("q", 0)
+        # How many workers ended by the watch: the server tells their exit
+        # from a task's own os._exit(FENCED_EXIT), which must count as a crash.
+        self._fenced = context.Value("q", 0)
 
     def renewed(self, sent_at: float) -> None:
-        """A registration or renewal sent at `sent_at` (time.monotonic()) committed."""
+        """A registration or renewal sent at `sent_at` (`now()`) committed."""
         self._until.value = max(self._until.value, sent_at + self.lease - margin(self.lease))
 
-    @property
-    def until(self) -> float:
-        return self._until.value
+    def lost(self) -> None:
+        """The node was declared dead: whatever its workers claimed before is no longer theirs."""
+        self._generation.value += 1
 
-    def holds(self) -> bool:
-        return time.monotonic() < self._until.value
+    def fencing(self) -> None:
+        """In a worker about to end for this lease."""
+        with self._fenced.get_lock():
+            self._fenced.value += 1
+
+    @property
+    def fenced(self) -> int:
+        return int(self._fenced.value)
+
+    @property
+    def generation(self) -> int:
+        return int(self._generation.value)
+
+    def holds(self, generation: int, headroom: float = 0.0) -> bool:
+        """Whether work claimed under `generation` may go on for `headroom` s more."""
+        return self._generation.value == generation and now() + headroom < self._until.value
+
+    def claim_headroom(self) -> float:
+        return min(CLAIM_HEADROOM_S, self.lease / 8)

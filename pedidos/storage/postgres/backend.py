@@ -28,6 +28,7 @@ import psycopg
 
 from pedidos.domain import DEFAULT_LEASE_S, ESTADOS, Estado, NewOrder
 from pedidos.storage.base import Ack, Claim, Recovery, StorageError, StorageUnavailable, plain_receipt
+from pedidos.storage.lease import NodeLease
 from pedidos.storage.listing import Dialect, listing_query
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.hints import Hints, done_hint, hint
@@ -113,6 +114,10 @@ class PostgresStorage:
     @property
     def nodo(self) -> str:
         return self.nodes.nodo
+
+    @property
+    def lease(self) -> NodeLease:
+        return self.nodes.shared
 
     async def start(self, recover: bool = True) -> Recovery:
         """Connect, migrate, take this node's name, and hand back what an

@@ -25,6 +25,7 @@ from typing import Any
 
 from pedidos.background import Background
 from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS
+from pedidos.storage import lease as shared_lease
 from pedidos.storage.lease import NodeLease
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link
@@ -49,8 +50,10 @@ CHECKS_PER_RENEWAL = 4
 
 
 def renewal_interval(lease: float) -> float:
-    """Seconds between two renewals of a `lease`-second lease."""
-    return min(RENEW_S, lease / RENEWALS_PER_LEASE)
+    """Seconds between two renewals of a `lease`-second lease: counted within
+    what the workers are given of it (lease.py), so that they too stop only
+    after several renewals in a row failed."""
+    return min(RENEW_S, (lease - shared_lease.margin(lease)) / RENEWALS_PER_LEASE)
 
 
 class NameTaken(Exception):
@@ -116,7 +119,7 @@ class Nodes:
             "lease": self.lease,
             "stale_pid": stale_pid,
         }
-        sent = time.monotonic()
+        sent = shared_lease.now()
         async with self._link.use() as conn:
             taken = await (await conn.execute(sql.REGISTER, params)).fetchone() is not None
         if taken:
@@ -180,7 +183,8 @@ class Nodes:
         }
 
     async def renew(self) -> None:
-        self._renewing_since = sent = time.monotonic()
+        self._renewing_since = time.monotonic()
+        sent = shared_lease.now()
         try:
             async with self._lease_link.use() as conn:
                 renewed = await (await conn.execute(sql.RENEW, self._params())).fetchone()
@@ -190,6 +194,7 @@ class Nodes:
         if renewed is not None:
             self.shared.renewed(sent)
         else:
+            self.shared.lost()  # before a new registration moves the deadline on
             await self._rejoin()
         if renewed is None or self._renewed_at is None or now - self._renewed_at > self.lease / 2:
             # Held up: what held this node's renewals up (a lock, a pause of

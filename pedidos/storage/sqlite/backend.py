@@ -75,6 +75,7 @@ class SqliteStorage:
     """See storage/base.py `Storage` for what each method promises."""
 
     poll_s = None  # this server is the only one that changes the file
+    lease = None  # nor does any other server take its orders
 
     def __init__(
         self,
