@@ -191,7 +191,7 @@ class ServerProcess:
             self.kill()
             raise AssertionError(f"server did not stop within {timeout} s:\n{self.log}") from None
         self._reader.join(5)
-        wait_for(lambda: not any(_alive(pid) for pid in children), timeout=10)
+        wait_for(lambda: not any(alive(pid) for pid in children), timeout=10)
         return code
 
     def kill(self) -> None:
@@ -204,7 +204,7 @@ class ServerProcess:
                 os.kill(pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -333,7 +333,7 @@ def workers_alive(server: ServerProcess) -> list[int]:
         if pid in writers:
             continue
         with contextlib.suppress(OSError):
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes() and _alive(pid):
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes() and alive(pid):
                 pids.append(pid)
     return pids
 

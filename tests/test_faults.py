@@ -30,7 +30,7 @@ from conftest import (
     SERVIDOR,
     LineClient,
     ServerProcess,
-    _alive,
+    alive,
     database_held,
     foreign_database,
     has_open,
@@ -225,11 +225,11 @@ def test_sigkill_server_under_load_loses_nothing_and_processes_once(tmp_path):
         assert "hang" not in load.endings
         # The workers see their server gone and exit by themselves, even one
         # that was waiting for the write lock the server held when it died.
-        wait_for(lambda: not any(_alive(pid) for pid in children), timeout=ORPHAN_GRACE_S)
+        wait_for(lambda: not any(alive(pid) for pid in children), timeout=ORPHAN_GRACE_S)
     finally:
         server.kill()
         kill_pids(children)
-    wait_for(lambda: not any(_alive(pid) for pid in children), timeout=10)
+    wait_for(lambda: not any(alive(pid) for pid in children), timeout=10)
 
     acks = dict(load.acks)
     before = all_rows(server.db)
@@ -268,7 +268,7 @@ def test_workers_exit_when_their_idle_server_is_killed(tmp_path):
         children = server.worker_pids()
         os.kill(server.pid, signal.SIGKILL)
         server.proc.wait(10)
-        wait_for(lambda: not any(_alive(pid) for pid in children), timeout=ORPHAN_GRACE_S)
+        wait_for(lambda: not any(alive(pid) for pid in children), timeout=ORPHAN_GRACE_S)
     finally:
         server.kill()
         kill_pids(children)
@@ -289,7 +289,7 @@ def test_a_worker_mid_order_ends_as_soon_as_its_server_is_killed(tmp_path):
         wait_for(lambda: in_process(server.port, busy))
         os.kill(server.pid, signal.SIGKILL)
         server.proc.wait(10)
-        wait_for(lambda: not any(_alive(pid) for pid in children), timeout=2)
+        wait_for(lambda: not any(alive(pid) for pid in children), timeout=2)
     finally:
         server.kill()
         kill_pids(children)
@@ -310,8 +310,8 @@ def test_workers_exit_when_the_server_dies_while_they_start(tmp_path):
         os.kill(server.pid, signal.SIGKILL)
         server.proc.wait(10)
         os.kill(worker, signal.SIGCONT)
-        wait_for(lambda: has_open(worker, server.db) or not _alive(worker), timeout=30)
-        wait_for(lambda: not _alive(worker), timeout=ORPHAN_GRACE_S)
+        wait_for(lambda: has_open(worker, server.db) or not alive(worker), timeout=30)
+        wait_for(lambda: not alive(worker), timeout=ORPHAN_GRACE_S)
     finally:
         server.kill()
         kill_pids(children)
@@ -343,7 +343,7 @@ def test_workers_exit_when_the_server_dies_holding_the_write_lock(tmp_path):
             server.proc.wait(10)
         blocker.__exit__(None, None, None)
         blocker = None
-        wait_for(lambda: not _alive(worker), timeout=ORPHAN_GRACE_S)
+        wait_for(lambda: not alive(worker), timeout=ORPHAN_GRACE_S)
     finally:
         if blocker is not None:
             blocker.__exit__(None, None, None)
@@ -382,7 +382,7 @@ def test_worker_killed_mid_order_hands_it_back_and_is_replaced(tmp_path):
             done = client.ask({"accion": "esperar", "id": victim, "timeout": 30})["pedido"]
         assert done["estado"] == "listo" and done["intentos"] == 1, done
         assert done["fecha_inicio"] <= done["fecha_fin"]
-        assert not _alive(old_pid)
+        assert not alive(old_pid)
 
 
 def test_third_interrupted_attempt_makes_the_order_fallido_and_the_rest_flow(tmp_path):
@@ -396,7 +396,7 @@ def test_third_interrupted_attempt_makes_the_order_fallido_and_the_rest_flow(tmp
             assert pid is not None and pid not in killed
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
-            wait_for(lambda p=pid: not _alive(p), timeout=5)
+            wait_for(lambda p=pid: not alive(p), timeout=5)
 
         with LineClient("127.0.0.1", srv.port) as client:
             final = client.ask({"accion": "esperar", "id": victim, "timeout": 10})
@@ -541,7 +541,7 @@ def test_more_workers_than_file_descriptors_says_so_in_one_line(tmp_path):
     assert "--workers" in errors[0] and "ulimit -n is 64" in errors[0], errors[0]
     started = [int(pid) for pid in re.findall(r"started \(pid (\d+)\)", result.stdout)]
     assert started  # it got some way before running out
-    wait_for(lambda: not any(_alive(pid) for pid in started))
+    wait_for(lambda: not any(alive(pid) for pid in started))
 
 
 def test_a_write_error_on_a_full_disk_is_called_a_full_disk(tmp_path, monkeypatch):
@@ -618,7 +618,7 @@ def test_stop_while_the_writer_is_being_replaced_leaves_no_writer_behind(tmp_pat
         assert srv.stop() == 0, srv.log
     writers = writer_pids(srv)
     assert first in writers
-    wait_for(lambda: not any(_alive(pid) for pid in writers), timeout=5)
+    wait_for(lambda: not any(alive(pid) for pid in writers), timeout=5)
     assert "Traceback" not in srv.log
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from conftest import CLIENTE, LineClient, ServerProcess, _alive, wait_for
+from conftest import CLIENTE, LineClient, ServerProcess, alive, wait_for
 from pgcluster import with_options
 from stallproxy import StallProxy
 
@@ -246,7 +246,7 @@ def test_a_paused_nodes_worker_stops_before_another_node_takes_its_order(pg_url,
             # (Within the lease plus a few seconds; on a machine running the
             # suite four times over, B's claim once came more than 3 s after.)
             wait_for(lambda: order_id in held_by(pg_url, "B"), timeout=LEASE + 8, interval=0.01)
-            assert not _alive(worker_pid), "A's worker still ran when B took its order"
+            assert not alive(worker_pid), "A's worker still ran when B took its order"
         finally:
             os.kill(a.pid, signal.SIGCONT)
         with client(b) as on_b:
@@ -275,7 +275,7 @@ def test_a_cut_off_nodes_worker_stops_before_another_node_takes_its_order(pg_url
             proxy.stall()
             try:
                 wait_for(lambda: order_id in held_by(pg_url, "B"), timeout=LEASE + 8, interval=0.01)
-                assert not _alive(worker_pid), "A's worker still ran when B took its order"
+                assert not alive(worker_pid), "A's worker still ran when B took its order"
                 wait_for(lambda: "this node's lease ran out" in a.log, timeout=5)
             finally:
                 proxy.resume()  # so that A can stop, whatever happened

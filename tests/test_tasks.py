@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLIENTE, SERVIDOR, ServerProcess, _alive, running_server, wait_for
+from conftest import CLIENTE, SERVIDOR, ServerProcess, alive, running_server, wait_for
 
 from pedidos.client import AsyncClient, Client, Refused
 from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS
@@ -186,7 +186,7 @@ def test_a_hanging_call_is_stopped_at_the_limit_and_its_worker_replaced(srv, cli
     # Timed by the calls themselves: the second came only once the first was stopped.
     assert second["t"] - first["t"] >= LIMIT_S - 0.2
     assert first["pid"] != second["pid"] == done["resultado"]["pid"]
-    assert not _alive(first["pid"])
+    assert not alive(first["pid"])
     assert "ran over the task time limit" in srv.log
 
 
@@ -196,9 +196,9 @@ def test_a_call_stopped_at_the_limit_takes_the_programs_it_started_with_it(clien
     assert done["estado"] == "listo" and done["error"].startswith("TiempoAgotado:")
     program = int((state / f"{order_id}.hijo").read_text())
     try:
-        wait_for(lambda: not _alive(program), timeout=5)
+        wait_for(lambda: not alive(program), timeout=5)
     finally:  # a failure here must not leave the program running for an hour
-        if _alive(program):
+        if alive(program):
             os.kill(program, signal.SIGKILL)
 
 
@@ -210,7 +210,7 @@ def test_a_task_that_kills_its_process_counts_crashes_until_fallido(srv, client,
     assert done["error"] == CRASH_ERROR  # says why it was given up on, though no exception was caught
     pids = {c["pid"] for c in calls(state, order_id)}
     assert len(pids) == MAX_ATTEMPTS
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)
     # Its workers were replaced: the server still works.
     assert final(client, submit(client, "devuelve"))["estado"] == "listo"
 
@@ -238,7 +238,7 @@ def test_a_task_raising_beyond_exception_fails_its_attempt_and_keeps_its_worker(
     assert done["fallos"] == done["intentos"] == RETRIES + 1
     made = calls(state, order_id)
     assert len(made) == RETRIES + 1
-    assert all(_alive(call["pid"]) for call in made)  # no worker died for it
+    assert all(alive(call["pid"]) for call in made)  # no worker died for it
     assert "died" not in srv.log[logged:]
 
 
@@ -409,7 +409,7 @@ def test_ctrl_c_during_a_slow_import_at_start_is_a_clean_stop(tmp_path, when):
 
     def group() -> list[int]:
         pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
-        return [pid for pid in pids if _alive(pid) and _group_of(pid) == proc.pid]
+        return [pid for pid in pids if alive(pid) and _group_of(pid) == proc.pid]
 
     try:
         assert proc.stdout is not None
@@ -431,7 +431,7 @@ def test_ctrl_c_during_a_slow_import_at_start_is_a_clean_stop(tmp_path, when):
             proc.kill()
             proc.wait()
     assert "Traceback" not in out and "nothing was started" in out, out
-    wait_for(lambda: not any(_alive(pid) for pid in members))
+    wait_for(lambda: not any(alive(pid) for pid in members))
 
 
 def _group_of(pid: int) -> int | None:
@@ -533,12 +533,12 @@ def test_a_call_does_not_outlive_its_server_and_a_restart_runs_it_alone(tmp_path
         server.proc.kill()
         server.proc.wait()
         try:
-            wait_for(lambda: not _alive(worker) and not _alive(program), timeout=3)
+            wait_for(lambda: not alive(worker) and not alive(program), timeout=3)
             # Said once its programs are gone; read from the log pipe by a thread of the test.
             wait_for(lambda: "the server is gone; this worker" in server.log, timeout=5)
         finally:
             for pid in (worker, program):
-                if _alive(pid):
+                if alive(pid):
                     os.kill(pid, signal.SIGKILL)
     with running_server(tmp_path, *args, db=db, env=task_env(tmp_path)) as again:
         with Client("127.0.0.1", again.port, timeout=30) as c:
