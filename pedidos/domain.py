@@ -42,7 +42,7 @@ DEFAULT_RETRIES = 3  # `--reintentos`: retries of a task that failed, before `fa
 MAX_RESULT_BYTES = 64 * 1024  # a task's `resultado`, as UTF-8 JSON
 MAX_ERROR_CHARS = 1000  # an `error` is cut to this: one line for a person, not a dump
 # `--lease` on a shared PostgreSQL: how long a silent node lives on. Not under
-# a second: renewals (three per lease) and checks (four per renewal) would
+# a second: renewals (three within the workers' part of it) and checks would
 # load the database tens of times a second per node, and a pause of the
 # node's process no longer than a scheduler's hiccup would cost a false death.
 DEFAULT_LEASE_S = 5.0

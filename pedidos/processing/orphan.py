@@ -21,8 +21,8 @@ database driver's query) may not be back for long: a thread looks every
 
 On a database shared by many nodes the server may also be alive and yet gone
 for the service: paused, or cut off from the database past its lease, while
-another node redoes its orders. A worker holding orders then ends the same way
-(`end_with_lease`; why, in storage/lease.py).
+another node redoes its orders. A worker at work then ends the same way
+(`LeaseWatch`; why, in storage/lease.py).
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ class LeaseWatch:
     node's lease runs out, or the node registers anew, while it is
     `working()` on what it claimed (lease.py)."""
 
-    def __init__(self, lease: NodeLease) -> None:
+    def __init__(self, lease: NodeLease, worker: int) -> None:
         self.lease = lease
+        self._worker = worker
         self._working: int | None = None  # the generation claimed under, while at work
         # Taken to decide to end and to leave `working()`: a call that has just
         # returned is not ended on its way to record its result.
@@ -86,8 +87,7 @@ class LeaseWatch:
     def working(self, generation: int) -> Iterator[None]:
         """Around a call or the simulated work on orders claimed under `generation`."""
         if not self.lease.holds(generation):  # not started yet: the watch would come too late
-            self.lease.fencing()
-            _end(_LEASE_LOST, FENCED_EXIT)
+            self._fence()
         self._working = generation
         self._at_work.set()
         try:
@@ -103,9 +103,12 @@ class LeaseWatch:
             with self._deciding:
                 generation = self._working
                 if generation is not None and not self.lease.holds(generation):
-                    self.lease.fencing()
-                    _end(_LEASE_LOST, FENCED_EXIT)
+                    self._fence()
             time.sleep(FENCE_CHECK_S)
+
+    def _fence(self) -> None:
+        self.lease.fencing(self._worker)
+        _end(_LEASE_LOST, FENCED_EXIT)
 
 
 def _watch(server_pid: int) -> None:
@@ -124,8 +127,11 @@ _LEASE_LOST = (
 def _end(why: str, status: int = 1) -> None:
     # The programs first and the exit whatever happens: a log write may block
     # (nobody reads stderr any more) or fail (re-entered from the handler).
+    # Again after the log line: the call runs on meanwhile in the main thread,
+    # and may have started a program since.
     try:
         kill_descendants(os.getpid())
         logger.warning("%s", why)
+        kill_descendants(os.getpid())
     finally:
         os._exit(status)

@@ -82,7 +82,6 @@ class Processing:
         )
         self._sweeper: asyncio.TimerHandle | None = None
         self._replacing: set[asyncio.Task[None]] = set()
-        self._fences_seen = 0  # workers stopped by the lease, as far as handled (_fenced)
         self._retries: set[asyncio.TimerHandle] = set()  # orders waiting for their retry time
         self._deadlines = None
         if config.task is not None and task_limit_s:
@@ -225,15 +224,13 @@ class Processing:
             if changed:
                 self._failed_attempt((order_id,), claim.worker, retry_at)
 
-    def _fenced(self, exitcode: int | None) -> bool:
-        """Whether a worker that ended with `exitcode` was stopped by its node's
-        lease: its status says so and the lease counted one more such end (a
-        task's own os._exit(FENCED_EXIT) does not count there)."""
+    def _fenced(self, number: int, exitcode: int | None) -> bool:
+        """Whether worker `number`, ended with `exitcode`, was stopped by its
+        node's lease: its status says so and so does its mark in the lease (a
+        task's own os._exit(FENCED_EXIT) leaves none)."""
         lease = self._storage.lease
-        if exitcode != FENCED_EXIT or lease is None or lease.fenced <= self._fences_seen:
-            return False
-        self._fences_seen += 1
-        return True
+        marked = lease is not None and lease.fenced(number)  # read always: the mark is cleared
+        return marked and exitcode == FENCED_EXIT
 
     async def _replace(self, number: int, exitcode: int | None) -> None:
         """Hand back what the dead worker held, then start its replacement."""
@@ -243,7 +240,7 @@ class Processing:
             await self._fail_overtime(overtime)
         # A worker stopped by its node's lease (lease.py) failed no attempt;
         # if the node was reaped, the reaper counted one already.
-        fenced = self._fenced(exitcode)
+        fenced = self._fenced(number, exitcode)
         while True:
             try:
                 changed = await self._storage.hand_back(number, crashed=not fenced)

@@ -28,6 +28,7 @@ from pedidos.processing.retry import RetryPolicy
 from pedidos.processing.task import ResultError, TaskError, TaskRunner, describe, encode_result, load_task
 from pedidos.stopsignals import leave_stop_to_the_server
 from pedidos.storage.base import Claim, ServerGone, WorkerOpener, WorkerStore
+from pedidos.storage.lease import FENCE_CHECK_S
 
 logger = logging.getLogger(__name__)
 # The database away: a worker retries once a second; its log says so once per
@@ -119,7 +120,7 @@ def worker_main(
     store = config.open_store(number, server_pid)
     if store.lease is not None:
         global _WATCH
-        _WATCH = LeaseWatch(store.lease)
+        _WATCH = LeaseWatch(store.lease, number)
     try:
         while not stop.is_set():
             try:
@@ -156,7 +157,7 @@ def _process(
         # drop at once. The server puts the chunk back; the renewals, once
         # they go through again, let it claim.
         events.send(Report(DONE, number, chunk, (), None))
-        time.sleep(RETRY_S)
+        time.sleep(FENCE_CHECK_S)
         return
     try:
         claim = store.claim(chunk, number)

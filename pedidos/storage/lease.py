@@ -39,6 +39,7 @@ FENCE_CHECK_S = 0.05  # how often a worker at work looks at its node's lease
 MAX_MARGIN_S = 1.0
 CLAIM_HEADROOM_S = 0.5  # a worker claims only with this much of the lease left (less for short leases)
 FENCED_EXIT = 75  # a worker's exit status when its node's lease ran out under it (EX_TEMPFAIL)
+FENCE_SLOTS = 4096  # workers numbered past this are never told apart from a crash (none are)
 
 _BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)  # Linux
 
@@ -65,9 +66,11 @@ class NodeLease:
         # 0: nothing holds before the node's name is taken (registration).
         self._until = context.RawValue("d", 0.0)
         self._generation = context.RawValue("q", 0)
-        # How many workers ended by the watch: the server tells their exit
-        # from a task's own os._exit(FENCED_EXIT), which must count as a crash.
-        self._fenced = context.Value("q", 0)
+        # A mark per worker number, set by the watch before it ends the worker:
+        # the server tells that end from a task's own os._exit(FENCED_EXIT),
+        # which must count as a crash. One writer per slot, so no lock (a lock
+        # held by a process killed while holding it would be held for good).
+        self._fenced = context.RawArray("b", FENCE_SLOTS)
 
     def renewed(self, sent_at: float) -> None:
         """A registration or renewal sent at `sent_at` (`now()`) committed."""
@@ -77,14 +80,17 @@ class NodeLease:
         """The node was declared dead: whatever its workers claimed before is no longer theirs."""
         self._generation.value += 1
 
-    def fencing(self) -> None:
-        """In a worker about to end for this lease."""
-        with self._fenced.get_lock():
-            self._fenced.value += 1
+    def fencing(self, worker: int) -> None:
+        """In worker number `worker`, about to end for this lease."""
+        if 0 <= worker < FENCE_SLOTS:
+            self._fenced[worker] = 1
 
-    @property
-    def fenced(self) -> int:
-        return int(self._fenced.value)
+    def fenced(self, worker: int) -> bool:
+        """In the server, once worker `worker` is gone: whether the watch ended it (and forget it)."""
+        if not 0 <= worker < FENCE_SLOTS or not self._fenced[worker]:
+            return False
+        self._fenced[worker] = 0
+        return True
 
     @property
     def generation(self) -> int:

@@ -1,6 +1,6 @@
 """Node liveness: a lease per node in the `nodos` table.
 
-Each node renews its lease every second. Any live node that finds another's
+Each node renews its lease every second (more often for a lease under 4 s). Any live node that finds another's
 lease run out declares it dead and hands its `en proceso` orders back (one
 statement, `sql.REAP`, safe when two nodes run it at once). A node reaps only
 once its own connection has been up, and its own renewals on time, for a
@@ -54,6 +54,12 @@ def renewal_interval(lease: float) -> float:
     what the workers are given of it (lease.py), so that they too stop only
     after several renewals in a row failed."""
     return min(RENEW_S, (lease - shared_lease.margin(lease)) / RENEWALS_PER_LEASE)
+
+
+def check_interval(lease: float) -> float:
+    """Seconds between two looks at the other nodes' leases (as before the
+    renewals were fitted to the workers' part of the lease)."""
+    return min(RENEW_S, lease / RENEWALS_PER_LEASE) / CHECKS_PER_RENEWAL
 
 
 class NameTaken(Exception):
@@ -149,7 +155,7 @@ class Nodes:
         await self._forever(renewal_interval(self.lease), self.renew)
 
     async def _reap_forever(self) -> None:
-        await self._forever(renewal_interval(self.lease) / CHECKS_PER_RENEWAL, self.reap)
+        await self._forever(check_interval(self.lease), self.reap)
 
     @staticmethod
     async def _forever(every: float, step: Callable[[], Awaitable[None]]) -> None:
@@ -218,7 +224,7 @@ class Nodes:
         if self._on_time_since is None or now - self._on_time_since < self.lease:
             return
         async with self._link.use() as conn:
-            fresh = renewal_interval(self.lease) / 2
+            fresh = min(RENEW_S, self.lease / RENEWALS_PER_LEASE) / 2
             reap = {**self._params(), **_HAND_BACK, "cuenta": 1, "fresh": fresh}
             rows = await (await conn.execute(sql.REAP, reap)).fetchall()
         dead = [nodo for nodo, order_id, _ in rows if order_id is None]
