@@ -56,10 +56,15 @@ def renewal_interval(lease: float) -> float:
     return min(RENEW_S, (lease - shared_lease.margin(lease)) / RENEWALS_PER_LEASE)
 
 
+def _per_lease(lease: float) -> float:
+    """Three renewals per lease, once a second at most: the pace of the
+    checks and of `fresh` (as before renewals were fitted to the workers' part)."""
+    return min(RENEW_S, lease / RENEWALS_PER_LEASE)
+
+
 def check_interval(lease: float) -> float:
-    """Seconds between two looks at the other nodes' leases (as before the
-    renewals were fitted to the workers' part of the lease)."""
-    return min(RENEW_S, lease / RENEWALS_PER_LEASE) / CHECKS_PER_RENEWAL
+    """Seconds between two looks at the other nodes' leases."""
+    return _per_lease(lease) / CHECKS_PER_RENEWAL
 
 
 class NameTaken(Exception):
@@ -224,7 +229,7 @@ class Nodes:
         if self._on_time_since is None or now - self._on_time_since < self.lease:
             return
         async with self._link.use() as conn:
-            fresh = min(RENEW_S, self.lease / RENEWALS_PER_LEASE) / 2
+            fresh = _per_lease(self.lease) / 2
             reap = {**self._params(), **_HAND_BACK, "cuenta": 1, "fresh": fresh}
             rows = await (await conn.execute(sql.REAP, reap)).fetchall()
         dead = [nodo for nodo, order_id, _ in rows if order_id is None]
