@@ -211,7 +211,7 @@ def parse_reply(line: bytes) -> dict[str, Any]:
     except ValueError:
         raise ConnectionProblem(f"respuesta ilegible del servidor: {line[:80]!r}") from None
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-        raise UnexpectedReply(f"respuesta inesperada del servidor: {line[:80]!r}")
+        raise UnexpectedReply(f"{line[:80]!r}")
     if reply.get(CONEXION_CERRADA) is True:
         # "Sin actividad durante 300 s; se cierra la conexión." says twice what
         # ours says: its reason alone follows ours.

@@ -18,6 +18,9 @@ from pedidos.client.problems import ConnectionProblem
 class UnexpectedReply(ConnectionProblem):
     """A reply that is not what the contract says: not an order server's."""
 
+    def __init__(self, what: str) -> None:
+        super().__init__(f"respuesta inesperada del servidor: {what}")
+
 
 _KINDS = {int: "un número entero", float: "un número", str: "un texto", list: "una lista", dict: "un objeto"}
 
@@ -30,7 +33,7 @@ def field(data: dict[str, Any], name: str, kind: type, *, optional: bool = False
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
         said = "falta" if value is None else f"no es {_KINDS[kind]}"
-        raise UnexpectedReply(f"respuesta inesperada del servidor: '{name}' {said}")
+        raise UnexpectedReply(f"'{name}' {said}")
     return value
 
 
@@ -41,28 +44,28 @@ def moment(data: dict[str, Any], name: str, *, optional: bool = False) -> str | 
         try:
             datetime.fromisoformat(text)
         except ValueError:
-            raise UnexpectedReply(f"respuesta inesperada del servidor: '{name}' no es una fecha") from None
+            raise UnexpectedReply(f"'{name}' no es una fecha") from None
     return text
 
 
 def texts(data: dict[str, Any], name: str) -> list[str]:
     items = field(data, name, list)
     if not all(isinstance(item, str) for item in items):
-        raise UnexpectedReply(f"respuesta inesperada del servidor: '{name}' no es una lista de textos")
+        raise UnexpectedReply(f"'{name}' no es una lista de textos")
     return items
 
 
 def objects(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
     items = field(data, name, list)
     if not all(isinstance(item, dict) for item in items):
-        raise UnexpectedReply(f"respuesta inesperada del servidor: '{name}' no es una lista de objetos")
+        raise UnexpectedReply(f"'{name}' no es una lista de objetos")
     return items
 
 
 def counts(data: dict[str, Any], name: str) -> dict[str, int]:
     items = field(data, name, dict)
     if not all(isinstance(n, int) and not isinstance(n, bool) for n in items.values()):
-        raise UnexpectedReply(f"respuesta inesperada del servidor: '{name}' no es un objeto de cuentas")
+        raise UnexpectedReply(f"'{name}' no es un objeto de cuentas")
     return items
 
 

@@ -215,13 +215,14 @@ def stats_lines(stats: Stats) -> list[str]:
     nodos = stats.get("nodos")
     if nodos:
         lines.append(f"Nodos vivos: {len(nodos)}")
-        name = max(width(plain(n["nodo"])) for n in nodos)
+        names = [plain(n["nodo"]) for n in nodos]
+        most = max(width(name) for name in names)
         lines += [
-            f"  {plain(n['nodo'])}{' ' * (name - width(plain(n['nodo'])))}  "
+            f"  {name}{' ' * (most - width(name))}  "
             f"{plural(n['workers'], 'worker', 'workers')}, "
             f"{plural(n['conexiones'], 'conexión', 'conexiones')}, "
             f"{count(n['en proceso'])} en proceso, visto a las {clock(_moment(n['visto']))}"
-            for n in nodos
+            for name, n in zip(names, nodos, strict=True)
         ]
     return lines
 
