@@ -104,7 +104,7 @@ class PostgresStorage:
         self._lease_link = Link(self._info, self.health, session)
         self._hints = Hints(self._main)
         hint_new = self._hints.new_orders if hints else None
-        self.intake = Intake(self._intake_link, ack, on_stored, _unavailable, hint_new)
+        self.intake = Intake(self._intake_link, self.health, ack, on_stored, _unavailable, hint_new)
         self.intake.on_commit = on_commit
         self._on_done = on_done
         self._on_handed_back = on_handed_back
@@ -188,13 +188,6 @@ class PostgresStorage:
     def submit(
         self, new_order: NewOrder, owner: str | None, notify: Callable[[], None] | None = None
     ) -> asyncio.Future[Any]:
-        if not self.health.up:  # refused at once, not after a connection timeout
-            loop = asyncio.get_running_loop()
-            future = loop.create_future()
-            future.set_exception(DatabaseUnavailable("PostgreSQL is unreachable"))
-            if notify is not None:  # the connection writes its replies when told
-                loop.call_soon(notify)
-            return future
         return self.intake.submit(new_order, owner, notify)
 
     async def get(self, order_id: int, owner: str | None = None) -> dict[str, Any] | None:

@@ -38,7 +38,7 @@ from psycopg import errors
 from pedidos.domain import Estado, Receipt
 from pedidos.storage.base import Ack
 from pedidos.storage.postgres import sql
-from pedidos.storage.postgres.link import DatabaseUnavailable, Link, one_line
+from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Intake:
     def __init__(
         self,
         link: Link,
+        health: Health,
         ack: Ack,
         on_stored: Callable[[tuple[int, ...]], None] | None,
         refuse: Callable[[BaseException], BaseException],
@@ -65,6 +66,7 @@ class Intake:
         """A future resolves to `ack(receipt)`; one that fails gets `refuse(exc)`;
         `hint()` after a batch with new orders (to tell the other nodes)."""
         self._link = link
+        self._health = health  # shared by the node's links: any of them may see the database go
         self._ack = ack
         self._on_stored = on_stored
         self._refuse = refuse
@@ -106,8 +108,11 @@ class Intake:
         async def store(conn: psycopg.AsyncConnection[Any]) -> list[Receipt]:
             return await insert_orders(conn, [e.order for e in batch], [e.owner for e in batch])
 
-        started = time.perf_counter()
         try:
+            if not self._health.up and not await self._link.revive():
+                # Refused at once (or after a short look), not after a timeout.
+                raise DatabaseUnavailable("PostgreSQL is unreachable")
+            started = time.perf_counter()
             results = await self._link.run(store, STORE_TIMEOUT_S)
             new_ids = [r.id for r in results if not r.duplicado]
         except DatabaseUnavailable as exc:

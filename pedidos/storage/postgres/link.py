@@ -34,6 +34,10 @@ cancelled = Repeating(logger)  # a slow statement is often slow for every reques
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 1.0
 REPLACE_S = 2.0  # a request waits at most this for a connection to replace one found closed
+# While the database is seen away, a new order waits at most this for a fresh
+# connection (`Link.revive`), and a failed one is not tried again for LOOK_GAP_S.
+LOOK_S = 0.25
+LOOK_GAP_S = BACKOFF_FIRST_S
 
 
 class DatabaseUnavailable(StorageUnavailable):
@@ -131,6 +135,7 @@ class Link:
         self._reconnecting: asyncio.Task[None] | None = None
         self._closed = False
         self._lock = asyncio.Lock()
+        self._looked = 0.0  # when `revive` last failed
 
     async def open(self) -> None:
         """Connect now; errors propagate (a node cannot start without its database)."""
@@ -226,6 +231,30 @@ class Link:
             self._health.ok()
             return self._conn
 
+    async def revive(self) -> bool:
+        """Whether a fresh connection came up within `LOOK_S`; it then replaces
+        this link's. For new orders while the database is seen away: the
+        links' own reconnections back off (up to a second), so without a look
+        of its own an order right after the database is back would be refused
+        for what is left of that backoff. A connection that looks intact is
+        not trusted then: a half-open one would hold the order for
+        COMMAND_TIMEOUT_S. One look per LOOK_GAP_S at most, whatever the load."""
+        async with self._lock:
+            if self._closed or time.monotonic() - self._looked < LOOK_GAP_S:
+                return False  # stopping, or just seen away
+            try:
+                conn = await asyncio.wait_for(self._connect(), LOOK_S)
+            except (psycopg.Error, OSError, asyncio.TimeoutError) as exc:
+                self._looked = time.monotonic()
+                self._health.failed(exc)
+                return False
+            old, self._conn = self._conn, conn
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    old.pgconn.finish()
+            self._health.ok()
+            return True
+
     def _lost(self, exc: BaseException) -> None:
         self._health.failed(exc)
         conn, self._conn = self._conn, None
@@ -242,7 +271,7 @@ class Link:
 
     async def _reconnect(self) -> None:
         delay = BACKOFF_FIRST_S
-        while not self._closed:
+        while not self._closed and self._conn is None:
             try:
                 conn = await self._connect()
             except (psycopg.OperationalError, OSError) as exc:
@@ -250,7 +279,7 @@ class Link:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
-            if self._closed:
+            if self._closed or self._conn is not None:  # or `revive` came first
                 await conn.close()
                 return
             self._conn = conn
