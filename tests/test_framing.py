@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES, MAX_DEPTH, MAX_NUMBER_CHARS, Decoder
 from pedidos.protocol.replies import DEMASIADO_GRANDE, JSON_INVALIDO, RequestError
+from pedidos.protocol.scanner import BOM_BEFORE_VALUE
 from pedidos.protocol.telnet import TelnetReply
 
 ERR = JSON_INVALIDO
@@ -295,6 +296,16 @@ def test_number_that_cannot_continue_is_refused_at_once():
 )
 def test_bytes_that_are_not_utf8_are_json_invalido(bad):
     assert both_ways(bad + b'\n{"next": 1}\n') == [e(), {"next": 1}]
+
+
+def test_a_byte_order_mark_before_a_request_is_named():
+    # What an editor saving "UTF-8 with BOM" puts first; "se esperaba un valor"
+    # did not say what was wrong with a request that looked right.
+    data = '\ufeff{"accion": "estadisticas"}\n{"b": 2}\n'.encode()
+    refused = ("ERROR", JSON_INVALIDO, f"JSON inválido: {BOM_BEFORE_VALUE}.")
+    assert whole(data, exact=True) == [refused, {"b": 2}]
+    assert "BOM" in BOM_BEFORE_VALUE
+    assert both_ways(b"[1, \xef\xbb\xbf2]\n") == [e()]  # inside a value: the same error
 
 
 def test_bytes_that_are_not_utf8_after_a_complete_value():

@@ -31,6 +31,11 @@ LINE_BREAK_IN_STRING = (
     "corta las líneas de más de 4096 caracteres: péguelo con sangría, en varias líneas)"
 )
 
+# Some editors start a UTF-8 file with U+FEFF, and JSON sent over a network must
+# not (RFC 8259, 8.1): say what it is rather than "se esperaba un valor".
+_BOM = "\ufeff".encode()
+BOM_BEFORE_VALUE = "marca de orden de bytes (BOM, U+FEFF) antes del valor: envíe UTF-8 sin BOM"
+
 
 class Invalid(Exception):
     def __init__(self, index: int, mensaje: str) -> None:
@@ -108,6 +113,8 @@ class Scanner:
                     self.pos += len(word)
                     if self._value_done():
                         return self.pos
+                elif buf.startswith(_BOM, self.pos):  # whole: the scan stops before a cut character
+                    raise Invalid(self.pos, BOM_BEFORE_VALUE)
                 else:
                     raise Invalid(self.pos, "se esperaba un valor")
             elif self.expect in (KEY, KEY_OR_CLOSE):
