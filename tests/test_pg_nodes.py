@@ -232,19 +232,28 @@ def test_a_node_stopped_with_sigterm_hands_its_orders_back_without_counting_an_a
         assert reply["ok"] and reply["pedido"]["nodo"] == "B" and reply["pedido"]["intentos"] == 0, reply
 
 
+# The fencing tests: a lease of 4 s, whose margin (1 s) is the workers' time to
+# see the lease run out and exit, as by default; with 2 s (a margin of 0.5 s) a
+# CI machine with every core busy once ran A's worker past B's taking the order.
+# An order that outlasts B's taking it by far, so that a worker that was not
+# stopped is still there to be seen.
+FENCE_ARGS = ("--lease", "4", "--work-time", "10", "--workers", "1")
+FENCE_WAIT_S = 4 + 10 + 6  # the lease, B's own order, and room
+
+
 def test_a_paused_nodes_worker_stops_before_another_node_takes_its_order(pg_url, tmp_path):
-    # The order outlasts A's lease (2 s) by far. A's worker, its server
+    # The order outlasts A's lease by far. A's worker, its server
     # paused, ran on while B ran the same order: one order in two workers at
     # once (a task's side effects twice), its late result merely refused. It
     # now ends before B can take the order, short of A's lease by a margin.
-    with nodes(pg_url, tmp_path, "AB", "--work-time", "6", "--workers", "1") as (a, b):
+    with nodes(pg_url, tmp_path, "AB", *FENCE_ARGS) as (a, b):
         with client(a) as on_a:
             order_id = sent_until_held(pg_url, on_a)[0]
         (worker_pid,) = (int(pid) for pid in re.findall(r"worker 1 started \(pid (\d+)\)", a.log))
         os.kill(a.pid, signal.SIGSTOP)  # the server stops; its worker watches the lease itself
         try:
-            # B's one worker may be busy with an order of its own for 6 s first.
-            wait_for(lambda: order_id in held_by(pg_url, "B"), timeout=LEASE + 16, interval=0.01)
+            # B's one worker may be busy with an order of its own first.
+            wait_for(lambda: order_id in held_by(pg_url, "B"), timeout=FENCE_WAIT_S, interval=0.01)
             assert not alive(worker_pid), "A's worker still ran when B took its order"
         finally:
             os.kill(a.pid, signal.SIGCONT)
@@ -264,17 +273,14 @@ def test_a_cut_off_nodes_worker_stops_before_another_node_takes_its_order(pg_url
     proxy = StallProxy(parts.port)  # type: ignore[arg-type]
     via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
     try:
-        with nodes(pg_url, tmp_path, "AB", "--work-time", "6", "--workers", "1", via={"A": via_proxy}) as (
-            a,
-            b,
-        ):
+        with nodes(pg_url, tmp_path, "AB", *FENCE_ARGS, via={"A": via_proxy}) as (a, b):
             with client(a) as on_a:
                 order_id = sent_until_held(pg_url, on_a)[0]
             (worker_pid,) = (int(pid) for pid in re.findall(r"worker 1 started \(pid (\d+)\)", a.log))
             proxy.stall()
             try:
-                # B's one worker may be busy with an order of its own for 6 s first.
-                wait_for(lambda: order_id in held_by(pg_url, "B"), timeout=LEASE + 16, interval=0.01)
+                # B's one worker may be busy with an order of its own first.
+                wait_for(lambda: order_id in held_by(pg_url, "B"), timeout=FENCE_WAIT_S, interval=0.01)
                 assert not alive(worker_pid), "A's worker still ran when B took its order"
                 wait_for(lambda: "this node's lease ran out" in a.log, timeout=5)
             finally:
