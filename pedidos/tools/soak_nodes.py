@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -112,10 +113,30 @@ class NodesSoak(Soak):
                     self.problems.append(str(exc))
                     self.stop.set()
             else:
-                done = subprocess.run(self.args.reiniciar_pg, shell=True, capture_output=True, timeout=120)
-                if done.returncode != 0:
-                    self.problems.append(f"--reiniciar-pg failed: {done.stderr[-200:]!r}")
+                if not self.restart_pg():
+                    self.stop.set()
                 self.kills["postgresql"] += 1
+
+    def restart_pg(self) -> bool:
+        """Run `--reiniciar-pg`; False (and a problem noted) if it failed.
+        Its output goes to a file, not a pipe: a postmaster started without
+        `-l` keeps its parent's output open, and reading a pipe to its end
+        waited for the postmaster to exit (the command's timeout, and the
+        chaos thread gone with a traceback, the soak none the wiser)."""
+        with tempfile.TemporaryFile() as out:
+            try:
+                done = subprocess.run(
+                    self.args.reiniciar_pg, shell=True, stdout=out, stderr=out, timeout=120, check=False
+                )
+            except subprocess.TimeoutExpired:
+                self.problems.append("--reiniciar-pg did not end within 120 s")
+                return False
+            if done.returncode != 0:
+                out.seek(0)
+                tail = out.read()[-200:].decode(errors="replace")
+                self.problems.append(f"--reiniciar-pg failed (exit {done.returncode}): {tail!r}")
+                return False
+        return True
 
     def client(self, n: int) -> None:
         rng, count = random.Random(f"{self.args.seed}-{n}"), 0

@@ -210,26 +210,20 @@ class Link:
         """A fresh connection for one the server closed while it sat idle (a
         restart): nothing was sent on it, so the statement may go on the new
         one, and an idle node's first order after a restart is not refused.
-        Tried again for up to `REPLACE_S`: a database just restarted refuses
-        connections for a moment while it recovers ("the database system is
-        starting up")."""
+        One try, given up to `REPLACE_S` (a far database's handshake): a
+        database that refuses is away, and the request is answered at once
+        (tries again and again for 2 s held the first requests of every
+        outage that long); the next ones look again (`revive`)."""
         with contextlib.suppress(Exception):
             conn.pgconn.finish()
         self._conn = None
-        deadline = time.monotonic() + REPLACE_S
-        delay = BACKOFF_FIRST_S
-        while True:
-            try:
-                self._conn = await asyncio.wait_for(self._connect(), max(deadline - time.monotonic(), 0.05))
-            except (psycopg.OperationalError, OSError, asyncio.TimeoutError) as exc:
-                if time.monotonic() + delay >= deadline:
-                    self._health.failed(exc)
-                    return None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
-                continue
-            self._health.ok()
-            return self._conn
+        try:
+            self._conn = await asyncio.wait_for(self._connect(), REPLACE_S)
+        except (psycopg.OperationalError, OSError, asyncio.TimeoutError) as exc:
+            self._health.failed(exc)
+            return None
+        self._health.ok()
+        return self._conn
 
     async def revive(self) -> bool:
         """Whether a fresh connection came up within `LOOK_S`; it then replaces
@@ -244,9 +238,12 @@ class Link:
                 return False  # stopping, or just seen away
             try:
                 conn = await asyncio.wait_for(self._connect(), LOOK_S)
-            except (psycopg.Error, OSError, asyncio.TimeoutError) as exc:
+            except (psycopg.Error, OSError, asyncio.TimeoutError):
+                # Only ever a verdict for this one order: a look that marked the
+                # database away (a far database's handshake past LOOK_S, or
+                # "too many clients") after the other links had come back left
+                # nothing to mark it back, and the node refused orders for good.
                 self._looked = time.monotonic()
-                self._health.failed(exc)
                 return False
             old, self._conn = self._conn, conn
             if old is not None:
