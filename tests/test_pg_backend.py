@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -18,7 +19,7 @@ from pgcluster import with_options
 from pedidos.storage.base import Claim, Recovery, StorageError
 from pedidos.storage.postgres.backend import PostgresStorage
 from pedidos.storage.postgres.hints import HINT_GAP_S
-from pedidos.storage.postgres.link import DatabaseUnavailable, StatementCancelled
+from pedidos.storage.postgres.link import LOOK_S, DatabaseUnavailable, StatementCancelled
 from pedidos.storage.postgres.settings import COMMAND_TIMEOUT_S, shown
 from pedidos.storage.postgres.sql import NEW_CHANNEL
 from pedidos.storage.postgres.worker import PgWorkerStore
@@ -253,13 +254,19 @@ def test_while_postgresql_is_down_orders_are_refused_then_taken_again(pg_cluster
         try:
             first = await storage.submit(order(1), None)
             await asyncio.to_thread(pg_cluster.halt)
+            began = time.monotonic()
             with pytest.raises(DatabaseUnavailable):
                 await storage.submit(order(2), None)
+            # At once: one try at a new connection, which the stopped database
+            # refuses (tries for 2 s held the first orders of an outage 1.6 s).
+            assert time.monotonic() - began < 0.5
             with pytest.raises(DatabaseUnavailable) as refused:
                 await storage.submit(order(3), None)  # refused at once now
             assert refused.value.maybe_done is False  # never sent: surely not stored
+            began = time.monotonic()
             with pytest.raises(DatabaseUnavailable):
                 await storage.get(first.id)
+            assert time.monotonic() - began < 0.5
             await asyncio.to_thread(pg_cluster.boot)
             deadline = time.monotonic() + 10
 
@@ -326,6 +333,73 @@ def test_the_first_order_after_a_restart_is_taken_though_another_link_saw_it(pg_
 
     after, got, up = run(main())
     assert after.estado == "pendiente" and got["id"] == after.id and up
+
+
+def test_a_look_that_times_out_never_marks_the_database_away(pg_url, monkeypatch):
+    """A look for an order (`Link.revive`) slower than LOOK_S (a far database's
+    handshake) while another link brought the node back marked it away again,
+    and nothing marked it back: every order refused for good (an audit, with
+    a proxy that made connecting take 0.3 s)."""
+
+    async def main():
+        storage = await started(pg_url, "a")
+        try:
+            storage.health.failed(OSError("a link lost its connection"))
+            real = storage._intake_link._connect
+
+            async def slow():  # another link comes back while this look waits
+                storage.health.ok()
+                await asyncio.sleep(LOOK_S * 4)
+                return await real()
+
+            monkeypatch.setattr(storage._intake_link, "_connect", slow)
+            with pytest.raises(DatabaseUnavailable):
+                await storage.submit(order(1), None)  # this one's look timed out
+            monkeypatch.setattr(storage._intake_link, "_connect", real)
+            up = storage.health.up
+            taken = await storage.submit(order(2), None)
+            return up, taken
+        finally:
+            await storage.stop()
+
+    up, taken = run(main())
+    assert up, "the look marked the database away"
+    assert taken.estado == "pendiente"
+
+
+def test_a_reap_decided_before_a_wait_for_its_connection_is_not_sent(pg_url):
+    """A reap that waited for its connection (replaced after a restart) went
+    out once the database was back and declared dead a node whose renewal was
+    still on its way (an audit: 1 restart in 8 with a 1 s lease)."""
+
+    async def main():
+        dead = await started(pg_url, "dead", lease=0.3)
+        await dead.nodes._renewal.stop()  # its lease runs out
+        b = await started(pg_url, "b")
+        b.health._since = time.monotonic() - 10  # up long enough to reap
+        b.nodes._renewed_at, b.nodes._on_time_since = time.monotonic(), time.monotonic() - 10
+        expired = "SELECT count(*) FROM nodos WHERE nodo = 'dead' AND vence < clock_timestamp()"
+        deadline = time.monotonic() + 10
+        while rows(pg_url, expired) != [(1,)]:
+            assert time.monotonic() < deadline, "the dead node's lease never ran out"
+            await asyncio.sleep(0.05)
+        real_use = b.nodes._link.use
+
+        @contextlib.asynccontextmanager
+        async def slow_use(*args, **kwargs):  # as `_replace` after a restart
+            await asyncio.sleep(b.nodes.lease)
+            async with real_use(*args, **kwargs) as conn:
+                yield conn
+
+        b.nodes._link.use = slow_use
+        await b.nodes.reap()
+        left = rows(pg_url, "SELECT count(*) FROM nodos WHERE nodo = 'dead'")
+        del b.nodes._link.use
+        await b.stop()
+        await dead._close()
+        return left
+
+    assert run(main()) == [(1,)], "reaped on a decision taken before the wait"
 
 
 def test_new_order_hints_are_spaced_out_not_one_per_batch(pg_url):
