@@ -83,6 +83,16 @@ def se_mata(pedido: dict[str, Any]) -> Any:
     os._exit(7)
 
 
+def deja_un_programa_y_muere(pedido: dict[str, Any]) -> Any:
+    """The first call leaves a program running that inherited the worker's
+    descriptors (a shell's `&`), then its process dies; its pid goes to ID.hijo."""
+    if _calls(pedido) == 1:
+        where = Path(os.environ["PEDIDOS_PRUEBA_DIR"]) / f"{pedido['id']}.hijo"
+        os.system(f"sleep 600 & echo $! > {where}.tmp && mv {where}.tmp {where}")
+        os._exit(7)
+    return "hecho"
+
+
 def demasiado_grande(pedido: dict[str, Any]) -> Any:
     return "x" * (64 * 1024)  # 65 538 bytes as JSON, with its quotes
 
@@ -125,6 +135,7 @@ BEHAVIOURS = {
     "hijo-cuelga": hijo_cuelga,
     "sistema-cuelga": sistema_cuelga,
     "se-mata": se_mata,
+    "deja-programa-y-muere": deja_un_programa_y_muere,
     "grande": demasiado_grande,
     "no-json": no_json,
     "arreglable": arreglable,

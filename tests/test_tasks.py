@@ -10,6 +10,7 @@ runs an `async def` task. Short backoff (--reintento-base 0.2: waits of 0.1 to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -212,6 +213,24 @@ def test_a_task_that_kills_its_process_counts_crashes_until_fallido(srv, client,
     assert len(pids) == MAX_ATTEMPTS
     assert not any(alive(pid) for pid in pids)
     # Its workers were replaced: the server still works.
+    assert final(client, submit(client, "devuelve"))["estado"] == "listo"
+
+
+def test_a_worker_dead_behind_a_program_that_kept_its_pipes_is_seen_dead(srv, client, state):
+    """A program the call left running (`os.system("... &")`, a fork) holds
+    the worker's end of the pipe that told of its death: the server never saw
+    it die, the order stayed `en proceso` and no worker replaced it (killed
+    holding the SQLite lock, it stopped all intake). Deaths are seen by pidfd."""
+    order_id = submit(client, "deja-programa-y-muere")
+    try:
+        done = final(client, order_id, timeout=30)
+    finally:
+        kept = state / f"{order_id}.hijo"
+        if kept.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(kept.read_text()), signal.SIGKILL)
+    assert done["estado"] == "listo" and done["intentos"] == 1 and done["fallos"] == 0, done
+    assert kept.exists()  # the program was there, holding the pipe
     assert final(client, submit(client, "devuelve"))["estado"] == "listo"
 
 

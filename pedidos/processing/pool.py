@@ -5,8 +5,11 @@ while it reads a shared `multiprocessing.Queue` dies holding the queue's
 internal lock and blocks every other reader; with one queue per worker, a
 death costs only that worker's queue, which the pool replaces with the worker.
 
-One monitor thread waits on every pipe and every process sentinel at once and
-hands what it saw to the event loop in one call.
+One monitor thread waits on every pipe and every process's death at once and
+hands what it saw to the event loop in one call. A death is seen through the
+process's pidfd where there is one (Linux): the sentinel is a pipe, and a
+program the worker's call left running (a shell's `&`, a fork) holds its end
+open, so the worker's death went unseen for as long as that program lived.
 """
 
 from __future__ import annotations
@@ -159,7 +162,7 @@ class WorkerPool:
             by_key: dict[Any, tuple[str, WorkerSlot]] = {}
             for slot in live:
                 by_key[slot.events] = ("events", slot)
-                by_key[slot.process.sentinel] = ("death", slot)
+                by_key[slot.pidfd if slot.pidfd is not None else slot.process.sentinel] = ("death", slot)
             ready = wait([self._wake_r, *by_key], timeout=1.0)
             messages: list[Report] = []
             deaths: list[tuple[int, int | None]] = []
