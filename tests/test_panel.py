@@ -649,6 +649,47 @@ def test_live_follows_the_bus_by_counts_not_by_orders():
     asyncio.run(scenario())
 
 
+def test_events_during_a_read_of_the_counts_are_not_counted_twice_for_long():
+    """A read of the counts that an event overtakes (its change in the read,
+    and its move counted since) showed 301 `listo` of 300 orders until the next
+    read, 5 s later (an audit). Such a read is read again soon."""
+    import asyncio
+
+    from pedidos.events import RECEIVED, Event, EventBus
+    from pedidos.panel import live as live_module
+    from pedidos.panel.live import Live, LiveSource
+    from pedidos.stats import Stats
+
+    async def scenario():
+        bus, stats = EventBus(), Stats()
+        db = {"pendiente": 0, "en proceso": 0, "listo": 0, "cancelado": 0, "fallido": 0}
+        overtaken = []
+
+        async def counts():
+            snapshot = dict(db)
+            if overtaken:  # the order was committed before the read; its event comes during it
+                bus.publish(overtaken.pop())
+            return snapshot
+
+        async def latest(n):
+            return []
+
+        source = LiveSource(bus, stats, counts, latest, lambda: {"workers": 1, "conexiones": 0}, workers=1)
+        live = Live(source)
+        assert await live.current_counts() == db
+        db["pendiente"] += 1
+        overtaken.append(Event(RECEIVED, (1,)))
+        live._synced_at -= live_module.RESYNC_S  # a read is due
+        twice = await live.current_counts()
+        live._synced_at -= 1.0  # a scrape a second later
+        again = await live.current_counts()
+        return twice, again, dict(db)
+
+    twice, again, db = asyncio.run(scenario())
+    assert twice["pendiente"] == 2  # the read that the event overtook
+    assert again == db  # read again before RESYNC_S: exact once the events pause
+
+
 def test_live_reads_a_shared_database_every_second():
     """On PostgreSQL the other nodes publish nothing on this node's bus: while a
     page is open, the counts, the latest orders and the nodes with their busy
