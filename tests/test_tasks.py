@@ -411,8 +411,16 @@ def test_a_slow_import_at_start_is_said_in_the_log(tmp_path):
     assert "importing the task lenta:f (--tarea) is taking a while" in first, server.log
 
 
-@pytest.mark.parametrize("when", ["after the slow-import line", "within its first second"])
-def test_ctrl_c_during_a_slow_import_at_start_is_a_clean_stop(tmp_path, when):
+@pytest.mark.parametrize(
+    "when, how",
+    [
+        ("after the slow-import line", "ctrl-c"),
+        ("within its first second", "ctrl-c"),
+        # `kill PID` (a supervisor's stop): exit 143 without a word, the import's process left running
+        ("after the slow-import line", "sigterm"),
+    ],
+)
+def test_ctrl_c_during_a_slow_import_at_start_is_a_clean_stop(tmp_path, when, how):
     # Ctrl-C at the terminal (the whole process group) while the start waited for the
     # import: a traceback from the server and another from the import's process, exit -2;
     # within its first second: exit 0, but only once the import had ended, and a traceback
@@ -442,7 +450,10 @@ def test_ctrl_c_during_a_slow_import_at_start_is_a_clean_stop(tmp_path, when):
             wait_for(lambda: [p for p in group() if _is_spawned_child(_cmdline(p)) and _ignores_sigint(p)])
         members = group()
         assert len(members) >= 2  # the server, the import's process (and multiprocessing's tracker)
-        os.killpg(proc.pid, signal.SIGINT)
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
         out = first + proc.stdout.read()
         assert proc.wait(30) == 0, out
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from pedidos import __version__
@@ -208,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     level = getattr(logging, args.log_level)
     configure_logging(level, args.log_format)
     if args.tarea is not None:
+        # SIGTERM as Ctrl-C meanwhile: its default ended the server with status
+        # 143 and no word, and left the import's process running on its own.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             # Before any worker starts: a typo is one line and exit 2, never
             # a loop of workers dying at their start.
@@ -218,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # a stop (contract: exit 0) before anything started
             logger.info("interrupted while importing the task; nothing was started")
             return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     config = ServerConfig(
         hosts=args.host or ["localhost"],
         port=args.port,
@@ -249,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 1
     return 0
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
