@@ -243,9 +243,9 @@ class Nodes:
         for nodo in dead:
             held = Counter(estado for held_by, i, estado in rows if i is not None and held_by == nodo)
             logger.warning(
-                "node %s missed its lease (%g s): declared dead; %d orders handed back, %d failed",
+                # Its own lease, not this node's: each node has the --lease it was started with.
+                "node %s missed its lease: declared dead; %d orders handed back, %d failed",
                 nodo,
-                self.lease,
                 held["pendiente"],
                 held["fallido"],
             )
