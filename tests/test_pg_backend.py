@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -367,15 +366,18 @@ def test_a_look_that_times_out_never_marks_the_database_away(pg_url, monkeypatch
     assert taken.estado == "pendiente"
 
 
-def test_a_reap_decided_before_a_wait_for_its_connection_is_not_sent(pg_url):
-    """A reap that waited for its connection (replaced after a restart) went
-    out once the database was back and declared dead a node whose renewal was
-    still on its way (an audit: 1 restart in 8 with a 1 s lease)."""
+def test_a_reap_on_a_connection_found_closed_is_not_sent(pg_url):
+    """A reap whose connection was found closed (the database just restarted,
+    unseen by a node whose connections sat idle) went out once the database was
+    back and declared dead a node whose renewal was on its way (an audit: 1
+    restart in 8 with a 1 s lease). It decides again once back for a lease."""
+    from pedidos.storage.postgres.link import _closed_while_idle
 
     async def main():
         dead = await started(pg_url, "dead", lease=0.3)
         await dead.nodes._renewal.stop()  # its lease runs out
         b = await started(pg_url, "b")
+        await b.nodes._reaping.stop()  # this test reaps by hand
         b.health._since = time.monotonic() - 10  # up long enough to reap
         b.nodes._renewed_at, b.nodes._on_time_since = time.monotonic(), time.monotonic() - 10
         expired = "SELECT count(*) FROM nodos WHERE nodo = 'dead' AND vence < clock_timestamp()"
@@ -383,23 +385,70 @@ def test_a_reap_decided_before_a_wait_for_its_connection_is_not_sent(pg_url):
         while rows(pg_url, expired) != [(1,)]:
             assert time.monotonic() < deadline, "the dead node's lease never ran out"
             await asyncio.sleep(0.05)
-        real_use = b.nodes._link.use
-
-        @contextlib.asynccontextmanager
-        async def slow_use(*args, **kwargs):  # as `_replace` after a restart
-            await asyncio.sleep(b.nodes.lease)
-            async with real_use(*args, **kwargs) as conn:
-                yield conn
-
-        b.nodes._link.use = slow_use
+        link = b.nodes._link
+        rows(pg_url, f"SELECT pg_terminate_backend({link._conn.info.backend_pid})")  # as a restart
+        while not _closed_while_idle(link._conn):
+            assert time.monotonic() < deadline, "the connection never saw its end"
+            await asyncio.sleep(0.01)
         await b.nodes.reap()
         left = rows(pg_url, "SELECT count(*) FROM nodos WHERE nodo = 'dead'")
-        del b.nodes._link.use
+        up_for = b.health.up_for()
         await b.stop()
         await dead._close()
-        return left
+        return left, up_for
 
-    assert run(main()) == [(1,)], "reaped on a decision taken before the wait"
+    left, up_for = run(main())
+    assert left == [(1,)], "reaped on a connection just found closed"
+    assert up_for < 5  # the database counts as back just now
+
+
+def test_a_connection_closed_without_being_lost_is_replaced(pg_url):
+    """A connection closed by a path other than a failed statement (a failed
+    ROLLBACK after a cancel) stayed in its link: the reconnection, which looked
+    only for none, ended at once, and the link refused for good."""
+
+    async def main():
+        storage = await started(pg_url, "a")
+        try:
+            storage._main._conn.pgconn.finish()  # closed, and still the link's
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    async with storage._main.use() as conn:
+                        return (await (await conn.execute("SELECT 1")).fetchone())[0]
+                except DatabaseUnavailable:
+                    assert time.monotonic() < deadline, "the link never came back"
+                    await asyncio.sleep(0.05)
+        finally:
+            await storage.stop()
+
+    assert run(main()) == 1
+
+
+def test_an_order_right_after_an_outage_is_taken_though_the_intake_link_is_still_away(pg_cluster):
+    """The node is back (another link reconnected first) while the intake's own
+    reconnection still backs off (up to a second): the order tries a connection
+    of its own rather than being refused meanwhile (a review)."""
+
+    async def main():
+        storage = await started(pg_cluster.url(), "a")
+        try:
+            await storage.submit(order(1), None)
+            await asyncio.to_thread(pg_cluster.halt)
+            for n in range(2, 5):  # the intake sees it away; its backoff grows
+                with pytest.raises(DatabaseUnavailable):
+                    await storage.submit(order(n), None)
+                await asyncio.sleep(0.4)
+            await asyncio.to_thread(pg_cluster.boot)
+            deadline = time.monotonic() + 10
+            while not storage.health.up:  # the lease's link, renewing every second
+                assert time.monotonic() < deadline, "the node never came back"
+                await asyncio.sleep(0.01)
+            return await storage.submit(order(9), None)
+        finally:
+            await storage.stop()
+
+    assert run(main()).estado == "pendiente"
 
 
 def test_new_order_hints_are_spaced_out_not_one_per_batch(pg_url):

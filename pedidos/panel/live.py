@@ -120,6 +120,7 @@ class Live:
         self._base = dict.fromkeys(ESTADOS, 0)
         self._moved = dict.fromkeys(ESTADOS, 0)
         self._moved_at_base = dict(self._moved)
+        self._hurried = False  # the last read was an early one (see _resync)
         self._synced_at: float | None = None  # when the counts were last read
         self._working: dict[int, tuple[int, int, str | None, float]] = {}  # worker -> first id, n, since
         self._dirty = True
@@ -215,18 +216,24 @@ class Live:
 
     async def _resync(self) -> None:
         moved_before = dict(self._moved)
+        started = time.monotonic()  # a schedule of reads from their starts does not slip
         counts = await self._source.counts()
         self._base = {estado: counts.get(estado, 0) for estado in ESTADOS}
         self._moved_at_base = moved_before
-        self._synced_at = time.monotonic()
-        if self._moved != moved_before:
+        self._synced_at = started
+        overlapped = self._moved != moved_before
+        if overlapped and not self._hurried:
             # What an event moved may be in the read too, or not: which, no one
-            # knows (301 `listo` of 300 orders after a burst, for 5 s). Soon
-            # read again, and once the events pause the figures are exact.
+            # knows (301 `listo` of 300 orders after a burst, for 5 s). Read
+            # again soon: once the events pause, the figures are exact. Once
+            # only: under steady load every read overlaps, and a read a second
+            # is what RESYNC_S spares a busy server.
             self._synced_at -= RESYNC_S - RESYNC_AGAIN_S
+        self._hurried = overlapped and not self._hurried
 
     def _resync_due(self, period: float) -> bool:
-        return self._synced_at is None or time.monotonic() - self._synced_at >= period
+        # Half a tick early is on time: the ticker looks on whole ticks.
+        return self._synced_at is None or time.monotonic() - self._synced_at >= period - TICK_S / 2
 
     async def current_counts(self) -> dict[str, int]:
         """The counts for a scrape of /metrics. Alone on its database, this

@@ -73,9 +73,9 @@ def check_task(spec: str) -> None:
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_check_in_child, args=(spec, sender), name="pedidos-task-check")
-    process.start()
-    sender.close()
     try:
+        process.start()
+        sender.close()
         if not receiver.poll(SLOW_IMPORT_S):
             # Nothing else is logged until it ends: say why the start waits.
             logger.info("importing the task %s (--tarea) is taking a while; waiting for it", spec)
@@ -86,8 +86,9 @@ def check_task(spec: str) -> None:
         how = f"by signal {_signal_name(-code)}" if code is not None and code < 0 else f"with status {code}"
         raise TaskError(f"importing --tarea {spec} ended its process {how}") from None
     except BaseException:  # Ctrl-C while a slow import runs: the import is of no use any more
-        process.kill()
-        process.join()
+        if process.pid is not None:  # started
+            process.kill()
+            process.join()
         raise
     finally:
         receiver.close()

@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tarea is not None:
         # SIGTERM as Ctrl-C meanwhile: its default ended the server with status
         # 143 and no word, and left the import's process running on its own.
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is not signal.SIG_IGN:  # whoever started it may have asked for none
+            signal.signal(signal.SIGTERM, _interrupt)
         try:
             # Before any worker starts: a typo is one line and exit 2, never
             # a loop of workers dying at their start.
@@ -223,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("interrupted while importing the task; nothing was started")
             return 0
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     config = ServerConfig(
         hosts=args.host or ["localhost"],
         port=args.port,

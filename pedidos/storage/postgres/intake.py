@@ -109,7 +109,9 @@ class Intake:
             return await insert_orders(conn, [e.order for e in batch], [e.owner for e in batch])
 
         try:
-            if not self._health.up and not await self._link.revive():
+            # Also when the node is back but this link is still on its way:
+            # its own reconnection may be up to a second behind the others'.
+            if (not self._health.up or self._link.down) and not await self._link.revive():
                 # Refused at once (or after a short look), not after a timeout.
                 raise DatabaseUnavailable("PostgreSQL is unreachable")
             started = time.perf_counter()

@@ -114,6 +114,13 @@ class Health:
             logger.warning("PostgreSQL reachable again after %.1f s", time.monotonic() - self._since)
             self._since = time.monotonic()
 
+    def restarted(self) -> None:
+        """A connection was found closed and replaced at once: the database
+        may have been away, unseen; it counts as back just now (`up_for`), so
+        that no reap goes out before the other nodes had a lease to renew."""
+        self.ok()
+        self._since = time.monotonic()
+
     def up_for(self) -> float:
         """Seconds since the database was last seen coming back (0 while down)."""
         return time.monotonic() - self._since if self.up else 0.0
@@ -136,6 +143,9 @@ class Link:
         self._closed = False
         self._lock = asyncio.Lock()
         self._looked = 0.0  # when `revive` last failed
+        # Whether the connection of the current `use` had just been replaced
+        # (found closed: the database restarted): read by the holder only.
+        self.replaced = False
 
     async def open(self) -> None:
         """Connect now; errors propagate (a node cannot start without its database)."""
@@ -161,9 +171,15 @@ class Link:
         so that the statement waiting on it fails at once."""
         async with self._lock:
             conn = self._conn
+            self.replaced = False
             if conn is not None and not conn.closed and _closed_while_idle(conn):
                 conn = await self._replace(conn)
+                self.replaced = True
             if conn is None or conn.closed:
+                # A connection closed by a path that did not go through `_lost`
+                # (a failed ROLLBACK after a cancel): drop it, or no reconnection
+                # would ever replace it.
+                self._drop()
                 self._start_reconnecting()
                 raise DatabaseUnavailable("PostgreSQL is unreachable")
             # A user cancelled inside its own BEGIN ... COMMIT (a client that
@@ -222,7 +238,7 @@ class Link:
         except (psycopg.OperationalError, OSError, asyncio.TimeoutError) as exc:
             self._health.failed(exc)
             return None
-        self._health.ok()
+        self._health.restarted()
         return self._conn
 
     async def revive(self) -> bool:
@@ -252,14 +268,22 @@ class Link:
             self._health.ok()
             return True
 
+    @property
+    def down(self) -> bool:
+        """No connection to use: it was lost and is being re-established."""
+        return self._conn is None or self._conn.closed
+
     def _lost(self, exc: BaseException) -> None:
         self._health.failed(exc)
+        self._drop()
+        self._start_reconnecting()
+
+    def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             # Closing a broken connection only frees its socket; no I/O.
             with contextlib.suppress(Exception):
                 conn.pgconn.finish()
-        self._start_reconnecting()
 
     def _start_reconnecting(self) -> None:
         if self._closed or (self._reconnecting is not None and not self._reconnecting.done()):
@@ -268,7 +292,7 @@ class Link:
 
     async def _reconnect(self) -> None:
         delay = BACKOFF_FIRST_S
-        while not self._closed and self._conn is None:
+        while not self._closed and self.down:
             try:
                 conn = await self._connect()
             except (psycopg.OperationalError, OSError) as exc:
@@ -276,7 +300,7 @@ class Link:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
-            if self._closed or self._conn is not None:  # or `revive` came first
+            if self._closed or not self.down:  # or `revive` came first
                 await conn.close()
                 return
             self._conn = conn

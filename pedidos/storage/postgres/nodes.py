@@ -228,14 +228,14 @@ class Nodes:
             self._on_time_since = now
         if self._on_time_since is None or now - self._on_time_since < self.lease:
             return
-        fresh = _per_lease(self.lease) / 2
         async with self._link.use() as conn:
-            if time.monotonic() - now > fresh:
-                # The decision above is stale: the connection was being
-                # replaced (the database just restarted), and the nodes whose
-                # leases ran out meanwhile may have renewals on their way.
-                # `fresh` in the statement covers only its own waits.
+            if self._link.replaced:
+                # Found closed: the database just restarted, unseen by the
+                # checks above, and the nodes whose leases ran out meanwhile may
+                # have renewals on their way (a reap sent then declared a live
+                # node dead). It decides again once back for a lease.
                 return
+            fresh = _per_lease(self.lease) / 2
             reap = {**self._params(), **_HAND_BACK, "cuenta": 1, "fresh": fresh}
             rows = await (await conn.execute(sql.REAP, reap)).fetchall()
         dead = [nodo for nodo, order_id, _ in rows if order_id is None]
