@@ -243,10 +243,11 @@ class Link:
 
     async def revive(self) -> bool:
         """Whether a fresh connection came up within `LOOK_S`; it then replaces
-        this link's. For new orders while the database is seen away: the
-        links' own reconnections back off (up to a second), so without a look
-        of its own an order right after the database is back would be refused
-        for what is left of that backoff. A connection that looks intact is
+        this link's. For new orders while the database is seen away, or this
+        link's connection is being re-established: the links' reconnections
+        back off (up to a second), so without a look of its own an order right
+        after the database is back would be refused for what is left of that
+        backoff. A connection that looks intact is
         not trusted then: a half-open one would hold the order for
         COMMAND_TIMEOUT_S. One look per LOOK_GAP_S at most, whatever the load."""
         async with self._lock:
@@ -261,10 +262,8 @@ class Link:
                 # nothing to mark it back, and the node refused orders for good.
                 self._looked = time.monotonic()
                 return False
-            old, self._conn = self._conn, conn
-            if old is not None:
-                with contextlib.suppress(Exception):
-                    old.pgconn.finish()
+            self._drop()
+            self._conn = conn
             self._health.ok()
             return True
 
