@@ -143,9 +143,6 @@ class Link:
         self._closed = False
         self._lock = asyncio.Lock()
         self._looked = 0.0  # when `revive` last failed
-        # Whether the connection of the current `use` had just been replaced
-        # (found closed: the database restarted): read by the holder only.
-        self.replaced = False
 
     async def open(self) -> None:
         """Connect now; errors propagate (a node cannot start without its database)."""
@@ -171,10 +168,8 @@ class Link:
         so that the statement waiting on it fails at once."""
         async with self._lock:
             conn = self._conn
-            self.replaced = False
             if conn is not None and not conn.closed and _closed_while_idle(conn):
                 conn = await self._replace(conn)
-                self.replaced = True
             if conn is None or conn.closed:
                 # A connection closed by a path that did not go through `_lost`
                 # (a failed ROLLBACK after a cancel): drop it, or no reconnection

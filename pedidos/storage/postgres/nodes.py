@@ -229,11 +229,12 @@ class Nodes:
         if self._on_time_since is None or now - self._on_time_since < self.lease:
             return
         async with self._link.use() as conn:
-            if self._link.replaced:
-                # Found closed: the database just restarted, unseen by the
-                # checks above, and the nodes whose leases ran out meanwhile may
+            if self._health.up_for() < self.lease:
+                # Again, with the connection in hand: one found closed (the
+                # database just restarted, unseen by the check above) counts as
+                # back just now, and the nodes whose leases ran out meanwhile may
                 # have renewals on their way (a reap sent then declared a live
-                # node dead). It decides again once back for a lease.
+                # node dead).
                 return
             fresh = _per_lease(self.lease) / 2
             reap = {**self._params(), **_HAND_BACK, "cuenta": 1, "fresh": fresh}
