@@ -238,7 +238,10 @@ def test_a_node_stopped_with_sigterm_hands_its_orders_back_without_counting_an_a
 # An order that outlasts B's taking it by far, so that a worker that was not
 # stopped is still there to be seen.
 FENCE_ARGS = ("--lease", "4", "--work-time", "10", "--workers", "1")
-FENCE_WAIT_S = 4 + 10 + 6  # the lease, B's own order, and room
+# The lease, then B's one worker may first finish orders of its own (the orders
+# sent until A held one: a CI run once had B busy past 4 + 10 + 6 s), and room. A
+# worker of A that was not stopped is still alive however long this takes.
+FENCE_WAIT_S = 4 + 3 * 10 + 6
 
 
 def test_a_paused_nodes_worker_stops_before_another_node_takes_its_order(pg_url, tmp_path):
