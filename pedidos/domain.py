@@ -8,7 +8,8 @@ library; every other module may import it.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+import json
+from typing import Any, NamedTuple
 
 
 class Estado(str, enum.Enum):
@@ -27,6 +28,30 @@ class Estado(str, enum.Enum):
         return self.value
 
     __format__ = str.__format__
+
+
+class RawJSON:
+    """JSON text carried as it is: an order's `resultado` goes from the database
+    into a reply without being parsed and written again. A `listar` page holds
+    up to a thousand of them of up to 64 KiB: parsed and re-encoded, tens of
+    megabytes that held the event loop, and every client, for seconds.
+    `load()` gives the value where one is needed (a task's argument)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def load(self) -> Any:
+        return json.loads(self.text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RawJSON) and other.text == self.text
+
+    __hash__ = None  # type: ignore[assignment]  # equal by text, like the str it wraps; not a key
+
+    def __repr__(self) -> str:
+        return f"RawJSON({self.text!r})"
 
 
 ESTADOS = tuple(e.value for e in Estado)  # the words, in the contract's order

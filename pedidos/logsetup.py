@@ -20,7 +20,26 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FIELDS = ("event", "id", "worker", "peer", "pid", "count")
 
 
-class JsonFormatter(logging.Formatter):
+# A traceback's lines are short but for its exception's message, which a task
+# may make as long as it likes: a line of a megabyte is read by nobody.
+MAX_EXCEPTION_LINE_CHARS = 2000
+
+
+class _Formatter(logging.Formatter):
+    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]
+        text = super().formatException(ei)
+        if len(text) <= MAX_EXCEPTION_LINE_CHARS:
+            return text
+        return "\n".join(_cut(line) for line in text.split("\n"))
+
+
+def _cut(line: str) -> str:
+    if len(line) <= MAX_EXCEPTION_LINE_CHARS:
+        return line
+    return f"{line[:MAX_EXCEPTION_LINE_CHARS]}… ({len(line) - MAX_EXCEPTION_LINE_CHARS} more characters)"
+
+
+class JsonFormatter(_Formatter):
     """One compact JSON object per record: time, level, logger, message, fields."""
 
     def __init__(self, name: str | None = None) -> None:
@@ -51,7 +70,7 @@ def configure_logging(level: int, fmt: str = TEXT, name: str | None = None) -> N
         handler.setFormatter(JsonFormatter(name))
     else:
         who = name or "%(name)s"
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {who}: %(message)s"))
+        handler.setFormatter(_Formatter(f"%(asctime)s %(levelname)s {who}: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
 
 

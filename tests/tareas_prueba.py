@@ -143,6 +143,7 @@ BEHAVIOURS = {
     "interrumpe": _raises(KeyboardInterrupt()),
     "cancelada": _raises(asyncio.CancelledError()),
     "str-roto": _raises(StrRoto()),
+    "falla-largo": _raises(ValueError("muy " * 100_000)),
 }
 
 

@@ -708,7 +708,10 @@ def test_a_finish_whose_answer_was_lost_is_counted_done_when_it_is_tried_again(p
         ids, finished, orders = run(main())
     assert finished.ids == tuple(ids), finished
     assert [o["estado"] for o in orders] == ["listo", "listo"]
-    assert orders[0]["resultado"] == "uno" and finished.at == orders[0]["fecha_fin"], (finished, orders)
+    assert orders[0]["resultado"].load() == "uno" and finished.at == orders[0]["fecha_fin"], (
+        finished,
+        orders,
+    )
     assert "taken away" not in caplog.text, caplog.text
 
 

@@ -243,7 +243,8 @@ MAX_ID = 2**63 - 1
 
 
 def _text_ok(value: Any, limit: int) -> bool:
-    return isinstance(value, str) and 1 <= len(value.strip()) <= limit
+    # NUL: PostgreSQL's text cannot hold it, so no stored text may carry it.
+    return isinstance(value, str) and 1 <= len(value.strip()) <= limit and "\x00" not in value
 
 
 def _int(value: Any) -> bool:

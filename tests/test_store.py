@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 from conftest import TASK_KEYS
 
-from pedidos.domain import NewOrder
+from pedidos.domain import NewOrder, RawJSON
+from pedidos.protocol.replies import encode_line
 from pedidos.storage.base import OutcomeUnknown
 from pedidos.storage.intake import Intake
 from pedidos.storage.sqlite.lock import WriteLock
 from pedidos.storage.sqlite.opener import SqliteOpener
-from pedidos.storage.sqlite.store import Store, now
+from pedidos.storage.sqlite.store import Store, now, python_json_functions
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 
@@ -269,3 +270,77 @@ def test_requests_failed_for_a_client_that_left_leave_no_traceback_in_the_log():
 
     asyncio.run(scenario())
     assert unhandled == []
+
+
+# What another program may have written in `resultado`, and what a reply shows.
+FOREIGN_RESULTADOS = [
+    ('{\n  "albaran": "A-1",\n  "lineas": [1, 2]\n}', {"albaran": "A-1", "lineas": [1, 2]}),
+    ("\r\n[true]\r\n", [True]),
+    ("no es json", "no es json"),
+    ('{"a": 1', '{"a": 1'),
+    ("NaN", "NaN"),  # Python's json reads it; it is not JSON
+    (42, 42),  # stored as '42' (the column is TEXT)
+    (b"caja 7", "caja 7"),  # a blob: its bytes as text
+    ('"ya es texto"', "ya es texto"),
+]
+
+
+@pytest.mark.parametrize("functions", ["sqlite", "python"])
+def test_a_resultado_another_program_wrote_reads_back_as_json_on_one_line(db, functions):
+    # A reply splices `resultado` in unparsed: text that is not JSON, or JSON
+    # over many lines, must not break the reply or its line. "python": the
+    # functions a SQLite built without its own JSON ones is given.
+    store = Store(str(db))
+    try:
+        store.create_schema()
+        if functions == "python":
+            python_json_functions(store._conn)
+        store.insert_orders([new() for _ in FOREIGN_RESULTADOS])
+        conn = sqlite3.connect(str(db))
+        with conn:
+            for order_id, (stored, _) in enumerate(FOREIGN_RESULTADOS, 1):
+                conn.execute("UPDATE pedidos SET resultado = ? WHERE id = ?", (stored, order_id))
+        conn.close()
+        for order_id, (_, shown) in enumerate(FOREIGN_RESULTADOS, 1):
+            order = store.get(order_id)
+            assert isinstance(order["resultado"], RawJSON) and order["resultado"].load() == shown
+            line = encode_line({"ok": True, "pedido": order})
+            assert line.count(b"\n") == 1 and json.loads(line)["pedido"]["resultado"] == shown, line
+        assert [o["resultado"].load() for o in store.list_orders(None, None, 0, 100)] == [
+            shown for _, shown in FOREIGN_RESULTADOS
+        ]
+        assert store.get(1) is not None and new().cliente == store.get(1)["cliente"]
+    finally:
+        store.close()
+
+
+def test_python_json_functions_answer_as_sqlites_own():
+    # NULL aside: rows.RESULTADO never asks (and json_valid(NULL) changed between SQLite versions).
+    texts = [
+        "",
+        " ",
+        "1",
+        "-0.5e3",
+        "NaN",
+        "Infinity",
+        "[1,]",
+        '{"a":1}',
+        '{"a":1',
+        "'x'",
+        '"\\u00f1"',
+        "[1] [2]",
+        "nul\x00",
+    ]
+    native = sqlite3.connect(":memory:")
+    python = sqlite3.connect(":memory:")
+    python_json_functions(python)
+    try:
+        for text in texts:
+            query = "SELECT json_valid(?), json_quote(?)"
+            assert (
+                python.execute(query, (text, text)).fetchone()
+                == native.execute(query, (text, text)).fetchone()
+            ), text
+    finally:
+        native.close()
+        python.close()

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +26,8 @@ import pytest
 from conftest import CLIENTE, SERVIDOR, ServerProcess, alive, running_server, wait_for
 
 from pedidos.client import AsyncClient, Client, Refused
-from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS
+from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS, MAX_ERROR_CHARS, RawJSON
+from pedidos.processing.task import TaskRunner
 
 TESTS = Path(__file__).resolve().parent
 RETRIES = 2
@@ -95,6 +97,24 @@ def test_a_returned_value_is_stored_and_shown_everywhere(srv, client, state):
     assert f'resultado:  {{"albaran": "A-{order_id}", "productos": 2, "nota": "entregado ñ"}}' in shown.stdout
 
 
+def test_a_resultado_another_program_wrote_is_shown_as_json(tmp_path):
+    # The server passes a stored `resultado` on unparsed: what another program
+    # wrote there (JSON over many lines, text that is not JSON) still makes a
+    # reply of one line that any client can read.
+    with running_server(tmp_path, "--work-time", "0") as server, Client("127.0.0.1", server.port) as c:
+        ids = [submit(c, "Ana") for _ in range(2)]
+        conn = sqlite3.connect(server.db)
+        with conn:
+            conn.execute("UPDATE pedidos SET resultado = ? WHERE id = ?", ('{\n "a": [1,\n 2]\n}', ids[0]))
+            conn.execute("UPDATE pedidos SET resultado = ? WHERE id = ?", ("no es json", ids[1]))
+        conn.close()
+        assert c.call({"accion": "consultar", "id": ids[0]})["pedido"]["resultado"] == {"a": [1, 2]}
+        assert c.get(ids[1]).resultado == "no es json"
+        listed = c.call({"accion": "listar"})["pedidos"]
+        assert [o["resultado"] for o in listed] == [{"a": [1, 2]}, "no es json"]
+        assert c.submit("Ana", ["pan"], "Calle 1").id == ids[1] + 1  # the connection reads on
+
+
 def test_consultar_an_unknown_referencia_is_no_encontrado(client):
     with pytest.raises(Refused) as refused:
         client.get(referencia="no-existe")
@@ -152,6 +172,17 @@ def test_always_raising_ends_fallido_after_the_retries_with_its_error(srv, clien
     )
     assert "error:      RuntimeError: sin stock de pan" in shown.stdout
     assert "intentos:   3 (3 fallos de la tarea)" in shown.stdout
+
+
+def test_a_failure_with_a_huge_message_is_cut_in_the_order_and_in_the_log(srv, client):
+    order_id = submit(client, "falla-largo")
+    done = final(client, order_id)
+    assert done["estado"] == "fallido" and done["error"].startswith("ValueError: muy muy")
+    assert len(done["error"]) == MAX_ERROR_CHARS
+    said = f"order {order_id}: the task failed"
+    wait_for(lambda: sum(said in line for line in srv.lines) == RETRIES + 1, timeout=5)
+    cut = [line for line in srv.lines if line.startswith("ValueError: muy muy")]
+    assert cut and all(line.endswith(" more characters)") and len(line) < 2100 for line in cut), cut
 
 
 def test_a_failure_repeated_logs_a_line_each_time_and_its_traceback_once(tmp_path):
@@ -321,6 +352,14 @@ def test_cliente_reintentar_on_the_command_line(srv, client, state):
     assert f"Pedido {order_id}: listo" in run.stdout and 'Resultado: "pagado"' in run.stdout
     refused = cliente("--reintentar", order_id)
     assert refused.returncode == 1 and "no_reintentable" in refused.stderr
+
+
+def test_a_task_is_handed_the_stored_resultado_as_a_value():
+    seen = []
+    runner = TaskRunner(lambda order: seen.append(dict(order)))
+    runner({"id": 1, "resultado": RawJSON('{"albaran": "A-1"}')})
+    runner({"id": 2, "resultado": None})
+    assert seen == [{"id": 1, "resultado": {"albaran": "A-1"}}, {"id": 2, "resultado": None}]
 
 
 def test_an_async_task_runs_on_each_workers_own_loop(tmp_path):

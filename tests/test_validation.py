@@ -208,6 +208,20 @@ def test_a_nul_character_in_any_text_is_refused_by_field(changes, named):
     assert parse_request(order(cliente="Ana \\u0000")).cliente == "Ana \\u0000"  # the six characters are fine
 
 
+@pytest.mark.parametrize(
+    ("request_", "named"),
+    [
+        ({"accion": "listar", "cliente": "Ana\x00"}, "'cliente'"),
+        ({"accion": "listar", "contiene": "\x00"}, "'contiene'"),
+        ({"accion": "consultar", "referencia": "r-\x00-1"}, "'referencia'"),
+    ],
+)
+def test_a_nul_character_in_a_commands_text_is_refused_by_field(request_, named):
+    # No stored order holds one, and PostgreSQL would refuse the query itself.
+    error = refused(request_)
+    assert error.code == MENSAJE_INVALIDO and named in error.mensaje and "nulo" in error.mensaje, error
+
+
 @pytest.mark.parametrize("field", ["dirección", "Cliente", "producto", "id", "estado", "", "extra"])
 def test_unknown_order_field_is_refused_by_name(field):
     refused_order(order(**{field: "x"}), f"'{field}'")

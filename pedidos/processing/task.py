@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pedidos.domain import MAX_ERROR_CHARS, MAX_RESULT_BYTES
+from pedidos.domain import MAX_ERROR_CHARS, MAX_RESULT_BYTES, RawJSON
 
 if TYPE_CHECKING:
     import asyncio
@@ -138,6 +138,8 @@ class TaskRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __call__(self, order: dict[str, Any]) -> Any:
+        if isinstance(order.get("resultado"), RawJSON):  # the task sees values, as a client does
+            order["resultado"] = order["resultado"].load()
         value = self._task(order)
         if inspect.isawaitable(value):
             if self._loop is None:

@@ -88,6 +88,10 @@ def _trimmed(name: str, raw: Any, limit: int) -> str:
             MENSAJE_INVALIDO,
             f"'{name}' debe ser un texto de 1 a {limit} caracteres después de quitar los espacios.",
         )
+    if "\x00" in text:  # no order carries one (validation.py); PostgreSQL's text cannot
+        raise RequestError(
+            MENSAJE_INVALIDO, f"'{name}' contiene el carácter nulo (\\u0000), que no se admite."
+        )
     return text
 
 

@@ -6,9 +6,10 @@ Replies are one JSON object per line, UTF-8, non-ASCII written as is.
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
-from pedidos.domain import Estado, Receipt
+from pedidos.domain import Estado, RawJSON, Receipt
 
 PROTOCOL_VERSION = 1
 SERVER_NAME = "pedidos"
@@ -107,14 +108,43 @@ def idle_notice(idle_timeout: float) -> dict[str, Any]:
     )
 
 
-_encoder = json.JSONEncoder(ensure_ascii=False)
-
-
 def encode_line(reply: dict[str, Any]) -> bytes:
     """One reply as the bytes of one line.
 
     Strings that came from the client were checked for lone surrogates by the
     decoder, so strict UTF-8 cannot fail here; `backslashreplace` is only a
-    guard so that a reply is never lost to an encoding error.
+    guard so that a reply is never lost to an encoding error. A `RawJSON`
+    (an order's `resultado`) goes in as its text, unparsed.
     """
-    return (_encoder.encode(reply) + "\n").encode("utf-8", "backslashreplace")
+    raws: list[str] = []
+
+    def mark(value: Any) -> str:
+        if isinstance(value, RawJSON):
+            raws.append(value.text)
+            return _RAW_MARK
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    text = json.JSONEncoder(ensure_ascii=False, default=mark).encode(reply)
+    if raws:  # each a copy of up to 64 MB: joined once
+        parts = text.split(_RAW_MARK_JSON)
+        parts[-1] += "\n"
+        pieces = [parts[0]]
+        for raw, part in zip(raws, parts[1:], strict=True):
+            pieces += (_one_line(raw), part)
+        return "".join(pieces).encode("utf-8", "backslashreplace")
+    return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+# A RawJSON is written as this string first, then replaced by its text: a NUL
+# and 32 hex digits drawn at start, which no value a client or a task sends can
+# equal without knowing them.
+_RAW_MARK = "\x00" + secrets.token_hex(16)
+_RAW_MARK_JSON = json.dumps(_RAW_MARK)
+
+
+def _one_line(text: str) -> str:
+    """Valid JSON has line breaks only as whitespace between tokens (inside a
+    string they are escaped): spaces keep the reply one line."""
+    if "\n" in text or "\r" in text:
+        return text.replace("\n", " ").replace("\r", " ")
+    return text

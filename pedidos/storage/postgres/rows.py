@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from pedidos.domain import RawJSON
+
 
 def iso(moment: datetime | None) -> str | None:
     """A timestamptz as the contract writes times: UTC, microseconds, offset."""
@@ -28,7 +30,7 @@ def order(row: tuple[Any, ...]) -> dict[str, Any]:
         "worker": row[9],
         "intentos": row[10],
         "fallos": row[11],
-        "resultado": row[12],  # jsonb: psycopg parses it
+        "resultado": None if row[12] is None else RawJSON(row[12]),
         "error": row[13],
         "reintentar_despues": iso(row[14]),
         "nodo": row[15],

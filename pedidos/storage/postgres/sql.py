@@ -15,9 +15,11 @@ NEW_CHANNEL = "pedidos_nuevos"  # a hint: there are new pending orders
 DONE_CHANNEL = "pedidos_fin"  # a hint: these ids (comma-separated) reached a final state
 MAX_PAYLOAD_IDS = 500  # beyond this a DONE hint carries no ids: "look again at every waiter"
 
+# `resultado` as its JSON text, passed on unparsed (domain.RawJSON): jsonb's
+# text is always valid JSON, on one line.
 COLUMNS = (
-    "id, cliente, productos, direccion, referencia, estado, fecha_recibido, "
-    "fecha_inicio, fecha_fin, worker, intentos, fallos, resultado, error, reintentar_despues, nodo"
+    "id, cliente, productos, direccion, referencia, estado, fecha_recibido, fecha_inicio, "
+    "fecha_fin, worker, intentos, fallos, resultado::text, error, reintentar_despues, nodo"
 )
 
 # --- intake -------------------------------------------------------------------------

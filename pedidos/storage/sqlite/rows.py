@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from pedidos.domain import RawJSON
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pedidos (
     id             INTEGER PRIMARY KEY,
@@ -41,9 +43,19 @@ EXTRA_COLUMNS = {
     "fallos": "INTEGER NOT NULL DEFAULT 0",
 }
 
+# `resultado` is read as its JSON text and passed on unparsed (domain.RawJSON).
+# Written by this server's workers it is valid JSON; text another program wrote
+# there that is not comes out as a JSON string, so a reply is never broken by
+# it. SQLite checks in C, with the interpreter lock released (store.py gives a
+# build without JSON functions Python ones).
+RESULTADO = (
+    "CASE WHEN resultado IS NULL THEN NULL"
+    " WHEN typeof(resultado) = 'text' AND json_valid(resultado) THEN resultado"
+    " ELSE json_quote(CAST(resultado AS TEXT)) END"
+)
 COLUMNS = (
     "id, cliente, productos, direccion, referencia, estado, fecha_recibido, "
-    "fecha_inicio, fecha_fin, worker, intentos, fallos, resultado, error, reintentar_despues"
+    f"fecha_inicio, fecha_fin, worker, intentos, fallos, {RESULTADO}, error, reintentar_despues"
 )
 # json.dumps with an argument builds a new encoder on every call.
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode
@@ -77,7 +89,7 @@ def order_of_row(row: tuple[Any, ...]) -> dict[str, Any]:
         "worker": row[9],
         "intentos": row[10],
         "fallos": row[11],
-        "resultado": None if row[12] is None else json.loads(row[12]),
+        "resultado": None if row[12] is None else RawJSON(row[12]),
         "error": row[13],
         "reintentar_despues": row[14],
     }

@@ -69,6 +69,8 @@ class Store(Attempts):
             # SQLite's own lower() and LIKE fold ASCII only: `contiene` must find
             # "Juan PÉREZ" from "pérez". str.lower, as PostgreSQL's lower() folds.
             self._conn.create_function(LOWER_FUNCTION, 1, _lower, deterministic=True)
+            if not _has_json_functions(self._conn):
+                python_json_functions(self._conn)
             self._conn.execute("PRAGMA journal_mode=WAL")
             # FULL: in WAL mode NORMAL may lose the last commits on power loss,
             # and an acknowledged order must survive that. See Store's callers
@@ -258,3 +260,34 @@ DIALECT = Dialect("?", f"instr({LOWER_FUNCTION}(cliente), ?) > 0")
 
 def _lower(text: str | None) -> str | None:
     return None if text is None else text.lower()
+
+
+def _has_json_functions(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("SELECT json_valid('1'), json_quote('1')").fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+def python_json_functions(conn: sqlite3.Connection) -> None:
+    """The two JSON functions that reading `resultado` uses (rows.RESULTADO),
+    in Python, for a SQLite built without its own (optional before 3.38)."""
+    conn.create_function("json_valid", 1, _json_valid, deterministic=True)
+    conn.create_function("json_quote", 1, _json_quote, deterministic=True)
+
+
+def _json_valid(text: str) -> int:
+    try:
+        json.loads(text, parse_constant=_not_json)  # NaN and Infinity are Python's, not JSON
+    except ValueError:  # JSONDecodeError, and text json cannot take
+        return 0
+    return 1
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(name)
+
+
+def _json_quote(text: str | None) -> str:
+    return json.dumps(text, ensure_ascii=False)
