@@ -36,10 +36,12 @@ from conftest import (
     running_server,
     stored_orders,
     wait_for,
+    writer_pid,
 )
 from test_faults import Load, _without_file_permission_override
 
 from pedidos import __version__, logsetup
+from pedidos.processing.supervisor import HAND_BACK_S
 from pedidos.server.cli import build_parser, main
 from pedidos.server.server import SAME_STOP_S
 
@@ -390,6 +392,66 @@ def test_a_second_signal_stops_at_once_and_the_next_start_takes_the_order_up(tmp
         pedido = c.ask({"accion": "esperar", "id": order_id, "timeout": 20})["pedido"]
         assert "1 order was in process when the server last stopped" in again.log, again.log
     assert (pedido["estado"], pedido["intentos"]) == ("listo", 1)
+
+
+@contextlib.contextmanager
+def _stopping_with_a_hung_database(tmp_path: Path) -> Iterator[tuple]:
+    """One worker busy on a long order and the writer process stopped (a disk
+    that hangs in fsync), then SIGTERM with `--shutdown-timeout 1`: the worker
+    is killed and its order must be handed back through that writer."""
+    args = ("--workers", "1", "--work-time", "30", "--shutdown-timeout", "1")
+    with running_server(tmp_path, *args) as srv:
+        with LineClient("127.0.0.1", srv.port) as c:
+            order_id = c.ask(ORDER)["id"]
+        wait_for(lambda: states(srv)[order_id][0] == "en proceso", timeout=20)
+        writer = writer_pid(srv)
+        assert writer is not None
+        os.kill(writer, signal.SIGSTOP)
+        try:
+            srv.proc.send_signal(signal.SIGTERM)
+            yield srv, order_id
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(writer, signal.SIGCONT)
+
+
+def _next_start_takes_it_up(tmp_path: Path, srv: ServerProcess, order_id: int) -> None:
+    assert states(srv)[order_id] == ("en proceso", 0)  # as after a crash
+    with (
+        running_server(tmp_path, "--work-time", "0", db=srv.db) as again,
+        LineClient("127.0.0.1", again.port) as c,
+    ):
+        pedido = c.ask({"accion": "esperar", "id": order_id, "timeout": 20})["pedido"]
+    assert (pedido["estado"], pedido["intentos"]) == ("listo", 1)
+
+
+def test_a_hung_database_holds_a_stop_no_longer_than_its_timeouts(tmp_path):
+    with _stopping_with_a_hung_database(tmp_path) as (srv, order_id):
+        # The worker's second, the hand-back's wait, the writer's second, and room.
+        try:
+            srv.proc.wait(1 + HAND_BACK_S + 1 + 6)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the stop waited on the stopped writer:\n{srv.log}") from None
+        assert srv.stop() == 0
+        assert "the database did not take back the orders of 1 worker" in srv.log, srv.log
+        assert "the writer did not stop in time; killing it" in srv.log
+    _next_start_takes_it_up(tmp_path, srv, order_id)
+
+
+def test_a_second_signal_stops_at_once_while_the_database_hangs(tmp_path):
+    with _stopping_with_a_hung_database(tmp_path) as (srv, order_id):
+        wait_for(lambda: "worker 1 did not stop in time; killing it" in srv.log, timeout=10)
+        handled = time.monotonic()  # now waiting for the hand-back, past the same-stop window
+        wait_for(lambda: time.monotonic() - handled > SAME_STOP_S, timeout=SAME_STOP_S + 1)
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        try:
+            srv.proc.wait(4)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"a second signal did not stop the server at once:\n{srv.log}") from None
+        assert time.monotonic() - started < 4 < HAND_BACK_S
+        srv.stop()
+    _next_start_takes_it_up(tmp_path, srv, order_id)
 
 
 def test_two_signals_at_once_are_one_graceful_stop(tmp_path):

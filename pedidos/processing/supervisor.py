@@ -45,6 +45,10 @@ BATCH_CHUNK = 1000  # ids per chunk at most when orders take no time
 # the server's helper threads from 12% to 5% of a core, the workers from 28% to 18%.
 GATHER_S = 0.01
 RETRY_S = 1.0
+# A stop hands back what the workers it had to kill held: one quick write, but
+# a database that hangs (a writer stuck in fsync on a dead disk) would hold the
+# stop for ever. Past this the next start takes those orders up, as after a crash.
+HAND_BACK_S = 5.0
 
 
 class Processing:
@@ -63,6 +67,7 @@ class Processing:
         self._storage = storage
         self._stopping = False
         self._killing = False
+        self._handing_back: asyncio.Task[None] | None = None
         self.pool = WorkerPool(workers, config, self._loop, self._on_messages, self._on_death)
         # Simulated work goes one order at a time, with the next one already
         # queued so that no worker idles. Orders that take no time go in
@@ -125,6 +130,19 @@ class Processing:
                     count(len(killed), "worker"),
                 )
             return
+        if not killed:
+            return
+        self._handing_back = self._loop.create_task(self._hand_back_stopped(killed))
+        await asyncio.wait({self._handing_back}, timeout=HAND_BACK_S)
+        if not self._handing_back.done():
+            self._handing_back.cancel()
+            logger.error(
+                "the database did not take back the orders of %s within %g s; the next start takes them up",
+                count(len(killed), "worker"),
+                HAND_BACK_S,
+            )
+
+    async def _hand_back_stopped(self, killed: list[int]) -> None:
         for number in killed:
             try:
                 await self._storage.hand_back(number, crashed=False)
@@ -132,9 +150,12 @@ class Processing:
                 logger.error("could not hand back the orders of worker %d: %s", number, exc)
 
     def kill_now(self) -> None:
-        """A second signal: end the workers now, whatever they hold."""
+        """A second signal: end the workers now, whatever they hold, and stop
+        waiting for the database to take back what they held."""
         self._killing = True
         self.pool.kill_now()
+        if self._handing_back is not None:
+            self._handing_back.cancel()
 
     def _sweep(self) -> None:
         self.dispatcher.sweep()
