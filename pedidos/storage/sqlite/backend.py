@@ -20,7 +20,7 @@ from typing import Any
 
 from pedidos.domain import Estado, NewOrder
 from pedidos.storage.base import Ack, Claim, Recovery, StorageError, plain_receipt
-from pedidos.storage.sqlite.files import DatabaseLock, database_error, lock_database
+from pedidos.storage.sqlite.files import SIDECARS, DatabaseLock, database_error, file_id, lock_database
 from pedidos.storage.sqlite.lock import WriteLock
 from pedidos.storage.sqlite.opener import SqliteOpener
 from pedidos.storage.sqlite.store import Store
@@ -117,11 +117,16 @@ class SqliteStorage:
             raise StorageError(database_error(self.path, exc)) from None
         self._lock = WriteLock()
         self._read = Reader(self.path)
-        await self._read.open()
+        await self._read.open()  # its connections hold the -wal and -shm until the stop
+        files = [(self.path, self._file_lock.file)]
+        for suffix in SIDECARS:
+            file = file_id(self.path + suffix)
+            if file is not None:
+                files.append((self.path + suffix, file))
         loop = asyncio.get_running_loop()
         self._writer = Writer(
             self.path,
-            self._file_lock.file,
+            tuple(files),
             self._lock,
             loop,
             self._ack,

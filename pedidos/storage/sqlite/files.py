@@ -88,15 +88,28 @@ def lock_database(path: str) -> DatabaseLock:
     return DatabaseLock((fd, db_fd), (held_file.st_dev, held_file.st_ino))
 
 
-def same_file(path: str, file: tuple[int, int]) -> bool:
-    """Whether `path` still names the database file the server holds. A file
-    deleted or replaced while the server runs still takes its commits, on an
-    inode no one will find again: nothing written there may be acknowledged."""
+# SQLite's own files beside the database in WAL mode. The server's reader
+# connections hold them open from its start to its stop, so they keep their
+# identity all that time; deleted, the commits only the WAL holds go with it,
+# and a connection opened later starts another index beside the one the open
+# connections share, which corrupts the database.
+SIDECARS = ("-wal", "-shm")
+
+
+def file_id(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file `path` names now, or None."""
     try:
         now = os.stat(path)
     except OSError:
-        return False
-    return (now.st_dev, now.st_ino) == file
+        return None
+    return (now.st_dev, now.st_ino)
+
+
+def same_file(path: str, file: tuple[int, int]) -> bool:
+    """Whether `path` still names the file the server holds. A file deleted or
+    replaced while the server runs still takes its commits, on an inode no one
+    will find again: nothing written there may be acknowledged."""
+    return file_id(path) == file
 
 
 def _open_to_lock(path: str, target: str, mode: int) -> int:

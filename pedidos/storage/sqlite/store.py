@@ -113,6 +113,13 @@ class Store(Attempts):
                     self._conn.execute("ROLLBACK")
                 raise
 
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy every commit in the WAL into the database file and sync it,
+        holding the write lock: (busy, frames in the WAL, frames copied), as
+        SQLite's `wal_checkpoint(FULL)` says."""
+        with self._write_lock or nullcontext():
+            return self._conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+
     # --- intake (the server's writer process) --------------------------------
 
     def insert_orders(

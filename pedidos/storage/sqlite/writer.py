@@ -36,7 +36,7 @@ class Writer:
     def __init__(
         self,
         db_path: str,
-        db_file: tuple[int, int],
+        files: tuple[tuple[str, tuple[int, int]], ...],
         lock: WriteLock,
         loop: asyncio.AbstractEventLoop,
         ack: Ack,
@@ -48,7 +48,9 @@ class Writer:
         """`on_commit(seconds)`: each group commit of new orders, with the
         time its transaction took in the writer process."""
         self._db_path = db_path
-        self._db_file = db_file  # the file the server holds (files.DatabaseLock)
+        # The database and its -wal and -shm, each with the identity it had when
+        # the server opened it: the writer acknowledges nothing once one changes.
+        self._files = files
         self._lock = lock
         self._ack = ack
         self._log_level = log_level
@@ -73,7 +75,7 @@ class Writer:
             target=writer_main,
             args=(
                 self._db_path,
-                self._db_file,
+                self._files,
                 os.getpid(),
                 requests_r,
                 answers_w,

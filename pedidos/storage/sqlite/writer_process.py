@@ -28,13 +28,13 @@ from pedidos.logsetup import Repeating, configure_logging
 from pedidos.stopsignals import leave_stop_to_the_server
 from pedidos.storage.base import Ack, Receipt, ServerGone, StorageUnavailable
 from pedidos.storage.intake import Answer, Call, Order
-from pedidos.storage.sqlite.files import same_file
+from pedidos.storage.sqlite.files import SIDECARS, same_file
 from pedidos.storage.sqlite.lock import WRITER, WriteLock
 from pedidos.storage.sqlite.store import BUSY_TIMEOUT_MS, Store
 
 logger = logging.getLogger(__name__)
 failed = Repeating(logger)  # a full disk fails every batch alike
-FILE_GONE = "the database file was deleted or replaced while the server ran"
+FILE_GONE = "the database file (or its -wal or -shm) was deleted or replaced while the server ran"
 
 
 class Request(NamedTuple):
@@ -55,7 +55,7 @@ class Reply(NamedTuple):
 
 def writer_main(
     db_path: str,
-    db_file: tuple[int, int],
+    files: tuple[tuple[str, tuple[int, int]], ...],
     server_pid: int,
     requests: Connection,
     answers: Connection,
@@ -72,7 +72,7 @@ def writer_main(
     # Opening a path that no longer names the server's file would create an
     # empty database there; from then on every batch is refused instead.
     held = lock.held_by(WRITER, server_pid, patience=BUSY_TIMEOUT_MS / 1000)
-    store = Store(db_path, held) if _still_there(db_path, db_file) else None
+    store = Store(db_path, held) if _still_there(files) else None
     try:
         ended = False
         while not ended:
@@ -92,7 +92,8 @@ def writer_main(
                 # Checked after the commit, before any ack leaves: what was just
                 # committed to a file no longer at its path is as good as lost,
                 # unless the file is put back (moved, not deleted): maybe done.
-                if not _still_there(db_path, db_file):
+                if not _still_there(files):
+                    _write_back(store)
                     store.close()
                     store = None
                     reply = _refused(batches, StorageUnavailable(FILE_GONE, maybe_done=True))
@@ -104,16 +105,44 @@ def writer_main(
             store.close()
 
 
-def _still_there(db_path: str, db_file: tuple[int, int]) -> bool:
-    if same_file(db_path, db_file):
-        return True
-    logger.error(
-        "the database file %s was deleted or replaced while the server ran: nothing more is "
-        "acknowledged (new orders get servidor_ocupado); put the file back from a backup if it "
-        "was deleted by mistake, then restart the server",
-        db_path,
-    )
-    return False
+def _still_there(files: tuple[tuple[str, tuple[int, int]], ...]) -> bool:
+    """Whether the database and its -wal and -shm are the files the server
+    opened (`files`: each path with its identity)."""
+    for path, file in files:
+        if same_file(path, file):
+            continue
+        if path.endswith(SIDECARS):
+            logger.error(
+                "%s was deleted or replaced while the server ran: nothing more is acknowledged "
+                "(new orders get servidor_ocupado). Stop the server now, gracefully (SIGTERM): "
+                "its open connections still hold the deleted file and write what it holds into "
+                "the database as they close; never delete it while the server runs",
+                path,
+            )
+        else:
+            logger.error(
+                "the database file %s was deleted or replaced while the server ran: nothing more is "
+                "acknowledged (new orders get servidor_ocupado); put the file back from a backup if it "
+                "was deleted by mistake, then restart the server",
+                path,
+            )
+        return False
+    return True
+
+
+def _write_back(store: Store) -> None:
+    """Copy what the WAL holds into the database file, through this process's
+    connection, which still holds the WAL if it was deleted: the commits
+    acknowledged before then survive a crash that comes before the stop."""
+    try:
+        busy, _, _ = store.checkpoint()
+    except Exception as exc:
+        logger.error("could not write the WAL back into the database: %s", exc)
+        return
+    if busy:
+        logger.error("could not write all of the WAL back into the database: a reader holds part of it")
+    else:
+        logger.warning("wrote the WAL back into the database file")
 
 
 def _refused(batches: list[Request], error: BaseException) -> Reply:
