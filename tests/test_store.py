@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import re
 import sqlite3
 import threading
@@ -21,9 +22,11 @@ from pedidos.domain import NewOrder, RawJSON
 from pedidos.protocol.replies import encode_line
 from pedidos.storage.base import OutcomeUnknown
 from pedidos.storage.intake import Intake
+from pedidos.storage.sqlite import writer_process
 from pedidos.storage.sqlite.lock import WriteLock
 from pedidos.storage.sqlite.opener import SqliteOpener
 from pedidos.storage.sqlite.store import Store, now, python_json_functions
+from pedidos.storage.sqlite.writer_process import Request
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 
@@ -344,3 +347,23 @@ def test_python_json_functions_answer_as_sqlites_own():
     finally:
         native.close()
         python.close()
+
+
+def test_a_full_disk_logs_each_kind_of_failed_write_under_its_own_line(caplog):
+    # Every batch of orders and every other write fail alike on a full disk:
+    # each kind keeps its own line (held back per kind), not one line that
+    # counts the other's failures as its own.
+    class FullDisk:
+        def insert_orders(self, *args):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        def release(self, *args):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    order = ("Ana", ("pan",), "Calle 1", None, None)
+    batches = [Request([order], [(FullDisk.release, (1, False))])]
+    with caplog.at_level(logging.ERROR):
+        writer_process.write(FullDisk(), batches, ack=lambda receipt: receipt)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("could not store 1 orders: database or disk is full") for m in said), said
+    assert any(m.startswith("database write failed: database or disk is full") for m in said), said

@@ -163,7 +163,7 @@ def write(store: Store, batches: list[Request], ack: Ack) -> Reply:
         try:
             stored = store.insert_orders(*_columns(orders))
         except Exception as exc:
-            failed.error("could not store %d orders: %s", len(orders), exc, key=str(exc))
+            failed.error("could not store %d orders: %s", len(orders), exc, key=("orders", str(exc)))
             error = _portable(exc)
         else:
             commit_s = time.perf_counter() - started
@@ -194,7 +194,7 @@ def _call(store: Store, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[
     try:
         return fn(store, *args), None
     except Exception as exc:
-        failed.error("database write failed: %s", exc, key=str(exc))
+        failed.error("database write failed: %s", exc, key=("write", str(exc)))
         return None, _portable(exc)
 
 
