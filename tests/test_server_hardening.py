@@ -585,6 +585,44 @@ def test_a_listener_out_of_descriptors_pauses_and_says_so_once(caplog):
     assert late < 0.5
 
 
+def test_a_storm_of_connections_at_the_descriptor_limit_is_said_once(caplog):
+    # Clients keep coming while descriptors run out: each retry takes one
+    # connection, then runs out again. One episode, one line (helper's audit:
+    # 88 such lines in 30 s).
+    from pedidos.server.listener import Listener
+
+    class Storm(socket.socket):
+        tries = 0
+
+        def accept(self):
+            type(self).tries += 1
+            if type(self).tries % 2:
+                raise OSError(errno.EMFILE, "Too many open files")
+            return super().accept()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        sock = Storm(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        sock.setblocking(False)
+        clients = [socket.create_connection(sock.getsockname()) for _ in range(40)]
+        listener = Listener(loop, sock, asyncio.Protocol, None)
+        listener.start()
+        deadline = loop.time() + 10
+        while Storm.tries < 12 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        listener.close()
+        for client in clients:
+            client.close()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run())
+    assert Storm.tries >= 12
+    said = [r.getMessage() for r in caplog.records if "cannot accept" in r.getMessage()]
+    assert len(said) == 1, said
+
+
 # --- 7. esperar cut short by a stop -----------------------------------------------------------
 
 

@@ -21,6 +21,8 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from pedidos.logsetup import Repeating
+
 logger = logging.getLogger(__name__)
 
 ACCEPT_BATCH = 100  # connections taken per readiness event, so that one listener cannot hog the loop
@@ -90,7 +92,10 @@ class Listener:
         self._tls = tls
         self._fd = sock.fileno()
         self._retry: asyncio.TimerHandle | None = None
-        self._out_of_fds = False  # in an episode: said once, not again until it ends
+        # Said when it starts, then at most once every 10 s while it lasts: in a
+        # storm of connections one accept in a retry gets through, and a line
+        # per retry would say the same thing five times a second.
+        self._exhausted = Repeating(logger)
         self._starting: set[asyncio.Task[None]] = set()
         self.closed = False
 
@@ -117,7 +122,6 @@ class Listener:
             except OSError as exc:
                 self._pause(exc)
                 return
-            self._out_of_fds = False
             conn.setblocking(False)
             task = self._loop.create_task(self._start_connection(conn))
             self._starting.add(task)
@@ -133,15 +137,16 @@ class Listener:
 
     def _pause(self, exc: OSError) -> None:
         self._loop.remove_reader(self._fd)
-        if not self._out_of_fds:
-            self._out_of_fds = True
-            if exc.errno in OUT_OF_RESOURCES:
-                logger.warning(
-                    "cannot accept connections: %s; pausing new connections (retrying every %g s), "
-                    "serving the open ones",
-                    exc.strerror,
-                    PAUSE_S,
-                )
-            else:
-                logger.error("cannot accept connections: %s; retrying every %g s", exc, PAUSE_S)
+        if exc.errno in OUT_OF_RESOURCES:
+            self._exhausted.warning(
+                "cannot accept connections: %s; pausing new connections (retrying every %g s), "
+                "serving the open ones",
+                exc.strerror,
+                PAUSE_S,
+                key=exc.errno,
+            )
+        else:
+            self._exhausted.error(
+                "cannot accept connections: %s; retrying every %g s", exc, PAUSE_S, key=exc.errno
+            )
         self._retry = self._loop.call_later(PAUSE_S, self.start)

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from pedidos.logsetup import Repeating
 from pedidos.server.auth import FailureThrottle, TokenBook
 from pedidos.server.config import ServerConfig
 from pedidos.server.service import OrderService
@@ -33,7 +34,9 @@ class ServerState:
     connections: set[Any] = field(default_factory=set)  # the open Connections
     accepting: bool = False  # False before the start and from the stop on
     drained: asyncio.Event = field(default_factory=asyncio.Event)  # set when none is left
-    full: bool = False  # refusing connections at the limit
+    # Refusals at the limit: said when they start, then at most once every 10 s
+    # while they last, with how many more (a storm of clients is one event).
+    refusing: Repeating = field(default_factory=lambda: Repeating(logger), repr=False)
     # Running figures (ack latency, refusals; the rest from the bus) for the panel.
     stats: Stats = field(default_factory=Stats)
     # Computed once: per-connection debug lines cost nothing when they are off.
@@ -46,15 +49,13 @@ class ServerState:
             return False
         if len(self.connections) >= self.max_connections:
             self.stats.refused_connections += 1
-            if not self.full:  # one line per episode, not one per refused client
-                self.full = True
-                logger.warning(
-                    "refusing new connections with servidor_ocupado: %s open (--max-connections %d)",
-                    count(len(self.connections), "connection"),
-                    self.max_connections,
-                )
+            self.refusing.warning(
+                "refusing new connections with servidor_ocupado: %s open (--max-connections %d)",
+                count(len(self.connections), "connection"),
+                self.max_connections,
+                key="full",
+            )
             return False
-        self.full = False
         self.connections.add(connection)
         if self.debug:
             logger.debug(
