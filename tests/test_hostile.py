@@ -453,6 +453,34 @@ def test_idle_clients_are_closed(srv):
     assert listed(srv.port, cliente="Ocioso") == []
 
 
+@pytest.mark.parametrize(
+    ("start", "drip"),
+    [(b'{"cliente": "', b"a"), (b"", b"\n"), (b"", b" ")],
+    ids=["request", "newlines", "spaces"],
+)
+def test_bytes_that_complete_no_request_do_not_keep_a_connection_open(srv, start, drip):
+    # Slowloris: a request sent a byte at a time, or blank lines without end,
+    # would otherwise hold its place under --max-connections for ever.
+    sock = connect(srv)
+    began = time.monotonic()
+    data = b""
+    with sock:
+        sock.sendall(start)
+        while b"\n" not in data and time.monotonic() - began < IDLE_TIMEOUT * 5:
+            try:
+                sock.sendall(drip)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            readable, _, _ = select.select([sock], [], [], 0.1)  # the server's word, or the next byte
+            if readable:
+                chunk = sock.recv(4096)
+                data += chunk if chunk else b"\n"
+    assert b"\n" in data, "still open after five idle timeouts"
+    notice = json.loads(data.split(b"\n")[0])
+    assert notice["error"] == "tiempo_agotado" and notice["conexion_cerrada"], notice
+    assert IDLE_TIMEOUT * 0.9 <= time.monotonic() - began < IDLE_TIMEOUT * 5
+
+
 def flood_without_reading(server: ServerProcess, request: bytes, clients: int) -> tuple[int, int]:
     """`clients` connections send `request` over and over and never read a reply,
     until the server stops reading them (no progress for a second) or 30 s pass:

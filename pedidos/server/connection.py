@@ -109,7 +109,6 @@ class Connection(Closing, asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        self._last_activity = self._loop.time()
         self._arrived = time.monotonic()
         for item in self._decoder.feed(data):
             if type(item) is TelnetReply:
@@ -118,6 +117,10 @@ class Connection(Closing, asyncio.BufferedProtocol):
                 self._write(item.data)
             else:
                 self._parked.append(item)
+                # Activity is a request, not bytes: a request sent a byte at a
+                # time, or blank lines without end, would hold a connection
+                # (and its place under --max-connections) for ever.
+                self._last_activity = self._loop.time()
         self._take_parked()
         if self._decoder.closed:
             self.close_when_answered()
