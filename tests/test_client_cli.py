@@ -310,6 +310,19 @@ def test_a_refused_line_without_referencia_does_not_make_resending_unsafe(quick_
     assert code == 1 and "reenviar el archivo no duplica: cada pedido lleva su 'referencia'" in out
 
 
+def test_a_file_whose_every_line_is_refused_credits_no_referencia(quick_server, capsys, tmp_path):
+    # No line carries a referencia: nothing was stored, so say that, not that keys make resending safe.
+    for text in ("hola\n", json.dumps({"cliente": unique(), "productos": [], "direccion": "d"}) + "\nhola\n"):
+        path = tmp_path / "rechazadas.jsonl"
+        path.write_text(text)
+        code, out, _ = run(capsys, "--port", quick_server.port, "--archivo", path)
+        assert code == 1 and "  aceptados:  0\n" in out
+        assert "'referencia'" not in out
+        assert out.endswith(
+            "Ningún pedido se guardó: corregidas las líneas rechazadas, reenvíe el archivo entero.\n"
+        )
+
+
 def test_archivo_array_from_stdin_with_json_replies(quick_server, capsys):
     name = unique()
     text = json.dumps(

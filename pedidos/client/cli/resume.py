@@ -101,7 +101,12 @@ def refused_hint(plain: Sequence[Entry], outcome: Outcome) -> str:
     # that holds several orders, a JSON array's, counts as stored).
     per_line = Counter(e.line for e in plain)
     refused = {line for line, _, _ in outcome.refused if per_line[line] == 1}
-    if all_keyed([e for e in plain if e.line not in refused]):
+    kept = [e for e in plain if e.line not in refused]
+    if not kept:
+        # Every line was refused: nothing to store twice, but no referencia to
+        # credit for it either (all_keyed of nothing is vacuously true).
+        return "Ningún pedido se guardó: corregidas las líneas rechazadas, reenvíe el archivo entero."
+    if all_keyed(kept):
         return (
             "Corregidas las líneas rechazadas, reenviar el archivo no duplica: "
             "cada pedido lleva su 'referencia'."
