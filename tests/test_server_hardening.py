@@ -549,6 +549,42 @@ def test_few_file_descriptors_cap_connections_keep_the_log_small_and_stop_prompt
     assert "Traceback" not in server.log
 
 
+def test_fewer_descriptors_than_the_server_keeps_says_what_it_still_serves(tmp_path):
+    # Under `ulimit -n 64` the warning said "80 kept" out of 64 and "at most 1 connections".
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    server = GroupServer(["--port", "0", "--work-time", "0"], tmp_path / "p.db", tmp_path, few_descriptors)
+    try:
+        server.wait_ready()
+        warned = [line for line in server.lines if "does not fit" in line]
+        assert len(warned) == 1 and warned[0].endswith(
+            "--max-connections 10000 does not fit in 64 file descriptors (ulimit -n), fewer than the 80 it "
+            "would keep for the database, workers, pipes and panel: serving 1 connection at a time, "
+            "refusing others with servidor_ocupado; raise ulimit -n (LimitNOFILE= under systemd)"
+        ), server.log
+        # What it says is what happens: one client served, the next refused as full.
+        with LineClient("127.0.0.1", server.port) as first:
+            assert first.greeting["ok"]
+            with LineClient("127.0.0.1", server.port) as second:
+                assert second.greeting["error"] == "servidor_ocupado", second.greeting
+            assert first.ask(ORDER)["ok"]
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+        server.kill()
+
+
+def test_a_cap_of_one_connection_is_singular(caplog, monkeypatch):
+    from pedidos.server import listener
+
+    # 2 workers keep 80 descriptors: 81 leaves room for exactly one connection.
+    monkeypatch.setattr(listener.resource, "getrlimit", lambda _which: (81, 81))
+    with caplog.at_level(logging.WARNING, logger="pedidos.server.listener"):
+        assert listener.connection_budget(10000, workers=2) == 1
+    assert caplog.records[-1].getMessage().endswith(": at most 1 connection")
+
+
 def test_a_listener_out_of_descriptors_pauses_and_says_so_once(caplog):
     from pedidos.server.listener import Listener
 

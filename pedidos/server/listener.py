@@ -52,14 +52,27 @@ def connection_budget(max_connections: int, workers: int, panel: int = 0) -> int
                 pass
     if soft == resource.RLIM_INFINITY or needed <= soft:
         return max_connections
-    capped = max(1, soft - reserved)
+    if soft <= reserved:
+        # Not even room for what the rest is estimated to need: the server
+        # starts all the same, and takes one connection so that it can be reached.
+        logger.warning(
+            "--max-connections %d does not fit in %d file descriptors (ulimit -n), fewer than the %d it "
+            "would keep for the database, workers, pipes and panel: serving 1 connection at a time, "
+            "refusing others with servidor_ocupado; raise ulimit -n (LimitNOFILE= under systemd)",
+            max_connections,
+            soft,
+            reserved,
+        )
+        return 1
+    capped = soft - reserved
     logger.warning(
         "--max-connections %d does not fit in %d file descriptors (ulimit -n; %d kept for the "
-        "database, workers, pipes and panel): at most %d connections",
+        "database, workers, pipes and panel): at most %d %s",
         max_connections,
         soft,
         reserved,
         capped,
+        "connection" if capped == 1 else "connections",
     )
     return capped
 
