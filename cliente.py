@@ -4,6 +4,9 @@
 import sys
 
 try:
+    from pedidos.pyversion import require_python
+
+    require_python("cliente.py", spanish=True)  # before the modules an older Python cannot run
     from pedidos.client.cli.main import main
 
     sys.exit(main())

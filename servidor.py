@@ -7,6 +7,9 @@ if __name__ == "__main__":
     # Imported here, not above: the server's worker and writer processes are
     # started with `spawn`, which runs this file again in each of them (as
     # `__mp_main__`), and none of them needs the server's modules.
+    from pedidos.pyversion import require_python
+
+    require_python("servidor.py")  # before the modules an older Python cannot run
     try:
         from pedidos.server.cli import main
     except KeyboardInterrupt:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import SERVIDOR, clean_environ
+from conftest import CLIENTE, ROOT, SERVIDOR, clean_environ
 
+from pedidos import pyversion
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.server.cli import build_parser, main
 from pedidos.server.optvalues import parse_work_time
@@ -209,3 +211,40 @@ def test_a_lease_out_of_bounds_says_its_own_bound(text, said, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--db", "postgresql://u@h/db", "--lease", text])
     assert said in capsys.readouterr().err
+
+
+PYTHON_3_9 = Path("/root/.pyenv/versions/3.9.18/bin/python")
+
+
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ([str(SERVIDOR), "--port", "0"], "servidor.py: pedidos needs Python 3.10 or newer; this is 3.9.18"),
+        (
+            [str(CLIENTE), "--estadisticas"],
+            "cliente.py: pedidos necesita Python 3.10 o posterior; este es 3.9.18",
+        ),
+        (
+            ["-m", "pedidos", "--port", "0"],
+            "python3 -m pedidos: pedidos needs Python 3.10 or newer; this is 3.9.18",
+        ),
+    ],
+)
+def test_an_older_python_is_told_in_one_line_before_anything_starts(entry, said, tmp_path, monkeypatch):
+    # On 3.9 the server logged `ready`, then crashed with a traceback.
+    if PYTHON_3_9.exists():
+        ran = subprocess.run(
+            [str(PYTHON_3_9), *entry],
+            cwd=tmp_path,
+            env=clean_environ({"PYTHONPATH": str(ROOT)}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (ran.returncode, ran.stdout, ran.stderr) == (1, "", said + "\n")
+        assert not any(tmp_path.iterdir())  # no database, no lock file
+        return
+    # No 3.9 here (pyenv's): the same line from the check itself, on a Python made to look old.
+    program, _, _ = said.partition(": ")
+    monkeypatch.setattr(pyversion.sys, "version_info", (3, 9, 18, "final", 0))
+    assert pyversion.too_old(program, spanish=entry[0] == str(CLIENTE)) == said
