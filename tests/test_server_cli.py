@@ -248,3 +248,24 @@ def test_an_older_python_is_told_in_one_line_before_anything_starts(entry, said,
     program, _, _ = said.partition(": ")
     monkeypatch.setattr(pyversion.sys, "version_info", (3, 9, 18, "final", 0))
     assert pyversion.too_old(program, spanish=entry[0] == str(CLIENTE)) == said
+
+
+@pytest.mark.parametrize(("db", "scheme"), [("mysql://u:secreto@h/x", "mysql"), ("sqlite:///p.db", "sqlite")])
+def test_a_url_of_another_database_is_a_usage_error_that_touches_nothing(db, scheme, tmp_path):
+    # `--db mysql://x` was taken for a path: "the folder <cwd>/mysql: does not exist".
+    bad = subprocess.run(
+        [sys.executable, str(SERVIDOR), "--port", "0", "--db", db],
+        cwd=tmp_path,
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.splitlines()[-1] == (
+        f"servidor.py: error: argument --db: a {scheme}:// URL is not supported; "
+        "give a SQLite file (pedidos.db) or a postgresql:// URL"
+    )
+    assert "secreto" not in bad.stderr + bad.stdout  # a password in the URL is not echoed
+    assert not any(tmp_path.iterdir())
+    assert build_parser().parse_args(["--db", "postgres://u@h/db"]).db == "postgres://u@h/db"

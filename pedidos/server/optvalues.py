@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 from pedidos.domain import MAX_SECONDS, MIN_LEASE_S
 from pedidos.logsetup import LEVELS
+from pedidos.storage import is_postgres
+
+# `scheme://`: a URL, never meant as a file (it was taken for a folder named `mysql:`).
+URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def parse_work_time(text: str) -> tuple[float, float]:
@@ -91,6 +96,13 @@ def database(text: str) -> str:
     would name the working directory, and leave a stray lock file beside it."""
     if not text.strip():
         raise argparse.ArgumentTypeError("empty; give a SQLite file (pedidos.db) or a postgresql:// URL")
+    url = URL_SCHEME.match(text)
+    if url and not is_postgres(text):
+        # Only the scheme is shown: the rest may hold a password.
+        raise argparse.ArgumentTypeError(
+            f"a {url.group(1)}:// URL is not supported; "
+            "give a SQLite file (pedidos.db) or a postgresql:// URL"
+        )
     return text
 
 
