@@ -277,7 +277,7 @@ def test_servidor_ocupado_past_max_connections(tmp_path):
 
 
 def test_idle_connection_is_closed(tmp_path):
-    with running_server(tmp_path, "--idle-timeout", "1", "--work-time", "0") as srv:
+    with running_server(tmp_path, "--idle-timeout", "1", "--work-time", "0", "--log-level", "debug") as srv:
         with client(srv) as idle:
             assert idle.ask({"accion": "estadisticas"})["ok"] is True
             notice = idle.read()  # the reason, then the close

@@ -47,6 +47,8 @@ def srv(tmp_path_factory) -> Iterator[ServerProcess]:
         str(MAX_CONNECTIONS),
         "--idle-timeout",
         str(IDLE_TIMEOUT),
+        "--log-level",  # a test waits for the line that says its connection was closed as idle
+        "debug",
     ) as server:
         yield server
 

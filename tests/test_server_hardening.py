@@ -713,6 +713,25 @@ def test_info_log_has_no_per_order_lines(server, connect):
     assert f"order {order_id} " not in server.log and "connection from" not in server.log
 
 
+def test_connections_closed_for_idleness_are_logged_only_at_debug(tmp_path):
+    # Each idle close was an INFO line of its own: a line per connection at the default level.
+    for more, logged in (([], False), (["--log-level", "debug"], True)):
+        args = ("--work-time", "0", "--idle-timeout", "1", *more)
+        with running_server(tmp_path, *args, db=tmp_path / f"p{len(more)}.db") as srv:
+            clients = [LineClient("127.0.0.1", srv.port) for _ in range(3)]
+            try:
+                for c in clients:
+                    assert c.read()["conexion_cerrada"] is True  # the idle notice
+                    assert c.file.readline() == b""  # then the close (the socket's timeout is the deadline)
+                peers = [f"closing 127.0.0.1:{c.sock.getsockname()[1]}: idle for" for c in clients]
+            finally:
+                for c in clients:
+                    c.close()
+            assert srv.stop() == 0  # every line it wrote is read
+        assert [peer in srv.log for peer in peers] == [logged] * 3, srv.log
+        assert ("idle for" in srv.log) is logged
+
+
 def test_json_log_is_one_object_per_line(tmp_path):
     args = ["--port", "0", "--work-time", "0", "--log-format", "json", "--log-level", "DEBUG"]
     server = GroupServer(args, tmp_path / "p.db", tmp_path)

@@ -171,9 +171,9 @@ def test_a_line_break_inside_a_text_hints_at_pasting_over_several_lines(srv):
 
 @pytest.fixture(scope="module")
 def idle_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(
-        tmp_path_factory.mktemp("idle"), "--work-time", "0", "--idle-timeout", str(IDLE_TIMEOUT)
-    ) as server:
+    # At debug level: the tests wait for the line that says their connection was closed as idle.
+    args = ("--work-time", "0", "--idle-timeout", str(IDLE_TIMEOUT), "--log-level", "debug")
+    with running_server(tmp_path_factory.mktemp("idle"), *args) as server:
         yield server
 
 

@@ -138,7 +138,9 @@ class Closing:
         if self._line:  # waiting for its own replies is not idleness
             self._arm_idle_timer(timeout)
         elif idle_for >= timeout:
-            logger.info("closing %s: idle for %.0f s", self.peer, idle_for)
+            # Per connection, so DEBUG as the opened/closed lines: at INFO a
+            # crowd of idle clients would fill the log one line each.
+            logger.debug("closing %s: idle for %.0f s", self.peer, idle_for)
             # Say why before closing: a person at telnet otherwise sees only
             # "Connection closed by foreign host".
             self._write(encode_line(idle_notice(timeout)))
