@@ -63,7 +63,9 @@ def nodes(
 
 
 def client(server: ServerProcess) -> LineClient:
-    return LineClient("127.0.0.1", server.port)
+    # Reads wait longer than any `esperar` here asks the server to (30 s): a
+    # reply that comes late must fail on its own terms, not on the socket's.
+    return LineClient("127.0.0.1", server.port, timeout=45)
 
 
 def order(n: int, ref: str | None = None) -> dict:
