@@ -312,7 +312,12 @@ def test_a_refused_line_without_referencia_does_not_make_resending_unsafe(quick_
 
 def test_a_file_whose_every_line_is_refused_credits_no_referencia(quick_server, capsys, tmp_path):
     # No line carries a referencia: nothing was stored, so say that, not that keys make resending safe.
-    for text in ("hola\n", json.dumps({"cliente": unique(), "productos": [], "direccion": "d"}) + "\nhola\n"):
+    array = json.dumps([{"cliente": unique(), "productos": []}, {"cliente": unique()}])  # two on one line
+    for text in (
+        "hola\n",
+        json.dumps({"cliente": unique(), "productos": [], "direccion": "d"}) + "\nhola\n",
+        array,
+    ):
         path = tmp_path / "rechazadas.jsonl"
         path.write_text(text)
         code, out, _ = run(capsys, "--port", quick_server.port, "--archivo", path)

@@ -483,6 +483,30 @@ def test_bytes_that_complete_no_request_do_not_keep_a_connection_open(srv, start
     assert IDLE_TIMEOUT * 0.9 <= time.monotonic() - began < IDLE_TIMEOUT * 5
 
 
+def test_an_order_typed_line_by_line_has_the_whole_idle_timeout_from_its_first_byte(srv, still_serving):
+    # A person at telnet: silent a while after the greeting, then types an
+    # order over several lines; the last comes later than the idle timeout
+    # after the greeting, but well within it from the order's first line.
+    lines = [
+        b"{\r\n",
+        b'"cliente": "A mano",\r\n',
+        b'"productos": ["pan"],\r\n',
+        b'"direccion": "Calle 1"\r\n',
+        b"}\r\n",
+    ]
+    sock = connect(srv)
+    with sock:
+        greeted = time.monotonic()
+        assert select.select([sock], [], [], IDLE_TIMEOUT * 0.6) == ([], [], [])  # nothing comes meanwhile
+        for typed in lines:
+            sock.sendall(typed)
+            assert select.select([sock], [], [], IDLE_TIMEOUT * 0.2)[0] == [] or typed == lines[-1]
+        assert time.monotonic() - greeted > IDLE_TIMEOUT
+        reply = reply_or_close(sock)
+    assert reply is not None and reply["ok"], reply
+    still_serving.stored += 1
+
+
 def flood_without_reading(server: ServerProcess, request: bytes, clients: int) -> tuple[int, int]:
     """`clients` connections send `request` over and over and never read a reply,
     until the server stops reading them (no progress for a second) or 30 s pass:

@@ -285,6 +285,7 @@ FOREIGN_RESULTADOS = [
     (42, 42),  # stored as '42' (the column is TEXT)
     (b"caja 7", "caja 7"),  # a blob: its bytes as text
     ('"ya es texto"', "ya es texto"),
+    ("[1]\x00x", "[1]\x00x"),  # JSON to SQLite's json_valid, which stops at the NUL
 ]
 
 

@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout",
         type=value.seconds,
         default=300.0,
-        help="close a connection that completes no request for this many seconds (default 300; 0: never)",
+        help="close a connection that begins and finishes no request for this many seconds "
+        "(default 300; 0: never)",
     )
     parser.add_argument(
         "--shutdown-timeout",

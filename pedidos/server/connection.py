@@ -69,6 +69,7 @@ class Connection(Closing, asyncio.BufferedProtocol):
         self._closing = False
         self._last_order: asyncio.Future[Any] | None = None
         self._last_activity = 0.0
+        self._begun_at = 0.0  # when the request now partly read began (data_received)
         self._idle_timer: asyncio.TimerHandle | None = None
         self.peer = "?"
         self._host = "?"
@@ -110,7 +111,12 @@ class Connection(Closing, asyncio.BufferedProtocol):
         if self._closing:
             return
         self._arrived = time.monotonic()
-        for item in self._decoder.feed(data):
+        decoder = self._decoder
+        if not decoder.partial:
+            # A request begun is activity too: a person typing an order line by
+            # line at telnet has the whole idle timeout to finish it.
+            self._begun_at = self._loop.time()
+        for item in decoder.feed(data):
             if type(item) is TelnetReply:
                 # Not a reply to a request: telnet waits for it (a refused
                 # option, or the timing mark after Ctrl-C), so it goes now.
@@ -121,6 +127,8 @@ class Connection(Closing, asyncio.BufferedProtocol):
                 # time, or blank lines without end, would hold a connection
                 # (and its place under --max-connections) for ever.
                 self._last_activity = self._loop.time()
+        if decoder.partial and self._begun_at > self._last_activity:
+            self._last_activity = self._begun_at
         self._take_parked()
         if self._decoder.closed:
             self.close_when_answered()

@@ -17,8 +17,8 @@ how many of `intentos` were failures of the task rather than crashes). A
 backend stores them (an existing database gains the columns at `start`) and
 returns them in every order it reads, after `intentos`, in that order:
 `fallos`, `resultado`, `error`, `reintentar_despues`. A `resultado` is read
-as `domain.RawJSON`, its JSON text unparsed (always valid JSON: text another
-program stored there that is not comes back as a JSON string), or None.
+as `domain.RawJSON`, its JSON text unparsed (valid JSON: text another program
+stored there that is not comes back as a JSON string), or None.
 """
 
 from __future__ import annotations

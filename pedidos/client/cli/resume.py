@@ -97,15 +97,15 @@ def refused_hint(plain: Sequence[Entry], outcome: Outcome) -> str:
     """How to send refused lines once fixed without storing the others again.
     `plain`: the file's entries with their own keys only (not those made by
     --referencias-auto, which change with any edit of the file)."""
+    if outcome.accepted == 0 and outcome.unconfirmed == 0:
+        # Every order was refused, however the lines held them: nothing to
+        # store twice, and no referencia to credit for it either.
+        return "Ningún pedido se guardó: corregidas las líneas rechazadas, reenvíe el archivo entero."
     # Only the orders stored matter: those refused changed nothing (a line
     # that holds several orders, a JSON array's, counts as stored).
     per_line = Counter(e.line for e in plain)
     refused = {line for line, _, _ in outcome.refused if per_line[line] == 1}
     kept = [e for e in plain if e.line not in refused]
-    if not kept:
-        # Every line was refused: nothing to store twice, but no referencia to
-        # credit for it either (all_keyed of nothing is vacuously true).
-        return "Ningún pedido se guardó: corregidas las líneas rechazadas, reenvíe el archivo entero."
     if all_keyed(kept):
         return (
             "Corregidas las líneas rechazadas, reenviar el archivo no duplica: "

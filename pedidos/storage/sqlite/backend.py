@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -118,11 +119,14 @@ class SqliteStorage:
         self._lock = WriteLock()
         self._read = Reader(self.path)
         await self._read.open()  # its connections hold the -wal and -shm until the stop
+        # The database first. SQLite puts its -wal and -shm beside the file a
+        # symbolic link names, not beside the link.
         files = [(self.path, self._file_lock.file)]
         for suffix in SIDECARS:
-            file = file_id(self.path + suffix)
+            beside = os.path.realpath(self.path) + suffix
+            file = file_id(beside)
             if file is not None:
-                files.append((self.path + suffix, file))
+                files.append((beside, file))
         loop = asyncio.get_running_loop()
         self._writer = Writer(
             self.path,

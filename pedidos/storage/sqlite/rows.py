@@ -50,7 +50,9 @@ EXTRA_COLUMNS = {
 # build without JSON functions Python ones).
 RESULTADO = (
     "CASE WHEN resultado IS NULL THEN NULL"
-    " WHEN typeof(resultado) = 'text' AND json_valid(resultado) THEN resultado"
+    # SQLite's json_valid stops at a NUL: '[1]' followed by NUL and more is "valid".
+    " WHEN typeof(resultado) = 'text' AND instr(resultado, char(0)) = 0 AND json_valid(resultado)"
+    " THEN resultado"
     " ELSE json_quote(CAST(resultado AS TEXT)) END"
 )
 COLUMNS = (

@@ -35,6 +35,7 @@ from pedidos.storage.sqlite.store import BUSY_TIMEOUT_MS, Store
 logger = logging.getLogger(__name__)
 failed = Repeating(logger)  # a full disk fails every batch alike
 FILE_GONE = "the database file (or its -wal or -shm) was deleted or replaced while the server ran"
+CHECK_S = 1.0  # how often an idle writer checks its files
 
 
 class Request(NamedTuple):
@@ -72,12 +73,18 @@ def writer_main(
     # Opening a path that no longer names the server's file would create an
     # empty database there; from then on every batch is refused instead.
     held = lock.held_by(WRITER, server_pid, patience=BUSY_TIMEOUT_MS / 1000)
-    store = Store(db_path, held) if _still_there(files) else None
+    store = Store(db_path, held) if _changed(files) is None else None
     try:
         ended = False
         while not ended:
             batches: list[Request] = []
             try:
+                if not requests.poll(CHECK_S):
+                    # Idle: a file deleted now is not left unseen until the next order.
+                    if store is not None and _changed(files) is not None:
+                        _lost(store, files)
+                        store = None
+                    continue
                 batches.append(pickle.loads(requests.recv_bytes()))
                 while requests.poll():
                     batches.append(pickle.loads(requests.recv_bytes()))
@@ -92,9 +99,8 @@ def writer_main(
                 # Checked after the commit, before any ack leaves: what was just
                 # committed to a file no longer at its path is as good as lost,
                 # unless the file is put back (moved, not deleted): maybe done.
-                if not _still_there(files):
-                    _write_back(store)
-                    store.close()
+                if _changed(files) is not None:
+                    _lost(store, files)
                     store = None
                     reply = _refused(batches, StorageUnavailable(FILE_GONE, maybe_done=True))
             answers.send_bytes(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
@@ -105,9 +111,20 @@ def writer_main(
             store.close()
 
 
-def _still_there(files: tuple[tuple[str, tuple[int, int]], ...]) -> bool:
-    """Whether the database and its -wal and -shm are the files the server
-    opened (`files`: each path with its identity)."""
+def _lost(store: Store, files: tuple[tuple[str, tuple[int, int]], ...]) -> None:
+    """The files changed under the writer: it writes nothing more. If the
+    database file is still in place (a -wal or -shm was lost), its connection,
+    which still holds the old WAL, first writes that back into it: what was
+    acknowledged survives a crash before the stop."""
+    if same_file(*files[0]):
+        _write_back(store)
+    store.close()
+
+
+def _changed(files: tuple[tuple[str, tuple[int, int]], ...]) -> str | None:
+    """The first of the database and its -wal and -shm (`files`: each path
+    with the identity it had when the server opened it) that is no longer
+    that file, said in the log; None while all are."""
     for path, file in files:
         if same_file(path, file):
             continue
@@ -126,14 +143,13 @@ def _still_there(files: tuple[tuple[str, tuple[int, int]], ...]) -> bool:
                 "was deleted by mistake, then restart the server",
                 path,
             )
-        return False
-    return True
+        return path
+    return None
 
 
 def _write_back(store: Store) -> None:
     """Copy what the WAL holds into the database file, through this process's
-    connection, which still holds the WAL if it was deleted: the commits
-    acknowledged before then survive a crash that comes before the stop."""
+    connection, which still holds the WAL if it was deleted."""
     try:
         busy, _, _ = store.checkpoint()
     except Exception as exc:
