@@ -366,11 +366,15 @@ def test_a_look_that_times_out_never_marks_the_database_away(pg_url, monkeypatch
     assert taken.estado == "pendiente"
 
 
-def test_a_reap_on_a_connection_found_closed_is_not_sent(pg_url):
-    """A reap whose connection was found closed (the database just restarted,
-    unseen by a node whose connections sat idle) went out once the database was
+@pytest.mark.parametrize("restart", [True, False], ids=["after-a-restart", "idle-timeout"])
+def test_a_reap_on_a_connection_found_closed_waits_only_after_a_restart(pg_url, restart):
+    """A reap whose connection was found closed by a restart of the database,
+    unseen by a node whose connections sat idle, went out once the database was
     back and declared dead a node whose renewal was on its way (an audit: 1
-    restart in 8 with a 1 s lease). It decides again once back for a lease."""
+    restart in 8 with a 1 s lease): it decides again once back for a lease.
+    A connection closed without a restart (PostgreSQL's idle_session_timeout,
+    a proxy's, pg_terminate_backend) is no reason to wait: counted as one, it
+    put off every reap while a client's commands kept finding them closed."""
     from pedidos.storage.postgres.link import _closed_while_idle
 
     async def main():
@@ -385,8 +389,10 @@ def test_a_reap_on_a_connection_found_closed_is_not_sent(pg_url):
         while rows(pg_url, expired) != [(1,)]:
             assert time.monotonic() < deadline, "the dead node's lease never ran out"
             await asyncio.sleep(0.05)
+        if restart:  # the server it connects to next started after the one it saw
+            b.health._server_started = "a server that has since restarted"
         link = b.nodes._link
-        rows(pg_url, f"SELECT pg_terminate_backend({link._conn.info.backend_pid})")  # as a restart
+        rows(pg_url, f"SELECT pg_terminate_backend({link._conn.info.backend_pid})")
         while not _closed_while_idle(link._conn):
             assert time.monotonic() < deadline, "the connection never saw its end"
             await asyncio.sleep(0.01)
@@ -398,8 +404,12 @@ def test_a_reap_on_a_connection_found_closed_is_not_sent(pg_url):
         return left, up_for
 
     left, up_for = run(main())
-    assert left == [(1,)], "reaped on a connection just found closed"
-    assert up_for < 5  # the database counts as back just now
+    if restart:
+        assert left == [(1,)], "reaped on a connection just found closed by a restart"
+        assert up_for < 5  # the database counts as back just now
+    else:
+        assert left == [(0,)], "a connection closed while idle put the reap off"
+        assert up_for > 5
 
 
 def test_a_connection_closed_without_being_lost_is_replaced(pg_url):

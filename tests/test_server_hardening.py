@@ -223,6 +223,22 @@ def test_sqlites_own_files_deleted_under_the_server_lose_no_acknowledged_order(
     assert_stored_and_sound(server.db, acked)
 
 
+def test_a_lost_wal_is_noticed_when_the_database_is_reached_through_a_symbolic_link(tmp_path):
+    # SQLite keeps its -wal beside the file the link names, not beside the link.
+    real = tmp_path / "datos"
+    real.mkdir()
+    link = tmp_path / "pedidos.db"
+    link.symlink_to(real / "p.db")
+    with running_server(tmp_path, "--workers", "1", "--work-time", "0", db=link) as server:
+        with LineClient("127.0.0.1", server.port) as c:
+            acked = [c.ask(ORDER)["id"] for _ in range(5)]
+            (real / "p.db-wal").unlink()
+            wait_for(lambda: f"{real / 'p.db-wal'} was deleted or replaced" in server.log, timeout=5)
+            assert c.ask(ORDER)["error"] == "servidor_ocupado"
+        server.kill()
+    assert_stored_and_sound(real / "p.db", acked)
+
+
 def assert_stored_and_sound(db: Path, acked: list[int]) -> None:
     stored = stored_orders(db)
     assert all(i in stored and stored[i]["cliente"] == ORDER["cliente"] for i in acked), sorted(stored)

@@ -99,6 +99,7 @@ class Health:
     def __init__(self) -> None:
         self.up = True
         self._since = time.monotonic()
+        self._server_started: object = None  # pg_postmaster_start_time() as last seen
 
     def failed(self, exc: BaseException) -> None:
         if self.up:
@@ -115,11 +116,20 @@ class Health:
             self._since = time.monotonic()
 
     def restarted(self) -> None:
-        """A connection was found closed and replaced at once: the database
-        may have been away, unseen; it counts as back just now (`up_for`), so
-        that no reap goes out before the other nodes had a lease to renew."""
+        """The database restarted, unseen (a new connection found it started
+        anew): it counts as back just now (`up_for`), so that no reap goes out
+        before the other nodes had a lease to renew."""
         self.ok()
         self._since = time.monotonic()
+
+    def server_seen(self, started: object) -> None:
+        """What a new connection found as the server's start time. Only a
+        change is a restart: a connection closed while idle (a proxy's or
+        PostgreSQL's `idle_session_timeout`, `pg_terminate_backend`) is not,
+        and counting each as one put off every reap for as long as they came."""
+        if self._server_started is not None and started != self._server_started:
+            self.restarted()
+        self._server_started = started
 
     def up_for(self) -> float:
         """Seconds since the database was last seen coming back (0 while down)."""
@@ -153,6 +163,9 @@ class Link:
         try:
             if self._on_connect is not None:
                 await self._on_connect(conn)
+            cur = await conn.execute("SELECT pg_postmaster_start_time()")
+            row = await cur.fetchone()
+            self._health.server_seen(row[0] if row else None)
         except BaseException:
             await conn.close()
             raise
@@ -219,7 +232,7 @@ class Link:
 
     async def _replace(self, conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncConnection[Any] | None:
         """A fresh connection for one the server closed while it sat idle (a
-        restart): nothing was sent on it, so the statement may go on the new
+        restart, an idle timeout): nothing was sent on it, so the statement may go on the new
         one, and an idle node's first order after a restart is not refused.
         One try, given up to `REPLACE_S` (a far database's handshake): a
         database that refuses is away, and the request is answered at once
@@ -233,7 +246,6 @@ class Link:
         except (psycopg.OperationalError, OSError, asyncio.TimeoutError) as exc:
             self._health.failed(exc)
             return None
-        self._health.restarted()
         return self._conn
 
     async def revive(self) -> bool:

@@ -19,10 +19,12 @@ from typing import Any
 import psycopg
 
 from pedidos.background import Background
+from pedidos.logsetup import Repeating
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import BACKOFF_FIRST_S, BACKOFF_MAX_S, one_line
 
 logger = logging.getLogger(__name__)
+lost_listen = Repeating(logger)
 
 CHECK_S = 5.0  # longest wait for a notification before proving the connection alive
 
@@ -66,7 +68,11 @@ class Listener:
                     await conn.execute("SELECT 1")
             except (psycopg.OperationalError, OSError) as exc:
                 if self.connected.is_set():
-                    logger.warning("lost the LISTEN connection (%s); polling until it is back", one_line(exc))
+                    # Held back per kind: a proxy or PostgreSQL that closes idle
+                    # connections ends this one every few seconds.
+                    lost_listen.warning(
+                        "lost the LISTEN connection (%s); polling until it is back", one_line(exc), key="lost"
+                    )
                 self.connected.clear()
             finally:
                 if conn is not None:
