@@ -813,3 +813,20 @@ def test_a_claim_that_keeps_failing_is_tried_once_more_at_most(kept):
     with pytest.raises(DatabaseUnavailable, match="canceling statement"):
         store.claim([1, 2], 1)
     assert log == ["claim", "unclaim"] * (2 if kept else 1)
+
+
+def test_a_stop_on_a_database_that_refuses_writes_still_closes_cleanly(pg_url, caplog):
+    # An administrator made the database read-only (`default_transaction_read_only`,
+    # a standby): the node's last write, giving its name up, fails. The stop
+    # went no further (an exception out of main, exit 1, connections left open).
+    async def main():
+        storage = await started(pg_url, "solo-lectura")
+        await storage._main._conn.execute("SET default_transaction_read_only = on")
+        await storage.stop()
+        return storage
+
+    with caplog.at_level(logging.ERROR):
+        storage = run(main())
+    assert "node solo-lectura could not give up its name" in caplog.text, caplog.text
+    assert all(link._conn is None or link._conn.closed for link in (storage._main, storage._intake_link))
+    assert rows(pg_url, "SELECT count(*) FROM nodos WHERE nodo = 'solo-lectura'") == [(1,)]  # reaped later

@@ -13,7 +13,6 @@ not declare the others dead before they have had a chance to renew.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -28,7 +27,7 @@ from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS
 from pedidos.storage import lease as shared_lease
 from pedidos.storage.lease import NodeLease
 from pedidos.storage.postgres import sql
-from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link
+from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +151,15 @@ class Nodes:
         """Stop renewing and give the name up (after the orders were handed back)."""
         await self._reaping.stop()
         await self._renewal.stop()
-        with contextlib.suppress(DatabaseUnavailable):
+        try:
             async with self._link.use() as conn:
                 await conn.execute(sql.LEAVE, (self.nodo, self.token))
+        except DatabaseUnavailable:
+            pass
+        except Exception as exc:  # a database that refuses writes (read-only), say
+            # The stop goes on: its lease runs out and another node reaps, as
+            # after a crash.
+            logger.error("node %s could not give up its name: %s", self.nodo, one_line(exc))
 
     async def _renew_forever(self) -> None:
         await self._forever(renewal_interval(self.lease), self.renew)
