@@ -36,11 +36,15 @@ import psycopg
 from psycopg import errors
 
 from pedidos.domain import Estado, Receipt
+from pedidos.logsetup import Repeating
 from pedidos.storage.base import Ack
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, one_line
 
 logger = logging.getLogger(__name__)
+# A database that refuses every batch alike (read-only, disk full, a constraint
+# gone) while the cause lasts: once, then at most every 10 s per kind of error.
+refused = Repeating(logger)
 
 MAX_BATCH = 5000  # orders per transaction at most; more wait for the next one
 STORE_TIMEOUT_S = 10.0  # a batch not committed by then is refused, and its connection replaced
@@ -123,7 +127,7 @@ class Intake:
             self._fail(batch, exc)
             return
         except psycopg.Error as exc:
-            logger.error("could not store %d orders: %s", len(batch), one_line(exc))
+            refused.error("could not store %d orders: %s", len(batch), one_line(exc), key=type(exc))
             self._fail(batch, exc)
             return
         except BaseException as exc:

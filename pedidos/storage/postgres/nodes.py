@@ -22,14 +22,20 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
+
 from pedidos.background import Background
 from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS
+from pedidos.logsetup import Repeating
 from pedidos.storage import lease as shared_lease
 from pedidos.storage.lease import NodeLease
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, one_line
 
 logger = logging.getLogger(__name__)
+# A database that answers every renewal or reap with the same error (read-only,
+# a statement cancelled behind a lock): once, then at most every 10 s per kind.
+upkeep_failed = Repeating(logger)
 
 # The parameters of handing back, besides whose orders (sql._HAND_BACK_SET).
 _HAND_BACK = {"max": MAX_ATTEMPTS, "crash": CRASH_ERROR}
@@ -180,8 +186,10 @@ class Nodes:
                 await step()
             except DatabaseUnavailable:
                 pass  # the link logs it and reconnects
+            except psycopg.Error as exc:
+                upkeep_failed.error("node lease upkeep failed: %s", one_line(exc), key=type(exc))
             except Exception:
-                logger.exception("node lease upkeep failed")
+                logger.exception("node lease upkeep failed")  # a bug: its traceback
 
     async def tick(self) -> None:
         """Renew this node's lease, then reap the nodes whose lease ran out."""
