@@ -178,19 +178,24 @@ def test_real_command_line_usage_error_and_help(tmp_path):
         assert flag in shown.stdout
 
 
-def test_empty_db_is_a_usage_error_that_touches_nothing(tmp_path):
-    # `--db "$DB"` with DB unset: the empty path named the working directory, the start
-    # failed with "cannot create <cwd>: Is a directory" and left <cwd>.lock beside it
-    cwd = tmp_path / "tienda"
-    cwd.mkdir()
-    bad = subprocess.run(
-        [sys.executable, str(SERVIDOR), "--port", "0", "--db", ""],
+def servidor_with_db(db: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`servidor.py --port 0 --db DB` run in `cwd`, with no PEDIDOS_* variable."""
+    return subprocess.run(
+        [sys.executable, str(SERVIDOR), "--port", "0", "--db", db],
         cwd=cwd,
         env=clean_environ(),
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_empty_db_is_a_usage_error_that_touches_nothing(tmp_path):
+    # `--db "$DB"` with DB unset: the empty path named the working directory, the start
+    # failed with "cannot create <cwd>: Is a directory" and left <cwd>.lock beside it
+    cwd = tmp_path / "tienda"
+    cwd.mkdir()
+    bad = servidor_with_db("", cwd)
     assert bad.returncode == 2, bad.stderr
     assert "--db" in bad.stderr and "empty" in bad.stderr
     assert "Traceback" not in bad.stderr + bad.stdout
@@ -253,14 +258,7 @@ def test_an_older_python_is_told_in_one_line_before_anything_starts(entry, said,
 @pytest.mark.parametrize(("db", "scheme"), [("mysql://u:secreto@h/x", "mysql"), ("sqlite:///p.db", "sqlite")])
 def test_a_url_of_another_database_is_a_usage_error_that_touches_nothing(db, scheme, tmp_path):
     # `--db mysql://x` was taken for a path: "the folder <cwd>/mysql: does not exist".
-    bad = subprocess.run(
-        [sys.executable, str(SERVIDOR), "--port", "0", "--db", db],
-        cwd=tmp_path,
-        env=clean_environ(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = servidor_with_db(db, tmp_path)
     assert bad.returncode == 2, bad.stderr
     assert bad.stderr.splitlines()[-1] == (
         f"servidor.py: error: argument --db: a {scheme}:// URL is not supported; "

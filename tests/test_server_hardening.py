@@ -430,20 +430,25 @@ def _stopping_with_an_order_in_process(tmp_path: Path, work_time: str) -> Iterat
         yield srv, order_id, first
 
 
+def _second_signal_stops_it(srv: ServerProcess, within: float) -> None:
+    """A second SIGTERM, later than the window in which it is the same stop
+    asked twice (counted from when the server was surely handling the first):
+    the server must be gone `within` seconds."""
+    handled = time.monotonic()
+    wait_for(lambda: time.monotonic() - handled > SAME_STOP_S, timeout=SAME_STOP_S + 1)
+    started = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    try:
+        srv.proc.wait(within)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"a second signal did not stop the server at once:\n{srv.log}") from None
+    assert time.monotonic() - started < within
+
+
 def test_a_second_signal_stops_at_once_and_the_next_start_takes_the_order_up(tmp_path):
     with _stopping_with_an_order_in_process(tmp_path, "20") as (srv, order_id, _):
         wait_for(lambda: "waiting for 1 worker to finish its orders (up to 60 s)" in srv.log, timeout=10)
-        # Later than the window in which a second signal is the same stop asked
-        # twice, counted from when the server was surely handling the first.
-        handled = time.monotonic()
-        wait_for(lambda: time.monotonic() - handled > SAME_STOP_S, timeout=SAME_STOP_S + 1)
-        started = time.monotonic()
-        srv.proc.send_signal(signal.SIGTERM)
-        try:
-            srv.proc.wait(8)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"a second signal did not stop the server at once:\n{srv.log}") from None
-        assert time.monotonic() - started < 8
+        _second_signal_stops_it(srv, within=8)
         assert srv.stop() == 0  # reaps it; the worker must be gone too
         assert "killed" in srv.log
     assert states(srv)[order_id] == ("en proceso", 0)  # as after a crash
@@ -503,15 +508,8 @@ def test_a_hung_database_holds_a_stop_no_longer_than_its_timeouts(tmp_path):
 def test_a_second_signal_stops_at_once_while_the_database_hangs(tmp_path):
     with _stopping_with_a_hung_database(tmp_path) as (srv, order_id):
         wait_for(lambda: "worker 1 did not stop in time; killing it" in srv.log, timeout=10)
-        handled = time.monotonic()  # now waiting for the hand-back, past the same-stop window
-        wait_for(lambda: time.monotonic() - handled > SAME_STOP_S, timeout=SAME_STOP_S + 1)
-        started = time.monotonic()
-        srv.proc.send_signal(signal.SIGTERM)
-        try:
-            srv.proc.wait(4)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"a second signal did not stop the server at once:\n{srv.log}") from None
-        assert time.monotonic() - started < 4 < HAND_BACK_S
+        _second_signal_stops_it(srv, within=4)  # while it waits for the hand-back
+        assert HAND_BACK_S > 4
         srv.stop()
     _next_start_takes_it_up(tmp_path, srv, order_id)
 
@@ -617,6 +615,15 @@ def test_a_cap_of_one_connection_is_singular(caplog, monkeypatch):
     assert caplog.records[-1].getMessage().endswith(": at most 1 connection")
 
 
+def _listening(kind: type[socket.socket], backlog: int) -> socket.socket:
+    """A non-blocking listening socket of `kind` on a free loopback port."""
+    sock = kind(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
 def test_a_listener_out_of_descriptors_pauses_and_says_so_once(caplog):
     from pedidos.server.listener import Listener
 
@@ -629,10 +636,7 @@ def test_a_listener_out_of_descriptors_pauses_and_says_so_once(caplog):
 
     async def run() -> float:
         loop = asyncio.get_running_loop()
-        sock = Exhausted(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        sock.setblocking(False)
+        sock = _listening(Exhausted, backlog=8)
         client = socket.create_connection(sock.getsockname())  # something to accept
         listener = Listener(loop, sock, asyncio.Protocol, None)
         listener.start()
@@ -670,10 +674,7 @@ def test_a_storm_of_connections_at_the_descriptor_limit_is_said_once(caplog):
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        sock = Storm(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        sock.setblocking(False)
+        sock = _listening(Storm, backlog=64)
         clients = [socket.create_connection(sock.getsockname()) for _ in range(40)]
         listener = Listener(loop, sock, asyncio.Protocol, None)
         listener.start()
