@@ -115,20 +115,16 @@ class Health:
             logger.warning("PostgreSQL reachable again after %.1f s", time.monotonic() - self._since)
             self._since = time.monotonic()
 
-    def restarted(self) -> None:
-        """The database restarted, unseen (a new connection found it started
-        anew): it counts as back just now (`up_for`), so that no reap goes out
-        before the other nodes had a lease to renew."""
-        self.ok()
-        self._since = time.monotonic()
-
     def server_seen(self, started: object) -> None:
-        """What a new connection found as the server's start time. Only a
-        change is a restart: a connection closed while idle (a proxy's or
-        PostgreSQL's `idle_session_timeout`, `pg_terminate_backend`) is not,
-        and counting each as one put off every reap for as long as they came."""
+        """What a new connection found as the server's start time. A change is
+        a restart, perhaps unseen: the database counts as back just now
+        (`up_for`), so that no reap goes out before the other nodes had a lease
+        to renew. A connection closed while idle (a proxy's or PostgreSQL's
+        `idle_session_timeout`, `pg_terminate_backend`) is no restart: counted
+        as one, each put off every reap for as long as they came."""
         if self._server_started is not None and started != self._server_started:
-            self.restarted()
+            self.ok()
+            self._since = time.monotonic()
         self._server_started = started
 
     def up_for(self) -> float:
@@ -232,8 +228,9 @@ class Link:
 
     async def _replace(self, conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncConnection[Any] | None:
         """A fresh connection for one the server closed while it sat idle (a
-        restart, an idle timeout): nothing was sent on it, so the statement may go on the new
-        one, and an idle node's first order after a restart is not refused.
+        restart, an idle timeout): nothing was sent on it, so the statement may
+        go on the new one, and an idle node's first order after a restart is
+        not refused.
         One try, given up to `REPLACE_S` (a far database's handshake): a
         database that refuses is away, and the request is answered at once
         (tries again and again for 2 s held the first requests of every

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import Any
 
 from pedidos.domain import Estado, NewOrder
 from pedidos.storage.base import Ack, Claim, Recovery, StorageError, plain_receipt
-from pedidos.storage.sqlite.files import SIDECARS, DatabaseLock, database_error, file_id, lock_database
+from pedidos.storage.sqlite.files import DatabaseLock, database_error, lock_database, watched_files
 from pedidos.storage.sqlite.lock import WriteLock
 from pedidos.storage.sqlite.opener import SqliteOpener
 from pedidos.storage.sqlite.store import Store
@@ -119,18 +118,10 @@ class SqliteStorage:
         self._lock = WriteLock()
         self._read = Reader(self.path)
         await self._read.open()  # its connections hold the -wal and -shm until the stop
-        # The database first. SQLite puts its -wal and -shm beside the file a
-        # symbolic link names, not beside the link.
-        files = [(self.path, self._file_lock.file)]
-        for suffix in SIDECARS:
-            beside = os.path.realpath(self.path) + suffix
-            file = file_id(beside)
-            if file is not None:
-                files.append((beside, file))
         loop = asyncio.get_running_loop()
         self._writer = Writer(
             self.path,
-            tuple(files),
+            watched_files(self.path, self._file_lock.file),
             self._lock,
             loop,
             self._ack,

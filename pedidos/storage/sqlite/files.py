@@ -105,6 +105,20 @@ def file_id(path: str) -> tuple[int, int] | None:
     return (now.st_dev, now.st_ino)
 
 
+def watched_files(path: str, database: tuple[int, int]) -> tuple[tuple[str, tuple[int, int]], ...]:
+    """The database (first, with the identity `lock_database` holds) and its
+    -wal and -shm as they are now, each with its identity: what the writer
+    checks before every acknowledgement. Beside the file a symbolic link
+    names, where SQLite puts them, not beside the link."""
+    files = [(path, database)]
+    for suffix in SIDECARS:
+        beside = os.path.realpath(path) + suffix
+        file = file_id(beside)
+        if file is not None:
+            files.append((beside, file))
+    return tuple(files)
+
+
 def same_file(path: str, file: tuple[int, int]) -> bool:
     """Whether `path` still names the file the server holds. A file deleted or
     replaced while the server runs still takes its commits, on an inode no one
