@@ -163,6 +163,47 @@ def test_a_statement_past_its_time_is_an_error_reply_and_the_node_keeps_taking_o
     assert "unreachable" not in srv.log, srv.log
 
 
+def test_a_database_that_refuses_writes_is_not_said_not_to_answer(pg_url, tmp_path):
+    # Made read-only (a standby promoted back, `default_transaction_read_only`),
+    # PostgreSQL answers every INSERT with an error: the client was told "the
+    # database does not answer now", which sends an operator looking for a
+    # network fault.
+    import psycopg
+
+    order = {"cliente": "Ana", "productos": ["pan"], "direccion": "Calle 1"}
+    dbname = urlsplit(pg_url).path.lstrip("/")
+
+    def sessions_read_only(on: bool) -> None:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SET default_transaction_read_only = off")  # this session may write
+            admin.execute(
+                f"ALTER DATABASE {dbname} SET default_transaction_read_only = {'on' if on else 'off'}"
+            )
+            # Taken by new sessions only: end the node's, which it opens again.
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+    with (
+        running_server(tmp_path, "--work-time", "0", db=pg_url) as srv,  # type: ignore[arg-type]
+        LineClient("127.0.0.1", srv.port) as c,
+    ):
+        assert c.ask(order)["ok"]
+        sessions_read_only(True)
+
+        def refusal() -> dict | None:
+            reply = c.ask(order)
+            return reply if "escrituras" in reply.get("mensaje", "") else None
+
+        refused = wait_for(refusal, timeout=15)
+        assert refused["ok"] is False and refused["error"] == "servidor_ocupado", refused
+        assert "no se guardó" in refused["mensaje"] and "no responde" not in refused["mensaje"], refused
+        wait_for(lambda: "read-only" in srv.log)
+        sessions_read_only(False)
+        assert wait_for(lambda: c.ask(order)["ok"], timeout=15)
+
+
 def test_a_command_waiting_on_a_lock_holds_up_no_other_command(pg_url, tmp_path):
     # Every command of a node went through one connection: a `cancelar`
     # waiting on a row another program had locked (or a listing over

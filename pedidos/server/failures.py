@@ -17,7 +17,7 @@ from typing import Any
 
 from pedidos.logsetup import Repeating
 from pedidos.protocol.replies import ERROR_INTERNO, SERVIDOR_OCUPADO, RequestError, encode_line, error_reply
-from pedidos.storage.base import OutcomeUnknown, StorageBusy, StorageUnavailable
+from pedidos.storage.base import OutcomeUnknown, StorageBusy, StorageRefused, StorageUnavailable
 
 # Logged as the connection's event, under the logger it always had: log
 # filters and collectors select on that name.
@@ -48,6 +48,12 @@ def reply_of(future: asyncio.Future[Any], peer: str) -> dict | bytes:
         return error.reply()
     if isinstance(error, StorageBusy):  # logged by the backend, at most once every 10 s
         return error_reply(SERVIDOR_OCUPADO, f"{BUSY}; el pedido no se guardó. Pruebe más tarde.")
+    if isinstance(error, StorageRefused):  # logged by the backend, at most once every 10 s
+        return error_reply(
+            SERVIDOR_OCUPADO,
+            "La base de datos no admite escrituras ahora (solo lectura, disco lleno...); el pedido "
+            "no se guardó. Pruebe más tarde.",
+        )
     if isinstance(error, StorageUnavailable):  # logged once by the backend, not per order
         if error.maybe_done:
             # Still `servidor_ocupado` (the contract's code for a database that

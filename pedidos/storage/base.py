@@ -58,6 +58,13 @@ class StorageBusy(StorageUnavailable):
     the reply says so rather than that the database does not answer."""
 
 
+class StorageRefused(StorageUnavailable):
+    """The database answered, and refused the write: it is read-only (a
+    standby, `default_transaction_read_only`), its disk is full, a table or a
+    right is missing. Nothing was changed. The client is told that, not that
+    the database does not answer; the log says why."""
+
+
 class OutcomeUnknown(StorageError):
     """The process doing the write died before it answered: the write may or
     may not be committed. Never an ack; the client is told it cannot know."""

@@ -27,7 +27,15 @@ from typing import Any, TypeVar
 import psycopg
 
 from pedidos.domain import DEFAULT_LEASE_S, ESTADOS, Estado, NewOrder
-from pedidos.storage.base import Ack, Claim, Recovery, StorageError, StorageUnavailable, plain_receipt
+from pedidos.storage.base import (
+    Ack,
+    Claim,
+    Recovery,
+    StorageError,
+    StorageRefused,
+    StorageUnavailable,
+    plain_receipt,
+)
 from pedidos.storage.lease import NodeLease
 from pedidos.storage.listing import Dialect, listing_query
 from pedidos.storage.postgres import sql
@@ -62,7 +70,9 @@ POLL_WITHOUT_HINTS_S = 0.25
 
 
 def _unavailable(exc: BaseException) -> BaseException:
-    return exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(one_line(exc))
+    """A refused batch's error for its clients: a `psycopg.Error` that reaches
+    here came on a connection still up (a lost one is `DatabaseUnavailable`)."""
+    return exc if isinstance(exc, StorageUnavailable) else StorageRefused(one_line(exc))
 
 
 # lower() folds like Python's str.lower() for what the C collation knows (ASCII).
