@@ -518,6 +518,44 @@ def test_a_node_starting_on_a_current_schema_locks_no_table(pg_url):
     ) == [(1,)]
 
 
+def test_a_start_that_must_wait_to_change_the_schema_does_not_hold_up_other_nodes(pg_url, caplog):
+    # A node starting on a database with an index missing queued its DDL's lock
+    # behind another program's open write transaction; every other node's
+    # INSERT then queued behind that request: no order taken anywhere for as
+    # long as the other transaction lasted (35 s in an audit).
+    async def scenario() -> list[float]:
+        a = await started(pg_url, "a")
+        try:
+            rows_exec(pg_url, "DROP INDEX pedidos_cliente")
+            with psycopg.connect(pg_url) as busy:  # a write transaction left open
+                busy.execute("LOCK TABLE pedidos IN ROW EXCLUSIVE MODE")
+                b_start = asyncio.ensure_future(started(pg_url, "b"))
+                waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'pedidos'::regclass AND NOT granted"
+                deadline = time.monotonic() + 10
+                while rows(pg_url, waiting) == [(0,)]:  # b's DDL asks for its lock
+                    assert time.monotonic() < deadline and not b_start.done()
+                    await asyncio.sleep(0.02)
+                took = []
+                for n in range(4):  # across the DDL's tries and the pauses between
+                    began = time.monotonic()
+                    await asyncio.wait_for(a.submit(order(n), None), 5)
+                    took.append(time.monotonic() - began)
+                    await asyncio.sleep(0.3)
+                assert not b_start.done()
+                busy.rollback()
+            b = await asyncio.wait_for(b_start, 10)
+            await b.stop()
+            return took
+        finally:
+            await a.stop()
+
+    with caplog.at_level(logging.WARNING):
+        took = run(scenario())
+    assert max(took) < 2.0, took  # each waited at most for one try of the DDL (0.5 s)
+    assert caplog.text.count("waits for another transaction on its tables") == 1, caplog.text
+    assert rows(pg_url, "SELECT to_regclass('pedidos_cliente') IS NOT NULL") == [(True,)]
+
+
 def test_a_zombie_pid_is_no_live_node():
     # A node killed a moment ago lingers as a zombie until reaped: its name
     # must be free for the node started again in its place.

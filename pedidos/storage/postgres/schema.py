@@ -4,12 +4,21 @@ migrating it, one node at a time."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import psycopg
 from psycopg import errors
 
+logger = logging.getLogger(__name__)
+
 ATTEMPTS = 5  # a migration PostgreSQL broke up as a deadlock is tried again, this often
+# The DDL waits this long at most for its lock on `pedidos`, then lets go and
+# tries again after LOCK_AGAIN_S. A lock request waiting in PostgreSQL's queue
+# holds up every later one on the table: waiting there without end behind
+# another program's long transaction stopped every node's intake as long.
+LOCK_WAIT = "500ms"
+LOCK_AGAIN_S = 1.0
 SCHEMA_LOCK = 7_311_014_001  # advisory lock key: one node creates or migrates at a time
 
 # fillfactor leaves room on each page so that a state change can stay on its
@@ -84,7 +93,8 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> None:
     would otherwise race on CREATE ... IF NOT EXISTS (which is not safe against
     a concurrent creator). The lock is the transaction's, so a node that dies
     here releases it."""
-    for attempt in range(1, ATTEMPTS + 1):
+    deadlocks, told = 0, False
+    while True:
         cur = await conn.execute(SCHEMA_CURRENT)
         row = await cur.fetchone()
         if row is not None and row[0]:
@@ -94,10 +104,23 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> None:
                 # DDL on a big table takes its time: not a slow statement to cancel.
                 await conn.execute("SET LOCAL statement_timeout = 0")
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
                 await conn.execute(SCHEMA)
                 await conn.execute(MIGRATE)
             return
+        except errors.LockNotAvailable:
+            # Never counted against ATTEMPTS: the start waits for as long as
+            # the other transaction lasts (a stop signal ends it: server.py).
+            if not told:
+                logger.warning(
+                    "the schema needs a change (a missing table, index or column) and waits for "
+                    "another transaction on its tables to end; trying again every %g s",
+                    LOCK_AGAIN_S,
+                )
+                told = True
+            await asyncio.sleep(LOCK_AGAIN_S)
         except errors.DeadlockDetected:
-            if attempt == ATTEMPTS:
+            deadlocks += 1
+            if deadlocks == ATTEMPTS:
                 raise
-            await asyncio.sleep(0.1 * attempt)
+            await asyncio.sleep(0.1 * deadlocks)
