@@ -556,6 +556,39 @@ def test_a_start_that_must_wait_to_change_the_schema_does_not_hold_up_other_node
     assert rows(pg_url, "SELECT to_regclass('pedidos_cliente') IS NOT NULL") == [(True,)]
 
 
+def test_a_referencia_constraint_dropped_by_hand_is_put_back_at_the_next_start(pg_url):
+    # Without it every order with a `referencia` failed (ON CONFLICT has
+    # nothing to match), and no start put it back.
+    async def first():
+        storage = await started(pg_url, "a")
+        await storage.stop()
+
+    run(first())
+    rows_exec(pg_url, "ALTER TABLE pedidos DROP CONSTRAINT pedidos_referencia_key")
+
+    async def again():
+        storage = await started(pg_url, "b")
+        try:
+            stored = await storage.submit(order(1, ref="r-1"), None)
+            repeated = await storage.submit(order(1, ref="r-1"), None)
+            return stored, repeated
+        finally:
+            await storage.stop()
+
+    stored, repeated = run(again())
+    assert repeated.id == stored.id and repeated.duplicado, (stored, repeated)
+    assert rows(pg_url, "SELECT count(*) FROM pedidos WHERE referencia = 'r-1'") == [(1,)]
+    # Another program stored one twice meanwhile: the start says so, and stops.
+    rows_exec(pg_url, "DROP INDEX pedidos_referencia_key")
+    rows_exec(
+        pg_url,
+        "INSERT INTO pedidos (cliente, productos, direccion, referencia, estado, fecha_recibido) "
+        "VALUES ('Ana', '[\"pan\"]', 'Calle 1', 'r-1', 'listo', now())",
+    )
+    with pytest.raises(StorageError, match="could not create unique index"):
+        run(started(pg_url, "c"))
+
+
 def test_a_zombie_pid_is_no_live_node():
     # A node killed a moment ago lingers as a zombie until reaped: its name
     # must be free for the node started again in its place.

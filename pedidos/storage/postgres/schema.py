@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS pedidos (
 CREATE INDEX IF NOT EXISTS pedidos_pendientes ON pedidos (id) WHERE estado = 'pendiente';
 CREATE INDEX IF NOT EXISTS pedidos_en_proceso ON pedidos (nodo, worker) WHERE estado = 'en proceso';
 CREATE INDEX IF NOT EXISTS pedidos_cliente ON pedidos (cliente, id);
+-- The column's UNIQUE made this; put back if it was dropped by hand: every
+-- INSERT ... ON CONFLICT (referencia) fails without it.
+CREATE UNIQUE INDEX IF NOT EXISTS pedidos_referencia_key ON pedidos (referencia);
 CREATE TABLE IF NOT EXISTS nodos (
     nodo       text        PRIMARY KEY,
     host       text        NOT NULL,
@@ -76,6 +79,10 @@ SELECT to_regclass('nodos') IS NOT NULL
    AND to_regclass('pedidos_pendientes') IS NOT NULL
    AND to_regclass('pedidos_en_proceso') IS NOT NULL
    AND to_regclass('pedidos_cliente') IS NOT NULL
+   AND EXISTS (SELECT 1 FROM pg_index i
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+               WHERE i.indrelid = to_regclass('pedidos') AND i.indisunique AND i.indisvalid
+                 AND i.indnatts = 1 AND i.indpred IS NULL AND a.attname = 'referencia')
    AND EXISTS (SELECT 1 FROM pg_attribute
                WHERE attrelid = to_regclass('pedidos') AND attname = 'reintentar_despues'
                  AND NOT attisdropped)
