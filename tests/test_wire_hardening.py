@@ -235,9 +235,24 @@ def test_the_greeting_says_when_a_token_is_needed_and_how_to_send_it(tmp_path, s
         LineClient("127.0.0.1", guarded.port) as c,
     ):
         assert "token" in c.greeting["mensaje"]
-        assert '{"accion": "autenticar", "token": ' in c.greeting["mensaje"]
+        assert c.greeting["comando"] == {"accion": "autenticar", "token": "SU-TOKEN"}
     with LineClient("127.0.0.1", srv.port) as c:
         assert "token" not in c.greeting["mensaje"]
+
+
+def test_the_greeting_s_examples_pasted_back_as_telnet_shows_them_are_answered(srv):
+    # telnet shows the line as it comes: an example inside `mensaje` showed
+    # its quotes as \" and could not be pasted back as it was.
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=15) as sock:
+        shown = sock.makefile("rb").readline().decode()
+    assert '\\"' not in shown, shown  # nothing in it that a paste would get wrong
+    pasted = {key: re.search(f'"{key}": ({{[^{{}}]*}})', shown) for key in ("ejemplo", "comando")}
+    assert all(pasted.values()), shown
+    with LineClient("127.0.0.1", srv.port) as c:
+        placed = c.ask(pasted["ejemplo"].group(1))  # type: ignore[union-attr]
+        assert placed["ok"] is True and placed["estado"] == "pendiente", placed
+        asked = c.ask(pasted["comando"].group(1))  # type: ignore[union-attr]
+        assert asked["ok"] is True or asked["error"] == "no_encontrado", asked
 
 
 # --- 12: referencia reused for a different order -----------------------------------------------------

@@ -28,16 +28,20 @@ ERROR_INTERNO = "error_interno"
 NO_AUTORIZADO = "no_autorizado"
 REFERENCIA_EN_USO = "referencia_en_uso"
 
+# The greeting's examples are objects of their own, not text inside `mensaje`:
+# telnet shows the line as it comes, and quotes inside a JSON string come with
+# backslashes (`{\"cliente\": ...}`) that cannot be pasted back as they are.
+EXAMPLE_ORDER = {"cliente": "Juan Pérez", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}
+EXAMPLE_COMMAND = {"accion": "consultar", "id": 1}
+EXAMPLE_TOKEN = {"accion": "autenticar", "token": "SU-TOKEN"}
 GREETING_TEXT = (
-    "Bienvenido a pedidos. Pegue un pedido en JSON, por ejemplo "
-    '{"cliente": "Juan Pérez", "productos": ["pan", "agua"], '
-    '"direccion": "Av. Siempre Viva 742"}, '
-    'o un comando como {"accion": "consultar", "id": 1}.'
+    "Bienvenido a pedidos. Pegue un pedido en JSON, con cliente, productos y direccion, como el "
+    "de «ejemplo», o un comando como el de «comando»: cada uno recibe una línea de respuesta."
 )
 TOKEN_NEEDED_TEXT = (
-    "Bienvenido a pedidos. Este servidor pide un token: envíe primero "
-    '{"accion": "autenticar", "token": "SU-TOKEN"}; después, un pedido en JSON, por ejemplo '
-    '{"cliente": "Juan Pérez", "productos": ["pan", "agua"], "direccion": "Av. Siempre Viva 742"}.'
+    "Bienvenido a pedidos. Este servidor pide un token: envíe primero «comando» con su token en "
+    "lugar de SU-TOKEN; después, un pedido en JSON, con cliente, productos y direccion, como el "
+    "de «ejemplo»."
 )
 # Marks the line the server sends before it closes an idle connection: it
 # answers no request, and a client reading it as a reply would be misled.
@@ -96,6 +100,8 @@ def greeting(token_needed: bool = False) -> dict[str, Any]:
         "servidor": SERVER_NAME,
         "protocolo": PROTOCOL_VERSION,
         "mensaje": TOKEN_NEEDED_TEXT if token_needed else GREETING_TEXT,
+        "ejemplo": EXAMPLE_ORDER,
+        "comando": EXAMPLE_TOKEN if token_needed else EXAMPLE_COMMAND,
     }
 
 
