@@ -261,6 +261,20 @@ def test_error_in_a_pretty_printed_request_drops_only_its_line():
     assert both_ways(data) == [e(), e(), {"b": 2}]
 
 
+def test_an_error_in_a_request_of_several_lines_says_where_and_why_more_errors_follow():
+    # A typo in a pretty-printed order pasted at telnet: the errors of the
+    # lines after it seemed to have nothing to do with it, and none said where.
+    data = '{\n  "cliente": "Peña",\n  "productos": ["pan" "agua"],\n  "direccion": "C"\n}\n'.encode()
+    first = whole(data, exact=True)[0]
+    assert first[1] == ERR and "en la línea 3 de la petición, columna 23:" in first[2], first
+    assert "peticiones nuevas" in first[2], first
+    assert chunked([data[:1], data[1:9], data[9:30], data[30:]], exact=True) == whole(data, exact=True)
+    # The same sentence byte by byte: the position counts from the request, not the chunk.
+    assert chunked([data[i : i + 1] for i in range(len(data))], exact=True) == whole(data, exact=True)
+    one_line = whole(b'{"cliente": "A" "productos": []}\n', exact=True)[0]
+    assert one_line[2] == "JSON inválido: se esperaba ',' o el cierre.", one_line  # as before
+
+
 def test_error_without_newline_drops_what_arrives_until_the_newline():
     decoder = Decoder()
     assert norm(decoder.feed(b"garbage ")) == [e()]

@@ -233,7 +233,7 @@ class Decoder:
         try:
             end = self._scanner.scan(buf if len(buf) <= limit else buf[:limit])
         except Invalid as bad:
-            out.append(_invalid(bad.mensaje))
+            out.append(_invalid(bad.mensaje, _where(buf, bad.index)))
             return self._drop_line(bad.index)
         if end is None:
             if len(buf) > limit:
@@ -281,5 +281,25 @@ class Decoder:
 _encoder_check = json.JSONEncoder(ensure_ascii=False)
 
 
-def _invalid(why: str) -> RequestError:
-    return RequestError(JSON_INVALIDO, f"JSON inválido: {why}.")
+def _invalid(why: str, where: str = "") -> RequestError:
+    after = f" {_AFTER}" if where else ""
+    return RequestError(JSON_INVALIDO, f"JSON inválido{where}: {why}.{after}")
+
+
+# Said after an error in a request of several lines (a pretty-printed order
+# pasted at telnet): the rest of the line with the error is dropped and its
+# next lines come as requests of their own, each with its own error, which
+# would otherwise seem to have nothing to do with the typo.
+_AFTER = "Lo que sigue a esa línea se lee como peticiones nuevas: sus errores vienen de este."
+
+
+def _where(buf: bytearray, index: int) -> str:
+    """Where the error at byte `index` of a request lies, for a request of
+    several lines: its line and column (in characters), from the request's
+    first line. Empty for an error in the first line."""
+    line = buf.count(b"\n", 0, index)
+    if line == 0:
+        return ""
+    start = buf.rfind(b"\n", 0, index) + 1
+    column = len(bytes(buf[start:index]).decode("utf-8", "replace")) + 1
+    return f" en la línea {line + 1} de la petición, columna {column}"
