@@ -22,6 +22,7 @@ from pedidos.client import records
 from pedidos.client.access import auth_request, authenticated, no_greeting, tls_failure
 from pedidos.client.commands import Commands, Following, Plan
 from pedidos.client.problems import (
+    ClosedIdle,
     ConnectionProblem,
     bare_host,
     reason,
@@ -140,15 +141,31 @@ class AsyncClient(Commands):
     # --- the protocol ---------------------------------------------------------------
 
     async def request(self, request: Any, timeout: float | None = None) -> Reply:
-        """Send one request and return the server's reply, `ok` or not."""
-        wire = await self._connected()
-        future = wire.expect(self.timeout if timeout is None else timeout)
-        wire.write(encode(request))
-        await wire.drain()
-        reply = await future
-        if reply.get("error") == DEMASIADO_GRANDE and self._wire is wire:
-            await self.close()  # the server closes after it: the next call connects again
-        return reply
+        """Send one request and return the server's reply, `ok` or not.
+
+        A connection the server closed while nothing was asked (`--idle-timeout`)
+        is opened again; and so it is when the server's idle notice comes
+        instead of the reply: the server began nothing after it, so the request
+        is sent again on the new connection. A connection lost any other way
+        after the request left is a `ConnectionProblem`: the request may have
+        had its effect, and is not sent twice."""
+        data = encode(request)
+        allowance = self.timeout if timeout is None else timeout
+        for attempt in (1, 2):
+            wire = await self._connected()
+            future = wire.expect(allowance)
+            wire.write(data)
+            try:
+                await wire.drain()
+                reply = await future
+            except ClosedIdle:
+                if attempt == 2:
+                    raise
+                continue  # the notice came before this reply: this request never began
+            if reply.get("error") == DEMASIADO_GRANDE and self._wire is wire:
+                await self.close()  # the server closes after it: the next call connects again
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def pipeline(
         self, requests: Iterable[Any] | AsyncIterable[Any], window: int = DEFAULT_WINDOW

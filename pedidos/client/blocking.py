@@ -31,6 +31,7 @@ from pedidos.client.access import auth_request, authenticated, no_greeting, wrap
 from pedidos.client.aio import AsyncClient
 from pedidos.client.commands import Commands, Following, Plan
 from pedidos.client.problems import (
+    ClosedIdle,
     ConnectionProblem,
     PedidosError,
     bare_host,
@@ -150,12 +151,56 @@ class Client(Commands):
 
     def request(self, request: Any, timeout: float | None = None) -> dict[str, Any]:
         """Send one request and return the server's reply, `ok` or not. `timeout`:
-        how long the reply may take (default: the client's timeout)."""
-        self.send(encode(request))
-        reply = self._read(self.timeout if timeout is None else timeout)
-        if reply.get("error") == DEMASIADO_GRANDE:
-            self.close()  # the server closes after it: the next call connects again
-        return reply
+        how long the reply may take (default: the client's timeout).
+
+        A connection the server closed while nothing was asked (`--idle-timeout`)
+        is opened again, as `AsyncClient` does; and so it is when the server's
+        idle notice comes instead of the reply: the server began nothing after
+        it, so the request is sent again on the new connection. A connection
+        lost any other way after the request left is a `ConnectionProblem`:
+        the request may have had its effect, and is not sent twice."""
+        data = encode(request)
+        allowance = self.timeout if timeout is None else timeout
+        for attempt in (1, 2):
+            if self._closed_meanwhile():
+                self.close()  # nothing of this request has left yet: connect again
+            try:
+                self.send(data)
+                reply = self._read(allowance)
+            except ClosedIdle:
+                if attempt == 2:
+                    raise
+                continue  # the notice came before any reply: this request never began
+            except BaseException:
+                # Interrupted (Ctrl-C, a signal handler) with the request out: its
+                # reply would be taken for the next request's.
+                self.close()
+                raise
+            if reply.get("error") == DEMASIADO_GRANDE:
+                self.close()  # the server closes after it: the next call connects again
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _closed_meanwhile(self) -> bool:
+        """Whether the server ended the connection since its last reply: its
+        idle notice, its end, or anything else nobody asked for. Asked before a
+        request leaves, with nothing in flight, so connecting again loses nothing."""
+        sock = self._sock
+        if sock is None:
+            return False
+        if self._buf:
+            return True
+        try:
+            sock.setblocking(False)
+            data = sock.recv(_CHUNK)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False  # nothing came (over TLS, perhaps a session ticket): still open
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(self.timeout)
+        self._buf += data
+        return True  # its end (b""), or words before any request
 
     def send(self, data: bytes) -> None:
         if self._sock is None:
@@ -204,7 +249,7 @@ class Client(Commands):
         yield every reply in order. Sending and reading interleave, so neither side
         ever blocks on the other. Do not use the client for anything else until the
         iteration ends; stopping early closes the connection."""
-        if self._sock is None:
+        if self._sock is None or self._closed_meanwhile():
             self.connect()
         sock = self._sock
         assert sock is not None

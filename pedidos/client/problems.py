@@ -27,6 +27,13 @@ class NoAnswer(ConnectionProblem):
     """The server said nothing within the time allowed."""
 
 
+class ClosedIdle(ConnectionProblem):
+    """The server closed an idle connection (its notice, `"conexion_cerrada": true`).
+    It sends the notice only with every request it began answered, and begins
+    none after it: whatever was sent and is still unanswered never began, so
+    it may be sent again on a new connection, whatever it was."""
+
+
 _REASONS = {
     errno.ECONNREFUSED: "conexión rechazada (¿está en marcha el servidor, y en ese puerto?)",
     errno.ETIMEDOUT: "no contesta",

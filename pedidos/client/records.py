@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, TypedDict
 
 from pedidos.client import shapes
-from pedidos.client.problems import ConnectionProblem, PedidosError
+from pedidos.client.problems import ClosedIdle, ConnectionProblem, PedidosError
 from pedidos.client.shapes import UnexpectedReply
 from pedidos.domain import FINAL_ESTADOS, MAX_SECONDS
 from pedidos.protocol.replies import CONNECTION_CLOSED_FIELD, TIEMPO_AGOTADO
@@ -216,7 +216,7 @@ def parse_reply(line: bytes) -> dict[str, Any]:
         # "Sin actividad durante 300 s; se cierra la conexión." says twice what
         # ours says: its reason alone follows ours.
         reason = str(reply.get("mensaje", "")).partition(";")[0].strip().rstrip(".")
-        raise ConnectionProblem(f"el servidor cerró la conexión: {reason[:1].lower()}{reason[1:]}")
+        raise ClosedIdle(f"el servidor cerró la conexión: {reason[:1].lower()}{reason[1:]}")
     if not reply["ok"]:  # a refusal names its code and says why (contract, section 3)
         shapes.field(reply, "error", str)
         shapes.field(reply, "mensaje", str)

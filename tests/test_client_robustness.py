@@ -1,0 +1,239 @@
+"""The client library where connections end or misbehave: idle closes, a request
+that cannot be written, a call interrupted, replies no order server sends.
+Real server processes (stopped by their pid) and loopback listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from conftest import LineClient, ServerProcess, running_server, wait_for
+
+from pedidos.client import AsyncClient, Client, ConnectionProblem
+
+_names = itertools.count(1)
+
+GREETING = b'{"ok": true, "servidor": "pedidos", "protocolo": 1, "mensaje": "hola"}\n'
+IDLE_NOTICE = (
+    b'{"ok": false, "error": "tiempo_agotado", "mensaje": "Sin actividad durante 1 s; se cierra la '
+    b'conexi\xc3\xb3n.", "conexion_cerrada": true}\n'
+)
+STATS = b'{"ok": true, "estados": {"pendiente": 0}, "workers": 7}\n'
+
+
+def unique(prefix: str = "rob") -> str:
+    return f"{prefix}-{next(_names)}-{time.monotonic_ns()}"
+
+
+@pytest.fixture(scope="module")
+def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real server that closes a connection silent for 1 s."""
+    with running_server(tmp_path_factory.mktemp("idle"), "--work-time", "0", "--idle-timeout", "1") as srv:
+        yield srv
+
+
+def others_gone(port: int) -> bool:
+    """True once the server holds no connection but the one asking."""
+    with LineClient("127.0.0.1", port) as probe:
+        return probe.ask({"accion": "estadisticas"})["conexiones"] == 1
+
+
+class Scripted:
+    """A loopback listener: each connection greets, then its `replies(n, line)`
+    (n: the connection's number from 0) answers each request line with bytes,
+    or None to close. Counts the request lines it read, per connection."""
+
+    def __init__(self, replies: Callable[[int, bytes], bytes | None]) -> None:
+        self.replies = replies
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port: int = self.sock.getsockname()[1]
+        self.requests: list[list[bytes]] = []
+        self._conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self._conns.append(conn)
+            number, seen = len(self.requests), []
+            self.requests.append(seen)
+            threading.Thread(target=self._talk, args=(conn, number, seen), daemon=True).start()
+
+    def _talk(self, conn: socket.socket, number: int, seen: list[bytes]) -> None:
+        conn.settimeout(10)
+        buf = b""
+        with contextlib.suppress(OSError):
+            conn.sendall(GREETING)
+            while data := conn.recv(65536):
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    seen.append(line)
+                    reply = self.replies(number, line)
+                    if reply is None:
+                        conn.shutdown(socket.SHUT_RDWR)
+                        return
+                    conn.sendall(reply)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self._conns:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[Callable[[int, bytes], bytes | None]], Scripted]]:
+    made: list[Scripted] = []
+
+    def make(replies: Callable[[int, bytes], bytes | None]) -> Scripted:
+        made.append(Scripted(replies))
+        return made[-1]
+
+    yield make
+    for fake in made:
+        fake.close()
+
+
+# --- a connection the server closed for being idle -----------------------------------
+
+
+def test_blocking_client_connects_again_after_an_idle_close_and_sends_once(idle_server):
+    # Was: the first call after the server's idle close raised "el servidor cerró
+    # la conexión: sin actividad durante 1 s" (AsyncClient reconnected).
+    name = unique()
+    with Client("127.0.0.1", idle_server.port, timeout=5) as client:
+        assert client.stats()["workers"] == 2
+        wait_for(lambda: others_gone(idle_server.port), timeout=10)
+        receipt = client.submit(name, ["pan"], "Calle 1")
+        assert [o.id for o in client.list(cliente=name)] == [receipt.id]
+        wait_for(lambda: others_gone(idle_server.port), timeout=10)
+        # A pipeline too starts on a new connection.
+        (second,) = client.submit_many([{"cliente": name, "productos": ["té"], "direccion": "C"}])
+        assert [o.id for o in client.list(cliente=name)] == [receipt.id, second.id]
+
+
+def test_async_client_connects_again_after_an_idle_close_and_sends_once(idle_server):
+    name = unique()
+
+    async def main() -> list[int]:
+        async with AsyncClient("127.0.0.1", idle_server.port, timeout=5) as client:
+            assert (await client.stats())["workers"] == 2
+            await asyncio.to_thread(wait_for, lambda: others_gone(idle_server.port), 10)
+            receipt = await client.submit(name, ["pan"], "Calle 1")
+            return [receipt.id] + [o.id for o in await client.list(cliente=name)]
+
+    sent, *listed = asyncio.run(main())
+    assert listed == [sent]
+
+
+def idle_then_answer(number: int, line: bytes) -> bytes:
+    """The first connection gets the idle notice for its first request (the
+    server's notice crossing the request on the wire); later ones, answers."""
+    return IDLE_NOTICE if number == 0 else STATS
+
+
+def test_blocking_request_crossing_the_idle_notice_is_sent_again_on_a_new_connection(scripted):
+    fake = scripted(idle_then_answer)
+    with Client("127.0.0.1", fake.port, timeout=5) as client:
+        assert client.stats()["workers"] == 7
+    assert [len(seen) for seen in fake.requests] == [1, 1]
+
+
+def test_async_request_crossing_the_idle_notice_is_sent_again_on_a_new_connection(scripted):
+    fake = scripted(idle_then_answer)
+
+    async def main() -> int:
+        async with AsyncClient("127.0.0.1", fake.port, timeout=5) as client:
+            return (await client.stats())["workers"]
+
+    assert asyncio.run(main()) == 7
+    assert [len(seen) for seen in fake.requests] == [1, 1]
+
+
+def test_a_request_cut_off_without_the_notice_is_not_sent_again(scripted):
+    # Closed after reading the request, with no notice: it may have had its
+    # effect, so neither client sends it twice.
+    fake = scripted(lambda number, line: None)
+    order = ("Ana", ["pan"], "Calle 1")
+    with pytest.raises(ConnectionProblem, match="cerró|perdió"):
+        Client("127.0.0.1", fake.port, timeout=5).submit(*order)
+
+    async def main() -> None:
+        await AsyncClient("127.0.0.1", fake.port, timeout=5).submit(*order)
+
+    with pytest.raises(ConnectionProblem, match="cerró|perdió"):
+        asyncio.run(main())
+    assert [len(seen) for seen in fake.requests] == [1, 1]
+    assert all(json.loads(seen[0])["cliente"] == "Ana" for seen in fake.requests)
+
+
+# --- a request that cannot be written, or a call cut short ----------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"cliente": "Ana", "productos": {"pan"}, "direccion": "Calle 1"},  # a set: no JSON
+        {"cliente": "\udcff", "productos": ["pan"], "direccion": "Calle 1"},  # a lone surrogate: no UTF-8
+    ],
+)
+def test_async_a_request_that_cannot_be_written_leaves_the_connection_in_step(idle_server, bad):
+    # Was: AsyncClient took a place in line before writing the request, so one
+    # that could not be encoded left a place no reply would fill: the next
+    # request's reply went to it, and the next request hung until its timeout.
+    async def main() -> int:
+        async with AsyncClient("127.0.0.1", idle_server.port, timeout=3) as client:
+            with pytest.raises((TypeError, ValueError)):
+                await client.request(bad)
+            return (await client.stats())["workers"]
+
+    assert asyncio.run(main()) == 2
+
+
+class Interrupted(Exception):
+    """Raised by a signal handler, as Ctrl-C raises KeyboardInterrupt."""
+
+
+@pytest.fixture(scope="module")
+def busy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real server whose orders take 2 s: an `esperar` on one is answered late."""
+    with running_server(tmp_path_factory.mktemp("busy"), "--work-time", "2") as srv:
+        yield srv
+
+
+def test_blocking_a_call_interrupted_before_its_reply_does_not_hand_that_reply_to_the_next(busy_server):
+    # Was: the connection stayed open with the interrupted request's reply on its
+    # way, and the next call read it as its own (here `get` returned, or
+    # refused with, the `esperar` reply about another order).
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    with Client("127.0.0.1", busy_server.port, timeout=10) as client:
+        slow = client.submit(unique(), ["pan"], "Calle 1")
+        other = client.submit(unique(), ["té"], "Calle 2")
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(Interrupted):
+                client.wait(slow.id, timeout=1)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert client.get(other.id).id == other.id
