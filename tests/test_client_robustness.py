@@ -10,12 +10,14 @@ import itertools
 import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import LineClient, ServerProcess, running_server, wait_for
+from conftest import CLIENTE, LineClient, ServerProcess, clean_environ, running_server, wait_for
 
 from pedidos.client import AsyncClient, Client, ConnectionProblem
 
@@ -237,3 +239,54 @@ def test_blocking_a_call_interrupted_before_its_reply_does_not_hand_that_reply_t
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
         assert client.get(other.id).id == other.id
+
+
+# --- replies and names no order server gives -------------------------------------------
+
+DEEP = b'{"ok": true, "pedido": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+
+
+def cliente(*argv: str | bytes, stdin: bytes = b"", timeout: float = 30) -> tuple[int, str]:
+    """The real `cliente.py` (argv may hold bytes that are no UTF-8): its exit
+    status and stderr; stdout is dropped."""
+    done = subprocess.run(
+        [sys.executable, str(CLIENTE), *argv],
+        input=stdin,
+        capture_output=True,
+        env=clean_environ(),
+        timeout=timeout,
+    )
+    return done.returncode, done.stderr.decode("utf-8", "replace")
+
+
+def test_a_reply_nested_deeper_than_python_reads_is_a_connection_problem(scripted):
+    # Was RecursionError out of json.loads: a traceback and exit 1 from cliente.py.
+    fake = scripted(lambda number, line: DEEP)
+    with pytest.raises(ConnectionProblem, match="respuesta ilegible"):
+        Client("127.0.0.1", fake.port, timeout=5).get(1)
+
+    async def main() -> None:
+        await AsyncClient("127.0.0.1", fake.port, timeout=5).get(1)
+
+    with pytest.raises(ConnectionProblem, match="respuesta ilegible"):
+        asyncio.run(main())
+    code, err = cliente("--host", "127.0.0.1", "--port", str(fake.port), "--consultar", "1")
+    assert code == 3 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("cliente.py: respuesta ilegible del servidor")
+
+
+def test_a_host_name_dns_cannot_carry_is_not_found():
+    # Was UnicodeError from the IDNA codec (a label over 63 characters): a
+    # traceback and exit 1 from cliente.py.
+    host = "a" * 300
+    with pytest.raises(ConnectionProblem, match="no se encuentra el servidor"):
+        Client(host, 8888, timeout=5).stats()
+
+    async def main() -> None:
+        await AsyncClient(host, 8888, timeout=5).stats()
+
+    with pytest.raises(ConnectionProblem, match="no se encuentra el servidor"):
+        asyncio.run(main())
+    code, err = cliente("--host", host, "--estadisticas")
+    assert code == 3 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "no se encuentra el servidor" in err

@@ -61,7 +61,7 @@ class AsyncClient(Commands):
         host = bare_host(self.host)
         try:
             infos = await loop.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
+        except (socket.gaierror, UnicodeError) as exc:
             raise unresolved(host, exc) from None
         failures: list[tuple[str, str]] = []
         for family, kind, proto, _, address in infos:

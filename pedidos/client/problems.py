@@ -68,8 +68,11 @@ def bare_host(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
-def unresolved(host: str, exc: socket.gaierror) -> ConnectionProblem:
-    return ConnectionProblem(f"no se encuentra el servidor {host!r} ({exc.strerror})")
+def unresolved(host: str, exc: socket.gaierror | UnicodeError) -> ConnectionProblem:
+    # A name DNS cannot carry (a label over 63 characters, an empty label)
+    # fails in the IDNA codec before any lookup: not found all the same.
+    why = exc.strerror if isinstance(exc, socket.gaierror) else "no es un nombre válido"
+    return ConnectionProblem(f"no se encuentra el servidor {host!r} ({why})")
 
 
 def unreachable(host: str, port: int, failures: list[tuple[str, str]]) -> ConnectionProblem:

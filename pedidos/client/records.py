@@ -208,7 +208,7 @@ def parse_reply(line: bytes) -> dict[str, Any]:
     talking to a working order server."""
     try:
         reply = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than Python reads: no reply either
         raise ConnectionProblem(f"respuesta ilegible del servidor: {line[:80]!r}") from None
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise UnexpectedReply(f"{line[:80]!r}")
