@@ -21,6 +21,7 @@ import sys
 import termios
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import CLIENTE, ROOT, LineClient, ServerProcess, esperando, listed, running_server, wait_for
@@ -482,7 +483,9 @@ class Terminal:
     """The real `cliente.py` with its stdin and stderr (and stdout, unless piped) on a
     pseudo-terminal; what it writes there is collected in `screen`."""
 
-    def __init__(self, *argv: object, stdout_to_pipe: bool = False) -> None:
+    def __init__(
+        self, *argv: object, stdout_to_pipe: bool = False, env: dict[str, str] | None = None
+    ) -> None:
         self.master, slave = os.openpty()
         self.proc = subprocess.Popen(
             [sys.executable, str(CLIENTE), *map(str, argv)],
@@ -490,7 +493,7 @@ class Terminal:
             stdout=subprocess.PIPE if stdout_to_pipe else slave,
             stderr=slave,
             cwd=ROOT,
-            env={**os.environ, "TERM": "dumb", "COLUMNS": "100"},
+            env={**os.environ, "TERM": "dumb", "COLUMNS": "100", **(env or {})},
         )
         os.close(slave)
         # A wide window, so that readline never scrolls a long answer sideways.
@@ -554,7 +557,7 @@ class Terminal:
 def terminal():
     opened: list[Terminal] = []
 
-    def _open(*argv: object, **kwargs: bool) -> Terminal:
+    def _open(*argv: object, **kwargs: Any) -> Terminal:
         opened.append(Terminal(*argv, **kwargs))
         return opened[-1]
 
@@ -592,6 +595,28 @@ def test_interactive_asks_again_until_each_answer_is_valid(quick_server, termina
         "Av. Siempre Viva 742",
         name,
     )
+
+
+@pytest.mark.parametrize("env", [{"LC_ALL": "C.UTF-8"}, {"PYTHONIOENCODING": "utf-8:strict"}])
+def test_interactive_an_answer_that_is_no_utf8_is_asked_again(quick_server, terminal, env):
+    # Was UnicodeEncodeError's traceback once the order was sent (the C locale
+    # hands such bytes over as lone surrogates), or UnicodeDecodeError's at the
+    # question (a strict UTF-8 stdin).
+    name = unique()
+    term = terminal("--port", quick_server.port, "--referencia", name, env=env)
+    term.expect("Cliente (hasta 200 caracteres): ")
+    os.write(term.master, b"Jos\xff\xfe\r")  # bytes UTF-8 never uses
+    term.expect("La respuesta no es texto UTF-8 (¿la terminal usa otra codificación?). Inténtelo de nuevo.")
+    term.expect("Cliente (hasta 200 caracteres): ")
+    term.type(f"{name}\r")
+    term.expect("Productos, separados por comas")
+    term.type("pan\r")
+    term.expect("Dirección (hasta 500 caracteres): ")
+    term.type("Calle 1\r")
+    term.expect("Pedido recibido: número ")
+    assert term.finish() == 0 and "Traceback" not in term.screen
+    with Client("127.0.0.1", quick_server.port) as client:
+        assert [o.cliente for o in client.list(cliente=name)] == [name]
 
 
 def test_interactive_ctrl_c_and_end_of_input_send_nothing(quick_server, terminal):

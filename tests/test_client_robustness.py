@@ -290,3 +290,38 @@ def test_a_host_name_dns_cannot_carry_is_not_found():
     code, err = cliente("--host", host, "--estadisticas")
     assert code == 3 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "no se encuentra el servidor" in err
+
+
+# --- cliente.py with text that is no UTF-8 ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        ([b"--cliente", b"\xff", b"--productos", b"pan", b"--direccion", b"Calle 1"], {}, "opción --cliente"),
+        (
+            [b"--cliente", b"A", b"--productos", b"pan", b"q\xe9", b"--direccion", b"d"],
+            {},
+            "opción --productos",
+        ),
+        ([b"--consultar-referencia", b"ref-\xff"], {}, "opción --consultar-referencia"),
+        ([b"--listar", b"--contiene", b"p\xe9rez"], {}, "opción --contiene"),
+        ([b"--estadisticas", b"--token", b"\xff"], {}, "opción --token"),
+        ([b"--estadisticas"], {"PEDIDOS_TOKEN": b"k\xff"}, "la variable PEDIDOS_TOKEN"),
+    ],
+)
+def test_cliente_text_that_is_no_utf8_is_a_usage_error(dead_port, argv, env, named):
+    # Was UnicodeEncodeError's traceback (exit 1) when the request was written:
+    # Python hands such bytes over as lone surrogates, which UTF-8 cannot carry.
+    done = subprocess.run(
+        [sys.executable, str(CLIENTE), "--port", str(dead_port), *argv],
+        capture_output=True,
+        env={**clean_environ(), **{k.encode(): v for k, v in env.items()}},  # type: ignore[dict-item]
+        timeout=30,
+    )
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 2 and "Traceback" not in err, err
+    assert (
+        err.splitlines()[-1]
+        == f"cliente.py: error: {named}: no es texto UTF-8 (¿la terminal usa otra codificación?)"
+    )

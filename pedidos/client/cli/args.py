@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 
 from pedidos import __version__
-from pedidos.client.access import ENV_VAR
+from pedidos.client.access import ENV_VAR, chosen_token
 from pedidos.client.cli.invocation import SCRIPT
 from pedidos.client.cli.spanish import SpanishParser, argparse_in_spanish, estado_arg, number
 from pedidos.client.records import DEFAULT_PORT, DEFAULT_TIMEOUT
@@ -204,6 +204,30 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+# The options whose text goes to the server, which takes UTF-8 only.
+SENT_AS_TEXT = (
+    "token",
+    "cliente",
+    "productos",
+    "direccion",
+    "referencia",
+    "consultar_referencia",
+    "contiene",
+)
+NOT_UTF8 = "no es texto UTF-8 (¿la terminal usa otra codificación?)"
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding bytes that were no UTF-8: Python hands them over
+    as lone surrogates (from argv, or a terminal in the C locale), which no
+    request can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse(argv: Sequence[str] | None, has_terminal: bool, prog: str = SCRIPT) -> argparse.Namespace:
     """The options, checked as a whole; `mode` says what to do, `ask` whether
     the order must be asked for at the terminal."""
@@ -254,6 +278,12 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, has_termin
             parser.error(f"{name} solo sirve con --archivo")
     if args.cafile is not None and not args.tls:
         parser.error("--cafile solo sirve con --tls")
+    for name in SENT_AS_TEXT:
+        value = getattr(args, name)
+        if any(not is_utf8(text) for text in (value if isinstance(value, list) else [value or ""])):
+            parser.error(f"opción --{name.replace('_', '-')}: {NOT_UTF8}")
+    if not is_utf8(chosen_token(args.token) or ""):
+        parser.error(f"la variable {ENV_VAR}: {NOT_UTF8}")
     missing = [f for f in ("cliente", "productos", "direccion") if getattr(args, f) is None]
     args.limite = args.limite or 100
     if args.contiene is not None and not args.contiene.strip():

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from pedidos.client.cli.args import NOT_UTF8, is_utf8
 from pedidos.domain import CLIENTE_MAX, DIRECCION_MAX, PRODUCTO_MAX, PRODUCTOS_MAX
 from pedidos.protocol.replies import RequestError
 from pedidos.protocol.validation import order_products, order_text
@@ -40,8 +41,17 @@ def ask_order(ask: Callable[[str], str], order: dict[str, Any]) -> dict[str, Any
     """Ask for each field the order lacks until the answer passes the server's own rules."""
     for name, prompt, check in QUESTIONS:
         while order.get(name) is None:
+            answer: str | None
             try:
-                order[name] = check(ask(prompt))
+                answer = ask(prompt)
+            except UnicodeDecodeError:  # a strict stdin (a UTF-8 locale) refuses such bytes itself
+                answer = None
+            if answer is None or not is_utf8(answer):
+                # Bytes that are no UTF-8 (another encoding at the terminal): no request carries them.
+                print(f"  La respuesta {NOT_UTF8}. Inténtelo de nuevo.", file=sys.stderr, flush=True)
+                continue
+            try:
+                order[name] = check(answer)
             except RequestError as exc:
                 print(f"  {exc.mensaje} Inténtelo de nuevo.", file=sys.stderr, flush=True)
     return order
