@@ -240,6 +240,46 @@ def test_archivo_json_lines_sends_all_and_reports_refused_lines(quick_server, ca
         assert len(client.list(cliente=name, limite=1000)) == 498
 
 
+def test_archivo_lines_python_cannot_read_or_send_as_written_are_refused_and_the_rest_go(
+    quick_server, capsys, tmp_path
+):
+    # Were tracebacks (exit 1): RecursionError for a deep nesting, ValueError for
+    # an integer past 4300 digits, UnicodeEncodeError for a lone surrogate when
+    # the order was written. And a key given twice went as the last value alone,
+    # where the server refuses it naming the key.
+    name = unique()
+    good = json.dumps({"cliente": name, "productos": ["pan"], "direccion": "d"})
+    lines = [
+        '{"cliente": ' + "[" * 100_000,
+        good[:-1] + ', "n": 1' + "0" * 5000 + "}",
+        '{"cliente": "A", "productos": ["pan"], "direccion": "d", "cliente": "B"}',
+        '{"cliente": "\\ud800", "productos": ["pan"], "direccion": "d"}',
+        '{"cliente": "\\ud83d\\ude00 ' + name + '", "productos": ["pan"], "direccion": "d"}',  # a pair: fine
+        good,
+    ]
+    path = tmp_path / "raros.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    code, out, err = run(capsys, "--port", quick_server.port, "--archivo", path)
+    assert code == 1 and "Traceback" not in err
+    assert one_line_reason(err) == "cliente.py: 4 pedidos rechazados, detallados en el resumen"
+    assert "  aceptados:  2\n  rechazados: 4\n" in out
+    assert "    línea 1: json_invalido: no es JSON válido (anida demasiados niveles)\n" in out
+    assert "    línea 3: pedido_invalido: El campo 'cliente' aparece más de una vez" in out
+    assert "    línea 4: json_invalido: JSON inválido: texto con un sustituto UTF-16 suelto.\n" in out
+    assert "línea 2: " in out and "línea 5" not in out and "línea 6" not in out
+    with Client("127.0.0.1", quick_server.port) as client:
+        assert len(client.list(contiene=name)) == 2
+    # The same in a JSON array: the array cannot be read, nothing is sent (exit 2).
+    array = tmp_path / "raros.json"
+    array.write_text("[" + good + ", " + "[" * 100_000 + "]" * 100_000 + "]")
+    code, out, err = run(capsys, "--port", quick_server.port, "--archivo", array)
+    assert (code, out) == (2, "")
+    assert one_line_reason(err) == (
+        f"cliente.py: {array}: la lista JSON no es válida: anida demasiados niveles "
+        f"(línea 1, columna {len(good) + 4})"
+    )
+
+
 def test_archivo_an_order_over_the_size_limit_is_one_refused_line_and_the_rest_go(
     quick_server, capsys, tmp_path
 ):

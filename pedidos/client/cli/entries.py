@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
-from pedidos.protocol.replies import JSON_INVALIDO, MENSAJE_INVALIDO
+from pedidos.protocol.replies import JSON_INVALIDO, MENSAJE_INVALIDO, PEDIDO_INVALIDO
 
 # A pretty-printed order is read on until it closes, but no further than the
 # server would take in one request (by default).
@@ -24,6 +24,55 @@ MAX_ORDER_CHARS = DEFAULT_MAX_REQUEST_BYTES
 
 class BadInput(Exception):
     """The input as a whole cannot be read: nothing is sent."""
+
+
+class _Repeated(dict):  # type: ignore[type-arg]
+    """An object in which a key came twice: JSON keeps the last without a word,
+    where the server refuses it naming the key (contract, section 3)."""
+
+    repeated = ""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    marked = _Repeated(value)
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            marked.repeated = key
+            break
+        seen.add(key)
+    return marked
+
+
+# A lone UTF-16 surrogate written as an escape ("\ud800") is JSON Python reads,
+# but no UTF-8 text: it could not be sent (the server refuses it too).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_decoder = json.JSONDecoder(object_pairs_hook=_pairs)
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why JSON that Python gives up on is refused: a `json.JSONDecodeError`
+    has a place; the others are a nesting past Python's recursion limit, or an
+    integer over its 4300 digits."""
+    return "anida demasiados niveles" if isinstance(exc, RecursionError) else "un número demasiado largo"
+
+
+def _checked(line: int, value: Any, text: str) -> Entry:
+    """The entry for a value read from `text`, refused here if it could not be
+    sent as it was written: a key given twice, a lone surrogate."""
+    if type(value) is _Repeated:
+        why = f"El campo '{value.repeated}' aparece más de una vez; cada campo va una sola vez."
+        return Entry(line, problem=(PEDIDO_INVALIDO, why))
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            why = "JSON inválido: texto con un sustituto UTF-16 suelto."
+            return Entry(line, problem=(JSON_INVALIDO, why))
+    return Entry(line, value)
 
 
 @dataclass(frozen=True)
@@ -73,9 +122,13 @@ def _line_entries(text: str) -> Iterator[Entry]:
             continue
         while True:
             try:
-                yield Entry(first + 1, json.loads(chunk))
-                break
-            except json.JSONDecodeError as exc:
+                value = _decoder.decode(chunk)
+            except (RecursionError, ValueError) as exc:
+                if not isinstance(exc, json.JSONDecodeError):
+                    i = first + 1  # any lines joined to it get their own chance
+                    why = f"no es JSON válido ({_unreadable(exc)})"
+                    yield Entry(first + 1, problem=(JSON_INVALIDO, why))
+                    break
                 incomplete = exc.pos >= len(chunk.rstrip())
                 if incomplete and i < len(lines) and len(chunk) < MAX_ORDER_CHARS:
                     chunk += "\n" + lines[i]
@@ -88,6 +141,8 @@ def _line_entries(text: str) -> Iterator[Entry]:
                     i = first + 1
                 yield Entry(first + 1, problem=(JSON_INVALIDO, f"no es JSON válido ({_where(exc)})"))
                 break
+            yield _checked(first + 1, value, chunk)
+            break
 
 
 def _first_line_error(line: str) -> json.JSONDecodeError:
@@ -105,7 +160,7 @@ def _where(exc: json.JSONDecodeError) -> str:
 
 
 def _array_entries(text: str, start: int) -> list[Entry]:
-    decoder = json.JSONDecoder()
+    decoder = _decoder
     space = re.compile(r"\s*")
 
     def skip(pos: int) -> int:
@@ -127,11 +182,14 @@ def _array_entries(text: str, start: int) -> list[Entry]:
         while True:
             line += text.count("\n", counted, pos)
             counted = pos
+            begun = pos
             try:
                 value, pos = decoder.raw_decode(text, pos)
             except json.JSONDecodeError as exc:
                 raise fail(exc.pos, "se esperaba un valor") from None
-            entries.append(Entry(line, value))
+            except (RecursionError, ValueError) as exc:
+                raise fail(pos, _unreadable(exc)) from None
+            entries.append(_checked(line, value, text[begun:pos]))
             pos = skip(pos)
             if text.startswith(",", pos):
                 pos = skip(pos + 1)
