@@ -479,6 +479,11 @@ def test_unreachable_or_silent_server_exits_3(capsys, fake_server, dead_port):
             ["--cliente", "A", "--productos", "p", "--direccion", "d"],
             "'id' falta",
         ),
+        (  # was a KeyError's traceback: --json printed the reply unchecked, --esperar took its id
+            b'{"ok": true, "estado": "pendiente"}',
+            ["--cliente", "A", "--productos", "p", "--direccion", "d", "--json", "--esperar"],
+            "'id' falta",
+        ),
         (b'{"ok": true, "pedido": {"id": "7"}}', ["--consultar", "7"], "'id' no es un número entero"),
         (b'{"ok": true, "pedidos": [1]}', ["--listar"], "'pedidos' no es una lista de objetos"),
         (b'{"ok": false, "error": 5, "mensaje": null}', ["--consultar", "1"], "'error' no es un texto"),

@@ -101,12 +101,13 @@ def _client(args: Any) -> Client:
 
 def _send_order(client: Client, order: dict[str, Any], args: Any) -> int:
     reply = client.call(order)
+    receipt = receipt_of(reply)  # checked with --json too: --esperar follows its id
     if args.json:
         _emit(reply, flush=True)
     else:
-        print(receipt_line(receipt_of(reply)), flush=True)
+        print(receipt_line(receipt), flush=True)
     if args.esperar:
-        _follow(client, reply["id"], args.json, known=True)
+        _follow(client, receipt.id, args.json, known=True)
     return EXIT_OK
 
 
