@@ -362,6 +362,21 @@ def test_a_task_is_handed_the_stored_resultado_as_a_value():
     assert seen == [{"id": 1, "resultado": {"albaran": "A-1"}}, {"id": 2, "resultado": None}]
 
 
+def test_an_async_task_that_stops_the_loop_costs_no_other_order_an_attempt():
+    # loop.stop() from inside a task left the stop waiting in the worker's
+    # loop: the next order, which did nothing wrong, failed at once.
+    async def task(order):
+        if order["id"] == 1:
+            asyncio.get_running_loop().stop()
+            return "parado"
+        await asyncio.sleep(0)
+        return order["id"]
+
+    runner = TaskRunner(task)
+    assert runner({"id": 1}) == "parado"
+    assert [runner({"id": 2}), runner({"id": 3})] == [2, 3]
+
+
 def test_an_async_task_runs_on_each_workers_own_loop(tmp_path):
     args = ["--tarea", "tareas_prueba:asincrona", "--workers", "1"]
     with (

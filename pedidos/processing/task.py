@@ -148,7 +148,15 @@ class TaskRunner:
                 import asyncio
 
                 self._loop = asyncio.new_event_loop()
-            value = self._loop.run_until_complete(value)
+            try:
+                value = self._loop.run_until_complete(value)
+            finally:
+                # A task that called `loop.stop()` left a stop waiting in the
+                # loop: the next call, another order's, would end at once as a
+                # failed attempt ("Event loop stopped before Future completed").
+                # One more turn of the loop, told to stop after it, takes it.
+                self._loop.call_soon(self._loop.stop)
+                self._loop.run_forever()
         return value
 
     def close(self) -> None:
