@@ -163,3 +163,48 @@ def test_an_order_with_a_nul_character_is_refused_and_the_others_of_its_batch_ar
     assert len(ids) == 5
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM pedidos").fetchone() == (5,)
+
+
+def test_an_error_after_the_insert_committed_is_not_told_as_nothing_stored(pg_url, monkeypatch):
+    """A batch whose referencia lost a race to another transaction reads the
+    winner after its INSERT committed. An error of that read on a live
+    connection was told as a database refusing writes, "el pedido no se
+    guardó", to every order of the batch: those without a referencia were
+    stored, and a client that trusted it sent them twice."""
+    from pedidos.server.failures import MAYBE_STORED, reply_of
+    from pedidos.storage.postgres import intake
+
+    async def failing_read(conn, refs):  # a real error, on a connection still up
+        await conn.execute("SELECT * FROM no_such_table")
+
+    monkeypatch.setattr(intake, "_by_referencia", failing_read)
+    waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+
+    async def main():
+        storage = await started(pg_url)
+        try:
+            with psycopg.connect(pg_url) as other:  # the race's winner, not committed yet
+                other.execute(
+                    "INSERT INTO pedidos (cliente, productos, direccion, referencia, estado, "
+                    "fecha_recibido) VALUES ('Eva', '[\"sal\"]', 'Calle 9', 'r-race', 'pendiente', now())"
+                )
+                futures = [storage.submit(order(1), None, sender()), storage.submit(order(2, "r-race"), None)]
+                with psycopg.connect(pg_url) as look:
+                    await until(lambda: _true(look.execute(waiting).fetchone() != (0,)), "the INSERT waits")
+                other.commit()
+            await asyncio.wait(futures, timeout=DEADLINE_S)
+            return futures
+        finally:
+            await storage.stop()
+
+    futures = run(main())
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pedidos WHERE referencia IS NULL").fetchone() == (1,)
+    for future in futures:
+        error = future.exception()
+        assert isinstance(error, StorageUnavailable) and error.maybe_done, repr(error)
+        assert reply_of(future, "test")["mensaje"] == MAYBE_STORED
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -33,7 +33,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg import errors
 
 from pedidos.domain import Estado, Receipt
 from pedidos.logsetup import Repeating
@@ -214,8 +213,11 @@ async def insert_orders(
     if missing:  # stored by another transaction just now
         try:
             stored.update(await _by_referencia(conn, missing))
-        except errors.QueryCanceled as exc:
-            # The insert above is committed: not "nothing was stored".
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise  # a lost connection: `Link.use` says maybe done, and reconnects
+            # The insert above is committed: not "nothing was stored", whatever
+            # the error (a cancel, a lock_timeout, anything a refusal would say).
             raise DatabaseUnavailable(one_line(exc), maybe_done=True) from exc
     for i, result in enumerate(results):
         if result is None:
