@@ -275,6 +275,46 @@ def test_a_reply_nested_deeper_than_python_reads_is_a_connection_problem(scripte
     assert err.startswith("cliente.py: respuesta ilegible del servidor")
 
 
+def test_a_reply_that_never_ends_is_not_called_silence(scripted):
+    # Bytes kept coming but never the end of the line: "nada en N s" was false.
+    fake = scripted(lambda number, line: b'{"ok": true, "pedido": {"id": 1, "cliente": "')
+    with pytest.raises(ConnectionProblem, match="no terminó en 0.5 s"):
+        Client("127.0.0.1", fake.port, timeout=0.5).get(1)
+
+    async def main() -> None:
+        await AsyncClient("127.0.0.1", fake.port, timeout=0.5).get(1)
+
+    with pytest.raises(ConnectionProblem, match="no terminó en 0.5 s"):
+        asyncio.run(main())
+
+
+def test_replies_of_many_megabytes_come_whole_to_both_clients(scripted):
+    # Each read now searches only its own bytes for a line's end: the replies
+    # must come out the same, whole and in order, however they were cut.
+    big = "x" * (12 * 1024 * 1024)
+
+    def reply(number: int, line: bytes) -> bytes:
+        n = json.loads(line)["id"]
+        order = {"id": n, "cliente": big if n % 2 else "Ana", "productos": ["pan"], "direccion": "C"}
+        order.update(estado="listo", fecha_recibido="2026-12-04T10:00:00", intentos=0)
+        return json.dumps({"ok": True, "pedido": order}).encode() + b"\n"
+
+    fake = scripted(reply)
+    with Client("127.0.0.1", fake.port, timeout=30) as client:
+        got = [client.request({"accion": "consultar", "id": n}) for n in (1, 2)]
+        piped = list(client.pipeline([{"accion": "consultar", "id": n} for n in (3, 4, 5)]))
+    assert [r["pedido"]["id"] for r in got + piped] == [1, 2, 3, 4, 5]
+    assert [len(r["pedido"]["cliente"]) for r in got + piped] == [len(big), 3, len(big), 3, len(big)]
+
+    async def main() -> list[dict]:
+        async with AsyncClient("127.0.0.1", fake.port, timeout=30) as client:
+            return await asyncio.gather(
+                *(client.request({"accion": "consultar", "id": n}) for n in (1, 2, 3))
+            )
+
+    assert [len(r["pedido"]["cliente"]) for r in asyncio.run(main())] == [len(big), 3, len(big)]
+
+
 def test_a_host_name_dns_cannot_carry_is_not_found():
     # Was UnicodeError from the IDNA codec (a label over 63 characters): a
     # traceback and exit 1 from cliente.py.

@@ -215,8 +215,9 @@ class Client(Commands):
         """The next reply line, which must come within `allowance` seconds."""
         assert self._sock is not None
         deadline = time.monotonic() + allowance
+        scanned = 0  # looked at for its end already: a reply of many MB comes in many reads
         while True:
-            end = self._buf.find(b"\n")
+            end = self._buf.find(b"\n", scanned)
             if end >= 0:
                 line = bytes(self._buf[:end])
                 del self._buf[: end + 1]
@@ -224,14 +225,15 @@ class Client(Commands):
                     return parse_reply(line)
                 except ConnectionProblem as problem:
                     self._broken(problem)
+            scanned = len(self._buf)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._broken(silent(allowance))
+                self._broken(silent(allowance, partial=bool(self._buf)))
             self._sock.settimeout(remaining)
             try:
                 data = self._sock.recv(_CHUNK)
             except TimeoutError:
-                self._broken(silent(allowance))
+                self._broken(silent(allowance, partial=bool(self._buf)))
             except OSError as exc:
                 self._broken(lost(exc))
             if not data:
@@ -278,6 +280,7 @@ class Client(Commands):
                 if not events:
                     raise silent(self.timeout)
                 mask = events[0][1]
+                data = b""
                 try:
                     if mask & selectors.EVENT_WRITE:
                         del out[: sock.send(out)]
@@ -285,13 +288,15 @@ class Client(Commands):
                         data = sock.recv(_CHUNK)
                         if not data:
                             raise closed()
-                        self._buf += data
                         while isinstance(sock, ssl.SSLSocket) and sock.pending():  # unseen by select()
-                            self._buf += sock.recv(_CHUNK)
+                            data += sock.recv(_CHUNK)
+                        self._buf += data
                 except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     continue
                 except OSError as exc:
                     raise lost(exc) from None
+                if b"\n" not in data:  # only the new bytes: a long reply comes in many reads
+                    continue
                 end = self._buf.rfind(b"\n")
                 if end >= 0:
                     lines = self._buf[:end].split(b"\n")

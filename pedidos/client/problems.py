@@ -84,7 +84,10 @@ def unreachable(host: str, port: int, failures: list[tuple[str, str]]) -> Connec
     return ConnectionProblem(f"no se puede conectar con {show_address(host, port)}: {detail}")
 
 
-def silent(timeout: float) -> ConnectionProblem:
+def silent(timeout: float, partial: bool = False) -> ConnectionProblem:
+    """No reply within `timeout`; `partial`: part of one came, never its end."""
+    if partial:
+        return NoAnswer(f"la respuesta del servidor no terminó en {timeout:g} s (llegó solo una parte)")
     return NoAnswer(f"el servidor dejó de responder (nada en {timeout:g} s)")
 
 
