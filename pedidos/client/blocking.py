@@ -20,7 +20,6 @@ acknowledgements as `Receipt`s. `AsyncClient` lives in `pedidos.aclient`.
 from __future__ import annotations
 
 import contextlib
-import selectors
 import socket
 import ssl
 import time
@@ -30,6 +29,7 @@ from typing import Any, NoReturn
 from pedidos.client.access import auth_request, authenticated, no_greeting, wrap
 from pedidos.client.aio import AsyncClient
 from pedidos.client.commands import Commands, Following, Plan
+from pedidos.client.interleave import CHUNK, interleaved
 from pedidos.client.problems import (
     ClosedIdle,
     ConnectionProblem,
@@ -76,8 +76,6 @@ __all__ = [
     "UnexpectedReply",
     "order_request",
 ]
-
-_CHUNK = 256 * 1024
 
 
 class Client(Commands):
@@ -192,7 +190,7 @@ class Client(Commands):
             return True
         try:
             sock.setblocking(False)
-            data = sock.recv(_CHUNK)
+            data = sock.recv(CHUNK)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return False  # nothing came (over TLS, perhaps a session ticket): still open
         except OSError:
@@ -231,7 +229,7 @@ class Client(Commands):
                 self._broken(silent(allowance, partial=bool(self._buf)))
             self._sock.settimeout(remaining)
             try:
-                data = self._sock.recv(_CHUNK)
+                data = self._sock.recv(CHUNK)
             except TimeoutError:
                 self._broken(silent(allowance, partial=bool(self._buf)))
             except OSError as exc:
@@ -255,57 +253,11 @@ class Client(Commands):
             self.connect()
         sock = self._sock
         assert sock is not None
-        source = iter(requests)
-        out = bytearray()
-        in_flight = 0
-        exhausted = False
         done = False
-        sel = selectors.DefaultSelector()
-        sock.setblocking(False)
-        sel.register(sock, selectors.EVENT_READ)
         try:
-            while True:
-                while not exhausted and in_flight < window:
-                    try:
-                        out += encode(next(source))
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    in_flight += 1
-                if exhausted and in_flight == 0:
-                    done = True
-                    return
-                sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0))
-                events = sel.select(self.timeout)
-                if not events:
-                    raise silent(self.timeout)
-                mask = events[0][1]
-                data = b""
-                try:
-                    if mask & selectors.EVENT_WRITE:
-                        del out[: sock.send(out)]
-                    if mask & selectors.EVENT_READ:
-                        data = sock.recv(_CHUNK)
-                        if not data:
-                            raise closed()
-                        while isinstance(sock, ssl.SSLSocket) and sock.pending():  # unseen by select()
-                            data += sock.recv(_CHUNK)
-                        self._buf += data
-                except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                    continue
-                except OSError as exc:
-                    raise lost(exc) from None
-                if b"\n" not in data:  # only the new bytes: a long reply comes in many reads
-                    continue
-                end = self._buf.rfind(b"\n")
-                if end >= 0:
-                    lines = self._buf[:end].split(b"\n")
-                    del self._buf[: end + 1]
-                    for line in lines:
-                        in_flight -= 1
-                        yield parse_reply(line)
+            yield from interleaved(sock, self._buf, requests, window, self.timeout)
+            done = True
         finally:
-            sel.close()
             if done:
                 sock.settimeout(self.timeout)
             else:
