@@ -64,7 +64,7 @@ class RepeatedKeys(dict):
     repeated = ""
 
 
-def _note_repeats(pairs: list[tuple[str, Any]]) -> dict:
+def note_repeats(pairs: list[tuple[str, Any]]) -> dict:
     value = dict(pairs)
     if len(value) == len(pairs):
         return value
@@ -82,7 +82,7 @@ _json_pairs = json.JSONDecoder(
     parse_int=_checked_int,
     parse_float=_checked_float,
     parse_constant=_refuse_constant,
-    object_pairs_hook=_note_repeats,
+    object_pairs_hook=note_repeats,
 )
 
 

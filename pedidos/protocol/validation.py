@@ -42,13 +42,18 @@ def parse_request(value: Any) -> NewOrder | Command:
             f"Se esperaba un objeto JSON ({{...}}), no {json_type(value)}.",
         )
     if type(value) is RepeatedKeys:
-        raise RequestError(
-            MENSAJE_INVALIDO if "accion" in value else PEDIDO_INVALIDO,
-            f"El campo '{value.repeated}' aparece más de una vez; cada campo va una sola vez.",
-        )
+        raise repeated_key(value)
     if "accion" in value:
         return parse_command(value)
     return parse_order(value)
+
+
+def repeated_key(value: RepeatedKeys) -> RequestError:
+    """The refusal of an object with a key given twice (see framing.RepeatedKeys)."""
+    return RequestError(
+        MENSAJE_INVALIDO if "accion" in value else PEDIDO_INVALIDO,
+        f"El campo '{value.repeated}' aparece más de una vez; cada campo va una sola vez.",
+    )
 
 
 def parse_order(value: dict[str, Any]) -> NewOrder:

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
-from pedidos.protocol.replies import JSON_INVALIDO, MENSAJE_INVALIDO, PEDIDO_INVALIDO
+from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES, RepeatedKeys, note_repeats
+from pedidos.protocol.replies import JSON_INVALIDO, MENSAJE_INVALIDO
+from pedidos.protocol.validation import repeated_key
 
 # A pretty-printed order is read on until it closes, but no further than the
 # server would take in one request (by default).
@@ -26,31 +27,10 @@ class BadInput(Exception):
     """The input as a whole cannot be read: nothing is sent."""
 
 
-class _Repeated(dict):  # type: ignore[type-arg]
-    """An object in which a key came twice: JSON keeps the last without a word,
-    where the server refuses it naming the key (contract, section 3)."""
-
-    repeated = ""
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    value = dict(pairs)
-    if len(value) == len(pairs):
-        return value
-    marked = _Repeated(value)
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            marked.repeated = key
-            break
-        seen.add(key)
-    return marked
-
-
 # A lone UTF-16 surrogate written as an escape ("\ud800") is JSON Python reads,
 # but no UTF-8 text: it could not be sent (the server refuses it too).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_decoder = json.JSONDecoder(object_pairs_hook=_pairs)
+_decoder = json.JSONDecoder(object_pairs_hook=note_repeats)
 
 
 def _unreadable(exc: Exception) -> str:
@@ -63,9 +43,9 @@ def _unreadable(exc: Exception) -> str:
 def _checked(line: int, value: Any, text: str) -> Entry:
     """The entry for a value read from `text`, refused here if it could not be
     sent as it was written: a key given twice, a lone surrogate."""
-    if type(value) is _Repeated:
-        why = f"El campo '{value.repeated}' aparece más de una vez; cada campo va una sola vez."
-        return Entry(line, problem=(PEDIDO_INVALIDO, why))
+    if type(value) is RepeatedKeys:  # refused as the server would
+        refusal = repeated_key(value)
+        return Entry(line, problem=(refusal.code, refusal.mensaje))
     if _SURROGATE_ESCAPE.search(text):
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
