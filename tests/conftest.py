@@ -435,21 +435,28 @@ def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
         yield srv
 
 
+Replies = Callable[[int, bytes], "bytes | None"]  # a FakeServer's answer to line `bytes` of connection `int`
+
+
 class FakeServer:
     """A loopback listener playing a server that misbehaves, for the client's tests.
 
     `script`: "silent" accepts and never says a word; "mute" greets, then never
     answers; "hangup" greets, then closes at the first request; "busy" refuses
     the connection with `servidor_ocupado`, as a full server does; "answer"
-    greets, then answers every request line with `reply`.
+    greets, then answers every request line with `reply`. Or a function
+    `(n, line) -> bytes | None`: each connection (n: its number from 0) greets,
+    then answers each request line with what the function returns, or closes
+    at None; `requests[n]` holds the lines connection n read.
     """
 
     GREETING = b'{"ok": true, "servidor": "pedidos", "protocolo": 1, "mensaje": "hola"}\n'
     BUSY = b'{"ok": false, "error": "servidor_ocupado", "mensaje": "El servidor no acepta m\xc3\xa1s."}\n'
 
-    def __init__(self, script: str, reply: bytes = b"") -> None:
+    def __init__(self, script: str | Replies, reply: bytes = b"") -> None:
         self.script = script
         self.reply = reply
+        self.requests: list[list[bytes]] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
         self.port: int = self.sock.getsockname()[1]
@@ -465,6 +472,12 @@ class FakeServer:
             except (TimeoutError, OSError):
                 continue
             self.conns.append(conn)
+            if callable(self.script):
+                seen: list[bytes] = []
+                self.requests.append(seen)
+                args = (conn, self.script, len(self.requests) - 1, seen)
+                threading.Thread(target=self._talk, args=args, daemon=True).start()
+                continue
             with contextlib.suppress(OSError):
                 if self.script == "busy":
                     conn.sendall(self.BUSY)
@@ -484,6 +497,28 @@ class FakeServer:
             conn.sendall(self.reply * data.count(b"\n"))
         conn.close()
 
+    def _talk(
+        self,
+        conn: socket.socket,
+        replies: Callable[[int, bytes], bytes | None],
+        number: int,
+        seen: list[bytes],
+    ) -> None:
+        conn.settimeout(10)
+        buf = b""
+        with contextlib.suppress(OSError):
+            conn.sendall(self.GREETING)
+            while data := conn.recv(65536):
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    seen.append(line)
+                    reply = replies(number, line)
+                    if reply is None:
+                        conn.shutdown(socket.SHUT_RDWR)
+                        return
+                    conn.sendall(reply)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
@@ -493,10 +528,10 @@ class FakeServer:
 
 
 @pytest.fixture
-def fake_server() -> Iterator[Callable[[str], FakeServer]]:
+def fake_server() -> Iterator[Callable[..., FakeServer]]:
     servers: list[FakeServer] = []
 
-    def _start(script: str, reply: bytes = b"") -> FakeServer:
+    def _start(script: str | Replies, reply: bytes = b"") -> FakeServer:
         servers.append(FakeServer(script, reply))
         return servers[-1]
 

@@ -5,16 +5,13 @@ Real server processes (stopped by their pid) and loopback listeners."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from conftest import CLIENTE, LineClient, ServerProcess, clean_environ, running_server, wait_for
@@ -23,7 +20,6 @@ from pedidos.client import AsyncClient, Client, ConnectionProblem
 
 _names = itertools.count(1)
 
-GREETING = b'{"ok": true, "servidor": "pedidos", "protocolo": 1, "mensaje": "hola"}\n'
 IDLE_NOTICE = (
     b'{"ok": false, "error": "tiempo_agotado", "mensaje": "Sin actividad durante 1 s; se cierra la '
     b'conexi\xc3\xb3n.", "conexion_cerrada": true}\n'
@@ -46,70 +42,6 @@ def others_gone(port: int) -> bool:
     """True once the server holds no connection but the one asking."""
     with LineClient("127.0.0.1", port) as probe:
         return probe.ask({"accion": "estadisticas"})["conexiones"] == 1
-
-
-class Scripted:
-    """A loopback listener: each connection greets, then its `replies(n, line)`
-    (n: the connection's number from 0) answers each request line with bytes,
-    or None to close. Counts the request lines it read, per connection."""
-
-    def __init__(self, replies: Callable[[int, bytes], bytes | None]) -> None:
-        self.replies = replies
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.05)
-        self.port: int = self.sock.getsockname()[1]
-        self.requests: list[list[bytes]] = []
-        self._conns: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self._conns.append(conn)
-            number, seen = len(self.requests), []
-            self.requests.append(seen)
-            threading.Thread(target=self._talk, args=(conn, number, seen), daemon=True).start()
-
-    def _talk(self, conn: socket.socket, number: int, seen: list[bytes]) -> None:
-        conn.settimeout(10)
-        buf = b""
-        with contextlib.suppress(OSError):
-            conn.sendall(GREETING)
-            while data := conn.recv(65536):
-                buf += data
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    seen.append(line)
-                    reply = self.replies(number, line)
-                    if reply is None:
-                        conn.shutdown(socket.SHUT_RDWR)
-                        return
-                    conn.sendall(reply)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for conn in self._conns:
-            conn.close()
-        self.sock.close()
-
-
-@pytest.fixture
-def scripted() -> Iterator[Callable[[Callable[[int, bytes], bytes | None]], Scripted]]:
-    made: list[Scripted] = []
-
-    def make(replies: Callable[[int, bytes], bytes | None]) -> Scripted:
-        made.append(Scripted(replies))
-        return made[-1]
-
-    yield make
-    for fake in made:
-        fake.close()
 
 
 # --- a connection the server closed for being idle -----------------------------------
@@ -150,15 +82,15 @@ def idle_then_answer(number: int, line: bytes) -> bytes:
     return IDLE_NOTICE if number == 0 else STATS
 
 
-def test_blocking_request_crossing_the_idle_notice_is_sent_again_on_a_new_connection(scripted):
-    fake = scripted(idle_then_answer)
+def test_blocking_request_crossing_the_idle_notice_is_sent_again_on_a_new_connection(fake_server):
+    fake = fake_server(idle_then_answer)
     with Client("127.0.0.1", fake.port, timeout=5) as client:
         assert client.stats()["workers"] == 7
     assert [len(seen) for seen in fake.requests] == [1, 1]
 
 
-def test_async_request_crossing_the_idle_notice_is_sent_again_on_a_new_connection(scripted):
-    fake = scripted(idle_then_answer)
+def test_async_request_crossing_the_idle_notice_is_sent_again_on_a_new_connection(fake_server):
+    fake = fake_server(idle_then_answer)
 
     async def main() -> int:
         async with AsyncClient("127.0.0.1", fake.port, timeout=5) as client:
@@ -168,10 +100,10 @@ def test_async_request_crossing_the_idle_notice_is_sent_again_on_a_new_connectio
     assert [len(seen) for seen in fake.requests] == [1, 1]
 
 
-def test_a_request_cut_off_without_the_notice_is_not_sent_again(scripted):
+def test_a_request_cut_off_without_the_notice_is_not_sent_again(fake_server):
     # Closed after reading the request, with no notice: it may have had its
     # effect, so neither client sends it twice.
-    fake = scripted(lambda number, line: None)
+    fake = fake_server(lambda number, line: None)
     order = ("Ana", ["pan"], "Calle 1")
     with pytest.raises(ConnectionProblem, match="cerró|perdió"):
         Client("127.0.0.1", fake.port, timeout=5).submit(*order)
@@ -259,9 +191,9 @@ def cliente(*argv: str | bytes, stdin: bytes = b"", timeout: float = 30) -> tupl
     return done.returncode, done.stderr.decode("utf-8", "replace")
 
 
-def test_a_reply_nested_deeper_than_python_reads_is_a_connection_problem(scripted):
+def test_a_reply_nested_deeper_than_python_reads_is_a_connection_problem(fake_server):
     # Was RecursionError out of json.loads: a traceback and exit 1 from cliente.py.
-    fake = scripted(lambda number, line: DEEP)
+    fake = fake_server(lambda number, line: DEEP)
     with pytest.raises(ConnectionProblem, match="respuesta ilegible"):
         Client("127.0.0.1", fake.port, timeout=5).get(1)
 
@@ -275,9 +207,9 @@ def test_a_reply_nested_deeper_than_python_reads_is_a_connection_problem(scripte
     assert err.startswith("cliente.py: respuesta ilegible del servidor")
 
 
-def test_a_reply_that_never_ends_is_not_called_silence(scripted):
+def test_a_reply_that_never_ends_is_not_called_silence(fake_server):
     # Bytes kept coming but never the end of the line: "nada en N s" was false.
-    fake = scripted(lambda number, line: b'{"ok": true, "pedido": {"id": 1, "cliente": "')
+    fake = fake_server(lambda number, line: b'{"ok": true, "pedido": {"id": 1, "cliente": "')
     with pytest.raises(ConnectionProblem, match="no terminó en 0.5 s"):
         Client("127.0.0.1", fake.port, timeout=0.5).get(1)
 
@@ -288,7 +220,7 @@ def test_a_reply_that_never_ends_is_not_called_silence(scripted):
         asyncio.run(main())
 
 
-def test_replies_of_many_megabytes_come_whole_to_both_clients(scripted):
+def test_replies_of_many_megabytes_come_whole_to_both_clients(fake_server):
     # Each read now searches only its own bytes for a line's end: the replies
     # must come out the same, whole and in order, however they were cut.
     big = "x" * (12 * 1024 * 1024)
@@ -299,7 +231,7 @@ def test_replies_of_many_megabytes_come_whole_to_both_clients(scripted):
         order.update(estado="listo", fecha_recibido="2026-12-04T10:00:00", intentos=0)
         return json.dumps({"ok": True, "pedido": order}).encode() + b"\n"
 
-    fake = scripted(reply)
+    fake = fake_server(reply)
     with Client("127.0.0.1", fake.port, timeout=30) as client:
         got = [client.request({"accion": "consultar", "id": n}) for n in (1, 2)]
         piped = list(client.pipeline([{"accion": "consultar", "id": n} for n in (3, 4, 5)]))
