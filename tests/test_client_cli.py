@@ -581,6 +581,14 @@ class Terminal:
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
 
+    def answer_the_rest(self, cliente: str) -> None:
+        """Answer the questions from the customer's name on, with one bread to Calle 1."""
+        self.type(f"{cliente}\r")
+        self.expect("Productos, separados por comas")
+        self.type("pan\r")
+        self.expect("Dirección (hasta 500 caracteres): ")
+        self.type("Calle 1\r")
+
     def finish(self, timeout: float = 20) -> int:
         deadline = time.monotonic() + timeout
         while self.proc.poll() is None and time.monotonic() < deadline:
@@ -653,11 +661,7 @@ def test_interactive_an_answer_that_is_no_utf8_is_asked_again(quick_server, term
     os.write(term.master, b"Jos\xff\xfe\r")  # bytes UTF-8 never uses
     term.expect("La respuesta no es texto UTF-8 (¿la terminal usa otra codificación?). Inténtelo de nuevo.")
     term.expect("Cliente (hasta 200 caracteres): ")
-    term.type(f"{name}\r")
-    term.expect("Productos, separados por comas")
-    term.type("pan\r")
-    term.expect("Dirección (hasta 500 caracteres): ")
-    term.type("Calle 1\r")
+    term.answer_the_rest(name)
     term.expect("Pedido recibido: número ")
     assert term.finish() == 0 and "Traceback" not in term.screen
     with Client("127.0.0.1", quick_server.port) as client:
@@ -685,11 +689,7 @@ def test_interactive_questions_stay_on_the_terminal_when_stdout_is_redirected(qu
     name = unique()
     term = terminal("--port", quick_server.port, "--referencia", name, stdout_to_pipe=True)
     term.expect("Cliente (hasta 200 caracteres): ")
-    term.type(f"{name}\r")
-    term.expect("Productos, separados por comas")
-    term.type("pan\r")
-    term.expect("Dirección (hasta 500 caracteres): ")
-    term.type("Calle 1\r")
+    term.answer_the_rest(name)
     assert term.finish() == 0
     assert term.proc.stdout is not None
     out = term.proc.stdout.read().decode()
