@@ -22,6 +22,7 @@ from pedidos.tools.bench import GROUPS, PG_GROUPS, build_parser, parse_args
 from pedidos.tools.drive import drive
 from pedidos.tools.procs import TICK, Child, machine_times
 from pedidos.tools.report import CPU_PARTS, ceilings, table
+from pedidos.tools.scenarios import LINE
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--seconds", "0.3", "--warm", "0.1", "--connections", "5", "--pipeline-conns", "2", "--depth", "5"]
@@ -230,7 +231,9 @@ def _drive_echo(tmp_path, ports, line: bytes, generator: str, **kw):
     """`drive` against a Protocol echo: `ports(echo_port)` says where to connect."""
     echo = Child(["-m", "pedidos.tools.echo", "protocol"], tmp_path / "echo.log")
     try:
-        return drive(ports(echo.port), line, seconds=30, greeting=False, engine=generator, procs=2, **kw)
+        # An echo says no "ok": true: every reply counts (check=False), as for the baselines.
+        options = {"seconds": 30, "greeting": False, "check": False, "engine": generator, "procs": 2}
+        return drive(ports(echo.port), line, **options, **kw)
     finally:
         echo.stop()
 
@@ -250,6 +253,23 @@ def test_a_list_of_ports_spreads_the_connections_evenly_over_them(generator, tmp
     result = _drive_echo(tmp_path, lambda port: [port, dead], b"x\n", generator, conns=5, limit=4)
     assert (result["connected"], result["connect_failed"]) == (3, 2)
     assert (result["count"], result["lost"], result["unanswered"]) == (12, 0, 0)
+
+
+@pytest.mark.parametrize("generator", ["c", "python"])
+def test_replies_that_refuse_the_order_are_not_counted_as_acks(generator, tmp_path):
+    # An order the server refuses (here pedido_invalido: no productos) is answered at
+    # once with "ok": false: a reply, not an ack. It was counted in the rate and timed.
+    server = Child(["-m", "pedidos", "--port", "0", "--db", str(tmp_path / "p.db")], tmp_path / "p.log")
+    try:
+        refused = json.dumps({"cliente": "x", "productos": [], "direccion": "y"}).encode() + b"\n"
+        options = {"conns": 2, "limit": 10, "seconds": 30, "engine": generator, "procs": 2}
+        result = drive(server.port, refused, **options)
+        assert (result["count"], result["bad"], result["requests"]) == (0, 20, 20)
+        assert result["p50_ms"] != result["p50_ms"]  # no latency of an ack: nan
+        result = drive(server.port, LINE, **options)
+        assert (result["count"], result["bad"], result["requests"]) == (20, 0, 20)
+    finally:
+        server.stop()
 
 
 def test_nodes_of_one_postgresql_database_measure_every_node_scenario_and_leave_nothing(pg_url, tmp_path):

@@ -44,7 +44,8 @@ def drive(
 ) -> dict[str, Any]:
     """Run the load: `conns` connections over `procs` processes, `depth`
     requests in flight each, for `warm` + `seconds` (or `limit` requests per
-    connection). Figures cover the `seconds` after `warm`; `during(start, end,
+    connection). Figures cover the `seconds` after `warm`; with `check`, a
+    reply without "ok": true is `bad` and neither counted nor timed; `during(start, end,
     pids)` runs meanwhile, with the window's wall times and the load pids.
     `engine` is "c" (cload, the default where it builds) or "python". With a
     list of ports (nodes of one service), the connections are spread evenly over

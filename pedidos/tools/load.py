@@ -36,7 +36,7 @@ class Run:
         self.line: bytes = spec["line"]
         self.depth: int = spec["depth"]
         self.limit: int | None = spec.get("limit")  # requests per connection; None: until stop_at
-        self.check: bool = spec["check"]  # count replies without "ok": true as bad
+        self.check: bool = spec["check"]  # replies without "ok": true: bad, not counted
         self.greeting: bool = spec["greeting"]
         self.warm_at = self.stop_at = float("inf")
         self.count = self.bad = self.lost = self.connect_failed = self.refused = 0
@@ -49,16 +49,23 @@ class Run:
         now = time.perf_counter()
         n = data.count(b"\n")
         sent = client.sent
-        if self.check:
-            ok = data.count(OK)
-            if ok != n:
-                self.bad += n - ok
-                self.sample_bad = self.sample_bad or data[:300]
+        oks = None  # which of the n replies say "ok": true, when not all do
+        if self.check and data.count(OK) != n:
+            oks = [OK in reply for reply in data.split(b"\n")[:n]]
+            self.bad += n - sum(oks)
+            self.sample_bad = self.sample_bad or data[:300]
         if self.warm_at <= now < self.stop_at:
-            self.count += n
             latencies = self.latencies
-            for _ in range(n):
-                latencies.append(now - sent.popleft())
+            if oks is None:
+                self.count += n
+                for _ in range(n):
+                    latencies.append(now - sent.popleft())
+            else:  # a refusal is a reply, not an ack: neither counted nor timed
+                self.count += sum(oks)
+                for ok in oks:
+                    began = sent.popleft()
+                    if ok:
+                        latencies.append(now - began)
         else:
             for _ in range(n):
                 sent.popleft()

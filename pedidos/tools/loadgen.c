@@ -13,7 +13,8 @@
  * request in flight on each connection until START+WARM+SECONDS (or LIMIT
  * requests per connection, when LIMIT > 0). A reply is one '\n'-ended line (a
  * RESP reply ":N\r\n" is one too). Replies in the window are counted and their
- * latencies written to LATENCY_FILE as native doubles; the last line printed is
+ * latencies written to LATENCY_FILE as native doubles, but with CHECK only those
+ * that say "ok": true (the others are BAD, wherever they come); the last line printed is
  * "done COUNT BAD LOST UNANSWERED REQUESTS".
  */
 #define _GNU_SOURCE
@@ -111,8 +112,8 @@ static long replies(conn_t *c, const char *data, size_t len, double now) {
         if (!c->greeted) {
             c->greeted = 1;
         } else {
+            int ok = 1;
             if (check) {
-                int ok;
                 if (c->partial_len) {
                     size_t k = (size_t)(nl - p);
                     if (c->partial_len + k > sizeof c->partial) k = sizeof c->partial - c->partial_len;
@@ -125,7 +126,8 @@ static long replies(conn_t *c, const char *data, size_t len, double now) {
                 if (!ok) bad++;
             }
             double sent = c->sent[(c->head++) % depth];
-            if (now >= warm_at && now < stop_at) {
+            /* A refusal is a reply, not an ack: neither counted nor timed. */
+            if (ok && now >= warm_at && now < stop_at) {
                 count++;
                 record(now - sent);
             }
