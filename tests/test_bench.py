@@ -45,11 +45,11 @@ ROWS = {
 }
 
 
-def _bench(marker: str, *args: str) -> subprocess.Popen[str]:
+def _bench(marker: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pedidos.bench", *args],
         cwd=ROOT,
-        env={**os.environ, "PEDIDOS_BENCH_TEST": marker},
+        env={**os.environ, "PEDIDOS_BENCH_TEST": marker, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -92,6 +92,24 @@ def test_tiny_run_measures_every_scenario_and_leaves_nothing(tmp_path):
     assert many["rss_mb"] > 0
     assert median["worktime"]["rate"] > 0
     assert len(document["runs"]) == 1
+
+
+def test_without_a_c_compiler_every_window_runs_on_the_python_generator(tmp_path):
+    # No cc on PATH and no binary built yet: the benchmark says it falls back to
+    # Python. The servers' warm-up asked for the C generator all the same, and the
+    # run ended at once: "bench: no C compiler (cc) on this machine", exit 1.
+    marker = f"bench-{uuid.uuid4()}"
+    env = {"PATH": str(tmp_path / "nothing"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    bench = _bench(marker, *TINY, "--only", "e2e", env=env)
+    try:
+        stdout, stderr = bench.communicate(timeout=120)
+    finally:
+        bench.kill()
+        assert_nothing_left(marker)
+    assert "using the Python load generator" in stderr
+    assert bench.returncode == 0, stderr
+    assert "| pedidos end to end, 2 workers " in stdout
+    assert not (tmp_path / "cache").exists()  # nothing was built
 
 
 def test_ctrl_c_stops_the_servers_and_the_load(tmp_path):

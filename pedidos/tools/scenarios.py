@@ -46,9 +46,8 @@ def warm_up(args: argparse.Namespace, child: Any, line: bytes = LINE, greeting: 
     so that no row is taken cold. It lasts `--warm` seconds, as the untimed
     start of each window does (1 by default; the tests' tiny runs shorten both)."""
     if args.warm > 0:
-        drive(
-            child.port, line, conns=WARM_UP_CONNS, seconds=args.warm, procs=1, greeting=greeting, check=False
-        )
+        options = {"procs": 1, "greeting": greeting, "check": False, "engine": args.generator}
+        drive(child.port, line, conns=WARM_UP_CONNS, seconds=args.warm, **options)
 
 
 def window(child: Child, probe: Any = None, parts: int = 1) -> Any:
