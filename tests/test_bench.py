@@ -169,6 +169,21 @@ def test_node_options_without_a_postgresql_database_are_refused(args, named, cap
     assert f"argument {named}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "args", [["--pipeline-conns", "2", "--load-procs", "2"], ["--connections", "3", "--load-procs", "4"]]
+)
+def test_a_baseline_whose_one_more_load_process_would_add_none_is_refused(args, capsys):
+    # Each load process drives one connection at least: with 2 pipelined connections,
+    # "2 + 1" processes were the same 2, and the generator check passed unmeasured.
+    for only in (["--only", "echo"], ["--only", "redis,intake"], []):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args([*args, *only])
+        assert exit_info.value.code == 2
+        assert "argument --load-procs" in capsys.readouterr().err
+    assert parse_args([*args, "--only", "intake,e2e"]).load_procs > 1  # no baseline: nothing to check
+    assert parse_args(["--pipeline-conns", "3", "--load-procs", "2"]).load_procs == 2
+
+
 def test_time_the_host_stole_is_counted_apart_from_other_programs(tmp_path):
     # /proc/stat's first line, in clock ticks: user nice system idle iowait irq softirq steal ...
     stat = tmp_path / "stat"

@@ -163,6 +163,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.nodos = args.nodos or 1
     if args.only is None:
         args.only = [g for g in GROUPS if args.db or g not in PG_GROUPS]
+    fewest = min(args.connections, args.pipeline_conns)
+    if {"echo", "redis"} & set(args.only) and args.load_procs >= fewest:
+        # A load process gets one connection at least: with as many processes as
+        # connections, "one more" would run the very same processes, and the check
+        # that the generator is not the baselines' ceiling would pass unmeasured.
+        parser.error(
+            f"argument --load-procs: the baselines are measured again with one more load process, "
+            f"which needs more connections than processes: {args.load_procs} processes, {fewest} connections"
+        )
     if args.slices is not None and "e2e" not in args.only:
         parser.error("argument --slices: only end to end is sliced: add e2e to --only")
     return args
