@@ -212,10 +212,13 @@ def e2e_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
 
 def e2e_figures(args: argparse.Namespace, port: int, result: dict[str, Any], **extra: Any) -> Row:
     """The end-to-end row: listo/s over the window (from `estadisticas` at both
-    ends), how long the backlog took to drain once the load stopped, and with
-    `--slices` the figures of each slice."""
+    ends, over the time between the two as they ran: a probe that ran late, on a
+    busy machine or behind the load, counted orders past the window's end), how
+    long the backlog took to drain once the load stopped, and with `--slices` the
+    figures of each slice."""
     during = result["during"]
-    first, last = during["samples"][0][1]["listo"], during["samples"][-1][1]["listo"]
+    (began, first), (ended, last) = during["samples"][0], during["samples"][-1]
+    listo_rate = (last["listo"] - first["listo"]) / max(ended - began, 1e-9)
     if args.slices:
         extra.update(slices.figures(during["samples"], during["start"]))
     deadline = time.monotonic() + max(60.0, 20 * args.seconds)
@@ -226,7 +229,7 @@ def e2e_figures(args: argparse.Namespace, port: int, result: dict[str, Any], **e
             break
         time.sleep(0.05)
     drain = time.time() - during["end"]
-    return row_of(result, listo_rate=(last - first) / args.seconds, drain_s=drain, left=backlog, **extra)
+    return row_of(result, listo_rate=listo_rate, drain_s=drain, left=backlog, **extra)
 
 
 def many_row(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:
