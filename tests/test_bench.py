@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import assert_nothing_left, marked_processes
 
-from pedidos.tools import baselines
+from pedidos.tools import baselines, redis
 from pedidos.tools.bench import GROUPS, PG_GROUPS, build_parser, parse_args
 from pedidos.tools.drive import drive
+from pedidos.tools.load import BenchError
 from pedidos.tools.procs import TICK, Child, machine_times
 from pedidos.tools.report import CPU_PARTS, ceilings, table
 from pedidos.tools.scenarios import LINE
@@ -258,6 +259,28 @@ def test_a_noisy_baseline_is_measured_in_three_brackets_pooled(monkeypatch):
     assert rows["redis_rr"]["headroom"] == pytest.approx(114 / 100 - 1)
     assert [c.split(":")[0] for c in ceilings(rows)] == ["redis_rr"]
     assert "GENERATOR-BOUND (3 brackets, 7% apart)" in table(rows, build_parser().parse_args([]))
+
+
+@pytest.mark.skipif(not redis.available(), reason="redis-server not installed")
+def test_a_redis_that_answers_errors_is_no_baseline(monkeypatch, tmp_path):
+    # Redis answering every RPUSH with an error (here the key holds a string; a full
+    # disk would do the same) made rows of replies/s: the generator counts its lines
+    # without reading them. The benchmark now asks Redis afterwards, and stops.
+    start = redis.start
+
+    def key_of_another_type(tmp):
+        child = start(tmp)
+        with socket.create_connection(("127.0.0.1", child.port)) as sock:
+            sock.sendall(b"SET " + redis.KEY + b" x\r\n")
+            assert sock.recv(100) == b"+OK\r\n"
+        return child
+
+    monkeypatch.setattr(redis, "start", key_of_another_type)
+    args = parse_args([*TINY, "--seconds", "0.2", "--warm", "0.05", "--only", "redis"])
+    rows: dict = {}
+    with pytest.raises(BenchError, match=r"error replies .*WRONGTYPE"):
+        baselines.redis_rows(args, tmp_path, rows)
+    assert rows["redis_rr"]["rate"] > 0  # what the rows said of it
 
 
 def _drive_echo(tmp_path, ports, line: bytes, generator: str, **kw):

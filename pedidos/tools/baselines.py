@@ -87,5 +87,6 @@ def redis_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> Non
     child = redis.start(tmp)
     try:
         _baseline(args, child, "redis", rows, redis.rpush(LINE))
+        redis.check(child)
     finally:
         child.stop()
