@@ -22,7 +22,7 @@ from pedidos.tools.bench import GROUPS, PG_GROUPS, build_parser, parse_args
 from pedidos.tools.drive import drive
 from pedidos.tools.load import BenchError
 from pedidos.tools.procs import TICK, Child, machine_times
-from pedidos.tools.report import CPU_PARTS, ceilings, table
+from pedidos.tools.report import CPU_PARTS, ceilings, medians, table
 from pedidos.tools.scenarios import LINE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,6 +191,21 @@ def test_time_the_host_stole_is_counted_apart_from_other_programs(tmp_path):
     stat.write_text(f"cpu  {3 * TICK} {TICK} {2 * TICK} 900 5 0 {4 * TICK} {7 * TICK} 0 0\ncpu0 1 2 3\n")
     # Busy: user, nice, system, irq (softirq is mostly the benchmark's own loopback traffic).
     assert machine_times(str(stat)) == (6.0, 7.0)
+
+
+def test_failures_of_one_run_are_not_hidden_by_the_median_of_three():
+    runs = [
+        {"rows": {"intake_rr": {"rate": 100.0, "bad": 0, "lost": 0}, "e2e": {"left": 0}}},
+        {"rows": {"intake_rr": {"rate": 90.0, "bad": 7, "lost": 2}, "e2e": {"left": 40}}},
+        {"rows": {"intake_rr": {"rate": 95.0, "bad": 0, "lost": 0}, "e2e": {"left": 0}}},
+    ]
+    many = [{"acked": 200, "refused": 0, "connect_failed": 0}]
+    many.append({"acked": 150, "refused": 50, "connect_failed": 3})
+    runs += [{"rows": {"many": row}} for row in many + many[:1]]
+    result = medians(runs)
+    assert result["intake_rr"] == {"rate": 95.0, "bad": 7, "lost": 2}
+    assert result["e2e"]["left"] == 40
+    assert result["many"] == {"acked": 200, "refused": 50, "connect_failed": 3}
 
 
 def test_a_baseline_raised_by_one_more_load_process_fails_the_run():

@@ -15,14 +15,23 @@ Row = dict[str, Any]
 BASELINES = ("echo_streams", "echo_protocol", "redis")
 
 
+# Counts of what went wrong: over several runs, the sum (a failure in any run is
+# one too many; a median would hide a run that had them, as mean_row would a window).
+FAILURES = ("bad", "lost", "refused", "connect_failed", "left")
+
+
 def medians(runs: list[dict[str, Any]]) -> dict[str, Row]:
+    """Every figure as its median over the runs, but the failures' sum."""
     out: dict[str, Row] = {}
     for run in runs:
         for name, row in run["rows"].items():
             for key, value in row.items():
                 if isinstance(value, (int, float)):
                     out.setdefault(name, {}).setdefault(key, []).append(value)
-    return {name: {k: statistics.median(v) for k, v in row.items()} for name, row in out.items()}
+    return {
+        name: {k: sum(v) if k in FAILURES else statistics.median(v) for k, v in row.items()}
+        for name, row in out.items()
+    }
 
 
 def _n(value: Any, digits: int = 0) -> str:
