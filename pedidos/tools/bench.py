@@ -33,7 +33,7 @@ from typing import Any
 
 from pedidos.tools import baselines, cload, pgnodes, pgtiming, scenarios
 from pedidos.tools.load import BenchError
-from pedidos.tools.report import BASELINES, HEADROOM_LIMIT, Row, ceilings, medians, table
+from pedidos.tools.report import BASELINES, ECHO_BUSY_MIN, HEADROOM_LIMIT, Row, ceilings, medians, table
 
 GROUPS = (
     "echo",
@@ -208,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({**document, "median": result}, indent=2) + "\n")
     if bound:
         limit = f"{100 * HEADROOM_LIMIT:.0f}%"
-        print(f"bench: the load generator was the ceiling (+{limit} or more with one more):", file=sys.stderr)
+        print(
+            f"bench: a baseline was not at its own limit (+{limit} or more with one more load "
+            f"process, or an echo's loop under {ECHO_BUSY_MIN:.0f}% of a core: its load or other "
+            "programs held it back):",
+            file=sys.stderr,
+        )
         print("  " + "\n  ".join(bound), file=sys.stderr)
         print("  the ratios against those baselines flatter the server; figures not valid", file=sys.stderr)
         return 1

@@ -11,6 +11,11 @@ from pedidos.tools import slices
 CPU_PARTS = ("loop", "threads", "writer", "workers", "load", "other", "steal")
 NODE_CPU_PARTS = ("nodes", "pg", "load", "other", "steal")
 HEADROOM_LIMIT = 0.05  # one more load process may raise a baseline by less than this
+# An echo's loop must be at least this busy (% of a core): an echo that waits
+# is held back by its load (the generator, or other programs on the machine's
+# cores), and one more load process cannot show it when the cores are full.
+# Not Redis: it waits for the disk's fsync by design (~70 %).
+ECHO_BUSY_MIN = 90.0
 Row = dict[str, Any]
 BASELINES = ("echo_streams", "echo_protocol", "redis")
 
@@ -88,7 +93,7 @@ def _spread(r: Row) -> str:
     return f"; windows of one server {100 * r['spread']:.0f}% apart" if "spread" in r else ""
 
 
-def _headroom(r: Row) -> str:
+def _headroom(name: str, r: Row) -> str:
     """What one more load process did to a baseline: a rise of 5% or more means
     the generator was its ceiling, and the ratios against it flatter the server.
     With it, how far apart the baseline's own usual windows came (the check's
@@ -96,6 +101,8 @@ def _headroom(r: Row) -> str:
     if "headroom" not in r:
         return ""
     flag = " GENERATOR-BOUND" if r["headroom"] >= HEADROOM_LIMIT else ""
+    if not flag and name.startswith("echo_") and r.get("cpu_loop", 100.0) < ECHO_BUSY_MIN:
+        flag = " NOT AT ITS LIMIT"
     brackets = r.get("brackets", 1)
     times = f"{brackets:g} brackets, " if brackets > 1 else ""  # a median over 2 runs may be 2.5
     spread = f" ({times}{100 * r['spread']:.0f}% apart)" if "spread" in r else ""
@@ -143,7 +150,7 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
                 cpu = ", ".join(f"{k} {_n(r[f'cpu_{k}'])}" for k in NODE_CPU_PARTS if f"cpu_{k}" in r)
             latency = (_n(r.get("p50_ms"), 1), _n(r.get("p99_ms"), 1))
             where = f"{load}, {r['nodes']:.0f} node{'s' if r['nodes'] != 1 else ''}" if "nodes" in r else load
-            lines.append((label, where, _result(name, r), *latency, *ratios, _headroom(r), cpu))
+            lines.append((label, where, _result(name, r), *latency, *ratios, _headroom(name, r), cpu))
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -151,9 +158,12 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
 
 
 def ceilings(rows: dict[str, Row]) -> list[str]:
-    """The baselines whose rate one more load process raised by the limit or more."""
-    return [
-        f"{name}: +{100 * r['headroom']:.0f}% with one more load process"
-        for name, r in rows.items()
-        if r.get("headroom", 0) >= HEADROOM_LIMIT
-    ]
+    """The baselines not at their own limit: one more load process raised the
+    rate by HEADROOM_LIMIT or more, or an echo's loop was under ECHO_BUSY_MIN."""
+    found = []
+    for name, r in rows.items():
+        if r.get("headroom", 0) >= HEADROOM_LIMIT:
+            found.append(f"{name}: +{100 * r['headroom']:.0f}% with one more load process")
+        elif name.startswith("echo_") and r.get("cpu_loop", 100.0) < ECHO_BUSY_MIN:
+            found.append(f"{name}: its loop at {r['cpu_loop']:.0f}% of a core, under {ECHO_BUSY_MIN:.0f}%")
+    return found
