@@ -233,6 +233,21 @@ def test_an_echo_whose_loop_waits_fails_the_run_whatever_one_more_process_did():
     assert "-8% NOT AT ITS LIMIT" in shown and shown.count("NOT AT ITS LIMIT") == 1
 
 
+def test_a_run_that_crossed_the_limit_alone_is_named(monkeypatch, capsys):
+    # The verdict is the medians' (here valid: +1 %); the run that was not
+    # must not vanish into them.
+    from pedidos.tools import bench
+
+    rises = iter([0.01, 0.12, -0.02])
+    monkeypatch.setattr(
+        bench, "one_run", lambda args: {"rows": {"redis_rr": {"rate": 50.0, "headroom": next(rises)}}}
+    )
+    assert bench.main(["--runs", "3", "--only", "redis"]) == 0
+    err = capsys.readouterr().err
+    assert "bench: in run 2 alone, redis_rr: +12% with one more load process" in err
+    assert "run 1 alone" not in err and "run 3 alone" not in err
+
+
 def test_one_more_load_process_is_compared_with_the_windows_either_side_of_it(monkeypatch):
     # Three windows: the usual load, one more process, the usual load again. The
     # baseline is the mean of its two usual windows, and how far apart they came
