@@ -261,6 +261,25 @@ def assert_stored_and_sound(db: Path, acked: list[int]) -> None:
 # --- 2. SIGTERM to the whole process group ----------------------------------------------------
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_to_the_whole_group_right_after_ready_is_clean(tmp_path, signum):
+    # `ready` came while the writer and the workers were still importing
+    # their code: a Ctrl-C (or systemd's stop) to the group in that fraction
+    # of a second killed them mid-import: tracebacks, "Fatal Python error",
+    # a writer replaced while the server stopped. 5 starts out of 5 before.
+    for attempt in range(2):
+        server = GroupServer(["--port", "0", "--workers", "2"], tmp_path / f"p{attempt}.db", tmp_path)
+        try:
+            server.wait_ready()
+            os.killpg(server.pid, signum)
+            assert server.proc.wait(30) == 0, server.log
+        finally:
+            server.kill()
+        server._reader.join(5)
+        for sign in ("Traceback", "Fatal Python error", "died", "KeyboardInterrupt"):
+            assert sign not in server.log, server.log
+
+
 def test_sigterm_to_the_process_group_under_load_answers_and_stores_every_ack(tmp_path):
     server = GroupServer(["--port", "0", "--workers", "2", "--work-time", "0"], tmp_path / "p.db", tmp_path)
     try:

@@ -31,7 +31,7 @@ from pedidos.server.connection import Connection
 from pedidos.server.listener import Listener, connection_budget, startup_shortage
 from pedidos.server.preflight import StartupError, bind_sockets, tls_context
 from pedidos.server.service import OrderService
-from pedidos.server.starting import StoppedStarting, start_storage
+from pedidos.server.starting import StoppedStarting, children_deaf, start_storage
 from pedidos.server.state import ServerState
 from pedidos.stats import Stats
 from pedidos.storage import Cluster, is_postgres, open_storage
@@ -168,6 +168,7 @@ class Server:
             host, port = sock.getsockname()[:2]
             self.addresses.append((host, port))
             logger.info("listening on %s", show_address(host, port))
+        await children_deaf(self._exit)
         announce_ready(config, self.addresses, tls is not None, self.tokens)
         self.started.set()
 
