@@ -7,7 +7,7 @@ shared PostgreSQL database, `metrics` exposes the server's figures
 (pedidos/stats.py) through a prometheus-client collector, and `static/` is
 the page itself (HTML, CSS, JavaScript; nothing from another host).
 
-The libraries are an optional extra (`pip install 'pedidos[panel]'`). Without
+The libraries are an optional extra (`pip install -e '.[panel]'`). Without
 `--panel` only this module is imported (by the command line, for
 `panel_missing`), and it imports nothing beyond the stdlib; the server imports
 `web` inside its startup, only with `--panel`. The panel may import the
@@ -18,7 +18,9 @@ handed to it as a `PanelSource`, so a change of storage does not reach it.
 
 from __future__ import annotations
 
-INSTALL_HINT = "pip install 'pedidos[panel]'"
+from pedidos.extras import install_hint
+
+INSTALL_HINT = install_hint("panel")
 # Connections the panel holds open at most (pages, their files, scrapers): its
 # descriptors are reserved apart from the order port's (server/listener.py).
 MAX_CONNECTIONS = 256

@@ -10,6 +10,7 @@ import sys
 
 from pedidos import __version__
 from pedidos.domain import DEFAULT_LEASE_S, DEFAULT_RETRIES
+from pedidos.extras import install_hint
 from pedidos.logsetup import FORMATS, TEXT, configure_logging
 from pedidos.panel import PANEL_HOST, panel_missing
 from pedidos.processing.retry import DEFAULT_BACKOFF_S
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=value.port,
         metavar="PORT",
         help="serve a live page and Prometheus /metrics over HTTP on this port (0 picks a free one); "
-        "needs pip install 'pedidos[panel]'",
+        f"needs {install_hint('panel')}",
     )
     parser.add_argument(
         "--panel-host",
@@ -162,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sin-rapido",
         action="store_true",
-        help="asyncio's own event loop even when the rapido extra (uvloop: pip install "
-        "'pedidos[rapido]') is installed",
+        help=f"asyncio's own event loop even when the rapido extra (uvloop: {install_hint('rapido')}) "
+        "is installed",
     )
     parser.add_argument(
         "--log-level",

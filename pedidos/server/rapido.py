@@ -1,4 +1,4 @@
-"""The optional accelerator of `pip install 'pedidos[rapido]'`: uvloop's event loop, used when
+"""The optional accelerator of `pip install -e '.[rapido]'`: uvloop's event loop, used when
 installed unless `--sin-rapido`. Without it, or with that option, the server runs on the
 standard library alone, as it always did.
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pedidos.domain import DEFAULT_LEASE_S
+from pedidos.extras import install_hint
 from pedidos.storage.base import Ack, Storage, StorageError, plain_receipt
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-POSTGRES_INSTALL = "pip install 'pedidos[postgres]'"
+POSTGRES_INSTALL = install_hint("postgres")
 
 
 def is_postgres(db: str) -> bool:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pedidos.extras import install_hint
 from pedidos.tools.load import BenchError
 from pedidos.tools.procs import tree_cpu
 
@@ -22,7 +23,7 @@ def connect(url: str) -> Any:
     try:
         import psycopg
     except ImportError:
-        raise BenchError("--db postgresql://... needs psycopg: pip install 'pedidos[postgres]'") from None
+        raise BenchError(f"--db postgresql://... needs psycopg: {install_hint('postgres')}") from None
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:  # unreachable, or a bad URL; the message never holds a password
