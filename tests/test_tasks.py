@@ -402,8 +402,11 @@ def error_lines(run: subprocess.CompletedProcess[str]) -> list[str]:
     [
         ("tareas_prueba:no_existe", ["tareas_prueba", "no_existe"]),
         ("modulo_que_no_existe:f", ["modulo_que_no_existe", "ModuleNotFoundError"]),
-        ("tareas_prueba:NO_ES_FUNCION", ["NO_ES_FUNCION", "not a function"]),
+        ("tareas_prueba:NO_ES_FUNCION", ["NO_ES_FUNCION", "not a function but an int"]),
         ("sin_dos_puntos", ["MODULO:FUNCION"]),
+        # A file's path where Python wants a module's name: said how to write it.
+        ("tareas_prueba.py:procesa", ["name the module as Python imports it, --tarea tareas_prueba:procesa"]),
+        ("ejemplos/albaran:escribir", ["--tarea ejemplos.albaran:escribir"]),
     ],
 )
 def test_a_task_that_cannot_be_imported_stops_the_start_with_one_line(tmp_path, spec, words):
@@ -421,6 +424,23 @@ def test_a_task_that_cannot_be_imported_stops_the_start_with_one_line(tmp_path, 
     for word in words:
         assert word in lines[0]
     assert not (tmp_path / "p.db").exists()  # stopped before anything started
+
+
+def test_a_task_module_that_raises_at_import_is_named_with_its_line(tmp_path):
+    # Only "RuntimeError: falta la configuración" was said: which file, which line?
+    (tmp_path / "sin_config.py").write_text("import os\n\nraise RuntimeError('falta la configuración')\n")
+    run = subprocess.run(
+        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), "--port", "0"]
+        + ["--tarea", "sin_config:f"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env=clean_environ(task_env(tmp_path)),
+    )
+    lines = error_lines(run)
+    assert run.returncode == 2 and len(lines) == 1, lines
+    assert "RuntimeError: falta la configuración (at " in lines[0] and "sin_config.py, line 3)" in lines[0]
 
 
 @pytest.mark.parametrize(

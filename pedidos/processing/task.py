@@ -51,15 +51,39 @@ def load_task(spec: str) -> Task:
     try:
         target: Any = importlib.import_module(module_name)
     except (Exception, SystemExit) as exc:  # a module may fail any way at import
-        raise TaskError(f"cannot import {module_name!r} for --tarea {spec}: {describe(exc)}") from None
+        dotted = module_name.removesuffix(".py").replace(os.sep, ".").strip(".")
+        if dotted != module_name and isinstance(exc, ModuleNotFoundError):
+            # A file's path where Python wants a module's name.
+            raise TaskError(
+                f"cannot import {module_name!r} for --tarea {spec}: name the module as Python "
+                f"imports it, --tarea {dotted}:{attribute}"
+            ) from None
+        raise TaskError(
+            f"cannot import {module_name!r} for --tarea {spec}: {describe(exc)}{_raised_at(exc)}"
+        ) from None
     for name in attribute.split("."):
         try:
             target = getattr(target, name)
         except AttributeError:
             raise TaskError(f"the module {module_name!r} has no {attribute!r} (--tarea {spec})") from None
     if not callable(target):
-        raise TaskError(f"--tarea {spec} is not a function but a {type(target).__name__}")
+        kind = type(target).__name__
+        raise TaskError(f"--tarea {spec} is not a function but {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
     return target
+
+
+def _raised_at(exc: BaseException) -> str:
+    """Where the user's code raised `exc` while its module was imported:
+    the innermost frame outside the import machinery and this file, which
+    the one-line error would otherwise leave to guess."""
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith("<frozen") and filename != __file__:
+            where = f" (at {filename}, line {tb.tb_lineno})"
+        tb = tb.tb_next
+    return where
 
 
 def check_task(spec: str) -> None:
