@@ -227,7 +227,8 @@ def test_archivo_json_lines_sends_all_and_reports_refused_lines(quick_server, ca
     assert out.startswith(f"500 pedidos de {path} en ")
     assert "  aceptados:  497\n  rechazados: 3\n" in out
     assert "    línea 17: pedido_invalido: 'productos' debe tener entre 1 y 100 productos; tiene 0.\n" in out
-    assert "    línea 42: json_invalido: no es JSON válido (columna 29)\n" in out
+    quotes = "se esperaba un nombre de campo entre comillas"  # the server's words for it
+    assert f"    línea 42: json_invalido: no es JSON válido (columna 29: {quotes})\n" in out
     assert "    línea 100: mensaje_invalido: lleva 'accion'" in out
     # One line has no referencia: the corrected file sent again would store that one twice.
     assert "Corrija las líneas rechazadas en un archivo aparte y envíe solo ese" in out
@@ -317,6 +318,22 @@ def test_desde_linea_sends_only_the_orders_from_that_line_with_the_same_auto_key
     assert code == 0 and "  aceptados:  4\n" in out
     code, out, _ = run(capsys, *argv)
     assert code == 0 and "  aceptados:  5 (4 ya estaban: no se duplicaron)\n" in out
+
+
+def test_a_line_that_is_no_json_is_told_why_in_the_servers_words():
+    # Only "(columna 57)" was said: a comma left at the end of each line, or
+    # a CSV file given by mistake, had to be guessed from a column number.
+    data = (
+        b'{"cliente": "a", "productos": ["p"], "direccion": "d"},\n'
+        b"Ana,pan,Calle 1\n"
+        b'{"cliente": "a", "productos": [pan], "direccion": "d"}\n'
+    )
+    said = [entry.problem[1] for entry in read_entries(data) if entry.problem]
+    assert said == [
+        "no es JSON válido (columna 55: hay más texto después del pedido: ¿una coma al final de la línea?)",
+        "no es JSON válido (columna 1: se esperaba un valor)",
+        "no es JSON válido (columna 32: se esperaba un valor)",
+    ]
 
 
 def test_the_advice_after_a_cut_names_the_command_for_what_was_not_sent():

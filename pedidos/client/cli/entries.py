@@ -16,6 +16,7 @@ from typing import Any
 
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES, RepeatedKeys, note_repeats
 from pedidos.protocol.replies import JSON_INVALIDO, MENSAJE_INVALIDO
+from pedidos.protocol.scanner import Invalid, Scanner
 from pedidos.protocol.validation import repeated_key
 
 # A pretty-printed order is read on until it closes, but no further than the
@@ -136,7 +137,20 @@ def _first_line_error(line: str) -> json.JSONDecodeError:
 def _where(exc: json.JSONDecodeError) -> str:
     if exc.pos >= len(exc.doc.rstrip()):
         return "el pedido no termina"
-    return f"columna {exc.colno}"
+    return f"columna {exc.colno}: {_reason(exc.doc)}"
+
+
+def _reason(text: str) -> str:
+    """Why `text` is no JSON, in the server's own words (its scanner's)."""
+    scanner = Scanner()
+    data = bytearray(text.encode("utf-8", "surrogatepass"))
+    try:
+        end = scanner.scan(data)
+    except Invalid as bad:
+        return bad.mensaje
+    if end is not None and data[end:].strip():
+        return "hay más texto después del pedido: ¿una coma al final de la línea?"
+    return "no es JSON válido"
 
 
 def _array_entries(text: str, start: int) -> list[Entry]:
