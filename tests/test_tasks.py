@@ -220,6 +220,9 @@ def test_a_hanging_call_is_stopped_at_the_limit_and_its_worker_replaced(srv, cli
     assert first["pid"] != second["pid"] == done["resultado"]["pid"]
     assert not alive(first["pid"])
     assert "ran over the task time limit" in srv.log
+    # The worker's end is told as what it was, not as a crash ("died").
+    wait_for(lambda: "stopped over the task time limit (exit code -9)" in srv.log)
+    assert "died (exit code -9)" not in srv.log
 
 
 def test_a_call_stopped_at_the_limit_takes_the_programs_it_started_with_it(client, state):

@@ -276,7 +276,11 @@ class Processing:
         logger.warning(
             "worker %d %s (exit code %s); %s handed back, %d failed",
             number,
-            "stopped by its node's lease" if fenced else "died",
+            "stopped by its node's lease"
+            if fenced
+            else "stopped over the task time limit"
+            if overtime is not None
+            else "died",
             exitcode,
             count(len(requeued), "order"),
             len(failed),

@@ -31,6 +31,7 @@ from pedidos.storage import lease as shared_lease
 from pedidos.storage.lease import NodeLease
 from pedidos.storage.postgres import sql
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, one_line
+from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
 # A database that answers every renewal or reap with the same error (read-only,
@@ -258,9 +259,9 @@ class Nodes:
             held = Counter(estado for held_by, i, estado in rows if i is not None and held_by == nodo)
             logger.warning(
                 # Its own lease, not this node's: each node has the --lease it was started with.
-                "node %s missed its lease: declared dead; %d orders handed back, %d failed",
+                "node %s missed its lease: declared dead; %s handed back, %d failed",
                 nodo,
-                held["pendiente"],
+                count(held["pendiente"], "order"),
                 held["fallido"],
             )
         if moved:
