@@ -455,6 +455,26 @@ def test_limit_counts_from_the_first_byte_of_each_request():
     assert both_ways(text, limit) == [e(BIG)]
 
 
+def test_the_limit_in_bytes_holds_for_four_byte_characters_in_one_chunk():
+    # One chunk goes to the quick path, which counts characters: a request of
+    # characters of four bytes each is over the limit with a quarter as many.
+    for limit in (1000, DEFAULT_MAX_REQUEST_BYTES):
+        over = json.dumps({"c": "\U0001f600" * ((limit - 8) // 4)}, ensure_ascii=False).encode()
+        assert len(over) > limit and len(over.decode()) * 3 < limit
+        assert whole(over, limit) == [e(BIG)]
+        under = json.dumps({"c": "\U0001f600" * ((limit - 9) // 4)}, ensure_ascii=False).encode()
+        assert len(under) <= limit
+        assert whole(under, limit) == [json.loads(under)]
+
+
+def test_nothing_more_comes_out_once_demasiado_grande_closed_it():
+    decoder = Decoder(100)
+    assert norm(decoder.feed(padded_request(101))) == [e(BIG)]
+    assert decoder.closed
+    assert decoder.feed(b'{"b": 2}\n[3]\n') == []  # whole requests, for the quick path
+    assert decoder.finish() == []
+
+
 def test_error_past_the_limit_is_demasiado_grande_however_it_arrives():
     """A valid beginning longer than the limit is too large, even when the
     bytes after it would have been refused as invalid."""
