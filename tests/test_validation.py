@@ -16,6 +16,7 @@ from pedidos.protocol.replies import ACCION_DESCONOCIDA, MENSAJE_INVALIDO, PEDID
 from pedidos.protocol.validation import (
     ESTADOS,
     MAX_ID,
+    MAX_TOKEN_CHARS,
     Command,
     NewOrder,
     careful_order,
@@ -393,6 +394,16 @@ def test_consultar_takes_one_key_and_reintentar_an_id(request_, names):
     assert error.code == MENSAJE_INVALIDO
     for name in names:
         assert name in error.mensaje
+
+
+def test_autenticar_token_length_boundaries_and_the_token_never_echoed():
+    for good in ("x", "t" * MAX_TOKEN_CHARS):
+        assert parse_request({"accion": "autenticar", "token": good}) == Command(
+            "autenticar", {"token": good}
+        )
+    for bad in ("", "s" * (MAX_TOKEN_CHARS + 1), 5, ["secreto"]):
+        refused_command({"accion": "autenticar", "token": bad}, "'token'")
+        assert "ss" not in refused({"accion": "autenticar", "token": bad}).mensaje
 
 
 def test_error_message_stays_short_for_huge_values():
