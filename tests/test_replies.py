@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pedidos.domain import RawJSON
-from pedidos.protocol.replies import encode_line
+from pedidos.domain import RawJSON, Receipt
+from pedidos.protocol.replies import REFERENCIA_EN_USO, encode_line, order_ack
 
 # JSON values, with the characters a reply must escape (NUL, line breaks, quotes).
 TEXT = st.text(alphabet=st.sampled_from(["a", "ñ", '"', "\\", "\x00", "\n", "\r", "\u2028", " ", "{"]))
@@ -53,3 +53,18 @@ def test_text_that_looks_like_the_splice_mark_stays_text():
     lookalike = "\x00" + "0123456789abcdef" * 2
     reply = {"ok": True, "pedido": {"resultado": RawJSON("[1]"), "cliente": lookalike}}
     assert one_line(reply) == {"ok": True, "pedido": {"resultado": [1], "cliente": lookalike}}
+
+
+def test_stored_text_with_carriage_returns_between_tokens_stays_one_line():
+    # Written by another program (CRLF, or a lone CR): a reader that splits
+    # lines on CR as well (universal newlines) must see one reply.
+    reply = {"ok": True, "pedido": {"resultado": RawJSON('{\r\n "a": [1,\r2]\r\n}')}}
+    line = encode_line(reply)
+    assert b"\r" not in line and len(line.decode().splitlines()) == 1, line
+    assert json.loads(line) == {"ok": True, "pedido": {"resultado": {"a": [1, 2]}}}
+
+
+def test_a_referencia_en_uso_refusal_names_the_referencia_and_nothing_of_the_other_order():
+    reply = order_ack(Receipt(4711, "listo", False, taken=True, referencia="ana-0001"))
+    assert reply["ok"] is False and reply["error"] == REFERENCIA_EN_USO, reply
+    assert "'ana-0001'" in reply["mensaje"] and "4711" not in json.dumps(reply), reply
