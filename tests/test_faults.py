@@ -620,6 +620,8 @@ def test_stop_while_the_writer_is_being_replaced_leaves_no_writer_behind(tmp_pat
     assert first in writers
     wait_for(lambda: not any(alive(pid) for pid in writers), timeout=5)
     assert "Traceback" not in srv.log
+    # The stop waits out the replacement's delay, then starts no writer.
+    assert "writer started" not in srv.log.split("shutting down", 1)[1], srv.log
 
 
 def test_disk_full_while_serving_refuses_then_resumes_by_itself(tmp_path):
