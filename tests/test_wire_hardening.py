@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -187,6 +188,18 @@ def test_an_idle_connection_gets_tiempo_agotado_then_the_close(idle_srv):
         assert notice["conexion_cerrada"] is True
         assert c.file.read() == b""  # then the close, nothing more
     assert count_cliente(idle_srv, "Ocioso") == 0
+
+
+def test_requests_answered_at_once_are_activity(idle_srv):
+    # A refusal is written at once, without waiting in line: its request still
+    # ended, and ending a request is activity. Spaced at half the timeout, for
+    # twice the timeout: the connection stays open.
+    with LineClient("127.0.0.1", idle_srv.port) as c:
+        for _ in range(4):
+            assert c.ask({"accion": "nada"})["error"] == "accion_desconocida"
+            # Nothing comes in half the timeout: no idle notice (and the span passes).
+            readable, _, _ = select.select([c.sock], [], [], IDLE_TIMEOUT / 2)
+            assert not readable, c.read()
 
 
 def test_waiting_for_a_reply_is_not_idleness(tmp_path):
