@@ -54,7 +54,8 @@ def token_server(tmp_path: Path):
 def test_requests_before_authenticating_are_refused_and_store_nothing(token_server):
     s = token_server()
     # The greeting says a token is needed, and how to send it.
-    assert s.greeting["ok"] is True and '"accion": "autenticar"' in s.greeting["mensaje"], s.greeting
+    assert s.greeting["ok"] is True and "token" in s.greeting["mensaje"], s.greeting
+    assert s.greeting["comando"] == {"accion": "autenticar", "token": "SU-TOKEN"}, s.greeting
     for request in (
         ORDER,
         {"accion": "listar"},
