@@ -392,6 +392,18 @@ def test_an_async_task_runs_on_each_workers_own_loop(tmp_path):
     assert len({r["pid"] for r in results}) == 1 and len({r["bucle"] for r in results}) == 1
 
 
+def start_with_task(tmp_path: Path, spec: str) -> subprocess.CompletedProcess[str]:
+    """A start with `--tarea spec` in `tmp_path`, which is expected to refuse it."""
+    return subprocess.run(
+        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), "--port", "0", "--tarea", spec],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env=clean_environ(task_env(tmp_path)),
+    )
+
+
 def error_lines(run: subprocess.CompletedProcess[str]) -> list[str]:
     """What a start that failed said, but the notice that its task's import
     check is slow: on a loaded machine starting that check alone can pass the
@@ -413,14 +425,7 @@ def error_lines(run: subprocess.CompletedProcess[str]) -> list[str]:
     ],
 )
 def test_a_task_that_cannot_be_imported_stops_the_start_with_one_line(tmp_path, spec, words):
-    run = subprocess.run(
-        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), "--port", "0", "--tarea", spec],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-        env=clean_environ(task_env(tmp_path)),
-    )
+    run = start_with_task(tmp_path, spec)
     assert run.returncode == 2
     lines = error_lines(run)
     assert len(lines) == 1, lines
@@ -432,15 +437,7 @@ def test_a_task_that_cannot_be_imported_stops_the_start_with_one_line(tmp_path, 
 def test_a_task_module_that_raises_at_import_is_named_with_its_line(tmp_path):
     # Only "RuntimeError: falta la configuración" was said: which file, which line?
     (tmp_path / "sin_config.py").write_text("import os\n\nraise RuntimeError('falta la configuración')\n")
-    run = subprocess.run(
-        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), "--port", "0"]
-        + ["--tarea", "sin_config:f"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-        env=clean_environ(task_env(tmp_path)),
-    )
+    run = start_with_task(tmp_path, "sin_config:f")
     lines = error_lines(run)
     assert run.returncode == 2 and len(lines) == 1, lines
     assert "RuntimeError: falta la configuración (at " in lines[0] and "sin_config.py, line 3)" in lines[0]
@@ -456,15 +453,7 @@ def test_a_task_module_that_raises_at_import_is_named_with_its_line(tmp_path):
 def test_a_task_module_that_ends_its_process_at_import_stops_the_start_with_one_line(tmp_path, source, words):
     """Not a silent exit 0 (a supervisor's clean stop) or a bare segfault."""
     (tmp_path / "mata_al_importar.py").write_text(source)
-    run = subprocess.run(
-        [sys.executable, str(SERVIDOR), "--db", str(tmp_path / "p.db"), "--port", "0"]
-        + ["--tarea", "mata_al_importar:f"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-        env=clean_environ(task_env(tmp_path)),
-    )
+    run = start_with_task(tmp_path, "mata_al_importar:f")
     assert run.returncode == 2, (run.returncode, run.stderr)
     lines = error_lines(run)
     assert len(lines) == 1, lines
