@@ -267,3 +267,27 @@ def test_a_url_of_another_database_is_a_usage_error_that_touches_nothing(db, sch
     assert "secreto" not in bad.stderr + bad.stdout  # a password in the URL is not echoed
     assert not any(tmp_path.iterdir())
     assert build_parser().parse_args(["--db", "postgres://u@h/db"]).db == "postgres://u@h/db"
+
+
+def test_small_slips_get_a_hint_of_what_was_meant(capsys):
+    # From a new user's walkthrough: each was refused with no clue to the fix.
+    import errno
+    import socket
+
+    from pedidos.client.cli.args import build_parser as client_parser
+    from pedidos.client.problems import unresolved
+    from pedidos.server.preflight import StartupError, listen_addresses, port_advice
+
+    assert (
+        build_parser().parse_args(["--log-format", "JSON"]).log_format == "json"
+    )  # any case, as --log-level
+    with pytest.raises(StartupError, match="the port goes in --port"):
+        listen_addresses("nohay.invalid:8888", 0)
+    missing = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert "el puerto va aparte: --port" in str(unresolved("localhost:8888", missing))
+    assert "puerto" not in str(unresolved("nohay.invalid", missing))  # no colon, no hint
+    in_use = OSError(errno.EADDRINUSE, "Address already in use")
+    assert port_advice(in_use, "--panel").endswith("stop it, or choose another --panel")
+    with pytest.raises(SystemExit):
+        client_parser().parse_args(["estadisticas"])
+    assert "(¿quiso decir --estadisticas?)" in capsys.readouterr().err

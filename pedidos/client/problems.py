@@ -72,7 +72,9 @@ def unresolved(host: str, exc: socket.gaierror | UnicodeError) -> ConnectionProb
     # A name DNS cannot carry (a label over 63 characters, an empty label)
     # fails in the IDNA codec before any lookup: not found all the same.
     why = exc.strerror if isinstance(exc, socket.gaierror) else "no es un nombre válido"
-    return ConnectionProblem(f"no se encuentra el servidor {host!r} ({why})")
+    # `localhost:8888`: one colon is no IPv6 address, but a port in the wrong place.
+    hint = "; el puerto va aparte: --port" if host.count(":") == 1 else ""
+    return ConnectionProblem(f"no se encuentra el servidor {host!r} ({why}{hint})")
 
 
 def unreachable(host: str, port: int, failures: list[tuple[str, str]]) -> ConnectionProblem:

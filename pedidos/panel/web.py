@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pedidos.panel.live import Live, LiveSource, unreadable
 from pedidos.panel.metrics import make_registry
 from pedidos.panel.site import CappedSite
+from pedidos.server.preflight import port_advice
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ class Panel:
         except OSError as exc:
             await self._runner.cleanup()
             self._runner = None
-            raise PanelError(f"cannot listen for the panel on {host}:{port}: {exc.strerror or exc}") from None
+            raise PanelError(
+                f"cannot listen for the panel on {host}:{port}: {port_advice(exc, '--panel')}"
+            ) from None
         self._live.start()
         for address in self._runner.addresses:
             bound, bound_port = address[0], address[1]

@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-format",
+        type=str.lower,  # any case, as --log-level
         choices=FORMATS,
         default=TEXT,
         help="text (default) for a person, or json: one object per line (time, level, logger, "

@@ -43,7 +43,9 @@ def listen_addresses(host: str, port: int) -> list[tuple[int, str]]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise StartupError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+        # `localhost:8888`: one colon is no IPv6 address, but a port in the wrong place.
+        hint = "; the port goes in --port" if host.count(":") == 1 else ""
+        raise StartupError(f"cannot resolve host {host!r}: {exc.strerror}{hint}") from None
     pairs = []
     for family, _, _, _, sockaddr in infos:
         if (family, sockaddr[0]) not in pairs:
@@ -144,12 +146,18 @@ def _listen(family: int, address: str, port: int) -> socket.socket:
     return sock
 
 
-def _advice(exc: OSError) -> str:
+def _advice(exc: OSError, option: str = "--port") -> str:
+    """Why a port could not be listened on, and what to do: `option` names the flag."""
     if exc.errno == errno.EADDRINUSE:
-        return "the address is already in use by another program; stop it, or choose another --port"
+        return f"the address is already in use by another program; stop it, or choose another {option}"
     if exc.errno == errno.EACCES:
-        return "permission denied (ports below 1024 need privileges); choose another --port"
+        return f"permission denied (ports below 1024 need privileges); choose another {option}"
     return exc.strerror or str(exc)
+
+
+def port_advice(exc: OSError, option: str) -> str:
+    """`_advice` for another listening option than the order port's (`--panel`)."""
+    return _advice(exc, option)
 
 
 def _shown(address: str) -> str:

@@ -35,8 +35,15 @@ _ERRORS = [
 
 class SpanishParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        unknown = re.match(r"unrecognized arguments: (.*)$", message)
         for english, spanish in _ERRORS:
             message = re.sub(english, spanish, message)
+        if unknown is not None:
+            # `cliente.py estadisticas`: an option written without its dashes.
+            known = {o for action in self._actions for o in action.option_strings}
+            meant = [f"--{word}" for word in unknown.group(1).split() if f"--{word}" in known]
+            if meant:
+                message += f" (¿quiso decir {' '.join(meant)}?)"
         super().error(message)
 
 
