@@ -115,4 +115,4 @@ def test_sin_rapido_is_in_the_help():
         timeout=60,
         env=clean_environ(),
     ).stdout
-    assert "--sin-rapido" in help_text and "pedidos[rapido]" in help_text
+    assert "--sin-rapido" in help_text and "pip install -e '.[rapido]'" in help_text
