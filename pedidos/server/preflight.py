@@ -118,7 +118,7 @@ def _bind_all(pairs: list[tuple[int, str]], port: int) -> list[socket.socket]:
                     continue
                 if exc.errno == errno.EADDRINUSE and picked and sockets:
                     raise _PortTaken from None
-                raise StartupError(f"cannot listen on {shown}:{port}: {_advice(exc)}") from None
+                raise StartupError(f"cannot listen on {shown}:{port}: {port_advice(exc)}") from None
             if port == 0:  # the other addresses take the same free port
                 port = sock.getsockname()[1]
             sockets.append(sock)
@@ -146,18 +146,14 @@ def _listen(family: int, address: str, port: int) -> socket.socket:
     return sock
 
 
-def _advice(exc: OSError, option: str = "--port") -> str:
-    """Why a port could not be listened on, and what to do: `option` names the flag."""
+def port_advice(exc: OSError, option: str = "--port") -> str:
+    """Why a port could not be listened on, and what to do: `option` names the
+    flag that chose it (`--port`, or the panel's `--panel`)."""
     if exc.errno == errno.EADDRINUSE:
         return f"the address is already in use by another program; stop it, or choose another {option}"
     if exc.errno == errno.EACCES:
         return f"permission denied (ports below 1024 need privileges); choose another {option}"
     return exc.strerror or str(exc)
-
-
-def port_advice(exc: OSError, option: str) -> str:
-    """`_advice` for another listening option than the order port's (`--panel`)."""
-    return _advice(exc, option)
 
 
 def _shown(address: str) -> str:
