@@ -32,7 +32,10 @@ DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
 
 _WS = re.compile(r"[ \t\r\n]*")
 _NUMBER_CHAR = frozenset("-+.eE0123456789")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# A lone UTF-16 surrogate can only come as an escape ("\\ud800"): JSON Python
+# reads, but no UTF-8 text, so no request (and no reply) can carry it.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+LONE_SURROGATE = "texto con un sustituto UTF-16 suelto"
 
 
 def _checked_int(text: str) -> int:
@@ -192,7 +195,7 @@ class Decoder:
         pos, n = 0, len(text)
         max_chars = self.max_request_bytes // 4
         # Searched once per chunk: most chunks have no escaped surrogate at all.
-        surrogates = _SURROGATE_ESCAPE.search(text) is not None
+        surrogates = SURROGATE_ESCAPE.search(text) is not None
         while True:
             pos = _WS.match(text, pos).end()
             if pos >= n:
@@ -211,7 +214,7 @@ class Decoder:
             if (
                 end - pos > max_chars
                 or text.count("[", pos, end) + text.count("{", pos, end) > MAX_DEPTH
-                or (surrogates and _SURROGATE_ESCAPE.search(text, pos, end) is not None)
+                or (surrogates and SURROGATE_ESCAPE.search(text, pos, end) is not None)
             ):
                 # Maybe too large or too deep, or a lone surrogate: the careful path decides.
                 break
@@ -245,10 +248,10 @@ class Decoder:
         try:
             text = buf[:end].decode("utf-8")
             value = _json.decode(text)
-            if _SURROGATE_ESCAPE.search(text):
+            if SURROGATE_ESCAPE.search(text):
                 _encoder_check.encode(value).encode("utf-8")
         except UnicodeEncodeError:
-            out.append(_invalid("texto con un sustituto UTF-16 suelto"))
+            out.append(_invalid(LONE_SURROGATE))
             return self._drop_line(end - 1)
         except ValueError:
             out.append(_invalid("valor que no es JSON estándar"))

@@ -100,9 +100,13 @@ def _headroom(name: str, r: Row) -> str:
     resolution), and how many brackets it took (baselines._baseline)."""
     if "headroom" not in r:
         return ""
-    flag = " GENERATOR-BOUND" if r["headroom"] >= HEADROOM_LIMIT else ""
-    if not flag and name.startswith("echo_") and r.get("cpu_loop", 100.0) < ECHO_BUSY_MIN:
-        flag = " NOT AT ITS LIMIT"
+    flag = (
+        " GENERATOR-BOUND"
+        if r["headroom"] >= HEADROOM_LIMIT
+        else " NOT AT ITS LIMIT"
+        if _echo_waits(name, r)
+        else ""
+    )
     brackets = r.get("brackets", 1)
     times = f"{brackets:g} brackets, " if brackets > 1 else ""  # a median over 2 runs may be 2.5
     spread = f" ({times}{100 * r['spread']:.0f}% apart)" if "spread" in r else ""
@@ -157,6 +161,11 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
+def _echo_waits(name: str, r: Row) -> bool:
+    """An echo row whose loop was under ECHO_BUSY_MIN: not at its own limit."""
+    return name.startswith("echo_") and r.get("cpu_loop", 100.0) < ECHO_BUSY_MIN
+
+
 def ceilings(rows: dict[str, Row]) -> list[str]:
     """The baselines not at their own limit: one more load process raised the
     rate by HEADROOM_LIMIT or more, or an echo's loop was under ECHO_BUSY_MIN."""
@@ -164,6 +173,6 @@ def ceilings(rows: dict[str, Row]) -> list[str]:
     for name, r in rows.items():
         if r.get("headroom", 0) >= HEADROOM_LIMIT:
             found.append(f"{name}: +{100 * r['headroom']:.0f}% with one more load process")
-        elif name.startswith("echo_") and r.get("cpu_loop", 100.0) < ECHO_BUSY_MIN:
+        elif _echo_waits(name, r):
             found.append(f"{name}: its loop at {r['cpu_loop']:.0f}% of a core, under {ECHO_BUSY_MIN:.0f}%")
     return found

@@ -14,7 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES, RepeatedKeys, note_repeats
+from pedidos.protocol.framing import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    LONE_SURROGATE,
+    SURROGATE_ESCAPE,
+    RepeatedKeys,
+    note_repeats,
+)
 from pedidos.protocol.replies import JSON_INVALIDO, MENSAJE_INVALIDO
 from pedidos.protocol.scanner import Invalid, Scanner
 from pedidos.protocol.validation import repeated_key
@@ -28,9 +34,6 @@ class BadInput(Exception):
     """The input as a whole cannot be read: nothing is sent."""
 
 
-# A lone UTF-16 surrogate written as an escape ("\ud800") is JSON Python reads,
-# but no UTF-8 text: it could not be sent (the server refuses it too).
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _decoder = json.JSONDecoder(object_pairs_hook=note_repeats)
 
 
@@ -47,11 +50,11 @@ def _checked(line: int, value: Any, text: str) -> Entry:
     if type(value) is RepeatedKeys:  # refused as the server would
         refusal = repeated_key(value)
         return Entry(line, problem=(refusal.code, refusal.mensaje))
-    if _SURROGATE_ESCAPE.search(text):
+    if SURROGATE_ESCAPE.search(text):  # could not be sent; the server refuses it too
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            why = "JSON inválido: texto con un sustituto UTF-16 suelto."
+            why = f"JSON inválido: {LONE_SURROGATE}."
             return Entry(line, problem=(JSON_INVALIDO, why))
     return Entry(line, value)
 
