@@ -11,9 +11,13 @@ The counts per `estado` follow the events and are read again from the
 database every `RESYNC_S` while somebody watches or scrapes /metrics, so that
 they cannot drift for long (a scrape a second would otherwise count the whole
 table every second).
+A read may also hold a change whose event comes after it (the worker commits,
+then tells the server through its pipe): a read with events during it or
+just after it is read again soon, not `RESYNC_S` later.
 On a shared PostgreSQL database this node's events are only its own share of
-the service, so there the counts, the latest orders and the nodes
-(nodes.py) are read every second instead.
+the service, so there the counts are the last read as it is (one statement:
+never an order counted twice), and they, the latest orders and the nodes
+(nodes.py) are read every second.
 Stdlib only: the HTTP side is in web.py.
 """
 
@@ -58,9 +62,12 @@ TICK_S = 0.25  # at most four pictures a second reach a page
 TICKS_PER_SECOND = 4
 SERIES_SECONDS = 600  # the chart's ten minutes
 RESYNC_S = 5
-# A read during which events came may count them twice (in the read and as
-# moves since): it is read again this soon, not RESYNC_S later.
+# A read during which events came, or just after it, may count them twice (in
+# the read and as moves since): it is read again this soon, not RESYNC_S later.
 RESYNC_AGAIN_S = 1.0
+# How long after a read an event may still be one of its changes: a commit's
+# way through a worker's pipe and the supervisor's thread to the loop.
+LATE_S = 0.5
 LATEST = 12  # rows of the latest-orders table
 RECENT_POINTS = 5  # chart points repeated in each picture, so a skipped one costs nothing
 
@@ -120,7 +127,9 @@ class Live:
         self._base = dict.fromkeys(ESTADOS, 0)
         self._moved = dict.fromkeys(ESTADOS, 0)
         self._moved_at_base = dict(self._moved)
-        self._hurried = False  # the last read was an early one (see _resync)
+        self._early = False  # the last read was brought forward (see _bring_forward)
+        self._next_early = False  # the next one is
+        self._late_until = 0.0  # an event before this may be in the last read (LATE_S)
         self._synced_at: float | None = None  # when the counts were last read
         self._working: dict[int, tuple[int, int, str | None, float]] = {}  # worker -> first id, n, since
         self._dirty = True
@@ -140,6 +149,8 @@ class Live:
                 self._moved[move[0]] -= n
             self._moved[move[1]] += n
             self._dirty = True
+            if self._late_until and time.monotonic() < self._late_until:
+                self._bring_forward()
         # A worker does one chunk at a time, in order: its next STARTED, its
         # FINISHED or, when nothing of the chunk ended listo, its WORKER_IDLE
         # ends what it was doing.
@@ -215,21 +226,30 @@ class Live:
                 viewer.offer(payload)
 
     async def _resync(self) -> None:
+        early, self._next_early = self._next_early, False
+        self._late_until = 0.0  # what comes during the read is seen below
         moved_before = dict(self._moved)
         started = time.monotonic()  # a schedule of reads from their starts does not slip
         counts = await self._source.counts()
         self._base = {estado: counts.get(estado, 0) for estado in ESTADOS}
         self._moved_at_base = moved_before
         self._synced_at = started
-        overlapped = self._moved != moved_before
-        if overlapped and not self._hurried:
-            # What an event moved may be in the read too, or not: which, no one
-            # knows (301 `listo` of 300 orders after a burst, for 5 s). Read
-            # again soon: once the events pause, the figures are exact. Once
-            # only: under steady load every read overlaps, and a read a second
-            # is what RESYNC_S spares a busy server.
-            self._synced_at -= RESYNC_S - RESYNC_AGAIN_S
-        self._hurried = overlapped and not self._hurried
+        self._early = early
+        self._late_until = time.monotonic() + LATE_S
+        if self._moved != moved_before:
+            self._bring_forward()
+
+    def _bring_forward(self) -> None:
+        """What an event moved may be in the last read too, or not: which, no
+        one knows (301 `listo` of 300 orders after a burst, for 5 s). Read again
+        soon: once the events pause, the figures are exact. Once only: under
+        steady load every read overlaps, and a read a second is what RESYNC_S
+        spares a busy server."""
+        self._late_until = 0.0
+        if self._early or self._next_early or self._synced_at is None:
+            return
+        self._next_early = True
+        self._synced_at -= RESYNC_S - RESYNC_AGAIN_S
 
     def _resync_due(self, period: float) -> bool:
         # Half a tick early is on time: the ticker looks on whole ticks.
@@ -253,8 +273,10 @@ class Live:
     # --- the picture ----------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        # Never below zero: on a shared database, this node's worker may start
-        # an order another node received before the next read counts it.
+        if self._nodes.shared:
+            return dict(self._base)
+        # Never below zero: a read that holds a change whose event came after
+        # it counts the move twice until it is read again.
         return {e: max(0, self._base[e] + self._moved[e] - self._moved_at_base[e]) for e in ESTADOS}
 
     def picture(self, full: bool) -> bytes:
