@@ -149,8 +149,10 @@ class Live:
                 self._moved[move[0]] -= n
             self._moved[move[1]] += n
             self._dirty = True
-            if self._late_until and time.monotonic() < self._late_until:
-                self._bring_forward()
+            if self._late_until:  # zero again at the first event after the read
+                if time.monotonic() < self._late_until:
+                    self._bring_forward()
+                self._late_until = 0.0
         # A worker does one chunk at a time, in order: its next STARTED, its
         # FINISHED or, when nothing of the chunk ended listo, its WORKER_IDLE
         # ends what it was doing.
