@@ -4,12 +4,15 @@ driver missing, the password kept out of every log, polling without NOTIFY."""
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
 from conftest import SERVIDOR, LineClient, ServerProcess, running_server, wait_for
 from pgcluster import with_options
 from stallproxy import StallProxy
@@ -345,3 +348,48 @@ def test_a_worker_whose_idle_connection_was_dropped_claims_on_a_new_one(pg_url, 
         done = c.ask({"accion": "esperar", "id": second["id"], "timeout": 10})  # type: ignore[index]
         assert done["ok"] and done["pedido"]["estado"] == "listo", done
         assert "could not claim orders" not in srv.log, srv.log
+
+
+def with_user(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    netloc = user + "@" + parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@pytest.mark.parametrize("tables", ["missing", "not_its_own"])
+def test_a_role_without_rights_is_one_error_line_naming_the_cause_and_the_grant(pg_url, tmp_path, tables):
+    # A role that may not create in `public` (the default from PostgreSQL 15 on
+    # for a role that does not own the database), or that was given no rights
+    # on tables another role made: the start logged first that the node could
+    # not give up a name it never took, then the cause, as two ERROR lines.
+    import psycopg
+
+    role = f"pedidos_test_{uuid.uuid4().hex[:12]}"  # roles are the whole server's: one of its own
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")  # as PostgreSQL 15 has it
+    try:
+        if tables == "not_its_own":  # made by the superuser's node, as by an earlier start
+            with running_server(tmp_path, "--work-time", "0", db=pg_url):  # type: ignore[arg-type]
+                pass
+        srv = ServerProcess(["--port", "0", "--work-time", "0"], with_user(pg_url, role), tmp_path)  # type: ignore[arg-type]
+        try:
+            assert srv.proc.wait(30) == 1, srv.log
+        finally:
+            srv.kill()
+        srv._reader.join(5)
+        grant = re.search(r'GRANT .*? TO "[^"]+"', srv.log)
+        assert grant, srv.log
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(grant.group(0))  # the advice is enough
+        with running_server(tmp_path, "--work-time", "0", db=with_user(pg_url, role)):  # type: ignore[arg-type]
+            pass
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f'DROP OWNED BY "{role}"')  # the default privileges it holds, if any
+            admin.execute(f'DROP ROLE "{role}"')
+    errors = [line for line in srv.lines if " ERROR " in line]
+    assert len(errors) == 1, srv.log
+    assert "permission denied for" in errors[0] and "GRANT" in errors[0] and role in errors[0], errors[0]
+    assert ("schema public" if tables == "missing" else "table") in errors[0], errors[0]
+    assert "give up" not in srv.log and "Traceback" not in srv.log, srv.log

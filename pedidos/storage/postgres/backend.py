@@ -52,7 +52,7 @@ from pedidos.storage.postgres.link import (
 from pedidos.storage.postgres.listen import Listener
 from pedidos.storage.postgres.nodes import NameTaken, Nodes
 from pedidos.storage.postgres.rows import iso, order, storable_text
-from pedidos.storage.postgres.schema import migrate
+from pedidos.storage.postgres.schema import migrate, privilege_advice
 from pedidos.storage.postgres.settings import conninfo, session, shown
 from pedidos.storage.postgres.worker import PgOpener
 
@@ -133,12 +133,14 @@ class PostgresStorage:
         """Connect, migrate, take this node's name, and hand back what an
         earlier run of this same node left `en proceso` (never another live
         node's: those are reaped once their lease runs out)."""
+        role = None
         try:
             await self._main.open()
             await self._intake_link.open()
             await self._lease_link.open()
             await self._commands.open()
             async with self._main.use(timeout=None) as conn:  # DDL on a big table takes its time
+                role = conn.info.user  # for the advice below: the URL may not name it (PGUSER)
                 await migrate(conn)
             if not recover:  # a tool looking at the database: not a node
                 return Recovery()
@@ -151,9 +153,10 @@ class PostgresStorage:
             raise StorageError(str(exc)) from None
         except (psycopg.Error, OSError, DatabaseUnavailable) as exc:
             with contextlib.suppress(Exception):  # gives the name up, if it got that far
-                await self.nodes.stop()
+                await self.nodes.stop(failed_start=True)
             await self._close()
-            raise StorageError(f"cannot use the database {self.shown}: {one_line(exc)}") from None
+            advice = privilege_advice(exc, role)
+            raise StorageError(f"cannot use the database {self.shown}: {one_line(exc)}{advice}") from None
         logger.info("node %s joined the database %s", self.nodo, self.shown)
         if self.listener is not None:
             self.listener.start()

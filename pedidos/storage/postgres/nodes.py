@@ -104,6 +104,7 @@ class Nodes:
         self._renewal = Background(self._renew_forever)
         self._reaping = Background(self._reap_forever)
         self._registered = True
+        self._joined = False  # whether this node ever took its name (a row of its own in `nodos`)
         self._renewed_at: float | None = None  # time.monotonic() of the last renewal
         self._on_time_since: float | None = None
         self._renewing_since: float | None = None  # a renewal under way since
@@ -140,6 +141,7 @@ class Nodes:
         async with self._link.use() as conn:
             taken = await (await conn.execute(sql.REGISTER, params)).fetchone() is not None
         if taken:
+            self._joined = True
             self.shared.renewed(sent)
         return taken
 
@@ -154,10 +156,15 @@ class Nodes:
         self._renewal.start()
         self._reaping.start()
 
-    async def stop(self) -> None:
-        """Stop renewing and give the name up (after the orders were handed back)."""
+    async def stop(self, failed_start: bool = False) -> None:
+        """Stop renewing and give the name up (after the orders were handed back).
+        `failed_start`: the start failed and says why itself; a refusal here
+        (the same missing right, most often) would be a second ERROR line
+        ahead of the cause, so it goes to the debug log."""
         await self._reaping.stop()
         await self._renewal.stop()
+        if not self._joined:
+            return  # no name taken, none to give up (nor perhaps a `nodos` to delete from)
         try:
             async with self._link.use() as conn:
                 await conn.execute(sql.LEAVE, (self.nodo, self.token))
@@ -166,7 +173,8 @@ class Nodes:
         except Exception as exc:  # a database that refuses writes (read-only), say
             # The stop goes on: its lease runs out and another node reaps, as
             # after a crash.
-            logger.error("node %s could not give up its name: %s", self.nodo, one_line(exc))
+            level = logging.DEBUG if failed_start else logging.ERROR
+            logger.log(level, "node %s could not give up its name: %s", self.nodo, one_line(exc))
 
     async def _renew_forever(self) -> None:
         await self._forever(renewal_interval(self.lease), self.renew)
@@ -279,6 +287,7 @@ class Nodes:
             return
         logger.warning("this node's lease had run out (declared dead); registered again as %s", self.nodo)
         self._registered = True
+        self._joined = False  # whether this node ever took its name (a row of its own in `nodos`)
 
 
 def _running(pid: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 import psycopg
@@ -131,3 +132,27 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> None:
             if deadlocks == ATTEMPTS:
                 raise
             await asyncio.sleep(0.1 * deadlocks)
+
+
+def privilege_advice(exc: BaseException, role: str | None) -> str:
+    """What to grant, after a refusal of PostgreSQL's own words ("permission
+    denied for schema public"), for a role that lacks a right the start needs;
+    "" for any other error. An operator who reads only the refusal is left to
+    guess which of several grants it takes."""
+    if not isinstance(exc, errors.InsufficientPrivilege):
+        return ""
+    who = f'"{role}"' if role else "the role of --db"
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    schema = re.match(r"permission denied for schema (\S+)", said)
+    if schema:
+        return (
+            f"; {who} may not create the service's tables there: as a superuser, "
+            f"GRANT CREATE ON SCHEMA {schema.group(1)} TO {who}, or make it the database's owner"
+        )
+    if said.startswith("permission denied for"):
+        return (
+            f"; {who} has no rights on tables another role created: as their owner, "
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON pedidos, nodos TO {who}"
+        )
+    # "must be owner of table pedidos": a column to add, which only the owner may.
+    return f"; {who} lacks a right the start needs: make it the owner of the database and of its tables"
