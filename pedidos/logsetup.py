@@ -97,6 +97,9 @@ class Repeating:
     def warning(self, msg: str, *args: object, key: object = None) -> None:
         self._log(logging.WARNING, msg, args, key)
 
+    def info(self, msg: str, *args: object, key: object = None) -> None:
+        self._log(logging.INFO, msg, args, key)
+
     def _log(self, level: int, msg: str, args: tuple[object, ...], key: object) -> None:
         now = time.monotonic()
         kind = msg if key is None else key

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import running_server
+from conftest import running_server, wait_for
 
 from pedidos.server.auth import FailureThrottle, TokenFileError, load_tokens
 
@@ -228,3 +228,51 @@ def test_a_missing_certificate_stops_the_start(tmp_path: Path):
     )  # fmt: skip
     assert result.returncode == 1
     assert "cannot load the TLS certificate" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_plain_text_on_the_tls_port_is_one_info_line_naming_the_peer(tmp_path: Path, certificate):
+    # telnet, or cliente.py without --tls: silence, a close, and nothing in the
+    # log at INFO to tell the operator why.
+    cert, key = certificate
+    with running_server(tmp_path, "--work-time", "0", "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
+        peers = []
+        for text in (b"hola\r\n", json.dumps(ORDER).encode() + b"\n", b"GET / HTTP/1.1\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as plain:
+                peers.append(f"127.0.0.1:{plain.getsockname()[1]}")
+                plain.sendall(text)
+                assert plain.recv(4096) == b""  # the handshake fails; the server closes
+        wait_for(lambda: "did not speak TLS" in srv.log)
+    said = [line for line in srv.lines if "did not speak TLS" in line]
+    # One line for the three: a client retrying in a loop does not fill the log.
+    assert len(said) == 1 and " INFO " in said[0] and peers[0] in said[0], srv.log
+    assert "--tls" in said[0], said[0]
+
+
+def test_a_tls_client_on_the_plain_port_is_told_and_logged(tmp_path: Path):
+    context = ssl.create_default_context()
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()  # the first bytes a TLS client sends
+    with running_server(tmp_path, "--work-time", "0") as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw:
+            peer = f"127.0.0.1:{raw.getsockname()[1]}"
+            raw.sendall(hello)
+            replies = raw.makefile("rb")
+            assert json.loads(replies.readline())["servidor"] == "pedidos"  # the greeting
+            reply = json.loads(replies.readline())
+            replies.close()
+        assert reply["ok"] is False and reply["error"] == "json_invalido", reply
+        assert "no usa TLS" in reply["mensaje"], reply
+        wait_for(lambda: "speaks TLS" in srv.log)
+        # A real TLS client fails on the greeting, as before, and the server goes on.
+        with (
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw,
+            pytest.raises(ssl.SSLError),
+        ):
+            context.wrap_socket(raw, server_hostname="localhost")
+        s = Session(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
+        assert s.ask(ORDER)["ok"]
+        s.close()
+    said = [line for line in srv.lines if "speaks TLS" in line]
+    assert len(said) == 1 and " INFO " in said[0] and peer in said[0], srv.log

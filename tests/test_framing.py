@@ -680,3 +680,32 @@ def test_any_chunking_of_any_input_gives_the_same_results(parts, cuts, limit):
     points = sorted({min(c, len(data)) for c in cuts})
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
     assert chunked(chunks, limit, exact=True) == whole(data, limit, exact=True)
+
+
+def client_hello() -> bytes:
+    """The first bytes a TLS client sends: its ClientHello record."""
+    import ssl
+
+    context = ssl.create_default_context()
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_a_tls_client_on_the_plain_port_is_told_the_server_does_not_use_tls():
+    # Its first reply said "se esperaba un valor", which tells someone who
+    # reads it (or the log) nothing about TLS.
+    # Without telnet's IAC (0xFF), which its random bytes may hold: what follows
+    # one is telnet's (IAC SB would swallow the rest), and this test is not about that.
+    hello = client_hello().replace(b"\xff", b"\xfe") + b'\n{"a": 1}'
+    assert hello[:2] == b"\x16\x03"
+    first = Decoder().feed(hello)[0]
+    assert isinstance(first, RequestError) and first.code == JSON_INVALIDO, first
+    assert "TLS" in first.mensaje and "no usa TLS" in first.mensaje, first.mensaje
+    # However the bytes come, and then as after any error: its line dropped, reading goes on.
+    assert bytewise(hello) == whole(hello) and whole(hello)[-1] == {"a": 1}
+    assert chunked([hello[:1], hello[1:]], exact=True) == whole(hello, exact=True)
+    # Only the connection's first byte: the same byte later is ordinary bad input.
+    later = Decoder().feed(b'{"a": 1}\n' + hello)[1]
+    assert isinstance(later, RequestError) and "TLS" not in later.mensaje, later.mensaje

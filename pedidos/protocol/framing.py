@@ -36,6 +36,15 @@ _NUMBER_CHAR = frozenset("-+.eE0123456789")
 # reads, but no UTF-8 text, so no request (and no reply) can carry it.
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 LONE_SURROGATE = "texto con un sustituto UTF-16 suelto"
+# A TLS client's first byte (a handshake record, 0x16) is the first byte of
+# the connection: a client that speaks TLS to this plain server, whose own
+# error ("se esperaba un valor") would say nothing about why.
+TLS_RECORD = 0x16
+TLS_HELLO = "esto parece el comienzo de una conexión TLS, y este servidor no usa TLS: conéctese sin TLS"
+
+
+class TlsHello(RequestError):
+    """The `json_invalido` of a connection that began as TLS does (the server logs it)."""
 
 
 def _checked_int(text: str) -> int:
@@ -112,6 +121,7 @@ class Decoder:
         self._skipping = False
         self._telnet = Telnet()
         self._after_cr = False  # the last chunk ended with CR: a NUL first in the next goes
+        self._first = True  # no byte of data yet: a TLS record here is a TLS client (TLS_RECORD)
 
     @property
     def partial(self) -> bool:
@@ -165,6 +175,14 @@ class Decoder:
             return [*out, _invalid("la entrada terminó a mitad de una petición")]
 
     def _feed_data(self, data: bytes, out: list[Any]) -> None:
+        if self._first and data:
+            self._first = False
+            if data[0] == TLS_RECORD:
+                # What the scanner does with that byte (an error, then the
+                # rest of its line dropped), in words that say why.
+                out.append(TlsHello(JSON_INVALIDO, f"JSON inválido: {TLS_HELLO}."))
+                self._skipping = True
+                data = data[1:]
         if self._skipping:
             newline = data.find(b"\n")
             if newline < 0:

@@ -14,12 +14,14 @@ no new work starts for a client that is not reading what it asked for.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from typing import Any, Union
 
 from pedidos.domain import NewOrder, show_address
-from pedidos.protocol.framing import Decoder
+from pedidos.logsetup import Repeating
+from pedidos.protocol.framing import Decoder, TlsHello
 from pedidos.protocol.replies import (
     NO_AUTORIZADO,
     RequestError,
@@ -33,6 +35,12 @@ from pedidos.server.auth import Principal, answer_token
 from pedidos.server.closing import Closing, Linger
 from pedidos.server.failures import SERVER_FULL, reply_of
 from pedidos.server.state import ServerState
+
+logger = logging.getLogger(__name__)
+# A TLS client on this plain port (cliente.py --tls, https://): its handshake
+# cannot read the reply, so the log says why it failed; a client retrying in
+# a loop is one line every 10 s.
+speaks_tls = Repeating(logger)
 
 MAX_IN_FLIGHT = 1000
 # Commands (every request but a new order) in the line at once. An order's
@@ -143,6 +151,13 @@ class Connection(Closing, asyncio.BufferedProtocol):
         ):
             item = parked.popleft()
             if isinstance(item, RequestError):
+                if type(item) is TlsHello:
+                    speaks_tls.info(
+                        "connection from %s speaks TLS, and this server does not use TLS "
+                        "(no --tls-cert): it gets json_invalido",
+                        self.peer,
+                        key="TLS",
+                    )
                 self._enqueue(item.reply())
             else:
                 self._enqueue(self._handle(item))

@@ -21,9 +21,26 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from pedidos.domain import show_address
 from pedidos.logsetup import Repeating
 
 logger = logging.getLogger(__name__)
+# A plain-text client on a TLS port (telnet, cliente.py without --tls, a
+# browser) gets no greeting and a close: one line says why, per connection,
+# and a client retrying in a loop is one line every 10 s.
+not_tls = Repeating(logger)
+# OpenSSL's words for a first record that is no TLS at all: text, an HTTP
+# request, junk. (A TLS client that refuses the certificate, or one gone
+# before a byte, is something else: the debug log only, as before.)
+NOT_TLS_REASONS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "HTTP_REQUEST",
+        "HTTPS_PROXY_REQUEST",
+        "UNKNOWN_PROTOCOL",
+        "PACKET_LENGTH_TOO_LONG",
+    }
+)
 
 ACCEPT_BATCH = 100  # connections taken per readiness event, so that one listener cannot hog the loop
 PAUSE_S = 0.2  # how long a listener out of descriptors waits before it tries again
@@ -127,7 +144,7 @@ class Listener:
     def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, _ = self._sock.accept()
+                conn, address = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -136,16 +153,25 @@ class Listener:
                 self._pause(exc)
                 return
             conn.setblocking(False)
-            task = self._loop.create_task(self._start_connection(conn))
+            task = self._loop.create_task(self._start_connection(conn, address))
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
 
-    async def _start_connection(self, conn: socket.socket) -> None:
+    async def _start_connection(self, conn: socket.socket, address: object) -> None:
         try:
             await self._loop.connect_accepted_socket(self._factory, conn, ssl=self._tls)
         except (OSError, ssl.SSLError, asyncio.TimeoutError, EOFError) as exc:
             # A TLS handshake that failed, a client gone at once: nothing to answer.
-            logger.debug("connection not started: %r", exc)
+            if isinstance(exc, ssl.SSLError) and exc.reason in NOT_TLS_REASONS:
+                peer = show_address(*address[:2]) if isinstance(address, tuple) else "?"
+                not_tls.info(
+                    "connection from %s closed: it did not speak TLS, and this server speaks only TLS "
+                    "(--tls-cert); a client needs TLS here (cliente.py --tls, openssl s_client)",
+                    peer,
+                    key="not TLS",
+                )
+            else:
+                logger.debug("connection not started: %r", exc)
             conn.close()
 
     def _pause(self, exc: OSError) -> None:
