@@ -219,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, _interrupt)
         try:
             # Before any worker starts: a typo is one line and exit 2, never
-            # a loop of workers dying at their start.
+            # a loop of workers dying at their start. Exit 2 for every import
+            # failure (a module missing or raising, a function missing), not
+            # the 1 of other start failures: the contract (section 11) says 2.
             check_task(args.tarea)
         except TaskError as exc:
             logger.error("%s", exc)
