@@ -268,6 +268,7 @@ def test_a_paused_nodes_worker_stops_before_another_node_takes_its_order(pg_url,
         assert "this node's lease ran out" in a.log
         assert "taken away from this worker" not in a.log  # it never got as far as a late finish
     assert done["ok"] and done["pedido"]["nodo"] == "B" and done["pedido"]["intentos"] == 1, done
+    assert db(pg_url, "SELECT nodo FROM nodos") == [], a.log  # A, registered again, gave its name up too
 
 
 def test_a_cut_off_nodes_worker_stops_before_another_node_takes_its_order(pg_url, tmp_path):

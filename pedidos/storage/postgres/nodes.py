@@ -287,7 +287,6 @@ class Nodes:
             return
         logger.warning("this node's lease had run out (declared dead); registered again as %s", self.nodo)
         self._registered = True
-        self._joined = False  # whether this node ever took its name (a row of its own in `nodos`)
 
 
 def _running(pid: int) -> bool:
