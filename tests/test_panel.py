@@ -557,7 +557,10 @@ def test_without_the_extra_panel_is_one_line_and_exit_2(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
-    assert "pip install -e '.[panel]' in the pedidos folder" in result.stderr
+    assert (
+        "pip install 'pedidos[panel]'" in result.stderr
+        and "pip install -e '.[panel]' in the pedidos folder" in result.stderr
+    )
     assert not (tmp_path / "p.db").exists()  # refused before anything started
 
 

@@ -48,7 +48,11 @@ def test_without_the_driver_a_postgresql_url_is_one_line_and_exit_2(tmp_path):
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "pip install -e '.[postgres]' in the pedidos folder" in lines[0], done.stderr
+    assert (
+        len(lines) == 1
+        and "pip install 'pedidos[postgres]'" in lines[0]
+        and "pip install -e '.[postgres]' in the pedidos folder" in lines[0]
+    ), done.stderr
     assert "s3cret" not in done.stderr + done.stdout
 
 
