@@ -25,9 +25,11 @@ from pedidos.domain import show_address
 from pedidos.logsetup import Repeating
 
 logger = logging.getLogger(__name__)
-# A plain-text client on a TLS port (telnet, cliente.py without --tls, a
-# browser) gets no greeting and a close: one line says why, per connection,
-# and a client retrying in a loop is one line every 10 s.
+# A plain-text client on a TLS port that sends something (a line typed at
+# telnet, a browser's http://) gets a close: one line says why, per connection,
+# and a client retrying in a loop is one line every 10 s. One that sends
+# nothing and waits for the greeting (cliente.py without --tls) looks like a
+# port check and stays at DEBUG: cliente.py tells its own user to use --tls.
 not_tls = Repeating(logger)
 # OpenSSL's words for a first record that is no TLS at all: text, an HTTP
 # request, junk. (A TLS client that refuses the certificate, or one gone
