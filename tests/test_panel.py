@@ -817,3 +817,56 @@ def test_live_reads_a_shared_database_every_second():
             await live.stop()
 
     asyncio.run(scenario())
+
+
+def test_two_reads_of_the_counts_at_once_are_one_read():
+    """The ticker's read and a /metrics scrape's (or a page's) may come at
+    once. Two reads in flight counted the table twice, and the later to end
+    set the time of the last read back over the bring-forward that an event
+    after the earlier one asked for: the figure that event counted twice
+    stayed so for RESYNC_S, not RESYNC_AGAIN_S."""
+    import asyncio
+
+    from pedidos.events import STARTED, Event, EventBus
+    from pedidos.panel import live as live_module
+    from pedidos.panel.live import Live, LiveSource
+    from pedidos.stats import Stats
+
+    async def scenario():
+        bus, stats = EventBus(), Stats()
+        db = {"pendiente": 1, "en proceso": 0, "listo": 0, "cancelado": 0, "fallido": 0}
+        gates: list[asyncio.Event] = []
+        reads = []
+
+        async def counts():
+            reads.append(1)
+            gate = asyncio.Event()
+            gates.append(gate)
+            await gate.wait()
+            return dict(db)
+
+        async def nothing(*_):
+            return []
+
+        source = LiveSource(bus, stats, counts, nothing, lambda: {"workers": 1, "conexiones": 0}, workers=1)
+        live = Live(source)
+        first = asyncio.ensure_future(live._resync())  # the ticker's read...
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(live.current_counts())  # ...and a scrape's, meanwhile
+        await asyncio.sleep(0)
+        db.update({"pendiente": 0, "en proceso": 1})  # committed by the worker, in the read
+        gates.pop().set()  # the later read ends first...
+        for _ in range(3):
+            await asyncio.sleep(0)
+        bus.publish(Event(STARTED, (1,), worker=1))  # ...and the event comes after it
+        for gate in gates:
+            gate.set()  # then the earlier one ends
+        await first
+        scraped = await second
+        live._synced_at -= live_module.RESYNC_AGAIN_S  # a second later
+        return len(reads), scraped, live._resync_due(live_module.RESYNC_S)
+
+    reads, scraped, due = asyncio.run(scenario())
+    assert due, "read again before RESYNC_S"  # exact once the events pause
+    assert reads == 1  # one read: the second caller waits for the one under way
+    assert scraped["pendiente"] == 0  # the read's figures, the one read's

@@ -131,6 +131,7 @@ class Live:
         self._next_early = False  # the next one is
         self._late_until = 0.0  # an event before this may be in the last read (LATE_S)
         self._synced_at: float | None = None  # when the counts were last read
+        self._reading = asyncio.Lock()  # one read of the counts at a time (_resync)
         self._working: dict[int, tuple[int, int, str | None, float]] = {}  # worker -> first id, n, since
         self._dirty = True
         self._latest: list[dict[str, Any]] = []
@@ -228,6 +229,18 @@ class Live:
                 viewer.offer(payload)
 
     async def _resync(self) -> None:
+        """Read the counts. The ticker's read, a scrape's and a page's may come
+        at once: one that comes during a read waits for it and takes its
+        result. Two in flight would count the table twice, and the later to
+        end would set `_synced_at` back over a bring-forward asked after the
+        other (with `_next_early` left set, which blocks the next one)."""
+        if self._reading.locked():
+            async with self._reading:  # the read under way will do
+                return
+        async with self._reading:
+            await self._read_counts()
+
+    async def _read_counts(self) -> None:
         early, self._next_early = self._next_early, False
         self._late_until = 0.0  # what comes during the read is seen below
         moved_before = dict(self._moved)
