@@ -737,6 +737,73 @@ def test_an_event_just_after_a_read_of_the_counts_is_not_counted_twice_for_long(
     assert right_after == db  # the read as it is
 
 
+def test_a_late_event_of_a_read_of_the_counts_is_not_counted_twice_once_events_pause(monkeypatch):
+    """A worker's report may reach the loop past LATE_S after its commit on a
+    busy machine; and after a read that was itself brought forward, a late
+    event brings nothing forward. Either way the panel showed one order more
+    than there were until the next read, up to RESYNC_S later, though nothing
+    happened since. Once the events pause for RESYNC_AGAIN_S, the counts are
+    read again."""
+    import asyncio
+    import types
+
+    from pedidos.events import RECEIVED, STARTED, Event, EventBus
+    from pedidos.panel import live as live_module
+    from pedidos.panel.live import Live, LiveSource
+    from pedidos.stats import Stats
+
+    # A clock of the test's own: how late an event comes is the point, and a
+    # busy machine must not decide it.
+    now = [1000.0]
+    monkeypatch.setattr(live_module, "time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time))
+
+    async def scenario(early: bool):
+        bus = EventBus()
+        db = {"pendiente": 0, "en proceso": 0, "listo": 0, "cancelado": 0, "fallido": 0}
+        during = []
+
+        async def counts():
+            snapshot = dict(db)
+            if during:  # an event that overtakes the read: the next read is brought forward
+                bus.publish(during.pop())
+            return snapshot
+
+        async def nothing(*_):
+            return []
+
+        figures = {"workers": 1, "conexiones": 0}
+        live = Live(LiveSource(bus, Stats(), counts, nothing, lambda: figures, workers=1))
+        assert await live.current_counts() == db
+        db["pendiente"] += 1
+        if early:
+            during.append(Event(RECEIVED, (1,)))
+            now[0] += live_module.RESYNC_S
+            assert (await live.current_counts())["pendiente"] == 2  # a read the event overtook...
+            db.update({"pendiente": 0, "en proceso": 1})  # (the worker commits)
+            now[0] += live_module.RESYNC_AGAIN_S  # ...is read again a second later...
+            late = 0.1  # ...and an event after that read, within LATE_S, brings nothing forward
+        else:
+            bus.publish(Event(RECEIVED, (1,)))
+            now[0] += live_module.RESYNC_S
+            assert await live.current_counts() == db  # a read with no event during or after it
+            db.update({"pendiente": 0, "en proceso": 1})  # (the worker commits)
+            now[0] += live_module.RESYNC_S
+            late = 2 * live_module.LATE_S  # past LATE_S
+        held = await live.current_counts()  # the read holds the commit...
+        now[0] += late
+        bus.publish(Event(STARTED, (1,), worker=1))  # ...and its report comes this late
+        twice = live.counts()
+        now[0] += live_module.RESYNC_AGAIN_S  # the events have paused
+        settled = await live.current_counts()
+        return held, twice, settled, dict(db)
+
+    for early in (False, True):
+        held, twice, settled, db = asyncio.run(scenario(early))
+        assert held == db, early
+        assert twice["en proceso"] == 2, early  # the read that the event came after
+        assert settled == db, early  # exact once the events pause, not RESYNC_S later
+
+
 def test_live_reads_a_shared_database_every_second():
     """On PostgreSQL the other nodes publish nothing on this node's bus: while a
     page is open, the counts, the latest orders and the nodes with their busy
