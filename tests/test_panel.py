@@ -89,6 +89,14 @@ def test_metrics_match_estadisticas(tmp_path):
             assert client.ask({"accion": "cancelar", "id": ids[-1]})["ok"]
             for order_id in ids[:-1]:
                 assert client.ask({"accion": "esperar", "id": order_id, "timeout": 30})["ok"]
+
+            def reported() -> bool:
+                families = metric_families(get(url, "/metrics")[2].decode())
+                return sample(families, "pedidos_terminados", "pedidos_terminados_total", estado="listo") == 4
+
+            # `esperar` may find an order listo in the database a moment before
+            # its worker's report reaches the server's counters.
+            wait_for(reported, 10)
             stats = client.ask({"accion": "estadisticas"})
             status, headers, body = get(url, "/metrics")
         assert status == 200
