@@ -11,6 +11,8 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
+from pedidos.storage.postgres.link import one_line
+
 logger = logging.getLogger(__name__)
 
 ATTEMPTS = 5  # a migration PostgreSQL broke up as a deadlock is tried again, this often
@@ -142,7 +144,7 @@ def privilege_advice(exc: BaseException, role: str | None) -> str:
     if not isinstance(exc, errors.InsufficientPrivilege):
         return ""
     who = f'"{role}"' if role else "the role of --db"
-    said = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    said = one_line(exc)
     schema = re.match(r"permission denied for schema (\S+)", said)
     if schema:
         return (
