@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_nothing_left, marked_processes
 
-from pedidos.tools import baselines, redis
+from pedidos.tools import baselines, redis, slices
 from pedidos.tools.bench import GROUPS, PG_GROUPS, build_parser, parse_args
 from pedidos.tools.drive import drive
 from pedidos.tools.load import BenchError
@@ -257,7 +257,7 @@ def test_one_more_load_process_is_compared_with_the_windows_either_side_of_it(mo
 
     def fake_measure(args, child, pipelined, line, **kw):
         calls.append((pipelined, kw.get("procs")))
-        return {"rate": next(rates), "p50_ms": 1.0, "p99_ms": 2.0, "bad": 0, "lost": 0}
+        return {"rate": next(rates), "p50_ms": 1.0, "p99_ms": 2.0, "bad": 0, "lost": 0, "latencies": [0.001]}
 
     monkeypatch.setattr(baselines, "measure", fake_measure)
     monkeypatch.setattr(baselines, "warm_up", lambda *a, **kw: None)
@@ -280,7 +280,7 @@ def _noisy(monkeypatch, rr_rates: list[float]) -> dict:
     """The rows of a baseline whose request/response windows are `rr_rates`
     and whose pipelined ones are steady."""
     rates = iter([*rr_rates, 500.0, 490.0, 500.0])
-    window = {"p50_ms": 1.0, "p99_ms": 2.0, "bad": 0, "lost": 1}
+    window = {"p50_ms": 1.0, "p99_ms": 2.0, "bad": 0, "lost": 1, "latencies": [0.001]}
     monkeypatch.setattr(baselines, "measure", lambda *a, **kw: {**window, "rate": next(rates)})
     monkeypatch.setattr(baselines, "warm_up", lambda *a, **kw: None)
     rows: dict = {}
@@ -295,7 +295,7 @@ def test_a_noisy_baseline_is_measured_in_three_brackets_pooled(monkeypatch):
     # and they are pooled: here the rise goes.
     rows = _noisy(monkeypatch, [90.0, 99.0, 110.0, 100.0, 96.0, 100.0, 100.0, 97.0, 100.0])
     rr = rows["redis_rr"]
-    assert rr["brackets"] == 3 and rr["rate"] == 100.0 and rr["lost"] == 6
+    assert rr["brackets"] == 3 and rr["rate"] == 100.0 and rr["lost"] == 9
     assert rr["headroom"] == pytest.approx(97.33 / 100 - 1, abs=1e-4)
     assert rr["spread"] == pytest.approx(0.2 / 3)  # the brackets' mean: 20 %, 0, 0
     assert ceilings(rows) == []
@@ -509,3 +509,34 @@ def test_slices_that_would_slice_nothing_are_refused(args, named, capsys):
     assert exit_info.value.code == 2
     assert f"argument {named}" in capsys.readouterr().err
     assert parse_args(["--only", "e2e", "--slices", "2"]).slices == 2 and parse_args([]).slices is None
+
+
+def test_a_baseline_row_pools_its_windows_replies_and_counts_every_windows_failures():
+    # Two usual windows: one steady at 1 ms, one with two slow replies in 100.
+    # The row's p99 is that of all 200 replies (50 ms), not the mean of each
+    # window's own (25.5 ms); and a reply lost in the window with one more load
+    # process is the row's too.
+    steady = {"rate": 100.0, "p50_ms": 1.0, "p99_ms": 1.0, "bad": 0, "lost": 0, "latencies": [0.001] * 100}
+    slow = {**steady, "p99_ms": 50.0, "latencies": [0.001] * 98 + [0.05] * 2}
+    more = {**steady, "rate": 104.0, "lost": 2}
+    row = baselines.pooled_row([steady, slow], [more])
+    assert row["p99_ms"] == pytest.approx(50.0) and row["p50_ms"] == pytest.approx(1.0)
+    assert row["rate"] == 100.0 and row["lost"] == 2 and row["bad"] == 0
+
+
+def test_cpu_shares_are_of_the_time_between_the_snapshots_as_they_ran():
+    # A snapshot that ends late (a busy machine reading /proc) has counted CPU
+    # past the window's planned end: the share is of the time the two
+    # snapshots actually span, not of the planned window.
+    calls = []
+
+    def snapshot():
+        calls.append(time.time())
+        if len(calls) == 2:
+            time.sleep(0.4)
+        return len(calls)
+
+    start = time.time() + 0.05
+    before, after, seconds, samples = slices.run_window(start, start + 0.1, 1, snapshot, None)
+    assert (before, after) == (1, 2) and samples == [None, None]
+    assert seconds >= 0.1 + 0.2  # the second snapshot halfway through its 0.4 s

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import sys
 from pathlib import Path
 
 from pedidos.tools import redis
+from pedidos.tools.drive import percentile
 from pedidos.tools.procs import Child
 from pedidos.tools.report import HEADROOM_LIMIT, Row
 from pedidos.tools.scenarios import LINE, measure, row_of, warm_up
@@ -40,33 +42,39 @@ def _baseline(args: argparse.Namespace, child: Child, name: str, rows: dict[str,
     warm_up(args, child, line, greeting=False)
     for kind, pipelined in (("rr", False), ("pipe", True)):
         usual = functools.partial(measure, args, child, pipelined, line, greeting=False, check=False)
-        plain: list[Row] = []
-        more: list[float] = []
+        plain: list[dict] = []
+        more: list[dict] = []
         spreads: list[float] = []
         for _ in range(BRACKETS):
-            first = row_of(usual())
-            more.append(usual(procs=args.load_procs + 1)["rate"])
-            second = row_of(usual())
+            first = usual()
+            more.append(usual(procs=args.load_procs + 1))
+            second = usual()
             plain += [first, second]
             spreads.append(abs(first["rate"] - second["rate"]) / ((first["rate"] + second["rate"]) / 2))
             if spreads[0] < HEADROOM_LIMIT:  # the first bracket resolves a 5 % rise: enough
                 break
-        row = mean_row(*plain)
+        row = pooled_row(plain, more)
         rows[f"{name}_{kind}"] = {
             **row,
-            "headroom": sum(more) / len(more) / row["rate"] - 1,
+            "headroom": sum(w["rate"] for w in more) / len(more) / row["rate"] - 1,
             "spread": sum(spreads) / len(spreads),
             "brackets": len(more),
         }
 
 
-def mean_row(*windows: Row) -> Row:
-    """Windows of one baseline as one row: the mean of every figure, but the
-    failures of all (a bad reply in any is one too many)."""
-    return {
-        k: sum(w[k] for w in windows) if k in ("bad", "lost") else sum(w[k] for w in windows) / len(windows)
-        for k in windows[0]
-    }
+def pooled_row(usual: list[dict], more: list[dict]) -> Row:
+    """A baseline's row from its windows (`drive` results): the usual windows'
+    mean rate and CPU shares, the percentiles of every reply timed in them (not
+    a mean of each window's own), and the failures of every window, those with
+    one more load process too (a bad reply in any is one too many)."""
+    windows = [row_of(w) for w in usual]
+    row = {k: sum(w[k] for w in windows) / len(windows) for k in windows[0]}
+    ordered = sorted(itertools.chain.from_iterable(w["latencies"] for w in usual))
+    row["p50_ms"] = percentile(ordered, 0.50) * 1000
+    row["p99_ms"] = percentile(ordered, 0.99) * 1000
+    for key in ("bad", "lost"):
+        row[key] = sum(w[key] for w in usual + more)
+    return row
 
 
 def echo_rows(args: argparse.Namespace, tmp: Path, rows: dict[str, Row]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pedidos.tools import cload
@@ -23,7 +23,7 @@ def _split(total: int, parts: int) -> list[int]:
     return [s for s in (total // parts + (i < total % parts) for i in range(parts)) if s]
 
 
-def percentile(ordered: list[float], q: float) -> float:
+def percentile(ordered: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
@@ -45,7 +45,8 @@ def drive(
     """Run the load: `conns` connections over `procs` processes, `depth`
     requests in flight each, for `warm` + `seconds` (or `limit` requests per
     connection). Figures cover the `seconds` after `warm`; with `check`, a
-    reply without "ok": true is `bad` and neither counted nor timed; `during(start, end,
+    reply without "ok": true is `bad` and neither counted nor timed (`latencies`:
+    every timed reply's, sorted, for a row that pools windows); `during(start, end,
     pids)` runs meanwhile, with the window's wall times and the load pids.
     `engine` is "c" (cload, the default where it builds) or "python". With a
     list of ports (nodes of one service), the connections are spread evenly over
@@ -79,12 +80,13 @@ def drive(
     latencies = array("d")
     for r in results:
         latencies.frombytes(r.pop("latencies"))
-    ordered = sorted(latencies)
+    ordered = array("d", sorted(latencies))
     merged: dict[str, Any] = {k: sum(r[k] for r in results) for k in results[0] if k != "sample_bad"}
     merged["sample_bad"] = next((r["sample_bad"] for r in results if r["sample_bad"]), "")
     merged["connect_s"] = max(r["connect_s"] for r in results)
     merged["rate"] = merged["count"] / seconds if limit is None else None
     merged["p50_ms"] = percentile(ordered, 0.50) * 1000
     merged["p99_ms"] = percentile(ordered, 0.99) * 1000
+    merged["latencies"] = ordered
     merged["during"] = extra
     return merged

@@ -90,9 +90,8 @@ def node_window(nodes: Nodes, pg: pgdb.PgCpu, probe: Any = None, parts: int = 1)
         return {"nodes": tree_cpu(roots), "pg": pg(), "load": tree_cpu(load), "busy": busy, "steal": stolen}
 
     def during(start: float, end: float, pids: list[int]) -> dict[str, Any]:
-        before, after, samples = slices.run_window(start, end, parts, lambda: snapshot(pids), probe)
+        before, after, seconds, samples = slices.run_window(start, end, parts, lambda: snapshot(pids), probe)
         used = {k: None if after[k] is None else after[k] - before[k] for k in before}  # type: ignore[operator]
-        seconds = end - start
         measured = [v for k, v in used.items() if k not in ("busy", "steal") and v]
         other = used["busy"] - sum(measured)  # type: ignore[operator,arg-type]
         cpu = {k: round(100 * v / seconds) for k, v in used.items() if k != "busy" and v is not None}

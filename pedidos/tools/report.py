@@ -21,7 +21,7 @@ BASELINES = ("echo_streams", "echo_protocol", "redis")
 
 
 # Counts of what went wrong: over several runs, the sum (a failure in any run is
-# one too many; a median would hide a run that had them, as mean_row would a window).
+# one too many; a median would hide a run that had them, as a mean would a window).
 FAILURES = ("bad", "lost", "refused", "connect_failed", "left")
 
 

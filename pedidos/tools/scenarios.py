@@ -57,8 +57,8 @@ def window(child: Child, probe: Any = None, parts: int = 1) -> Any:
 
     def during(start: float, end: float, pids: list[int]) -> dict[str, Any]:
         snapshot = lambda: cpu_snapshot(child.pid, pids, writer)  # noqa: E731
-        before, after, samples = slices.run_window(start, end, parts, snapshot, probe)
-        cpu = cpu_share(before, after, end - start)
+        before, after, seconds, samples = slices.run_window(start, end, parts, snapshot, probe)
+        cpu = cpu_share(before, after, seconds)
         return {"cpu": cpu, "samples": samples, "start": start, "end": end}
 
     return during

@@ -54,21 +54,24 @@ def sleep_until(wall: float) -> None:
 
 def run_window(
     start: float, end: float, parts: int, snapshot: Callable[[], Any], probe: Callable[[], Any] | None
-) -> tuple[Any, Any, list[Sample | None]]:
+) -> tuple[Any, Any, float, list[Sample | None]]:
     """The body of a `during` hook: `snapshot()` (CPU) and `probe()` at `start`,
     `probe()` at each of the `parts` - 1 inner slice boundaries, `snapshot()` and
-    `probe()` at `end`. Returns both snapshots and the samples, `parts` + 1 of them."""
+    `probe()` at `end`. Returns both snapshots, the seconds between them as they
+    ran (what CPU shares are of: a snapshot taken late on a busy machine would
+    otherwise count CPU past the window against the window's length), and the
+    samples, `parts` + 1 of them."""
     if probe is not None:
         probe()  # once before the window: a first query's set-up must not move its first boundary
     sleep_until(start)
-    before, samples = snapshot(), [sample(probe)]
+    (began, before), samples = sample(snapshot), [sample(probe)]
     for k in range(1, parts):
         sleep_until(start + k * (end - start) / parts)
         samples.append(sample(probe))
     sleep_until(end)
-    after = snapshot()
+    ended, after = sample(snapshot)
     samples.append(sample(probe))
-    return before, after, samples
+    return before, after, ended - began, samples
 
 
 def per_slice(samples: list[Sample], start: float) -> list[dict[str, Any]]:
