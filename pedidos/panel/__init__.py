@@ -4,16 +4,19 @@
 `/metrics`), `live` turns the event bus into what the page shows (coalesced
 snapshots, a few a second at most), `nodes` reads the service's nodes on a
 shared PostgreSQL database, `metrics` exposes the server's figures
-(pedidos/stats.py) through a prometheus-client collector, and `static/` is
-the page itself (HTML, CSS, JavaScript; nothing from another host).
+(pedidos/stats.py) through a prometheus-client collector, `site` holds its
+listening sockets (`MAX_CONNECTIONS` at most), and `static/` is the page
+itself (HTML, CSS, JavaScript; nothing from another host).
 
 The libraries are an optional extra (`pip install -e '.[panel]'`). Without
 `--panel` only this module is imported (by the command line, for
-`panel_missing`), and it imports nothing beyond the stdlib; the server imports
+`panel_missing`), and it imports nothing beyond the stdlib and
+`pedidos.extras`; the server imports
 `web` inside its startup, only with `--panel`. The panel may import the
-events, the stats, the protocol's vocabulary and nothing else of the server:
-what it reads of the server (counts, latest orders, nodes, live figures, tokens) is
-handed to it as a `PanelSource`, so a change of storage does not reach it.
+events, the stats, the protocol's vocabulary and nothing else of the server
+(but `preflight.port_advice`, to word a port it cannot listen on as the order
+port's is worded): what it reads of the server (counts, latest orders, nodes,
+live figures, tokens) is handed to it as a `PanelSource`, so a change of storage does not reach it.
 """
 
 from __future__ import annotations
