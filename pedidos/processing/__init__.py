@@ -4,5 +4,6 @@
 `dispatch` decides which worker gets which pending order, `supervisor` ties
 them to the server's events, and `worker` is what runs inside a worker process
 (which gets plain configuration, never a live connection). Imports the domain,
-the events and the storage interface; never the server or the wire.
+the events, the storage interface (and `storage.lease`) and the stdlib-only
+helpers; never the server, the wire or a storage backend.
 """

@@ -7,7 +7,8 @@ half, which any backend can reuse. `sqlite/` is the default backend, with
 its writer process and its write lock, which nothing outside it knows of.
 Every backend keeps the table of the contract (section 7) and the promise that
 an order is durable before its acknowledgement. Imports only the domain,
-`pedidos.background` and the standard library; never the server, processing
+`pedidos.background`, the stdlib-only helpers (`logsetup`, `stopsignals`,
+`wording`, `extras`) and the standard library; never the server, processing
 or the wire.
 """
 
