@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--nodo",
         type=value.node_name,
         metavar="NAME",
-        help="this server's name among those sharing a PostgreSQL database (default HOST:PORT)",
+        help="this server's name among those sharing a PostgreSQL database "
+        "(default HOSTNAME:PORT: the machine's name and the port)",
     )
     parser.add_argument(
         "--lease",

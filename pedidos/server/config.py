@@ -17,7 +17,7 @@ class ServerConfig:
     port: int = 8888
     workers: int = 2
     db: str = "pedidos.db"  # a SQLite file path or a PostgreSQL URL; storage.open_storage picks
-    nodo: str | None = None  # this server's name on a shared database (default HOST:PORT)
+    nodo: str | None = None  # this server's name on a shared database (default HOSTNAME:PORT)
     lease: float = DEFAULT_LEASE_S  # seconds a node may miss renewing before it is declared dead
     hints: bool = True  # LISTEN/NOTIFY on a shared database; False: polling only
     work_time: tuple[float, float] = (1.0, 3.0)

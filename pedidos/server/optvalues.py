@@ -112,7 +112,9 @@ def node_name(text: str) -> str:
     like every value the service stores: `" a "` and `"a"` are one node."""
     name = text.strip()
     if not name:
-        raise argparse.ArgumentTypeError("empty; give this server a name, or leave --nodo out for HOST:PORT")
+        raise argparse.ArgumentTypeError(
+            "empty; give this server a name, or leave --nodo out for HOSTNAME:PORT"
+        )
     return name
 
 

@@ -107,7 +107,7 @@ class Server:
         # (SQLite: a lock file) before it takes up what a crash left behind: a
         # second start on the same database fails on one of the two and
         # changes nothing of the running server's orders. (On a shared
-        # database, a node's default name is HOST:PORT, known only now.)
+        # database, a node's default name is HOSTNAME:PORT, known only now.)
         sockets = bind_sockets(config.hosts, config.port)
         try:
             bus = EventBus()
