@@ -1,9 +1,10 @@
 """`python3 -m pedidos.bench`: how fast the order server takes and processes orders.
 
-Starts the real server (`servidor.py`, a free port, a temporary database) and,
-in the same run, two bare asyncio echo servers (streams and Protocol), drives
-each from separate load processes with the same load generator
-(`bench_load`), and prints one table. The ratio of a server figure to the
+Starts the real server (`python -m pedidos`, a free port, a temporary
+database) and, in the same run, the baselines (two bare asyncio echo servers,
+streams and Protocol, and redis-server where installed: baselines.py), drives
+each from separate load processes with the same load generator (`drive()`:
+the C one of cload.py, or load.py's), and prints one table. The ratio of a server figure to the
 matching echo figure is what counts: it says how close the server comes to
 what one Python process can move over a socket on this machine.
 
