@@ -25,6 +25,8 @@ FORBIDDEN = {
     "pedidos.events": ("pedidos.server", "pedidos.processing", "pedidos.storage", "pedidos.client"),
     "pedidos.client": ("pedidos.server", "pedidos.processing", "pedidos.storage"),
     "pedidos.server": ("pedidos.storage.sqlite", "pedidos.client"),
+    # What the panel reads of the server is handed to it (PanelSource).
+    "pedidos.panel": ("pedidos.server", "pedidos.processing", "pedidos.storage", "pedidos.client"),
 }
 
 

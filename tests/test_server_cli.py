@@ -276,7 +276,8 @@ def test_small_slips_get_a_hint_of_what_was_meant(capsys):
 
     from pedidos.client.cli.args import build_parser as client_parser
     from pedidos.client.problems import unresolved
-    from pedidos.server.preflight import StartupError, listen_addresses, port_advice
+    from pedidos.server.preflight import StartupError, listen_addresses
+    from pedidos.wording import port_advice
 
     assert (
         build_parser().parse_args(["--log-format", "JSON"]).log_format == "json"

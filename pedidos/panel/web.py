@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pedidos.panel.live import Live, LiveSource, unreadable
 from pedidos.panel.metrics import make_registry
 from pedidos.panel.site import CappedSite
-from pedidos.server.preflight import port_advice
+from pedidos.wording import port_advice
 
 logger = logging.getLogger(__name__)
 

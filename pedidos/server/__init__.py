@@ -11,6 +11,5 @@ replies in order (and `closing` ends it: once answered, idle, or at once,
 without losing replies), `service` answers each request through the storage
 interface, `auth` checks tokens, and `cli` is `python3 servidor.py`. It may
 import every other layer but a storage backend's insides (it picks one with
-`pedidos.storage.open_storage`); nothing imports it but the panel, for one
-message (`preflight.port_advice`).
+`pedidos.storage.open_storage`); nothing imports it.
 """

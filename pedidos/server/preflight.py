@@ -17,6 +17,8 @@ import os
 import socket
 import ssl
 
+from pedidos.wording import port_advice
+
 logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 4096
@@ -144,16 +146,6 @@ def _listen(family: int, address: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def port_advice(exc: OSError, option: str = "--port") -> str:
-    """Why a port could not be listened on, and what to do: `option` names the
-    flag that chose it (`--port`, or the panel's `--panel`)."""
-    if exc.errno == errno.EADDRINUSE:
-        return f"the address is already in use by another program; stop it, or choose another {option}"
-    if exc.errno == errno.EACCES:
-        return f"permission denied (ports below 1024 need privileges); choose another {option}"
-    return exc.strerror or str(exc)
 
 
 def _shown(address: str) -> str:
