@@ -17,7 +17,7 @@ JSON = "json"
 FORMATS = (TEXT, JSON)
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Fields a log call may add with `extra=`; JSON lines carry them as they are.
-FIELDS = ("event", "id", "worker", "peer", "pid", "count")
+FIELDS = ("event", "id", "worker", "peer")
 
 
 # A traceback's lines are short but for its exception's message, which a task

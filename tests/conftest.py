@@ -57,8 +57,8 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 # Which event loop the servers the tests start use (issue 15). The suite runs on the
 # standard library (`--sin-rapido`), the path of a bare Python; `pytest --servidor-rapido`
 # runs the same tests on the rapido extra's uvloop (scripts/test does that for the
-# server's contract, hardening, fault and hostile tests). Chosen on the command line,
-# never by the environment.
+# server's contract, hardening, fault, hostile and access tests: the list is there).
+# Chosen on the command line, never by the environment.
 SERVER_MODE: list[str] = ["--sin-rapido"]
 RAPIDO_READY = "loop uvloop,"
 

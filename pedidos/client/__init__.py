@@ -1,9 +1,11 @@
 """The client side: a Python library and `cliente.py`.
 
-`Client` (blocking) and `AsyncClient` (asyncio) speak the protocol for a
+`Client` (`blocking`) and `AsyncClient` (`aio`) speak the protocol for a
 program, each command defined once for both in `commands`; `records` are what
-they hand back, `wire` the bytes of an asyncio
-connection, `access` tokens and TLS; `cli/` is `python3 cliente.py`. Imports
+they hand back, `shapes` what a reply must hold before they read it,
+`problems` what goes wrong told in one line, `wire` the bytes of an asyncio
+connection, `interleave` pipelining on one blocking socket, `access` tokens
+and TLS; `cli/` is `python3 cliente.py`. Imports
 the domain and the wire vocabulary (`pedidos.protocol`) only; nothing here
 knows about the server's insides.
 
