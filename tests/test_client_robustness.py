@@ -220,6 +220,32 @@ def test_a_reply_that_never_ends_is_not_called_silence(fake_server):
         asyncio.run(main())
 
 
+def test_a_reply_past_any_order_servers_length_is_a_connection_problem(fake_server, monkeypatch):
+    # A peer that streams bytes and never a newline (a wrong port, a broken
+    # proxy) filled the client's memory until the timeout. Past the longest
+    # reply an order server sends, the client gives up at once: the bound is
+    # made small here, the reply twice as long, and the timeout long.
+    import pedidos.client.blocking
+    import pedidos.client.interleave
+    import pedidos.client.wire
+
+    for module in (pedidos.client.blocking, pedidos.client.interleave, pedidos.client.wire):
+        monkeypatch.setattr(module, "MAX_REPLY_BYTES", 256 * 1024)
+    fake = fake_server(lambda number, line: b'{"ok": true, "pedido": {"cliente": "' + b"x" * 512 * 1024)
+    started = time.monotonic()
+    with pytest.raises(ConnectionProblem, match="sin terminar: eso no es un servidor de pedidos"):
+        Client("127.0.0.1", fake.port, timeout=20).get(1)
+    with pytest.raises(ConnectionProblem, match="sin terminar"):
+        list(Client("127.0.0.1", fake.port, timeout=20).pipeline([{"accion": "consultar", "id": 1}]))
+
+    async def main() -> None:
+        await AsyncClient("127.0.0.1", fake.port, timeout=20).get(1)
+
+    with pytest.raises(ConnectionProblem, match="sin terminar"):
+        asyncio.run(main())
+    assert time.monotonic() - started < 15  # not one timeout
+
+
 def test_replies_of_many_megabytes_come_whole_to_both_clients(fake_server):
     # Each read now searches only its own bytes for a line's end: the replies
     # must come out the same, whole and in order, however they were cut.

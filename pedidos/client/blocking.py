@@ -31,6 +31,7 @@ from pedidos.client.aio import AsyncClient
 from pedidos.client.commands import Commands, Following, Plan
 from pedidos.client.interleave import CHUNK, interleaved
 from pedidos.client.problems import (
+    MAX_REPLY_BYTES,
     ClosedIdle,
     ConnectionProblem,
     PedidosError,
@@ -39,6 +40,7 @@ from pedidos.client.problems import (
     lost,
     reason,
     silent,
+    too_long,
     unreachable,
     unresolved,
 )
@@ -224,6 +226,8 @@ class Client(Commands):
                 except ConnectionProblem as problem:
                     self._broken(problem)
             scanned = len(self._buf)
+            if scanned > MAX_REPLY_BYTES:  # all of it one line, unended
+                self._broken(too_long())
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._broken(silent(allowance, partial=bool(self._buf)))

@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from pedidos.client.problems import closed, lost, silent
+from pedidos.client.problems import MAX_REPLY_BYTES, closed, lost, silent, too_long
 from pedidos.client.records import encode, parse_reply
 
 CHUNK = 256 * 1024  # bytes asked of the socket per read
@@ -66,6 +66,8 @@ def interleaved(
             except OSError as exc:
                 raise lost(exc) from None
             if b"\n" not in data:  # only the new bytes: a long reply comes in many reads
+                if len(buf) > MAX_REPLY_BYTES:
+                    raise too_long()
                 continue
             end = buf.rfind(b"\n")
             lines = buf[:end].split(b"\n")

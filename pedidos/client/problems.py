@@ -93,6 +93,21 @@ def silent(timeout: float, partial: bool = False) -> ConnectionProblem:
     return NoAnswer(f"el servidor dejó de responder (nada en {timeout:g} s)")
 
 
+# A reply line longer than this is not an order server's: the longest the
+# server sends, a `listar` of 1000 orders each at every limit (its fields as the
+# 64 KiB request gave them, a 64 KiB `resultado`, a 1000-character `error`), is
+# about 136 MiB. Without a bound, a peer that streams bytes and never a newline
+# (a wrong port, a broken proxy) would fill the client's memory until the timeout.
+MAX_REPLY_BYTES = 256 * 1024 * 1024
+
+
+def too_long() -> ConnectionProblem:
+    return ConnectionProblem(
+        f"la respuesta del servidor pasó de {MAX_REPLY_BYTES // (1024 * 1024)} MiB sin terminar: "
+        "eso no es un servidor de pedidos"
+    )
+
+
 def lost(exc: BaseException) -> ConnectionProblem:
     return ConnectionProblem(f"se perdió la conexión con el servidor: {reason(exc)}")
 

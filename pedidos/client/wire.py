@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from pedidos.client.problems import ConnectionProblem, closed, lost, silent
+from pedidos.client.problems import MAX_REPLY_BYTES, ConnectionProblem, closed, lost, silent, too_long
 from pedidos.client.records import parse_reply
 
 Reply = dict[str, Any]
@@ -88,6 +88,8 @@ class Wire(asyncio.Protocol):
         end = data.rfind(b"\n")
         if end < 0:
             self._buf += data
+            if len(self._buf) > MAX_REPLY_BYTES:
+                self._abort(too_long())
             return
         self._buf += data[:end]
         lines = self._buf.split(b"\n")
