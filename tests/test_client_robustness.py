@@ -233,7 +233,7 @@ def test_a_reply_past_any_order_servers_length_is_a_connection_problem(fake_serv
         monkeypatch.setattr(module, "MAX_REPLY_BYTES", 256 * 1024)
     fake = fake_server(lambda number, line: b'{"ok": true, "pedido": {"cliente": "' + b"x" * 512 * 1024)
     started = time.monotonic()
-    with pytest.raises(ConnectionProblem, match="sin terminar: eso no es un servidor de pedidos"):
+    with pytest.raises(ConnectionProblem, match="MiB sin terminar .ningún servidor de pedidos"):
         Client("127.0.0.1", fake.port, timeout=20).get(1)
     with pytest.raises(ConnectionProblem, match="sin terminar"):
         list(Client("127.0.0.1", fake.port, timeout=20).pipeline([{"accion": "consultar", "id": 1}]))

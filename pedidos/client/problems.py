@@ -103,8 +103,8 @@ MAX_REPLY_BYTES = 256 * 1024 * 1024
 
 def too_long() -> ConnectionProblem:
     return ConnectionProblem(
-        f"la respuesta del servidor pasó de {MAX_REPLY_BYTES // (1024 * 1024)} MiB sin terminar: "
-        "eso no es un servidor de pedidos"
+        f"la respuesta del servidor pasó de {MAX_REPLY_BYTES // (1024 * 1024)} MiB sin terminar "
+        "(ningún servidor de pedidos manda tanto en una línea); se dejó de leer"
     )
 
 
