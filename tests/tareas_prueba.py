@@ -10,8 +10,12 @@ the order's id: the idempotency pattern the docs recommend.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import multiprocessing.queues
+import multiprocessing.synchronize
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,6 +87,20 @@ def se_mata(pedido: dict[str, Any]) -> Any:
     os._exit(7)
 
 
+def muere_con_sus_candados(pedido: dict[str, Any]) -> Any:
+    """Dies by SIGKILL holding the locks its worker's own loop takes between
+    orders, as a worker killed at that moment would: those of any
+    multiprocessing `Event` (whose `is_set()` takes a lock shared with every
+    process that has the event) and its task queue's reader lock."""
+    _calls(pedido)
+    for obj in gc.get_objects():
+        if isinstance(obj, multiprocessing.synchronize.Event):
+            obj._cond.acquire()
+        elif isinstance(obj, multiprocessing.queues.Queue):
+            obj._rlock.acquire(False)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def deja_un_programa_y_muere(pedido: dict[str, Any]) -> Any:
     """The first call leaves a program running that inherited the worker's
     descriptors (a shell's `&`), then its process dies; its pid goes to ID.hijo."""
@@ -135,6 +153,7 @@ BEHAVIOURS = {
     "hijo-cuelga": hijo_cuelga,
     "sistema-cuelga": sistema_cuelga,
     "se-mata": se_mata,
+    "muere-con-candados": muere_con_sus_candados,
     "deja-programa-y-muere": deja_un_programa_y_muere,
     "grande": demasiado_grande,
     "no-json": no_json,

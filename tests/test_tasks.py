@@ -251,6 +251,25 @@ def test_a_task_that_kills_its_process_counts_crashes_until_fallido(srv, client,
 
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd here: the sentinel alone (pool.py)")
+def test_a_worker_killed_holding_its_loops_locks_holds_up_no_other_worker_nor_the_stop(tmp_path):
+    """A worker killed between two orders, inside its check of the stop flag
+    (a multiprocessing.Event, whose lock every worker and the server shared)
+    left that lock held for good: every other worker and each replacement
+    blocked in the same check, nothing more was processed, and SIGTERM, even
+    twice, never returned (an audit killing workers under load saw it)."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "2", "--shutdown-timeout", "5"]
+    with running_server(tmp_path, *args, env=task_env(tmp_path)) as server:
+        with Client("127.0.0.1", server.port, timeout=30) as c:
+            dying = c.submit("muere-con-candados", ["pan"], "Calle 1").id
+            wait_for(lambda: "worker" in server.log and "died (exit code -9)" in server.log, timeout=10)
+            others = [c.submit("devuelve", ["pan"], "Calle 1").id for _ in range(4)]
+            for order_id in others:
+                assert c.wait(order_id, timeout=10).estado == "listo", order_id
+            # Each attempt dies the same way: three crashes, then fallido.
+            assert c.wait(dying, timeout=20).estado == "fallido"
+        assert server.stop(signal.SIGTERM, timeout=15) == 0
+
+
 def test_a_worker_dead_behind_a_program_that_kept_its_pipes_is_seen_dead(srv, client, state):
     """A program the call left running (`os.system("... &")`, a fork) holds
     the worker's end of the pipe that told of its death: the server never saw

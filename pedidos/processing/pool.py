@@ -62,7 +62,11 @@ class WorkerPool:
         # spawn: the server starts workers while threads and an event loop
         # run, where fork would copy locks held by other threads.
         self._ctx = multiprocessing.get_context("spawn")
-        self._stop = self._ctx.Event()
+        # Set once, when the pool stops: a flag in shared memory that nothing
+        # locks. A multiprocessing.Event reads its flag under a lock that every
+        # worker shares: a worker killed inside `is_set()` left it held for
+        # good, and every other worker, each replacement and the stop blocked.
+        self._stop = self._ctx.Value("b", 0, lock=False)
         self._kill_now = threading.Event()
         self._loop = loop
         self._on_messages = on_messages
@@ -119,7 +123,7 @@ class WorkerPool:
         """Ask every worker to finish its order in hand and exit; kill those
         still running after `timeout`. Returns the numbers that were killed.
         Blocking: run it off the event loop."""
-        self._stop.set()
+        self._stop.value = 1
         # Only one thread may reap a child: stop the monitor first, or its
         # join and the one below race, and the loser sees a dead worker alive.
         self._watching = False

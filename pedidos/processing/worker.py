@@ -122,7 +122,7 @@ def worker_main(
         global _WATCH
         _WATCH = LeaseWatch(store.lease, number)
     try:
-        while not stop.is_set():
+        while not stop.value:  # the pool's stop flag (pool.py)
             try:
                 chunk = tasks.get(timeout=PARENT_CHECK_S)
             except queue.Empty:
