@@ -250,7 +250,6 @@ def test_a_task_that_kills_its_process_counts_crashes_until_fallido(srv, client,
     assert final(client, submit(client, "devuelve"))["estado"] == "listo"
 
 
-@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd here: the sentinel alone (pool.py)")
 def test_a_worker_killed_holding_its_loops_locks_holds_up_no_other_worker_nor_the_stop(tmp_path):
     """A worker killed between two orders, inside its check of the stop flag
     (a multiprocessing.Event, whose lock every worker and the server shared)
@@ -270,6 +269,7 @@ def test_a_worker_killed_holding_its_loops_locks_holds_up_no_other_worker_nor_th
         assert server.stop(signal.SIGTERM, timeout=15) == 0
 
 
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd here: the sentinel alone (pool.py)")
 def test_a_worker_dead_behind_a_program_that_kept_its_pipes_is_seen_dead(srv, client, state):
     """A program the call left running (`os.system("... &")`, a fork) holds
     the worker's end of the pipe that told of its death: the server never saw
