@@ -101,6 +101,35 @@ def muere_con_sus_candados(pedido: dict[str, Any]) -> Any:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _hasta_la_parada() -> None:
+    """Wait for the test to say that the server's stop has begun (a file)."""
+    flag = Path(os.environ["PEDIDOS_PRUEBA_DIR"]) / "parar"
+    deadline = time.monotonic() + 60
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def muere_en_la_parada(pedido: dict[str, Any]) -> Any:
+    """Once the stop has begun, dies by SIGKILL holding the SQLite write lock,
+    as a worker killed inside its own write would."""
+    _calls(pedido)
+    _hasta_la_parada()
+    from pedidos.storage.sqlite.lock import WriteLock
+
+    for obj in gc.get_objects():
+        if isinstance(obj, WriteLock):
+            obj.lock.acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def termina_en_la_parada(pedido: dict[str, Any]) -> Any:
+    """Finishes a moment after the stop has begun: its record needs the lock."""
+    _calls(pedido)
+    _hasta_la_parada()
+    time.sleep(0.5)
+    return "hecho"
+
+
 def deja_un_programa_y_muere(pedido: dict[str, Any]) -> Any:
     """The first call leaves a program running that inherited the worker's
     descriptors (a shell's `&`), then its process dies; its pid goes to ID.hijo."""
@@ -154,6 +183,8 @@ BEHAVIOURS = {
     "sistema-cuelga": sistema_cuelga,
     "se-mata": se_mata,
     "muere-con-candados": muere_con_sus_candados,
+    "muere-en-la-parada": muere_en_la_parada,
+    "termina-en-la-parada": termina_en_la_parada,
     "deja-programa-y-muere": deja_un_programa_y_muere,
     "grande": demasiado_grande,
     "no-json": no_json,

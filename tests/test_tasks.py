@@ -17,13 +17,23 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLIENTE, SERVIDOR, ServerProcess, alive, clean_environ, running_server, wait_for
+from conftest import (
+    CLIENTE,
+    SERVIDOR,
+    ServerProcess,
+    alive,
+    clean_environ,
+    running_server,
+    stored_orders,
+    wait_for,
+)
 
 from pedidos.client import AsyncClient, Client, Refused
 from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS, MAX_ERROR_CHARS, RawJSON
@@ -267,6 +277,33 @@ def test_a_worker_killed_holding_its_loops_locks_holds_up_no_other_worker_nor_th
             # Each attempt dies the same way: three crashes, then fallido.
             assert c.wait(dying, timeout=20).estado == "fallido"
         assert server.stop(signal.SIGTERM, timeout=15) == 0
+
+
+def test_a_worker_dead_holding_the_write_lock_during_a_stop_holds_up_no_other(tmp_path):
+    """A worker that died holding the SQLite write lock while the stop waited
+    for the others was seen by no one (the pool's monitor had stopped): the
+    other worker, done with its order, waited for the lock until the stop
+    killed it at --shutdown-timeout, and its order was done again at the next
+    start. The stop now hands back the dead worker's orders, which frees the lock."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "2", "--shutdown-timeout", "15"]
+    with running_server(tmp_path, *args, env=task_env(tmp_path)) as server:
+        with Client("127.0.0.1", server.port, timeout=30) as c:
+            dying = c.submit("muere-en-la-parada", ["pan"], "Calle 1").id
+            wait_for(lambda: (tmp_path / f"{dying}.calls").exists(), timeout=10)
+            finishing = c.submit("termina-en-la-parada", ["pan"], "Calle 2").id
+            wait_for(lambda: (tmp_path / f"{finishing}.calls").exists(), timeout=10)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "waiting for 2 workers" in server.log, timeout=10)
+        (tmp_path / "parar").write_text("")
+        assert server.proc.wait(12) == 0, server.log
+        assert time.monotonic() - started < 12
+        assert "worker 1 died while stopping (exit code -9)" in server.log or (
+            "worker 2 died while stopping (exit code -9)" in server.log
+        ), server.log
+    rows = stored_orders(server.db)
+    assert rows[finishing]["estado"] == "listo" and rows[finishing]["intentos"] == 0, rows[finishing]
+    assert rows[dying]["estado"] == "pendiente" and rows[dying]["intentos"] == 1, rows[dying]
 
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd here: the sentinel alone (pool.py)")

@@ -119,9 +119,12 @@ class WorkerPool:
     def send(self, number: int, chunk: tuple[int, ...]) -> None:
         self.slots[number].tasks.put(chunk)
 
-    def stop(self, timeout: float) -> list[int]:
+    def stop(self, timeout: float, on_crash: Callable[[int, int | None], None] | None = None) -> list[int]:
         """Ask every worker to finish its order in hand and exit; kill those
         still running after `timeout`. Returns the numbers that were killed.
+        `on_crash(number, exitcode)` is called, in this thread, for a worker that dies
+        of something else meanwhile (the monitor no longer reports deaths):
+        what it held must be freed for the others to finish theirs.
         Blocking: run it off the event loop."""
         self._stop.value = 1
         # Only one thread may reap a child: stop the monitor first, or its
@@ -136,13 +139,19 @@ class WorkerPool:
                 slot.tasks.put(None)
         killed = []
         deadline = self._loop.time() + timeout
+        running = [slot for slot in slots if not slot.gone]
+        # All at once, in slices: `kill_now` (a second signal) must not wait
+        # for the deadline, and a crash must be seen while the others wait.
+        while running and not self._kill_now.is_set():
+            for slot in [slot for slot in running if not slot.process.is_alive()]:
+                running.remove(slot)
+                if slot.process.exitcode != 0 and on_crash is not None:
+                    on_crash(slot.number, slot.process.exitcode)
+            left = deadline - self._loop.time()
+            if not running or left <= 0:
+                break
+            running[0].process.join(min(left, STOP_POLL_S))
         for slot in slots:
-            # In slices: `kill_now` (a second signal) must not wait for the deadline.
-            while slot.process.is_alive() and not self._kill_now.is_set():
-                left = deadline - self._loop.time()
-                if left <= 0:
-                    break
-                slot.process.join(min(left, STOP_POLL_S))
             if slot.process.is_alive():
                 if not self._kill_now.is_set():
                     logger.warning("worker %d did not stop in time; killing it", slot.number)

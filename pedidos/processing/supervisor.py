@@ -4,7 +4,9 @@ between them, including what happens when a worker dies."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import time
 from datetime import datetime, timezone
 
 from pedidos.domain import Estado
@@ -25,7 +27,7 @@ from pedidos.events import (
 from pedidos.logsetup import Repeating
 from pedidos.processing.deadlines import Deadlines
 from pedidos.processing.dispatch import Dispatcher
-from pedidos.processing.pool import WorkerPool
+from pedidos.processing.pool import STOP_POLL_S, WorkerPool
 from pedidos.processing.worker import CLAIMED, DONE, Report, WorkerConfig
 from pedidos.processing.worker import FAILED as FAILED_ATTEMPT
 from pedidos.storage.base import Claim, Storage
@@ -121,7 +123,7 @@ class Processing:
                 "its" if busy == 1 else "their",
                 timeout,
             )
-        killed = await self._loop.run_in_executor(None, self.pool.stop, timeout)
+        killed = await self._loop.run_in_executor(None, self.pool.stop, timeout, self._crashed_while_stopping)
         if self._killing:
             if killed:
                 logger.warning(
@@ -148,6 +150,28 @@ class Processing:
                 await self._storage.hand_back(number, crashed=False)
             except Exception as exc:
                 logger.error("could not hand back the orders of worker %d: %s", number, exc)
+
+    def _crashed_while_stopping(self, number: int, exitcode: int | None) -> None:
+        """From the pool's stop, in its thread: worker `number` died while the
+        others finish theirs. What it held goes back now, as after any death:
+        it may have died holding the SQLite write lock, which the others need
+        to record what they finish (or they wait until they are killed, and
+        their orders are done again at the next start)."""
+        handing = asyncio.run_coroutine_threadsafe(self._hand_back_crashed(number, exitcode), self._loop)
+        deadline = time.monotonic() + HAND_BACK_S
+        while not handing.done() and not self._killing and time.monotonic() < deadline:
+            concurrent.futures.wait([handing], timeout=STOP_POLL_S)
+        if not handing.done():
+            handing.cancel()
+            logger.error("the orders of worker %d were not handed back; the next start takes them up", number)
+
+    async def _hand_back_crashed(self, number: int, exitcode: int | None) -> None:
+        try:
+            changed = await self._storage.hand_back(number, crashed=True)
+        except Exception as exc:
+            logger.error("could not hand back the orders of worker %d: %s", number, exc)
+            return
+        self._handed_back(number, changed, f"died while stopping (exit code {exitcode})")
 
     def kill_now(self) -> None:
         """A second signal: end the workers now, whatever they hold, and stop
@@ -253,6 +277,19 @@ class Processing:
         marked = lease is not None and lease.fenced(number)  # read always: the mark is cleared
         return marked and exitcode == FENCED_EXIT
 
+    def _handed_back(self, number: int, changed: list[tuple[int, Estado]], how: str) -> None:
+        """Say what a dead worker's orders became: a log line and the events."""
+        requeued = tuple(i for i, estado in changed if estado == Estado.PENDIENTE)
+        failed = tuple(i for i, estado in changed if estado == Estado.FALLIDO)
+        logger.warning(
+            "worker %d %s; %s handed back, %d failed", number, how, count(len(requeued), "order"), len(failed)
+        )
+        self._bus.publish(Event(WORKER_DIED, requeued + failed, number))
+        if failed:
+            self._bus.publish(Event(FAILED, failed, number))
+        if requeued:
+            self._bus.publish(Event(REQUEUED, requeued, number))
+
     async def _replace(self, number: int, exitcode: int | None) -> None:
         """Hand back what the dead worker held, then start its replacement."""
         in_queue = self.dispatcher.worker_gone(number)
@@ -271,25 +308,14 @@ class Processing:
                     "could not hand back the orders of worker %d: %s", number, exc, key=("hand back", number)
                 )
                 await asyncio.sleep(RETRY_S)
-        requeued = tuple(i for i, estado in changed if estado == Estado.PENDIENTE)
-        failed = tuple(i for i, estado in changed if estado == Estado.FALLIDO)
-        logger.warning(
-            "worker %d %s (exit code %s); %s handed back, %d failed",
-            number,
+        how = (
             "stopped by its node's lease"
             if fenced
             else "stopped over the task time limit"
             if overtime is not None
-            else "died",
-            exitcode,
-            count(len(requeued), "order"),
-            len(failed),
+            else "died"
         )
-        self._bus.publish(Event(WORKER_DIED, requeued + failed, number))
-        if failed:
-            self._bus.publish(Event(FAILED, failed, number))
-        if requeued:
-            self._bus.publish(Event(REQUEUED, requeued, number))
+        self._handed_back(number, changed, f"{how} (exit code {exitcode})")
         self.dispatcher.add(in_queue)
         if not self._stopping:
             self.pool.spawn(number)
