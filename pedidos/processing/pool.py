@@ -193,7 +193,9 @@ class WorkerPool:
                     slot.process.join()
                     slot.gone = True
                     deaths.append((slot.number, slot.process.exitcode))
-            if (messages or deaths) and self._watching:
+            # Deaths even once the stop began: `stop` no longer sees a worker
+            # whose death this loop took (`gone`), and what it held must go back.
+            if deaths or (messages and self._watching):
                 self._loop.call_soon_threadsafe(self._deliver, messages, deaths)
 
     def _deliver(self, messages: list[Report], deaths: list[tuple[int, int | None]]) -> None:

@@ -114,8 +114,9 @@ class Processing:
             self._deadlines.close()
         for handle in self._retries:
             handle.cancel()
-        for task in list(self._replacing):
-            task.cancel()
+        # The replacements under way start no worker now, but their hand-back
+        # goes on while the others finish: a worker dead just before the stop
+        # may hold the SQLite write lock, which the others need.
         if busy and timeout > 0:
             logger.info(
                 "waiting for %s to finish %s orders (up to %g s)",
@@ -125,6 +126,8 @@ class Processing:
             )
         killed = await self._loop.run_in_executor(None, self.pool.stop, timeout, self._crashed_while_stopping)
         if self._killing:
+            for task in list(self._replacing):
+                task.cancel()
             if killed:
                 logger.warning(
                     "stopped without waiting: %s killed; the orders in hand go back to pending "
@@ -132,11 +135,15 @@ class Processing:
                     count(len(killed), "worker"),
                 )
             return
-        if not killed:
+        if killed:
+            self._handing_back = self._loop.create_task(self._hand_back_stopped(killed))
+        pending = {*self._replacing, *([self._handing_back] if killed else [])}
+        if not pending:
             return
-        self._handing_back = self._loop.create_task(self._hand_back_stopped(killed))
-        await asyncio.wait({self._handing_back}, timeout=HAND_BACK_S)
-        if not self._handing_back.done():
+        await asyncio.wait(pending, timeout=HAND_BACK_S)
+        for task in list(self._replacing):
+            task.cancel()
+        if killed and not self._handing_back.done():
             self._handing_back.cancel()
             logger.error(
                 "the database did not take back the orders of %s within %g s; the next start takes them up",
@@ -209,7 +216,9 @@ class Processing:
                     self._bus.publish(Event(WORKER_IDLE, (), report.worker))
 
     def _on_death(self, number: int, exitcode: int | None) -> None:
-        if self._stopping:
+        # Also once the stop began (the monitor saw the death just before it
+        # stopped): what it held is handed back; `_replace` starts no worker then.
+        if self._killing:
             return
         task = self._loop.create_task(self._replace(number, exitcode))
         self._replacing.add(task)
@@ -291,7 +300,8 @@ class Processing:
             self._bus.publish(Event(REQUEUED, requeued, number))
 
     async def _replace(self, number: int, exitcode: int | None) -> None:
-        """Hand back what the dead worker held, then start its replacement."""
+        """Hand back what the dead worker held, then start its replacement
+        (none once the stop began)."""
         in_queue = self.dispatcher.worker_gone(number)
         overtime = self._deadlines.overtime(number) if self._deadlines is not None else None
         if overtime is not None:
@@ -316,8 +326,8 @@ class Processing:
             else "died"
         )
         self._handed_back(number, changed, f"{how} (exit code {exitcode})")
-        self.dispatcher.add(in_queue)
         if not self._stopping:
+            self.dispatcher.add(in_queue)
             self.pool.spawn(number)
             self.dispatcher.worker_ready(number)
             self._bus.publish(Event(WORKER_STARTED, (), number))
