@@ -14,6 +14,15 @@ from typing import Any
 from pedidos.events import EventBus
 from pedidos.processing.supervisor import Processing
 from pedidos.processing.worker import WorkerConfig
+from pedidos.storage.lease import FENCED_EXIT
+
+
+class FencedLease:
+    def __init__(self, numbers: set[int]) -> None:
+        self.numbers = numbers
+
+    def fenced(self, number: int) -> bool:
+        return number in self.numbers
 
 
 class Storage:
@@ -84,6 +93,19 @@ def test_a_death_the_monitor_reports_once_the_stop_began_is_handed_back_during_i
     handed, during = asyncio.run(main())
     assert handed == [(1, True)]
     assert during
+
+
+def test_a_worker_its_lease_stopped_during_the_stop_counts_no_crash():
+    """FENCED_EXIT with its mark in the lease: no failed attempt, as outside a stop."""
+
+    async def main() -> list[Any]:
+        storage = Storage(FencedLease({1}))
+        p = await processing(storage)
+        p.pool = Pool(storage, lambda on_crash: on_crash(1, FENCED_EXIT))  # type: ignore[assignment]
+        await p.stop(5)
+        return storage.handed
+
+    assert asyncio.run(main()) == [(1, False)]
 
 
 def test_a_second_signal_during_a_stop_time_hand_back_ends_it_at_once():

@@ -164,21 +164,15 @@ class Processing:
         it may have died holding the SQLite write lock, which the others need
         to record what they finish (or they wait until they are killed, and
         their orders are done again at the next start)."""
-        handing = asyncio.run_coroutine_threadsafe(self._hand_back_crashed(number, exitcode), self._loop)
+        # As any death (`_replace`): one stopped by its node's lease, or over
+        # the time limit, failed no attempt by dying.
+        handing = asyncio.run_coroutine_threadsafe(self._replace(number, exitcode), self._loop)
         deadline = time.monotonic() + HAND_BACK_S
         while not handing.done() and not self._killing and time.monotonic() < deadline:
             concurrent.futures.wait([handing], timeout=STOP_POLL_S)
         if not handing.done():
             handing.cancel()
             logger.error("the orders of worker %d were not handed back; the next start takes them up", number)
-
-    async def _hand_back_crashed(self, number: int, exitcode: int | None) -> None:
-        try:
-            changed = await self._storage.hand_back(number, crashed=True)
-        except Exception as exc:
-            logger.error("could not hand back the orders of worker %d: %s", number, exc)
-            return
-        self._handed_back(number, changed, f"died while stopping (exit code {exitcode})")
 
     def kill_now(self) -> None:
         """A second signal: end the workers now, whatever they hold, and stop
@@ -323,6 +317,8 @@ class Processing:
             if fenced
             else "stopped over the task time limit"
             if overtime is not None
+            else "died while stopping"
+            if self._stopping
             else "died"
         )
         self._handed_back(number, changed, f"{how} (exit code {exitcode})")
