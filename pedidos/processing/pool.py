@@ -195,8 +195,10 @@ class WorkerPool:
                     deaths.append((slot.number, slot.process.exitcode))
             # Deaths even once the stop began: `stop` no longer sees a worker
             # whose death this loop took (`gone`), and what it held must go back.
+            # Not the reports then: the dispatcher is closed, and the database
+            # holds what they say.
             if deaths or (messages and self._watching):
-                self._loop.call_soon_threadsafe(self._deliver, messages, deaths)
+                self._loop.call_soon_threadsafe(self._deliver, messages if self._watching else [], deaths)
 
     def _deliver(self, messages: list[Report], deaths: list[tuple[int, int | None]]) -> None:
         if messages:
