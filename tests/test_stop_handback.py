@@ -126,3 +126,26 @@ def test_a_second_signal_during_a_stop_time_hand_back_ends_it_at_once():
         return time.monotonic() - started
 
     assert asyncio.run(main()) < 2
+
+
+def test_a_second_signal_ends_the_wait_for_a_hand_back_begun_before_the_stop():
+    """A worker dead just before the stop: its hand-back hangs (a hung disk);
+    a second signal must end the stop at once, not after HAND_BACK_S."""
+
+    class Hanging(Storage):
+        async def hand_back(self, worker: int, crashed: bool) -> list[Any]:
+            await asyncio.sleep(60)
+            return []
+
+    async def main() -> float:
+        storage = Hanging()
+        p = await processing(storage)
+        p.pool = Pool(storage)  # type: ignore[assignment]
+        storage.event.set()  # the others need nothing
+        p._on_death(1, -9)
+        asyncio.get_running_loop().call_later(0.3, p.kill_now)
+        started = time.monotonic()
+        await p.stop(5)
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 2

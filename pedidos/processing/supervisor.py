@@ -181,6 +181,8 @@ class Processing:
         self.pool.kill_now()
         if self._handing_back is not None:
             self._handing_back.cancel()
+        for task in list(self._replacing):
+            task.cancel()
 
     def _sweep(self) -> None:
         self.dispatcher.sweep()
