@@ -59,93 +59,70 @@ class Pool:
         pass
 
 
-async def processing(storage: Storage) -> Processing:
-    return Processing(1, WorkerConfig(None, (0.0, 0.0)), EventBus(), storage)  # type: ignore[arg-type]
+def stopped(
+    storage: Storage, during: Any = None, dead_before: bool = False, second_signal_after: float | None = None
+) -> tuple[list[Any], bool, float]:
+    """Run a Processing's stop with a stand-in pool (`during(on_crash, p)` in its
+    thread); `dead_before`: worker 1 died just before it. What was handed back,
+    whether during the stop's wait for the others, and how long the stop took."""
+
+    async def main() -> tuple[list[Any], bool, float]:
+        p = Processing(1, WorkerConfig(None, (0.0, 0.0)), EventBus(), storage)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        hook = None if during is None else (lambda on_crash: during(on_crash, p, loop))
+        p.pool = Pool(storage, hook)  # type: ignore[assignment]
+        if dead_before:
+            p._on_death(1, -9)
+        if second_signal_after is not None:
+            loop.call_later(second_signal_after, p.kill_now)
+        started = time.monotonic()
+        await p.stop(5)
+        return storage.handed, p.pool.handed_while_stopping, time.monotonic() - started  # type: ignore[attr-defined]
+
+    return asyncio.run(main())
+
+
+class Hanging(Storage):
+    """A hand-back that does not end (a hung disk); the others need nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event.set()
+
+    async def hand_back(self, worker: int, crashed: bool) -> list[Any]:
+        await asyncio.sleep(60)
+        return []
 
 
 def test_a_worker_dead_just_before_the_stop_is_handed_back_during_it():
     """Its replacement had begun (the monitor saw it die), and the stop
     cancelled it before its hand-back: what it held, the write lock perhaps,
     stayed held while the others waited to be killed."""
-
-    async def main() -> tuple[list[Any], bool]:
-        storage = Storage()
-        p = await processing(storage)
-        p.pool = Pool(storage)  # type: ignore[assignment]
-        p._on_death(1, -9)
-        await p.stop(5)
-        return storage.handed, p.pool.handed_while_stopping  # type: ignore[attr-defined]
-
-    handed, during = asyncio.run(main())
-    assert handed == [(1, True)]
-    assert during
+    handed, during, _ = stopped(Storage(), dead_before=True)
+    assert handed == [(1, True)] and during
 
 
 def test_a_death_the_monitor_reports_once_the_stop_began_is_handed_back_during_it():
-    async def main() -> tuple[list[Any], bool]:
-        storage = Storage()
-        p = await processing(storage)
-        loop = asyncio.get_running_loop()
-        p.pool = Pool(storage, lambda on_crash: loop.call_soon_threadsafe(p._on_death, 1, -9))  # type: ignore[assignment]
-        await p.stop(5)
-        return storage.handed, p.pool.handed_while_stopping  # type: ignore[attr-defined]
+    def report(on_crash: Any, p: Processing, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon_threadsafe(p._on_death, 1, -9)
 
-    handed, during = asyncio.run(main())
-    assert handed == [(1, True)]
-    assert during
+    handed, during, _ = stopped(Storage(), report)
+    assert handed == [(1, True)] and during
 
 
 def test_a_worker_its_lease_stopped_during_the_stop_counts_no_crash():
     """FENCED_EXIT with its mark in the lease: no failed attempt, as outside a stop."""
-
-    async def main() -> list[Any]:
-        storage = Storage(FencedLease({1}))
-        p = await processing(storage)
-        p.pool = Pool(storage, lambda on_crash: on_crash(1, FENCED_EXIT))  # type: ignore[assignment]
-        await p.stop(5)
-        return storage.handed
-
-    assert asyncio.run(main()) == [(1, False)]
+    handed, _, _ = stopped(Storage(FencedLease({1})), lambda on_crash, p, loop: on_crash(1, FENCED_EXIT))
+    assert handed == [(1, False)]
 
 
 def test_a_second_signal_during_a_stop_time_hand_back_ends_it_at_once():
-    class Hanging(Storage):
-        async def hand_back(self, worker: int, crashed: bool) -> list[Any]:
-            await asyncio.sleep(60)
-            return []
-
-    async def main() -> float:
-        storage = Hanging()
-        p = await processing(storage)
-        loop = asyncio.get_running_loop()
-        p.pool = Pool(storage, lambda on_crash: on_crash(1, -9))  # type: ignore[assignment]
-        storage.event.set()  # the others need nothing
-        loop.call_later(0.3, p.kill_now)
-        started = time.monotonic()
-        await p.stop(5)
-        return time.monotonic() - started
-
-    assert asyncio.run(main()) < 2
+    _, _, took = stopped(Hanging(), lambda on_crash, p, loop: on_crash(1, -9), second_signal_after=0.3)
+    assert took < 2
 
 
 def test_a_second_signal_ends_the_wait_for_a_hand_back_begun_before_the_stop():
     """A worker dead just before the stop: its hand-back hangs (a hung disk);
     a second signal must end the stop at once, not after HAND_BACK_S."""
-
-    class Hanging(Storage):
-        async def hand_back(self, worker: int, crashed: bool) -> list[Any]:
-            await asyncio.sleep(60)
-            return []
-
-    async def main() -> float:
-        storage = Hanging()
-        p = await processing(storage)
-        p.pool = Pool(storage)  # type: ignore[assignment]
-        storage.event.set()  # the others need nothing
-        p._on_death(1, -9)
-        asyncio.get_running_loop().call_later(0.3, p.kill_now)
-        started = time.monotonic()
-        await p.stop(5)
-        return time.monotonic() - started
-
-    assert asyncio.run(main()) < 2
+    _, _, took = stopped(Hanging(), dead_before=True, second_signal_after=0.3)
+    assert took < 2
