@@ -238,7 +238,6 @@ def test_input_still_incomplete_at_the_limit_is_too_large_and_closes(data, size)
 
 # --- validation against an oracle written from the contract -----------------------------------
 
-ORDER_LIMITS = {"cliente": 200, "direccion": 500, "referencia": 100}
 MAX_ID = 2**63 - 1
 
 

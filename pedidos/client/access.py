@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-from collections.abc import Mapping
 from typing import Any
 
 from pedidos.client.problems import ConnectionProblem, NoAnswer, reason
@@ -22,11 +21,11 @@ from pedidos.client.records import Refused
 ENV_VAR = "PEDIDOS_TOKEN"
 
 
-def chosen_token(token: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+def chosen_token(token: str | None) -> str | None:
     """The token to send: the one given, else PEDIDOS_TOKEN's; None for none.
     An empty string given on purpose means none, without looking at the environment."""
     if token is None:
-        words = (os.environ if environ is None else environ).get(ENV_VAR, "").split()
+        words = os.environ.get(ENV_VAR, "").split()
         token = words[0] if words else None
     return token or None
 

@@ -38,7 +38,6 @@ from typing import Union
 IAC = 0xFF
 SE, NOP, DM, BRK, IP, AO, AYT, EC, EL, GA, SB = range(240, 251)
 WILL, WONT, DO, DONT = range(251, 255)
-TIMING_MARK = 6
 MAX_SUBNEGOTIATION = 256
 ABANDON_COMMANDS = frozenset({IP, AO, BRK})
 
