@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 
+from pedidos.domain import Estado
 from pedidos.events import CANCELLED, FAILED, FINISHED, RECEIVED, WORKER_DIED, Event, EventBus
 
 # Upper bounds (seconds) of the ack latency buckets: group commit puts most
@@ -24,7 +25,7 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 # millisecond (an fsync on fast storage) to the seconds of a struggling disk
 # or database (PostgreSQL's intake gives up on a batch after 10 s).
 COMMIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-FINAL_ESTADO = {FINISHED: "listo", CANCELLED: "cancelado", FAILED: "fallido"}
+FINAL_ESTADO = {FINISHED: Estado.LISTO.value, CANCELLED: Estado.CANCELADO.value, FAILED: Estado.FALLIDO.value}
 
 
 class Histogram:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pedidos.background import Background
+from pedidos.domain import Estado
 from pedidos.events import (
     CANCELLED,
     FAILED,
@@ -73,16 +74,18 @@ LATE_S = 0.5
 LATEST = 12  # rows of the latest-orders table
 RECENT_POINTS = 5  # chart points repeated in each picture, so a skipped one costs nothing
 
+# The plain words (`.value`), as ESTADOS holds them and the page reads them.
+_PENDIENTE, _EN_PROCESO, _FALLIDO = Estado.PENDIENTE.value, Estado.EN_PROCESO.value, Estado.FALLIDO.value
 # How an event moves orders between states: (from, to); None: a new order.
 MOVES: dict[str, tuple[str | None, str]] = {
-    RECEIVED: (None, "pendiente"),
-    STARTED: ("pendiente", "en proceso"),
-    FINISHED: ("en proceso", "listo"),
-    CANCELLED: ("pendiente", "cancelado"),
-    FAILED: ("en proceso", "fallido"),
-    RETRYING: ("en proceso", "pendiente"),
-    REQUEUED: ("en proceso", "pendiente"),
-    RETRIED: ("fallido", "pendiente"),
+    RECEIVED: (None, _PENDIENTE),
+    STARTED: (_PENDIENTE, _EN_PROCESO),
+    FINISHED: (_EN_PROCESO, Estado.LISTO.value),
+    CANCELLED: (_PENDIENTE, Estado.CANCELADO.value),
+    FAILED: (_EN_PROCESO, _FALLIDO),
+    RETRYING: (_EN_PROCESO, _PENDIENTE),
+    REQUEUED: (_EN_PROCESO, _PENDIENTE),
+    RETRIED: (_FALLIDO, _PENDIENTE),
 }
 # `nodo`: on a shared database, "worker 1" says nothing without its node (null on SQLite).
 LATEST_FIELDS = ("id", "cliente", "estado", "worker", "nodo", "fecha_recibido", "fecha_inicio", "fecha_fin")
@@ -347,7 +350,7 @@ class Live:
             "conexiones": figures.get("conexiones", 0),
             "workers_vivos": figures.get("workers", 0),
             "estados": counts,
-            "en_cola": counts["pendiente"],
+            "en_cola": counts[_PENDIENTE],
             "recibidos_total": stats.received,
             "terminados_total": sum(stats.finished.values()),
             "workers": workers,

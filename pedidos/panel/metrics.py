@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from pedidos.domain import Estado
 from pedidos.stats import Histogram, Stats
 
 
@@ -63,7 +64,9 @@ class PedidosCollector(Collector):
             for estado, n in self._counts.items():
                 by_state.add_metric([estado], n)
             yield by_state
-            yield GaugeMetricFamily("pedidos_en_cola", "Orders pendiente.", self._counts.get("pendiente", 0))
+            yield GaugeMetricFamily(
+                "pedidos_en_cola", "Orders pendiente.", self._counts.get(Estado.PENDIENTE.value, 0)
+            )
         # Says whether the two above are absent because the database could not
         # be read, which a scraper cannot tell from a server that exports none.
         yield GaugeMetricFamily(

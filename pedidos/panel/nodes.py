@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-IN_PROCESS = "en proceso"  # the estado, as the wire (and live.py's MOVES) spell it
+from pedidos.domain import Estado
+
+IN_PROCESS = Estado.EN_PROCESO.value
 # `en proceso` orders read per refresh: a worker holding a chunk of 100 shows
 # from its first; past this many some busy workers show as free until the next read.
 IN_PROCESS_ROWS = 500

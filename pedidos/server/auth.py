@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
 
+from pedidos.domain import MAX_TOKEN_CHARS
 from pedidos.protocol.replies import NO_AUTORIZADO, error_reply
 
 CLIENTE = "cliente"
@@ -30,7 +31,6 @@ ADMIN = "admin"
 ROLES = (CLIENTE, ADMIN)
 ENV_VAR = "PEDIDOS_SERVIDOR_TOKENS"
 CLIENT_ENV_VAR = "PEDIDOS_TOKEN"  # the client's own token: never read here
-MAX_TOKEN_CHARS = 256
 MIN_TOKEN_CHARS = 8
 
 logger = logging.getLogger(__name__)

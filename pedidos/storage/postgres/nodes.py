@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 from pedidos.background import Background
-from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS
+from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS, Estado
 from pedidos.logsetup import Repeating
 from pedidos.storage import lease as shared_lease
 from pedidos.storage.lease import NodeLease
@@ -269,8 +269,8 @@ class Nodes:
                 # Its own lease, not this node's: each node has the --lease it was started with.
                 "node %s missed its lease: declared dead; %s handed back, %d failed",
                 nodo,
-                count(held["pendiente"], "order"),
-                held["fallido"],
+                count(held[Estado.PENDIENTE.value], "order"),
+                held[Estado.FALLIDO.value],
             )
         if moved:
             self._on_handed_back(moved)
