@@ -12,8 +12,8 @@ The libraries are an optional extra (`pip install -e '.[panel]'`). Without
 `--panel` only this module is imported (by the command line, for
 `panel_missing`), and it imports nothing beyond the stdlib and
 `pedidos.extras`; the server imports `web` inside its startup, only with
-`--panel`. The panel may import the events, the stats, the protocol's
-vocabulary and the stdlib-only helpers, never the server, processing or the
+`--panel`. The panel may import the domain, the events, the stats, the
+protocol's vocabulary and the stdlib-only helpers, never the server, processing or the
 storage (tests/test_layers.py): what it reads of the server (counts, latest
 orders, nodes, live figures, tokens) is handed to it as a `PanelSource`, so a
 change of storage does not reach it.

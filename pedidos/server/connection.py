@@ -270,8 +270,9 @@ class Connection(Closing, asyncio.BufferedProtocol):
                     arrived = acks.popleft()[1]
                     head = reply_of(head, self.peer)
                     # Only a new order's ack is bytes (replies.order_ack): a
-                    # duplicado or a refused order, counted, would make `_count`
-                    # drift from pedidos_recibidos_total. Inline: once per ack.
+                    # duplicado or a refused order, counted, would make
+                    # pedidos_ack_segundos_count drift from pedidos_recibidos_total.
+                    # Inline: once per ack.
                     if type(head) is bytes:
                         written = written or time.monotonic()
                         self._stats.ack.observe(written - arrived)

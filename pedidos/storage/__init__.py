@@ -3,8 +3,11 @@
 `base` is the interface (`Storage` for the server, `WorkerStore` for a worker
 process) that the server, the service and processing use; `open_storage`
 below picks the backend from `--db`; `intake` is group commit's gathering
-half, which any backend can reuse. `sqlite/` is the default backend, with
-its writer process and its write lock, which nothing outside it knows of.
+half and `listing` `listar` as one SELECT, which any backend can reuse;
+`lease` is a node's lease as its worker processes see it (PostgreSQL).
+`sqlite/` is the default backend, with its writer process and its write lock,
+which nothing outside it knows of; `postgres/` is the one for many servers
+sharing a database.
 Every backend keeps the table of the contract (section 7) and the promise that
 an order is durable before its acknowledgement. Imports only the domain,
 `pedidos.background`, the stdlib-only helpers (`logsetup`, `stopsignals`,

@@ -1,7 +1,7 @@
 """The PostgreSQL backend: many servers (nodes) sharing one database.
 
 `sql` holds every statement but the schema's, `schema` the tables and their
-migration, `settings` what every connection is (libpq defaults, session
+migration, `rows` a row as the contract's order, `settings` what every connection is (libpq defaults, session
 settings, time limits), `link` the connections that survive a database
 restart, `intake` the group commit of new orders, `nodes` the leases that tell
 live nodes from dead ones, `listen` and `hints` the LISTEN/NOTIFY hints,
