@@ -18,15 +18,21 @@ from pedidos.processing.task import TaskError, check_task
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 from pedidos.server import optvalues as value
 from pedidos.server import rapido
+from pedidos.server.config import (
+    DEFAULT_DB,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_PORT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_WORK_TIME,
+    DEFAULT_WORKERS,
+)
 from pedidos.server.server import Server, ServerConfig, StartupError
 from pedidos.storage import POSTGRES_INSTALL, is_postgres, postgres_driver_missing
 
 logger = logging.getLogger(__name__)
 
 DB_ENV_VAR = "PEDIDOS_DB"  # the default for --db
-
-
-DEFAULT_WORK_TIME = (1.0, 3.0)
 
 
 def program_name() -> str:
@@ -41,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=prog,
         description="Order server: takes JSON orders over TCP (IPv4 and IPv6) and "
         "processes them with worker processes.",
-        epilog=f"example: {prog} --host :: --port 8888 --workers 2",
+        epilog=f"example: {prog} --host :: --port {DEFAULT_PORT} --workers {DEFAULT_WORKERS}",
     )
     parser.add_argument("--version", action="version", version=f"pedidos {__version__}")
     parser.add_argument(
@@ -51,15 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
         "i.e. 127.0.0.1 and ::1; '::' means every interface of both families)",
     )
     parser.add_argument(
-        "--port", type=value.port, default=8888, help="TCP port; 0 picks a free one (default 8888)"
+        "--port",
+        type=value.port,
+        default=DEFAULT_PORT,
+        help=f"TCP port; 0 picks a free one (default {DEFAULT_PORT})",
     )
-    parser.add_argument("--workers", type=value.positive_int, default=2, help="worker processes (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=value.positive_int,
+        default=DEFAULT_WORKERS,
+        help=f"worker processes (default {DEFAULT_WORKERS})",
+    )
     parser.add_argument(
         "--db",
-        default=os.environ.get(DB_ENV_VAR, "").strip() or "pedidos.db",
+        default=os.environ.get(DB_ENV_VAR, "").strip() or DEFAULT_DB,
         type=value.database,
         help="a SQLite file, or a postgresql:// URL to share one database among many servers "
-        f"(default: ${DB_ENV_VAR}, else pedidos.db)",
+        f"(default: ${DB_ENV_VAR}, else {DEFAULT_DB})",
     )
     parser.add_argument(
         "--nodo",
@@ -86,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=value.parse_work_time,
         default=DEFAULT_WORK_TIME,
         metavar="S|MIN-MAX",
-        help="simulated seconds of work per order, fixed or random in a range (default 1-3; 0 for none)",
+        help="simulated seconds of work per order, fixed or random in a range "
+        f"(default {DEFAULT_WORK_TIME[0]:g}-{DEFAULT_WORK_TIME[1]:g}; 0 for none)",
     )
     parser.add_argument(
         "--max-request-bytes",
@@ -97,21 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-connections",
         type=value.positive_int,
-        default=10_000,
-        help="open connections at most (default 10000)",
+        default=DEFAULT_MAX_CONNECTIONS,
+        help=f"open connections at most (default {DEFAULT_MAX_CONNECTIONS})",
     )
     parser.add_argument(
         "--idle-timeout",
         type=value.seconds,
-        default=300.0,
+        default=DEFAULT_IDLE_TIMEOUT,
         help="close a connection that begins and finishes no request for this many seconds "
-        "(default 300; 0: never)",
+        f"(default {DEFAULT_IDLE_TIMEOUT:g}; 0: never)",
     )
     parser.add_argument(
         "--shutdown-timeout",
         type=value.seconds,
-        default=30.0,
-        help="seconds to wait for replies and workers when stopping (default 30)",
+        default=DEFAULT_SHUTDOWN_TIMEOUT,
+        help=f"seconds to wait for replies and workers when stopping (default {DEFAULT_SHUTDOWN_TIMEOUT:g})",
     )
     parser.add_argument(
         "--token-file",

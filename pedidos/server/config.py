@@ -10,21 +10,30 @@ from pedidos.panel import PANEL_HOST
 from pedidos.processing.retry import DEFAULT_BACKOFF_S
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 
+# The command line's defaults, said once: cli.py offers them and shows them in --help.
+DEFAULT_PORT = 8888
+DEFAULT_WORKERS = 2
+DEFAULT_DB = "pedidos.db"
+DEFAULT_WORK_TIME = (1.0, 3.0)
+DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+
 
 @dataclass
 class ServerConfig:
     hosts: list[str] = field(default_factory=lambda: ["localhost"])
-    port: int = 8888
-    workers: int = 2
-    db: str = "pedidos.db"  # a SQLite file path or a PostgreSQL URL; storage.open_storage picks
+    port: int = DEFAULT_PORT
+    workers: int = DEFAULT_WORKERS
+    db: str = DEFAULT_DB  # a SQLite file path or a PostgreSQL URL; storage.open_storage picks
     nodo: str | None = None  # this server's name on a shared database (default HOSTNAME:PORT)
     lease: float = DEFAULT_LEASE_S  # seconds a node may miss renewing before it is declared dead
     hints: bool = True  # LISTEN/NOTIFY on a shared database; False: polling only
-    work_time: tuple[float, float] = (1.0, 3.0)
+    work_time: tuple[float, float] = DEFAULT_WORK_TIME
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_connections: int = 10_000
-    idle_timeout: float = 300.0
-    shutdown_timeout: float = 30.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     log_level: int = logging.INFO
     log_format: str = "text"  # or "json" (logsetup.py)
     token_file: str | None = None
