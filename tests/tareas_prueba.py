@@ -54,6 +54,12 @@ def siempre_falla(pedido: dict[str, Any]) -> Any:
     raise RuntimeError("sin stock de pan")
 
 
+def trabaja_diez(pedido: dict[str, Any]) -> Any:
+    """Ten seconds of work, its start recorded: a test can tell that the call is running."""
+    _calls(pedido)
+    time.sleep(10)
+
+
 def cuelga_una_vez(pedido: dict[str, Any]) -> Any:
     if _calls(pedido) == 1:
         time.sleep(3600)

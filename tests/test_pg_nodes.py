@@ -26,13 +26,19 @@ import psycopg
 from conftest import CLIENTE, LineClient, ServerProcess, alive, wait_for
 from pgcluster import with_options
 from stallproxy import StallProxy
+from test_tasks import task_env
 
 LEASE = 2.0
 
 
 @contextlib.contextmanager
 def nodes(
-    url: str, tmp_path: Path, names: str, *args: str, via: dict[str, str] | None = None
+    url: str,
+    tmp_path: Path,
+    names: str,
+    *args: str,
+    via: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[list[ServerProcess]]:
     """One server per letter of `names`, all on database `url` (a node in
     `via` through the URL given there); always stopped."""
@@ -42,6 +48,7 @@ def nodes(
             ["--port", "0", "--nodo", name, "--lease", str(LEASE), *args],
             via.get(name, url),  # type: ignore[arg-type]
             tmp_path,
+            env,
         )
         for name in names
     ]
@@ -179,6 +186,12 @@ def held_by(url: str, nodo: str) -> list[int]:
     ]
 
 
+def calls_text(state: Path, order_id: int) -> str:
+    """What the task `trabaja_diez` recorded of its calls for `order_id`."""
+    path = state / f"{order_id}.calls"
+    return path.read_text() if path.exists() else ""
+
+
 def sent_until_held(url: str, on_a: LineClient, most: int = 10) -> list[int]:
     """Send orders to node A until A holds one `en proceso`: the other nodes
     hear of each new order too and may claim it first, so one order alone
@@ -278,11 +291,21 @@ def test_a_cut_off_nodes_worker_stops_before_another_node_takes_its_order(pg_url
     parts = urlsplit(pg_url)
     proxy = StallProxy(parts.port)  # type: ignore[arg-type]
     via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    state = tmp_path / "estado"
+    state.mkdir()
+    # FENCE_ARGS, with its ten seconds of work in a task that says when it starts.
+    args = ["--lease", "4", "--workers", "1", "--tarea", "tareas_prueba:trabaja_diez"]
     try:
-        with nodes(pg_url, tmp_path, "AB", *FENCE_ARGS, via={"A": via_proxy}) as (a, b):
+        with nodes(pg_url, tmp_path, "AB", *args, via={"A": via_proxy}, env=task_env(state)) as (a, b):
             with client(a) as on_a:
                 order_id = sent_until_held(pg_url, on_a)[0]
             (worker_pid,) = (int(pid) for pid in re.findall(r"worker 1 started \(pid (\d+)\)", a.log))
+            # Cut off only once the work is under way. The claim's commit is
+            # seen in the database a moment before its reply, through the
+            # proxy, reaches the worker: a worker cut off waiting for that
+            # reply runs no work, and its watch rightly leaves it be (a CI
+            # run once stalled the proxy in that moment).
+            wait_for(lambda: f'"pid": {worker_pid}' in calls_text(state, order_id), timeout=10)
             proxy.stall()
             try:
                 # B's one worker may be busy with an order of its own first.
