@@ -17,7 +17,7 @@ from typing import Any
 from pedidos.domain import Estado
 
 IN_PROCESS = Estado.EN_PROCESO.value
-# `en proceso` orders read per refresh: a worker holding a chunk of 100 shows
+# `en proceso` orders read per refresh: a worker holding a chunk of many shows
 # from its first; past this many some busy workers show as free until the next read.
 IN_PROCESS_ROWS = 500
 
