@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pedidos"
 FORBIDDEN = {
     "pedidos.domain": ("pedidos",),  # the standard library only
     "pedidos.background": ("pedidos",),
+    "pedidos.descriptors": ("pedidos",),
     "pedidos.protocol": ("pedidos.server", "pedidos.processing", "pedidos.storage", "pedidos.client"),
     "pedidos.storage": ("pedidos.server", "pedidos.processing", "pedidos.protocol", "pedidos.client"),
     "pedidos.processing": ("pedidos.server", "pedidos.protocol", "pedidos.client", "pedidos.storage.sqlite"),

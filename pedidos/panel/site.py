@@ -23,22 +23,20 @@ connection run no such clock: aiohttp's keep-alive timeout is the latter's.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 from typing import Any
 
 from aiohttp import web
 
+from pedidos.descriptors import OUT_OF_RESOURCES, PAUSE_S
 from pedidos.panel import MAX_CONNECTIONS
 
 logger = logging.getLogger(__name__)
 
 BACKLOG = 128
 ACCEPT_BATCH = 32  # connections taken per readiness event: the order port shares the loop
-PAUSE_S = 0.2  # out of descriptors anyway: how long before accepting again
 HEAD_S = 10.0  # a request's head, first byte to blank line: a browser's takes milliseconds
-OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class _Counted(asyncio.Protocol):

@@ -21,6 +21,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from pedidos.descriptors import OUT_OF_RESOURCES, PAUSE_S
 from pedidos.domain import show_address
 from pedidos.logsetup import Repeating
 
@@ -45,8 +46,6 @@ NOT_TLS_REASONS = frozenset(
 )
 
 ACCEPT_BATCH = 100  # connections taken per readiness event, so that one listener cannot hog the loop
-PAUSE_S = 0.2  # how long a listener out of descriptors waits before it tries again
-OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Descriptors kept for what is not a connection: the database and its WAL
 # files per reader thread, the lock file, listeners, the event loop, stdio,
 # the writer's pipes, and per worker its queue, its pipe and its process.
