@@ -80,6 +80,9 @@ PRODUCTOS_MAX = 100
 DIRECCION_MAX = 500
 REFERENCIA_MAX = 100
 MAX_TOKEN_CHARS = 256
+# Said once for the client and the server, which may not import each other.
+DEFAULT_PORT = 8888
+TOKEN_ENV_VAR = "PEDIDOS_TOKEN"  # the client's access token (the server only names it)
 MAX_ID = 2**63 - 1
 MAX_SECONDS = 3600.0  # the longest `esperar` timeout, and the longest simulated work time
 DEFAULT_TIMEOUT = 30.0

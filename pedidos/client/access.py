@@ -14,11 +14,12 @@ from typing import Any
 
 from pedidos.client.problems import ConnectionProblem, NoAnswer, reason
 from pedidos.client.records import Refused
+from pedidos.domain import TOKEN_ENV_VAR
 
 # The client's own token. The server never reads it (its tokens come from
 # --token-file and PEDIDOS_SERVIDOR_TOKENS), so a shop's token exported in a
 # shell never becomes one of a server's. A `TOKEN ROLE` value sends only the token.
-ENV_VAR = "PEDIDOS_TOKEN"
+ENV_VAR = TOKEN_ENV_VAR
 
 
 def chosen_token(token: str | None) -> str | None:

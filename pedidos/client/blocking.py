@@ -45,7 +45,6 @@ from pedidos.client.problems import (
     unresolved,
 )
 from pedidos.client.records import (
-    DEFAULT_PORT,
     DEFAULT_TIMEOUT,
     DEFAULT_WINDOW,
     Order,
@@ -60,6 +59,7 @@ from pedidos.client.records import (
     parse_reply,
     receipt_or_refusal,
 )
+from pedidos.domain import DEFAULT_PORT
 from pedidos.protocol.replies import DEMASIADO_GRANDE
 
 __all__ = [

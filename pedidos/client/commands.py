@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 from pedidos.client.access import Access
 from pedidos.client.records import (
-    DEFAULT_PORT,
     DEFAULT_TIMEOUT,
     MAX_WAIT,
     TIEMPO_AGOTADO,
@@ -35,6 +34,7 @@ from pedidos.client.records import (
     stats_of,
     wait_request,
 )
+from pedidos.domain import DEFAULT_PORT
 
 Reply = dict[str, Any]
 

@@ -21,7 +21,6 @@ from pedidos.client.shapes import UnexpectedReply
 from pedidos.domain import FINAL_ESTADOS, MAX_SECONDS
 from pedidos.protocol.replies import CONNECTION_CLOSED_FIELD, TIEMPO_AGOTADO
 
-DEFAULT_PORT = 8888
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_WINDOW = 500
 # The server refuses an `esperar` longer than this; longer waits are split.

@@ -23,14 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
 
-from pedidos.domain import MAX_TOKEN_CHARS
+from pedidos.domain import MAX_TOKEN_CHARS, TOKEN_ENV_VAR
 from pedidos.protocol.replies import NO_AUTORIZADO, error_reply
 
 CLIENTE = "cliente"
 ADMIN = "admin"
 ROLES = (CLIENTE, ADMIN)
 ENV_VAR = "PEDIDOS_SERVIDOR_TOKENS"
-CLIENT_ENV_VAR = "PEDIDOS_TOKEN"  # the client's own token: never read here
+CLIENT_ENV_VAR = TOKEN_ENV_VAR  # the client's own token: never read here
 MIN_TOKEN_CHARS = 8
 
 logger = logging.getLogger(__name__)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from pedidos.domain import DEFAULT_LEASE_S, DEFAULT_RETRIES
+from pedidos.domain import DEFAULT_LEASE_S, DEFAULT_PORT, DEFAULT_RETRIES
 from pedidos.panel import PANEL_HOST
 from pedidos.processing.retry import DEFAULT_BACKOFF_S
 from pedidos.protocol.framing import DEFAULT_MAX_REQUEST_BYTES
 
 # The command line's defaults, said once: cli.py offers them and shows them in --help.
-DEFAULT_PORT = 8888
 DEFAULT_WORKERS = 2
 DEFAULT_DB = "pedidos.db"
 DEFAULT_WORK_TIME = (1.0, 3.0)

@@ -15,8 +15,8 @@ from pedidos import __version__
 from pedidos.client.access import ENV_VAR, chosen_token
 from pedidos.client.cli.invocation import SCRIPT
 from pedidos.client.cli.spanish import SpanishParser, argparse_in_spanish, estado_arg, number
-from pedidos.client.records import DEFAULT_PORT, DEFAULT_TIMEOUT
-from pedidos.domain import ESTADOS
+from pedidos.client.records import DEFAULT_TIMEOUT
+from pedidos.domain import DEFAULT_PORT, ESTADOS
 
 # Each mode of the command line, as `Namespace.mode`.
 ORDER, FILE, GET, CANCEL, LIST, STATS = "pedido", "archivo", "consultar", "cancelar", "listar", "estadisticas"
