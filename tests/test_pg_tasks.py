@@ -5,6 +5,7 @@ work across nodes; an older database gains the task columns at start."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import psycopg
 from conftest import ServerProcess, wait_for
@@ -76,6 +77,45 @@ def test_a_node_with_a_call_hanging_still_takes_the_other_nodes_orders(pg_url, t
             late = client.submit("devuelve", ["pan"], "Calle 1").id
             done = client.wait(late, timeout=15)
             assert done.estado == "listo" and done.nodo == "B"
+    finally:
+        for node in nodes:
+            if node.proc.poll() is None:
+                node.stop()
+            node.kill()
+
+
+def test_a_node_stopping_still_stops_a_call_at_the_limit_and_counts_it(pg_url, tmp_path):
+    """SIGTERM while a call hangs: the call is stopped at --limite-tarea and
+    counts a failure (matched on node, worker and `fecha_inicio`), instead of
+    holding the stop up to --shutdown-timeout and going back uncounted."""
+    state = tmp_path / "estado"
+    state.mkdir()
+    args = ["--port", "0", "--tarea", "tareas_prueba:segun_cliente", "--limite-tarea", "1"]
+    args += ["--shutdown-timeout", "20", "--reintento-base", str(BASE_S), "--workers", "1"]
+    env = task_env(state)
+    a = ServerProcess([*args, "--nodo", "A"], pg_url, tmp_path, env)  # type: ignore[arg-type]
+    nodes = [a]
+    try:
+        a.wait_ready()
+        with Client("127.0.0.1", a.port, timeout=30) as client:
+            order_id = client.submit("cuelga-una-vez", ["pan"], "Calle 1").id
+        wait_for(lambda: calls(state, order_id), timeout=10)
+        began = time.monotonic()
+        assert a.stop() == 0
+        took = time.monotonic() - began
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute(
+                "SELECT estado, intentos, fallos, error FROM pedidos WHERE id = %s", (order_id,)
+            ).fetchone()
+        assert row is not None and row[:3] == ("pendiente", 1, 1), row
+        assert row[3].startswith("TiempoAgotado"), row
+        assert took < 10, f"the stop waited {took:.1f} s for a call past its 1 s limit"
+        b = ServerProcess([*args, "--nodo", "B"], pg_url, tmp_path, env)  # type: ignore[arg-type]
+        nodes.append(b)
+        b.wait_ready()
+        with Client("127.0.0.1", b.port, timeout=30) as client:
+            done = client.wait(order_id, timeout=20)
+        assert (done.estado, done.intentos, done.fallos, done.nodo) == ("listo", 1, 1, "B"), done
     finally:
         for node in nodes:
             if node.proc.poll() is None:

@@ -661,6 +661,45 @@ def test_a_stop_while_a_task_hangs_hands_the_order_back(tmp_path):
     assert done.estado == "listo" and done.intentos == 0 and done.fallos == 0
 
 
+def test_a_stop_still_stops_a_call_at_the_limit_and_counts_it(tmp_path):
+    """SIGTERM while calls run: the stop lets them finish, but not run past
+    --limite-tarea. One that hangs is stopped at the limit and counts a failure
+    (section 11), as at any other time, instead of holding the stop up to
+    --shutdown-timeout and going back uncounted (or ending `listo` late); one
+    that ends in time, after the stop began, is `listo` and not said to be over."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "2", "--limite-tarea", "3"]
+    args += ["--shutdown-timeout", "20", "--reintento-base", str(BASE_S)]
+    db = tmp_path / "p.db"
+    with running_server(tmp_path, *args, db=db, env=task_env(tmp_path)) as server:
+        with Client("127.0.0.1", server.port, timeout=30) as c:
+            finishing = c.submit("termina-en-la-parada", ["pan"], "Calle 1").id
+            wait_for(lambda: calls(tmp_path, finishing), timeout=10)
+            hanging = c.submit("cuelga-una-vez", ["pan"], "Calle 1").id
+            wait_for(lambda: calls(tmp_path, hanging), timeout=10)
+        began = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "waiting for 2 workers" in server.log, timeout=10)
+        (tmp_path / "parar").write_text("")
+        assert server.proc.wait(30) == 0, server.log
+        took = time.monotonic() - began
+        assert server.stop() == 0  # ended already: collects its log
+    rows = stored_orders(db)
+    assert rows[finishing]["estado"] == "listo" and rows[finishing]["intentos"] == 0, rows[finishing]
+    stopped = rows[hanging]
+    assert stopped["estado"] == "pendiente", stopped
+    assert stopped["intentos"] == 1 and stopped["fallos"] == 1, stopped
+    assert stopped["error"].startswith("TiempoAgotado"), stopped
+    assert took < 10, f"the stop waited {took:.1f} s for a call past its 3 s limit"
+    assert f"order {hanging} ran over the task time limit" in server.log, server.log
+    assert f"order {finishing} ran over" not in server.log, server.log
+    with (
+        running_server(tmp_path, *args, db=db, env=task_env(tmp_path)) as server,
+        Client("127.0.0.1", server.port, timeout=30) as c,
+    ):
+        done = c.wait(hanging, timeout=20)
+    assert done.estado == "listo" and done.intentos == 1 and done.fallos == 1, done
+
+
 def test_a_long_call_holds_up_no_other_order(tmp_path):
     """With no --limite-tarea a call may take for ever; the other worker must
     still do every other order, none of them left waiting behind that call."""

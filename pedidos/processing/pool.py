@@ -18,6 +18,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import select
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,9 +113,24 @@ class WorkerPool:
     def kill(self, number: int) -> None:
         """Stop worker `number` at once (SIGKILL): its death is then noticed
         and handled as any other."""
-        slot = self.slots.get(number)
-        if slot is not None and not slot.gone:
-            kill_tree(slot.process.pid, slot.pidfd)
+        # Under the guard: during a stop (a call over its time limit) this
+        # runs on the event loop while `stop` closes the slots in its thread.
+        with self._slots_guard:
+            slot = self.slots.get(number)
+            if slot is not None and not slot.gone:
+                kill_tree(slot.process.pid, slot.pidfd)
+
+    def exited(self, number: int) -> bool:
+        """Whether worker `number` has ended, as far as its pidfd tells (never
+        reaping it: during a stop only the stop's thread may). Without a
+        pidfd (not Linux) this says False."""
+        with self._slots_guard:
+            slot = self.slots.get(number)
+            if slot is None or slot.gone:
+                return True
+            if slot.pidfd is None:
+                return False
+            return bool(select.select([slot.pidfd], [], [], 0)[0])  # readable once it ended
 
     def send(self, number: int, chunk: tuple[int, ...]) -> None:
         self.slots[number].tasks.put(chunk)
@@ -158,8 +174,9 @@ class WorkerPool:
                 kill_tree(slot.process.pid, slot.pidfd)
                 slot.process.join()
                 killed.append(slot.number)
-        for slot in slots:
-            _close(slot)
+        with self._slots_guard:
+            for slot in slots:
+                _close(slot)
         os.close(self._wake_r)
         os.close(self._wake_w)
         return killed

@@ -110,8 +110,10 @@ class Processing:
         self.dispatcher.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._deadlines is not None:
-            self._deadlines.close()
+        # The deadlines of the calls in hand run on: a stop lets a call finish,
+        # not outlast `--limite-tarea`. One over it is stopped and counts a
+        # failure, as at any other time (`_on_overtime`), instead of holding the
+        # stop up to its timeout and going back uncounted, or ending `listo`.
         for handle in self._retries:
             handle.cancel()
         # The replacements under way start no worker now, but their hand-back
@@ -125,6 +127,8 @@ class Processing:
                 timeout,
             )
         killed = await self._loop.run_in_executor(None, self.pool.stop, timeout, self._crashed_while_stopping)
+        if self._deadlines is not None:
+            self._deadlines.close()
         if self._killing:
             for task in list(self._replacing):
                 task.cancel()
@@ -239,7 +243,13 @@ class Processing:
         self._retries.add(handle)
 
     def _on_overtime(self, worker: int, claim: Claim) -> None:
-        if self._stopping:
+        # Also during a stop: the pool's stop then sees the death, and
+        # `_replace` records the failure (and starts no worker).
+        if self._killing:
+            return
+        if self._stopping and self.pool.exited(worker):
+            # It finished its call in time and left: reports are no longer
+            # read during a stop, so its deadline was never ended.
             return
         logger.warning(
             "worker %d: order %s ran over the task time limit (%g s); stopping the worker",
