@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
+import re
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -698,6 +702,55 @@ def test_a_stop_still_stops_a_call_at_the_limit_and_counts_it(tmp_path):
     ):
         done = c.wait(hanging, timeout=20)
     assert done.estado == "listo" and done.intentos == 1 and done.fallos == 1, done
+
+
+def queued_bytes(pid: int) -> int:
+    """Bytes waiting in the pipes that process `pid` reads (its task queue)."""
+    total = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        path = f"/proc/{pid}/fd/{fd}"
+        with contextlib.suppress(OSError):
+            flags = int(Path(f"/proc/{pid}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0], 8)
+            if os.readlink(path).startswith("pipe:") and flags & os.O_ACCMODE == os.O_RDONLY:
+                reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                try:
+                    total += struct.unpack("i", fcntl.ioctl(reader, termios.FIONREAD, b"\0" * 4))[0]
+                finally:
+                    os.close(reader)
+    return total
+
+
+def test_an_order_queued_to_a_worker_is_not_begun_once_the_stop_began(tmp_path):
+    """An order sent to a worker that reads it only after the stop began (here
+    the worker is held with SIGSTOP meanwhile) is not in hand: it stays
+    `pendiente`, uncalled. It was claimed and called, where the server no longer
+    hears a claim: no --limite-tarea for that call, and a stop held up to its
+    --shutdown-timeout, then the order handed back."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "1", "--limite-tarea", "2"]
+    args += ["--shutdown-timeout", "20"]
+    db = tmp_path / "p.db"
+    with running_server(tmp_path, *args, db=db, env=task_env(tmp_path)) as server:
+        worker = int(re.findall(r"worker 1 started \(pid (\d+)\)", server.log)[-1])
+        with Client("127.0.0.1", server.port, timeout=30) as c:
+            # Done by the worker: it has started, and waits for its next order.
+            assert c.wait(c.submit("devuelve", ["pan"], "Calle 1").id, timeout=20).estado == "listo"
+            os.kill(worker, signal.SIGSTOP)
+        try:
+            with Client("127.0.0.1", server.port, timeout=30) as c:
+                order_id = c.submit("cuelga-una-vez", ["pan"], "Calle 1").id
+            wait_for(lambda: queued_bytes(worker) > 0, timeout=10)  # in its queue
+            began = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: "waiting for 1 worker" in server.log, timeout=10)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        assert server.proc.wait(30) == 0, server.log
+        took = time.monotonic() - began
+        assert server.stop() == 0  # ended already: collects its log
+    assert not calls(tmp_path, order_id)
+    stored = stored_orders(db)[order_id]
+    assert stored["estado"] == "pendiente" and stored["intentos"] == 0, stored
+    assert took < 10, f"the stop waited {took:.1f} s"
 
 
 def test_a_long_call_holds_up_no_other_order(tmp_path):
