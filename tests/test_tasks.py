@@ -753,6 +753,49 @@ def test_an_order_queued_to_a_worker_is_not_begun_once_the_stop_began(tmp_path):
     assert took < 10, f"the stop waited {took:.1f} s"
 
 
+def test_a_call_claimed_as_the_stop_began_is_still_stopped_at_the_limit(tmp_path):
+    """A worker that read its order before the stop, but whose claim commits
+    after it began (here held up by a lock on the database): its call is in
+    hand, and held to --limite-tarea as well. Its claim's report came when the
+    server no longer read them: no deadline, the stop held up to its
+    --shutdown-timeout and the order handed back uncounted."""
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "1", "--limite-tarea", "2"]
+    args += ["--shutdown-timeout", "20", "--reintento-base", str(BASE_S)]
+    db = tmp_path / "p.db"
+    # The worker's claim waits for the lock below as long as the test needs.
+    env = {**task_env(tmp_path), "PEDIDOS_TEST_BUSY_TIMEOUT_MS": "60000"}
+    with running_server(tmp_path, *args, db=db, env=env) as server:
+        worker = int(re.findall(r"worker 1 started \(pid (\d+)\)", server.log)[-1])
+        with Client("127.0.0.1", server.port, timeout=30) as c:
+            assert c.wait(c.submit("devuelve", ["pan"], "Calle 1").id, timeout=20).estado == "listo"
+            os.kill(worker, signal.SIGSTOP)
+            try:
+                order_id = c.submit("cuelga-una-vez", ["pan"], "Calle 1").id
+                wait_for(lambda: queued_bytes(worker) > 0, timeout=10)
+            finally:
+                os.kill(worker, signal.SIGCONT)
+        other = sqlite3.connect(db, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            wait_for(lambda: queued_bytes(worker) == 0, timeout=10)  # read: it claims now
+            time.sleep(0.2)  # past its look at the stop flag, into the claim
+            began = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: "waiting for 1 worker" in server.log, timeout=10)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert server.proc.wait(30) == 0, server.log
+        took = time.monotonic() - began
+        assert server.stop() == 0  # ended already: collects its log
+    assert calls(tmp_path, order_id), "the claim did not go through: the case was not made"
+    stored = stored_orders(db)[order_id]
+    assert stored["estado"] == "pendiente", stored
+    assert stored["intentos"] == 1 and stored["fallos"] == 1, stored
+    assert stored["error"].startswith("TiempoAgotado"), stored
+    assert took < 10, f"the stop waited {took:.1f} s for a call past its 2 s limit"
+
+
 def test_a_long_call_holds_up_no_other_order(tmp_path):
     """With no --limite-tarea a call may take for ever; the other worker must
     still do every other order, none of them left waiting behind that call."""

@@ -159,6 +159,10 @@ class WorkerPool:
         # All at once, in slices: `kill_now` (a second signal) must not wait
         # for the deadline, and a crash must be seen while the others wait.
         while running and not self._kill_now.is_set():
+            # The reports too, now that the monitor is gone: a claim made as
+            # the stop began must still start its --limite-tarea deadline. Read
+            # before the deaths, so that a dead worker's claim comes first.
+            self._hand_on(running)
             for slot in [slot for slot in running if not slot.process.is_alive()]:
                 running.remove(slot)
                 if slot.process.exitcode != 0 and on_crash is not None:
@@ -180,6 +184,14 @@ class WorkerPool:
         os.close(self._wake_r)
         os.close(self._wake_w)
         return killed
+
+    def _hand_on(self, slots: list[WorkerSlot]) -> None:
+        """Hand what `slots` reported to the loop (from `stop`'s thread)."""
+        messages: list[Report] = []
+        for slot in slots:
+            messages += _drain(slot.events)
+        if messages:
+            self._loop.call_soon_threadsafe(self._on_messages, messages)
 
     def kill_now(self) -> None:
         """Make a running `stop` kill the workers at once (thread-safe)."""
@@ -212,10 +224,10 @@ class WorkerPool:
                     deaths.append((slot.number, slot.process.exitcode))
             # Deaths even once the stop began: `stop` no longer sees a worker
             # whose death this loop took (`gone`), and what it held must go back.
-            # Not the reports then: the dispatcher is closed, and the database
-            # holds what they say.
-            if deaths or (messages and self._watching):
-                self._loop.call_soon_threadsafe(self._deliver, messages if self._watching else [], deaths)
+            # The reports too: a claim made as the stop began starts its
+            # --limite-tarea deadline.
+            if deaths or messages:
+                self._loop.call_soon_threadsafe(self._deliver, messages, deaths)
 
     def _deliver(self, messages: list[Report], deaths: list[tuple[int, int | None]]) -> None:
         if messages:

@@ -197,6 +197,9 @@ class Processing:
             self.dispatcher.add(event.ids)
 
     def _on_messages(self, reports: list[Report]) -> None:
+        # Also during a stop (read then by the pool's stop): a call claimed as
+        # the stop began is held to --limite-tarea too. The dispatcher is
+        # closed by then, and left alone.
         for report in reports:
             if report.kind == CLAIMED:
                 if report.taken:
@@ -204,12 +207,14 @@ class Processing:
                     if self._deadlines is not None and report.at is not None:
                         self._deadlines.started(Claim(report.worker, report.at, report.taken))
             elif report.kind == FAILED_ATTEMPT:
-                self.dispatcher.released(report.taken)
+                if not self._stopping:
+                    self.dispatcher.released(report.taken)
                 self._failed_attempt(report.taken, report.worker, report.at)
             elif report.kind == DONE:
                 if self._deadlines is not None:
                     self._deadlines.ended(report.worker)
-                self.dispatcher.finished(report.worker, report.chunk)
+                if not self._stopping:
+                    self.dispatcher.finished(report.worker, report.chunk)
                 if report.taken:
                     self._bus.publish(Event(FINISHED, report.taken, report.worker, report.at))
                 else:  # nothing listo, yet the worker is free: the panel must hear it
