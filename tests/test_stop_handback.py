@@ -7,11 +7,18 @@ need), and as its death was."""
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
+import subprocess
 import threading
 import time
 from typing import Any
 
+import pytest
+from conftest import wait_for
+
 from pedidos.events import EventBus
+from pedidos.processing.pool import WorkerPool, WorkerSlot
 from pedidos.processing.supervisor import Processing
 from pedidos.processing.worker import WorkerConfig
 from pedidos.storage.lease import FENCED_EXIT
@@ -126,3 +133,37 @@ def test_a_second_signal_ends_the_wait_for_a_hand_back_begun_before_the_stop():
     a second signal must end the stop at once, not after HAND_BACK_S."""
     _, _, took = stopped(Hanging(), dead_before=True, second_signal_after=0.3)
     assert took < 2
+
+
+def test_whether_a_worker_has_exited_is_told_by_a_pidfd_of_any_number():
+    """`WorkerPool.exited` (asked by an overtime during a stop) with a pidfd
+    numbered past select()'s 1023: a worker replaced while a thousand
+    connections are open gets one. select() raised ValueError there, and the
+    call over its limit went on."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 2048:
+        if hard != resource.RLIM_INFINITY and hard < 2048:
+            pytest.skip("the descriptor limit is under 2048")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfd here")
+    child = subprocess.Popen(["sleep", "60"])
+    pidfd = os.pidfd_open(child.pid)
+    high = os.dup2(pidfd, 1500)
+    os.close(pidfd)
+    loop = asyncio.new_event_loop()
+    pool = WorkerPool(1, WorkerConfig(None, (0.0, 0.0)), loop, print, print)  # type: ignore[arg-type]
+    try:
+        pool.slots[1] = WorkerSlot(1, child, None, None, high)  # type: ignore[arg-type]
+        assert not pool.exited(1)
+        child.kill()
+        wait_for(lambda: pool.exited(1), timeout=10)  # exited, not reaped
+        assert child.returncode is None
+    finally:
+        child.kill()
+        child.wait()
+        os.close(high)
+        os.close(pool._wake_r)
+        os.close(pool._wake_w)
+        loop.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -130,7 +130,11 @@ class WorkerPool:
                 return True
             if slot.pidfd is None:
                 return False
-            return bool(select.select([slot.pidfd], [], [], 0)[0])  # readable once it ended
+            # Readable once it ended. poll, not select: a worker started while
+            # a thousand connections are open has a pidfd past select's 1023.
+            poller = select.poll()
+            poller.register(slot.pidfd, select.POLLIN)
+            return bool(poller.poll(0))
 
     def send(self, number: int, chunk: tuple[int, ...]) -> None:
         self.slots[number].tasks.put(chunk)
