@@ -671,7 +671,9 @@ def test_a_stop_still_stops_a_call_at_the_limit_and_counts_it(tmp_path):
     (section 11), as at any other time, instead of holding the stop up to
     --shutdown-timeout and going back uncounted (or ending `listo` late); one
     that ends in time, after the stop began, is `listo` and not said to be over."""
-    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "2", "--limite-tarea", "3"]
+    # The limit leaves the call that ends in time room for the signal and the
+    # log line to arrive on a busy machine; the stop's timeout is far past it.
+    args = ["--tarea", "tareas_prueba:segun_cliente", "--workers", "2", "--limite-tarea", "5"]
     args += ["--shutdown-timeout", "20", "--reintento-base", str(BASE_S)]
     db = tmp_path / "p.db"
     with running_server(tmp_path, *args, db=db, env=task_env(tmp_path)) as server:
@@ -693,7 +695,7 @@ def test_a_stop_still_stops_a_call_at_the_limit_and_counts_it(tmp_path):
     assert stopped["estado"] == "pendiente", stopped
     assert stopped["intentos"] == 1 and stopped["fallos"] == 1, stopped
     assert stopped["error"].startswith("TiempoAgotado"), stopped
-    assert took < 10, f"the stop waited {took:.1f} s for a call past its 3 s limit"
+    assert took < 12, f"the stop waited {took:.1f} s for a call past its 5 s limit"
     assert f"order {hanging} ran over the task time limit" in server.log, server.log
     assert f"order {finishing} ran over" not in server.log, server.log
     with (
