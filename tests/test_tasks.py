@@ -235,7 +235,7 @@ def test_a_hanging_call_is_stopped_at_the_limit_and_its_worker_replaced(srv, cli
     assert not alive(first["pid"])
     assert "ran over the task time limit" in srv.log
     # The worker's end is told as what it was, not as a crash ("died").
-    wait_for(lambda: "stopped over the task time limit (exit code -9)" in srv.log)
+    wait_for(lambda: "stopped over the task time limit (exit code -9); 1 failed attempt recorded" in srv.log)
     assert "died (exit code -9)" not in srv.log
 
 

@@ -264,11 +264,13 @@ class Processing:
         )
         self.pool.kill(worker)
 
-    async def _fail_overtime(self, claim: Claim) -> None:
+    async def _fail_overtime(self, claim: Claim) -> int:
         """The orders of a worker killed over the time limit: a failed attempt
-        each (not a crash), retried or `fallido` as the retry policy says."""
+        each (not a crash), retried or `fallido` as the retry policy says.
+        Returns how many were still its to fail."""
         limit = self._deadlines.limit_s  # type: ignore[union-attr]
         error = f"TiempoAgotado: la tarea pasó de {limit:g} s y se detuvo su worker"
+        failed = 0
         for order_id in claim.ids:
             while True:
                 try:
@@ -287,7 +289,9 @@ class Processing:
                     )
                     await asyncio.sleep(RETRY_S)
             if changed:
+                failed += 1
                 self._failed_attempt((order_id,), claim.worker, retry_at)
+        return failed
 
     def _fenced(self, number: int, exitcode: int | None) -> bool:
         """Whether worker `number`, ended with `exitcode`, was stopped by its
@@ -297,12 +301,20 @@ class Processing:
         marked = lease is not None and lease.fenced(number)  # read always: the mark is cleared
         return marked and exitcode == FENCED_EXIT
 
-    def _handed_back(self, number: int, changed: list[tuple[int, Estado]], how: str) -> None:
-        """Say what a dead worker's orders became: a log line and the events."""
+    def _handed_back(self, number: int, changed: list[tuple[int, Estado]], how: str, over: int = 0) -> None:
+        """Say what a dead worker's orders became: a log line and the events.
+        `over`: failed attempts recorded for a call stopped at its time limit
+        (before the hand-back, which then finds those orders no longer its)."""
         requeued = tuple(i for i, estado in changed if estado == Estado.PENDIENTE)
         failed = tuple(i for i, estado in changed if estado == Estado.FALLIDO)
+        recorded = f"{count(over, 'failed attempt')} recorded, " if over else ""
         logger.warning(
-            "worker %d %s; %s handed back, %d failed", number, how, count(len(requeued), "order"), len(failed)
+            "worker %d %s; %s%s handed back, %d failed",
+            number,
+            how,
+            recorded,
+            count(len(requeued), "order"),
+            len(failed),
         )
         self._bus.publish(Event(WORKER_DIED, requeued + failed, number))
         if failed:
@@ -315,8 +327,7 @@ class Processing:
         (none once the stop began)."""
         in_queue = self.dispatcher.worker_gone(number)
         overtime = self._deadlines.overtime(number) if self._deadlines is not None else None
-        if overtime is not None:
-            await self._fail_overtime(overtime)
+        over = await self._fail_overtime(overtime) if overtime is not None else 0
         # A worker stopped by its node's lease (lease.py) failed no attempt;
         # if the node was reaped, the reaper counted one already.
         fenced = self._fenced(number, exitcode)
@@ -338,7 +349,7 @@ class Processing:
             if self._stopping
             else "died"
         )
-        self._handed_back(number, changed, f"{how} (exit code {exitcode})")
+        self._handed_back(number, changed, f"{how} (exit code {exitcode})", over)
         if not self._stopping:
             self.dispatcher.add(in_queue)
             self.pool.spawn(number)
