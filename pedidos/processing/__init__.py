@@ -2,7 +2,8 @@
 
 `pool` starts the workers, hears from them and notices their death,
 `dispatch` decides which worker gets which pending order, `supervisor` ties
-them to the server's events, and `worker` is what runs inside a worker process
+them to the server's events (and `handback` is what a worker's death does to
+the orders it held, and who takes its place), and `worker` is what runs inside a worker process
 (which gets plain configuration, never a live connection); `orphan` ends a
 worker whose server died, `proctree` is a worker and the programs its task
 started, and for `--tarea`, `task` loads and calls it, `retry` says when a

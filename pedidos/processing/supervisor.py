@@ -1,5 +1,5 @@
 """The server's side of processing: the pool, the dispatcher and the events
-between them, including what happens when a worker dies."""
+between them, and the stop; what happens when a worker dies is handback.py's."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from pedidos.domain import Estado
 from pedidos.events import (
     FAILED,
     FINISHED,
@@ -18,26 +17,20 @@ from pedidos.events import (
     RETRIED,
     RETRYING,
     STARTED,
-    WORKER_DIED,
     WORKER_IDLE,
-    WORKER_STARTED,
     Event,
     EventBus,
 )
-from pedidos.logsetup import Repeating
 from pedidos.processing.deadlines import Deadlines
 from pedidos.processing.dispatch import Dispatcher
+from pedidos.processing.handback import HandBack
 from pedidos.processing.pool import STOP_POLL_S, WorkerPool
 from pedidos.processing.worker import CLAIMED, DONE, Report, WorkerConfig
 from pedidos.processing.worker import FAILED as FAILED_ATTEMPT
 from pedidos.storage.base import Claim, Storage
-from pedidos.storage.lease import FENCED_EXIT
 from pedidos.wording import count
 
 logger = logging.getLogger(__name__)
-# The database away: a dead worker's hand-back is retried once a second, and
-# logged once per REPEAT_S (logsetup.py), not once per try for the whole outage.
-_UNREACHABLE = Repeating(logger)
 
 SWEEP_S = 2.0
 BATCH_CHUNK = 1000  # ids per chunk at most when orders take no time
@@ -46,14 +39,13 @@ BATCH_CHUNK = 1000  # ids per chunk at most when orders take no time
 # worker two commits. Measured with `python3 -m pedidos.bench --only intake,e2e`:
 # the server's helper threads from 12% to 5% of a core, the workers from 28% to 18%.
 GATHER_S = 0.01
-RETRY_S = 1.0
 # A stop hands back what the workers it had to kill held: one quick write, but
 # a database that hangs (a writer stuck in fsync on a dead disk) would hold the
 # stop for ever. Past this the next start takes those orders up, as after a crash.
 HAND_BACK_S = 5.0
 
 
-class Processing:
+class Processing(HandBack):
     def __init__(
         self,
         workers: int,
@@ -220,15 +212,6 @@ class Processing:
                 else:  # nothing listo, yet the worker is free: the panel must hear it
                     self._bus.publish(Event(WORKER_IDLE, (), report.worker))
 
-    def _on_death(self, number: int, exitcode: int | None) -> None:
-        # Also once the stop began (the monitor saw the death just before it
-        # stopped): what it held is handed back; `_replace` starts no worker then.
-        if self._killing:
-            return
-        task = self._loop.create_task(self._replace(number, exitcode))
-        self._replacing.add(task)
-        task.add_done_callback(self._replacing.discard)
-
     def _failed_attempt(self, ids: tuple[int, ...], worker: int, retry_at: str | None) -> None:
         """A task failed on `ids`: `fallido` now (retry_at None), or wanted
         again at `retry_at`; the dispatcher hears of them only then."""
@@ -246,112 +229,3 @@ class Processing:
 
         handle = self._loop.call_later(max(0.0, wait), due)
         self._retries.add(handle)
-
-    def _on_overtime(self, worker: int, claim: Claim) -> None:
-        # Also during a stop: the pool's stop then sees the death, and
-        # `_replace` records the failure (and starts no worker).
-        if self._killing:
-            return
-        if self._stopping and self.pool.exited(worker):
-            # It finished its call in time and left: reports are no longer
-            # read during a stop, so its deadline was never ended.
-            return
-        logger.warning(
-            "worker %d: order %s ran over the task time limit (%g s); stopping the worker",
-            worker,
-            ",".join(map(str, claim.ids)),
-            self._deadlines.limit_s,  # type: ignore[union-attr]
-        )
-        self.pool.kill(worker)
-
-    async def _fail_overtime(self, claim: Claim) -> int:
-        """The orders of a worker killed over the time limit: a failed attempt
-        each (not a crash), retried or `fallido` as the retry policy says.
-        Returns how many were still its to fail."""
-        limit = self._deadlines.limit_s  # type: ignore[union-attr]
-        error = f"TiempoAgotado: la tarea pasó de {limit:g} s y se detuvo su worker"
-        failed = 0
-        for order_id in claim.ids:
-            while True:
-                try:
-                    order = await self._storage.get(order_id)
-                    fallos = order["fallos"] if order is not None else 0
-                    retry_at = self._retry.retry_at(fallos + 1)
-                    one = Claim(claim.worker, claim.at, (order_id,))
-                    changed = await self._storage.fail(one, error, retry_at)
-                    break
-                except Exception as exc:
-                    _UNREACHABLE.error(
-                        "could not record the time limit of order %d: %s",
-                        order_id,
-                        exc,
-                        key=("limit", order_id),
-                    )
-                    await asyncio.sleep(RETRY_S)
-            if changed:
-                failed += 1
-                self._failed_attempt((order_id,), claim.worker, retry_at)
-        return failed
-
-    def _fenced(self, number: int, exitcode: int | None) -> bool:
-        """Whether worker `number`, ended with `exitcode`, was stopped by its
-        node's lease: its status says so and so does its mark in the lease (a
-        task's own os._exit(FENCED_EXIT) leaves none)."""
-        lease = self._storage.lease
-        marked = lease is not None and lease.fenced(number)  # read always: the mark is cleared
-        return marked and exitcode == FENCED_EXIT
-
-    def _handed_back(self, number: int, changed: list[tuple[int, Estado]], how: str, over: int = 0) -> None:
-        """Say what a dead worker's orders became: a log line and the events.
-        `over`: failed attempts recorded for a call stopped at its time limit
-        (before the hand-back, which then finds those orders no longer its)."""
-        requeued = tuple(i for i, estado in changed if estado == Estado.PENDIENTE)
-        failed = tuple(i for i, estado in changed if estado == Estado.FALLIDO)
-        recorded = f"{count(over, 'failed attempt')} recorded, " if over else ""
-        logger.warning(
-            "worker %d %s; %s%s handed back, %d failed",
-            number,
-            how,
-            recorded,
-            count(len(requeued), "order"),
-            len(failed),
-        )
-        self._bus.publish(Event(WORKER_DIED, requeued + failed, number))
-        if failed:
-            self._bus.publish(Event(FAILED, failed, number))
-        if requeued:
-            self._bus.publish(Event(REQUEUED, requeued, number))
-
-    async def _replace(self, number: int, exitcode: int | None) -> None:
-        """Hand back what the dead worker held, then start its replacement
-        (none once the stop began)."""
-        in_queue = self.dispatcher.worker_gone(number)
-        overtime = self._deadlines.overtime(number) if self._deadlines is not None else None
-        over = await self._fail_overtime(overtime) if overtime is not None else 0
-        # A worker stopped by its node's lease (lease.py) failed no attempt;
-        # if the node was reaped, the reaper counted one already.
-        fenced = self._fenced(number, exitcode)
-        while True:
-            try:
-                changed = await self._storage.hand_back(number, crashed=not fenced)
-                break
-            except Exception as exc:
-                _UNREACHABLE.error(
-                    "could not hand back the orders of worker %d: %s", number, exc, key=("hand back", number)
-                )
-                await asyncio.sleep(RETRY_S)
-        how = (
-            "stopped by its node's lease"
-            if fenced
-            else "stopped over the task time limit"
-            if overtime is not None
-            else "died while stopping"
-            if self._stopping
-            else "died"
-        )
-        self._handed_back(number, changed, f"{how} (exit code {exitcode})", over)
-        if not self._stopping:
-            self.dispatcher.add(in_queue)
-            self.pool.spawn(number)
-            self.dispatcher.worker_ready(number)
-            self._bus.publish(Event(WORKER_STARTED, (), number))
