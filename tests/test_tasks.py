@@ -768,24 +768,32 @@ def test_a_call_claimed_as_the_stop_began_is_still_stopped_at_the_limit(tmp_path
     env = {**task_env(tmp_path), "PEDIDOS_TEST_BUSY_TIMEOUT_MS": "60000"}
     with running_server(tmp_path, *args, db=db, env=env) as server:
         worker = int(re.findall(r"worker 1 started \(pid (\d+)\)", server.log)[-1])
-        with Client("127.0.0.1", server.port, timeout=30) as c:
-            assert c.wait(c.submit("devuelve", ["pan"], "Calle 1").id, timeout=20).estado == "listo"
-            os.kill(worker, signal.SIGSTOP)
-            try:
-                order_id = c.submit("cuelga-una-vez", ["pan"], "Calle 1").id
-                wait_for(lambda: queued_bytes(worker) > 0, timeout=10)
-            finally:
-                os.kill(worker, signal.SIGCONT)
         other = sqlite3.connect(db, isolation_level=None)
         try:
-            other.execute("BEGIN IMMEDIATE")
+            with Client("127.0.0.1", server.port, timeout=30) as c:
+                assert c.wait(c.submit("devuelve", ["pan"], "Calle 1").id, timeout=20).estado == "listo"
+                os.kill(worker, signal.SIGSTOP)
+                try:
+                    order_id = c.submit("cuelga-una-vez", ["pan"], "Calle 1").id
+                    wait_for(lambda: queued_bytes(worker) > 0, timeout=10)
+                    # Taken before the worker runs again: its claim waits for it.
+                    other.execute("BEGIN IMMEDIATE")
+                finally:
+                    os.kill(worker, signal.SIGCONT)
             wait_for(lambda: queued_bytes(worker) == 0, timeout=10)  # read: it claims now
-            time.sleep(0.2)  # past its look at the stop flag, into the claim
+            # Past its look at the stop flag, into the claim: asleep in SQLite's
+            # busy handler (waiting for its queue, it would be in poll or futex).
+            wchan = Path(f"/proc/{worker}/wchan")
+            wait_for(lambda: wchan.read_text() == "hrtimer_nanosleep", timeout=10, interval=0.01)
             began = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
             wait_for(lambda: "waiting for 1 worker" in server.log, timeout=10)
+            # The stop's wake-up in its queue: the pool's monitor has stopped, so
+            # the claim's report, once the lock goes, comes after it.
+            wait_for(lambda: queued_bytes(worker) > 0, timeout=10)
         finally:
-            other.execute("ROLLBACK")
+            if other.in_transaction:
+                other.execute("ROLLBACK")
             other.close()
         assert server.proc.wait(30) == 0, server.log
         took = time.monotonic() - began
