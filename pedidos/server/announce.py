@@ -53,7 +53,7 @@ def _work(config: ServerConfig) -> str:
     if config.task is None:
         return "work time " + "-".join(f"{t:g}" for t in sorted(set(config.work_time))) + " s"
     limit = f", limit {config.task_limit:g} s" if config.task_limit else ""
-    return f"task {config.task} ({config.retries} retries{limit})"
+    return f"task {config.task} ({count(config.retries, 'retry', 'retries')}{limit})"
 
 
 def log_recovery(recovery: Recovery) -> None:
