@@ -62,8 +62,9 @@ class HandBack:
         if self._killing:
             return
         if self._stopping and self.pool.exited(worker):
-            # It finished its call in time and left: reports are no longer
-            # read during a stop, so its deadline was never ended.
+            # It finished its call in time and left: during a stop its report
+            # is read by the pool's stop, in slices, and may not have ended
+            # the deadline yet.
             return
         logger.warning(
             "worker %d: order %s ran over the task time limit (%g s); stopping the worker",

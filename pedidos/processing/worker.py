@@ -134,10 +134,9 @@ def worker_main(
                 continue  # a wake-up: `stop` tells whether to go on
             if stop.value:
                 # Queued before the stop began, read after it: not in hand, so
-                # not begun; it stays `pendiente` for the next start. Claimed
-                # now, no one would hear of it (the server no longer reads the
-                # reports): its call would run with no --limite-tarea, and hold
-                # the stop up to its timeout.
+                # not begun (a stop lets a worker finish the order it has, not
+                # start another, which could hold the stop up to its timeout);
+                # it stays `pendiente` for the next start.
                 return
             _process(number, chunk, config, store, events, server_pid, runner)
     except (BrokenPipeError, EOFError, ServerGone):
