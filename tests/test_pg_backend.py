@@ -505,17 +505,19 @@ def test_a_node_starting_on_a_current_schema_locks_no_table(pg_url):
     run(scenario())
     # A database missing a column the migration adds gets it, at the next start.
     rows_exec(pg_url, "ALTER TABLE pedidos DROP COLUMN reintentar_despues")
+    rows_exec(pg_url, "ALTER TABLE nodos DROP COLUMN ajustes")
 
     async def again():
         storage = await started(pg_url, "c")
         await storage.stop()
 
     run(again())
-    assert rows(
-        pg_url,
-        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'pedidos'::regclass "
-        "AND attname = 'reintentar_despues' AND NOT attisdropped",
-    ) == [(1,)]
+    for table, column in (("pedidos", "reintentar_despues"), ("nodos", "ajustes")):
+        assert rows(
+            pg_url,
+            f"SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass "
+            f"AND attname = '{column}' AND NOT attisdropped",
+        ) == [(1,)]
 
 
 def test_a_start_that_must_wait_to_change_the_schema_does_not_hold_up_other_nodes(pg_url, caplog):

@@ -10,14 +10,21 @@ import sys
 import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 from conftest import SERVIDOR, LineClient, ServerProcess, running_server, wait_for
 from pgcluster import with_options
 from stallproxy import StallProxy
 
 from pedidos.server.cli import build_parser
+
+
+def db_rows(url: str, query: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query).fetchall()
 
 
 def with_password(url: str, password: str) -> str:
@@ -67,6 +74,47 @@ def test_a_second_live_node_with_a_taken_name_refuses_to_start(pg_url, tmp_path)
         second._reader.join(5)
     errors = [line for line in second.lines if " ERROR " in line]
     assert len(errors) == 1 and "tienda-1" in errors[0] and "taken" in errors[0], second.log
+
+
+def _refused(pg_url, tmp_path, *args: str, env: dict[str, str] | None = None) -> str:
+    """The one ERROR line of a node that must refuse to start (exit 1)."""
+    node = ServerProcess(["--port", "0", *args], pg_url, tmp_path, env)  # type: ignore[arg-type]
+    try:
+        assert node.proc.wait(30) == 1, node.log
+    finally:
+        node.kill()
+    node._reader.join(5)
+    errors = [line for line in node.lines if " ERROR " in line]
+    assert len(errors) == 1, node.log
+    return errors[0]
+
+
+def test_a_node_whose_processing_differs_from_a_live_nodes_refuses_to_start(pg_url, tmp_path):
+    # Any node's workers take any pending order: a node without the others'
+    # --tarea would mark `listo` orders the task never ran.
+    env = {"PYTHONPATH": str(Path(__file__).parent), "PEDIDOS_PRUEBA_DIR": str(tmp_path)}
+    task = ("--tarea", "tareas_prueba:devuelve", "--reintentos", "2")
+    with running_server(tmp_path, "--nodo", "A", *task, db=pg_url, env=env):  # type: ignore[arg-type]
+        error = _refused(pg_url, tmp_path, "--nodo", "B", "--work-time", "0")
+        assert "'A'" in error
+        assert "runs with --tarea tareas_prueba:devuelve; this one with no --tarea" in error
+        other = ("--limite-tarea", "5", "--sin-notify")
+        error = _refused(pg_url, tmp_path, "--nodo", "B", *task, *other, env=env)
+        said = "runs with no --limite-tarea, no --sin-notify; this one with --limite-tarea 5, --sin-notify"
+        assert said in error
+        assert db_rows(pg_url, "SELECT nodo FROM nodos ORDER BY nodo") == [("A",)]  # B left no row
+        with running_server(tmp_path, "--nodo", "B", *task, db=pg_url, env=env) as b:  # the same: it joins
+            assert "ready" in b.log and " WARNING " not in b.log, b.log
+        # Options that change only how soon an order is seen: it joins, and says so.
+        with running_server(tmp_path, "--nodo", "C", *task, "--sin-notify", db=pg_url, env=env) as c:
+            warned = [line for line in c.lines if " WARNING " in line]
+            assert len(warned) == 1 and "'A'" in warned[0], c.log
+            assert "runs with no --sin-notify; this one with --sin-notify" in warned[0]
+    # A node of a version that published no options is not compared.
+    with running_server(tmp_path, "--nodo", "A", "--work-time", "0", db=pg_url) as a:  # type: ignore[arg-type]
+        db_rows(pg_url, "UPDATE nodos SET ajustes = NULL WHERE nodo = 'A' RETURNING 1")
+        with running_server(tmp_path, "--nodo", "B", *task, db=pg_url, env=env):  # type: ignore[arg-type]
+            assert "ready" in a.log
 
 
 def test_the_password_is_never_logged(pg_url, tmp_path, dead_port):

@@ -51,7 +51,7 @@ def announce_ready(
 def _work(config: ServerConfig) -> str:
     """What a worker does with an order, for the ready line."""
     if config.task is None:
-        return "work time " + "-".join(f"{t:g}" for t in sorted(set(config.work_time))) + " s"
+        return f"work time {config.processing_options()['--work-time']} s"
     limit = f", limit {config.task_limit:g} s" if config.task_limit else ""
     return f"task {config.task} ({count(config.retries, 'retry', 'retries')}{limit})"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from pedidos.domain import DEFAULT_LEASE_S, DEFAULT_PORT, DEFAULT_RETRIES
 from pedidos.panel import PANEL_HOST
@@ -44,3 +45,17 @@ class ServerConfig:
     backoff: float = DEFAULT_BACKOFF_S  # the first retry's wait (tests make it short)
     panel_port: int | None = None  # `--panel`; None: no panel, nothing of pedidos/panel/web imported
     panel_host: str = PANEL_HOST  # `--panel-host`
+
+    def processing_options(self) -> dict[str, Any]:
+        """How this server processes orders, as its command line says it: what every
+        node of one database must agree on ({option: value as typed, None when not
+        given, True for a flag}; the options that apply, `--work-time` only without
+        `--tarea`)."""
+        options: dict[str, Any] = {"--tarea": self.task}
+        if self.task is None:
+            options["--work-time"] = "-".join(f"{t:g}" for t in sorted(set(self.work_time)))
+        else:
+            options["--reintentos"] = self.retries
+            options["--limite-tarea"] = None if self.task_limit is None else f"{self.task_limit:g}"
+        options["--sin-notify"] = None if self.hints else True
+        return options

@@ -240,6 +240,7 @@ class Server:
             on_done=lambda ids: bus.publish(Event(ELSEWHERE, ids or ())),
             on_handed_back=handed_back,
             figures=figures,
+            ajustes=config.processing_options(),
         )
 
     # --- stop -----------------------------------------------------------------------

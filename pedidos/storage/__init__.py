@@ -71,6 +71,9 @@ class Cluster:
     on_handed_back: Callable[[list[tuple[int, str]]], None] = lambda moved: None
     # (workers alive, open connections) of this node, published with its lease.
     figures: Callable[[], tuple[int, int]] = field(default=lambda: (0, 0))
+    # Its processing options, which every live node's must equal ({option as
+    # typed: value as typed, None when not given, True for a flag}); None: not checked.
+    ajustes: dict[str, Any] | None = None
 
 
 def open_storage(
@@ -105,6 +108,7 @@ def open_storage(
             on_done=cluster.on_done,
             on_handed_back=cluster.on_handed_back,
             figures=cluster.figures,
+            ajustes=cluster.ajustes,
         )
     from pedidos.storage.sqlite.backend import SqliteStorage
 

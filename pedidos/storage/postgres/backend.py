@@ -50,7 +50,7 @@ from pedidos.storage.postgres.link import (
     one_line,
 )
 from pedidos.storage.postgres.listen import Listener
-from pedidos.storage.postgres.nodes import NameTaken, Nodes
+from pedidos.storage.postgres.nodes import CannotJoin, Nodes
 from pedidos.storage.postgres.rows import iso, order, storable_text
 from pedidos.storage.postgres.schema import migrate, privilege_advice
 from pedidos.storage.postgres.settings import conninfo, session, shown
@@ -96,12 +96,14 @@ class PostgresStorage:
         on_new: Callable[[], None] = lambda: None,
         on_handed_back: Callable[[list[tuple[int, str]]], None] = lambda moved: None,
         figures: Callable[[], tuple[int, int]] = lambda: (0, 0),
+        ajustes: dict[str, Any] | None = None,
     ) -> None:
         """`on_stored(ids)`: new orders committed here; `on_commit(seconds)`:
         each batch's commit time; `on_new()`: maybe new
         orders elsewhere; `on_done(ids)`: orders reached a final state
         elsewhere (None: maybe any); `on_handed_back`: orders of dead nodes
-        put back; `figures()`: (workers, connections) of this node."""
+        put back; `figures()`: (workers, connections) of this node;
+        `ajustes`: its processing options, which the live nodes' must equal."""
         self.url = url
         self.shown = shown(url)
         self.hints = hints
@@ -118,7 +120,9 @@ class PostgresStorage:
         self.intake.on_commit = on_commit
         self._on_done = on_done
         self._on_handed_back = on_handed_back
-        self.nodes = Nodes(self._main, self._lease_link, self.health, nodo, lease, figures, self._handed_back)
+        self.nodes = Nodes(
+            self._main, self._lease_link, self.health, nodo, lease, figures, self._handed_back, ajustes
+        )
         self.listener = Listener(self._info, on_new, on_done) if hints else None
 
     @property
@@ -148,7 +152,7 @@ class PostgresStorage:
             # Renewing from here: the recovery below may wait on a lock.
             self.nodes.start()
             recovered = await self._while_busy(lambda: self.nodes.hand_back(None, crashed=True))
-        except NameTaken as exc:
+        except CannotJoin as exc:
             await self._close()
             raise StorageError(str(exc)) from None
         except (psycopg.Error, OSError, DatabaseUnavailable) as exc:

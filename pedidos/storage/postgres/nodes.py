@@ -13,6 +13,8 @@ not declare the others dead before they have had a chance to renew.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import secrets
@@ -73,8 +75,41 @@ def check_interval(lease: float) -> float:
     return _per_lease(lease) / CHECKS_PER_RENEWAL
 
 
-class NameTaken(Exception):
+class CannotJoin(Exception):
+    """This node may not join the live ones; the message says why."""
+
+
+class NameTaken(CannotJoin):
     """Another live node has this name."""
+
+
+class SettingsDiffer(CannotJoin):
+    """Another live node processes orders with other options. Any node's workers
+    take any pending order: a node without the others' `--tarea` would mark
+    `listo` orders the task never ran."""
+
+
+def _option(name: str, value: Any) -> str:
+    if value is None:
+        return f"no {name}"
+    return name if value is True else f"{name} {value}"
+
+
+# The options a node refuses to start beside a live node that differs in them:
+# any node's workers take any pending order, so these decide what becomes of it
+# (a node without the others' `--tarea` would mark `listo` orders the task never
+# ran). The others (`--work-time`, `--sin-notify`) only change how soon: a
+# warning. The benchmark runs a node with `--sin-notify` beside one without.
+REQUIRED = frozenset({"--tarea", "--reintentos", "--limite-tarea"})
+
+
+def differences(mine: dict[str, Any], theirs: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(option, theirs, mine), as typed, for each option the two nodes disagree on;
+    of the options both have, if any differ (an option that applies to one node
+    alone, `--work-time` without `--tarea`, follows from one that both have)."""
+    both = [n for n in mine if n in theirs and mine[n] != theirs[n]]
+    names = both or [n for n in {**theirs, **mine} if mine.get(n) != theirs.get(n)]
+    return [(n, _option(n, theirs.get(n)), _option(n, mine.get(n))) for n in names]
 
 
 class Nodes:
@@ -87,11 +122,15 @@ class Nodes:
         lease: float,
         figures: Callable[[], tuple[int, int]],
         on_handed_back: Callable[[list[tuple[int, str]]], None],
+        ajustes: dict[str, Any] | None = None,
     ) -> None:
         """`lease_link`: for the renewals alone (see backend.py); `figures()`:
         (workers alive, connections) of this node, published with each renewal;
-        `on_handed_back`: orders taken from dead nodes."""
+        `on_handed_back`: orders taken from dead nodes; `ajustes`: this node's
+        processing options ({option: value as typed, None when not given, True
+        for a flag}), which every live node's must equal (None: not compared)."""
         self.nodo = nodo
+        self.ajustes = ajustes
         self.lease = lease
         self.token = secrets.token_hex(16)
         self.host = socket.gethostname()
@@ -111,9 +150,51 @@ class Nodes:
         self.shared = NodeLease(lease)  # until when this node's workers may work (lease.py)
 
     async def register(self) -> None:
-        """Take this node's name, or raise `NameTaken`. A row of a dead process
-        of this very host (a node killed and started again within its lease)
-        is taken over at once rather than after the lease."""
+        """Take this node's name and check that the live nodes process orders as
+        this one would, or raise `CannotJoin` (holding no name). A row of a dead
+        process of this very host (a node killed and started again within its
+        lease) is taken over at once rather than after the lease."""
+        await self._take_name()
+        try:
+            await self._check_settings()
+        except BaseException:
+            with contextlib.suppress(Exception):  # else its lease runs out, as after a crash
+                async with self._link.use() as conn:
+                    await conn.execute(sql.LEAVE, (self.nodo, self.token))
+            self._joined = False
+            raise
+
+    async def _check_settings(self) -> None:
+        """Checked after taking the name: two nodes started at once with other
+        options each see the other's row, and both refuse, never both start."""
+        if self.ajustes is None:
+            return
+        async with self._link.use() as conn:
+            others = await (await conn.execute(sql.OTHERS_AJUSTES, (self.nodo,))).fetchall()
+        for nodo, host, pid, text in others:
+            try:
+                theirs = json.loads(text)
+            except ValueError:
+                continue  # not ours to read: written by another program
+            differ = differences(self.ajustes, theirs) if isinstance(theirs, dict) else []
+            if not differ:
+                continue
+            said = (
+                f"the live node {nodo!r} ({host}, pid {pid}) runs with {', '.join(t for _, t, _ in differ)}; "
+                f"this one with {', '.join(m for _, _, m in differ)}"
+            )
+            if any(name in REQUIRED for name, _, _ in differ):
+                raise SettingsDiffer(
+                    f"{said}. Every node of one database must run with the same --tarea, --reintentos "
+                    "and --limite-tarea: any node's workers take any pending order"
+                )
+            logger.warning(
+                "%s: each node's workers keep their own --work-time, and a node with --sin-notify "
+                "leaves an esperar on the others for its orders to their poll (up to 2 s)",
+                said,
+            )
+
+    async def _take_name(self) -> None:
         if await self._try_register(-1):
             return
         async with self._link.use() as conn:
@@ -136,6 +217,7 @@ class Nodes:
             "token": self.token,
             "lease": self.lease,
             "stale_pid": stale_pid,
+            "ajustes": None if self.ajustes is None else json.dumps(self.ajustes, sort_keys=True),
         }
         sent = shared_lease.now()
         async with self._link.use() as conn:
@@ -280,7 +362,7 @@ class Nodes:
         dead): our orders were handed back already; take the name again."""
         try:
             await self.register()
-        except NameTaken as exc:
+        except CannotJoin as exc:
             if self._registered:
                 logger.error("this node was declared dead and %s; it takes no new work", exc)
             self._registered = False

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS nodos (
     visto      timestamptz NOT NULL,
     vence      timestamptz NOT NULL,
     workers    integer     NOT NULL DEFAULT 0,
-    conexiones integer     NOT NULL DEFAULT 0
+    conexiones integer     NOT NULL DEFAULT 0,
+    ajustes    text        -- the node's processing options (JSON); all live nodes' must agree
 );
 """
 # Tasks (contract section 11), added to a database made before them: what the
@@ -72,11 +73,13 @@ ALTER TABLE pedidos
     ADD COLUMN IF NOT EXISTS fallos             integer NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS resultado          jsonb,
     ADD COLUMN IF NOT EXISTS error              text,
-    ADD COLUMN IF NOT EXISTS reintentar_despues timestamptz
+    ADD COLUMN IF NOT EXISTS reintentar_despues timestamptz;
+ALTER TABLE nodos ADD COLUMN IF NOT EXISTS ajustes text
 """
 
-# Whether everything SCHEMA and MIGRATE make is there (the last column MIGRATE
-# adds stands for the rest), read from the catalogs without locking a table.
+# Whether everything SCHEMA and MIGRATE make is there (the last column each
+# ALTER of MIGRATE adds stands for the rest), read from the catalogs without
+# locking a table.
 SCHEMA_CURRENT = """
 SELECT to_regclass('nodos') IS NOT NULL
    AND to_regclass('pedidos_pendientes') IS NOT NULL
@@ -89,6 +92,8 @@ SELECT to_regclass('nodos') IS NOT NULL
    AND EXISTS (SELECT 1 FROM pg_attribute
                WHERE attrelid = to_regclass('pedidos') AND attname = 'reintentar_despues'
                  AND NOT attisdropped)
+   AND EXISTS (SELECT 1 FROM pg_attribute
+               WHERE attrelid = to_regclass('nodos') AND attname = 'ajustes' AND NOT attisdropped)
 """
 
 

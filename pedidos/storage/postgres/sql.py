@@ -249,16 +249,23 @@ _LEASE = "clock_timestamp() + make_interval(secs => %(lease)s)"
 # Take the name unless a live node holds it; a row whose lease ran out, ours
 # (same token), or a dead process of this same host (by pid) may be replaced.
 REGISTER = f"""
-INSERT INTO nodos AS n (nodo, host, pid, token, iniciado, visto, vence, workers, conexiones)
-VALUES (%(nodo)s, %(host)s, %(pid)s, %(token)s, clock_timestamp(), clock_timestamp(), {_LEASE}, 0, 0)
+INSERT INTO nodos AS n (nodo, host, pid, token, iniciado, visto, vence, workers, conexiones, ajustes)
+VALUES (%(nodo)s, %(host)s, %(pid)s, %(token)s, clock_timestamp(), clock_timestamp(), {_LEASE}, 0, 0,
+        %(ajustes)s)
 ON CONFLICT (nodo) DO UPDATE SET
     host = EXCLUDED.host, pid = EXCLUDED.pid, token = EXCLUDED.token,
-    iniciado = EXCLUDED.iniciado, visto = EXCLUDED.visto, vence = EXCLUDED.vence
+    iniciado = EXCLUDED.iniciado, visto = EXCLUDED.visto, vence = EXCLUDED.vence,
+    ajustes = EXCLUDED.ajustes
 WHERE n.vence < clock_timestamp() OR n.token = EXCLUDED.token
    OR (n.host = EXCLUDED.host AND n.pid = %(stale_pid)s)
 RETURNING n.token
 """
 HOLDER = "SELECT host, pid, vence > clock_timestamp() FROM nodos WHERE nodo = %s"
+# The other live nodes' processing options (NULL: a node of a version that did not publish them).
+OTHERS_AJUSTES = """
+SELECT nodo, host, pid, ajustes FROM nodos
+WHERE nodo <> %s AND vence > clock_timestamp() AND ajustes IS NOT NULL ORDER BY nodo
+"""
 RENEW = f"""
 UPDATE nodos SET visto = clock_timestamp(), vence = {_LEASE},
     workers = %(workers)s, conexiones = %(conexiones)s
