@@ -4,6 +4,7 @@ driver missing, the password kept out of every log, polling without NOTIFY."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pgcluster import with_options
 from stallproxy import StallProxy
 
 from pedidos.server.cli import build_parser
+from pedidos.storage.postgres import agreement
 
 
 def db_rows(url: str, query: str) -> list[tuple]:
@@ -115,6 +117,15 @@ def test_a_node_whose_processing_differs_from_a_live_nodes_refuses_to_start(pg_u
         db_rows(pg_url, "UPDATE nodos SET ajustes = NULL WHERE nodo = 'A' RETURNING 1")
         with running_server(tmp_path, "--nodo", "B", *task, db=pg_url, env=env):  # type: ignore[arg-type]
             assert "ready" in a.log
+
+
+def test_options_another_program_wrote_into_nodos_are_not_compared():
+    mine = {"--tarea": None, "--work-time": "0", "--sin-notify": None}
+    others = [("X", "h", 1, "not json"), ("Y", "h", 2, "[1, 2]"), ("Z", "h", 3, json.dumps(mine))]
+    assert agreement.compare(mine, others) == []
+    theirs = {"--tarea": "m:f", "--reintentos": 3, "--limite-tarea": None, "--sin-notify": None}
+    with pytest.raises(agreement.SettingsDiffer, match=r"runs with --tarea m:f; this one with no --tarea\."):
+        agreement.compare(mine, [("W", "h", 4, json.dumps(theirs))])
 
 
 def test_the_password_is_never_logged(pg_url, tmp_path, dead_port):

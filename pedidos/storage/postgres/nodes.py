@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -31,7 +30,7 @@ from pedidos.domain import CRASH_ERROR, MAX_ATTEMPTS, Estado
 from pedidos.logsetup import Repeating
 from pedidos.storage import lease as shared_lease
 from pedidos.storage.lease import NodeLease
-from pedidos.storage.postgres import sql
+from pedidos.storage.postgres import agreement, sql
 from pedidos.storage.postgres.link import DatabaseUnavailable, Health, Link, one_line
 from pedidos.wording import count
 
@@ -81,35 +80,6 @@ class CannotJoin(Exception):
 
 class NameTaken(CannotJoin):
     """Another live node has this name."""
-
-
-class SettingsDiffer(CannotJoin):
-    """Another live node processes orders with other options. Any node's workers
-    take any pending order: a node without the others' `--tarea` would mark
-    `listo` orders the task never ran."""
-
-
-def _option(name: str, value: Any) -> str:
-    if value is None:
-        return f"no {name}"
-    return name if value is True else f"{name} {value}"
-
-
-# The options a node refuses to start beside a live node that differs in them:
-# any node's workers take any pending order, so these decide what becomes of it
-# (a node without the others' `--tarea` would mark `listo` orders the task never
-# ran). The others (`--work-time`, `--sin-notify`) only change how soon: a
-# warning. The benchmark runs a node with `--sin-notify` beside one without.
-REQUIRED = frozenset({"--tarea", "--reintentos", "--limite-tarea"})
-
-
-def differences(mine: dict[str, Any], theirs: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(option, theirs, mine), as typed, for each option the two nodes disagree on;
-    of the options both have, if any differ (an option that applies to one node
-    alone, `--work-time` without `--tarea`, follows from one that both have)."""
-    both = [n for n in mine if n in theirs and mine[n] != theirs[n]]
-    names = both or [n for n in {**theirs, **mine} if mine.get(n) != theirs.get(n)]
-    return [(n, _option(n, theirs.get(n)), _option(n, mine.get(n))) for n in names]
 
 
 class Nodes:
@@ -171,28 +141,11 @@ class Nodes:
             return
         async with self._link.use() as conn:
             others = await (await conn.execute(sql.OTHERS_AJUSTES, (self.nodo,))).fetchall()
-        for nodo, host, pid, text in others:
-            try:
-                theirs = json.loads(text)
-            except ValueError:
-                continue  # not ours to read: written by another program
-            differ = differences(self.ajustes, theirs) if isinstance(theirs, dict) else []
-            if not differ:
-                continue
-            said = (
-                f"the live node {nodo!r} ({host}, pid {pid}) runs with {', '.join(t for _, t, _ in differ)}; "
-                f"this one with {', '.join(m for _, _, m in differ)}"
-            )
-            if any(name in REQUIRED for name, _, _ in differ):
-                raise SettingsDiffer(
-                    f"{said}. Every node of one database must run with the same --tarea, --reintentos "
-                    "and --limite-tarea: any node's workers take any pending order"
-                )
-            logger.warning(
-                "%s: each node's workers keep their own --work-time, and a node with --sin-notify "
-                "leaves an esperar on the others for its orders to their poll (up to 2 s)",
-                said,
-            )
+        try:
+            for warning in agreement.compare(self.ajustes, others):
+                logger.warning("%s", warning)
+        except agreement.SettingsDiffer as exc:
+            raise CannotJoin(str(exc)) from None
 
     async def _take_name(self) -> None:
         if await self._try_register(-1):
@@ -217,7 +170,7 @@ class Nodes:
             "token": self.token,
             "lease": self.lease,
             "stale_pid": stale_pid,
-            "ajustes": None if self.ajustes is None else json.dumps(self.ajustes, sort_keys=True),
+            "ajustes": agreement.published(self.ajustes),
         }
         sent = shared_lease.now()
         async with self._link.use() as conn:
