@@ -506,6 +506,23 @@ def test_a_task_module_that_raises_at_import_is_named_with_its_line(tmp_path):
 @pytest.mark.parametrize(
     "source, words",
     [
+        (None, ["ModuleNotFoundError: No module named 'sin_modulo'"]),
+        ("def f(pedido):\n    return (\n", ["SyntaxError: '(' was never closed", "sin_modulo.py, line 2"]),
+    ],
+)
+def test_a_module_not_found_or_not_parsed_is_not_placed_in_the_import_machinery(tmp_path, source, words):
+    # Said "(at .../importlib/__init__.py, line 126)": Python's file, not the user's.
+    if source is not None:
+        (tmp_path / "sin_modulo.py").write_text(source)
+    run = start_with_task(tmp_path, "sin_modulo:f")
+    lines = error_lines(run)
+    assert run.returncode == 2 and len(lines) == 1, lines
+    assert all(word in lines[0] for word in words) and "importlib" not in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "source, words",
+    [
         ("import os\nos._exit(0)\n", ["importing --tarea", "status 0"]),
         ("import ctypes\nctypes.string_at(0)\n", ["importing --tarea", "SIGSEGV"]),
     ],

@@ -72,6 +72,11 @@ def load_task(spec: str) -> Task:
     return target
 
 
+# Frames of the import machinery, never the user's: `importlib.import_module` is
+# where a module not found and a module that does not parse are raised from.
+_IMPORTLIB = os.path.dirname(importlib.__file__ or "") + os.sep
+
+
 def _raised_at(exc: BaseException) -> str:
     """Where the user's code raised `exc` while its module was imported:
     the innermost frame outside the import machinery and this file, which
@@ -80,7 +85,8 @@ def _raised_at(exc: BaseException) -> str:
     tb = exc.__traceback__
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith("<frozen") and filename != __file__:
+        machinery = filename.startswith(("<frozen", _IMPORTLIB))  # a module not found, a SyntaxError
+        if not machinery and filename != __file__:
             where = f" (at {filename}, line {tb.tb_lineno})"
         tb = tb.tb_next
     return where
