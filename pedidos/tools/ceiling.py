@@ -219,8 +219,14 @@ def _start(args: argparse.Namespace, tmp: Path, what: str, uvloop: bool, n: int)
 
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    # The databases and Redis's append-only files of every row and run: gigabytes
+    # after a few runs, deleted with the folder as the benchmark's are.
+    with tempfile.TemporaryDirectory(prefix="pedidos-ceiling-") as tmp:
+        return _run(args, Path(tmp))
+
+
+def _run(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, list[float]]]:
     figures: dict[str, dict[str, list[float]]] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="pedidos-ceiling-"))
     for n in range(args.runs):
         for name, what, uvloop in _rows():
             child, line, greets = _start(args, tmp, what, uvloop, n)
