@@ -16,6 +16,7 @@ import pytest
 from pgcluster import with_options
 
 from pedidos.storage.base import Claim, Recovery, StorageError
+from pedidos.storage.postgres import agreement
 from pedidos.storage.postgres.backend import PostgresStorage
 from pedidos.storage.postgres.hints import HINT_GAP_S
 from pedidos.storage.postgres.link import LOOK_S, DatabaseUnavailable, StatementCancelled
@@ -481,6 +482,49 @@ def test_new_order_hints_are_spaced_out_not_one_per_batch(pg_url):
         heard = list(listener.notifies(timeout=0.5))
     assert heard, "no hint for new orders"
     assert len(heard) <= took / HINT_GAP_S + 2, (len(heard), took)
+
+
+def test_a_node_refused_for_its_options_is_never_a_live_node_to_one_starting_meanwhile(pg_url, monkeypatch):
+    """B, with another task than the live A, is refused; C, with A's options,
+    starting while B compares, joins: a refused node was never a live node (it
+    once was, for as long as it compared, and C refused to start beside it)."""
+    same = {"--tarea": "m:f", "--reintentos": 3, "--limite-tarea": None, "--sin-notify": None}
+    other = {**same, "--tarea": "m:g"}
+    comparing = threading.Event()
+    compare = agreement.compare
+
+    def slow(mine, others):
+        if mine == other:
+            comparing.set()
+            time.sleep(1.5)  # in B's thread: C starts meanwhile
+        return compare(mine, others)
+
+    monkeypatch.setattr(agreement, "compare", slow)
+    refused: list[str] = []
+
+    def start_b() -> None:
+        async def b():
+            with pytest.raises(StorageError) as exc:
+                await started(pg_url, "B", ajustes=other)
+            refused.append(str(exc.value))
+
+        run(b())
+
+    async def main():
+        a = await started(pg_url, "A", ajustes=same)
+        b = threading.Thread(target=start_b)
+        b.start()
+        try:
+            assert await asyncio.to_thread(comparing.wait, 10)
+            c = await started(pg_url, "C", ajustes=same)
+            await c.stop()
+        finally:
+            await asyncio.to_thread(b.join, 20)
+            await a.stop()
+
+    run(main())
+    assert len(refused) == 1 and "'A'" in refused[0] and "--tarea m:g" in refused[0]
+    assert rows(pg_url, "SELECT nodo FROM nodos") == []
 
 
 def test_a_node_starting_on_a_current_schema_locks_no_table(pg_url):

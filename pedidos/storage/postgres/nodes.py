@@ -13,7 +13,6 @@ not declare the others dead before they have had a chance to renew.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -123,46 +122,51 @@ class Nodes:
         """Take this node's name and check that the live nodes process orders as
         this one would, or raise `CannotJoin` (holding no name). A row of a dead
         process of this very host (a node killed and started again within its
-        lease) is taken over at once rather than after the lease."""
-        await self._take_name()
-        try:
-            await self._check_settings()
-        except BaseException:
-            with contextlib.suppress(Exception):  # else its lease runs out, as after a crash
-                async with self._link.use() as conn:
-                    await conn.execute(sql.LEAVE, (self.nodo, self.token))
-            self._joined = False
-            raise
+        lease) is taken over at once rather than after the lease.
 
-    async def _check_settings(self) -> None:
-        """Checked after taking the name: two nodes started at once with other
-        options each see the other's row, and both refuse, never both start."""
+        One transaction, under an advisory lock, one starting node at a time: a
+        node that refuses is never seen by another (its row is rolled back; a
+        row committed, then deleted, once refused a node starting meanwhile with
+        the live nodes' own options), and of two started at once with other
+        options the second sees the first's row and refuses."""
+        async with self._link.use() as conn, conn.transaction():
+            await conn.execute(sql.JOIN_IDLE)
+            await conn.execute(sql.JOIN_LOCK)
+            sent = await self._take_name(conn)
+            await self._check_settings(conn)
+        self._joined = True
+        self.shared.renewed(sent)
+
+    async def _check_settings(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if self.ajustes is None:
             return
-        async with self._link.use() as conn:
-            others = await (await conn.execute(sql.OTHERS_AJUSTES, (self.nodo,))).fetchall()
+        others = await (await conn.execute(sql.OTHERS_AJUSTES, (self.nodo,))).fetchall()
         try:
-            for warning in agreement.compare(self.ajustes, others):
-                logger.warning("%s", warning)
+            warnings = agreement.compare(self.ajustes, others)
         except agreement.SettingsDiffer as exc:
             raise CannotJoin(str(exc)) from None
+        for warning in warnings:
+            logger.warning("%s", warning)
 
-    async def _take_name(self) -> None:
-        if await self._try_register(-1):
-            return
-        async with self._link.use() as conn:
-            row = await (await conn.execute(sql.HOLDER, (self.nodo,))).fetchone()
+    async def _take_name(self, conn: psycopg.AsyncConnection[Any]) -> float:
+        """The name, or `NameTaken`; when the registration was sent (shared_lease.now())."""
+        sent = await self._try_register(conn, -1)
+        if sent is not None:
+            return sent
+        row = await (await conn.execute(sql.HOLDER, (self.nodo,))).fetchone()
         if row is not None:
             host, pid, live = row
             stale = host == self.host and pid != os.getpid() and not _running(pid)
-            if stale and await self._try_register(pid):
-                return
+            if stale and (sent := await self._try_register(conn, pid)) is not None:
+                return sent
             if live:
                 raise NameTaken(f"the node name {self.nodo!r} is taken by a live node ({host}, pid {pid})")
-        if not await self._try_register(-1):
+        sent = await self._try_register(conn, -1)
+        if sent is None:
             raise NameTaken(f"the node name {self.nodo!r} is taken by a live node")
+        return sent
 
-    async def _try_register(self, stale_pid: int) -> bool:
+    async def _try_register(self, conn: psycopg.AsyncConnection[Any], stale_pid: int) -> float | None:
         params = {
             "nodo": self.nodo,
             "host": self.host,
@@ -173,12 +177,8 @@ class Nodes:
             "ajustes": agreement.published(self.ajustes),
         }
         sent = shared_lease.now()
-        async with self._link.use() as conn:
-            taken = await (await conn.execute(sql.REGISTER, params)).fetchone() is not None
-        if taken:
-            self._joined = True
-            self.shared.renewed(sent)
-        return taken
+        taken = await (await conn.execute(sql.REGISTER, params)).fetchone() is not None
+        return sent if taken else None
 
     async def hand_back(self, worker: int | None, crashed: bool) -> list[tuple[int, str]]:
         """This node's orders in process (of `worker`, or all) back to `pendiente`;
