@@ -23,6 +23,7 @@ ATTEMPTS = 5  # a migration PostgreSQL broke up as a deadlock is tried again, th
 LOCK_WAIT = "500ms"
 LOCK_AGAIN_S = 1.0
 SCHEMA_LOCK = 7_311_014_001  # advisory lock key: one node creates or migrates at a time
+# (7_311_014_002 is sql.JOIN_LOCK's: one node takes its name at a time)
 
 # fillfactor leaves room on each page so that a state change can stay on its
 # page (a HOT update, when no indexed column changes); the partial indexes

@@ -264,7 +264,7 @@ RETURNING n.token
 # (nodes.py: Nodes.register), the lock held until the transaction ends; a node
 # paused or cut off in the middle must not hold every other start up until
 # TCP gives its connection up (hours): its session ends after 5 s idle.
-JOIN_LOCK = "SELECT pg_advisory_xact_lock(7311014002)"
+JOIN_LOCK = "SELECT pg_advisory_xact_lock(7311014002)"  # next to schema.SCHEMA_LOCK's key
 JOIN_IDLE = "SET LOCAL idle_in_transaction_session_timeout = '5s'"
 HOLDER = "SELECT host, pid, vence > clock_timestamp() FROM nodos WHERE nodo = %s"
 # The other live nodes' processing options (NULL: a node of a version that did not publish them).
