@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import assert_nothing_left
+from conftest import assert_nothing_left, marked_processes
 
 from pedidos.tools.procs import Child
 from pedidos.tools.scenarios import LINE
@@ -65,18 +67,42 @@ def test_a_model_acks_only_orders_it_stored_and_refuses_a_bad_one(kind, tmp_path
     assert stored == [(i, order["cliente"], json.dumps(order["productos"]), "pendiente") for i in acked]
 
 
-def test_a_tiny_run_reports_every_row_beside_redis_and_leaves_nothing(tmp_path):
-    marker = f"ceiling-{uuid.uuid4()}"
-    tiny = ["--runs", "1", "--seconds", "0.3", "--warm", "0.1", "--quiet-wait", "0", "--connections", "5"]
-    tiny += ["--pipeline-conns", "2", "--depth", "5", "--load-procs", "1"]
-    run = subprocess.Popen(
-        [sys.executable, "-m", "pedidos.tools.ceiling", *tiny],
+def _ceiling(marker: str, tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pedidos.tools.ceiling", *args],
         cwd=ROOT,
         env={**os.environ, "PEDIDOS_BENCH_TEST": marker, "TMPDIR": str(tmp_path)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_ctrl_c_stops_the_servers_and_the_load_and_says_so_in_one_line(tmp_path):
+    marker = f"ceiling-{uuid.uuid4()}"
+    run = _ceiling(marker, tmp_path, "--seconds", "60", "--quiet-wait", "0", "--connections", "5")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if "loadgen" in " ".join(marked_processes(marker).values()):  # a load process
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"no load started: {marked_processes(marker)}")
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+        assert run.returncode == 130 and stderr.strip() == "ceiling: interrupted", stderr
+    finally:
+        run.kill()
+        assert_nothing_left(marker)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tiny_run_reports_every_row_beside_redis_and_leaves_nothing(tmp_path):
+    marker = f"ceiling-{uuid.uuid4()}"
+    tiny = ["--runs", "1", "--seconds", "0.3", "--warm", "0.1", "--quiet-wait", "0", "--connections", "5"]
+    tiny += ["--pipeline-conns", "2", "--depth", "5", "--load-procs", "1"]
+    run = _ceiling(marker, tmp_path, *tiny)
     try:
         stdout, stderr = run.communicate(timeout=180)
     finally:

@@ -41,6 +41,7 @@ from typing import Any
 from pedidos.server import rapido
 from pedidos.storage.sqlite.rows import SCHEMA
 from pedidos.tools import redis
+from pedidos.tools.load import BenchError
 from pedidos.tools.procs import Child
 from pedidos.tools.scenarios import LINE, measure, start_server, warm_up
 
@@ -151,7 +152,10 @@ class WriterModel(Model):
         self.pending.append(waiting)
 
     def committed(self) -> None:
-        self.got += os.read(self.up, 65536)
+        got = os.read(self.up, 65536)
+        if not got:  # the writer is gone: no ack can come, and a probe has nothing to recover
+            os._exit(1)
+        self.got += got
         whole = len(self.got) // COUNT.size * COUNT.size
         for (count,) in COUNT.iter_unpack(self.got[:whole]):
             for _ in range(count):
@@ -236,7 +240,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, list[float]
                     # Redis answers RESP, not {"ok": true}: its replies are counted, not checked.
                     result = measure(args, child, pipelined, line, greeting=greets, check=what != "redis")
                     if result["bad"] or result["lost"]:
-                        raise SystemExit(f"{name}: {result['bad']} bad replies, {result['lost']} lost")
+                        raise BenchError(f"{name}: {result['bad']} bad replies, {result['lost']} lost")
                     row = figures.setdefault(name, {})
                     row.setdefault(kind, []).append(result["rate"])
                     cpu = result["during"]["cpu"]
@@ -292,7 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     args.workers, args.db, args.verbose = 2, None, False  # what start_server reads
     if not redis.available():
         print("redis: skipped: redis-server not installed (apt-get install -y redis-server)", file=sys.stderr)
-    print(table(run(args)))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: every child is stopped
+    try:
+        print(table(run(args)))
+    except BenchError as exc:  # a server that did not start, replies that were not acks
+        print(f"ceiling: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ceiling: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
