@@ -100,6 +100,7 @@ def test_a_node_whose_processing_differs_from_a_live_nodes_refuses_to_start(pg_u
         error = _refused(pg_url, tmp_path, "--nodo", "B", "--work-time", "0")
         assert "'A'" in error
         assert "runs with --tarea tareas_prueba:devuelve; this one with no --tarea" in error
+        assert "last seen" in error and "stop every node to change them" in error
         other = ("--limite-tarea", "5", "--sin-notify")
         error = _refused(pg_url, tmp_path, "--nodo", "B", *task, *other, env=env)
         said = "runs with no --limite-tarea, no --sin-notify; this one with --limite-tarea 5, --sin-notify"
@@ -111,7 +112,9 @@ def test_a_node_whose_processing_differs_from_a_live_nodes_refuses_to_start(pg_u
         with running_server(tmp_path, "--nodo", "C", *task, "--sin-notify", db=pg_url, env=env) as c:
             warned = [line for line in c.lines if " WARNING " in line]
             assert len(warned) == 1 and "'A'" in warned[0], c.log
-            assert "runs with no --sin-notify; this one with --sin-notify" in warned[0]
+            said = "runs with no --sin-notify; this one with --sin-notify: a node with --sin-notify"
+            assert said in warned[0]
+            assert "--work-time" not in warned[0]  # only what applies
     # A node of a version that published no options is not compared.
     with running_server(tmp_path, "--nodo", "A", "--work-time", "0", db=pg_url) as a:  # type: ignore[arg-type]
         db_rows(pg_url, "UPDATE nodos SET ajustes = NULL WHERE nodo = 'A' RETURNING 1")
@@ -121,11 +124,12 @@ def test_a_node_whose_processing_differs_from_a_live_nodes_refuses_to_start(pg_u
 
 def test_options_another_program_wrote_into_nodos_are_not_compared():
     mine = {"--tarea": None, "--work-time": "0", "--sin-notify": None}
-    others = [("X", "h", 1, "not json"), ("Y", "h", 2, "[1, 2]"), ("Z", "h", 3, json.dumps(mine))]
+    others = [("X", "h", 1, "not json", 0.5), ("Y", "h", 2, "[1, 2]", 0.5)]
+    others.append(("Z", "h", 3, json.dumps(mine), 0.5))
     assert agreement.compare(mine, others) == []
     theirs = {"--tarea": "m:f", "--reintentos": 3, "--limite-tarea": None, "--sin-notify": None}
     with pytest.raises(agreement.SettingsDiffer, match=r"runs with --tarea m:f; this one with no --tarea\."):
-        agreement.compare(mine, [("W", "h", 4, json.dumps(theirs))])
+        agreement.compare(mine, [("W", "h", 4, json.dumps(theirs), 0.5)])
 
 
 def test_the_password_is_never_logged(pg_url, tmp_path, dead_port):

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_WORK_TIME,
         metavar="S|MIN-MAX",
         help="simulated seconds of work per order, fixed or random in a range "
-        f"(default {DEFAULT_WORK_TIME[0]:g}-{DEFAULT_WORK_TIME[1]:g}; 0 for none)",
+        f"(default {DEFAULT_WORK_TIME[0]:g}-{DEFAULT_WORK_TIME[1]:g}; 0 for none); not with --tarea",
     )
     parser.add_argument(
         "--max-request-bytes",
@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-key", metavar="FILE", help="the certificate's private key (PEM), if not in --tls-cert"
     )
-    tasks = parser.add_argument_group("real work (instead of the simulated --work-time)")
+    tasks = parser.add_argument_group(
+        "real work (instead of the simulated --work-time; the same on every node of a PostgreSQL --db)"
+    )
     tasks.add_argument(
         "--tarea",
         metavar="MODULO:FUNCION",

@@ -39,12 +39,22 @@ def differences(mine: dict[str, Any], theirs: dict[str, Any]) -> list[tuple[str,
     return [(n, _option(n, theirs.get(n)), _option(n, mine.get(n))) for n in names]
 
 
-def compare(mine: dict[str, Any], others: list[tuple[str, str, int, str]]) -> list[str]:
-    """Warnings for the live nodes `others` ((nodo, host, pid, ajustes) each)
-    that differ from `mine` in how soon only; raise `SettingsDiffer` for the
-    first that differs in what becomes of an order."""
+# Why a difference in an option outside REQUIRED is worth a warning.
+_SLOWER = {
+    "--work-time": "its orders take this node's --work-time here, the other's there",
+    "--sin-notify": (
+        "a node with --sin-notify sends no hints, so an esperar on another node for an order it "
+        "finished answers at that node's next poll (up to 2 s), not at once"
+    ),
+}
+
+
+def compare(mine: dict[str, Any], others: list[tuple[str, str, int, str, float]]) -> list[str]:
+    """Warnings for the live nodes `others` ((nodo, host, pid, ajustes, seconds
+    since last seen) each) that differ from `mine` in how soon only; raise
+    `SettingsDiffer` for the first that differs in what becomes of an order."""
     warnings = []
-    for nodo, host, pid, text in others:
+    for nodo, host, pid, text, seen in others:
         try:
             theirs = json.loads(text)
         except ValueError:
@@ -52,17 +62,18 @@ def compare(mine: dict[str, Any], others: list[tuple[str, str, int, str]]) -> li
         differ = differences(mine, theirs) if isinstance(theirs, dict) else []
         if not differ:
             continue
+        # "last seen": a node killed a moment ago is live until its lease runs out.
         said = (
-            f"the live node {nodo!r} ({host}, pid {pid}) runs with {', '.join(t for _, t, _ in differ)}; "
-            f"this one with {', '.join(m for _, _, m in differ)}"
+            f"the live node {nodo!r} ({host}, pid {pid}, last seen {seen:.1f} s ago) runs with "
+            f"{', '.join(t for _, t, _ in differ)}; this one with {', '.join(m for _, _, m in differ)}"
         )
         if any(name in REQUIRED for name, _, _ in differ):
             raise SettingsDiffer(
                 f"{said}. Every node of one database must run with the same --tarea, --reintentos "
-                "and --limite-tarea: any node's workers take any pending order"
+                "and --limite-tarea (any node's workers take any pending order): start this one with "
+                "the same, or stop every node to change them (a node killed counts as live until "
+                "its --lease runs out)"
             )
-        warnings.append(
-            f"{said}: each node's workers keep their own --work-time, and a node with --sin-notify "
-            "leaves an esperar on the others for its orders to their poll (up to 2 s)"
-        )
+        why = "; ".join(_SLOWER[name] for name, _, _ in differ if name in _SLOWER)
+        warnings.append(f"{said}: {why}" if why else said)
     return warnings

@@ -269,7 +269,7 @@ JOIN_IDLE = "SET LOCAL idle_in_transaction_session_timeout = '5s'"
 HOLDER = "SELECT host, pid, vence > clock_timestamp() FROM nodos WHERE nodo = %s"
 # The other live nodes' processing options (NULL: a node of a version that did not publish them).
 OTHERS_AJUSTES = """
-SELECT nodo, host, pid, ajustes FROM nodos
+SELECT nodo, host, pid, ajustes, extract(epoch FROM clock_timestamp() - visto)::float8 FROM nodos
 WHERE nodo <> %s AND vence > clock_timestamp() AND ajustes IS NOT NULL ORDER BY nodo
 """
 RENEW = f"""
