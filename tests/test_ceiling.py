@@ -11,12 +11,11 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import assert_nothing_left, marked_processes
+from conftest import assert_nothing_left, marked_processes, wait_for
 
 from pedidos.tools.procs import Child
 from pedidos.tools.scenarios import LINE
@@ -82,13 +81,7 @@ def test_ctrl_c_stops_the_servers_and_the_load_and_says_so_in_one_line(tmp_path)
     marker = f"ceiling-{uuid.uuid4()}"
     run = _ceiling(marker, tmp_path, "--seconds", "60", "--quiet-wait", "0", "--connections", "5")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if "loadgen" in " ".join(marked_processes(marker).values()):  # a load process
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"no load started: {marked_processes(marker)}")
+        wait_for(lambda: "loadgen" in " ".join(marked_processes(marker).values()), timeout=60)  # load runs
         run.send_signal(signal.SIGINT)
         _, stderr = run.communicate(timeout=60)
         assert run.returncode == 130 and stderr.strip() == "ceiling: interrupted", stderr
