@@ -247,6 +247,8 @@ def _run(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, list[float]
                     row.setdefault(f"{kind}_cpu", []).append(cpu["loop"] + cpu["threads"])
                     row.setdefault(f"{kind}_writer", []).append(cpu["writer"] + cpu["workers"])
                     row.setdefault(f"{kind}_load", []).append(cpu["load"])
+                if what == "redis":
+                    redis.check(child)  # fsync always, and no error counted as a reply
             finally:
                 child.stop()
     return figures
