@@ -662,6 +662,21 @@ def marked_processes(marker: str) -> dict[int, str]:
     return found
 
 
+def stop_tool(proc: subprocess.Popen) -> None:
+    """End a tool a test ran (the benchmark, the ceiling probe) by its own pid:
+    SIGTERM first, which the tool turns into an exit that unwinds and stops every
+    server it started, then SIGKILL past a deadline. SIGKILL alone left its
+    redis-server running, which `marked_processes` cannot see: Redis writes its
+    process title over its environment."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def assert_nothing_left(marker: str) -> None:
     deadline = time.monotonic() + 15
     while marked_processes(marker) and time.monotonic() < deadline:

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import assert_nothing_left, marked_processes
+from conftest import assert_nothing_left, marked_processes, stop_tool
 
 from pedidos.tools import baselines, redis, slices
 from pedidos.tools.bench import GROUPS, PG_GROUPS, build_parser, parse_args
@@ -64,7 +64,7 @@ def test_tiny_run_measures_every_scenario_and_leaves_nothing(tmp_path):
     try:
         stdout, stderr = bench.communicate(timeout=300)
     finally:
-        bench.kill()
+        stop_tool(bench)
         assert_nothing_left(marker)
     # On a busy machine a baseline can rise with one more load process; the benchmark
     # then says so and exits 1. Either way every row is measured and reported.
@@ -105,7 +105,7 @@ def test_without_a_c_compiler_every_window_runs_on_the_python_generator(tmp_path
     try:
         stdout, stderr = bench.communicate(timeout=120)
     finally:
-        bench.kill()
+        stop_tool(bench)
         assert_nothing_left(marker)
     assert "using the Python load generator" in stderr
     assert bench.returncode == 0, stderr
@@ -130,7 +130,7 @@ def test_ctrl_c_stops_the_servers_and_the_load(tmp_path):
         assert bench.returncode == 130, stderr
         assert "interrupted" in stderr
     finally:
-        bench.kill()
+        stop_tool(bench)
         assert_nothing_left(marker)
 
 
@@ -384,7 +384,7 @@ def test_nodes_of_one_postgresql_database_measure_every_node_scenario_and_leave_
     try:
         stdout, stderr = bench.communicate(timeout=300)
     finally:
-        bench.kill()
+        stop_tool(bench)
         assert_nothing_left(marker)
     assert bench.returncode == 0, stderr  # no baseline here, so no generator ceiling either
     assert "50 conns" not in stdout and "5 conns, 2 nodes" in stdout, stdout
@@ -455,7 +455,7 @@ def test_slices_show_the_end_to_end_rates_of_each_part_of_the_window(tmp_path):
     try:
         stdout, stderr = bench.communicate(timeout=120)
     finally:
-        bench.kill()
+        stop_tool(bench)
         assert_nothing_left(marker)
     assert bench.returncode == 0, stderr  # no baseline, so no generator ceiling
     row = _sliced(json.loads(out.read_text()), 3, 0.6)
@@ -473,7 +473,7 @@ def test_slices_on_postgresql_add_the_tables_dead_tuples(pg_url, tmp_path):
     try:
         stdout, stderr = bench.communicate(timeout=120)
     finally:
-        bench.kill()
+        stop_tool(bench)
         assert_nothing_left(marker)
     assert bench.returncode == 0, stderr
     row = _sliced(json.loads(out.read_text()), 2, 0.6)

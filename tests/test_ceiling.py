@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import assert_nothing_left, marked_processes, wait_for
+from conftest import assert_nothing_left, marked_processes, stop_tool, wait_for
 
 from pedidos.tools import ceiling, redis
 from pedidos.tools.load import BenchError
@@ -89,7 +89,7 @@ def test_ctrl_c_stops_the_servers_and_the_load_and_says_so_in_one_line(tmp_path)
         _, stderr = run.communicate(timeout=60)
         assert run.returncode == 130 and stderr.strip() == "ceiling: interrupted", stderr
     finally:
-        run.kill()
+        stop_tool(run)
         assert_nothing_left(marker)
     assert list(tmp_path.iterdir()) == []
 
@@ -102,7 +102,7 @@ def test_a_tiny_run_reports_every_row_beside_redis_and_leaves_nothing(tmp_path):
     try:
         stdout, stderr = run.communicate(timeout=180)
     finally:
-        run.kill()
+        stop_tool(run)
         assert_nothing_left(marker)
     assert run.returncode == 0, stderr
     # Its databases and Redis's files go with it (a run of three left 4 GB in /tmp).
