@@ -662,6 +662,25 @@ def marked_processes(marker: str) -> dict[int, str]:
     return found
 
 
+@pytest.fixture
+def redis_answering_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Redis a tool starts answers each RPUSH with an error: its key holds a
+    string (a full disk would do the same). The load generator counts Redis's
+    replies without reading them, so only asking Redis afterwards can tell."""
+    from pedidos.tools import redis
+
+    start = redis.start
+
+    def key_of_another_type(tmp: Path) -> Any:
+        child = start(tmp)
+        with socket.create_connection(("127.0.0.1", child.port)) as sock:
+            sock.sendall(b"SET " + redis.KEY + b" x\r\n")
+            assert sock.recv(100) == b"+OK\r\n"
+        return child
+
+    monkeypatch.setattr(redis, "start", key_of_another_type)
+
+
 def stop_tool(proc: subprocess.Popen) -> None:
     """End a tool a test ran (the benchmark, the ceiling probe) by its own pid:
     SIGTERM first, which the tool turns into an exit that unwinds and stops every

@@ -307,20 +307,9 @@ def test_a_noisy_baseline_is_measured_in_three_brackets_pooled(monkeypatch):
 
 
 @pytest.mark.skipif(not redis.available(), reason="redis-server not installed")
-def test_a_redis_that_answers_errors_is_no_baseline(monkeypatch, tmp_path):
-    # Redis answering every RPUSH with an error (here the key holds a string; a full
-    # disk would do the same) made rows of replies/s: the generator counts its lines
-    # without reading them. The benchmark now asks Redis afterwards, and stops.
-    start = redis.start
-
-    def key_of_another_type(tmp):
-        child = start(tmp)
-        with socket.create_connection(("127.0.0.1", child.port)) as sock:
-            sock.sendall(b"SET " + redis.KEY + b" x\r\n")
-            assert sock.recv(100) == b"+OK\r\n"
-        return child
-
-    monkeypatch.setattr(redis, "start", key_of_another_type)
+def test_a_redis_that_answers_errors_is_no_baseline(redis_answering_errors, tmp_path):
+    # Redis answering every RPUSH with an error made rows of replies/s: the generator
+    # counts its lines without reading them. The benchmark now asks Redis afterwards, and stops.
     args = parse_args([*TINY, "--seconds", "0.2", "--warm", "0.05", "--only", "redis"])
     rows: dict = {}
     with pytest.raises(BenchError, match=r"error replies .*WRONGTYPE"):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_nothing_left, marked_processes, stop_tool, wait_for
 
-from pedidos.tools import ceiling, redis
+from pedidos.tools import ceiling
 from pedidos.tools.load import BenchError
 from pedidos.tools.procs import Child
 from pedidos.tools.scenarios import LINE
@@ -117,19 +117,9 @@ def test_a_tiny_run_reports_every_row_beside_redis_and_leaves_nothing(tmp_path):
         assert float(rate.split()[0].replace(",", "")) > 0 and float(ratio) > 0, rows[name]
 
 
-def test_a_redis_that_answers_errors_stops_the_run(monkeypatch, tmp_path):
+def test_a_redis_that_answers_errors_stops_the_run(redis_answering_errors, monkeypatch, tmp_path):
     # The generator counts Redis's replies without reading them: an error per RPUSH
-    # (here the key holds a string) would be a row of replies/s, and every ratio wrong.
-    start = redis.start
-
-    def key_of_another_type(tmp):
-        child = start(tmp)
-        with socket.create_connection(("127.0.0.1", child.port)) as sock:
-            sock.sendall(b"SET " + redis.KEY + b" x\r\n")
-            assert sock.recv(100) == b"+OK\r\n"
-        return child
-
-    monkeypatch.setattr(redis, "start", key_of_another_type)
+    # would be a row of replies/s, and every ratio wrong.
     monkeypatch.setattr(ceiling, "_rows", lambda: [("Redis RPUSH, fsync always", "redis", False)])
     shape = {"connections": 5, "pipeline_conns": 2, "depth": 5, "load_procs": 1, "generator": "c"}
     args = argparse.Namespace(runs=1, seconds=0.2, warm=0.05, quiet_wait=0, **shape)
